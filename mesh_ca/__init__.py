@@ -1,0 +1,1 @@
+"""meshgate's certificate authority: SPIFFE identity, issuance, state, API and CLI."""

@@ -1,0 +1,36 @@
+"""SPIFFE identity: IDs, trust bundles, and the X509-SVID profile. Pure, no I/O."""
+
+from mesh_ca.identity.bundle import (
+    BundleError,
+    BundleSet,
+    TrustBundle,
+    load_pem_certificates,
+    pem_bundle,
+)
+from mesh_ca.identity.spiffe_id import MAX_SPIFFE_ID_BYTES, SpiffeId, SpiffeIdError, TrustDomain
+from mesh_ca.identity.svid import (
+    SvidError,
+    SvidFailure,
+    VerifiedSvid,
+    check_leaf_profile,
+    spiffe_id_of,
+    verify_svid,
+)
+
+__all__ = [
+    "MAX_SPIFFE_ID_BYTES",
+    "BundleError",
+    "BundleSet",
+    "SpiffeId",
+    "SpiffeIdError",
+    "SvidError",
+    "SvidFailure",
+    "TrustBundle",
+    "TrustDomain",
+    "VerifiedSvid",
+    "check_leaf_profile",
+    "load_pem_certificates",
+    "pem_bundle",
+    "spiffe_id_of",
+    "verify_svid",
+]

@@ -1,0 +1,153 @@
+"""X509-SVID leaves from CSRs.
+
+The CA decides the identity: the SPIFFE ID comes from the caller (the token's binding or
+the current certificate), and everything the CSR asks for beyond its public key — subject,
+SANs, extensions, CA:TRUE — is ignored. The CSR's signature is checked (proof of
+possession) and the lifetime is capped at the signer's notAfter.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from mesh_ca.identity import SpiffeId
+from mesh_ca.issuance.authority import Signer
+from mesh_ca.keys import PrivateKey
+
+__all__ = [
+    "BACKDATE",
+    "DEFAULT_LEAF_TTL",
+    "MAX_LEAF_TTL",
+    "MIN_LEAF_TTL",
+    "IssuanceError",
+    "issue_leaf",
+    "make_csr",
+    "parse_csr",
+]
+
+DEFAULT_LEAF_TTL = timedelta(hours=1)
+MIN_LEAF_TTL = timedelta(minutes=5)
+MAX_LEAF_TTL = timedelta(hours=24)
+BACKDATE = timedelta(seconds=10)
+MAX_CSR_BYTES = 16 * 1024
+_ACCEPTED_CURVES = ("secp256r1", "secp384r1")
+
+
+class IssuanceError(ValueError):
+    """The request cannot be signed (bad CSR, bad TTL, signer expired); message says why."""
+
+
+def parse_csr(data: bytes | str) -> x509.CertificateSigningRequest:
+    """A PEM (or DER) CSR with a valid self-signature over an accepted EC key."""
+    raw = data.encode() if isinstance(data, str) else data
+    if len(raw) > MAX_CSR_BYTES:
+        raise IssuanceError(f"CSR larger than {MAX_CSR_BYTES} bytes")
+    try:
+        csr = (
+            x509.load_pem_x509_csr(raw)
+            if raw.lstrip().startswith(b"-----")
+            else x509.load_der_x509_csr(raw)
+        )
+    except ValueError as exc:
+        raise IssuanceError(f"CSR is not a PEM or DER certificate request: {exc}") from exc
+    try:
+        public = csr.public_key()
+    except (ValueError, x509.UnsupportedGeneralNameType) as exc:
+        raise IssuanceError(f"CSR public key is unreadable: {exc}") from exc
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise IssuanceError(f"CSR key is {type(public).__name__}; only EC P-256/P-384 is accepted")
+    if public.curve.name not in _ACCEPTED_CURVES:
+        raise IssuanceError(f"CSR key curve {public.curve.name} is not P-256 or P-384")
+    if not csr.is_signature_valid:
+        raise IssuanceError("CSR signature does not verify (no proof of possession)")
+    return csr
+
+
+def make_csr(key: PrivateKey) -> x509.CertificateSigningRequest:
+    """The minimal CSR a workload sends: its public key, signed; the CA sets the rest."""
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+    )
+
+
+def check_ttl(ttl: timedelta) -> None:
+    if not MIN_LEAF_TTL <= ttl <= MAX_LEAF_TTL:
+        raise IssuanceError(
+            f"TTL {ttl} is outside {MIN_LEAF_TTL} .. {MAX_LEAF_TTL} for workload certificates"
+        )
+
+
+def issue_leaf(
+    csr: x509.CertificateSigningRequest,
+    spiffe_id: SpiffeId,
+    signer: Signer,
+    now: datetime,
+    ttl: timedelta = DEFAULT_LEAF_TTL,
+    *,
+    serial: int | None = None,
+) -> x509.Certificate:
+    """Sign an X509-SVID for `spiffe_id` over the CSR's public key. `now` is UTC-aware."""
+    check_ttl(ttl)
+    if not csr.is_signature_valid:
+        raise IssuanceError("CSR signature does not verify (no proof of possession)")
+    if now >= signer.not_after:
+        raise IssuanceError(f"signing CA expired at {signer.not_after}")
+    public = csr.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise IssuanceError("CSR key is not an EC key")
+    not_after = min(now + ttl, signer.not_after)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(signer.cert.subject)
+        .public_key(public)
+        .serial_number(serial if serial is not None else x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        # Critical because the subject is empty (RFC 5280 4.2.1.6).
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(spiffe_id))]),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.key.public_key()),
+            critical=False,
+        )
+        .sign(signer.key, hashes.SHA256())
+    )
+
+
+def chain_pem(leaf: x509.Certificate, signer: Signer) -> bytes:
+    """The leaf followed by the signer and its parents, as sent in a TLS handshake."""
+    return b"".join(
+        c.public_bytes(serialization.Encoding.PEM) for c in (leaf, signer.cert, *signer.chain)
+    )

@@ -1,0 +1,132 @@
+"""The CA state store interface: join tokens, the issued-certificate ledger, revocations.
+
+Every backend (SQLite by default, PostgreSQL for replicas) implements `StateStore` and
+passes the same conformance suite (tests/store_conformance.py). The interface is
+synchronous; trio shells call it through `trio.to_thread.run_sync`.
+
+Rules every backend keeps:
+- Tokens are stored as (public id, SHA-256 of the secret); the secret never is. The
+  secret hash is compared with `hmac.compare_digest`, and a token is consumed by one
+  conditional UPDATE, so two concurrent uses give exactly one success.
+- Every write is one transaction: it happens whole or not at all.
+- A backend that cannot reach its database raises `StoreUnavailable`, never a driver error.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, final
+
+from mesh_ca.identity import SpiffeId
+
+__all__ = [
+    "IssuedRecord",
+    "Revocation",
+    "StateStore",
+    "StoreError",
+    "StoreUnavailable",
+    "TokenError",
+    "TokenFailure",
+    "TokenRecord",
+]
+
+
+class StoreError(Exception):
+    """A state-store operation failed."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or is not at a known schema version."""
+
+
+class TokenFailure(enum.StrEnum):
+    UNKNOWN = "unknown"
+    USED = "used"
+    EXPIRED = "expired"
+
+
+class TokenError(StoreError):
+    """A join token cannot be used; `reason` says why (the token itself is never included)."""
+
+    def __init__(self, reason: TokenFailure) -> None:
+        super().__init__(f"join token refused: {reason}")
+        self.reason = reason
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    token_id: str  # the public half; safe to show and log
+    spiffe_id: SpiffeId
+    created_at: datetime
+    expires_at: datetime
+    used_at: datetime | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class IssuedRecord:
+    serial: int
+    spiffe_id: SpiffeId
+    kind: str  # "bootstrap", "renew", "offline", "ca-server"
+    issued_at: datetime
+    not_after: datetime
+    replica: str = ""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    spiffe_id: SpiffeId | None
+    serial: int | None
+    revoked_at: datetime
+    reason: str = ""
+
+
+class StateStore(Protocol):
+    def add_token(
+        self,
+        token_id: str,
+        secret_hash: bytes,
+        spiffe_id: SpiffeId,
+        created_at: datetime,
+        expires_at: datetime,
+    ) -> None: ...
+
+    def consume_token(self, token_id: str, secret_hash: bytes, now: datetime) -> SpiffeId:
+        """Mark the token used and return its bound ID, or raise `TokenError`. Atomic."""
+        ...
+
+    def outstanding_tokens(self, now: datetime) -> Sequence[TokenRecord]: ...
+
+    def record_issued(self, record: IssuedRecord) -> None: ...
+
+    def issued(self, spiffe_id: SpiffeId | None = None, limit: int = 100) -> Sequence[IssuedRecord]:
+        """Most recent first."""
+        ...
+
+    def issued_count(self) -> int: ...
+
+    def revoke(
+        self,
+        now: datetime,
+        *,
+        spiffe_id: SpiffeId | None = None,
+        serial: int | None = None,
+        reason: str = "",
+    ) -> Revocation:
+        """Revoke an ID (all its certificates) or one serial. Exactly one must be given."""
+        ...
+
+    def revocations(self) -> Sequence[Revocation]: ...
+
+    def is_revoked(self, spiffe_id: SpiffeId, serial: int) -> bool: ...
+
+    def ping(self) -> None:
+        """Raise `StoreUnavailable` unless the database answers."""
+        ...
+
+    def close(self) -> None: ...
