@@ -1,0 +1,1 @@
+"""The meshgate sidecar: identity lifecycle, mTLS proxies, HTTP handling, Cedar enforcement."""

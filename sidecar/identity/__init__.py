@@ -1,0 +1,1 @@
+"""Identity lifecycle: credentials, bootstrap and rotation."""
