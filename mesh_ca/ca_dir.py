@@ -1,0 +1,225 @@
+"""The on-disk CA directory: config, root and intermediate, trust bundle and state.
+
+Layout::
+
+    ca.toml               CaConfig
+    root.pem  root.key    the root (10 y); key 0600, optionally passphrase-encrypted
+    intermediate.pem      the online signer (1 y, never past the root)
+    intermediate.key      0600, optionally passphrase-encrypted
+    bundle.pem            trust anchors (roots) as PEM
+    bundle.spiffe.json    the same as a SPIFFE bundle (JWKS)
+    state.db              the SQLite state store (tokens, ledger, revocations)
+
+`init_ca_dir` builds everything in a private temporary directory next to the target and
+renames it into place, so a failure never leaves half a CA behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Final, final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from mesh_ca.config import CONFIG_FILE, CaConfig, ConfigError, load_config, write_config
+from mesh_ca.identity import BundleError, TrustBundle, TrustDomain, load_pem_certificates
+from mesh_ca.issuance import Signer, make_intermediate, make_root
+from mesh_ca.keys import (
+    KeyFileError,
+    generate_key,
+    load_private_key,
+    private_key_pem,
+    write_private_file,
+)
+from mesh_ca.store import StateStore, open_store
+
+__all__ = [
+    "BUNDLE_PEM",
+    "BUNDLE_SPIFFE",
+    "INTERMEDIATE_CERT",
+    "INTERMEDIATE_KEY",
+    "PASSPHRASE_ENV",
+    "ROOT_CERT",
+    "ROOT_KEY",
+    "CaDirError",
+    "LoadedCa",
+    "init_ca_dir",
+    "load_ca_dir",
+    "read_passphrase",
+]
+
+ROOT_CERT: Final = "root.pem"
+ROOT_KEY: Final = "root.key"
+INTERMEDIATE_CERT: Final = "intermediate.pem"
+INTERMEDIATE_KEY: Final = "intermediate.key"
+BUNDLE_PEM: Final = "bundle.pem"
+BUNDLE_SPIFFE: Final = "bundle.spiffe.json"
+PASSPHRASE_ENV: Final = "MESH_CA_PASSPHRASE"  # noqa: S105 - the variable name, not a value
+_CA_FILES: Final = (CONFIG_FILE, ROOT_CERT, ROOT_KEY, INTERMEDIATE_CERT, INTERMEDIATE_KEY)
+
+
+class CaDirError(Exception):
+    """The CA directory cannot be created or loaded; the message names the path."""
+
+
+@final
+@dataclass(frozen=True)
+class LoadedCa:
+    path: Path
+    config: CaConfig
+    trust_domain: TrustDomain
+    root: x509.Certificate
+    signer: Signer
+    bundle: TrustBundle
+
+    def open_store(self) -> StateStore:
+        return open_store(self.config, self.path)
+
+
+def read_passphrase(
+    passphrase_file: Path | None, environ: Mapping[str, str] | None = None
+) -> bytes | None:
+    """The key passphrase from a file (first line) or ``$MESH_CA_PASSPHRASE``; None if neither."""
+    if passphrase_file is not None:
+        try:
+            data = passphrase_file.read_bytes()
+        except OSError as exc:
+            raise CaDirError(f"{passphrase_file}: cannot read passphrase ({exc.strerror})") from exc
+        passphrase = data.splitlines()[0] if data.strip() else b""
+        if not passphrase:
+            raise CaDirError(f"{passphrase_file}: passphrase file is empty")
+        return passphrase
+    value = (os.environ if environ is None else environ).get(PASSPHRASE_ENV)
+    return value.encode() if value else None
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _existing_ca_files(path: Path) -> list[str]:
+    return [name for name in _CA_FILES if (path / name).exists()]
+
+
+def init_ca_dir(
+    path: Path,
+    trust_domain: TrustDomain | str,
+    now: datetime,
+    passphrase: bytes | None = None,
+    force: bool = False,
+    config: CaConfig | None = None,
+) -> LoadedCa:
+    """Create a new CA in `path`: root, intermediate, bundle, config and state store.
+
+    Refuses a directory that already holds a CA (or anything else) unless `force`, in
+    which case the old directory is replaced whole, including its state.
+    """
+    td = trust_domain if isinstance(trust_domain, TrustDomain) else TrustDomain.parse(trust_domain)
+    path = path.absolute()
+    if path.exists():
+        if not path.is_dir():
+            raise CaDirError(f"{path}: exists and is not a directory")
+        found = _existing_ca_files(path)
+        if not force:
+            if found:
+                raise CaDirError(
+                    f"{path}: already holds a CA ({', '.join(found)}); "
+                    "use --force to replace it (its keys and state are lost)"
+                )
+            if any(path.iterdir()):
+                raise CaDirError(f"{path}: directory is not empty; use --force to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = config or CaConfig(trust_domain=td.name)
+    if config.trust_domain != td.name:
+        raise CaDirError(f"config trust_domain {config.trust_domain} differs from {td}")
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.init-", dir=path.parent))
+    try:
+        root_key = generate_key()
+        root = make_root(td, root_key, now)
+        inter_key = generate_key()
+        intermediate = make_intermediate(td, inter_key, root, root_key, now)
+        bundle = TrustBundle(td, (root,), (intermediate,))
+        write_config(staging / CONFIG_FILE, config)
+        (staging / ROOT_CERT).write_bytes(_pem(root))
+        write_private_file(staging / ROOT_KEY, private_key_pem(root_key, passphrase))
+        (staging / INTERMEDIATE_CERT).write_bytes(_pem(intermediate))
+        write_private_file(staging / INTERMEDIATE_KEY, private_key_pem(inter_key, passphrase))
+        (staging / BUNDLE_PEM).write_bytes(bundle.roots_pem())
+        (staging / BUNDLE_SPIFFE).write_text(
+            json.dumps(bundle.to_spiffe_json(), indent=2) + "\n", encoding="utf-8"
+        )
+        open_store(config, staging).close()  # creates the schema
+        _swap_into_place(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return LoadedCa(path, config, td, root, Signer(intermediate, inter_key), bundle)
+
+
+def _swap_into_place(staging: Path, path: Path) -> None:
+    """Rename the finished staging directory to `path` (replacing an old one whole)."""
+    if path.exists() and any(path.iterdir()):
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        os.replace(path, old / "ca")
+        try:
+            os.replace(staging, path)
+        except BaseException:
+            os.replace(old / "ca", path)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, path)  # rename(2) replaces an empty directory
+    path.chmod(0o700)
+
+
+def load_ca_dir(path: Path, passphrase: bytes | None = None) -> LoadedCa:
+    """Load and cross-check a CA directory. Fails closed on any mismatch."""
+    path = path.absolute()
+    if not (path / CONFIG_FILE).is_file():
+        raise CaDirError(f"{path}: not a CA directory (no {CONFIG_FILE}); run mesh-ca init")
+    try:
+        config = load_config(path / CONFIG_FILE)
+    except ConfigError as exc:
+        raise CaDirError(str(exc)) from exc
+    td = config.trust_domain_value
+    try:
+        root = _one_cert(path / ROOT_CERT)
+        intermediate = _one_cert(path / INTERMEDIATE_CERT)
+        roots = load_pem_certificates(_read(path / BUNDLE_PEM), what=str(path / BUNDLE_PEM))
+        key = load_private_key(path / INTERMEDIATE_KEY, passphrase)
+    except (BundleError, KeyFileError) as exc:
+        message = str(exc)
+        if "encrypted" in message:
+            message += f" (--passphrase-file or ${PASSPHRASE_ENV})"
+        raise CaDirError(message) from exc
+    if key.public_key() != intermediate.public_key():
+        raise CaDirError(
+            f"{path / INTERMEDIATE_KEY}: does not match the key of {path / INTERMEDIATE_CERT}"
+        )
+    if intermediate.issuer != root.subject:
+        raise CaDirError(f"{path / INTERMEDIATE_CERT}: not issued by {path / ROOT_CERT}")
+    bundle = TrustBundle(td, tuple(roots), (intermediate,))
+    return LoadedCa(path, config, td, root, Signer(intermediate, key), bundle)
+
+
+def _read(file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        raise CaDirError(f"{file}: cannot read ({exc.strerror})") from exc
+
+
+def _one_cert(file: Path) -> x509.Certificate:
+    certs = load_pem_certificates(_read(file), what=str(file))
+    if len(certs) != 1:
+        raise CaDirError(f"{file}: expected one certificate, found {len(certs)}")
+    return certs[0]

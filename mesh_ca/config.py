@@ -1,0 +1,213 @@
+"""The CA configuration: ``ca.toml`` in the CA directory, validated by a pydantic model.
+
+Frozen models with unknown keys forbidden. Every error names the file and the key path
+(``ca.toml: server.listen: ...``). The file is read with `tomllib` and written by hand
+(`render_config`), so no TOML writer is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Annotated, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mesh_ca.identity import SpiffeId, SpiffeIdError, TrustDomain
+from mesh_ca.issuance.leaf import MAX_LEAF_TTL, MIN_LEAF_TTL
+
+__all__ = [
+    "CONFIG_FILE",
+    "CaConfig",
+    "ConfigError",
+    "IssuanceConfig",
+    "ServerConfig",
+    "StoreConfig",
+    "config_from_mapping",
+    "load_config",
+    "parse_listen",
+    "render_config",
+    "write_config",
+]
+
+CONFIG_FILE: Final = "ca.toml"
+_MIN_TTL_S: Final = int(MIN_LEAF_TTL.total_seconds())
+_MAX_TTL_S: Final = int(MAX_LEAF_TTL.total_seconds())
+
+
+class ConfigError(ValueError):
+    """The CA configuration is missing or invalid; the message names file and key."""
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) into (host, port); port 0 means any free port."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: port must be a number from 0 to 65535")
+    return host, int(port_text)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class IssuanceConfig(_Model):
+    default_ttl_seconds: Annotated[int, Field(ge=_MIN_TTL_S, le=_MAX_TTL_S)] = 3600
+    max_ttl_seconds: Annotated[int, Field(ge=_MIN_TTL_S, le=_MAX_TTL_S)] = 86400
+    token_ttl_seconds: Annotated[int, Field(ge=10, le=7 * 86400)] = 600
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> IssuanceConfig:
+        if self.default_ttl_seconds > self.max_ttl_seconds:
+            raise ValueError("default_ttl_seconds is larger than max_ttl_seconds")
+        return self
+
+
+class ServerConfig(_Model):
+    listen: str = "127.0.0.1:8443"
+    # SPIFFE IDs allowed to use the admin API. Empty: admin only through the CLI.
+    admin_ids: tuple[str, ...] = ()
+    rate_limit_per_second: Annotated[float, Field(gt=0)] = 50.0
+    rate_limit_burst: Annotated[int, Field(ge=1)] = 100
+    max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 65536
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("admin_ids", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: object) -> object:
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("admin_ids")
+    @classmethod
+    def _check_admin_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for index, text in enumerate(value):
+            try:
+                SpiffeId.parse(text)
+            except SpiffeIdError as exc:
+                raise ValueError(f"[{index}]: {exc}") from exc
+        return value
+
+    @property
+    def admin_spiffe_ids(self) -> frozenset[SpiffeId]:
+        return frozenset(SpiffeId.parse(text) for text in self.admin_ids)
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+
+class StoreConfig(_Model):
+    kind: Literal["sqlite", "postgres"] = "sqlite"
+    # sqlite: relative to the CA directory.
+    path: str = "state.db"
+    # postgres: a libpq URL without the password; the password comes from an env var or file.
+    url: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+
+    @model_validator(mode="after")
+    def _postgres_needs_url(self) -> StoreConfig:
+        if self.kind == "postgres" and not self.url:
+            raise ValueError("kind = 'postgres' needs url")
+        return self
+
+
+class CaConfig(_Model):
+    trust_domain: str
+    issuance: IssuanceConfig = IssuanceConfig()
+    server: ServerConfig = ServerConfig()
+    store: StoreConfig = StoreConfig()
+
+    @field_validator("trust_domain")
+    @classmethod
+    def _check_trust_domain(cls, value: str) -> str:
+        try:
+            return TrustDomain.parse(value).name
+        except SpiffeIdError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @property
+    def trust_domain_value(self) -> TrustDomain:
+        return TrustDomain(self.trust_domain)
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(top level)"
+
+
+def _validation_message(source: str, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{source}: {_key_path(error['loc'])}: {message}")
+    return "\n".join(lines)
+
+
+def config_from_mapping(data: dict[str, object], *, source: str = CONFIG_FILE) -> CaConfig:
+    try:
+        return CaConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_validation_message(source, exc)) from exc
+
+
+def load_config(path: Path) -> CaConfig:
+    """Read and validate a ``ca.toml``; raises `ConfigError` naming the file and key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return config_from_mapping(data, source=str(path))
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        # A JSON string of printable text is a valid TOML basic string.
+        return json.dumps(value, ensure_ascii=True)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def render_config(config: CaConfig) -> str:
+    """The TOML text of `config`; `load_config` of it gives an equal model."""
+    lines = [
+        "# meshgate CA configuration (mesh-ca). Unknown keys are errors.",
+        f"trust_domain = {_toml_value(config.trust_domain)}",
+    ]
+    for section in ("issuance", "server", "store"):
+        model: BaseModel = getattr(config, section)
+        lines += ["", f"[{section}]"]
+        for key, value in model.model_dump().items():
+            if value is None:
+                continue  # TOML has no null: an absent key is the default
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_config(path: Path, config: CaConfig) -> None:
+    path.write_text(render_config(config), encoding="utf-8")

@@ -1,0 +1,39 @@
+"""The CA state store: the interface, the SQLite backend, and backend selection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mesh_ca.config import CaConfig
+from mesh_ca.store.base import (
+    IssuedRecord,
+    Revocation,
+    StateStore,
+    StoreError,
+    StoreUnavailable,
+    TokenError,
+    TokenFailure,
+    TokenRecord,
+)
+from mesh_ca.store.sqlite import SqliteStore
+
+__all__ = [
+    "IssuedRecord",
+    "Revocation",
+    "SqliteStore",
+    "StateStore",
+    "StoreError",
+    "StoreUnavailable",
+    "TokenError",
+    "TokenFailure",
+    "TokenRecord",
+    "open_store",
+]
+
+
+def open_store(config: CaConfig, ca_dir: Path) -> StateStore:
+    """The backend named by ``[store] kind`` in the CA config."""
+    if config.store.kind == "sqlite":
+        path = Path(config.store.path)
+        return SqliteStore(path if path.is_absolute() else ca_dir / path)
+    raise StoreUnavailable(f"store kind {config.store.kind!r} is not available in this build")

@@ -1,0 +1,333 @@
+"""The embedded state store: one SQLite file in the CA directory (WAL mode).
+
+Safe from several threads (trio shells call it via `trio.to_thread.run_sync`) and several
+processes: one connection per store guarded by a lock, WAL so readers never block the
+writer, and a busy timeout so concurrent writers wait instead of failing. A token is
+consumed by one conditional UPDATE (`... WHERE used_at IS NULL AND expires_at > now`), so
+of many concurrent consumers in any number of processes exactly one sees a changed row.
+
+Times are stored as integer microseconds since the epoch (UTC); serials as lowercase hex,
+because X.509 serials (up to 159 bits) do not fit SQLite's 64-bit integers.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, final
+
+from mesh_ca.identity import SpiffeId
+from mesh_ca.store.base import (
+    IssuedRecord,
+    Revocation,
+    StoreError,
+    StoreUnavailable,
+    TokenError,
+    TokenFailure,
+    TokenRecord,
+)
+
+__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+
+SCHEMA_VERSION: Final = 1
+BUSY_TIMEOUT_SECONDS: Final = 10.0
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id    TEXT PRIMARY KEY,
+    secret_hash BLOB NOT NULL,
+    spiffe_id   TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    used_at     INTEGER
+);
+CREATE TABLE IF NOT EXISTS issued (
+    serial      TEXT PRIMARY KEY,
+    spiffe_id   TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    issued_at   INTEGER NOT NULL,
+    not_after   INTEGER NOT NULL,
+    replica     TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS issued_by_id ON issued (spiffe_id, issued_at);
+CREATE INDEX IF NOT EXISTS issued_by_time ON issued (issued_at);
+CREATE TABLE IF NOT EXISTS revocations (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    spiffe_id   TEXT UNIQUE,
+    serial      TEXT UNIQUE,
+    revoked_at  INTEGER NOT NULL,
+    reason      TEXT NOT NULL DEFAULT '',
+    CHECK ((spiffe_id IS NULL) <> (serial IS NULL))
+);
+"""
+
+
+def _micros(when: datetime) -> int:
+    if when.tzinfo is None:
+        raise ValueError(f"naive datetime {when!r}: the store only takes timezone-aware times")
+    return (when - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _serial_text(serial: int) -> str:
+    if serial <= 0:
+        raise ValueError(f"certificate serial must be positive, got {serial}")
+    return format(serial, "x")
+
+
+@final
+class SqliteStore:
+    """`StateStore` on a SQLite file. Creates the file (mode 0600) and schema if missing."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._closed = False
+        try:
+            if not self.path.exists():
+                # Hashes only, but still nobody else's business: 0600 from the first byte.
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+            self._conn = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_SECONDS,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # guarded by self._lock
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"{self.path}: cannot open the state database ({exc})") from exc
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _migrate(self) -> None:
+        with self._transaction() as cur:
+            version = cur.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreUnavailable(
+                    f"{self.path}: schema version {version} is newer than this meshgate "
+                    f"understands ({SCHEMA_VERSION})"
+                )
+            if version < SCHEMA_VERSION:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        cur.execute(statement)
+                cur.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Cursor]:
+        """One transaction under the lock: whole or not at all. Driver errors are translated."""
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"{self.path}: the store is closed")
+            cur = self._conn.cursor()
+            try:
+                # IMMEDIATE takes the write lock up front, so a read-then-write cannot be
+                # interleaved with another process's write.
+                cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield cur
+                except BaseException:
+                    self._conn.rollback()
+                    raise
+                cur.execute("COMMIT")
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"{self.path}: database error ({exc})") from exc
+            finally:
+                cur.close()
+
+    # Tokens
+
+    def add_token(
+        self,
+        token_id: str,
+        secret_hash: bytes,
+        spiffe_id: SpiffeId,
+        created_at: datetime,
+        expires_at: datetime,
+    ) -> None:
+        if expires_at <= created_at:
+            raise ValueError("token expires_at must be after created_at")
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO tokens (token_id, secret_hash, spiffe_id, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (token_id, secret_hash, str(spiffe_id), _micros(created_at), _micros(expires_at)),
+            )
+
+    def consume_token(self, token_id: str, secret_hash: bytes, now: datetime) -> SpiffeId:
+        """Mark the token used and return its bound ID, or raise `TokenError`. Atomic.
+
+        A wrong secret reads as UNKNOWN, the same as an unknown id, so a caller without
+        the secret learns nothing about the token. Fails closed.
+        """
+        at = _micros(now)
+        with self._transaction() as cur:
+            row = cur.execute(
+                "SELECT secret_hash, spiffe_id, expires_at, used_at FROM tokens WHERE token_id = ?",
+                (token_id,),
+            ).fetchone()
+            if row is None or not hmac.compare_digest(bytes(row[0]), secret_hash):
+                raise TokenError(TokenFailure.UNKNOWN)
+            if row[3] is not None:
+                raise TokenError(TokenFailure.USED)
+            if at >= row[2]:
+                raise TokenError(TokenFailure.EXPIRED)
+            cur.execute(
+                "UPDATE tokens SET used_at = ?"
+                " WHERE token_id = ? AND used_at IS NULL AND expires_at > ?",
+                (at, token_id, at),
+            )
+            if cur.rowcount != 1:
+                raise TokenError(TokenFailure.USED)
+            return SpiffeId.parse(row[1])
+
+    def outstanding_tokens(self, now: datetime) -> Sequence[TokenRecord]:
+        with self._transaction(write=False) as cur:
+            rows = cur.execute(
+                "SELECT token_id, spiffe_id, created_at, expires_at FROM tokens"
+                " WHERE used_at IS NULL AND expires_at > ? ORDER BY created_at, token_id",
+                (_micros(now),),
+            ).fetchall()
+        return [
+            TokenRecord(r[0], SpiffeId.parse(r[1]), _from_micros(r[2]), _from_micros(r[3]))
+            for r in rows
+        ]
+
+    # Ledger
+
+    def record_issued(self, record: IssuedRecord) -> None:
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO issued (serial, spiffe_id, kind, issued_at, not_after, replica)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    _serial_text(record.serial),
+                    str(record.spiffe_id),
+                    record.kind,
+                    _micros(record.issued_at),
+                    _micros(record.not_after),
+                    record.replica,
+                ),
+            )
+
+    def issued(self, spiffe_id: SpiffeId | None = None, limit: int = 100) -> Sequence[IssuedRecord]:
+        """Most recent first."""
+        query = "SELECT serial, spiffe_id, kind, issued_at, not_after, replica FROM issued"
+        params: list[Any] = []
+        if spiffe_id is not None:
+            query += " WHERE spiffe_id = ?"
+            params.append(str(spiffe_id))
+        query += " ORDER BY issued_at DESC, rowid DESC LIMIT ?"
+        params.append(max(0, limit))
+        with self._transaction(write=False) as cur:
+            rows = cur.execute(query, params).fetchall()
+        return [
+            IssuedRecord(
+                int(r[0], 16),
+                SpiffeId.parse(r[1]),
+                r[2],
+                _from_micros(r[3]),
+                _from_micros(r[4]),
+                r[5],
+            )
+            for r in rows
+        ]
+
+    def issued_count(self) -> int:
+        with self._transaction(write=False) as cur:
+            return int(cur.execute("SELECT COUNT(*) FROM issued").fetchone()[0])
+
+    # Revocations
+
+    def revoke(
+        self,
+        now: datetime,
+        *,
+        spiffe_id: SpiffeId | None = None,
+        serial: int | None = None,
+        reason: str = "",
+    ) -> Revocation:
+        """Revoke an ID (all its certificates) or one serial; revoking again keeps the first."""
+        if (spiffe_id is None) == (serial is None):
+            raise ValueError("revoke needs exactly one of spiffe_id or serial")
+        sid = str(spiffe_id) if spiffe_id is not None else None
+        ser = _serial_text(serial) if serial is not None else None
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO revocations (spiffe_id, serial, revoked_at, reason)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (sid, ser, _micros(now), reason),
+            )
+            column, value = ("spiffe_id", sid) if sid is not None else ("serial", ser)
+            row = cur.execute(
+                f"SELECT spiffe_id, serial, revoked_at, reason FROM revocations"  # noqa: S608 - column is one of two literals
+                f" WHERE {column} = ?",
+                (value,),
+            ).fetchone()
+        return _revocation(row)
+
+    def revocations(self) -> Sequence[Revocation]:
+        with self._transaction(write=False) as cur:
+            rows = cur.execute(
+                "SELECT spiffe_id, serial, revoked_at, reason FROM revocations ORDER BY id"
+            ).fetchall()
+        return [_revocation(r) for r in rows]
+
+    def is_revoked(self, spiffe_id: SpiffeId, serial: int) -> bool:
+        with self._transaction(write=False) as cur:
+            row = cur.execute(
+                "SELECT 1 FROM revocations WHERE spiffe_id = ? OR serial = ? LIMIT 1",
+                (str(spiffe_id), _serial_text(serial)),
+            ).fetchone()
+        return row is not None
+
+    # Lifecycle
+
+    def ping(self) -> None:
+        """Raise `StoreUnavailable` unless the database answers."""
+        try:
+            with self._transaction(write=False) as cur:
+                cur.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _revocation(row: tuple[Any, ...]) -> Revocation:
+    return Revocation(
+        SpiffeId.parse(row[0]) if row[0] is not None else None,
+        int(row[1], 16) if row[1] is not None else None,
+        _from_micros(row[2]),
+        row[3],
+    )
