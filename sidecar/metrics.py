@@ -1,0 +1,103 @@
+"""The sidecar's Prometheus metrics, in a registry of its own (one per sidecar process).
+
+Names follow Prometheus conventions: `meshgate_` prefix, base units (seconds, bytes),
+`_total` on counters. Labels hold bounded values only: SPIFFE IDs of mesh workloads,
+methods, status codes, reason codes, `@id`s of policies — never paths or request ids.
+"""
+
+from __future__ import annotations
+
+from typing import Final, final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE", "SidecarMetrics"]
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+_LATENCY_BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+@final
+class SidecarMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "meshgate_requests_total",
+            "HTTP requests (or tcp connections) handled, by outcome.",
+            ["direction", "source", "destination", "method", "status", "decision"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "meshgate_request_duration_seconds",
+            "Time from request head received to response end.",
+            ["direction", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.authz_decisions = Counter(
+            "meshgate_authz_decisions_total",
+            "Authorization decisions by result and determining policy.",
+            ["result", "policy"],
+            registry=r,
+        )
+        self.handshakes = Counter(
+            "meshgate_tls_handshakes_total",
+            "mTLS handshakes by direction, result and failure reason.",
+            ["direction", "result", "reason"],
+            registry=r,
+        )
+        self.connections_open = Gauge(
+            "meshgate_connections_open", "Open connections.", ["direction"], registry=r
+        )
+        self.connections = Counter(
+            "meshgate_connections_total", "Accepted connections.", ["direction"], registry=r
+        )
+        self.bytes = Counter(
+            "meshgate_bytes_total",
+            "Payload bytes relayed, by direction of the hop and flow.",
+            ["direction", "flow"],
+            registry=r,
+        )
+        self.cert_expiry = Gauge(
+            "meshgate_certificate_expiry_timestamp_seconds",
+            "notAfter of the current SVID, as a Unix timestamp.",
+            registry=r,
+        )
+        self.rotations = Counter(
+            "meshgate_certificate_rotations_total",
+            "SVID rotations by result.",
+            ["result"],
+            registry=r,
+        )
+        self.policy_reloads = Counter(
+            "meshgate_policy_reloads_total", "Policy reloads by result.", ["result"], registry=r
+        )
+        self.policy_version = Gauge(
+            "meshgate_policy_set_info",
+            "The loaded policy set (value 1), labelled with its version.",
+            ["version"],
+            registry=r,
+        )
+
+    def set_policy_version(self, version: str) -> None:
+        self.policy_version.clear()
+        self.policy_version.labels(version=version).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
