@@ -13,9 +13,12 @@ ensure_debian_packages() {
     local missing=()
     command -v openssl >/dev/null || missing+=(openssl)
     command -v curl >/dev/null || missing+=(curl)
-    if [ "${MESHGATE_WITH_PEERS:-1}" = 1 ]; then
-        command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
-        command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+    # Benchmark peers: only scripts/bench.py asks for them (MESHGATE_WITH_PEERS=1).
+    if [ "${MESHGATE_WITH_PEERS:-0}" = 1 ]; then
+        [ -x /usr/sbin/nginx ] || missing+=(nginx)
+        [ -e /usr/share/nginx/modules-available/mod-stream.conf ] || [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
+        [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+        command -v wrk >/dev/null || missing+=(wrk)
     fi
     if [ "${MESHGATE_WITH_POSTGRES:-1}" = 1 ]; then
         ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
