@@ -1,0 +1,407 @@
+"""``mesh-ca``: create and run the mesh CA, issue SVIDs offline, manage tokens and revocations.
+
+Every flag is validated before anything is written; usage errors name the flag and exit
+2, operational errors (a missing CA, a wrong passphrase, a database error) exit 1. Join
+tokens go to stdout only, so scripts can capture them; nothing secret is ever logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+from mesh_ca.ca_dir import (
+    BUNDLE_PEM,
+    INTERMEDIATE_CERT,
+    ROOT_CERT,
+    CaDirError,
+    LoadedCa,
+    init_ca_dir,
+    load_ca_dir,
+    read_passphrase,
+)
+from mesh_ca.config import CONFIG_FILE, CaConfig, ConfigError, load_config
+from mesh_ca.duration import format_duration, parse_duration
+from mesh_ca.identity import (
+    BundleError,
+    SpiffeId,
+    SpiffeIdError,
+    TrustDomain,
+    load_pem_certificates,
+)
+from mesh_ca.issuance import MAX_LEAF_TTL, MIN_LEAF_TTL, IssuanceError, issue_leaf, make_csr
+from mesh_ca.keys import generate_key, private_key_pem, write_private_file
+from mesh_ca.store import IssuedRecord, StateStore, StoreError, open_store
+from mesh_ca.tokens import new_token
+
+__all__ = ["main"]
+
+PROG = "mesh-ca"
+
+
+class UsageError(Exception):
+    """A flag value is wrong; exit 2. The message starts with the flag."""
+
+    def __init__(self, flag: str, message: str) -> None:
+        super().__init__(f"{flag}: {message}")
+
+
+class OperationError(Exception):
+    """The command could not be carried out; exit 1."""
+
+
+# Argument types: argparse reports their errors as "argument --flag: message", exit 2.
+
+
+def _arg_type(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    convert.__name__ = name
+    return convert
+
+
+def _serial(text: str) -> int:
+    cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
+    try:
+        value = int(cleaned, 16)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a hexadecimal serial number") from None
+    if value <= 0:
+        raise ValueError(f"{text!r}: serial must be positive")
+    return value
+
+
+_spiffe_id_arg = _arg_type(SpiffeId.parse, "SPIFFE ID")
+_trust_domain_arg = _arg_type(TrustDomain.parse, "trust domain")
+_duration_arg = _arg_type(parse_duration, "duration")
+_serial_arg = _arg_type(_serial, "serial")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="The meshgate SPIFFE certificate authority."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text)
+
+    def add_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dir", type=Path, required=True, help="the CA directory")
+
+    def add_passphrase(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--passphrase-file",
+            type=Path,
+            help="file whose first line is the CA key passphrase (else $MESH_CA_PASSPHRASE)",
+        )
+
+    p = add("init", "Create a new CA directory: root, intermediate, bundle, config, state.")
+    p.add_argument("--trust-domain", type=_trust_domain_arg, required=True)
+    add_dir(p)
+    p.add_argument("--force", action="store_true", help="replace an existing CA (destroys it)")
+    add_passphrase(p)
+
+    p = add("issue", "Issue an X509-SVID offline (the key is made here).")
+    add_dir(p)
+    p.add_argument("--spiffe-id", type=_spiffe_id_arg, required=True)
+    p.add_argument("--out", type=Path, required=True, help="directory for svid.pem/.key")
+    p.add_argument("--ttl", type=_duration_arg, help="lifetime, e.g. 1h (default from ca.toml)")
+    add_passphrase(p)
+
+    p = add("token", "Manage one-time join tokens.")
+    token_sub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    t = token_sub.add_parser(
+        "create",
+        help="Create a join token bound to a SPIFFE ID; prints only the token.",
+        description="Create a join token bound to a SPIFFE ID; prints only the token.",
+    )
+    add_dir(t)
+    t.add_argument("--spiffe-id", type=_spiffe_id_arg, required=True)
+    t.add_argument("--ttl", type=_duration_arg, help="token lifetime (default from ca.toml)")
+
+    p = add("revoke", "Revoke a SPIFFE ID (all its certificates) or one certificate serial.")
+    add_dir(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--spiffe-id", type=_spiffe_id_arg)
+    which.add_argument("--serial", type=_serial_arg, help="hexadecimal serial number")
+    p.add_argument("--reason", default="", help="free text kept with the revocation")
+
+    p = add("status", "Show the CA, certificate expiry, outstanding tokens and revocations.")
+    add_dir(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("serve", "Run the CA HTTPS server.")
+    add_dir(p)
+    p.add_argument("--listen", help="HOST:PORT (default from ca.toml; port 0 picks one)")
+    add_passphrase(p)
+    return parser
+
+
+# Helpers
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _load_config(directory: Path) -> CaConfig:
+    file = directory / CONFIG_FILE
+    if not file.is_file():
+        raise OperationError(f"{directory}: not a CA directory (no {CONFIG_FILE}); run init")
+    return load_config(file)
+
+
+def _open_store(directory: Path) -> tuple[CaConfig, StateStore]:
+    config = _load_config(directory)
+    return config, open_store(config, directory)
+
+
+def _load_ca(args: argparse.Namespace) -> LoadedCa:
+    return load_ca_dir(args.dir, read_passphrase(args.passphrase_file))
+
+
+def _check_member(spiffe_id: SpiffeId, trust_domain: TrustDomain) -> None:
+    if not spiffe_id.member_of(trust_domain):
+        raise UsageError(
+            "--spiffe-id", f"{spiffe_id} is not in this CA's trust domain {trust_domain}"
+        )
+    if not spiffe_id.path:
+        raise UsageError("--spiffe-id", f"{spiffe_id} names the trust domain, not a workload")
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _info(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# Commands
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    passphrase = read_passphrase(args.passphrase_file)
+    ca = init_ca_dir(args.dir, args.trust_domain, _now(), passphrase=passphrase, force=args.force)
+    _out(f"created CA for trust domain {ca.trust_domain} in {ca.path}")
+    _out(f"  root          {_iso(ca.root.not_valid_after_utc)} (notAfter)")
+    _out(f"  intermediate  {_iso(ca.signer.not_after)} (notAfter)")
+    _out(f"  keys          {'passphrase-encrypted' if passphrase else 'unencrypted'}, mode 0600")
+    return 0
+
+
+def _cmd_issue(args: argparse.Namespace) -> int:
+    ca = _load_ca(args)
+    spiffe_id: SpiffeId = args.spiffe_id
+    _check_member(spiffe_id, ca.trust_domain)
+    issuance = ca.config.issuance
+    ttl: timedelta = args.ttl or timedelta(seconds=issuance.default_ttl_seconds)
+    limit = min(MAX_LEAF_TTL, timedelta(seconds=issuance.max_ttl_seconds))
+    if not MIN_LEAF_TTL <= ttl <= limit:
+        raise UsageError(
+            "--ttl",
+            f"{format_duration(ttl)} is outside {format_duration(MIN_LEAF_TTL)}"
+            f" .. {format_duration(limit)}",
+        )
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise UsageError("--out", f"{out} exists and is not a directory")
+
+    now = _now()
+    key = generate_key()
+    leaf = issue_leaf(make_csr(key), spiffe_id, ca.signer, now, ttl)
+    store = ca.open_store()
+    try:
+        # The ledger first: a recorded certificate nobody holds is harmless, the reverse is not.
+        store.record_issued(
+            IssuedRecord(leaf.serial_number, spiffe_id, "offline", now, leaf.not_valid_after_utc)
+        )
+    finally:
+        store.close()
+    out.mkdir(parents=True, exist_ok=True)
+    pem = serialization.Encoding.PEM
+    write_private_file(out / "svid.key", private_key_pem(key))
+    (out / "svid.pem").write_bytes(leaf.public_bytes(pem) + ca.signer.cert.public_bytes(pem))
+    (out / BUNDLE_PEM).write_bytes(ca.bundle.roots_pem())
+    _out(f"spiffe_id  {spiffe_id}")
+    _out(f"serial     {leaf.serial_number:x}")
+    _out(f"notAfter   {_iso(leaf.not_valid_after_utc)}")
+    _out(f"files      {out / 'svid.pem'}, {out / 'svid.key'} (0600), {out / BUNDLE_PEM}")
+    return 0
+
+
+def _cmd_token_create(args: argparse.Namespace) -> int:
+    config, store = _open_store(args.dir)
+    try:
+        spiffe_id: SpiffeId = args.spiffe_id
+        _check_member(spiffe_id, config.trust_domain_value)
+        ttl: timedelta = args.ttl or timedelta(seconds=config.issuance.token_ttl_seconds)
+        if ttl > timedelta(days=7):
+            raise UsageError("--ttl", f"{format_duration(ttl)} is longer than 7d")
+        text, token_id, secret_hash = new_token()
+        now = _now()
+        store.add_token(token_id, secret_hash, spiffe_id, now, now + ttl)
+    finally:
+        store.close()
+    _info(f"token {token_id} for {spiffe_id}, valid until {_iso(now + ttl)}, usable once")
+    _out(text)
+    return 0
+
+
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    config, store = _open_store(args.dir)
+    try:
+        if args.spiffe_id is not None:
+            _check_member(args.spiffe_id, config.trust_domain_value)
+        revocation = store.revoke(
+            _now(), spiffe_id=args.spiffe_id, serial=args.serial, reason=args.reason
+        )
+    finally:
+        store.close()
+    what = (
+        str(revocation.spiffe_id)
+        if revocation.spiffe_id is not None
+        else f"serial {revocation.serial:x}"
+    )
+    _out(f"revoked {what} at {_iso(revocation.revoked_at)}")
+    return 0
+
+
+def _cert_summary(file: Path) -> dict[str, Any]:
+    cert = load_pem_certificates(file.read_bytes(), what=str(file))[0]
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "serial": format(cert.serial_number, "x"),
+        "not_before": _iso(cert.not_valid_before_utc),
+        "not_after": _iso(cert.not_valid_after_utc),
+    }
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    config, store = _open_store(args.dir)
+    now = _now()
+    try:
+        tokens = store.outstanding_tokens(now)
+        revocations = store.revocations()
+        issued = store.issued_count()
+    finally:
+        store.close()
+    try:
+        root = _cert_summary(args.dir / ROOT_CERT)
+        intermediate = _cert_summary(args.dir / INTERMEDIATE_CERT)
+    except OSError as exc:
+        raise OperationError(f"{exc.filename}: cannot read ({exc.strerror})") from exc
+    status: dict[str, Any] = {
+        "trust_domain": config.trust_domain,
+        "dir": str(args.dir.absolute()),
+        "root": root,
+        "intermediate": intermediate,
+        "outstanding_tokens": [
+            {
+                "token_id": t.token_id,
+                "spiffe_id": str(t.spiffe_id),
+                "expires_at": _iso(t.expires_at),
+            }
+            for t in tokens
+        ],
+        "revocations": [
+            {
+                "spiffe_id": str(r.spiffe_id) if r.spiffe_id is not None else None,
+                "serial": format(r.serial, "x") if r.serial is not None else None,
+                "revoked_at": _iso(r.revoked_at),
+                "reason": r.reason,
+            }
+            for r in revocations
+        ],
+        "issued_count": issued,
+    }
+    if args.json:
+        _out(json.dumps(status, indent=2))
+        return 0
+    _out(f"trust domain   {config.trust_domain}")
+    _out(f"directory      {status['dir']}")
+    _out(f"root           notAfter {root['not_after']}  ({root['subject']})")
+    _out(f"intermediate   notAfter {intermediate['not_after']}  ({intermediate['subject']})")
+    _out(f"issued         {issued} certificate(s)")
+    _out(f"tokens         {len(tokens)} outstanding")
+    for token in status["outstanding_tokens"]:
+        _out(f"  {token['token_id']}  {token['spiffe_id']}  expires {token['expires_at']}")
+    _out(f"revocations    {len(revocations)}")
+    for rev in status["revocations"]:
+        what = rev["spiffe_id"] or f"serial {rev['serial']}"
+        _out(f"  {what}  at {rev['revoked_at']}  {rev['reason']}".rstrip())
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from mesh_ca.server.main import serve_main  # type: ignore[import-not-found,unused-ignore]
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and exc.name.startswith("mesh_ca.server"):
+            raise OperationError("serve: the CA server is not available in this build") from exc
+        raise
+    result: int = serve_main(args)
+    return result
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "init": _cmd_init,
+    "issue": _cmd_issue,
+    "revoke": _cmd_revoke,
+    "status": _cmd_status,
+    "serve": _cmd_serve,
+    "token": _cmd_token_create,  # "create" is its only action so far
+}
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    command = _COMMANDS[args.command]
+    try:
+        return command(args)
+    except UsageError as exc:
+        return _fail(str(exc), 2)
+    except (
+        OperationError,
+        CaDirError,
+        ConfigError,
+        StoreError,
+        IssuanceError,
+        BundleError,
+        SpiffeIdError,
+    ) as exc:
+        return _fail(str(exc), 1)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}", 1)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
