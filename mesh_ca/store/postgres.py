@@ -1,0 +1,442 @@
+"""The shared state store: PostgreSQL (psycopg 3), for several CA replicas on one database.
+
+Calls come from `trio.to_thread` worker threads and from several CA processes. Each call
+borrows a connection from a small pool (one connection per call in flight, a few kept
+idle), runs one transaction and gives it back; a connection that failed is thrown away, so
+the store reconnects by itself once the server is back. A reused idle connection that
+turns out dead before anything was committed is replaced and the call tried once more
+(the server restarted meanwhile); a failure during COMMIT is never retried, because its
+outcome is unknown.
+
+A token is consumed by one conditional UPDATE (`... WHERE used_at IS NULL AND expires_at >
+now`) after a constant-time check of the secret hash: under READ COMMITTED a second
+concurrent UPDATE waits for the first, re-reads the row and matches nothing, so across any
+number of replicas exactly one consumer succeeds.
+
+Every driver error becomes `StoreUnavailable` (cannot reach the database) or `StoreError`.
+The password is passed to libpq apart from the URL, never kept in a message or repr, and
+scrubbed from any driver text that might echo it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Final, TypeVar, final
+
+import psycopg
+import psycopg.errors
+from psycopg import conninfo as pg_conninfo
+from psycopg.pq import TransactionStatus
+
+from mesh_ca.identity import SpiffeId
+from mesh_ca.store.base import (
+    IssuedRecord,
+    Revocation,
+    StoreError,
+    StoreUnavailable,
+    TokenError,
+    TokenFailure,
+    TokenRecord,
+)
+from mesh_ca.store.migrations import MigrationResult, check_version, migrate
+
+__all__ = ["PostgresStore", "describe_url"]
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT_SECONDS: Final = 5
+# Bounds how long a call can hang on a server that stopped answering mid-query.
+TCP_USER_TIMEOUT_MS: Final = 10_000
+STATEMENT_TIMEOUT_MS: Final = 10_000
+
+
+def describe_url(url: str) -> str:
+    """``user@host:port/dbname`` for messages: never the password, even one in the URL."""
+    try:
+        params = pg_conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        return "PostgreSQL (unparsable URL)"
+    user = str(params.get("user") or "")
+    host = str(params.get("host") or params.get("hostaddr") or "localhost")
+    port = str(params.get("port") or "5432")
+    dbname = str(params.get("dbname") or user or "?")
+    return f"PostgreSQL {user + '@' if user else ''}{host}:{port}/{dbname}"
+
+
+def _aware(when: datetime) -> datetime:
+    if when.tzinfo is None:
+        raise ValueError(f"naive datetime {when!r}: the store only takes timezone-aware times")
+    return when
+
+
+def _serial(serial: int) -> Decimal:
+    if serial <= 0:
+        raise ValueError(f"certificate serial must be positive, got {serial}")
+    return Decimal(serial)
+
+
+def _utc(value: Any) -> datetime:
+    assert isinstance(value, datetime)
+    return value.astimezone(UTC)
+
+
+class _StaleConnectionError(Exception):
+    """A reused connection died before anything was committed; safe to retry once."""
+
+
+@final
+class PostgresStore:
+    """`StateStore` on PostgreSQL. Migrates the schema on open unless `migrate=False`.
+
+    `url` is a libpq URL or conninfo string without a password; `password` is given apart
+    (from the config's password_env or password_file). Raises `StoreUnavailable` when the
+    server cannot be reached, and `SchemaVersionError` for a schema newer than this code.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        password: str | None = None,
+        *,
+        max_idle_connections: int = 4,
+        connect_timeout_seconds: int = CONNECT_TIMEOUT_SECONDS,
+        migrate: bool = True,
+    ) -> None:
+        self.where = describe_url(url)
+        try:
+            params = pg_conninfo.conninfo_to_dict(url)
+        except psycopg.Error:
+            # The driver's message quotes the URL, which may hold a password: not repeated.
+            raise StoreError(f"{self.where}: not a valid PostgreSQL URL or conninfo") from None
+        if params.get("password"):
+            raise StoreError(
+                f"{self.where}: the URL carries a password; give it through password_env "
+                "or password_file instead, so it stays out of config files and logs"
+            )
+        # Our defaults; anything the URL sets wins.
+        defaults: dict[str, Any] = {
+            "connect_timeout": max(2, connect_timeout_seconds),
+            "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+            "application_name": "mesh-ca",
+            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c TimeZone=UTC",
+        }
+        self._params: dict[str, Any] = {**defaults, **params}
+        self._password = password or None
+        self._max_idle = max_idle_connections
+        self._idle: list[psycopg.Connection[tuple[Any, ...]]] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self.migration: MigrationResult | None = None
+        if migrate:
+            self.migration = self._with_connection(lambda conn: _run_migrate(conn, self.where))
+        else:
+            self._with_connection(lambda conn: check_version(conn, self.where))
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.where!r})"
+
+    # Connections
+
+    def _scrub(self, text: str) -> str:
+        if self._password:
+            text = text.replace(self._password, "***")
+        return text
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailable:
+        detail = self._scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        kind = type(exc).__name__
+        return StoreUnavailable(f"{self.where} is unavailable: {detail or kind}")
+
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        try:
+            return psycopg.Connection.connect(
+                autocommit=True, password=self._password, **self._params
+            )
+        except psycopg.Error as exc:
+            raise self._unavailable(exc) from None  # libpq's text is in the message
+
+    def _take(self) -> tuple[psycopg.Connection[tuple[Any, ...]], bool]:
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"{self.where}: the store is closed")
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed:
+                    return conn, True
+        return self._connect(), False
+
+    def _give_back(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        healthy = not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
+        with self._lock:
+            if healthy and not self._closed and len(self._idle) < self._max_idle:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def _drop_idle(self) -> None:
+        """After one dead connection the others are likely dead too (server restart)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _with_connection(self, fn: Callable[[psycopg.Connection[tuple[Any, ...]]], T]) -> T:
+        """Run `fn` on a pooled connection; `fn` manages its own transaction."""
+        conn, _ = self._take()
+        try:
+            result = fn(conn)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            conn.close()
+            self._drop_idle()
+            raise self._unavailable(exc) from exc
+        except psycopg.Error as exc:
+            self._give_back(conn)
+            raise StoreError(f"{self.where}: {self._scrub(str(exc))}") from exc
+        except BaseException:
+            self._give_back(conn)
+            raise
+        self._give_back(conn)
+        return result
+
+    def _transaction(self, fn: Callable[[psycopg.Connection[tuple[Any, ...]]], T]) -> T:
+        """Run `fn` in one transaction: whole or not at all. Driver errors are translated."""
+        try:
+            return self._with_connection(lambda conn: self._attempt(conn, fn, reused=True))
+        except _StaleConnectionError:
+            return self._with_connection(lambda conn: self._attempt(conn, fn, reused=False))
+
+    def _attempt(
+        self,
+        conn: psycopg.Connection[tuple[Any, ...]],
+        fn: Callable[[psycopg.Connection[tuple[Any, ...]]], T],
+        *,
+        reused: bool,
+    ) -> T:
+        committing = False
+        try:
+            with conn.transaction():
+                result = fn(conn)
+                committing = True
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if reused and not committing and conn.closed:
+                conn.close()
+                self._drop_idle()
+                raise _StaleConnectionError from exc
+            raise
+        return result
+
+    # Tokens
+
+    def add_token(
+        self,
+        token_id: str,
+        secret_hash: bytes,
+        spiffe_id: SpiffeId,
+        created_at: datetime,
+        expires_at: datetime,
+    ) -> None:
+        if _aware(expires_at) <= _aware(created_at):
+            raise ValueError("token expires_at must be after created_at")
+
+        def run(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+            conn.execute(
+                "INSERT INTO join_tokens"
+                " (token_id, secret_hash, spiffe_id, created_at, expires_at)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (token_id, secret_hash, str(spiffe_id), created_at, expires_at),
+            )
+
+        try:
+            self._transaction(run)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+                raise StoreError(f"{self.where}: token id {token_id!r} already exists") from exc
+            raise
+
+    def consume_token(self, token_id: str, secret_hash: bytes, now: datetime) -> SpiffeId:
+        """Mark the token used and return its bound ID, or raise `TokenError`. Atomic.
+
+        A wrong secret reads as UNKNOWN, the same as an unknown id, so a caller without the
+        secret learns nothing about the token and cannot burn it. Fails closed.
+        """
+        _aware(now)
+
+        def run(conn: psycopg.Connection[tuple[Any, ...]]) -> SpiffeId | TokenFailure:
+            row = conn.execute(
+                "SELECT secret_hash, spiffe_id, expires_at, used_at FROM join_tokens"
+                " WHERE token_id = %s",
+                (token_id,),
+            ).fetchone()
+            if row is None or not hmac.compare_digest(bytes(row[0]), secret_hash):
+                return TokenFailure.UNKNOWN
+            if row[3] is not None:
+                return TokenFailure.USED
+            if now >= row[2]:
+                return TokenFailure.EXPIRED
+            # The race is decided here: of concurrent consumers, one UPDATE matches.
+            won = conn.execute(
+                "UPDATE join_tokens SET used_at = %s"
+                " WHERE token_id = %s AND used_at IS NULL AND expires_at > %s"
+                " RETURNING spiffe_id",
+                (now, token_id, now),
+            ).fetchone()
+            if won is None:
+                return TokenFailure.USED
+            return SpiffeId.parse(won[0])
+
+        outcome = self._transaction(run)
+        if isinstance(outcome, TokenFailure):
+            raise TokenError(outcome)
+        return outcome
+
+    def outstanding_tokens(self, now: datetime) -> Sequence[TokenRecord]:
+        rows = self._transaction(
+            lambda conn: conn.execute(
+                "SELECT token_id, spiffe_id, created_at, expires_at FROM join_tokens"
+                " WHERE used_at IS NULL AND expires_at > %s ORDER BY created_at, token_id",
+                (_aware(now),),
+            ).fetchall()
+        )
+        return [TokenRecord(r[0], SpiffeId.parse(r[1]), _utc(r[2]), _utc(r[3])) for r in rows]
+
+    # Ledger
+
+    def record_issued(self, record: IssuedRecord) -> None:
+        params = (
+            _serial(record.serial),
+            str(record.spiffe_id),
+            record.kind,
+            _aware(record.issued_at),
+            _aware(record.not_after),
+            record.replica,
+        )
+
+        def run(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+            conn.execute(
+                "INSERT INTO issued_certificates"
+                " (serial, spiffe_id, kind, issued_at, not_after, replica)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                params,
+            )
+
+        try:
+            self._transaction(run)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+                raise StoreError(
+                    f"{self.where}: serial {record.serial:x} is already in the ledger"
+                ) from exc
+            raise
+
+    def issued(self, spiffe_id: SpiffeId | None = None, limit: int = 100) -> Sequence[IssuedRecord]:
+        """Most recent first."""
+        rows = self._transaction(
+            lambda conn: conn.execute(
+                "SELECT serial, spiffe_id, kind, issued_at, not_after, replica"
+                " FROM issued_certificates"
+                " WHERE %(id)s::text IS NULL OR spiffe_id = %(id)s"
+                " ORDER BY issued_at DESC, seq DESC LIMIT %(limit)s",
+                {"id": None if spiffe_id is None else str(spiffe_id), "limit": max(0, limit)},
+            ).fetchall()
+        )
+        return [
+            IssuedRecord(int(r[0]), SpiffeId.parse(r[1]), r[2], _utc(r[3]), _utc(r[4]), r[5])
+            for r in rows
+        ]
+
+    def issued_count(self) -> int:
+        row = self._transaction(
+            lambda conn: conn.execute("SELECT count(*) FROM issued_certificates").fetchone()
+        )
+        return int(row[0]) if row else 0
+
+    # Revocations
+
+    def revoke(
+        self,
+        now: datetime,
+        *,
+        spiffe_id: SpiffeId | None = None,
+        serial: int | None = None,
+        reason: str = "",
+    ) -> Revocation:
+        """Revoke an ID (all its certificates) or one serial; revoking again keeps the first."""
+        if (spiffe_id is None) == (serial is None):
+            raise ValueError("revoke needs exactly one of spiffe_id or serial")
+        sid = str(spiffe_id) if spiffe_id is not None else None
+        ser = _serial(serial) if serial is not None else None
+        _aware(now)
+
+        def run(conn: psycopg.Connection[tuple[Any, ...]]) -> tuple[Any, ...] | None:
+            conn.execute(
+                "INSERT INTO revocations (spiffe_id, serial, revoked_at, reason)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (sid, ser, now, reason),
+            )
+            return conn.execute(
+                "SELECT spiffe_id, serial, revoked_at, reason FROM revocations"
+                " WHERE spiffe_id = %s OR serial = %s",
+                (sid, ser),
+            ).fetchone()
+
+        row = self._transaction(run)
+        assert row is not None  # inserted or already there, in this transaction
+        return _revocation(row)
+
+    def revocations(self) -> Sequence[Revocation]:
+        rows = self._transaction(
+            lambda conn: conn.execute(
+                "SELECT spiffe_id, serial, revoked_at, reason FROM revocations ORDER BY seq"
+            ).fetchall()
+        )
+        return [_revocation(r) for r in rows]
+
+    def is_revoked(self, spiffe_id: SpiffeId, serial: int) -> bool:
+        row = self._transaction(
+            lambda conn: conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM revocations WHERE spiffe_id = %s OR serial = %s)",
+                (str(spiffe_id), _serial(serial)),
+            ).fetchone()
+        )
+        return bool(row and row[0])
+
+    # Lifecycle
+
+    def ping(self) -> None:
+        """Raise `StoreUnavailable` unless the database answers."""
+        try:
+            self._transaction(lambda conn: conn.execute("SELECT 1").fetchone())
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def __enter__(self) -> PostgresStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _run_migrate(conn: psycopg.Connection[tuple[Any, ...]], where: str) -> MigrationResult:
+    return migrate(conn, where)
+
+
+def _revocation(row: tuple[Any, ...]) -> Revocation:
+    return Revocation(
+        SpiffeId.parse(row[0]) if row[0] is not None else None,
+        int(row[1]) if row[1] is not None else None,
+        _utc(row[2]),
+        row[3],
+    )
