@@ -97,6 +97,7 @@ class TestPki:
         not_before: datetime | None = None,
         not_after: datetime | None = None,
         signer: Signer | None = None,
+        dns_names: tuple[str, ...] = (),
     ) -> Leaf:
         """A leaf built by hand, to break exactly one rule of the SVID profile."""
         signer = signer or self.signer
@@ -120,7 +121,10 @@ class TestPki:
         )
         if uris:
             builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]),
+                x509.SubjectAlternativeName(
+                    [x509.UniformResourceIdentifier(u) for u in uris]
+                    + [x509.DNSName(d) for d in dns_names]
+                ),
                 critical=True,
             )
         if key_usage is True:

@@ -1,0 +1,1 @@
+"""Helpers for scripts/bench.py: real peer proxies, load generation, process accounting."""
