@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["PeerPair", "Tls", "nginx_app", "nginx_pair", "haproxy_pair", "wait_port"]
+__all__ = ["PeerPair", "Tls", "haproxy_pair", "nginx_app", "nginx_pair", "wait_port"]
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,8 @@ backend app
     bind 127.0.0.1:{entry_port}
     default_backend hop
 backend hop
-    server hop 127.0.0.1:{hop_port} ssl crt {client_pem} ca-file {client.bundle} verify required no-ssl-reuse
+    server hop 127.0.0.1:{hop_port} ssl crt {client_pem} ca-file {client.bundle} \
+verify required no-ssl-reuse
 """
     binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
     procs = []
