@@ -39,6 +39,7 @@ from mesh_ca.identity import (
 from mesh_ca.issuance import MAX_LEAF_TTL, MIN_LEAF_TTL, IssuanceError, issue_leaf, make_csr
 from mesh_ca.keys import generate_key, private_key_pem, write_private_file
 from mesh_ca.store import IssuedRecord, StateStore, StoreError, open_store
+from mesh_ca.store.dbcli import add_db_parser, db_main
 from mesh_ca.tokens import new_token
 
 __all__ = ["main"]
@@ -146,6 +147,8 @@ def _build_parser() -> argparse.ArgumentParser:
     add_dir(p)
     p.add_argument("--listen", help="HOST:PORT (default from ca.toml; port 0 picks one)")
     add_passphrase(p)
+
+    add_db_parser(sub)
     return parser
 
 
@@ -367,6 +370,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": _cmd_status,
     "serve": _cmd_serve,
     "token": _cmd_token_create,  # "create" is its only action so far
+    "db": db_main,
 }
 
 

@@ -36,4 +36,8 @@ def open_store(config: CaConfig, ca_dir: Path) -> StateStore:
     if config.store.kind == "sqlite":
         path = Path(config.store.path)
         return SqliteStore(path if path.is_absolute() else ca_dir / path)
+    if config.store.kind == "postgres":
+        from mesh_ca.store.postgres_config import open_postgres  # psycopg only when asked
+
+        return open_postgres(config.store, ca_dir)
     raise StoreUnavailable(f"store kind {config.store.kind!r} is not available in this build")
