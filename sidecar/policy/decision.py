@@ -1,0 +1,163 @@
+"""The pure decision: one access request against one snapshot, failing closed.
+
+Requests are built as structured JSON (entity references as `{"type", "id"}` dicts and a
+context dict), never by formatting Cedar text, so no SPIFFE ID, path or header value can
+change the meaning of a policy.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Final, final
+
+import cedarpy
+
+from mesh_ca.identity import SpiffeId
+from sidecar.policy.loader import workload_entity
+from sidecar.policy.snapshot import PolicySnapshot
+
+__all__ = ["AccessRequest", "DecisionReason", "PolicyDecision", "decide", "deny_unloaded"]
+
+_ERRORED_POLICY_RE: Final = re.compile(r"error while evaluating policy `([^`]+)`")
+
+
+class DecisionReason(StrEnum):
+    ALLOWED = "allowed"
+    FORBIDDEN = "forbidden"  # a forbid policy matched
+    NO_PERMIT = "no-permit"  # default deny: nothing permits
+    EVALUATION_ERROR = "evaluation-error"  # some policy errored: never allow
+    INVALID_REQUEST = "invalid-request"  # Cedar could not build the request (unknown action...)
+    NOT_LOADED = "not-loaded"  # no policy set has gone live yet
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class AccessRequest:
+    """What the sidecar knows about one request (http) or connection (tcp, action `connect`).
+
+    `path` is the normalized path that will be forwarded; `headers` are (name, value) pairs
+    as received; `now` is the decision time (UTC-aware).
+    """
+
+    principal: SpiffeId
+    action: str
+    service: str
+    source_address: str
+    now: datetime
+    path: str = ""
+    query: str = ""
+    host: str = ""
+    headers: Sequence[tuple[str, str]] = ()
+    tls_version: str = "TLSv1.3"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PolicyDecision:
+    """The verdict and everything a log line needs to explain it.
+
+    `allowed` is the policy verdict. `audit` echoes the caller's mode: in audit mode a
+    denied request is still forwarded (`forward`) and counted as `would_deny`.
+    """
+
+    allowed: bool
+    reason: DecisionReason
+    policy_ids: tuple[str, ...]  # determining policies (their @id)
+    errors: tuple[str, ...] = ()
+    errored_policy_ids: tuple[str, ...] = ()
+    version: str = ""
+    audit: bool = False
+    cedar_decision: str = field(default="", repr=False)
+
+    @property
+    def forward(self) -> bool:
+        return self.allowed or self.audit
+
+    @property
+    def would_deny(self) -> bool:
+        return self.audit and not self.allowed
+
+
+def deny_unloaded(*, audit: bool = False) -> PolicyDecision:
+    """The decision when no policy set is live: deny (fails closed), even in audit mode's
+    verdict; the caller still decides whether audit mode forwards."""
+    return PolicyDecision(False, DecisionReason.NOT_LOADED, (), audit=audit)
+
+
+def cedar_request(snapshot: PolicySnapshot, request: AccessRequest) -> dict[str, Any]:
+    now = request.now.astimezone(UTC)
+    wanted = snapshot.header_names
+    headers: dict[str, str] = {}
+    for name, value in request.headers:
+        key = name.lower()
+        if key in wanted:
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return {
+        "principal": {"type": "Workload", "id": str(request.principal)},
+        "action": {"type": "Action", "id": request.action},
+        "resource": {"type": "Service", "id": request.service},
+        "context": {
+            "path": request.path,
+            "query": request.query,
+            "host": request.host.lower(),
+            "headers": headers,
+            "source_address": {"__extn": {"fn": "ip", "arg": request.source_address}},
+            "tls_version": request.tls_version,
+            "time": {
+                "epoch_seconds": int(now.timestamp()),
+                "hour": now.hour,
+                "minute": now.minute,
+                "weekday": now.isoweekday(),
+            },
+        },
+    }
+
+
+def decide(
+    snapshot: PolicySnapshot, request: AccessRequest, *, audit: bool = False, sliced: bool = True
+) -> PolicyDecision:
+    """Allow only when Cedar says Allow and no policy errored; otherwise deny (fails closed).
+
+    Cedar skips a policy whose evaluation errors, so an erroring `forbid` next to a matching
+    `permit` would otherwise allow: any evaluation error denies here.
+    """
+    principal_id = str(request.principal)
+    entities = snapshot.entities_with(
+        principal_id, lambda: json.dumps([workload_entity(request.principal)])
+    )
+    result = cedarpy.is_authorized(
+        cedar_request(snapshot, request),
+        snapshot.policy_set_for(request.service, sliced=sliced),
+        entities,
+        snapshot.schema,
+    )
+    diagnostics = result.diagnostics
+    errors = tuple(diagnostics.errors)
+    reasons = tuple(sorted(diagnostics.reasons))
+    errored = tuple(sorted({m.group(1) for e in errors for m in _ERRORED_POLICY_RE.finditer(e)}))
+    decision = result.decision
+    if decision == cedarpy.Decision.Allow and not errors:
+        reason = DecisionReason.ALLOWED
+    elif decision not in (cedarpy.Decision.Allow, cedarpy.Decision.Deny):
+        reason = DecisionReason.INVALID_REQUEST
+    elif decision == cedarpy.Decision.Deny and reasons:
+        reason = DecisionReason.FORBIDDEN
+    elif errors:
+        reason = DecisionReason.EVALUATION_ERROR
+    else:
+        reason = DecisionReason.NO_PERMIT
+    return PolicyDecision(
+        allowed=reason is DecisionReason.ALLOWED,
+        reason=reason,
+        policy_ids=reasons,
+        errors=errors,
+        errored_policy_ids=errored,
+        version=snapshot.version,
+        audit=audit,
+        cedar_decision=decision.value,
+    )

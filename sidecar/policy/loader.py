@@ -1,0 +1,252 @@
+"""Load a policy directory into a validated `PolicySnapshot`, or say exactly what is wrong.
+
+Fails closed: any unreadable, unparsable or invalid file, a policy without a unique `@id`,
+a template, or an empty set makes the whole load fail. There is no partial result and no
+"no policies" result. Each statement is parsed and validated on its own so that every
+problem names its file, line and policy id; all problems are collected, not just the first.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+import cedarpy
+
+from mesh_ca.identity import SpiffeId, SpiffeIdError
+from sidecar.policy.snapshot import PolicyInfo, PolicySnapshot, SliceIndex, resource_targets
+from sidecar.policy.source import (
+    PolicyDirectory,
+    PolicyProblem,
+    read_policy_directory,
+    split_statements,
+)
+
+__all__ = ["PolicyLoadError", "load_snapshot", "workload_entity"]
+
+WORKLOAD_TYPE: Final = "Workload"
+NAMESPACE_TYPE: Final = "Namespace"
+_POLICY_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_POSITIONAL_ID_RE: Final = re.compile(r"`policy0`")
+
+
+class PolicyLoadError(Exception):
+    """A policy directory cannot go live; `problems` lists every reason, located."""
+
+    def __init__(self, problems: list[PolicyProblem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(str(p) for p in problems))
+
+    @property
+    def first(self) -> PolicyProblem:
+        return self.problems[0]
+
+
+def workload_entity(spiffe_id: SpiffeId) -> dict[str, Any]:
+    """The Cedar entity of a workload: attributes and Namespace parent from its SPIFFE ID."""
+    namespace = spiffe_id.namespace or ""
+    parents = [{"type": NAMESPACE_TYPE, "id": namespace}] if namespace else []
+    return {
+        "uid": {"type": WORKLOAD_TYPE, "id": str(spiffe_id)},
+        "attrs": {
+            "trust_domain": spiffe_id.trust_domain.name,
+            "namespace": namespace,
+            "service": spiffe_id.service or "",
+        },
+        "parents": parents,
+    }
+
+
+def load_snapshot(directory: Path, now: datetime) -> PolicySnapshot:
+    """Read, parse and validate `directory`; raise `PolicyLoadError` on any problem."""
+    source, problems = read_policy_directory(directory)
+    if source is None:
+        raise PolicyLoadError(problems)
+    schema_name, schema_text = source.schema_file
+    try:
+        schema = cedarpy.Schema.from_str(schema_text)
+    except ValueError as exc:
+        raise PolicyLoadError([PolicyProblem(schema_name, f"invalid schema: {exc}")]) from exc
+    policies, infos, problems = _compile_policies(source, schema)
+    entities_json, known, ancestors, entity_problems = _normalize_entities(source)
+    problems += entity_problems
+    entities: cedarpy.Entities | None = None
+    if entities_json is not None:
+        try:
+            entities = cedarpy.Entities.from_json_str(entities_json, schema)
+        except ValueError as exc:
+            problems.append(PolicyProblem(source.entities_file[0], f"invalid entities: {exc}"))
+    if not problems and not policies:
+        problems.append(PolicyProblem(str(directory), "the policy files hold no policies"))
+    if problems or entities is None:
+        raise PolicyLoadError(problems)
+    targets = {pid: resource_targets(est["resource"], ancestors) for pid, est in policies.items()}
+    return PolicySnapshot(
+        directory=directory,
+        version=source.version,
+        files=source.files,
+        loaded_at=now,
+        policies=infos,
+        schema=schema,
+        entities=entities,
+        full_set=SliceIndex(policies, dict.fromkeys(policies)).for_service(""),
+        slices=SliceIndex(policies, targets),
+        known_workloads=known,
+        header_names=frozenset(_header_names(policies.values())),
+    )
+
+
+def _compile_policies(
+    source: PolicyDirectory, schema: cedarpy.Schema
+) -> tuple[dict[str, dict[str, Any]], dict[str, PolicyInfo], list[PolicyProblem]]:
+    policies: dict[str, dict[str, Any]] = {}
+    infos: dict[str, PolicyInfo] = {}
+    problems: list[PolicyProblem] = []
+    for name, text in source.policy_files:
+        statements = split_statements(text)
+        if not statements:
+            problems.append(PolicyProblem(name, "file holds no policies (empty or half-written)"))
+        for statement in statements:
+            where = {"file": name, "line": statement.line, "policy_id": statement.annotated_id}
+            if not statement.terminated:
+                problems.append(PolicyProblem(**where, message="policy does not end with ';'"))
+                continue
+            try:
+                parsed = cedarpy.PolicySet.from_str(statement.text)
+            except ValueError as exc:
+                problems.append(PolicyProblem(**where, message=f"does not parse: {exc}"))
+                continue
+            if len(parsed) != 1:
+                problems.append(PolicyProblem(**where, message="templates are not supported"))
+                continue
+            est = json.loads(cedarpy.policies_to_json_str(statement.text))["staticPolicies"]
+            (body,) = est.values()
+            policy_id = body.get("annotations", {}).get("id")
+            where["policy_id"] = policy_id
+            if not isinstance(policy_id, str) or not _POLICY_ID_RE.fullmatch(policy_id):
+                problems.append(
+                    PolicyProblem(
+                        **where,
+                        message='needs an @id("...") annotation of [A-Za-z0-9._:-], at most 128',
+                    )
+                )
+                continue
+            if policy_id in infos:
+                first = infos[policy_id]
+                problems.append(
+                    PolicyProblem(**where, message=f"duplicate @id, first at {first.file}:{first.line}")
+                )
+                continue
+            result = cedarpy.validate_policies(statement.text, schema)
+            if not result.validation_passed:
+                for error in result.errors:
+                    message = _POSITIONAL_ID_RE.sub(f"`{policy_id}`", error.error)
+                    problems.append(PolicyProblem(**where, message=message))
+                continue
+            policies[policy_id] = body
+            infos[policy_id] = PolicyInfo(policy_id, body["effect"], name, statement.line)
+    return policies, infos, problems
+
+
+def _normalize_entities(
+    source: PolicyDirectory,
+) -> tuple[str | None, frozenset[str], dict[str, frozenset[tuple[str, str]]], list[PolicyProblem]]:
+    """Fill in each Workload's attributes and Namespace parent from its SPIFFE ID, so a
+    workload listed here (for its groups) looks exactly like one built per request."""
+    name, text = source.entities_file
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, frozenset(), {}, [PolicyProblem(name, f"invalid JSON: {exc.msg}", exc.lineno)]
+    if not isinstance(document, list):
+        return None, frozenset(), {}, [PolicyProblem(name, "must be a JSON list of entities")]
+    problems: list[PolicyProblem] = []
+    known: set[str] = set()
+    parents: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for index, entry in enumerate(document):
+        uid = entry.get("uid") if isinstance(entry, dict) else None
+        if not isinstance(uid, dict) or not isinstance(uid.get("id"), str):
+            problems.append(PolicyProblem(name, f"entry {index}: needs a uid with type and id"))
+            continue
+        if uid.get("type") == WORKLOAD_TYPE:
+            try:
+                derived = workload_entity(SpiffeId.parse(uid["id"]))
+            except SpiffeIdError as exc:
+                problems.append(PolicyProblem(name, f"entry {index}: workload id: {exc}"))
+                continue
+            attrs = entry.get("attrs") or {}
+            if attrs and attrs != derived["attrs"]:
+                problems.append(
+                    PolicyProblem(
+                        name,
+                        f"entry {index}: attrs of {uid['id']} differ from those of its SPIFFE ID "
+                        f"({derived['attrs']}); leave them out",
+                    )
+                )
+                continue
+            entry["attrs"] = derived["attrs"]
+            entry["parents"] = [*derived["parents"], *entry.get("parents", [])]
+            known.add(uid["id"])
+        parents[(str(uid.get("type")), uid["id"])] = [
+            (str(p.get("type")), str(p.get("id")))
+            for p in entry.get("parents", [])
+            if isinstance(p, dict)
+        ]
+    if problems:
+        return None, frozenset(), {}, problems
+    return json.dumps(document), frozenset(known), _service_ancestors(parents), []
+
+
+def _service_ancestors(
+    parents: Mapping[tuple[str, str], list[tuple[str, str]]],
+) -> dict[str, frozenset[tuple[str, str]]]:
+    result: dict[str, frozenset[tuple[str, str]]] = {}
+    for uid in parents:
+        if uid[0] != "Service":
+            continue
+        seen: set[tuple[str, str]] = set()
+        stack = list(parents[uid])
+        while stack:
+            parent = stack.pop()
+            if parent not in seen:
+                seen.add(parent)
+                stack.extend(parents.get(parent, ()))
+        result[uid[1]] = frozenset(seen)
+    return result
+
+
+def _header_names(policies: Any) -> set[str]:
+    """Header names that some policy reads (`context.headers.x`, `has "x"`): only those go
+    into the request, and validation guarantees the schema declares each of them."""
+    names: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key in (".", "has"):
+                inner = node.get(key)
+                if isinstance(inner, dict) and _is_context_headers(inner.get("left")):
+                    names.add(str(inner.get("attr")))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for est in policies:
+        walk(est.get("conditions", []))
+    return names
+
+
+def _is_context_headers(node: Any) -> bool:
+    if not isinstance(node, dict):
+        return False
+    inner = node.get(".")
+    return (
+        isinstance(inner, dict)
+        and inner.get("attr") == "headers"
+        and inner.get("left") == {"Var": "context"}
+    )

@@ -1,0 +1,150 @@
+"""An immutable, validated, pre-parsed policy set, sliced per destination service.
+
+Cedar evaluates every policy in the set it is given, holding the GIL. A policy whose
+resource scope names another service can never apply, so each service gets a slice: the
+policies that name it plus those that name no service. A decision evaluates only its slice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final, Literal, final
+
+import cedarpy
+
+__all__ = ["PolicyInfo", "PolicySnapshot", "SliceIndex", "resource_targets"]
+
+SERVICE_TYPE: Final = "Service"
+_PRINCIPAL_CACHE_MAX: Final = 1024
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PolicyInfo:
+    """Where a policy came from: its `@id` is also its Cedar policy id."""
+
+    policy_id: str
+    effect: Literal["permit", "forbid"]
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.policy_id} ({self.effect}, {self.file}:{self.line})"
+
+
+def resource_targets(
+    scope: Mapping[str, Any], service_ancestors: Mapping[str, frozenset[tuple[str, str]]]
+) -> frozenset[str] | None:
+    """The services a resource scope can match, or None when it may match any service.
+
+    Requests always name a `Service::"name"` resource whose ancestors are those in the
+    entities file (an unknown service has none), so `==` and `in` are decided exactly.
+    Anything not understood here is treated as "any service" (a larger slice is safe).
+    """
+    op = scope.get("op")
+    if op == "All":
+        return None
+    if op == "==":
+        entity = scope["entity"]
+        return frozenset([entity["id"]]) if entity["type"] == SERVICE_TYPE else frozenset()
+    if op == "is":
+        if scope.get("entity_type") != SERVICE_TYPE:
+            return frozenset()
+        inner = scope.get("in")
+        return None if inner is None else _in_targets(inner["entity"], service_ancestors)
+    if op == "in" and "entity" in scope:
+        return _in_targets(scope["entity"], service_ancestors)
+    return None
+
+
+def _in_targets(
+    entity: Mapping[str, str], service_ancestors: Mapping[str, frozenset[tuple[str, str]]]
+) -> frozenset[str]:
+    uid = (entity["type"], entity["id"])
+    targets = {name for name, ancestors in service_ancestors.items() if uid in ancestors}
+    if uid[0] == SERVICE_TYPE:
+        targets.add(uid[1])
+    return frozenset(targets)
+
+
+@final
+class SliceIndex:
+    """Pre-parsed `PolicySet` handles: one per named service, one shared for the rest."""
+
+    __slots__ = ("_by_service", "_shared")
+
+    def __init__(self, policies: Mapping[str, Mapping[str, Any]], targets: Mapping[str, frozenset[str] | None]) -> None:
+        everywhere = {pid: est for pid, est in policies.items() if targets[pid] is None}
+        named: dict[str, dict[str, Mapping[str, Any]]] = {}
+        for pid, est in policies.items():
+            for service in targets[pid] or ():
+                named.setdefault(service, dict(everywhere))[pid] = est
+        self._shared = _policy_set(everywhere)
+        self._by_service = {service: _policy_set(ests) for service, ests in named.items()}
+
+    def for_service(self, service: str) -> cedarpy.PolicySet:
+        return self._by_service.get(service, self._shared)
+
+    @property
+    def services(self) -> frozenset[str]:
+        return frozenset(self._by_service)
+
+
+def _policy_set(policies: Mapping[str, Mapping[str, Any]]) -> cedarpy.PolicySet:
+    document = {"staticPolicies": dict(policies), "templates": {}, "templateLinks": []}
+    return cedarpy.PolicySet.from_json_str(json.dumps(document))
+
+
+@final
+@dataclass(frozen=True, slots=True, eq=False)
+class PolicySnapshot:
+    """A policy set that passed validation; never mutated once built (the principal
+    entity cache is a memo of pure results, bounded)."""
+
+    directory: Path
+    version: str
+    files: tuple[str, ...]
+    loaded_at: datetime
+    policies: Mapping[str, PolicyInfo]
+    schema: cedarpy.Schema
+    entities: cedarpy.Entities
+    full_set: cedarpy.PolicySet
+    slices: SliceIndex
+    known_workloads: frozenset[str]
+    header_names: frozenset[str]
+    _principal_entities: dict[str, cedarpy.Entities] = field(default_factory=dict, repr=False)
+
+    def policy_set_for(self, service: str, *, sliced: bool = True) -> cedarpy.PolicySet:
+        return self.slices.for_service(service) if sliced else self.full_set
+
+    def entities_with(
+        self, principal_id: str, delta_json: Callable[[], str]
+    ) -> cedarpy.Entities:
+        """The base entities plus the request's principal (cached per SPIFFE ID)."""
+        if principal_id in self.known_workloads:
+            return self.entities
+        cached = self._principal_entities.get(principal_id)
+        if cached is None:
+            if len(self._principal_entities) >= _PRINCIPAL_CACHE_MAX:
+                self._principal_entities.clear()
+            cached = self.entities.with_added_json_str(delta_json())
+            self._principal_entities[principal_id] = cached
+        return cached
+
+    def describe(self, policy_ids: Iterable[str]) -> list[str]:
+        return [str(self.policies[p]) if p in self.policies else p for p in policy_ids]
+
+    def summary(self) -> dict[str, object]:
+        """A JSON view for the admin endpoint."""
+        return {
+            "directory": str(self.directory),
+            "version": self.version,
+            "files": list(self.files),
+            "loaded_at": self.loaded_at.isoformat(),
+            "policies": len(self.policies),
+            "sliced_services": sorted(self.slices.services),
+        }
