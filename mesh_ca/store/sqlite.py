@@ -111,6 +111,9 @@ class SqliteStore:
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._migrate()
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise StoreUnavailable(f"{self.path}: not a usable state database ({exc})") from exc
         except BaseException:
             self._conn.close()
             raise

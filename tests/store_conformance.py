@@ -1,0 +1,240 @@
+"""The state-store conformance suite: every backend passes the same tests.
+
+A backend's test module subclasses `StoreConformance` and provides a `store_factory`
+fixture: a callable that opens a new handle (its own connection) onto one fresh database
+per test. Handles it opens are closed by the suite.
+
+    class TestSqliteStore(StoreConformance):
+        @pytest.fixture
+        def store_factory(self, tmp_path): ...
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from mesh_ca.identity import SpiffeId
+from mesh_ca.store import (
+    IssuedRecord,
+    StateStore,
+    StoreError,
+    TokenError,
+    TokenFailure,
+)
+from mesh_ca.tokens import new_token, parse_token
+
+StoreFactory = Callable[[], StateStore]
+
+T0 = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+ALICE = SpiffeId.parse("spiffe://example.org/ns/prod/svc/alice")
+BOB = SpiffeId.parse("spiffe://example.org/ns/prod/svc/bob")
+
+
+class StoreConformance:
+    """Behaviour every `StateStore` backend must have. Time is always passed in."""
+
+    @pytest.fixture
+    def store(self, store_factory: StoreFactory) -> Iterator[StateStore]:
+        store = store_factory()
+        yield store
+        store.close()
+
+    def _add(
+        self, store: StateStore, spiffe_id: SpiffeId = ALICE, ttl: timedelta = timedelta(minutes=10)
+    ) -> tuple[str, str, bytes]:
+        text, token_id, secret_hash = new_token()
+        store.add_token(token_id, secret_hash, spiffe_id, T0, T0 + ttl)
+        return text, token_id, secret_hash
+
+    # Tokens
+
+    def test_token_consumed_once_returns_its_bound_id(self, store: StateStore) -> None:
+        text, _, _ = self._add(store, BOB)
+        token_id, secret_hash = parse_token(text)
+        assert store.consume_token(token_id, secret_hash, T0 + timedelta(minutes=1)) == BOB
+
+    def test_token_replay_is_refused_as_used(self, store: StateStore) -> None:
+        _, token_id, secret_hash = self._add(store)
+        store.consume_token(token_id, secret_hash, T0)
+        with pytest.raises(TokenError) as info:
+            store.consume_token(token_id, secret_hash, T0 + timedelta(seconds=1))
+        assert info.value.reason is TokenFailure.USED
+
+    def test_expired_token_is_refused_as_expired(self, store: StateStore) -> None:
+        _, token_id, secret_hash = self._add(store, ttl=timedelta(minutes=10))
+        with pytest.raises(TokenError) as info:
+            store.consume_token(token_id, secret_hash, T0 + timedelta(minutes=10))
+        assert info.value.reason is TokenFailure.EXPIRED
+        # An expired token stays unusable: it was not marked used by the failed attempt.
+        assert store.outstanding_tokens(T0) != []
+
+    def test_unknown_token_id_is_refused_as_unknown(self, store: StateStore) -> None:
+        self._add(store)
+        _, other_id, other_hash = new_token()
+        with pytest.raises(TokenError) as info:
+            store.consume_token(other_id, other_hash, T0)
+        assert info.value.reason is TokenFailure.UNKNOWN
+
+    def test_wrong_secret_reads_as_unknown_and_leaves_the_token_usable(
+        self, store: StateStore
+    ) -> None:
+        _, token_id, secret_hash = self._add(store)
+        _, _, wrong_hash = new_token()
+        for candidate in (wrong_hash, b"", secret_hash[:-1]):
+            with pytest.raises(TokenError) as info:
+                store.consume_token(token_id, candidate, T0)
+            assert info.value.reason is TokenFailure.UNKNOWN
+            assert token_id not in str(info.value)
+        assert store.consume_token(token_id, secret_hash, T0) == ALICE
+
+    def test_used_token_with_wrong_secret_still_reads_as_unknown(self, store: StateStore) -> None:
+        _, token_id, secret_hash = self._add(store)
+        store.consume_token(token_id, secret_hash, T0)
+        _, _, wrong_hash = new_token()
+        with pytest.raises(TokenError) as info:
+            store.consume_token(token_id, wrong_hash, T0)
+        assert info.value.reason is TokenFailure.UNKNOWN
+
+    def test_duplicate_token_id_is_refused(self, store: StateStore) -> None:
+        _, token_id, secret_hash = self._add(store)
+        with pytest.raises(StoreError):
+            store.add_token(token_id, secret_hash, BOB, T0, T0 + timedelta(minutes=1))
+        assert store.consume_token(token_id, secret_hash, T0) == ALICE
+
+    def test_outstanding_tokens_exclude_used_and_expired(self, store: StateStore) -> None:
+        _, used_id, used_hash = self._add(store)
+        _, short_id, _ = self._add(store, ttl=timedelta(minutes=1))
+        _, live_id, _ = self._add(store, BOB, ttl=timedelta(minutes=30))
+        store.consume_token(used_id, used_hash, T0)
+        later = store.outstanding_tokens(T0 + timedelta(minutes=2))
+        assert [t.token_id for t in later] == [live_id]
+        assert later[0].spiffe_id == BOB
+        assert later[0].created_at == T0
+        assert later[0].expires_at == T0 + timedelta(minutes=30)
+        assert later[0].used_at is None
+        assert {t.token_id for t in store.outstanding_tokens(T0)} == {short_id, live_id}
+
+    def test_fifty_concurrent_consumers_get_exactly_one_success(
+        self, store_factory: StoreFactory
+    ) -> None:
+        setup = store_factory()
+        _, token_id, secret_hash = self._add(setup)
+        # Half the threads share one handle, half have their own connection.
+        handles = [setup] + [store_factory() for _ in range(24)]
+        barrier = threading.Barrier(50)
+
+        def consume(index: int) -> str:
+            store = handles[index % len(handles)] if index % 2 else setup
+            barrier.wait()
+            try:
+                store.consume_token(token_id, secret_hash, T0)
+            except TokenError as exc:
+                return str(exc.reason)
+            return "ok"
+
+        try:
+            with ThreadPoolExecutor(max_workers=50) as pool:
+                results = list(pool.map(consume, range(50)))
+        finally:
+            for handle in handles:
+                handle.close()
+        assert results.count("ok") == 1
+        assert results.count(str(TokenFailure.USED)) == 49
+
+    # Ledger
+
+    def test_ledger_records_lists_most_recent_first_and_counts(self, store: StateStore) -> None:
+        big_serial = (1 << 158) + 12345  # X.509 serials exceed 64 bits
+        records = [
+            IssuedRecord(big_serial, ALICE, "bootstrap", T0, T0 + timedelta(hours=1), "r1"),
+            IssuedRecord(2, BOB, "offline", T0 + timedelta(seconds=1), T0 + timedelta(hours=2)),
+            IssuedRecord(3, ALICE, "renew", T0 + timedelta(seconds=2), T0 + timedelta(hours=3)),
+        ]
+        for record in records:
+            store.record_issued(record)
+        assert store.issued_count() == 3
+        assert list(store.issued()) == records[::-1]
+        assert list(store.issued(ALICE)) == [records[2], records[0]]
+        assert list(store.issued(limit=1)) == [records[2]]
+        assert store.issued(SpiffeId.parse("spiffe://example.org/none")) == []
+
+    def test_duplicate_serial_is_refused_whole(self, store: StateStore) -> None:
+        record = IssuedRecord(7, ALICE, "offline", T0, T0 + timedelta(hours=1))
+        store.record_issued(record)
+        with pytest.raises(StoreError):
+            store.record_issued(IssuedRecord(7, BOB, "offline", T0, T0 + timedelta(hours=1)))
+        assert store.issued_count() == 1
+        assert list(store.issued()) == [record]
+
+    # Revocations
+
+    def test_revoke_by_id_revokes_every_serial_of_that_id(self, store: StateStore) -> None:
+        revocation = store.revoke(T0, spiffe_id=ALICE, reason="key compromise")
+        assert revocation.spiffe_id == ALICE
+        assert revocation.serial is None
+        assert revocation.revoked_at == T0
+        assert revocation.reason == "key compromise"
+        assert store.is_revoked(ALICE, 1)
+        assert store.is_revoked(ALICE, 99)
+        assert not store.is_revoked(BOB, 1)
+
+    def test_revoke_by_serial_revokes_only_that_certificate(self, store: StateStore) -> None:
+        serial = (1 << 150) + 5
+        revocation = store.revoke(T0, serial=serial)
+        assert revocation.serial == serial
+        assert revocation.spiffe_id is None
+        assert store.is_revoked(BOB, serial)
+        assert not store.is_revoked(BOB, serial + 1)
+
+    def test_revocations_are_listed_and_revoking_again_keeps_the_first(
+        self, store: StateStore
+    ) -> None:
+        first = store.revoke(T0, spiffe_id=ALICE, reason="first")
+        again = store.revoke(T0 + timedelta(hours=1), spiffe_id=ALICE, reason="second")
+        by_serial = store.revoke(T0 + timedelta(seconds=5), serial=42)
+        assert again == first
+        assert list(store.revocations()) == [first, by_serial]
+
+    def test_revoke_needs_exactly_one_target(self, store: StateStore) -> None:
+        with pytest.raises(ValueError, match="exactly one"):
+            store.revoke(T0)
+        with pytest.raises(ValueError, match="exactly one"):
+            store.revoke(T0, spiffe_id=ALICE, serial=1)
+        assert store.revocations() == []
+
+    # Time and lifecycle
+
+    def test_naive_times_are_refused(self, store: StateStore) -> None:
+        naive = datetime(2030, 1, 1)
+        _, token_id, secret_hash = new_token()
+        with pytest.raises(ValueError, match="naive"):
+            store.add_token(token_id, secret_hash, ALICE, naive, naive + timedelta(minutes=1))
+        assert store.outstanding_tokens(T0 - timedelta(days=1)) == []
+
+    def test_state_is_shared_between_handles(self, store_factory: StoreFactory) -> None:
+        first, second = store_factory(), store_factory()
+        try:
+            _, token_id, secret_hash = self._add(first)
+            first.revoke(T0, spiffe_id=BOB)
+            assert second.is_revoked(BOB, 1)
+            assert second.consume_token(token_id, secret_hash, T0) == ALICE
+            with pytest.raises(TokenError):
+                first.consume_token(token_id, secret_hash, T0)
+        finally:
+            first.close()
+            second.close()
+
+    def test_ping_answers_and_close_is_final(self, store_factory: StoreFactory) -> None:
+        store = store_factory()
+        store.ping()
+        store.close()
+        store.close()  # idempotent
+        with pytest.raises(StoreError):
+            store.ping()
+        with pytest.raises(StoreError):
+            store.issued_count()

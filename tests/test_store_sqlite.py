@@ -1,0 +1,103 @@
+"""The SQLite state store: the conformance suite, plus what only a file database has."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import stat
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from mesh_ca.store import SqliteStore, StateStore, StoreUnavailable, TokenError
+from mesh_ca.store.sqlite import SCHEMA_VERSION
+from mesh_ca.tokens import new_token
+from tests.store_conformance import ALICE, T0, StoreConformance, StoreFactory
+
+
+class TestSqliteStore(StoreConformance):
+    @pytest.fixture
+    def store_factory(self, tmp_path: Path) -> StoreFactory:
+        path = tmp_path / "state.db"
+
+        def factory() -> StateStore:
+            return SqliteStore(path)
+
+        return factory
+
+
+def _consume_in_process(path: str, token_id: str, secret_hash: bytes, start: object) -> bool:
+    store = SqliteStore(path)
+    try:
+        start.wait()  # type: ignore[attr-defined]
+        store.consume_token(token_id, secret_hash, T0)
+    except TokenError:
+        return False
+    finally:
+        store.close()
+    return True
+
+
+def test_concurrent_consumers_in_separate_processes_get_one_success(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with SqliteStore(path) as store:
+        _, token_id, secret_hash = new_token()
+        store.add_token(token_id, secret_hash, ALICE, T0, T0 + timedelta(minutes=10))
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        start = manager.Event()
+        with ctx.Pool(8) as pool:
+            pending = [
+                pool.apply_async(_consume_in_process, (str(path), token_id, secret_hash, start))
+                for _ in range(16)
+            ]
+            start.set()
+            results = [p.get(timeout=60) for p in pending]
+    assert results.count(True) == 1
+
+
+def test_database_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    SqliteStore(path).close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        conn.close()
+
+
+def test_secret_is_stored_only_as_its_hash(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    text, token_id, secret_hash = new_token()
+    with SqliteStore(path) as store:
+        store.add_token(token_id, secret_hash, ALICE, T0, T0 + timedelta(minutes=10))
+    secret = text.split(".", 1)[1].encode()
+    for file in tmp_path.iterdir():
+        assert secret not in file.read_bytes()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    SqliteStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreUnavailable, match="newer"):
+        SqliteStore(path)
+
+
+def test_unopenable_path_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable, match="cannot open"):
+        SqliteStore(tmp_path / "missing-dir" / "state.db")
+
+
+def test_garbage_file_is_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreUnavailable):
+        SqliteStore(path)
