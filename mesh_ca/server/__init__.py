@@ -1,0 +1,1 @@
+"""The CA HTTPS server: a pure API core (`core`), a trio shell (`http`) and `serve_main`."""

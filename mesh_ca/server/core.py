@@ -1,0 +1,432 @@
+"""The CA API as a pure core: a parsed request in, a response out. No trio, no sockets.
+
+The shell (`mesh_ca.server.http`) parses HTTP and TLS and hands over an `ApiRequest` with
+the client's certificate (if it sent one); `CaService.handle` routes it, checks it and
+calls the state store and the signer, and returns an `ApiResponse`. Handlers are
+synchronous; the shell runs the ones that touch the store (`is_blocking`) in a worker
+thread. Time is a parameter.
+
+Consistency (nothing half-written):
+- A CSR and the request body are checked before any state changes, so bad input never
+  consumes a token or writes the ledger.
+- Bootstrap consumes the token first, in one atomic store step, so of concurrent uses
+  exactly one goes on to signing. If anything after that fails (the bound ID is revoked
+  or reserved, signing fails, the ledger cannot be written) the token stays consumed and
+  no certificate is returned: a token is never usable twice, at the cost of asking the
+  operator for a new one in those rare cases.
+- A certificate is returned only after its ledger row is written; a certificate whose
+  row could not be written is dropped, never sent.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Final, TypeVar, final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from pydantic import BaseModel, ValidationError
+
+from mesh_ca.api import (
+    BootstrapRequest,
+    ErrorResponse,
+    RenewRequest,
+    RevocationsResponse,
+    RevokeRequest,
+    RevokeResponse,
+    SvidResponse,
+    TokenCreateRequest,
+    TokenCreateResponse,
+)
+from mesh_ca.identity import (
+    BundleSet,
+    SpiffeId,
+    SpiffeIdError,
+    SvidError,
+    SvidFailure,
+    TrustBundle,
+    TrustDomain,
+    VerifiedSvid,
+    verify_svid,
+)
+from mesh_ca.issuance import IssuanceError, Signer, issue_leaf, parse_csr
+from mesh_ca.server.ratelimit import RateLimiter
+from mesh_ca.store import (
+    IssuedRecord,
+    StateStore,
+    StoreError,
+    StoreUnavailable,
+    TokenError,
+    TokenFailure,
+)
+from mesh_ca.tokens import TokenFormatError, new_token, parse_token
+
+__all__ = [
+    "CA_SERVER_PATH",
+    "ApiError",
+    "ApiRequest",
+    "ApiResponse",
+    "CaAuthority",
+    "CaService",
+    "ca_server_id",
+]
+
+CA_SERVER_PATH: Final = "/mesh/ca"
+JSON: Final = "application/json"
+PEM: Final = "application/x-pem-file"
+_RESERVED_PREFIX: Final = "/mesh/"  # IDs of the mesh's own components; never issued by API
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def ca_server_id(trust_domain: TrustDomain) -> SpiffeId:
+    """The SPIFFE ID the CA server presents; clients authenticate the CA by it."""
+    return SpiffeId(trust_domain, CA_SERVER_PATH)
+
+
+class ApiError(Exception):
+    """A refusal with an HTTP status, a short stable code and a message for the client."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ApiRequest:
+    method: str
+    path: str
+    content_type: str | None
+    body: bytes
+    source: str  # the client's IP address, the rate-limit key
+    peer_cert: x509.Certificate | None = None  # the TLS client certificate, if any
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ApiResponse:
+    status: int
+    body: bytes
+    content_type: str = JSON
+    headers: tuple[tuple[str, str], ...] = ()
+    # For the access log only: public facts (peer ID, issued ID, serial, token id).
+    log: Mapping[str, str] = field(default_factory=dict)
+
+
+@final
+@dataclass(frozen=True)
+class CaAuthority:
+    """What the API needs from a loaded CA directory."""
+
+    trust_domain: TrustDomain
+    signer: Signer
+    bundle: TrustBundle
+    leaf_ttl: timedelta
+    token_ttl: timedelta
+    admin_ids: frozenset[SpiffeId] = frozenset()
+    replica: str = ""
+
+    @property
+    def bundles(self) -> BundleSet:
+        return BundleSet.of(self.bundle)
+
+
+def _json(model: BaseModel, **log: str) -> ApiResponse:
+    return ApiResponse(200, model.model_dump_json().encode(), log=log)
+
+
+def error_response(exc: ApiError, **log: str) -> ApiResponse:
+    body = ErrorResponse(error=exc.code, message=exc.message[:1024]).model_dump_json().encode()
+    return ApiResponse(exc.status, body, headers=exc.headers, log={"error": exc.code, **log})
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
+
+
+_Handler = Callable[["CaService", ApiRequest, datetime, float], ApiResponse]
+
+
+@final
+class CaService:
+    """Routes and handles CA API requests. Thread-safe: handlers may run in worker threads."""
+
+    def __init__(self, authority: CaAuthority, store: StateStore, limiter: RateLimiter) -> None:
+        self.authority = authority
+        self.store = store
+        self._limiter = limiter
+        self._limiter_lock = threading.Lock()
+        self._chain_tail_pem = b"".join(
+            c.public_bytes(serialization.Encoding.PEM)
+            for c in (authority.signer.cert, *authority.signer.chain)
+        ).decode("ascii")
+        self._bundle_pem = authority.bundle.roots_pem()
+        self._bundle_json = json.dumps(authority.bundle.to_spiffe_json()).encode()
+
+    # Routing
+
+    def route(self, method: str, path: str) -> tuple[_Handler, bool]:
+        """The handler for (method, path) and whether it blocks (store or signing)."""
+        entry = _ROUTES.get(path)
+        if entry is None:
+            raise ApiError(404, "not_found", f"no endpoint {path}")
+        want, handler, blocking = entry
+        if method != want:
+            raise ApiError(
+                405, "method_not_allowed", f"{path} takes {want}, not {method}", (("allow", want),)
+            )
+        return handler, blocking
+
+    def is_blocking(self, method: str, path: str) -> bool:
+        try:
+            return self.route(method, path)[1]
+        except ApiError:
+            return False
+
+    def handle(self, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
+        """One request to one response; every refusal is an `ApiResponse` with an error body."""
+        try:
+            handler, _ = self.route(request.method, request.path)
+            return handler(self, request, now, monotonic)
+        except ApiError as exc:
+            return error_response(exc)
+        except StoreUnavailable:
+            return error_response(
+                ApiError(503, "store_unavailable", "the CA state store is unavailable")
+            )
+
+    # Checks shared by handlers
+
+    def _rate_limit(self, request: ApiRequest, monotonic: float) -> None:
+        with self._limiter_lock:
+            if self._limiter.allow(request.source, monotonic):
+                return
+            wait = self._limiter.retry_after(request.source)
+        seconds = max(1, round(wait + 0.5))
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"too many issuance requests from {request.source}; retry in {seconds} s",
+            (("retry-after", str(seconds)),),
+        )
+
+    @staticmethod
+    def _body(request: ApiRequest, model: type[_M]) -> _M:
+        content_type = (request.content_type or "").split(";")[0].strip().lower()
+        if content_type != JSON:
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"content-type must be {JSON}, not {request.content_type or 'missing'}",
+            )
+        try:
+            return model.model_validate_json(request.body)
+        except ValidationError as exc:
+            raise ApiError(400, "bad_request", _validation_summary(exc)) from None
+
+    def _check_issuable(self, spiffe_id: SpiffeId) -> None:
+        if spiffe_id.trust_domain != self.authority.trust_domain:
+            raise ApiError(
+                403,
+                "wrong_trust_domain",
+                f"{spiffe_id} is not in trust domain {self.authority.trust_domain}",
+            )
+        if spiffe_id.path.startswith(_RESERVED_PREFIX) or not spiffe_id.path:
+            raise ApiError(403, "reserved_id", f"{spiffe_id} is reserved for the mesh itself")
+
+    def _client_svid(self, request: ApiRequest, now: datetime) -> VerifiedSvid:
+        """The verified client SVID. Fails closed: no or bad certificate is a refusal."""
+        if request.peer_cert is None:
+            raise ApiError(401, "client_cert_required", "this endpoint needs a client SVID (mTLS)")
+        try:
+            return verify_svid(
+                request.peer_cert, (self.authority.signer.cert,), self.authority.bundles, now
+            )
+        except SvidError as exc:
+            code = "svid_expired" if exc.reason is SvidFailure.EXPIRED else "svid_invalid"
+            raise ApiError(403, code, str(exc)) from None
+
+    def _issue(
+        self,
+        csr: x509.CertificateSigningRequest,
+        spiffe_id: SpiffeId,
+        kind: str,
+        now: datetime,
+        **log: str,
+    ) -> ApiResponse:
+        serial = secrets.randbits(127) | (1 << 126)  # 127-bit positive, never 0
+        try:
+            leaf = issue_leaf(
+                csr, spiffe_id, self.authority.signer, now, self.authority.leaf_ttl, serial=serial
+            )
+        except IssuanceError as exc:
+            raise ApiError(503, "signing_failed", f"the CA cannot sign: {exc}") from None
+        not_after = leaf.not_valid_after_utc
+        try:
+            self.store.record_issued(
+                IssuedRecord(serial, spiffe_id, kind, now, not_after, self.authority.replica)
+            )
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:
+            raise ApiError(500, "ledger_failed", f"cannot record the certificate: {exc}") from None
+        body = SvidResponse(
+            spiffe_id=str(spiffe_id),
+            chain_pem=leaf.public_bytes(serialization.Encoding.PEM).decode("ascii")
+            + self._chain_tail_pem,
+            bundle_pem=self._bundle_pem.decode("ascii"),
+            serial=format(serial, "x"),
+            not_after=not_after,
+        )
+        return _json(body, spiffe_id=str(spiffe_id), serial=format(serial, "x"), **log)
+
+    @staticmethod
+    def _csr(text: str) -> x509.CertificateSigningRequest:
+        try:
+            return parse_csr(text)
+        except IssuanceError as exc:
+            raise ApiError(400, "bad_csr", str(exc)) from None
+
+    # Handlers
+
+    def _healthz(self, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
+        return ApiResponse(200, b'{"status":"ok"}')
+
+    def _readyz(self, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
+        self.store.ping()
+        if now >= self.authority.signer.not_after:
+            raise ApiError(503, "signer_expired", "the signing CA certificate has expired")
+        return ApiResponse(200, b'{"status":"ready"}')
+
+    def _bundle(self, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
+        return ApiResponse(200, self._bundle_json)
+
+    def _bundle_pem_route(
+        self, request: ApiRequest, now: datetime, monotonic: float
+    ) -> ApiResponse:
+        return ApiResponse(200, self._bundle_pem, content_type=PEM)
+
+    def _revocations(self, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
+        revocations = self.store.revocations()
+        body = RevocationsResponse(
+            spiffe_ids=tuple(str(r.spiffe_id) for r in revocations if r.spiffe_id is not None),
+            serials=tuple(format(r.serial, "x") for r in revocations if r.serial is not None),
+            sequence=len(revocations),
+            updated_at=max((r.revoked_at for r in revocations), default=None),
+        )
+        return _json(body)
+
+    def _bootstrap(self, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
+        self._rate_limit(request, monotonic)
+        body = self._body(request, BootstrapRequest)
+        try:
+            token_id, secret_hash = parse_token(body.token)
+        except TokenFormatError as exc:
+            raise ApiError(401, "token_invalid", str(exc)) from None
+        csr = self._csr(body.csr)  # before the token is consumed: bad input changes nothing
+        try:
+            spiffe_id = self.store.consume_token(token_id, secret_hash, now)
+        except TokenError as exc:
+            status, code = {
+                TokenFailure.UNKNOWN: (401, "token_unknown"),
+                TokenFailure.USED: (403, "token_used"),
+                TokenFailure.EXPIRED: (403, "token_expired"),
+            }[exc.reason]
+            raise ApiError(status, code, f"join token {token_id} refused: {exc.reason}") from None
+        self._check_issuable(spiffe_id)
+        if self.store.is_revoked(spiffe_id, 1 << 200):  # no real serial is that large
+            raise ApiError(403, "revoked", f"{spiffe_id} is revoked")
+        return self._issue(csr, spiffe_id, "bootstrap", now, token_id=token_id)
+
+    def _renew(self, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
+        self._rate_limit(request, monotonic)
+        svid = self._client_svid(request, now)
+        self._check_issuable(svid.spiffe_id)
+        body = self._body(request, RenewRequest)
+        csr = self._csr(body.csr)
+        if self.store.is_revoked(svid.spiffe_id, svid.leaf.serial_number):
+            raise ApiError(403, "revoked", f"{svid.spiffe_id} (or its certificate) is revoked")
+        return self._issue(
+            csr,
+            svid.spiffe_id,
+            "renew",
+            now,
+            peer=str(svid.spiffe_id),
+            peer_serial=format(svid.leaf.serial_number, "x"),
+        )
+
+    def _admin(self, request: ApiRequest, now: datetime) -> SpiffeId:
+        """The admin's ID. Fails closed: only IDs listed in server.admin_ids, never any SVID."""
+        svid = self._client_svid(request, now)
+        if svid.spiffe_id not in self.authority.admin_ids:
+            raise ApiError(403, "not_admin", f"{svid.spiffe_id} is not a CA admin")
+        if self.store.is_revoked(svid.spiffe_id, svid.leaf.serial_number):
+            raise ApiError(403, "revoked", f"{svid.spiffe_id} is revoked")
+        return svid.spiffe_id
+
+    def _create_token(self, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
+        admin = self._admin(request, now)
+        body = self._body(request, TokenCreateRequest)
+        spiffe_id = _parse_id(body.spiffe_id, "spiffe_id")
+        try:
+            self._check_issuable(spiffe_id)
+        except ApiError as exc:
+            raise ApiError(400, exc.code, exc.message) from None
+        ttl = timedelta(seconds=body.ttl_seconds) if body.ttl_seconds else self.authority.token_ttl
+        token, token_id, secret_hash = new_token()
+        self.store.add_token(token_id, secret_hash, spiffe_id, now, now + ttl)
+        response = TokenCreateResponse(
+            token=token, token_id=token_id, spiffe_id=str(spiffe_id), expires_at=now + ttl
+        )
+        return _json(response, peer=str(admin), token_id=token_id, spiffe_id=str(spiffe_id))
+
+    def _revoke(self, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
+        admin = self._admin(request, now)
+        body = self._body(request, RevokeRequest)
+        spiffe_id = _parse_id(body.spiffe_id, "spiffe_id") if body.spiffe_id else None
+        serial = int(body.serial, 16) if body.serial else None
+        if serial == 0:
+            raise ApiError(400, "bad_request", "serial: must be positive")
+        revocation = self.store.revoke(now, spiffe_id=spiffe_id, serial=serial, reason=body.reason)
+        response = RevokeResponse(
+            spiffe_id=str(revocation.spiffe_id) if revocation.spiffe_id else None,
+            serial=format(revocation.serial, "x") if revocation.serial else None,
+            revoked_at=revocation.revoked_at,
+            reason=revocation.reason,
+        )
+        return _json(response, peer=str(admin), revoked=body.spiffe_id or body.serial or "")
+
+
+def _parse_id(text: str, where: str) -> SpiffeId:
+    try:
+        return SpiffeId.parse(text)
+    except SpiffeIdError as exc:
+        raise ApiError(400, "bad_request", f"{where}: {exc}") from None
+
+
+_ROUTES: Final[dict[str, tuple[str, _Handler, bool]]] = {
+    "/healthz": ("GET", CaService._healthz, False),
+    "/readyz": ("GET", CaService._readyz, True),
+    "/v1/bundle": ("GET", CaService._bundle, False),
+    "/v1/bundle.pem": ("GET", CaService._bundle_pem_route, False),
+    "/v1/revocations": ("GET", CaService._revocations, True),
+    "/v1/bootstrap": ("POST", CaService._bootstrap, True),
+    "/v1/renew": ("POST", CaService._renew, True),
+    "/v1/admin/tokens": ("POST", CaService._create_token, True),
+    "/v1/admin/revoke": ("POST", CaService._revoke, True),
+}

@@ -1,0 +1,152 @@
+"""``mesh-ca serve``: load the CA directory, issue the server's own SVID, serve until a signal.
+
+Prints ``mesh-ca serving on HOST:PORT`` to stderr once listening (the real port when
+``--listen`` asks for port 0). SIGINT/SIGTERM stop accepting, give open connections a
+few seconds to finish, then exit 0. The server SVID is re-issued at half its lifetime;
+a failed rotation is logged and retried while the current one still serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import signal
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from mesh_ca.ca_dir import CaDirError, LoadedCa, load_ca_dir, read_passphrase
+from mesh_ca.clock import Clock, SystemClock
+from mesh_ca.config import parse_listen
+from mesh_ca.identity import SpiffeId
+from mesh_ca.server.core import CaAuthority, CaService
+from mesh_ca.server.http import CaHttpServer, ServerLimits
+from mesh_ca.server.identity import issue_server_identity
+from mesh_ca.server.ratelimit import RateLimiter
+from mesh_ca.store import StateStore, StoreError
+
+__all__ = ["authority_of", "serve_main"]
+
+log = logging.getLogger("mesh_ca.server")
+DRAIN_SECONDS: Final = 5.0
+ROTATION_RETRY_SECONDS: Final = 30.0
+
+
+def authority_of(ca: LoadedCa, replica: str = "") -> CaAuthority:
+    config = ca.config
+    return CaAuthority(
+        trust_domain=ca.trust_domain,
+        signer=ca.signer,
+        bundle=ca.bundle,
+        leaf_ttl=timedelta(seconds=config.issuance.default_ttl_seconds),
+        token_ttl=timedelta(seconds=config.issuance.token_ttl_seconds),
+        admin_ids=frozenset(SpiffeId.parse(text) for text in config.server.admin_ids),
+        replica=replica,
+    )
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    """Run the CA server for `args` (dir, listen, passphrase_file). Returns the exit code."""
+    logging.basicConfig(
+        level=getattr(logging, str(getattr(args, "log_level", "info")).upper(), logging.INFO),
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        ca = load_ca_dir(Path(args.dir), read_passphrase(getattr(args, "passphrase_file", None)))
+    except CaDirError as exc:
+        sys.stderr.write(f"mesh-ca serve: {exc}\n")
+        return 1
+    listen = getattr(args, "listen", None) or ca.config.server.listen
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        sys.stderr.write(f"mesh-ca serve: --listen: {exc}\n")
+        return 2
+    try:
+        store = ca.open_store()
+    except StoreError as exc:
+        sys.stderr.write(f"mesh-ca serve: state store: {exc}\n")
+        return 1
+    try:
+        trio.run(_serve, ca, store, host, port, SystemClock())
+    except StoreError as exc:
+        sys.stderr.write(f"mesh-ca serve: state store: {exc}\n")
+        return 1
+    except OSError as exc:
+        sys.stderr.write(f"mesh-ca serve: cannot listen on {listen}: {exc.strerror or exc}\n")
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+async def _serve(ca: LoadedCa, store: StateStore, host: str, port: int, clock: Clock) -> None:
+    authority = authority_of(ca)
+    identity = await trio.to_thread.run_sync(issue_server_identity, authority, store, clock.now())
+    limiter = RateLimiter(ca.config.server.rate_limit_per_second, ca.config.server.rate_limit_burst)
+    service = CaService(authority, store, limiter)
+    server = CaHttpServer(
+        service, identity, clock, ServerLimits(max_body_bytes=ca.config.server.max_body_bytes)
+    )
+
+    async def handler(stream: trio.SocketStream) -> None:
+        try:
+            source = str(stream.socket.getpeername()[0])
+        except OSError:
+            source = "-"
+        await server.handle_connection(stream, source)
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as accepting:
+                listeners = await accepting.start(
+                    functools.partial(
+                        trio.serve_tcp, handler, port, host=host, handler_nursery=connections
+                    )
+                )
+                bound = listeners[0].socket.getsockname()
+                shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+                sys.stderr.write(f"mesh-ca serving on {shown}:{bound[1]}\n")
+                sys.stderr.flush()
+                accepting.start_soon(_rotate, server, authority, store, clock)
+                async for signum in signals:
+                    log.info(
+                        json.dumps({"event": "shutdown", "signal": signal.Signals(signum).name})
+                    )
+                    accepting.cancel_scope.cancel()
+                    break
+            # Stop accepting; open connections get a short drain, then are cancelled.
+            connections.cancel_scope.deadline = trio.current_time() + DRAIN_SECONDS
+
+
+async def _rotate(
+    server: CaHttpServer, authority: CaAuthority, store: StateStore, clock: Clock
+) -> None:
+    """Re-issue the server SVID at half its lifetime; on failure keep the old one and retry."""
+    while True:
+        wait = (server.identity.renew_at() - clock.now()).total_seconds()
+        await trio.sleep(max(1.0, wait))
+        try:
+            fresh = await trio.to_thread.run_sync(
+                issue_server_identity, authority, store, clock.now()
+            )
+        except Exception as exc:  # noqa: BLE001 - a background loop logs and carries on
+            log.error(json.dumps({"event": "server_svid_rotation_failed", "error": str(exc)}))
+            await trio.sleep(ROTATION_RETRY_SECONDS)
+            continue
+        server.identity = fresh
+        log.info(
+            json.dumps(
+                {
+                    "event": "server_svid_rotated",
+                    "serial": format(fresh.leaf.serial_number, "x"),
+                    "not_after": fresh.not_after.isoformat(),
+                }
+            )
+        )

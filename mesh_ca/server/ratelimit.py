@@ -1,0 +1,68 @@
+"""A per-source token-bucket rate limiter. Pure: the caller passes a monotonic `now`.
+
+Each source (a client IP) has a bucket of `burst` tokens refilled at `rate` per second; a
+request takes one token or is refused. The table is bounded: when it is full, buckets that
+have refilled completely (and so carry no state worth keeping) are dropped first, then the
+least recently used.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import final
+
+__all__ = ["RateLimiter"]
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+@final
+class RateLimiter:
+    def __init__(self, rate_per_second: float, burst: int, *, max_sources: int = 10_000) -> None:
+        if rate_per_second <= 0 or burst < 1 or max_sources < 1:
+            raise ValueError("rate_per_second > 0, burst >= 1 and max_sources >= 1 are required")
+        self.rate = rate_per_second
+        self.burst = burst
+        self.max_sources = max_sources
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def allow(self, source: str, now: float) -> bool:
+        """Take one token for `source` at monotonic time `now`; False when over the limit."""
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            self._make_room(now)
+            bucket = self._buckets[source] = _Bucket(float(self.burst), now)
+        else:
+            self._buckets.move_to_end(source)
+            elapsed = max(0.0, now - bucket.updated)
+            bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.rate)
+            bucket.updated = now
+        if bucket.tokens < 1.0:
+            return False
+        bucket.tokens -= 1.0
+        return True
+
+    def retry_after(self, source: str) -> float:
+        """Seconds until `source` has one token again (0 if it has one now)."""
+        bucket = self._buckets.get(source)
+        if bucket is None or bucket.tokens >= 1.0:
+            return 0.0
+        return (1.0 - bucket.tokens) / self.rate
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _make_room(self, now: float) -> None:
+        if len(self._buckets) < self.max_sources:
+            return
+        full_after = self.burst / self.rate
+        stale = [s for s, b in self._buckets.items() if now - b.updated >= full_after]
+        for source in stale:
+            del self._buckets[source]
+        while len(self._buckets) >= self.max_sources:
+            self._buckets.popitem(last=False)
