@@ -86,7 +86,9 @@ class PolicyDecision:
 def deny_unloaded(*, audit: bool = False) -> PolicyDecision:
     """The decision when no policy set is live: deny (fails closed), even in audit mode's
     verdict; the caller still decides whether audit mode forwards."""
-    return PolicyDecision(False, DecisionReason.NOT_LOADED, (), audit=audit)
+    return PolicyDecision(
+        allowed=False, reason=DecisionReason.NOT_LOADED, policy_ids=(), audit=audit
+    )
 
 
 def cedar_request(snapshot: PolicySnapshot, request: AccessRequest) -> dict[str, Any]:

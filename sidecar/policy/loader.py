@@ -22,6 +22,7 @@ from sidecar.policy.snapshot import PolicyInfo, PolicySnapshot, SliceIndex, reso
 from sidecar.policy.source import (
     PolicyDirectory,
     PolicyProblem,
+    Statement,
     read_policy_directory,
     split_statements,
 )
@@ -111,41 +112,37 @@ def _compile_policies(
         if not statements:
             problems.append(PolicyProblem(name, "file holds no policies (empty or half-written)"))
         for statement in statements:
-            where = {"file": name, "line": statement.line, "policy_id": statement.annotated_id}
+
+            def problem(
+                message: str, policy_id: str | None, st: Statement = statement, file: str = name
+            ) -> None:
+                problems.append(PolicyProblem(file, message, st.line, policy_id))
+
             if not statement.terminated:
-                problems.append(PolicyProblem(**where, message="policy does not end with ';'"))
+                problem("policy does not end with ';'", statement.annotated_id)
                 continue
             try:
                 parsed = cedarpy.PolicySet.from_str(statement.text)
             except ValueError as exc:
-                problems.append(PolicyProblem(**where, message=f"does not parse: {exc}"))
+                problem(f"does not parse: {exc}", statement.annotated_id)
                 continue
             if len(parsed) != 1:
-                problems.append(PolicyProblem(**where, message="templates are not supported"))
+                problem("templates are not supported", statement.annotated_id)
                 continue
             est = json.loads(cedarpy.policies_to_json_str(statement.text))["staticPolicies"]
             (body,) = est.values()
             policy_id = body.get("annotations", {}).get("id")
-            where["policy_id"] = policy_id
             if not isinstance(policy_id, str) or not _POLICY_ID_RE.fullmatch(policy_id):
-                problems.append(
-                    PolicyProblem(
-                        **where,
-                        message='needs an @id("...") annotation of [A-Za-z0-9._:-], at most 128',
-                    )
-                )
+                problem('needs an @id("...") of [A-Za-z0-9._:-], at most 128', policy_id)
                 continue
             if policy_id in infos:
                 first = infos[policy_id]
-                problems.append(
-                    PolicyProblem(**where, message=f"duplicate @id, first at {first.file}:{first.line}")
-                )
+                problem(f"duplicate @id, first at {first.file}:{first.line}", policy_id)
                 continue
             result = cedarpy.validate_policies(statement.text, schema)
             if not result.validation_passed:
                 for error in result.errors:
-                    message = _POSITIONAL_ID_RE.sub(f"`{policy_id}`", error.error)
-                    problems.append(PolicyProblem(**where, message=message))
+                    problem(_POSITIONAL_ID_RE.sub(f"`{policy_id}`", error.error), policy_id)
                 continue
             policies[policy_id] = body
             infos[policy_id] = PolicyInfo(policy_id, body["effect"], name, statement.line)

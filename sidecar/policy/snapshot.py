@@ -77,7 +77,11 @@ class SliceIndex:
 
     __slots__ = ("_by_service", "_shared")
 
-    def __init__(self, policies: Mapping[str, Mapping[str, Any]], targets: Mapping[str, frozenset[str] | None]) -> None:
+    def __init__(
+        self,
+        policies: Mapping[str, Mapping[str, Any]],
+        targets: Mapping[str, frozenset[str] | None],
+    ) -> None:
         everywhere = {pid: est for pid, est in policies.items() if targets[pid] is None}
         named: dict[str, dict[str, Mapping[str, Any]]] = {}
         for pid, est in policies.items():
@@ -121,9 +125,7 @@ class PolicySnapshot:
     def policy_set_for(self, service: str, *, sliced: bool = True) -> cedarpy.PolicySet:
         return self.slices.for_service(service) if sliced else self.full_set
 
-    def entities_with(
-        self, principal_id: str, delta_json: Callable[[], str]
-    ) -> cedarpy.Entities:
+    def entities_with(self, principal_id: str, delta_json: Callable[[], str]) -> cedarpy.Entities:
         """The base entities plus the request's principal (cached per SPIFFE ID)."""
         if principal_id in self.known_workloads:
             return self.entities

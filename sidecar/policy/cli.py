@@ -1,0 +1,158 @@
+"""`mesh-sidecar policy validate|test|explain DIR`: the policy author's tools.
+
+Exit codes: 0 valid / all tests pass / allowed; 1 invalid / a test failed / denied;
+2 bad usage (argparse) or, for `explain`, a policy directory that does not load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from mesh_ca.identity import SpiffeId, SpiffeIdError
+from sidecar.policy.cases import load_cases, run_cases
+from sidecar.policy.decision import AccessRequest, PolicyDecision, decide
+from sidecar.policy.loader import PolicyLoadError, load_snapshot
+from sidecar.policy.snapshot import PolicySnapshot
+from sidecar.policy.source import TESTS_FILE
+
+__all__ = ["policy_main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mesh-sidecar policy", description="Validate, test and explain Cedar policies."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    validate = sub.add_parser("validate", help="parse and validate DIR against its schema")
+    validate.add_argument("directory", type=Path, metavar="DIR")
+    test = sub.add_parser("test", help=f"run the test cases of DIR ({TESTS_FILE})")
+    test.add_argument("directory", type=Path, metavar="DIR")
+    test.add_argument("--tests", type=Path, help=f"test file (default DIR/{TESTS_FILE})")
+    explain = sub.add_parser("explain", help="decide one request and say why")
+    explain.add_argument("directory", type=Path, metavar="DIR")
+    explain.add_argument("--principal", required=True, help="peer SPIFFE ID")
+    explain.add_argument("--action", required=True, help="HTTP method, or connect")
+    explain.add_argument("--resource", required=True, help="destination service name")
+    explain.add_argument("--path", default="", help="normalized request path")
+    explain.add_argument("--query", default="")
+    explain.add_argument("--host", default="")
+    explain.add_argument(
+        "--header", action="append", default=[], metavar="NAME=VALUE", help="repeatable"
+    )
+    explain.add_argument("--source-address", default="127.0.0.1")
+    explain.add_argument("--tls-version", default="TLSv1.3")
+    explain.add_argument("--time", help="ISO 8601 time with offset (default: now)")
+    return parser
+
+
+def policy_main(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    args = _parser().parse_args(argv)
+    directory: Path = args.directory
+    now = datetime.now(UTC)
+    try:
+        snapshot = load_snapshot(directory, now)
+    except PolicyLoadError as exc:
+        for problem in exc.problems:
+            err.write(f"{problem}\n")
+        err.write(f"{directory}: {len(exc.problems)} problem(s); nothing loaded\n")
+        return 2 if args.command == "explain" else 1
+    if args.command == "validate":
+        return _validate(snapshot, out, err)
+    if args.command == "test":
+        return _test(snapshot, args.tests or directory / TESTS_FILE, out, err)
+    return _explain(snapshot, args, out, err)
+
+
+def _validate(snapshot: PolicySnapshot, out: TextIO, err: TextIO) -> int:
+    tests = snapshot.directory / TESTS_FILE
+    if tests.exists():
+        try:
+            load_cases(tests)
+        except ValueError as exc:
+            err.write(f"{exc}\n")
+            return 1
+    out.write(
+        f"{snapshot.directory}: {len(snapshot.policies)} policies valid "
+        f"({', '.join(snapshot.files)}), version {snapshot.version}\n"
+    )
+    return 0
+
+
+def _test(snapshot: PolicySnapshot, tests: Path, out: TextIO, err: TextIO) -> int:
+    try:
+        cases = load_cases(tests)
+    except ValueError as exc:
+        err.write(f"{exc}\n")
+        return 1
+    results = run_cases(snapshot, cases)
+    failed = 0
+    for result in results:
+        if result.passed:
+            out.write(f"PASS  {result.case.name}\n")
+            continue
+        failed += 1
+        case, decision = result.case, result.decision
+        got = "allow" if decision.allowed else "deny"
+        out.write(f"FAIL  {case.name}: expected {case.expect}, got {got} ({decision.reason})\n")
+        if case.policies is not None:
+            out.write(f"      expected policies: {', '.join(sorted(case.policies)) or '(none)'}\n")
+        _write_reasons(snapshot, decision, out, indent="      ")
+    out.write(f"{len(results) - failed} passed, {failed} failed\n")
+    return 1 if failed else 0
+
+
+def _explain(snapshot: PolicySnapshot, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        principal = SpiffeId.parse(args.principal)
+    except SpiffeIdError as exc:
+        err.write(f"--principal: {exc}\n")
+        return 2
+    headers: list[tuple[str, str]] = []
+    for item in args.header:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            err.write(f"--header {item!r}: expected NAME=VALUE\n")
+            return 2
+        headers.append((name, value))
+    now = datetime.now(UTC)
+    if args.time:
+        try:
+            now = datetime.fromisoformat(args.time)
+        except ValueError as exc:
+            err.write(f"--time: {exc}\n")
+            return 2
+        if now.tzinfo is None:
+            err.write("--time: needs an offset, e.g. 2024-01-01T02:00:00+00:00\n")
+            return 2
+    request = AccessRequest(
+        principal=principal,
+        action=args.action,
+        service=args.resource,
+        source_address=args.source_address,
+        now=now,
+        path=args.path,
+        query=args.query,
+        host=args.host,
+        headers=tuple(headers),
+        tls_version=args.tls_version,
+    )
+    decision = decide(snapshot, request)
+    verdict = "ALLOW" if decision.allowed else "DENY"
+    out.write(f"decision: {verdict} ({decision.reason}), policy set {decision.version}\n")
+    _write_reasons(snapshot, decision, out, indent="")
+    return 0 if decision.allowed else 1
+
+
+def _write_reasons(
+    snapshot: PolicySnapshot, decision: PolicyDecision, out: TextIO, indent: str
+) -> None:
+    described = snapshot.describe(decision.policy_ids)
+    out.write(f"{indent}determining policies: {', '.join(described) or '(none)'}\n")
+    for error in decision.errors:
+        out.write(f"{indent}error: {error}\n")
