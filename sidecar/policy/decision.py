@@ -139,7 +139,7 @@ def decide(
         snapshot.schema,
     )
     diagnostics = result.diagnostics
-    errors = tuple(diagnostics.errors)
+    errors = tuple(sorted(diagnostics.errors))
     reasons = tuple(sorted(diagnostics.reasons))
     errored = tuple(sorted({m.group(1) for e in errors for m in _ERRORED_POLICY_RE.finditer(e)}))
     decision = result.decision

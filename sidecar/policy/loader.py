@@ -169,6 +169,9 @@ def _normalize_entities(
         if not isinstance(uid, dict) or not isinstance(uid.get("id"), str):
             problems.append(PolicyProblem(name, f"entry {index}: needs a uid with type and id"))
             continue
+        if not isinstance(entry.get("parents", []), list):
+            problems.append(PolicyProblem(name, f"entry {index}: parents must be a list"))
+            continue
         if uid.get("type") == WORKLOAD_TYPE:
             try:
                 derived = workload_entity(SpiffeId.parse(uid["id"]))
