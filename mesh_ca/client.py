@@ -1,0 +1,410 @@
+"""The CA client that sidecars use: bootstrap, renew, bundle and revocations over HTTPS (trio).
+
+The CA server is authenticated by its SPIFFE ID (``spiffe://TD/mesh/ca``) with `peer_svid`
+against the bundle this client was given, never by hostname. Addresses are tried in
+order; the next one is tried when one cannot be reached, fails TLS, presents the wrong
+identity or answers 5xx. Connections are kept alive and reused (one pool per address and
+client certificate). Every issued SVID is verified before it is returned: the leaf holds
+the public key we sent, carries the expected SPIFFE ID, and chains to the returned bundle.
+
+Errors: `CaClientError` when the CA refused the request (4xx; retrying the same request
+will not help), `CaUnavailable` (a subclass) when it could not be reached or failed
+(connect, TLS, timeout, 5xx, an unusable answer): retry with backoff.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final, final
+
+import h11
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from pydantic import ValidationError
+
+from mesh_ca.api import ErrorResponse, RevocationsResponse, SvidResponse
+from mesh_ca.clock import Clock, SystemClock
+from mesh_ca.identity import (
+    BundleError,
+    BundleSet,
+    SpiffeId,
+    SpiffeIdError,
+    SvidError,
+    SvidFailure,
+    TrustBundle,
+    TrustDomain,
+    check_leaf_profile,
+    load_pem_certificates,
+    spiffe_id_of,
+    verify_svid,
+)
+from mesh_ca.issuance import make_csr
+from mesh_ca.keys import PrivateKey, private_key_pem
+from mesh_ca.tls import client_context, peer_svid
+
+__all__ = ["CaClient", "CaClientError", "CaUnavailable", "IssuedSvid"]
+
+CA_SERVER_PATH: Final = "/mesh/ca"
+_MAX_RESPONSE_BYTES: Final = 1024 * 1024
+_MAX_IDLE_PER_POOL: Final = 16
+_MAX_CLIENT_CONTEXTS: Final = 8
+
+
+class CaClientError(Exception):
+    """The CA refused the request (4xx) or the answer was refused; `code` says why."""
+
+    def __init__(self, status: int | None, code: str, message: str) -> None:
+        super().__init__(
+            f"CA {'refused' if status else 'error'} ({status or '-'} {code}): {message}"
+        )
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class CaUnavailable(CaClientError):  # noqa: N818 - the name the sidecar codes against
+    """No CA address could serve the request (connect, TLS, identity, timeout, 5xx)."""
+
+
+@final
+@dataclass(frozen=True)
+class IssuedSvid:
+    spiffe_id: SpiffeId
+    chain: tuple[x509.Certificate, ...]  # leaf first
+    bundle: TrustBundle
+    not_after: datetime
+    serial: int
+
+
+@dataclass
+class _Connection:
+    stream: trio.SSLStream[trio.SocketStream]
+    http: h11.Connection
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    body: bytes
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"CA address {address!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _pem(certs: Sequence[x509.Certificate]) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+@final
+class CaClient:
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        trust_domain: TrustDomain,
+        bundles: BundleSet,
+        *,
+        timeout_seconds: float = 10.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if not addresses:
+            raise ValueError("CaClient needs at least one CA address")
+        self.addresses = tuple(addresses)
+        self._targets = [_split_address(a) for a in self.addresses]
+        self.trust_domain = trust_domain
+        self.bundles = bundles
+        self.timeout_seconds = timeout_seconds
+        self.clock = clock or SystemClock()
+        self.ca_id = SpiffeId(trust_domain, CA_SERVER_PATH)
+        if trust_domain not in bundles:
+            raise ValueError(f"CaClient: no trust bundle for the CA's trust domain {trust_domain}")
+        # OpenSSL may only chain the CA server to its own trust domain's roots, so its path
+        # validation already binds the server to this trust domain (see _connect).
+        self._ca_bundles = BundleSet.of(bundles[trust_domain])
+        self._anonymous = client_context(self._ca_bundles)
+        self._contexts: dict[bytes, ssl.SSLContext] = {}
+        self._idle: dict[tuple[int, bytes], list[_Connection]] = {}
+
+    async def __aenter__(self) -> CaClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        pools, self._idle = self._idle, {}
+        for pool in pools.values():
+            for conn in pool:
+                await trio.aclose_forcefully(conn.stream)
+
+    # Public API
+
+    async def bootstrap(self, token: str, key: PrivateKey) -> IssuedSvid:
+        """Exchange a one-time join token and a CSR for an SVID. The CA chooses the ID."""
+        body = json.dumps({"token": token, "csr": _csr_pem(key)}).encode()
+        reply = await self._request("POST", "/v1/bootstrap", body)
+        return self._issued(reply, key, expected=None)
+
+    async def renew(
+        self, chain: Sequence[x509.Certificate], key: PrivateKey, new_key: PrivateKey
+    ) -> IssuedSvid:
+        """A new SVID with the same ID for `new_key`, authenticated by the current one (mTLS)."""
+        if not chain:
+            raise ValueError("renew needs the current certificate chain")
+        leaf = chain[0]
+        current = spiffe_id_of(leaf)
+        if self.clock.now() > leaf.not_valid_after_utc:
+            raise CaClientError(
+                None,
+                "svid_expired",
+                f"the current SVID of {current} expired at {leaf.not_valid_after_utc}; "
+                "bootstrap again with a new join token",
+            )
+        fingerprint = leaf.fingerprint(hashes.SHA256())
+        context = self._contexts.get(fingerprint)
+        if context is None:
+            context = client_context(self._ca_bundles, _pem(chain), private_key_pem(key))
+            if len(self._contexts) >= _MAX_CLIENT_CONTEXTS:
+                self._contexts.pop(next(iter(self._contexts)))
+            self._contexts[fingerprint] = context
+        body = json.dumps({"csr": _csr_pem(new_key)}).encode()
+        reply = await self._request("POST", "/v1/renew", body, context, fingerprint)
+        return self._issued(reply, new_key, expected=current)
+
+    async def fetch_bundle(self) -> TrustBundle:
+        reply = await self._request("GET", "/v1/bundle", None)
+        self._check_ok(reply)
+        try:
+            bundle = TrustBundle.from_spiffe_json(self.trust_domain, reply.body)
+        except BundleError as exc:
+            raise CaUnavailable(reply.status, "bad_response", str(exc)) from exc
+        return bundle
+
+    async def fetch_revocations(self) -> tuple[frozenset[SpiffeId], frozenset[int]]:
+        reply = await self._request("GET", "/v1/revocations", None)
+        self._check_ok(reply)
+        try:
+            parsed = RevocationsResponse.model_validate_json(reply.body)
+            ids = frozenset(SpiffeId.parse(text) for text in parsed.spiffe_ids)
+        except (ValidationError, SpiffeIdError) as exc:
+            raise CaUnavailable(reply.status, "bad_response", f"revocations: {exc}") from exc
+        return ids, frozenset(int(s, 16) for s in parsed.serials)
+
+    async def health(self) -> bool:
+        try:
+            reply = await self._request("GET", "/healthz", None)
+        except CaClientError:
+            return False
+        return reply.status == 200
+
+    # Responses
+
+    def _check_ok(self, reply: _Reply) -> None:
+        if reply.status == 200:
+            return
+        try:
+            error = ErrorResponse.model_validate_json(reply.body)
+            code, message = error.error, error.message
+        except ValidationError:
+            code, message = "http_error", f"HTTP {reply.status}"
+        kind = CaUnavailable if reply.status >= 500 else CaClientError
+        raise kind(reply.status, code, message)
+
+    def _issued(self, reply: _Reply, key: PrivateKey, expected: SpiffeId | None) -> IssuedSvid:
+        """Verify an issued SVID before anyone uses it. Fails closed."""
+        self._check_ok(reply)
+
+        def bad(message: str) -> CaUnavailable:
+            return CaUnavailable(reply.status, "bad_response", f"issued SVID refused: {message}")
+
+        try:
+            parsed = SvidResponse.model_validate_json(reply.body)
+            chain = tuple(load_pem_certificates(parsed.chain_pem.encode(), what="chain_pem"))
+            roots = load_pem_certificates(parsed.bundle_pem.encode(), what="bundle_pem")
+            bundle = TrustBundle(self.trust_domain, tuple(roots), chain[1:])
+            leaf = chain[0]
+            spiffe_id = spiffe_id_of(leaf)
+        except (ValidationError, BundleError, SvidError) as exc:
+            raise bad(str(exc)) from exc
+        if leaf.public_key() != key.public_key():
+            raise bad("the leaf does not hold the public key we sent")
+        if expected is not None and spiffe_id != expected:
+            raise bad(f"issued for {spiffe_id}, expected {expected}")
+        if not spiffe_id.member_of(self.trust_domain) or spiffe_id == self.ca_id:
+            raise bad(f"{spiffe_id} is not a workload ID of {self.trust_domain}")
+        if str(spiffe_id) != parsed.spiffe_id or format(leaf.serial_number, "x") != parsed.serial:
+            raise bad("the response fields do not match the certificate")
+        try:
+            verify_svid(leaf, chain[1:], BundleSet.of(bundle), self.clock.now())
+        except SvidError as exc:
+            raise bad(str(exc)) from exc
+        return IssuedSvid(spiffe_id, chain, bundle, leaf.not_valid_after_utc, leaf.serial_number)
+
+    # Transport
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        context: ssl.SSLContext | None = None,
+        identity: bytes = b"",
+    ) -> _Reply:
+        """Send to each address in turn until one answers below 500."""
+        failure: CaUnavailable | None = None
+        for index in range(len(self._targets)):
+            try:
+                reply = await self._request_at(index, method, path, body, context, identity)
+            except CaUnavailable as exc:
+                failure = exc
+                continue
+            if reply.status < 500:
+                return reply
+            try:
+                self._check_ok(reply)
+            except CaUnavailable as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def _request_at(
+        self,
+        index: int,
+        method: str,
+        path: str,
+        body: bytes | None,
+        context: ssl.SSLContext | None,
+        identity: bytes,
+    ) -> _Reply:
+        address = self.addresses[index]
+        pool = self._idle.setdefault((index, identity), [])
+        while True:
+            reused = bool(pool)
+            try:
+                with trio.fail_after(self.timeout_seconds):
+                    conn = pool.pop() if reused else await self._connect(index, context)
+                    try:
+                        reply = await self._exchange(conn, address, method, path, body)
+                    except BaseException:
+                        await trio.aclose_forcefully(conn.stream)
+                        raise
+            except _StaleConnection as exc:
+                if reused:
+                    continue  # the server closed an idle connection: try a fresh one
+                raise CaUnavailable(
+                    None, "unreachable", f"{address}: closed without answer"
+                ) from exc
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                if reused:
+                    continue
+                raise CaUnavailable(None, "unreachable", f"{address}: {exc}") from exc
+            except h11.ProtocolError as exc:
+                raise CaUnavailable(None, "bad_http", f"{address}: {exc}") from exc
+            except trio.TooSlowError as exc:
+                raise CaUnavailable(
+                    None, "timeout", f"{address}: no answer within {self.timeout_seconds} s"
+                ) from exc
+            if conn.http.our_state is h11.DONE and conn.http.their_state is h11.DONE:
+                conn.http.start_next_cycle()
+                if len(pool) < _MAX_IDLE_PER_POOL:
+                    pool.append(conn)
+                else:
+                    await trio.aclose_forcefully(conn.stream)
+            else:
+                await trio.aclose_forcefully(conn.stream)
+            return reply
+
+    async def _connect(self, index: int, context: ssl.SSLContext | None) -> _Connection:
+        host, port = self._targets[index]
+        address = self.addresses[index]
+        tcp = await trio.open_tcp_stream(host, port)
+        stream = trio.SSLStream(tcp, context or self._anonymous)
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            await trio.aclose_forcefully(stream)
+            cause = exc.__cause__ or exc
+            raise CaUnavailable(None, "tls_failed", f"{address}: TLS handshake: {cause}") from exc
+        try:
+            server_id = self._server_id(stream)
+        except (SvidError, ValueError) as exc:
+            await trio.aclose_forcefully(stream)
+            raise CaUnavailable(None, "ca_identity", f"{address}: {exc}") from exc
+        if server_id != self.ca_id:
+            await trio.aclose_forcefully(stream)
+            raise CaUnavailable(
+                None,
+                "ca_identity",
+                f"{address} presented {server_id}, not the CA {self.ca_id}",
+            )
+        return _Connection(stream, h11.Connection(h11.CLIENT))
+
+    def _server_id(self, stream: trio.SSLStream[trio.SocketStream]) -> SpiffeId:
+        """The CA server's SPIFFE ID after the handshake. Fails closed.
+
+        With the intermediate known (in the bundle) this is `peer_svid`'s full check. Without
+        it (Python 3.11 does not expose the peer's chain), OpenSSL has verified the chain
+        strictly against this trust domain's roots only, and the leaf is re-checked here
+        against the SVID profile and validity window.
+        """
+        now = self.clock.now()
+        if self._ca_bundles[self.trust_domain].intermediates:
+            return peer_svid(stream, self._ca_bundles, now).spiffe_id
+        der = stream.getpeercert(binary_form=True)
+        if not der:
+            raise SvidError(SvidFailure.MALFORMED, "the CA server presented no certificate")
+        leaf = x509.load_der_x509_certificate(der)
+        spiffe_id = check_leaf_profile(leaf)
+        if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
+            raise SvidError(SvidFailure.EXPIRED, f"{spiffe_id} is outside its validity at {now}")
+        return spiffe_id
+
+    async def _exchange(
+        self, conn: _Connection, address: str, method: str, path: str, body: bytes | None
+    ) -> _Reply:
+        headers = [("host", address), ("accept", "application/json")]
+        if body is not None:
+            headers += [("content-type", "application/json"), ("content-length", str(len(body)))]
+        data = conn.http.send(h11.Request(method=method, target=path, headers=headers)) or b""
+        if body:
+            data += conn.http.send(h11.Data(data=body)) or b""
+        data += conn.http.send(h11.EndOfMessage()) or b""
+        await conn.stream.send_all(data)
+        status: int | None = None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = conn.http.next_event()
+            if event is h11.NEED_DATA:
+                received = await conn.stream.receive_some(65536)
+                if not received and status is None:
+                    raise _StaleConnection
+                conn.http.receive_data(bytes(received))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > _MAX_RESPONSE_BYTES:
+                    raise CaUnavailable(status, "bad_response", f"{address}: response too large")
+                chunks.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                assert status is not None
+                return _Reply(status, b"".join(chunks))
+            elif isinstance(event, h11.ConnectionClosed):
+                raise _StaleConnection if status is None else trio.BrokenResourceError()
+
+
+class _StaleConnection(Exception):  # noqa: N818 - control flow
+    """A kept-alive connection was closed by the server before it answered."""
+
+
+def _csr_pem(key: PrivateKey) -> str:
+    return make_csr(key).public_bytes(serialization.Encoding.PEM).decode("ascii")
