@@ -145,3 +145,5 @@ def test_renewal_action_by_validity_and_token() -> None:
     assert renewal_action(expiry, expiry, token_available=False) is RenewalAction.WAIT_FOR_TOKEN
     refused = renewal_action(T0, expiry, token_available=True, renew_refused=True)
     assert refused is RenewalAction.BOOTSTRAP
+    retried = renewal_action(T0, expiry, token_available=False, renew_refused=True)
+    assert retried is RenewalAction.RENEW

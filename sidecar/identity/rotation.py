@@ -111,8 +111,10 @@ def retry_at(
 def renewal_action(
     now: datetime, not_after: datetime, *, token_available: bool, renew_refused: bool = False
 ) -> RenewalAction:
-    """Renew while the SVID is valid; once it has expired (or the CA refused to renew it,
-    e.g. because it was revoked) only a fresh join token can bring a new one."""
-    if now < not_after and not renew_refused:
-        return RenewalAction.RENEW
-    return RenewalAction.BOOTSTRAP if token_available else RenewalAction.WAIT_FOR_TOKEN
+    """Renew while the SVID is valid. Once it has expired, or the CA refused to renew it
+    (e.g. it was revoked), only a fresh join token brings a new one; without a token a
+    valid SVID keeps trying to renew (the refusal may have been transient)."""
+    expired = now >= not_after
+    if token_available and (expired or renew_refused):
+        return RenewalAction.BOOTSTRAP
+    return RenewalAction.WAIT_FOR_TOKEN if expired else RenewalAction.RENEW

@@ -1,0 +1,493 @@
+"""Runs the sidecar's identity: bootstrap or reload, rotate, poll bundle and revocations.
+
+The trio shell around the pure parts (`rotation`, `state`, `credentials`). The SVID is
+replaced by validate-then-publish: a new `Credentials` (with fresh TLS contexts) is built
+first and only then published, so open connections keep the context they were made with
+and a bad answer from the CA never goes live. While the CA is unreachable the current SVID
+keeps serving and renewal is retried with backoff; once it has expired the store's
+`usable(now)` is None, so the data path refuses mTLS both ways and readiness is false
+(fails closed). It recovers by itself: renewal when the CA returns in time, otherwise a
+bootstrap as soon as a fresh join token is in the token file. Background loops log, count
+and carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import trio
+from cryptography import x509
+
+from mesh_ca.client import CaClientError, CaUnavailable
+from mesh_ca.clock import Clock
+from mesh_ca.identity import BundleSet, SpiffeId, TrustBundle
+from mesh_ca.keys import PrivateKey, generate_key
+from sidecar.identity.blocking import BlockingRunner, in_thread
+from sidecar.identity.credentials import CredentialError, Credentials, CredentialStore, Revocations
+from sidecar.identity.rotation import RenewalAction, next_rotation, renewal_action, retry_at
+from sidecar.identity.settings import IdentitySettings
+from sidecar.identity.state import (
+    JoinToken,
+    StateDir,
+    StateError,
+    load_bundle_file,
+    read_join_token,
+)
+from sidecar.identity.static_files import run_static_identity
+from sidecar.identity.stats import IdentityStats
+
+__all__ = ["CaClientLike", "ClientFactory", "IssuedLike", "run_identity"]
+
+log = logging.getLogger("sidecar.identity")
+
+
+class IssuedLike(Protocol):
+    """What the lifecycle reads from `mesh_ca.client.IssuedSvid`."""
+
+    @property
+    def spiffe_id(self) -> SpiffeId: ...
+    @property
+    def chain(self) -> tuple[x509.Certificate, ...]: ...
+    @property
+    def bundle(self) -> TrustBundle: ...
+
+
+class CaClientLike(Protocol):
+    """The part of `mesh_ca.client.CaClient` the lifecycle uses; tests pass a fake."""
+
+    async def bootstrap(self, token: str, key: PrivateKey) -> IssuedLike: ...
+    async def renew(
+        self, chain: Sequence[x509.Certificate], key: PrivateKey, new_key: PrivateKey
+    ) -> IssuedLike: ...
+    async def fetch_bundle(self) -> TrustBundle: ...
+    async def fetch_revocations(self) -> tuple[frozenset[SpiffeId], frozenset[int]]: ...
+    async def aclose(self) -> None: ...
+
+
+# Called with the current trust bundles (to recognise the CA); again whenever they change.
+ClientFactory = Callable[[BundleSet], CaClientLike]
+
+
+def _default_factory(settings: IdentitySettings, clock: Clock) -> ClientFactory:
+    from mesh_ca.client import CaClient
+
+    def make(bundles: BundleSet) -> CaClientLike:
+        return CaClient(
+            settings.ca_addresses,
+            settings.spiffe_id.trust_domain,
+            bundles,
+            timeout_seconds=settings.ca_timeout_seconds,
+            clock=clock,
+        )
+
+    return make
+
+
+async def run_identity(
+    settings: IdentitySettings,
+    store: CredentialStore,
+    clock: Clock,
+    *,
+    client_factory: ClientFactory | None = None,
+    rng: random.Random | None = None,
+    stats: IdentityStats | None = None,
+    run_blocking: BlockingRunner = in_thread,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Obtain credentials, publish them, report started, then keep them fresh forever.
+
+    Raises at start-up only for local errors the operator must fix (unreadable bundle file,
+    unusable state directory); a CA that is down or refuses is retried, never fatal.
+    """
+    stats = stats if stats is not None else IdentityStats()
+    if settings.static:
+        await run_static_identity(
+            settings,
+            store,
+            clock,
+            stats=stats,
+            run_blocking=run_blocking,
+            task_status=task_status,
+        )
+        return
+    factory = client_factory or _default_factory(settings, clock)
+    lifecycle = _Lifecycle(
+        settings,
+        store,
+        clock,
+        factory,
+        rng or random.Random(),  # noqa: S311 - jitter only spreads sidecars apart
+        stats,
+        run_blocking,
+    )
+    try:
+        await lifecycle.start()
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lifecycle.rotate_forever)
+            nursery.start_soon(lifecycle.poll_forever)
+    finally:
+        with trio.CancelScope(shield=True):
+            await lifecycle.aclose()
+
+
+class _Lifecycle:
+    def __init__(
+        self,
+        settings: IdentitySettings,
+        store: CredentialStore,
+        clock: Clock,
+        factory: ClientFactory,
+        rng: random.Random,
+        stats: IdentityStats,
+        run_blocking: BlockingRunner,
+    ) -> None:
+        assert settings.state_dir is not None  # checked by IdentitySettings
+        self.settings, self.store, self.clock, self.rng, self.stats = (
+            settings,
+            store,
+            clock,
+            rng,
+            stats,
+        )
+        self.spiffe_id = settings.spiffe_id
+        self.state = StateDir(settings.state_dir)
+        self._factory = factory
+        self.run_blocking = run_blocking
+        self._client: CaClientLike | None = None
+        self._client_bundles: BundleSet | None = None
+        self.bundles = BundleSet()
+        self._persist_lock = trio.Lock()
+        self._wake = trio.Event()  # set to renew early (own SVID revoked)
+        self._expired_at: datetime | None = None  # of the stored SVID, for error messages
+
+    # -- start-up ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.run_blocking(self.state.ensure)
+        self.bundles = await self.run_blocking(self._initial_bundles)
+        now = self.clock.now()
+        stored = await self.run_blocking(self.state.load_svid, self.spiffe_id, self.bundles, now)
+        if stored.credentials is not None:
+            creds = stored.credentials
+            log.info(
+                "using stored SVID %s serial %x, valid until %s (no join token needed)",
+                creds.spiffe_id,
+                creds.serial,
+                creds.not_after.isoformat(),
+            )
+            self.store.publish(creds)
+            self.stats.count("start", "stored")
+            return
+        log.info("stored SVID not usable (%s): bootstrapping with a join token", stored.reason)
+        self._expired_at = stored.expired_at
+        await self.replace(why="start-up")
+        self.stats.count("start", "bootstrapped")
+
+    def _initial_bundles(self) -> BundleSet:
+        """The bundle last fetched from the CA if stored, else the configured bundle file."""
+        domain = self.spiffe_id.trust_domain
+        stored = self.state.load_bundle(domain)
+        if stored is not None:
+            return BundleSet.of(stored)
+        return BundleSet.of(load_bundle_file(self.settings.bundle_file, domain))
+
+    # -- the CA client ---------------------------------------------------------------------
+
+    async def client(self) -> CaClientLike:
+        """A client that recognises the CA by the current bundles (a new one when they change)."""
+        if self._client is None or self._client_bundles is not self.bundles:
+            await self.aclose()
+            self._client, self._client_bundles = self._factory(self.bundles), self.bundles
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    # -- rotation ----------------------------------------------------------------------------
+
+    async def rotate_forever(self) -> None:
+        while True:
+            creds = self.store.current
+            assert creds is not None  # published by start()
+            at = next_rotation(creds.not_before, creds.not_after, self.rng)
+            self.stats.next_rotation_at = at
+            log.debug("next rotation of serial %x at %s", creds.serial, at.isoformat())
+            woken = await self._sleep_until(at, wake=True)
+            await self.replace(why="revoked" if woken else "rotation")
+
+    async def replace(self, *, why: str) -> None:
+        """Loop until a new SVID is live: renew while valid, else bootstrap with a fresh token."""
+        attempt, renew_refused = 0, why == "revoked"
+        while True:
+            now = self.clock.now()
+            current = self.store.current
+            not_after = current.not_after if current is not None else now
+            token = self._fresh_token()
+            action = renewal_action(
+                now, not_after, token_available=token is not None, renew_refused=renew_refused
+            )
+            kind = "rotation" if action is RenewalAction.RENEW else "bootstrap"
+            try:
+                if action is RenewalAction.RENEW and current is not None:
+                    creds = await self._renew(current)
+                elif action is RenewalAction.BOOTSTRAP and token is not None:
+                    creds = await self._bootstrap(token)
+                else:
+                    self._report_waiting_for_token(now, current)
+                    creds = None
+            except CaUnavailable as exc:
+                left = f"current SVID valid until {not_after.isoformat()}"
+                if now >= not_after:
+                    left = f"SVID expired at {not_after.isoformat()}: mTLS refused until renewed"
+                log.warning("%s: CA unavailable (%s); %s; retrying", kind, exc, left)
+                self.stats.error(kind, "ca_unavailable", str(exc), now)
+                creds = None
+            except CaClientError as exc:
+                self._report_refusal(action, token, exc, now)
+                renew_refused = renew_refused or action is RenewalAction.RENEW
+                creds = None
+            except CredentialError as exc:
+                log.error(
+                    "%s: the CA's answer was refused, keeping the current SVID: %s", kind, exc
+                )
+                self.stats.error(kind, "invalid", str(exc), now)
+                creds = None
+            if creds is not None:
+                self.store.publish(creds)
+                self.stats.count(kind, "ok")
+                self.stats.last_rotation_at = now
+                self._expired_at = None
+                log.info(
+                    "%s: SVID %s serial %x live, valid until %s (%s)",
+                    kind,
+                    creds.spiffe_id,
+                    creds.serial,
+                    creds.not_after.isoformat(),
+                    why,
+                )
+                await self._persist()
+                return
+            await self._sleep_until(
+                retry_at(
+                    now,
+                    not_after,
+                    attempt,
+                    self.rng,
+                    base=timedelta(seconds=self.settings.backoff_base_seconds),
+                    cap=timedelta(seconds=self.settings.backoff_cap_seconds),
+                )
+            )
+            attempt += 1
+
+    async def _renew(self, current: Credentials) -> Credentials:
+        new_key = generate_key()
+        issued = await (await self.client()).renew(current.chain, current.key, new_key)
+        return self._build(issued, new_key)
+
+    async def _bootstrap(self, token: JoinToken) -> Credentials:
+        key = generate_key()
+        log.info("bootstrap: sending a CSR with join token %s to the CA", token.public_id)
+        try:
+            issued = await (await self.client()).bootstrap(token.text, key)
+        except CaClientError as exc:
+            if not isinstance(exc, CaUnavailable):
+                await self._mark_spent(token)  # refused: sending it again cannot help
+            raise
+        await self._mark_spent(token)  # consumed by the CA, whatever happens next
+        return self._build(issued, key)
+
+    def _build(self, issued: IssuedLike, key: PrivateKey) -> Credentials:
+        """Validate the CA's answer for this sidecar's ID and build it; fails closed."""
+        if issued.spiffe_id != self.spiffe_id:
+            raise CredentialError(
+                f"CA issued {issued.spiffe_id}, but this sidecar is {self.spiffe_id}"
+            )
+        bundles = self.bundles.with_bundle(issued.bundle)
+        creds = Credentials.build(
+            issued.chain, key, bundles, self.clock.now(), expected_id=self.spiffe_id
+        )
+        self.bundles = bundles
+        return creds
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def _fresh_token(self) -> JoinToken | None:
+        try:
+            token = read_join_token(self.settings.token_file)
+            if token is None or self.state.token_spent(token):
+                return None
+        except StateError as exc:
+            log.error("join token: %s", exc)
+            return None
+        return token
+
+    async def _mark_spent(self, token: JoinToken) -> None:
+        try:
+            await self.run_blocking(self.state.mark_token_spent, token)
+        except (OSError, StateError) as exc:
+            log.error("cannot record that join token %s was used: %s", token.public_id, exc)
+
+    def _report_waiting_for_token(self, now: datetime, current: Credentials | None) -> None:
+        expired_at = current.not_after if current is not None else self._expired_at
+        why = (
+            f"the SVID expired at {expired_at.isoformat()}"
+            if expired_at is not None
+            else "there is no usable SVID"
+        )
+        path = self.settings.token_file
+        if path is None:
+            hint = "and no token_file is configured"
+        else:
+            try:
+                token = read_join_token(path)
+            except StateError as exc:
+                token, hint = None, f"and the token file is unreadable ({exc})"
+            else:
+                hint = f"and there is no join token in {path}"
+            if token is not None:
+                hint = (
+                    f"and the join token in {path} (id {token.public_id}) was already used; "
+                    "join tokens are one-time"
+                )
+        message = (
+            f"cannot get an SVID: {why} (the CA renews only valid SVIDs) {hint}. "
+            f"Write a fresh token from `mesh-ca token create` for {self.spiffe_id} to "
+            f"{path or 'the configured token_file'}; retrying until then"
+        )
+        log.error("%s", message)
+        self.stats.error("bootstrap", "no_token", message, now)
+
+    def _report_refusal(
+        self, action: RenewalAction, token: JoinToken | None, exc: CaClientError, now: datetime
+    ) -> None:
+        if action is RenewalAction.BOOTSTRAP and token is not None:
+            log.error(
+                "bootstrap: the CA refused join token %s (%s %s: %s); it will not be sent again: "
+                "write a fresh token to %s",
+                token.public_id,
+                exc.status,
+                exc.code,
+                exc,
+                self.settings.token_file,
+            )
+            self.stats.error("bootstrap", "refused", str(exc), now)
+        else:
+            log.error(
+                "rotation: the CA refused to renew (%s %s: %s); retrying, and bootstrapping "
+                "instead if a fresh join token appears",
+                exc.status,
+                exc.code,
+                exc,
+            )
+            self.stats.error("rotation", "refused", str(exc), now)
+
+    # -- bundle and revocations ------------------------------------------------------------
+
+    async def poll_forever(self) -> None:
+        while True:
+            await trio.sleep(self.settings.poll_interval_seconds)
+            await self.poll_once()
+
+    async def poll_once(self) -> None:
+        client = await self.client()
+        now = self.clock.now()
+        try:
+            bundle_changed = self._apply_bundle(await client.fetch_bundle(), now)
+            spiffe_ids, serials = await client.fetch_revocations()
+        except CaUnavailable as exc:
+            log.info("poll: CA unavailable (%s); keeping the current bundle and revocations", exc)
+            self.stats.error("poll", "ca_unavailable", str(exc), now)
+            return
+        except CaClientError as exc:
+            log.warning("poll: the CA refused (%s %s: %s)", exc.status, exc.code, exc)
+            self.stats.error("poll", "refused", str(exc), now)
+            return
+        self._apply_revocations(Revocations(spiffe_ids, serials), now)
+        if bundle_changed:
+            await self._persist()
+
+    def _apply_bundle(self, bundle: TrustBundle, now: datetime) -> bool:
+        """Publish credentials rebuilt with a changed bundle; False if unchanged or refused."""
+        domain = self.spiffe_id.trust_domain
+        if bundle.trust_domain != domain:
+            log.warning(
+                "poll: CA sent a bundle for %s, not %s: ignored", bundle.trust_domain, domain
+            )
+            self.stats.error("bundle", "invalid", f"bundle for {bundle.trust_domain}", now)
+            return False
+        known = self.bundles.get(domain)
+        if known is not None and _fingerprints(known) == _fingerprints(bundle):
+            return False
+        current = self.store.current
+        bundles = self.bundles.with_bundle(bundle)
+        if current is not None:
+            try:
+                creds = Credentials.build(
+                    current.chain, current.key, bundles, now, expected_id=self.spiffe_id
+                )
+            except CredentialError as exc:
+                log.error("poll: new trust bundle refused, keeping the old one: %s", exc)
+                self.stats.error("bundle", "invalid", str(exc), now)
+                return False
+            self.store.publish(creds)
+        self.bundles = bundles
+        self.stats.count("bundle", "updated")
+        log.info("poll: trust bundle for %s updated (%d roots)", domain, len(bundle.roots))
+        return True
+
+    def _apply_revocations(self, revocations: Revocations, now: datetime) -> None:
+        if revocations == self.store.revocations:
+            return
+        self.store.publish_revocations(revocations)
+        self.stats.count("revocations", "updated")
+        log.info(
+            "poll: revocations updated (%d SPIFFE IDs, %d serials)",
+            len(revocations.spiffe_ids),
+            len(revocations.serials),
+        )
+        current = self.store.current
+        if current is not None and revocations.refuses(current.spiffe_id, current.serial):
+            message = f"this sidecar's own SVID (serial {current.serial:x}) is revoked"
+            log.error("%s: replacing it now", message)
+            self.stats.error("revocations", "own_svid_revoked", message, now)
+            self._wake.set()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    async def _persist(self) -> None:
+        """Write the credentials that are live now (the newest) to the state directory."""
+        async with self._persist_lock:
+            creds = self.store.current
+            if creds is None:
+                return
+            try:
+                await self.run_blocking(self.state.save, creds)
+            except (OSError, StateError) as exc:
+                # Serving goes on; only a restart would need a token.
+                log.error("cannot save the SVID to %s: %s", self.state.path, exc)
+                self.stats.error("persist", "failed", str(exc), self.clock.now())
+
+    async def _sleep_until(self, at: datetime, *, wake: bool = False) -> bool:
+        """Sleep until wall time `at`; with `wake`, return True early if woken."""
+        seconds = max(0.0, (at - self.clock.now()).total_seconds())
+        if not wake:
+            await trio.sleep(seconds)
+            return False
+        with trio.move_on_after(seconds):
+            await self._wake.wait()
+            self._wake = trio.Event()
+            return True
+        return False
+
+
+def _fingerprints(bundle: TrustBundle) -> frozenset[bytes]:
+    from cryptography.hazmat.primitives import hashes
+
+    return frozenset(root.fingerprint(hashes.SHA256()) for root in bundle.roots)
