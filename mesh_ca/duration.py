@@ -14,7 +14,7 @@ _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def parse_duration(text: str) -> timedelta:
     """A positive whole number with one unit (s, m, h, d); raises ValueError otherwise."""
-    match = _DURATION_RE.fullmatch(text.strip())
+    match = _DURATION_RE.fullmatch(text)
     if match is None:
         raise ValueError(f"{text!r} is not a duration like 90s, 10m, 1h or 7d")
     seconds = int(match.group(1)) * _UNITS[match.group(2)]
