@@ -228,8 +228,10 @@ def _generated_policy(rng: random.Random, index: int) -> str:
         ]
     )
     if index % 13 == 0:  # a few policies error at runtime when they apply
-        condition = ' when { context.path == "/p1" && context.time.epoch_seconds * 9223372036854775807 > 0 }'
-
+        condition = (
+            ' when { context.path == "/p1"'
+            " && context.time.epoch_seconds * 9223372036854775807 > 0 }"
+        )
     effect = rng.choice(["permit", "permit", "forbid"])
     return f'@id("g{index}")\n{effect} (principal, {action}, {scope}){condition};\n'
 
