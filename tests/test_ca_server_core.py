@@ -1,0 +1,180 @@
+"""The pure CA API core and rate limiter, with time passed in (no TLS, no sockets)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from mesh_ca.identity import SpiffeId
+from mesh_ca.issuance import make_csr
+from mesh_ca.keys import generate_key
+from mesh_ca.server.core import ApiRequest, ApiResponse, CaAuthority, CaService
+from mesh_ca.server.ratelimit import RateLimiter
+from mesh_ca.store import SqliteStore, StoreUnavailable
+from mesh_ca.tokens import new_token
+from tests.pki import TestPki as Pki
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+ADMIN = "spiffe://example.org/ops/admin"
+
+
+def test_the_limiter_allows_a_burst_then_refills_at_the_rate() -> None:
+    limiter = RateLimiter(2.0, 3)
+    assert [limiter.allow("a", 0.0) for _ in range(4)] == [True, True, True, False]
+    assert limiter.retry_after("a") == pytest.approx(0.5)
+    assert limiter.allow("b", 0.0)  # sources are independent
+    assert not limiter.allow("a", 0.4)
+    assert limiter.allow("a", 0.6)
+    assert [limiter.allow("a", 100.0) for _ in range(4)] == [True, True, True, False]
+
+
+def test_the_limiter_table_is_bounded() -> None:
+    limiter = RateLimiter(1.0, 1, max_sources=3)
+    for index in range(10):
+        limiter.allow(f"10.0.0.{index}", float(index) * 0.01)
+    assert len(limiter) == 3
+
+
+@pytest.fixture
+def pki() -> Pki:
+    return Pki(now=T0)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    with SqliteStore(tmp_path / "state.db") as opened:
+        yield opened
+
+
+def service(pki: Pki, store: object, rate: float = 1000.0, burst: int = 1000) -> CaService:
+    authority = CaAuthority(
+        trust_domain=pki.trust_domain,
+        signer=pki.signer,
+        bundle=pki.bundle,
+        leaf_ttl=timedelta(hours=1),
+        token_ttl=timedelta(minutes=10),
+        admin_ids=frozenset({SpiffeId.parse(ADMIN)}),
+    )
+    return CaService(authority, store, RateLimiter(rate, burst))  # type: ignore[arg-type]
+
+
+def post(path: str, body: Mapping[str, object], peer: x509.Certificate | None = None) -> ApiRequest:
+    return ApiRequest("POST", path, "application/json", json.dumps(body).encode(), "10.1.1.1", peer)
+
+
+def csr() -> str:
+    return make_csr(generate_key()).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def token_for(store: SqliteStore, spiffe_id: str, ttl: timedelta = timedelta(minutes=10)) -> str:
+    token, token_id, secret_hash = new_token()
+    store.add_token(token_id, secret_hash, SpiffeId.parse(spiffe_id), T0, T0 + ttl)
+    return token
+
+
+def error(response: ApiResponse) -> tuple[int, str]:
+    return response.status, json.loads(response.body)["error"]
+
+
+def test_bootstrap_issues_for_the_token_binding_only(pki: Pki, store: SqliteStore) -> None:
+    api = service(pki, store)
+    sid = "spiffe://example.org/ns/a/svc/b"
+    response = api.handle(
+        post("/v1/bootstrap", {"token": token_for(store, sid), "csr": csr()}), T0, 0
+    )
+    assert response.status == 200
+    body = json.loads(response.body)
+    assert body["spiffe_id"] == sid
+    assert response.log["spiffe_id"] == sid
+    assert "token" not in response.log  # only the public token id
+    assert [r.kind for r in store.issued()] == ["bootstrap"]
+
+
+def test_an_expired_token_is_refused_at_the_time_passed_in(pki: Pki, store: SqliteStore) -> None:
+    api = service(pki, store)
+    token = token_for(store, "spiffe://example.org/ns/a/svc/b")
+    late = T0 + timedelta(minutes=10, seconds=1)
+    assert error(api.handle(post("/v1/bootstrap", {"token": token, "csr": csr()}), late, 0)) == (
+        403,
+        "token_expired",
+    )
+    assert store.issued_count() == 0
+
+
+def test_a_token_bound_to_a_reserved_id_is_refused(pki: Pki, store: SqliteStore) -> None:
+    api = service(pki, store)
+    token = token_for(store, "spiffe://example.org/mesh/ca")
+    response = api.handle(post("/v1/bootstrap", {"token": token, "csr": csr()}), T0, 0)
+    assert error(response) == (403, "reserved_id")
+    assert store.issued_count() == 0
+
+
+def test_renewal_checks_the_client_svid_at_now(pki: Pki, store: SqliteStore) -> None:
+    api = service(pki, store)
+    leaf = pki.leaf("spiffe://example.org/ns/a/svc/b", now=T0).cert
+    ok = api.handle(post("/v1/renew", {"csr": csr()}, leaf), T0 + timedelta(minutes=30), 0)
+    assert ok.status == 200
+    late = T0 + timedelta(hours=1, seconds=1)
+    assert error(api.handle(post("/v1/renew", {"csr": csr()}, leaf), late, 0)) == (
+        403,
+        "svid_expired",
+    )
+    foreign = Pki(now=T0).leaf("spiffe://example.org/ns/a/svc/b").cert  # another CA
+    assert error(api.handle(post("/v1/renew", {"csr": csr()}, foreign), T0, 0))[1] == "svid_invalid"
+    assert [r.kind for r in store.issued()] == ["renew"]
+
+
+def test_a_revoked_certificate_serial_cannot_renew(pki: Pki, store: SqliteStore) -> None:
+    api = service(pki, store)
+    leaf = pki.leaf("spiffe://example.org/ns/a/svc/b", now=T0).cert
+    store.revoke(T0, serial=leaf.serial_number)
+    assert error(api.handle(post("/v1/renew", {"csr": csr()}, leaf), T0, 0)) == (403, "revoked")
+
+
+def test_admin_is_only_for_listed_ids(pki: Pki, store: SqliteStore) -> None:
+    api = service(pki, store)
+    body = {"spiffe_id": "spiffe://example.org/ns/a/svc/c"}
+    other = pki.leaf("spiffe://example.org/ns/ops/svc/admin", now=T0).cert
+    assert error(api.handle(post("/v1/admin/tokens", body, other), T0, 0)) == (403, "not_admin")
+    admin = pki.leaf(ADMIN, now=T0).cert
+    assert api.handle(post("/v1/admin/tokens", body, admin), T0, 0).status == 200
+    revoke = api.handle(
+        post("/v1/admin/revoke", {"serial": "ff", "spiffe_id": ADMIN}, admin), T0, 0
+    )
+    assert error(revoke) == (400, "bad_request")  # exactly one of the two
+
+
+def test_the_rate_limit_uses_the_monotonic_time_passed_in(pki: Pki, store: SqliteStore) -> None:
+    api = service(pki, store, rate=1.0, burst=1)
+    request = post("/v1/bootstrap", {"token": "mgt_x", "csr": csr()})
+    assert error(api.handle(request, T0, 10.0))[0] == 401
+    limited = api.handle(request, T0, 10.1)
+    assert error(limited) == (429, "rate_limited")
+    assert dict(limited.headers)["retry-after"] == "1"
+    assert error(api.handle(request, T0, 11.2))[0] == 401
+
+
+class _DownStore:
+    def __getattr__(self, name: str) -> object:
+        def down(*args: object, **kwargs: object) -> None:
+            raise StoreUnavailable("database is down")
+
+        return down
+
+
+def test_an_unavailable_store_is_503_and_readyz_says_so(pki: Pki) -> None:
+    api = service(pki, _DownStore())
+    token, _, _ = new_token()
+    assert error(api.handle(post("/v1/bootstrap", {"token": token, "csr": csr()}), T0, 0)) == (
+        503,
+        "store_unavailable",
+    )
+    readyz = api.handle(ApiRequest("GET", "/readyz", None, b"", "x"), T0, 0)
+    assert error(readyz) == (503, "store_unavailable")
+    assert api.handle(ApiRequest("GET", "/healthz", None, b"", "x"), T0, 0).status == 200
