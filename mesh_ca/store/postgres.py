@@ -42,7 +42,8 @@ from mesh_ca.store.base import (
     TokenFailure,
     TokenRecord,
 )
-from mesh_ca.store.migrations import MigrationResult, check_version, migrate
+from mesh_ca.store.migrations import MigrationResult, check_version
+from mesh_ca.store.migrations import migrate as migrate_schema
 
 __all__ = ["PostgresStore", "describe_url"]
 
@@ -131,10 +132,16 @@ class PostgresStore:
         self._lock = threading.Lock()
         self._closed = False
         self.migration: MigrationResult | None = None
-        if migrate:
-            self.migration = self._with_connection(lambda conn: _run_migrate(conn, self.where))
-        else:
-            self._with_connection(lambda conn: check_version(conn, self.where))
+        try:
+            if migrate:
+                self.migration = self._with_connection(
+                    lambda conn: migrate_schema(conn, self.where)
+                )
+            else:
+                self._with_connection(lambda conn: check_version(conn, self.where))
+        except BaseException:
+            self.close()  # no pooled connection outlives a store that failed to open
+            raise
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.where!r})"
@@ -427,10 +434,6 @@ class PostgresStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _run_migrate(conn: psycopg.Connection[tuple[Any, ...]], where: str) -> MigrationResult:
-    return migrate(conn, where)
 
 
 def _revocation(row: tuple[Any, ...]) -> Revocation:
