@@ -43,6 +43,8 @@ class Leaf:
 
 @dataclass
 class TestPki:
+    __test__ = False  # a factory, not a test class: keeps pytest from collecting it
+
     trust_domain: TrustDomain = field(default_factory=lambda: TrustDomain("example.org"))
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
