@@ -19,6 +19,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -54,6 +55,16 @@ def find_pg_bin() -> Path:
         "PostgreSQL server binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/*/bin "
         "or on PATH; install the Debian package `postgresql` (scripts/test.sh does)"
     )
+
+
+def _die_with_parent() -> list[str]:
+    """A prefix that makes the server get SIGQUIT (immediate shutdown) if the tests die.
+
+    A test run killed outright must not leave a server behind. `setpriv` (util-linux, always
+    on Debian) sets it after the switch of user, which would clear it.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "QUIT", "--"] if setpriv else []
 
 
 def _free_port() -> int:
@@ -161,7 +172,9 @@ class PgServer:
                 "-c", "max_connections=200",
                 "-c", "shared_buffers=16MB",
             ]  # fmt: skip
-            self._proc = subprocess.Popen(argv, stdout=log, stderr=log, **self._as_user())
+            self._proc = subprocess.Popen(
+                [*_die_with_parent(), *argv], stdout=log, stderr=log, **self._as_user()
+            )
             log.close()
             if self._wait_ready(port):
                 self.port = port
@@ -203,7 +216,7 @@ class PgServer:
         if self._proc is None:
             return
         if self._proc.poll() is None:
-            self._proc.send_signal(2)
+            self._proc.send_signal(signal.SIGINT)
             try:
                 self._proc.wait(timeout=_START_TIMEOUT_S)
             except subprocess.TimeoutExpired:

@@ -38,7 +38,7 @@ class StoreError(Exception):
     """A state-store operation failed."""
 
 
-class StoreUnavailable(StoreError):
+class StoreUnavailable(StoreError):  # noqa: N818 - the public name other code uses
     """The database cannot be reached or is not at a known schema version."""
 
 

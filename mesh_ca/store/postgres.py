@@ -1,12 +1,12 @@
 """The shared state store: PostgreSQL (psycopg 3), for several CA replicas on one database.
 
 Calls come from `trio.to_thread` worker threads and from several CA processes. Each call
-borrows a connection from a small pool (one connection per call in flight, a few kept
-idle), runs one transaction and gives it back; a connection that failed is thrown away, so
-the store reconnects by itself once the server is back. A reused idle connection that
-turns out dead before anything was committed is replaced and the call tried once more
-(the server restarted meanwhile); a failure during COMMIT is never retried, because its
-outcome is unknown.
+borrows a connection from a small pool (one per call in flight, at most `max_connections`,
+a few kept idle), runs one transaction and gives it back; a connection that failed is
+thrown away, so the store reconnects by itself once the server is back. A reused idle
+connection that turns out dead before anything was committed is replaced and the call
+tried once more (the server restarted meanwhile); a failure during COMMIT is never
+retried, because its outcome is unknown.
 
 A token is consumed by one conditional UPDATE (`... WHERE used_at IS NULL AND expires_at >
 now`) after a constant-time check of the secret hash: under READ COMMITTED a second
@@ -103,6 +103,7 @@ class PostgresStore:
         url: str,
         password: str | None = None,
         *,
+        max_connections: int = 16,
         max_idle_connections: int = 4,
         connect_timeout_seconds: int = CONNECT_TIMEOUT_SECONDS,
         migrate: bool = True,
@@ -128,6 +129,10 @@ class PostgresStore:
         self._params: dict[str, Any] = {**defaults, **params}
         self._password = password or None
         self._max_idle = max_idle_connections
+        # Calls beyond this wait for a connection: replicas x max_connections must stay
+        # under the server's max_connections (100 by default).
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._slot_timeout = float(max(2, connect_timeout_seconds))
         self._idle: list[psycopg.Connection[tuple[Any, ...]]] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -193,6 +198,14 @@ class PostgresStore:
 
     def _with_connection(self, fn: Callable[[psycopg.Connection[tuple[Any, ...]]], T]) -> T:
         """Run `fn` on a pooled connection; `fn` manages its own transaction."""
+        if not self._slots.acquire(timeout=self._slot_timeout):
+            raise StoreUnavailable(f"{self.where}: every connection stayed busy; try again")
+        try:
+            return self._on_connection(fn)
+        finally:
+            self._slots.release()
+
+    def _on_connection(self, fn: Callable[[psycopg.Connection[tuple[Any, ...]]], T]) -> T:
         conn, _ = self._take()
         try:
             result = fn(conn)
