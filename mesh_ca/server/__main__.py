@@ -15,7 +15,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", help="HOST:PORT (default from ca.toml; port 0 picks one)")
     parser.add_argument("--passphrase-file", type=Path, help="file holding the key passphrase")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
-    return serve_main(parser.parse_args(argv))
+    parser.add_argument(
+        "--inline-handlers",
+        action="store_true",
+        help="run store and signing on the event loop instead of worker threads (benchmarks)",
+    )
+    parser.add_argument("--profile", type=Path, help="write a cProfile of the main thread here")
+    args = parser.parse_args(argv)
+    if args.profile is None:
+        return serve_main(args)
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        return profiler.runcall(serve_main, args)
+    finally:
+        profiler.dump_stats(args.profile)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ JSON: Final = "application/json"
 PEM: Final = "application/x-pem-file"
 _RESERVED_PREFIX: Final = "/mesh/"  # IDs of the mesh's own components; never issued by API
 _M = TypeVar("_M", bound=BaseModel)
+_VERIFIED_CACHE_SIZE: Final = 4096
 
 
 def ca_server_id(trust_domain: TrustDomain) -> SpiffeId:
@@ -171,6 +172,7 @@ class CaService:
         self.store = store
         self._limiter = limiter
         self._limiter_lock = threading.Lock()
+        self._verified: dict[x509.Certificate, VerifiedSvid] = {}
         self._chain_tail_pem = b"".join(
             c.public_bytes(serialization.Encoding.PEM)
             for c in (authority.signer.cert, *authority.signer.chain)
@@ -251,15 +253,25 @@ class CaService:
 
     def _client_svid(self, request: ApiRequest, now: datetime) -> VerifiedSvid:
         """The verified client SVID. Fails closed: no or bad certificate is a refusal."""
-        if request.peer_cert is None:
+        cert = request.peer_cert
+        if cert is None:
             raise ApiError(401, "client_cert_required", "this endpoint needs a client SVID (mTLS)")
+        # Path validation costs about as much as signing; a keep-alive client sends the same
+        # certificate again and again. Only a full success is cached, and the validity window
+        # is still checked at every `now`.
+        cached = self._verified.get(cert)
+        if cached is not None and cert.not_valid_before_utc <= now <= cached.not_after:
+            return cached
         try:
-            return verify_svid(
-                request.peer_cert, (self.authority.signer.cert,), self.authority.bundles, now
-            )
+            svid = verify_svid(cert, (self.authority.signer.cert,), self.authority.bundles, now)
         except SvidError as exc:
             code = "svid_expired" if exc.reason is SvidFailure.EXPIRED else "svid_invalid"
             raise ApiError(403, code, str(exc)) from None
+        with self._limiter_lock:
+            if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[cert] = svid
+        return svid
 
     def _issue(
         self,

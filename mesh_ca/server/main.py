@@ -74,7 +74,8 @@ def serve_main(args: argparse.Namespace) -> int:
         sys.stderr.write(f"mesh-ca serve: state store: {exc}\n")
         return 1
     try:
-        trio.run(_serve, ca, store, host, port, SystemClock())
+        threaded = not getattr(args, "inline_handlers", False)
+        trio.run(_serve, ca, store, host, port, SystemClock(), threaded)
     except StoreError as exc:
         sys.stderr.write(f"mesh-ca serve: state store: {exc}\n")
         return 1
@@ -86,13 +87,18 @@ def serve_main(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(ca: LoadedCa, store: StateStore, host: str, port: int, clock: Clock) -> None:
+async def _serve(
+    ca: LoadedCa, store: StateStore, host: str, port: int, clock: Clock, threaded: bool = True
+) -> None:
     authority = authority_of(ca)
     identity = await trio.to_thread.run_sync(issue_server_identity, authority, store, clock.now())
     limiter = RateLimiter(ca.config.server.rate_limit_per_second, ca.config.server.rate_limit_burst)
     service = CaService(authority, store, limiter)
     server = CaHttpServer(
-        service, identity, clock, ServerLimits(max_body_bytes=ca.config.server.max_body_bytes)
+        service,
+        identity,
+        clock,
+        ServerLimits(max_body_bytes=ca.config.server.max_body_bytes, threaded_handlers=threaded),
     )
 
     async def handler(stream: trio.SocketStream) -> None:

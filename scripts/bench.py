@@ -1,0 +1,305 @@
+#!/usr/bin/env python3
+"""meshgate benchmarks, one section per component; every figure is compared within one run.
+
+    python scripts/bench.py ca [--seconds 3] [--concurrency 16]
+
+Sections register themselves in `SECTIONS` (name -> function taking the parsed args and
+returning a dict of figures, which is printed as JSON at the end). Runs are bounded in
+seconds and print progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import h11
+import trio
+from cryptography.hazmat.primitives import serialization
+
+from mesh_ca.ca_dir import LoadedCa, init_ca_dir
+from mesh_ca.config import CaConfig, ServerConfig
+from mesh_ca.identity import BundleSet, SpiffeId
+from mesh_ca.issuance import issue_leaf, make_csr
+from mesh_ca.keys import generate_key, private_key_pem
+from mesh_ca.tls import client_context
+from mesh_ca.tokens import new_token
+
+Figures = dict[str, Any]
+
+
+def progress(message: str) -> None:
+    sys.stderr.write(f"[bench] {message}\n")
+    sys.stderr.flush()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()} cores, {model}, Python {sys.version.split()[0]}"
+
+
+# Section: ca
+
+
+@dataclass
+class CaProcess:
+    ca: LoadedCa
+    process: subprocess.Popen[bytes]
+    address: tuple[str, int]
+
+
+@contextlib.contextmanager
+def ca_server(directory: Path, log_level: str, extra: list[str]) -> Iterator[CaProcess]:
+    config = CaConfig(
+        trust_domain="bench.example",
+        server=ServerConfig(rate_limit_per_second=1e9, rate_limit_burst=10**9),
+    )
+    ca = init_ca_dir(directory / "ca", "bench.example", datetime.now(UTC), config=config)
+    log_path = directory / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mesh_ca.server",
+                "--dir",
+                str(ca.path),
+                "--listen",
+                "127.0.0.1:0",
+                "--log-level",
+                log_level,
+                *extra,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not (match := re.search(r"serving on (\S+):(\d+)", log_path.read_text())):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"CA server did not start:\n{log_path.read_text()}")
+            time.sleep(0.05)
+        yield CaProcess(ca, process, (match.group(1), int(match.group(2))))
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=15)
+
+
+def raw_signing_rate(ca: LoadedCa, seconds: float) -> float:
+    """issue_leaf from pre-made CSRs: the in-run baseline."""
+    csrs = [make_csr(generate_key()) for _ in range(64)]
+    sid = SpiffeId.workload(ca.trust_domain, "bench", "raw")
+    now = datetime.now(UTC)
+    count, started, cpu_started = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - started < seconds:
+        for csr in csrs:
+            issue_leaf(csr, sid, ca.signer, now)
+        count += len(csrs)
+    # Per CPU second, not per wall second: the machine is shared, and the API figure it is
+    # compared with is also per CPU second of the CA server process.
+    return count / (time.process_time() - cpu_started)
+
+
+async def _drive(
+    address: tuple[str, int],
+    contexts: list[Any],
+    path: str,
+    bodies: Iterator[bytes],
+    seconds: float,
+) -> tuple[int, int, float]:
+    """One keep-alive connection per context, each sending POSTs until time or bodies run out."""
+    ok = failed = 0
+    deadline = trio.current_time() + seconds
+
+    async def worker(context: Any) -> None:
+        nonlocal ok, failed
+        tcp = await trio.open_tcp_stream(*address)
+        tls = trio.SSLStream(tcp, context)
+        await tls.do_handshake()
+        conn = h11.Connection(h11.CLIENT)
+        host = f"{address[0]}:{address[1]}"
+        for body in bodies:
+            if trio.current_time() >= deadline:
+                break
+            headers = [
+                ("host", host),
+                ("content-type", "application/json"),
+                ("content-length", str(len(body))),
+            ]
+            data = conn.send(h11.Request(method="POST", target=path, headers=headers)) or b""
+            data += (conn.send(h11.Data(data=body)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
+            await tls.send_all(data)
+            status = 0
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(bytes(await tls.receive_some(65536)))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+            if status == 200:
+                ok += 1
+            else:
+                failed += 1
+            conn.start_next_cycle()
+        await trio.aclose_forcefully(tls)
+
+    async def report() -> None:
+        while True:
+            await trio.sleep(1)
+            progress(f"  {path}: {ok} issued, {failed} failed")
+
+    started = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(report)
+        async with trio.open_nursery() as workers:
+            for context in contexts:
+                workers.start_soon(worker, context)
+        nursery.cancel_scope.cancel()
+    return ok, failed, trio.current_time() - started
+
+
+def api_phase(
+    server: CaProcess, path: str, contexts: list[Any], bodies: Iterator[bytes], seconds: float
+) -> Figures:
+    cpu_before = cpu_seconds(server.process.pid)
+    ok, failed, elapsed = trio.run(_drive, server.address, contexts, path, bodies, seconds)
+    cpu = cpu_seconds(server.process.pid) - cpu_before
+    return {
+        "issued": ok,
+        "failed": failed,
+        "seconds": round(elapsed, 2),
+        "per_second": round(ok / elapsed, 1),
+        "server_cpu_seconds": round(cpu, 2),
+        "per_server_cpu_second": round(ok / cpu, 1) if cpu else None,
+    }
+
+
+def server_flags(args: argparse.Namespace) -> list[str]:
+    flags = ["--inline-handlers"] if args.inline_handlers or args.server_profile else []
+    return flags + (["--profile", str(args.server_profile)] if args.server_profile else [])
+
+
+def bench_ca(args: argparse.Namespace) -> Figures:
+    seconds, concurrency = args.seconds, args.concurrency
+    with (
+        tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp,
+        ca_server(Path(tmp), args.log_level, server_flags(args)) as server,
+    ):
+        ca = server.ca
+        progress(f"raw signing for {seconds} s ...")
+        raw = raw_signing_rate(ca, seconds)
+        progress(f"raw signing: {raw:.0f} leaves per CPU second")
+
+        csr_pems = [
+            make_csr(generate_key()).public_bytes(serialization.Encoding.PEM).decode()
+            for _ in range(64)
+        ]
+        bundles = BundleSet.of(ca.bundle)
+        n_tokens = int(raw * seconds * 1.2) + 100
+        progress(f"creating {n_tokens} join tokens ...")
+        tokens = []
+        store = ca.open_store()
+        now = datetime.now(UTC)
+        for index in range(n_tokens):
+            token, token_id, secret_hash = new_token()
+            sid = SpiffeId.workload(ca.trust_domain, "bench", f"svc{index}")
+            store.add_token(token_id, secret_hash, sid, now, now + timedelta(hours=1))
+            tokens.append(token)
+        store.close()
+        boot_bodies = (
+            json.dumps({"token": t, "csr": csr_pems[i % 64]}).encode() for i, t in enumerate(tokens)
+        )
+        progress(f"bootstrap through the API: {concurrency} keep-alive connections, {seconds} s")
+        anonymous = client_context(bundles)
+        bootstrap = api_phase(
+            server, "/v1/bootstrap", [anonymous] * concurrency, boot_bodies, seconds
+        )
+
+        progress(f"renewal over mTLS: {concurrency} keep-alive connections, {seconds} s")
+        contexts = []
+        for index in range(concurrency):
+            key = generate_key()
+            sid = SpiffeId.workload(ca.trust_domain, "bench", f"renew{index}")
+            leaf = issue_leaf(make_csr(key), sid, ca.signer, datetime.now(UTC))
+            chain = b"".join(
+                c.public_bytes(serialization.Encoding.PEM) for c in (leaf, ca.signer.cert)
+            )
+            contexts.append(client_context(bundles, chain, private_key_pem(key)))
+        renew_bodies = (json.dumps({"csr": csr_pems[i % 64]}).encode() for i in range(10**9))
+        renew = api_phase(server, "/v1/renew", contexts, renew_bodies, seconds)
+
+    for phase in (bootstrap, renew):
+        if phase["per_server_cpu_second"]:
+            phase["ratio_to_raw"] = round(phase["per_server_cpu_second"] / raw, 3)
+    return {
+        "machine": machine(),
+        "seconds_per_phase": seconds,
+        "concurrency": concurrency,
+        "server_log_level": args.log_level,
+        "server_handlers": "inline" if args.inline_handlers else "threads",
+        "raw_signing_per_cpu_second": round(raw, 1),
+        "load_average": os.getloadavg()[0],
+        "bootstrap": bootstrap,
+        "renew": renew,
+    }
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], Figures]] = {"ca": bench_ca}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench.py", description=__doc__.splitlines()[0])
+    parser.add_argument("section", choices=sorted(SECTIONS), help="what to measure")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each timed phase")
+    parser.add_argument("--concurrency", type=int, default=16, help="concurrent connections")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["info", "warning"],
+        help="CA server log level (info writes one access-log line a request)",
+    )
+    parser.add_argument(
+        "--inline-handlers",
+        action="store_true",
+        help="CA server runs store and signing on its event loop, not threads",
+    )
+    parser.add_argument(
+        "--server-profile",
+        type=Path,
+        help="cProfile the CA server (inline handlers) into this file",
+    )
+    args = parser.parse_args(argv)
+    figures = SECTIONS[args.section](args)
+    print(json.dumps({args.section: figures}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
