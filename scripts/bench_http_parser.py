@@ -7,7 +7,8 @@ Three workloads, each parsed to completion (head fields + body bytes + end of me
   pipelined  16 keep-alive GETs in one buffer, one parser for the whole buffer
   body       a POST with a 4 KiB Content-Length body and a POST with 4 chunks of 1 KiB
 
-Results are CPU microseconds per request (process time, best of 5 runs: the machine is shared) and ratios to httptools. h11 needs a
+Results are CPU microseconds per request (process time, best of 5 runs: the machine is
+shared) and ratios to httptools. h11 needs a
 response cycle between keep-alive requests (it is a full connection state machine), so its
 pipelined figure includes sending a minimal response; that is the price of using it.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 
 import h11
 import httptools
@@ -45,9 +47,7 @@ CL_BODY = (
 CHUNKED_BODY = (
     (
         b"POST /api/v1/orders HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: chunked\r\n\r\n"
-         b"400\r\n"
-        + b"y" * 1024
-        + b"\r\n"
+        b"400\r\n" + b"y" * 1024 + b"\r\n"
     )
     + (b"400\r\n" + b"y" * 1024 + b"\r\n") * 3
     + b"0\r\n\r\n"
@@ -146,7 +146,8 @@ def main() -> int:
         ("h11", h11_parse),
         ("meshgate RequestReader", ours_parse),
     ]
-    print(f"h11 {h11.__version__}, httptools {httptools.__version__}; µs per request, best of 5")
+    versions = f"h11 {version('h11')}, httptools {version('httptools')}"
+    print(f"{versions}; CPU µs per request, best of 5")
     print(f"{'workload':28} " + " ".join(f"{name:>24}" for name, _ in parsers))
     for label, data, n in workloads:
         figures = [per_request_us(fn, data, n, args.seconds) for _, fn in parsers]

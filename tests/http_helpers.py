@@ -20,7 +20,9 @@ def drain(reader: RequestReader | ResponseReader) -> list[Event]:
             return events
 
 
-def read_requests(data: bytes, *, eof: bool = False, reader: RequestReader | None = None) -> list[Event]:
+def read_requests(
+    data: bytes, *, eof: bool = False, reader: RequestReader | None = None
+) -> list[Event]:
     reader = reader or RequestReader()
     reader.feed(data)
     if eof:
@@ -35,7 +37,9 @@ def read_bytewise(data: bytes, *, eof: bool = False) -> list[Event]:
     for i in range(len(data)):
         reader.feed(data[i : i + 1])
         events.extend(drain(reader))
-    if eof:
+        if events and events[-1] is CONNECTION_CLOSED:
+            break
+    if eof and not (events and events[-1] is CONNECTION_CLOSED):
         reader.feed_eof()
         events.extend(drain(reader))
     merged: list[Event] = []

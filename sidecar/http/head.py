@@ -129,6 +129,8 @@ def _framing(
         codings = _comma_tokens(te)
         if not codings or codings[-1] != "chunked":
             raise _fail(status, "Transfer-Encoding does not end in chunked")
+        if "chunked" in codings[:-1]:
+            raise _fail(status, "chunked applied more than once")
         if len(codings) > 1:
             # gzip, chunked and the like: we re-frame bodies, so we cannot carry them.
             raise _fail(501 if status == 400 else status, "transfer codings other than chunked")
