@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Final, TypeVar, final
+from typing import Any, Final, LiteralString, TypeVar, final
 
 import psycopg
 import psycopg.errors
@@ -354,15 +354,20 @@ class PostgresStore:
 
     def issued(self, spiffe_id: SpiffeId | None = None, limit: int = 100) -> Sequence[IssuedRecord]:
         """Most recent first."""
-        rows = self._transaction(
-            lambda conn: conn.execute(
+        # Two fixed statements rather than "id IS NULL OR ...": each keeps an index plan.
+        if spiffe_id is None:
+            query: LiteralString = (
                 "SELECT serial, spiffe_id, kind, issued_at, not_after, replica"
-                " FROM issued_certificates"
-                " WHERE %(id)s::text IS NULL OR spiffe_id = %(id)s"
-                " ORDER BY issued_at DESC, seq DESC LIMIT %(limit)s",
-                {"id": None if spiffe_id is None else str(spiffe_id), "limit": max(0, limit)},
-            ).fetchall()
-        )
+                " FROM issued_certificates ORDER BY issued_at DESC, seq DESC LIMIT %(limit)s"
+            )
+        else:
+            query = (
+                "SELECT serial, spiffe_id, kind, issued_at, not_after, replica"
+                " FROM issued_certificates WHERE spiffe_id = %(id)s"
+                " ORDER BY issued_at DESC, seq DESC LIMIT %(limit)s"
+            )
+        params = {"id": str(spiffe_id), "limit": max(0, limit)}
+        rows = self._transaction(lambda conn: conn.execute(query, params).fetchall())
         return [
             IssuedRecord(int(r[0]), SpiffeId.parse(r[1]), r[2], _utc(r[3]), _utc(r[4]), r[5])
             for r in rows
