@@ -135,11 +135,19 @@ def test_stopped_server_is_unavailable_and_the_same_store_recovers_after_restart
 def test_restart_between_calls_is_invisible_to_the_next_call(own_server: PgServer) -> None:
     url = own_server.url(own_server.create_database())
     with PostgresStore(url, own_server.password) as store:
+        _, token_id, secret_hash = new_token()
+        store.add_token(token_id, secret_hash, ALICE, T0, T0 + timedelta(minutes=10))
         store.revoke(T0, spiffe_id=BOB)  # leaves an idle pooled connection behind
+        # The pooled connection dies with the old server; the store retries on a new one,
+        # for a read and for a write transaction alike.
         own_server.stop()
         own_server.start()
-        # The pooled connection died with the old server; the store retries on a new one.
         assert store.is_revoked(BOB, 1)
+        own_server.stop()
+        own_server.start()
+        assert store.consume_token(token_id, secret_hash, T0) == ALICE
+        with pytest.raises(TokenError, match="used"):
+            store.consume_token(token_id, secret_hash, T0)
 
 
 def test_wrong_password_is_unavailable_and_not_echoed(pg_url: str) -> None:

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Final, LiteralString, TypeVar, final
+from typing import Any, Final, LiteralString, NoReturn, TypeVar, final
 
 import psycopg
 import psycopg.errors
@@ -225,16 +225,32 @@ class PostgresStore:
     def _transaction(self, fn: Callable[[psycopg.Connection[tuple[Any, ...]]], T]) -> T:
         """Run `fn` in one transaction: whole or not at all. Driver errors are translated."""
         try:
-            return self._with_connection(lambda conn: self._attempt(conn, fn, reused=True))
+            return self._with_connection(lambda conn: self._attempt(conn, fn, first=True))
         except _StaleConnectionError:
-            return self._with_connection(lambda conn: self._attempt(conn, fn, reused=False))
+            return self._with_connection(lambda conn: self._attempt(conn, fn, first=False))
+
+    def _read(self, fn: Callable[[psycopg.Connection[tuple[Any, ...]]], T]) -> T:
+        """Run `fn`, one read-only statement, outside BEGIN/COMMIT: one round trip, not three.
+
+        A single statement is atomic on its own, and a read is always safe to retry.
+        """
+        try:
+            return self._with_connection(lambda conn: self._attempt_read(conn, fn, first=True))
+        except _StaleConnectionError:
+            return self._with_connection(lambda conn: self._attempt_read(conn, fn, first=False))
+
+    def _stale(self, conn: psycopg.Connection[tuple[Any, ...]], exc: Exception) -> NoReturn:
+        """`conn` died under us: drop it and the idle ones, and let the caller retry once."""
+        conn.close()
+        self._drop_idle()
+        raise _StaleConnectionError from exc
 
     def _attempt(
         self,
         conn: psycopg.Connection[tuple[Any, ...]],
         fn: Callable[[psycopg.Connection[tuple[Any, ...]]], T],
         *,
-        reused: bool,
+        first: bool,
     ) -> T:
         committing = False
         try:
@@ -242,12 +258,24 @@ class PostgresStore:
                 result = fn(conn)
                 committing = True
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            if reused and not committing and conn.closed:
-                conn.close()
-                self._drop_idle()
-                raise _StaleConnectionError from exc
+            if first and not committing and conn.closed:
+                self._stale(conn, exc)  # nothing was committed: safe to run again
             raise
         return result
+
+    def _attempt_read(
+        self,
+        conn: psycopg.Connection[tuple[Any, ...]],
+        fn: Callable[[psycopg.Connection[tuple[Any, ...]]], T],
+        *,
+        first: bool,
+    ) -> T:
+        try:
+            return fn(conn)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if first and conn.closed:
+                self._stale(conn, exc)
+            raise
 
     # Tokens
 
@@ -314,7 +342,7 @@ class PostgresStore:
         return outcome
 
     def outstanding_tokens(self, now: datetime) -> Sequence[TokenRecord]:
-        rows = self._transaction(
+        rows = self._read(
             lambda conn: conn.execute(
                 "SELECT token_id, spiffe_id, created_at, expires_at FROM join_tokens"
                 " WHERE used_at IS NULL AND expires_at > %s ORDER BY created_at, token_id",
@@ -367,14 +395,14 @@ class PostgresStore:
                 " ORDER BY issued_at DESC, seq DESC LIMIT %(limit)s"
             )
         params = {"id": str(spiffe_id), "limit": max(0, limit)}
-        rows = self._transaction(lambda conn: conn.execute(query, params).fetchall())
+        rows = self._read(lambda conn: conn.execute(query, params).fetchall())
         return [
             IssuedRecord(int(r[0]), SpiffeId.parse(r[1]), r[2], _utc(r[3]), _utc(r[4]), r[5])
             for r in rows
         ]
 
     def issued_count(self) -> int:
-        row = self._transaction(
+        row = self._read(
             lambda conn: conn.execute("SELECT count(*) FROM issued_certificates").fetchone()
         )
         return int(row[0]) if row else 0
@@ -413,7 +441,7 @@ class PostgresStore:
         return _revocation(row)
 
     def revocations(self) -> Sequence[Revocation]:
-        rows = self._transaction(
+        rows = self._read(
             lambda conn: conn.execute(
                 "SELECT spiffe_id, serial, revoked_at, reason FROM revocations ORDER BY seq"
             ).fetchall()
@@ -421,7 +449,7 @@ class PostgresStore:
         return [_revocation(r) for r in rows]
 
     def is_revoked(self, spiffe_id: SpiffeId, serial: int) -> bool:
-        row = self._transaction(
+        row = self._read(
             lambda conn: conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM revocations WHERE spiffe_id = %s OR serial = %s)",
                 (str(spiffe_id), _serial(serial)),
@@ -434,7 +462,7 @@ class PostgresStore:
     def ping(self) -> None:
         """Raise `StoreUnavailable` unless the database answers."""
         try:
-            self._transaction(lambda conn: conn.execute("SELECT 1").fetchone())
+            self._read(lambda conn: conn.execute("SELECT 1").fetchone())
         except StoreUnavailable:
             raise
         except StoreError as exc:
