@@ -1,0 +1,231 @@
+"""A TLS stream over any trio stream that can half-close: `send_eof` sends close_notify.
+
+Why not `trio.SSLStream`: it is not a `HalfCloseableStream`, so a relay in front of it
+cannot pass on "the client finished sending" without tearing the whole connection down,
+which loses the reply of every request-then-shutdown client. TLS 1.3 allows a half-close
+(close_notify ends one direction only; RFC 8446 §6.1) and OpenSSL keeps reading after its
+own SSL_shutdown, so this stream sends close_notify on `send_eof` and keeps receiving.
+
+The engine is `ssl.SSLObject` over two memory BIOs. Mesh contexts are TLS 1.3 only with no
+tickets and no renegotiation, so after the handshake the only traffic a read can cause is
+a KeyUpdate reply or an alert; every write to the outgoing BIO is flushed under one FIFO
+lock that also drains the BIO, so bytes reach the transport in the order OpenSSL made them.
+A transport EOF without close_notify is a truncation: `BrokenResourceError`, never b"".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from typing import final
+
+import trio
+
+__all__ = ["TlsError", "TlsStream"]
+
+_DEFAULT_RECEIVE = 64 * 1024
+# aclose does not wait on a peer that never reads: close_notify is polite, not required.
+_CLOSE_NOTIFY_GRACE_SECONDS = 0.5
+
+
+class TlsError(Exception):
+    """The TLS handshake failed; `__cause__` is the `ssl.SSLError` (verify code, alert)."""
+
+
+@final
+class TlsStream(trio.abc.HalfCloseableStream):
+    def __init__(
+        self, transport: trio.abc.Stream, context: ssl.SSLContext, *, server_side: bool
+    ) -> None:
+        self.transport = transport
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
+        self._send_lock = trio.StrictFIFOLock()
+        self._sending = False
+        self._receiving = False
+        self._handshook = False
+        self._eof_sent = False
+        self._closed = False
+        self._broken = False
+
+    # -- what the handshake established ------------------------------------------------
+
+    def getpeercert(self, binary_form: bool = False) -> object:
+        return self._ssl.getpeercert(binary_form=binary_form)
+
+    def version(self) -> str | None:
+        return self._ssl.version()
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        return self._ssl.cipher()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("TLS stream is closed")
+        if self._broken:
+            raise trio.BrokenResourceError("TLS stream is broken")
+
+    async def _flush(self) -> None:
+        if not self._outgoing.pending:
+            return  # never queue behind a blocked sender when there is nothing to send
+        # Drain the BIO while holding the lock: whoever holds it sends everything made
+        # so far, in order, and nothing is lost if a waiter is cancelled.
+        async with self._send_lock:
+            data = self._outgoing.read()
+            if not data:
+                return
+            try:
+                await self.transport.send_all(data)
+            except trio.BrokenResourceError:
+                self._broken = True
+                raise
+            except BaseException:
+                self._broken = True  # an unknown part was sent: the record stream is torn
+                raise
+
+    async def _pull(self) -> None:
+        data = await self.transport.receive_some(_DEFAULT_RECEIVE)
+        if data:
+            self._incoming.write(data)
+        else:
+            self._incoming.write_eof()
+
+    # -- the stream ------------------------------------------------------------------------
+
+    async def do_handshake(self) -> None:
+        """Run the handshake; `TlsError` (cause: the SSL error) if it fails."""
+        self._check_open()
+        while True:
+            try:
+                self._ssl.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                done = False
+            except (ssl.SSLError, ssl.CertificateError) as exc:
+                self._broken = True
+                # Best effort: let the peer read our alert (unknown_ca, certificate_required).
+                with (
+                    trio.move_on_after(_CLOSE_NOTIFY_GRACE_SECONDS),
+                    contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+                ):
+                    await self._flush()
+                raise TlsError(str(exc)) from exc
+            await self._flush()
+            if done:
+                self._handshook = True
+                return
+            await self._pull()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this TLS stream")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint()
+            self._check_open()
+            if self._eof_sent:
+                raise trio.ClosedResourceError("send_eof was called on this TLS stream")
+            if not data:
+                return
+            try:
+                self._ssl.write(data)
+            except ssl.SSLError as exc:
+                self._broken = True
+                raise trio.BrokenResourceError(f"TLS write failed: {exc}") from exc
+            await self._flush()
+        finally:
+            self._sending = False
+
+    async def send_eof(self) -> None:
+        """Send close_notify: the peer reads EOF; this side can still receive."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this TLS stream")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint()
+            self._check_open()
+            if self._eof_sent:
+                return
+            self._eof_sent = True
+            try:
+                self._ssl.unwrap()
+            except ssl.SSLWantReadError:
+                pass  # the alert is in the BIO; the peer's close_notify is not awaited
+            except ssl.SSLError as exc:
+                self._broken = True
+                raise trio.BrokenResourceError(f"TLS shutdown failed: {exc}") from exc
+            await self._flush()
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this TLS stream")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint()
+            self._check_open()
+            async with self._send_lock:
+                await self.transport.wait_send_all_might_not_block()
+        finally:
+            self._sending = False
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is not None:
+            if not isinstance(max_bytes, int):
+                raise TypeError("max_bytes must be an int")
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this TLS stream")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint()
+            while True:
+                self._check_open()
+                queued = self._outgoing.pending  # a sender's bytes: that sender flushes them
+                try:
+                    data: bytes | None = self._ssl.read(max_bytes or _DEFAULT_RECEIVE)
+                except ssl.SSLWantReadError:
+                    data = None
+                except ssl.SSLZeroReturnError:
+                    data = b""  # close_notify: a clean end of the peer's direction
+                except ssl.SSLError as exc:
+                    self._broken = True  # includes a transport EOF without close_notify
+                    raise trio.BrokenResourceError(f"TLS read failed: {exc}") from exc
+                if self._outgoing.pending > queued:
+                    # The read made a reply (KeyUpdate). Never flush otherwise: a receiver
+                    # stuck sending a sender's bytes deadlocks two relays reading each other.
+                    await self._flush()
+                if data is not None:
+                    return data
+                await self._pull()
+        finally:
+            self._receiving = False
+
+    async def aclose(self) -> None:
+        """Send close_notify (if not sent and nobody is mid-send), then close the transport."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        try:
+            if self._handshook and not self._broken and not self._eof_sent:
+                self._eof_sent = True
+                try:
+                    self._ssl.unwrap()
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLError:
+                    self._broken = True
+                if not self._broken and not self._send_lock.locked():
+                    with (
+                        trio.move_on_after(_CLOSE_NOTIFY_GRACE_SECONDS),
+                        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+                    ):
+                        await self._flush()
+        finally:
+            await self.transport.aclose()
