@@ -27,7 +27,7 @@ from mesh_ca.ca_dir import (
     load_ca_dir,
     read_passphrase,
 )
-from mesh_ca.config import CONFIG_FILE, CaConfig, ConfigError, load_config
+from mesh_ca.config import CONFIG_FILE, CaConfig, ConfigError, StoreConfig, load_config
 from mesh_ca.duration import format_duration, parse_duration
 from mesh_ca.identity import (
     BundleError,
@@ -42,7 +42,7 @@ from mesh_ca.store import IssuedRecord, StateStore, StoreError, open_store
 from mesh_ca.store.dbcli import add_db_parser, db_main
 from mesh_ca.tokens import new_token
 
-__all__ = ["main"]
+__all__ = ["add_serve_flags", "main"]
 
 PROG = "mesh-ca"
 
@@ -89,6 +89,23 @@ _duration_arg = _arg_type(parse_duration, "duration")
 _serial_arg = _arg_type(_serial, "serial")
 
 
+def add_serve_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of ``mesh-ca serve`` beyond --dir/--listen/--passphrase-file (shared with
+    ``python -m mesh_ca.server``)."""
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    p.add_argument(
+        "--replica",
+        default="",
+        metavar="NAME",
+        help="this replica's name, kept in the ledger rows it writes (default: none)",
+    )
+    p.add_argument(
+        "--inline-handlers",
+        action="store_true",
+        help="run store and signing on the event loop instead of worker threads",
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="The meshgate SPIFFE certificate authority."
@@ -113,6 +130,23 @@ def _build_parser() -> argparse.ArgumentParser:
     add_dir(p)
     p.add_argument("--force", action="store_true", help="replace an existing CA (destroys it)")
     add_passphrase(p)
+    p.add_argument(
+        "--store",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="state store: sqlite (in the CA directory, one CA process) or postgres (replicas)",
+    )
+    p.add_argument("--db-url", help="postgres: libpq URL without the password")
+    secret = p.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--db-password-env", metavar="NAME", help="postgres: env variable holding the password"
+    )
+    secret.add_argument(
+        "--db-password-file",
+        type=Path,
+        metavar="FILE",
+        help="postgres: file (mode 0600) whose first line is the password",
+    )
 
     p = add("issue", "Issue an X509-SVID offline (the key is made here).")
     add_dir(p)
@@ -147,6 +181,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_dir(p)
     p.add_argument("--listen", help="HOST:PORT (default from ca.toml; port 0 picks one)")
     add_passphrase(p)
+    add_serve_flags(p)
 
     add_db_parser(sub)
     return parser
@@ -199,13 +234,50 @@ def _iso(when: datetime) -> str:
 # Commands
 
 
+def _store_config(args: argparse.Namespace) -> StoreConfig:
+    """The ``[store]`` section from the init flags; postgres flags only with --store postgres."""
+    if args.store == "sqlite":
+        for flag, value in (
+            ("--db-url", args.db_url),
+            ("--db-password-env", args.db_password_env),
+            ("--db-password-file", args.db_password_file),
+        ):
+            if value is not None:
+                raise UsageError(flag, "only with --store postgres")
+        return StoreConfig()
+    if not args.db_url:
+        raise UsageError("--db-url", "--store postgres needs the database URL")
+    password_file = args.db_password_file
+    if password_file is not None:
+        if not password_file.is_file():
+            raise UsageError("--db-password-file", f"{password_file} is not a file")
+        # Absolute: the CA directory is built elsewhere and may be copied to a replica.
+        password_file = password_file.absolute()
+    return StoreConfig(
+        kind="postgres",
+        url=args.db_url,
+        password_env=args.db_password_env,
+        password_file=str(password_file) if password_file is not None else None,
+    )
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
     passphrase = read_passphrase(args.passphrase_file)
-    ca = init_ca_dir(args.dir, args.trust_domain, _now(), passphrase=passphrase, force=args.force)
+    config = CaConfig(trust_domain=args.trust_domain.name, store=_store_config(args))
+    ca = init_ca_dir(
+        args.dir, args.trust_domain, _now(), passphrase=passphrase, force=args.force, config=config
+    )
     _out(f"created CA for trust domain {ca.trust_domain} in {ca.path}")
     _out(f"  root          {_iso(ca.root.not_valid_after_utc)} (notAfter)")
     _out(f"  intermediate  {_iso(ca.signer.not_after)} (notAfter)")
     _out(f"  keys          {'passphrase-encrypted' if passphrase else 'unencrypted'}, mode 0600")
+    if config.store.kind == "postgres":
+        from mesh_ca.store.postgres import describe_url
+
+        _out(f"  state         {describe_url(config.store.url or '')} (schema migrated)")
+        _out("  replicas      copy this directory (cp -a) and run mesh-ca serve on each copy")
+    else:
+        _out(f"  state         SQLite {ca.path / config.store.path}")
     return 0
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from mesh_ca.identity import SpiffeId
 from mesh_ca.store import (
+    IdRevoked,
     IssuedRecord,
     StateStore,
     StoreError,
@@ -145,6 +146,138 @@ class StoreConformance:
                 handle.close()
         assert results.count("ok") == 1
         assert results.count(str(TokenFailure.USED)) == 49
+
+    # Bootstrap in one step: redeem_token
+
+    @staticmethod
+    def _row(serial: int, kind: str = "bootstrap") -> Callable[[SpiffeId], IssuedRecord]:
+        def issue(spiffe_id: SpiffeId) -> IssuedRecord:
+            return IssuedRecord(serial, spiffe_id, kind, T0, T0 + timedelta(hours=1), "r1")
+
+        return issue
+
+    def test_redeem_consumes_the_token_and_records_the_row_for_its_bound_id(
+        self, store: StateStore
+    ) -> None:
+        _, token_id, secret_hash = self._add(store, BOB)
+        record = store.redeem_token(token_id, secret_hash, T0, self._row(11))
+        assert record.spiffe_id == BOB
+        assert list(store.issued()) == [record]
+        assert store.outstanding_tokens(T0) == []
+        with pytest.raises(TokenError) as info:
+            store.redeem_token(token_id, secret_hash, T0, self._row(12))
+        assert info.value.reason is TokenFailure.USED
+        assert store.issued_count() == 1
+
+    def test_redeem_rolls_everything_back_when_issue_fails(self, store: StateStore) -> None:
+        _, token_id, secret_hash = self._add(store)
+
+        def failing(spiffe_id: SpiffeId) -> IssuedRecord:
+            raise RuntimeError("signing failed")
+
+        with pytest.raises(RuntimeError, match="signing failed"):
+            store.redeem_token(token_id, secret_hash, T0, failing)
+        assert store.issued_count() == 0
+        assert [t.token_id for t in store.outstanding_tokens(T0)] == [token_id]
+        assert store.redeem_token(token_id, secret_hash, T0, self._row(5)).serial == 5
+
+    def test_redeem_for_a_revoked_id_writes_nothing_and_never_signs(
+        self, store: StateStore
+    ) -> None:
+        _, token_id, secret_hash = self._add(store, ALICE)
+        store.revoke(T0, spiffe_id=ALICE)
+        called: list[SpiffeId] = []
+
+        def issue(spiffe_id: SpiffeId) -> IssuedRecord:
+            called.append(spiffe_id)
+            return self._row(6)(spiffe_id)
+
+        with pytest.raises(IdRevoked) as info:
+            store.redeem_token(token_id, secret_hash, T0, issue)
+        assert info.value.spiffe_id == ALICE
+        assert called == []
+        assert store.issued_count() == 0
+        assert [t.token_id for t in store.outstanding_tokens(T0)] == [token_id]
+
+    def test_redeem_with_a_wrong_secret_or_late_is_refused_without_signing(
+        self, store: StateStore
+    ) -> None:
+        _, token_id, secret_hash = self._add(store)
+        _, _, wrong = new_token()
+        with pytest.raises(TokenError) as info:
+            store.redeem_token(token_id, wrong, T0, self._row(7))
+        assert info.value.reason is TokenFailure.UNKNOWN
+        with pytest.raises(TokenError) as info:
+            store.redeem_token(token_id, secret_hash, T0 + timedelta(hours=1), self._row(7))
+        assert info.value.reason is TokenFailure.EXPIRED
+        assert store.issued_count() == 0
+
+    def test_redeem_with_a_serial_already_in_the_ledger_is_refused_whole(
+        self, store: StateStore
+    ) -> None:
+        store.record_issued(IssuedRecord(9, BOB, "offline", T0, T0 + timedelta(hours=1)))
+        _, token_id, secret_hash = self._add(store)
+        with pytest.raises(StoreError):
+            store.redeem_token(token_id, secret_hash, T0, self._row(9))
+        assert store.issued_count() == 1
+        assert [t.token_id for t in store.outstanding_tokens(T0)] == [token_id]
+
+    def test_fifty_concurrent_redeemers_get_exactly_one_row(
+        self, store_factory: StoreFactory
+    ) -> None:
+        setup = store_factory()
+        _, token_id, secret_hash = self._add(setup)
+        handles = [setup] + [store_factory() for _ in range(24)]
+        barrier = threading.Barrier(50)
+
+        def redeem(index: int) -> str:
+            store = handles[index % len(handles)]
+            barrier.wait()
+            try:
+                store.redeem_token(token_id, secret_hash, T0, self._row(100 + index))
+            except TokenError as exc:
+                return str(exc.reason)
+            return "ok"
+
+        try:
+            with ThreadPoolExecutor(max_workers=50) as pool:
+                results = list(pool.map(redeem, range(50)))
+            assert results.count("ok") == 1
+            assert results.count(str(TokenFailure.USED)) == 49
+            assert setup.issued_count() == 1
+        finally:
+            for handle in handles:
+                handle.close()
+
+    # Renewal in one step: record_renewal
+
+    def test_record_renewal_writes_the_row_unless_revoked(self, store: StateStore) -> None:
+        first = IssuedRecord(21, ALICE, "renew", T0, T0 + timedelta(hours=1), "r2")
+        store.record_renewal(first, current_serial=20)
+        assert list(store.issued()) == [first]
+        store.revoke(T0, serial=20)
+        with pytest.raises(IdRevoked):
+            store.record_renewal(
+                IssuedRecord(22, ALICE, "renew", T0, T0 + timedelta(hours=1)), current_serial=20
+            )
+        store.record_renewal(
+            IssuedRecord(23, ALICE, "renew", T0, T0 + timedelta(hours=1)), current_serial=21
+        )
+        store.revoke(T0, spiffe_id=ALICE)
+        with pytest.raises(IdRevoked) as info:
+            store.record_renewal(
+                IssuedRecord(24, ALICE, "renew", T0, T0 + timedelta(hours=1)), current_serial=23
+            )
+        assert info.value.spiffe_id == ALICE
+        assert [r.serial for r in store.issued()] == [23, 21]
+
+    def test_record_renewal_refuses_a_duplicate_serial(self, store: StateStore) -> None:
+        store.record_issued(IssuedRecord(31, BOB, "offline", T0, T0 + timedelta(hours=1)))
+        with pytest.raises(StoreError):
+            store.record_renewal(
+                IssuedRecord(31, ALICE, "renew", T0, T0 + timedelta(hours=1)), current_serial=1
+            )
+        assert store.issued_count() == 1
 
     # Ledger
 

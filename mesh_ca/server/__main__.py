@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mesh_ca.cli import add_serve_flags
 from mesh_ca.server.main import serve_main
 
 
@@ -14,12 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, required=True, help="the CA directory")
     parser.add_argument("--listen", help="HOST:PORT (default from ca.toml; port 0 picks one)")
     parser.add_argument("--passphrase-file", type=Path, help="file holding the key passphrase")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
-    parser.add_argument(
-        "--inline-handlers",
-        action="store_true",
-        help="run store and signing on the event loop instead of worker threads (benchmarks)",
-    )
+    add_serve_flags(parser)
     parser.add_argument("--profile", type=Path, help="write a cProfile of the main thread here")
     args = parser.parse_args(argv)
     if args.profile is None:

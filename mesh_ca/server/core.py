@@ -9,12 +9,14 @@ thread. Time is a parameter.
 Consistency (nothing half-written):
 - A CSR and the request body are checked before any state changes, so bad input never
   consumes a token or writes the ledger.
-- Bootstrap consumes the token first, in one atomic store step, so of concurrent uses
-  exactly one goes on to signing. If anything after that fails (the bound ID is revoked
-  or reserved, signing fails, the ledger cannot be written) the token stays consumed and
-  no certificate is returned: a token is never usable twice, at the cost of asking the
-  operator for a new one in those rare cases.
-- A certificate is returned only after its ledger row is written; a certificate whose
+- Bootstrap is one store transaction (`StateStore.redeem_token`): consume the token,
+  check the bound ID's revocation, sign, write the ledger row. Of concurrent uses of one
+  token exactly one gets past the consume step; if anything after it fails (revoked or
+  reserved ID, signing, the ledger write) the whole transaction rolls back and the token
+  stays unused. A token is never usable twice.
+- Renewal signs, then records the row unless the ID or the presented certificate is
+  revoked, in one atomic store step (`StateStore.record_renewal`).
+- A certificate is returned only after its ledger row is committed; a certificate whose
   row could not be written is dropped, never sent.
 """
 
@@ -57,6 +59,7 @@ from mesh_ca.identity import (
 from mesh_ca.issuance import IssuanceError, Signer, issue_leaf, parse_csr
 from mesh_ca.server.ratelimit import RateLimiter
 from mesh_ca.store import (
+    IdRevoked,
     IssuedRecord,
     StateStore,
     StoreError,
@@ -82,6 +85,7 @@ PEM: Final = "application/x-pem-file"
 _RESERVED_PREFIX: Final = "/mesh/"  # IDs of the mesh's own components; never issued by API
 _M = TypeVar("_M", bound=BaseModel)
 _VERIFIED_CACHE_SIZE: Final = 4096
+_STORE_RETRY_SECONDS: Final = 5
 
 
 def ca_server_id(trust_domain: TrustDomain) -> SpiffeId:
@@ -100,6 +104,15 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers = headers
+
+
+_STORE_UNAVAILABLE: Final = ApiError(
+    503,
+    "store_unavailable",
+    "the CA state store is unavailable, so this replica cannot issue or check revocations; "
+    "nothing was changed; retry later or use another CA replica",
+    (("retry-after", str(_STORE_RETRY_SECONDS)),),
+)
 
 
 @final
@@ -178,6 +191,7 @@ class CaService:
             for c in (authority.signer.cert, *authority.signer.chain)
         ).decode("ascii")
         self._bundle_pem = authority.bundle.roots_pem()
+        self._bundle_pem_text = self._bundle_pem.decode("ascii")
         self._bundle_json = json.dumps(authority.bundle.to_spiffe_json()).encode()
 
     # Routing
@@ -207,10 +221,9 @@ class CaService:
             return handler(self, request, now, monotonic)
         except ApiError as exc:
             return error_response(exc)
-        except StoreUnavailable:
-            return error_response(
-                ApiError(503, "store_unavailable", "the CA state store is unavailable")
-            )
+        except StoreUnavailable as exc:
+            # The detail (database address, driver text) goes to the access log only.
+            return error_response(_STORE_UNAVAILABLE, detail=str(exc)[:300])
 
     # Checks shared by handlers
 
@@ -273,39 +286,43 @@ class CaService:
             self._verified[cert] = svid
         return svid
 
-    def _issue(
-        self,
-        csr: x509.CertificateSigningRequest,
-        spiffe_id: SpiffeId,
-        kind: str,
-        now: datetime,
-        **log: str,
-    ) -> ApiResponse:
+    def _sign(
+        self, csr: x509.CertificateSigningRequest, spiffe_id: SpiffeId, kind: str, now: datetime
+    ) -> tuple[x509.Certificate, IssuedRecord]:
+        """Sign a leaf for a CSR that `parse_csr` checked, and the ledger row describing it."""
+        self._check_issuable(spiffe_id)
         serial = secrets.randbits(127) | (1 << 126)  # 127-bit positive, never 0
         try:
             leaf = issue_leaf(
-                csr, spiffe_id, self.authority.signer, now, self.authority.leaf_ttl, serial=serial
+                csr,
+                spiffe_id,
+                self.authority.signer,
+                now,
+                self.authority.leaf_ttl,
+                serial=serial,
+                csr_verified=True,
             )
         except IssuanceError as exc:
             raise ApiError(503, "signing_failed", f"the CA cannot sign: {exc}") from None
-        not_after = leaf.not_valid_after_utc
-        try:
-            self.store.record_issued(
-                IssuedRecord(serial, spiffe_id, kind, now, not_after, self.authority.replica)
-            )
-        except StoreUnavailable:
-            raise
-        except StoreError as exc:
-            raise ApiError(500, "ledger_failed", f"cannot record the certificate: {exc}") from None
+        record = IssuedRecord(
+            serial, spiffe_id, kind, now, leaf.not_valid_after_utc, self.authority.replica
+        )
+        return leaf, record
+
+    def _svid_response(
+        self, leaf: x509.Certificate, record: IssuedRecord, **log: str
+    ) -> ApiResponse:
+        serial = format(record.serial, "x")
+        spiffe_id = str(record.spiffe_id)
         body = SvidResponse(
-            spiffe_id=str(spiffe_id),
+            spiffe_id=spiffe_id,
             chain_pem=leaf.public_bytes(serialization.Encoding.PEM).decode("ascii")
             + self._chain_tail_pem,
-            bundle_pem=self._bundle_pem.decode("ascii"),
-            serial=format(serial, "x"),
-            not_after=not_after,
+            bundle_pem=self._bundle_pem_text,
+            serial=serial,
+            not_after=record.not_after,
         )
-        return _json(body, spiffe_id=str(spiffe_id), serial=format(serial, "x"), **log)
+        return _json(body, spiffe_id=spiffe_id, serial=serial, **log)
 
     @staticmethod
     def _csr(text: str) -> x509.CertificateSigningRequest:
@@ -350,9 +367,17 @@ class CaService:
             token_id, secret_hash = parse_token(body.token)
         except TokenFormatError as exc:
             raise ApiError(401, "token_invalid", str(exc)) from None
-        csr = self._csr(body.csr)  # before the token is consumed: bad input changes nothing
+        csr = self._csr(body.csr)  # before the store is touched: bad input changes nothing
+        signed: list[x509.Certificate] = []
+
+        def issue(spiffe_id: SpiffeId) -> IssuedRecord:
+            # Runs inside the store's transaction; raising here rolls the token back.
+            leaf, record = self._sign(csr, spiffe_id, "bootstrap", now)
+            signed.append(leaf)  # a retried transaction signs again: the last one counts
+            return record
+
         try:
-            spiffe_id = self.store.consume_token(token_id, secret_hash, now)
+            record = self.store.redeem_token(token_id, secret_hash, now, issue)
         except TokenError as exc:
             status, code = {
                 TokenFailure.UNKNOWN: (401, "token_unknown"),
@@ -360,10 +385,13 @@ class CaService:
                 TokenFailure.EXPIRED: (403, "token_expired"),
             }[exc.reason]
             raise ApiError(status, code, f"join token {token_id} refused: {exc.reason}") from None
-        self._check_issuable(spiffe_id)
-        if self.store.is_revoked(spiffe_id, 1 << 200):  # no real serial is that large
-            raise ApiError(403, "revoked", f"{spiffe_id} is revoked")
-        return self._issue(csr, spiffe_id, "bootstrap", now, token_id=token_id)
+        except IdRevoked as exc:
+            raise ApiError(403, "revoked", f"{exc.spiffe_id} is revoked") from None
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:
+            raise ApiError(500, "ledger_failed", f"cannot record the certificate: {exc}") from None
+        return self._svid_response(signed[-1], record, token_id=token_id)
 
     def _renew(self, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
         self._rate_limit(request, monotonic)
@@ -371,15 +399,21 @@ class CaService:
         self._check_issuable(svid.spiffe_id)
         body = self._body(request, RenewRequest)
         csr = self._csr(body.csr)
-        if self.store.is_revoked(svid.spiffe_id, svid.leaf.serial_number):
-            raise ApiError(403, "revoked", f"{svid.spiffe_id} (or its certificate) is revoked")
-        return self._issue(
-            csr,
-            svid.spiffe_id,
-            "renew",
-            now,
-            peer=str(svid.spiffe_id),
-            peer_serial=format(svid.leaf.serial_number, "x"),
+        # Sign first, then record unless revoked, in one store step: a revoked peer costs
+        # one wasted signature, every other renewal one round trip less.
+        leaf, record = self._sign(csr, svid.spiffe_id, "renew", now)
+        try:
+            self.store.record_renewal(record, svid.leaf.serial_number)
+        except IdRevoked:
+            raise ApiError(
+                403, "revoked", f"{svid.spiffe_id} (or its certificate) is revoked"
+            ) from None
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:
+            raise ApiError(500, "ledger_failed", f"cannot record the certificate: {exc}") from None
+        return self._svid_response(
+            leaf, record, peer=str(svid.spiffe_id), peer_serial=format(svid.leaf.serial_number, "x")
         )
 
     def _admin(self, request: ApiRequest, now: datetime) -> SpiffeId:

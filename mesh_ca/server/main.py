@@ -75,7 +75,8 @@ def serve_main(args: argparse.Namespace) -> int:
         return 1
     try:
         threaded = not getattr(args, "inline_handlers", False)
-        trio.run(_serve, ca, store, host, port, SystemClock(), threaded)
+        authority = authority_of(ca, str(getattr(args, "replica", "") or ""))
+        trio.run(_serve, ca, authority, store, host, port, SystemClock(), threaded)
     except StoreError as exc:
         sys.stderr.write(f"mesh-ca serve: state store: {exc}\n")
         return 1
@@ -88,9 +89,14 @@ def serve_main(args: argparse.Namespace) -> int:
 
 
 async def _serve(
-    ca: LoadedCa, store: StateStore, host: str, port: int, clock: Clock, threaded: bool = True
+    ca: LoadedCa,
+    authority: CaAuthority,
+    store: StateStore,
+    host: str,
+    port: int,
+    clock: Clock,
+    threaded: bool = True,
 ) -> None:
-    authority = authority_of(ca)
     identity = await trio.to_thread.run_sync(issue_server_identity, authority, store, clock.now())
     limiter = RateLimiter(ca.config.server.rate_limit_per_second, ca.config.server.rate_limit_burst)
     service = CaService(authority, store, limiter)

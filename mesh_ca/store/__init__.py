@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mesh_ca.config import CaConfig
 from mesh_ca.store.base import (
+    IdRevoked,
     IssuedRecord,
     Revocation,
     StateStore,
@@ -18,6 +19,7 @@ from mesh_ca.store.base import (
 from mesh_ca.store.sqlite import SqliteStore
 
 __all__ = [
+    "IdRevoked",
     "IssuedRecord",
     "Revocation",
     "SqliteStore",

@@ -10,12 +10,15 @@ Rules every backend keeps:
   conditional UPDATE, so two concurrent uses give exactly one success.
 - Every write is one transaction: it happens whole or not at all.
 - A backend that cannot reach its database raises `StoreUnavailable`, never a driver error.
+- Issuance takes one store step each: `redeem_token` (bootstrap: consume the token, check
+  revocation, record the ledger row, all in one transaction) and `record_renewal` (one
+  conditional insert). Half the commits of separate calls, and nothing half-written.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, final
@@ -23,6 +26,7 @@ from typing import Protocol, final
 from mesh_ca.identity import SpiffeId
 
 __all__ = [
+    "IdRevoked",
     "IssuedRecord",
     "Revocation",
     "StateStore",
@@ -54,6 +58,14 @@ class TokenError(StoreError):
     def __init__(self, reason: TokenFailure) -> None:
         super().__init__(f"join token refused: {reason}")
         self.reason = reason
+
+
+class IdRevoked(StoreError):  # noqa: N818 - reads as the fact it reports
+    """The SPIFFE ID (or the presented certificate) is revoked; nothing was written."""
+
+    def __init__(self, spiffe_id: SpiffeId) -> None:
+        super().__init__(f"{spiffe_id} (or its certificate) is revoked")
+        self.spiffe_id = spiffe_id
 
 
 @final
@@ -101,6 +113,29 @@ class StateStore(Protocol):
         ...
 
     def outstanding_tokens(self, now: datetime) -> Sequence[TokenRecord]: ...
+
+    def redeem_token(
+        self,
+        token_id: str,
+        secret_hash: bytes,
+        now: datetime,
+        issue: Callable[[SpiffeId], IssuedRecord],
+    ) -> IssuedRecord:
+        """Bootstrap in one transaction: consume the token, refuse a revoked bound ID
+        (`IdRevoked`), call `issue(bound_id)` (it signs) and record the row it returns.
+
+        Whole or nothing: if `issue` raises, the ID is revoked or the row cannot be written,
+        the token stays unused and nothing is recorded. Of concurrent redeemers of one token
+        exactly one gets past the consume step (`TokenError` for the others). `issue` may be
+        called again if the backend retries a transaction that never reached the database.
+        """
+        ...
+
+    def record_renewal(self, record: IssuedRecord, current_serial: int) -> None:
+        """Record a renewal's row unless `record.spiffe_id` or `current_serial` (the
+        certificate that authenticated the renewal) is revoked: then raise `IdRevoked` and
+        write nothing. Check and write are one atomic step."""
+        ...
 
     def record_issued(self, record: IssuedRecord) -> None: ...
 

@@ -34,6 +34,7 @@ from psycopg.pq import TransactionStatus
 
 from mesh_ca.identity import SpiffeId
 from mesh_ca.store.base import (
+    IdRevoked,
     IssuedRecord,
     Revocation,
     StoreError,
@@ -230,9 +231,10 @@ class PostgresStore:
             return self._with_connection(lambda conn: self._attempt(conn, fn, first=False))
 
     def _read(self, fn: Callable[[psycopg.Connection[tuple[Any, ...]]], T]) -> T:
-        """Run `fn`, one read-only statement, outside BEGIN/COMMIT: one round trip, not three.
+        """Run `fn`, one statement, outside BEGIN/COMMIT: one round trip, not three.
 
-        A single statement is atomic on its own, and a read is always safe to retry.
+        A single statement is atomic on its own. A read is always safe to retry; a write
+        passed here must be one whose retry cannot duplicate (`record_renewal`: unique serial).
         """
         try:
             return self._with_connection(lambda conn: self._attempt_read(conn, fn, first=True))
@@ -313,33 +315,47 @@ class PostgresStore:
         """
         _aware(now)
 
-        def run(conn: psycopg.Connection[tuple[Any, ...]]) -> SpiffeId | TokenFailure:
-            row = conn.execute(
-                "SELECT secret_hash, spiffe_id, expires_at, used_at FROM join_tokens"
-                " WHERE token_id = %s",
-                (token_id,),
-            ).fetchone()
-            if row is None or not hmac.compare_digest(bytes(row[0]), secret_hash):
-                return TokenFailure.UNKNOWN
-            if row[3] is not None:
-                return TokenFailure.USED
-            if now >= row[2]:
-                return TokenFailure.EXPIRED
-            # The race is decided here: of concurrent consumers, one UPDATE matches.
-            won = conn.execute(
-                "UPDATE join_tokens SET used_at = %s"
-                " WHERE token_id = %s AND used_at IS NULL AND expires_at > %s"
-                " RETURNING spiffe_id",
-                (now, token_id, now),
-            ).fetchone()
-            if won is None:
-                return TokenFailure.USED
-            return SpiffeId.parse(won[0])
-
-        outcome = self._transaction(run)
+        outcome = self._transaction(lambda conn: _consume(conn, token_id, secret_hash, now))
         if isinstance(outcome, TokenFailure):
             raise TokenError(outcome)
         return outcome
+
+    def redeem_token(
+        self,
+        token_id: str,
+        secret_hash: bytes,
+        now: datetime,
+        issue: Callable[[SpiffeId], IssuedRecord],
+    ) -> IssuedRecord:
+        """Consume, check revocation, sign (`issue`) and record in one transaction. Fails closed.
+
+        The token's row stays locked by the UPDATE until COMMIT, so a concurrent redeemer on
+        another replica waits and then finds it used.
+        """
+        _aware(now)
+
+        def run(conn: psycopg.Connection[tuple[Any, ...]]) -> IssuedRecord | TokenFailure:
+            outcome = _consume(conn, token_id, secret_hash, now)
+            if isinstance(outcome, TokenFailure):
+                return outcome  # nothing was changed; COMMIT of nothing
+            revoked = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM revocations WHERE spiffe_id = %s)", (str(outcome),)
+            ).fetchone()
+            if revoked and revoked[0]:
+                raise IdRevoked(outcome)  # rolls the consume back
+            record = issue(outcome)
+            conn.execute(_INSERT_ISSUED, _issued_params(record))
+            return record
+
+        try:
+            result = self._transaction(run)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+                raise StoreError(f"{self.where}: that serial is already in the ledger") from exc
+            raise
+        if isinstance(result, TokenFailure):
+            raise TokenError(result)
+        return result
 
     def outstanding_tokens(self, now: datetime) -> Sequence[TokenRecord]:
         rows = self._read(
@@ -354,22 +370,10 @@ class PostgresStore:
     # Ledger
 
     def record_issued(self, record: IssuedRecord) -> None:
-        params = (
-            _serial(record.serial),
-            str(record.spiffe_id),
-            record.kind,
-            _aware(record.issued_at),
-            _aware(record.not_after),
-            record.replica,
-        )
+        params = _issued_params(record)
 
         def run(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
-            conn.execute(
-                "INSERT INTO issued_certificates"
-                " (serial, spiffe_id, kind, issued_at, not_after, replica)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                params,
-            )
+            conn.execute(_INSERT_ISSUED, params)
 
         try:
             self._transaction(run)
@@ -379,6 +383,34 @@ class PostgresStore:
                     f"{self.where}: serial {record.serial:x} is already in the ledger"
                 ) from exc
             raise
+
+    def record_renewal(self, record: IssuedRecord, current_serial: int) -> None:
+        """One conditional INSERT outside BEGIN/COMMIT (atomic on its own): one round trip.
+
+        A retry after a dropped connection may meet its own earlier row (the serial is
+        unique): then it fails, never duplicates.
+        """
+        params = (*_issued_params(record), str(record.spiffe_id), _serial(current_serial))
+
+        def run(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
+            return conn.execute(
+                "INSERT INTO issued_certificates"
+                " (serial, spiffe_id, kind, issued_at, not_after, replica)"
+                " SELECT %s, %s, %s, %s, %s, %s WHERE NOT EXISTS"
+                " (SELECT 1 FROM revocations WHERE spiffe_id = %s OR serial = %s)",
+                params,
+            ).rowcount
+
+        try:
+            inserted = self._read(run)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+                raise StoreError(
+                    f"{self.where}: serial {record.serial:x} is already in the ledger"
+                ) from exc
+            raise
+        if inserted != 1:
+            raise IdRevoked(record.spiffe_id)
 
     def issued(self, spiffe_id: SpiffeId | None = None, limit: int = 100) -> Sequence[IssuedRecord]:
         """Most recent first."""
@@ -480,6 +512,49 @@ class PostgresStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_INSERT_ISSUED: Final = (
+    "INSERT INTO issued_certificates (serial, spiffe_id, kind, issued_at, not_after, replica)"
+    " VALUES (%s, %s, %s, %s, %s, %s)"
+)
+
+
+def _issued_params(record: IssuedRecord) -> tuple[Any, ...]:
+    return (
+        _serial(record.serial),
+        str(record.spiffe_id),
+        record.kind,
+        _aware(record.issued_at),
+        _aware(record.not_after),
+        record.replica,
+    )
+
+
+def _consume(
+    conn: psycopg.Connection[tuple[Any, ...]], token_id: str, secret_hash: bytes, now: datetime
+) -> SpiffeId | TokenFailure:
+    """Mark the token used inside the caller's transaction, or say why it cannot be."""
+    row = conn.execute(
+        "SELECT secret_hash, spiffe_id, expires_at, used_at FROM join_tokens WHERE token_id = %s",
+        (token_id,),
+    ).fetchone()
+    if row is None or not hmac.compare_digest(bytes(row[0]), secret_hash):
+        return TokenFailure.UNKNOWN
+    if row[3] is not None:
+        return TokenFailure.USED
+    if now >= row[2]:
+        return TokenFailure.EXPIRED
+    # The race is decided here: of concurrent consumers, one UPDATE matches.
+    won = conn.execute(
+        "UPDATE join_tokens SET used_at = %s"
+        " WHERE token_id = %s AND used_at IS NULL AND expires_at > %s"
+        " RETURNING spiffe_id",
+        (now, token_id, now),
+    ).fetchone()
+    if won is None:
+        return TokenFailure.USED
+    return SpiffeId.parse(won[0])
 
 
 def _revocation(row: tuple[Any, ...]) -> Revocation:

@@ -16,7 +16,7 @@ import hmac
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any, Final, final
 
 from mesh_ca.identity import SpiffeId
 from mesh_ca.store.base import (
+    IdRevoked,
     IssuedRecord,
     Revocation,
     StoreError,
@@ -183,24 +184,7 @@ class SqliteStore:
         """
         at = _micros(now)
         with self._transaction() as cur:
-            row = cur.execute(
-                "SELECT secret_hash, spiffe_id, expires_at, used_at FROM tokens WHERE token_id = ?",
-                (token_id,),
-            ).fetchone()
-            if row is None or not hmac.compare_digest(bytes(row[0]), secret_hash):
-                raise TokenError(TokenFailure.UNKNOWN)
-            if row[3] is not None:
-                raise TokenError(TokenFailure.USED)
-            if at >= row[2]:
-                raise TokenError(TokenFailure.EXPIRED)
-            cur.execute(
-                "UPDATE tokens SET used_at = ?"
-                " WHERE token_id = ? AND used_at IS NULL AND expires_at > ?",
-                (at, token_id, at),
-            )
-            if cur.rowcount != 1:
-                raise TokenError(TokenFailure.USED)
-            return SpiffeId.parse(row[1])
+            return _consume(cur, token_id, secret_hash, at)
 
     def outstanding_tokens(self, now: datetime) -> Sequence[TokenRecord]:
         with self._transaction(write=False) as cur:
@@ -214,22 +198,42 @@ class SqliteStore:
             for r in rows
         ]
 
+    def redeem_token(
+        self,
+        token_id: str,
+        secret_hash: bytes,
+        now: datetime,
+        issue: Callable[[SpiffeId], IssuedRecord],
+    ) -> IssuedRecord:
+        """Consume, check revocation, sign (`issue`) and record in one transaction. Fails closed."""
+        at = _micros(now)
+        with self._transaction() as cur:
+            spiffe_id = _consume(cur, token_id, secret_hash, at)
+            if cur.execute(
+                "SELECT 1 FROM revocations WHERE spiffe_id = ? LIMIT 1", (str(spiffe_id),)
+            ).fetchone():
+                raise IdRevoked(spiffe_id)
+            record = issue(spiffe_id)
+            cur.execute(_INSERT_ISSUED, _issued_row(record))
+        return record
+
     # Ledger
 
     def record_issued(self, record: IssuedRecord) -> None:
         with self._transaction() as cur:
+            cur.execute(_INSERT_ISSUED, _issued_row(record))
+
+    def record_renewal(self, record: IssuedRecord, current_serial: int) -> None:
+        """Insert the row unless the ID or the current serial is revoked: one statement."""
+        with self._transaction() as cur:
             cur.execute(
                 "INSERT INTO issued (serial, spiffe_id, kind, issued_at, not_after, replica)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    _serial_text(record.serial),
-                    str(record.spiffe_id),
-                    record.kind,
-                    _micros(record.issued_at),
-                    _micros(record.not_after),
-                    record.replica,
-                ),
+                " SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS"
+                " (SELECT 1 FROM revocations WHERE spiffe_id = ? OR serial = ?)",
+                (*_issued_row(record), str(record.spiffe_id), _serial_text(current_serial)),
             )
+            if cur.rowcount != 1:
+                raise IdRevoked(record.spiffe_id)
 
     def issued(self, spiffe_id: SpiffeId | None = None, limit: int = 100) -> Sequence[IssuedRecord]:
         """Most recent first."""
@@ -325,6 +329,44 @@ class SqliteStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_INSERT_ISSUED: Final = (
+    "INSERT INTO issued (serial, spiffe_id, kind, issued_at, not_after, replica)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def _issued_row(record: IssuedRecord) -> tuple[str, str, str, int, int, str]:
+    return (
+        _serial_text(record.serial),
+        str(record.spiffe_id),
+        record.kind,
+        _micros(record.issued_at),
+        _micros(record.not_after),
+        record.replica,
+    )
+
+
+def _consume(cur: sqlite3.Cursor, token_id: str, secret_hash: bytes, at: int) -> SpiffeId:
+    """Mark the token used inside the caller's write transaction; `TokenError` if it cannot be."""
+    row = cur.execute(
+        "SELECT secret_hash, spiffe_id, expires_at, used_at FROM tokens WHERE token_id = ?",
+        (token_id,),
+    ).fetchone()
+    if row is None or not hmac.compare_digest(bytes(row[0]), secret_hash):
+        raise TokenError(TokenFailure.UNKNOWN)
+    if row[3] is not None:
+        raise TokenError(TokenFailure.USED)
+    if at >= row[2]:
+        raise TokenError(TokenFailure.EXPIRED)
+    cur.execute(
+        "UPDATE tokens SET used_at = ? WHERE token_id = ? AND used_at IS NULL AND expires_at > ?",
+        (at, token_id, at),
+    )
+    if cur.rowcount != 1:
+        raise TokenError(TokenFailure.USED)
+    return SpiffeId.parse(row[1])
 
 
 def _revocation(row: tuple[Any, ...]) -> Revocation:
