@@ -1,0 +1,84 @@
+"""The authorization step of the inbound path: who may do what to which service.
+
+This issue fills it with an allow-list of SPIFFE IDs (tcp mode, action ``connect``); the
+Cedar engine plugs in behind the same `Authorizer` protocol. Pure: no trio, no sockets.
+Fails closed: a peer not on the list is denied, and so is any error while deciding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol, final
+
+from mesh_ca.identity import SpiffeId
+
+__all__ = ["AllowList", "Authorizer", "Decision", "authorize_safely"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """`allowed`, why (for logs and metrics), and the policies that determined it."""
+
+    allowed: bool
+    reason: str
+    policy_ids: tuple[str, ...] = ()
+
+    @classmethod
+    def allow(cls, reason: str, policy_ids: tuple[str, ...] = ()) -> Decision:
+        return cls(allowed=True, reason=reason, policy_ids=policy_ids)
+
+    @classmethod
+    def deny(cls, reason: str, policy_ids: tuple[str, ...] = ()) -> Decision:
+        return cls(allowed=False, reason=reason, policy_ids=policy_ids)
+
+
+class Authorizer(Protocol):
+    def authorize(
+        self,
+        peer: SpiffeId,
+        action: str,
+        resource: str,
+        context: Mapping[str, object],
+    ) -> Decision: ...
+
+
+@final
+class AllowList:
+    """Allow exactly the listed SPIFFE IDs to ``connect``; deny everything else."""
+
+    POLICY_ID = "config.inbound.allowed_ids"
+
+    def __init__(self, allowed: Iterable[SpiffeId]) -> None:
+        self._allowed = frozenset(allowed)
+
+    def authorize(
+        self,
+        peer: SpiffeId,
+        action: str,
+        resource: str,
+        context: Mapping[str, object],
+    ) -> Decision:
+        if action != "connect":
+            return Decision.deny(f"action {action!r} is not allowed by an allow-list")
+        if peer in self._allowed:
+            return Decision.allow("peer is on the allow-list", (self.POLICY_ID,))
+        return Decision.deny("peer is not on the allow-list", (self.POLICY_ID,))
+
+
+def authorize_safely(
+    authorizer: Authorizer,
+    peer: SpiffeId,
+    action: str,
+    resource: str,
+    context: Mapping[str, object],
+) -> Decision:
+    """Call `authorizer`; an exception is a deny (fails closed), never an allow."""
+    try:
+        decision = authorizer.authorize(peer, action, resource, context)
+    except Exception as exc:  # noqa: BLE001 - any authorizer bug must deny, not crash open
+        return Decision.deny(f"authorizer error: {type(exc).__name__}: {exc}")
+    if not isinstance(decision, Decision):
+        return Decision.deny(f"authorizer returned {type(decision).__name__}, not Decision")
+    return decision
