@@ -11,13 +11,14 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final, final
 
 import cedarpy
 
 from mesh_ca.identity import SpiffeId
+from sidecar.policy.context import request_context
 from sidecar.policy.loader import workload_entity
 from sidecar.policy.snapshot import PolicySnapshot
 
@@ -91,53 +92,73 @@ def deny_unloaded(*, audit: bool = False) -> PolicyDecision:
     )
 
 
-def cedar_request(snapshot: PolicySnapshot, request: AccessRequest) -> dict[str, Any]:
-    now = request.now.astimezone(UTC)
-    wanted = snapshot.header_names
-    headers: dict[str, str] = {}
-    for name, value in request.headers:
-        key = name.lower()
-        if key in wanted:
-            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+def cedar_request(
+    snapshot: PolicySnapshot, request: AccessRequest, context_keys: frozenset[str] | None = None
+) -> dict[str, Any]:
+    """The request as Cedar JSON: the full context, or only `context_keys`."""
     return {
         "principal": {"type": "Workload", "id": str(request.principal)},
         "action": {"type": "Action", "id": request.action},
         "resource": {"type": "Service", "id": request.service},
-        "context": {
-            "path": request.path,
-            "query": request.query,
-            "host": request.host.lower(),
-            "headers": headers,
-            "source_address": {"__extn": {"fn": "ip", "arg": request.source_address}},
-            "tls_version": request.tls_version,
-            "time": {
-                "epoch_seconds": int(now.timestamp()),
-                "hour": now.hour,
-                "minute": now.minute,
-                "weekday": now.isoweekday(),
-            },
-        },
+        "context": request_context(
+            path=request.path,
+            query=request.query,
+            host=request.host,
+            headers=request.headers,
+            source_address=request.source_address,
+            tls_version=request.tls_version,
+            now=request.now,
+            header_names=snapshot.header_names,
+            keys=context_keys,
+        ),
     }
 
 
 def decide(
-    snapshot: PolicySnapshot, request: AccessRequest, *, audit: bool = False, sliced: bool = True
+    snapshot: PolicySnapshot,
+    request: AccessRequest,
+    *,
+    audit: bool = False,
+    sliced: bool = True,
+    check_schema: bool = False,
 ) -> PolicyDecision:
     """Allow only when Cedar says Allow and no policy errored; otherwise deny (fails closed).
 
     Cedar skips a policy whose evaluation errors, so an erroring `forbid` next to a matching
     `permit` would otherwise allow: any evaluation error denies here.
+
+    Cedar's per-request schema validation is replaced by what makes it redundant: the
+    action must be one of `snapshot.request_actions` (checked against the schema at load),
+    principal and resource types are fixed here, and the context is built from typed fields
+    by code whose output the load checked against the schema; it holds only what the slice
+    reads (see `context.py`). `check_schema=True` takes Cedar's own validated path instead
+    (the full context and the schema on every call): the tests' reference.
     """
+    if not check_schema and request.action not in snapshot.request_actions:
+        return PolicyDecision(
+            allowed=False,
+            reason=DecisionReason.INVALID_REQUEST,
+            policy_ids=(),
+            errors=(f"action {request.action!r} is not a request action of the schema",),
+            version=snapshot.version,
+            audit=audit,
+        )
     principal_id = str(request.principal)
     entities = snapshot.entities_with(
         principal_id, lambda: json.dumps([workload_entity(request.principal)])
     )
-    result = cedarpy.is_authorized(
-        cedar_request(snapshot, request),
-        snapshot.policy_set_for(request.service, sliced=sliced),
-        entities,
-        snapshot.schema,
-    )
+    policy_set = snapshot.policy_set_for(request.service, sliced=sliced)
+    if check_schema:
+        result = cedarpy.is_authorized(
+            cedar_request(snapshot, request), policy_set, entities, snapshot.schema
+        )
+    else:
+        cedar = cedar_request(
+            snapshot, request, snapshot.context_reads_for(request.service, sliced=sliced)
+        )
+        # A context string skips the wrapper's copy of the request; Cedar parses it anyway.
+        cedar["context"] = json.dumps(cedar["context"], separators=(",", ":"))
+        result = cedarpy.is_authorized(cedar, policy_set, entities)
     diagnostics = result.diagnostics
     errors = tuple(sorted(diagnostics.errors))
     reasons = tuple(sorted(diagnostics.reasons))

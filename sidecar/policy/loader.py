@@ -11,13 +11,19 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 import cedarpy
 
 from mesh_ca.identity import SpiffeId, SpiffeIdError
+from sidecar.policy.context import (
+    CONTEXT_FIELDS,
+    context_reads,
+    header_names_read,
+    request_context,
+)
 from sidecar.policy.snapshot import PolicyInfo, PolicySnapshot, SliceIndex, resource_targets
 from sidecar.policy.source import (
     PolicyDirectory,
@@ -31,6 +37,10 @@ __all__ = ["PolicyLoadError", "load_snapshot", "workload_entity"]
 
 WORKLOAD_TYPE: Final = "Workload"
 NAMESPACE_TYPE: Final = "Namespace"
+SERVICE_TYPE: Final = "Service"
+ACTION_TYPE: Final = "Action"
+_PROBE_PRINCIPAL: Final = "spiffe://probe.invalid/ns/probe/svc/probe"
+_PROBE_TIME: Final = datetime(2024, 1, 1, tzinfo=UTC)
 _POLICY_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _POSITIONAL_ID_RE: Final = re.compile(r"`policy0`")
 
@@ -85,6 +95,10 @@ def load_snapshot(directory: Path, now: datetime) -> PolicySnapshot:
         problems.append(PolicyProblem(str(directory), "the policy files hold no policies"))
     if problems or entities is None:
         raise PolicyLoadError(problems)
+    header_names = header_names_read(policies.values())
+    actions, refusal = request_actions(schema, entities, header_names)
+    if not actions:
+        raise PolicyLoadError([PolicyProblem(schema_name, refusal)])
     targets = {pid: resource_targets(est["resource"], ancestors) for pid, est in policies.items()}
     return PolicySnapshot(
         directory=directory,
@@ -97,8 +111,62 @@ def load_snapshot(directory: Path, now: datetime) -> PolicySnapshot:
         full_set=SliceIndex(policies, dict.fromkeys(policies)).for_service(""),
         slices=SliceIndex(policies, targets),
         known_workloads=known,
-        header_names=frozenset(_header_names(policies.values())),
+        header_names=header_names,
+        request_actions=actions,
+        full_set_context_reads=context_reads(policies.values()),
     )
+
+
+def request_actions(
+    schema: cedarpy.Schema, entities: cedarpy.Entities, header_names: frozenset[str]
+) -> tuple[frozenset[str], str]:
+    """The actions whose `appliesTo` accepts the request the sidecar builds, and why none
+    does when the set is empty.
+
+    Cedar itself decides: one request per schema action (the action entities come from the
+    schema), with principal `Workload`, resource `Service` and a context holding every field
+    the sidecar sends, validated against the schema. Because every context is built by the
+    same code from typed fields, one that validates here validates for every request, so
+    decisions can skip Cedar's per-request validation (fails closed: an action not in the
+    result is denied before Cedar runs; action groups such as `read` are never requestable).
+    """
+    action_ids = sorted(
+        str(entity["uid"]["id"])
+        for entity in json.loads(str(entities))
+        if entity.get("uid", {}).get("type") == ACTION_TYPE
+    )
+    context = request_context(
+        path="/",
+        query="",
+        host="",
+        headers=[(name, "") for name in sorted(header_names)],
+        source_address="127.0.0.1",
+        tls_version="TLSv1.3",
+        now=_PROBE_TIME,
+        header_names=header_names,
+    )
+    empty = cedarpy.PolicySet.from_str("")
+    accepted: set[str] = set()
+    refusals: list[str] = []
+    for action_id in action_ids:
+        probe = {
+            "principal": {"type": WORKLOAD_TYPE, "id": _PROBE_PRINCIPAL},
+            "action": {"type": ACTION_TYPE, "id": action_id},
+            "resource": {"type": SERVICE_TYPE, "id": "probe"},
+            "context": context,
+        }
+        result = cedarpy.is_authorized(probe, empty, entities, schema)
+        if result.decision == cedarpy.Decision.Deny and not result.diagnostics.errors:
+            accepted.add(action_id)
+        else:
+            refusals.append(f"{action_id}: {'; '.join(result.diagnostics.errors)}")
+    fields = ", ".join(sorted(CONTEXT_FIELDS))
+    refusal = (
+        "no action accepts the request the sidecar builds (principal Workload, resource "
+        f"Service, context {{{fields}}}, headers as optional Strings): "
+        + (" | ".join(refusals[:3]) or "the schema declares no actions")
+    )
+    return frozenset(accepted), refusal
 
 
 def _compile_policies(
@@ -217,36 +285,3 @@ def _service_ancestors(
                 stack.extend(parents.get(parent, ()))
         result[uid[1]] = frozenset(seen)
     return result
-
-
-def _header_names(policies: Any) -> set[str]:
-    """Header names that some policy reads (`context.headers.x`, `has "x"`): only those go
-    into the request, and validation guarantees the schema declares each of them."""
-    names: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key in (".", "has"):
-                inner = node.get(key)
-                if isinstance(inner, dict) and _is_context_headers(inner.get("left")):
-                    names.add(str(inner.get("attr")))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    for est in policies:
-        walk(est.get("conditions", []))
-    return names
-
-
-def _is_context_headers(node: Any) -> bool:
-    if not isinstance(node, dict):
-        return False
-    inner = node.get(".")
-    return (
-        isinstance(inner, dict)
-        and inner.get("attr") == "headers"
-        and inner.get("left") == {"Var": "context"}
-    )

@@ -16,6 +16,8 @@ from typing import Any, Final, Literal, final
 
 import cedarpy
 
+from sidecar.policy.context import context_reads
+
 __all__ = ["PolicyInfo", "PolicySnapshot", "SliceIndex", "resource_targets"]
 
 SERVICE_TYPE: Final = "Service"
@@ -73,9 +75,10 @@ def _in_targets(
 
 @final
 class SliceIndex:
-    """Pre-parsed `PolicySet` handles: one per named service, one shared for the rest."""
+    """Pre-parsed `PolicySet` handles: one per named service, one shared for the rest;
+    with each, the context attributes its policies read (None: the whole context)."""
 
-    __slots__ = ("_by_service", "_shared")
+    __slots__ = ("_by_service", "_reads_by_service", "_shared", "_shared_reads")
 
     def __init__(
         self,
@@ -88,10 +91,20 @@ class SliceIndex:
             for service in targets[pid] or ():
                 named.setdefault(service, dict(everywhere))[pid] = est
         self._shared = _policy_set(everywhere)
+        self._shared_reads = context_reads(everywhere.values())
         self._by_service = {service: _policy_set(ests) for service, ests in named.items()}
+        self._reads_by_service = {
+            service: context_reads(ests.values()) for service, ests in named.items()
+        }
 
     def for_service(self, service: str) -> cedarpy.PolicySet:
         return self._by_service.get(service, self._shared)
+
+    def context_reads_for(self, service: str) -> frozenset[str] | None:
+        """The context attributes the slice of `service` reads; None means all of them."""
+        if service in self._by_service:
+            return self._reads_by_service[service]
+        return self._shared_reads
 
     @property
     def services(self) -> frozenset[str]:
@@ -120,10 +133,18 @@ class PolicySnapshot:
     slices: SliceIndex
     known_workloads: frozenset[str]
     header_names: frozenset[str]
+    # Actions a request may name: those whose `appliesTo` accepts the request the sidecar
+    # builds (checked against the schema at load). Empty denies every request.
+    request_actions: frozenset[str] = frozenset()
+    # Context attributes the full set reads (None: all); see `context.py`.
+    full_set_context_reads: frozenset[str] | None = None
     _principal_entities: dict[str, cedarpy.Entities] = field(default_factory=dict, repr=False)
 
     def policy_set_for(self, service: str, *, sliced: bool = True) -> cedarpy.PolicySet:
         return self.slices.for_service(service) if sliced else self.full_set
+
+    def context_reads_for(self, service: str, *, sliced: bool = True) -> frozenset[str] | None:
+        return self.slices.context_reads_for(service) if sliced else self.full_set_context_reads
 
     def entities_with(self, principal_id: str, delta_json: Callable[[], str]) -> cedarpy.Entities:
         """The base entities plus the request's principal (cached per SPIFFE ID)."""
