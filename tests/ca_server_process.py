@@ -78,22 +78,31 @@ def make_ca(directory: Path, **server: object) -> LoadedCa:
 @contextlib.contextmanager
 def running_ca_server(directory: Path, **server: object) -> Iterator[CaServer]:
     ca = make_ca(directory / "ca", **server)
-    log_path = directory / "server.log"
+    with serving_ca_dir(ca, directory / "server.log") as running:
+        yield running
+
+
+@contextlib.contextmanager
+def serving_ca_dir(
+    ca: LoadedCa,
+    log_path: Path,
+    *,
+    argv: tuple[str, ...] = ("-m", "mesh_ca.server"),
+    extra: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Iterator[CaServer]:
+    """Serve an existing CA directory in a child process on 127.0.0.1:0 until the block ends.
+
+    Stopped with SIGTERM (a test may have killed it already). `argv` picks the entry point
+    (``("-m", "mesh_ca.cli", "serve")`` runs ``mesh-ca serve``); `env` is added to ours.
+    """
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mesh_ca.server",
-                "--dir",
-                str(ca.path),
-                "--listen",
-                "127.0.0.1:0",
-            ],
+            [sys.executable, *argv, "--dir", str(ca.path), "--listen", "127.0.0.1:0", *extra],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
     try:
         deadline = time.monotonic() + 30
