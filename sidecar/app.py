@@ -1,0 +1,166 @@
+"""Runs the sidecar: identity, admin, inbound and outbound listeners, signals, drain.
+
+SIGTERM/SIGINT drain: listeners close at once (no new connections), open connections
+may finish for up to ``drain_timeout_seconds``, the rest are cancelled, and `run`
+returns 0. SIGHUP reloads static identity files.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from mesh_ca.clock import Clock, SystemClock
+from sidecar.admin import AdminState, serve_admin
+from sidecar.authz import AllowList
+from sidecar.config import Address, SidecarConfig
+from sidecar.connections import ConnectionTracker
+from sidecar.identity.credentials import CredentialStore
+from sidecar.inbound import Inbound
+from sidecar.logs import event
+from sidecar.outbound import Outbound
+from sidecar.runtime import Runtime
+from sidecar.static_identity import ReloadSignal, run_static_identity
+
+__all__ = ["run"]
+
+log = logging.getLogger("sidecar.app")
+Handler = Callable[[trio.SocketStream], Awaitable[None]]
+
+
+async def _accept_loop(
+    listeners: list[trio.SocketListener], handler: Handler, handlers: trio.Nursery, name: str
+) -> None:
+    async def guarded(stream: trio.SocketStream) -> None:
+        try:
+            await handler(stream)
+        except Exception as exc:  # noqa: BLE001 - one connection's bug must not stop the sidecar
+            event(
+                log,
+                "connection handler crashed",
+                level=logging.ERROR,
+                listener=name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            await trio.aclose_forcefully(stream)
+
+    async def loop(listener: trio.SocketListener) -> None:
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:  # EMFILE and friends: back off, keep listening
+                    event(log, "accept failed", level=logging.ERROR, listener=name, error=str(exc))
+                    await trio.sleep(0.1)
+                    continue
+                handlers.start_soon(guarded, stream)
+
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(loop, listener)
+
+
+async def _listen(address: Address) -> list[trio.SocketListener]:
+    return await trio.open_tcp_listeners(address.port, host=address.host)
+
+
+async def _signals(drain: trio.Event, reload: ReloadSignal) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                event(log, "SIGHUP: reloading identity files")
+                reload.request()
+            else:
+                event(log, "drain requested", signal=signal.Signals(signum).name)
+                drain.set()
+
+
+async def _start_identity(
+    config: SidecarConfig,
+    store: CredentialStore,
+    clock: Clock,
+    reload: ReloadSignal,
+    nursery: trio.Nursery,
+) -> None:
+    if config.identity.static:
+        await nursery.start(run_static_identity, config.identity, store, clock.now, reload)
+        return
+    from sidecar.identity.lifecycle import run_identity  # type: ignore[import-not-found, unused-ignore]
+
+    await nursery.start(run_identity, config, store, clock)
+
+
+async def run(
+    config: SidecarConfig,
+    *,
+    clock: Clock | None = None,
+    handle_signals: bool = True,
+    drain: trio.Event | None = None,
+) -> int:
+    """Serve until drained; returns the process exit code (0 after a graceful drain)."""
+    clock = clock or SystemClock()
+    drain = drain or trio.Event()
+    reload = ReloadSignal()
+    store = CredentialStore()
+    tracker = ConnectionTracker(config.limits.max_connections, store)
+    runtime = Runtime(store, clock.now, config.timeouts, tracker)
+    async with trio.open_nursery() as nursery:
+        if handle_signals:
+            nursery.start_soon(_signals, drain, reload)
+        await _start_identity(config, store, clock, reload, nursery)
+        if config.admin is not None:
+            state = AdminState(config, store, clock.now)
+            await nursery.start(serve_admin, config.admin.listen, state)
+        async with trio.open_nursery() as handlers:
+            serving: list[tuple[str, list[trio.SocketListener], Handler]] = []
+            if config.inbound is not None:
+                if config.inbound.protocol != "tcp":
+                    raise NotImplementedError("inbound.protocol = 'http' is not implemented yet")
+                inbound = Inbound(config.inbound, runtime, AllowList(config.inbound.allowed_ids))
+                serving.append(("inbound", await _listen(config.inbound.listen), inbound.handle))
+            for index, out in enumerate(config.outbound):
+                if out.protocol != "tcp":
+                    raise NotImplementedError(
+                        f"outbound[{index}].protocol = 'http' is not implemented yet"
+                    )
+                outbound = Outbound(out, runtime)
+                serving.append((f"outbound[{index}]", await _listen(out.listen), outbound.handle))
+            with trio.CancelScope() as accepting:
+                async with trio.open_nursery() as acceptors:
+                    for name, listeners, handler in serving:
+                        acceptors.start_soon(_accept_loop, listeners, handler, handlers, name)
+                    listening: dict[str, Any] = {
+                        name: [str(ls.socket.getsockname()[:2]) for ls in listeners]
+                        for name, listeners, _ in serving
+                    }
+                    event(
+                        log,
+                        "sidecar started",
+                        listeners=listening,
+                        spiffe_id=str(config.identity.spiffe_id),
+                    )
+                    await drain.wait()
+                    accepting.cancel()  # stop accepting: listening sockets close now
+            event(
+                log,
+                "draining",
+                open_connections=tracker.active,
+                drain_timeout_seconds=config.timeouts.drain_timeout_seconds,
+            )
+            with trio.move_on_after(config.timeouts.drain_timeout_seconds) as waited:
+                await tracker.wait_idle()
+            if waited.cancelled_caught:
+                event(
+                    log,
+                    "drain timeout: closing remaining connections",
+                    level=logging.WARNING,
+                    open_connections=tracker.active,
+                )
+            handlers.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
+    event(log, "sidecar stopped")
+    return 0

@@ -1,0 +1,148 @@
+"""Inbound (tcp mode): terminate mTLS, verify, authorize ``connect``, then reach the app.
+
+Pipeline per connection: admit (cap) → mesh handshake + SVID checks → authorize → connect
+to the local app → relay until done, idle, or the first SVID's notAfter. Nothing reaches
+the app — not even a TCP connection — before the peer is verified and authorized.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, final
+
+import trio
+
+from sidecar.authz import Authorizer, authorize_safely
+from sidecar.config import InboundConfig
+from sidecar.logs import event
+from sidecar.relay import abort, relay
+from sidecar.runtime import Runtime
+from sidecar.tls import MeshTlsError, accept_mesh
+
+__all__ = ["Inbound"]
+
+log = logging.getLogger("sidecar.inbound")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    config: InboundConfig
+    runtime: Runtime
+    authorizer: Authorizer
+
+    async def handle(self, transport: trio.SocketStream) -> None:
+        """Serve one accepted connection; never raises for a peer's fault."""
+        started = time.monotonic()
+        source = _peer_address(transport)
+        with trio.CancelScope() as scope:
+            handle = self.runtime.tracker.admit(scope, "inbound")
+            if handle is None:
+                event(
+                    log,
+                    "connection refused",
+                    direction="inbound",
+                    source=source,
+                    reason="max_connections",
+                )
+                await abort(transport)
+                return
+            try:
+                await self._serve(transport, handle, source, started)
+            finally:
+                self.runtime.tracker.release(handle)
+        if scope.cancelled_caught:
+            event(
+                log,
+                "connection closed",
+                direction="inbound",
+                source=source,
+                outcome="cancelled (revoked, expired or drained)",
+            )
+
+    async def _serve(
+        self, transport: trio.SocketStream, handle: int, source: str, started: float
+    ) -> None:
+        rt = self.runtime
+        try:
+            conn = await accept_mesh(
+                transport,
+                rt.store,
+                rt.now,
+                timeout_seconds=rt.timeouts.handshake_timeout_seconds,
+            )
+        except MeshTlsError as exc:
+            event(
+                log,
+                "handshake refused",
+                level=logging.WARNING,
+                direction="inbound",
+                source=source,
+                reason=str(exc.reason),
+                peer=exc.peer,
+                detail=exc.detail,
+            )
+            return
+        rt.tracker.identify(handle, conn.peer_id, conn.peer_serial)
+        decision = authorize_safely(
+            self.authorizer,
+            conn.peer_id,
+            "connect",
+            self.config.service,
+            {"source": source, "tls_version": conn.stream.version() or ""},
+        )
+        fields: dict[str, Any] = {
+            "direction": "inbound",
+            "source": source,
+            "peer": str(conn.peer_id),
+            "service": self.config.service,
+            "decision": "allow" if decision.allowed else "deny",
+            "reason": decision.reason,
+            "policy_ids": list(decision.policy_ids),
+        }
+        if not decision.allowed:
+            event(log, "connection denied", level=logging.WARNING, **fields)
+            await conn.stream.aclose()
+            return
+        with trio.CancelScope(deadline=rt.trio_deadline(conn.expires_at)):
+            app = await self._connect_app()
+            if app is None:
+                event(
+                    log, "app unreachable", level=logging.ERROR, app=str(self.config.app), **fields
+                )
+                await abort(conn.stream)
+                return
+            result = await relay(
+                conn.stream, app, idle_timeout_seconds=rt.timeouts.idle_timeout_seconds
+            )
+            event(
+                log,
+                "connection closed",
+                **fields,
+                outcome=result.outcome,
+                bytes_in=result.bytes_a_to_b,
+                bytes_out=result.bytes_b_to_a,
+                duration_ms=round((time.monotonic() - started) * 1000, 1),
+            )
+            return
+        await abort(conn.stream)  # reached only when the SVID lifetime ran out
+        event(log, "connection closed", **fields, outcome="svid_expired")
+
+    async def _connect_app(self) -> trio.SocketStream | None:
+        app = self.config.app
+        with trio.move_on_after(self.runtime.timeouts.connect_timeout_seconds):
+            try:
+                return await trio.open_tcp_stream(app.host, app.port)
+            except OSError:
+                return None
+        return None
+
+
+def _peer_address(stream: trio.SocketStream) -> str:
+    try:
+        host, port, *_ = stream.socket.getpeername()
+    except OSError:
+        return "unknown"
+    return f"{host}:{port}"

@@ -1,0 +1,155 @@
+"""Outbound (tcp mode): plaintext from the local app → mTLS to the destination's sidecar.
+
+Pipeline per connection: admit (cap) → connect to an endpoint (round robin, skipping
+endpoints that fail within the connect timeout) → mesh handshake with secure naming (the
+upstream must present one of the configured SPIFFE IDs) → relay until done, idle, or the
+first SVID's notAfter. Fails closed: no endpoint or no acceptable upstream means the local
+connection is reset; nothing is ever sent in plaintext.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, final
+
+import trio
+
+from sidecar.config import Address, OutboundConfig
+from sidecar.logs import event
+from sidecar.relay import abort, relay
+from sidecar.runtime import Runtime
+from sidecar.tls import MeshTlsError, connect_mesh
+
+__all__ = ["Outbound", "RoundRobin"]
+
+log = logging.getLogger("sidecar.outbound")
+
+
+@final
+@dataclass
+class RoundRobin:
+    """Each call starts one endpoint further, then tries the rest in order. Pure."""
+
+    endpoints: tuple[Address, ...]
+    _next: int = 0
+
+    def order(self) -> list[Address]:
+        start = self._next % len(self.endpoints)
+        self._next = start + 1
+        return [*self.endpoints[start:], *self.endpoints[:start]]
+
+
+@final
+@dataclass
+class Outbound:
+    config: OutboundConfig
+    runtime: Runtime
+    balancer: RoundRobin = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.balancer = RoundRobin(self.config.endpoints)
+
+    async def handle(self, local: trio.SocketStream) -> None:
+        """Serve one local connection; never raises for a peer's fault."""
+        started = time.monotonic()
+        with trio.CancelScope() as scope:
+            handle = self.runtime.tracker.admit(scope, "outbound")
+            if handle is None:
+                event(
+                    log,
+                    "connection refused",
+                    direction="outbound",
+                    service=self.config.service,
+                    reason="max_connections",
+                )
+                await abort(local)
+                return
+            try:
+                await self._serve(local, handle, started)
+            finally:
+                self.runtime.tracker.release(handle)
+        if scope.cancelled_caught:
+            await abort(local)
+            event(
+                log,
+                "connection closed",
+                direction="outbound",
+                service=self.config.service,
+                outcome="cancelled (revoked, expired or drained)",
+            )
+
+    async def _connect(self) -> tuple[trio.SocketStream, Address] | None:
+        for endpoint in self.balancer.order():
+            with trio.move_on_after(self.runtime.timeouts.connect_timeout_seconds):
+                try:
+                    return await trio.open_tcp_stream(endpoint.host, endpoint.port), endpoint
+                except OSError as exc:
+                    event(
+                        log,
+                        "endpoint failed",
+                        level=logging.WARNING,
+                        service=self.config.service,
+                        endpoint=str(endpoint),
+                        error=str(exc),
+                    )
+                    continue
+            event(
+                log,
+                "endpoint timed out",
+                level=logging.WARNING,
+                service=self.config.service,
+                endpoint=str(endpoint),
+            )
+        return None
+
+    async def _serve(self, local: trio.SocketStream, handle: int, started: float) -> None:
+        rt = self.runtime
+        fields: dict[str, Any] = {"direction": "outbound", "service": self.config.service}
+        connected = await self._connect()
+        if connected is None:
+            event(log, "no endpoint reachable", level=logging.ERROR, **fields)
+            await abort(local)
+            return
+        upstream, endpoint = connected
+        fields["endpoint"] = str(endpoint)
+        try:
+            conn = await connect_mesh(
+                upstream,
+                rt.store,
+                rt.now,
+                expected=frozenset(self.config.spiffe_ids),
+                timeout_seconds=rt.timeouts.handshake_timeout_seconds,
+            )
+        except MeshTlsError as exc:
+            event(
+                log,
+                "handshake refused",
+                level=logging.WARNING,
+                **fields,
+                reason=str(exc.reason),
+                peer=exc.peer,
+                detail=exc.detail,
+            )
+            await abort(local)
+            return
+        rt.tracker.identify(handle, conn.peer_id, conn.peer_serial)
+        fields["peer"] = str(conn.peer_id)
+        with trio.CancelScope(deadline=rt.trio_deadline(conn.expires_at)):
+            result = await relay(
+                local, conn.stream, idle_timeout_seconds=rt.timeouts.idle_timeout_seconds
+            )
+            event(
+                log,
+                "connection closed",
+                **fields,
+                outcome=result.outcome,
+                bytes_out=result.bytes_a_to_b,
+                bytes_in=result.bytes_b_to_a,
+                duration_ms=round((time.monotonic() - started) * 1000, 1),
+            )
+            return
+        await abort(local)
+        await abort(conn.stream)
+        event(log, "connection closed", **fields, outcome="svid_expired")
