@@ -1,0 +1,167 @@
+"""Process helpers for integration tests: free ports, sidecar processes, tiny apps.
+
+Real processes on 127.0.0.1 only; every port comes from the kernel (bind port 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from tests.pki import Leaf
+from tests.pki import TestPki as Pki
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_identity(pki: Pki, leaf: Leaf, directory: Path) -> dict[str, str]:
+    """svid.pem (leaf + intermediate), svid.key (0600), bundle.pem: as `mesh-ca issue` does."""
+    cert, key = leaf.write(directory)
+    bundle = directory / "bundle.pem"
+    bundle.write_bytes(pki.bundle_pem())
+    return {"cert_file": str(cert), "key_file": str(key), "bundle_file": str(bundle)}
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    """A sidecar TOML file from nested dicts (lists of dicts become [[tables]])."""
+    lines: list[str] = []
+    for section, body in config.items():
+        if isinstance(body, list):
+            for item in body:
+                lines.append(f"[[{section}]]")
+                lines += [f"{k} = {_toml(v)}" for k, v in item.items()]
+        elif isinstance(body, dict):
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {_toml(v)}" for k, v in body.items()]
+        else:
+            lines.insert(0, f"{section} = {_toml(body)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class Sidecar:
+    process: subprocess.Popen[bytes]
+    admin_port: int
+    log_path: Path
+
+    def get(self, path: str) -> tuple[int, dict[str, Any]]:
+        url = f"http://127.0.0.1:{self.admin_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
+                return int(response.status), json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+def wait_ready(sidecar: Sidecar, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sidecar.process.poll() is not None:
+            raise RuntimeError(f"sidecar exited {sidecar.process.returncode}:\n{sidecar.log()}")
+        try:
+            if sidecar.get("/readyz")[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"sidecar not ready after {timeout} s:\n{sidecar.log()}")
+
+
+@contextmanager
+def running_sidecar(config_path: Path, admin_port: int) -> Iterator[Sidecar]:
+    """Start `mesh-sidecar run --config`, wait for /readyz, stop it (SIGKILL if stuck)."""
+    log_path = config_path.with_suffix(".log")
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sidecar.cli", "run", "--config", str(config_path)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    sidecar = Sidecar(process, admin_port, log_path)
+    try:
+        wait_ready(sidecar)
+        yield sidecar
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+@dataclass
+class EchoApp:
+    """A tiny trio echo app on 127.0.0.1 that counts the connections it saw."""
+
+    port: int = 0
+    connections: int = 0
+    peers: list[str] = field(default_factory=list)
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._echo, listeners)
+
+    async def _echo(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        try:
+            async with stream:
+                while data := await stream.receive_some(65536):
+                    await stream.send_all(data)
+                await stream.send_eof()  # echo the half-close too
+        except trio.BrokenResourceError:
+            pass
+
+
+async def exchange(port: int, payload: bytes, *, timeout: float = 10) -> bytes:
+    """Connect, send `payload`, half-close, and read until EOF."""
+    with trio.fail_after(timeout):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(payload)
+            await stream.send_eof()
+            received = bytearray()
+            while data := await stream.receive_some(65536):
+                received += data
+            return bytes(received)
