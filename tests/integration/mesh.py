@@ -59,6 +59,12 @@ def sidecar_pair(pki: Pki, tmp: Path, app_port: int, **timeouts: Any) -> Pair:
         },
     )
     return Pair(
-        a_config, b_config, ports["a_admin"], ports["b_admin"], ports["a_out"], ports["b_in"],
-        a_id, b_id,
+        a_config,
+        b_config,
+        ports["a_admin"],
+        ports["b_admin"],
+        ports["a_out"],
+        ports["b_in"],
+        a_id,
+        b_id,
     )
