@@ -79,7 +79,7 @@ class Sidecar:
     def get(self, path: str) -> tuple[int, dict[str, Any]]:
         url = f"http://127.0.0.1:{self.admin_port}{path}"
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=2) as response:
                 return int(response.status), json.loads(response.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())

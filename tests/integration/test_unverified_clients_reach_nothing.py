@@ -1,4 +1,4 @@
-"""No certificate, another CA's certificate, or an ID not on the allow-list: the app sees nothing."""
+"""No certificate, another CA's certificate, or an unlisted ID: the app sees nothing."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ async def _try(port: int, context: ssl.SSLContext) -> bytes:
         try:
             await stream.do_handshake()
             await stream.send_all(b"let me in")
-            received = await stream.receive_some()
+            received = bytes(await stream.receive_some())
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
     await trio.aclose_forcefully(stream)
