@@ -15,13 +15,16 @@ from datetime import datetime
 from typing import final
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
-from mesh_ca.identity import BundleSet, SpiffeId, SvidError, check_leaf_profile
+from mesh_ca.identity import BundleSet, SpiffeId, SvidError, TrustBundle, check_leaf_profile
 from mesh_ca.identity.bundle import pem_bundle
 from mesh_ca.keys import PrivateKey, private_key_pem
 from mesh_ca.tls import mesh_context
 
 __all__ = ["CredentialError", "CredentialStore", "Credentials", "Revocations"]
+
+_SHA256 = hashes.SHA256()
 
 
 class CredentialError(ValueError):
@@ -101,6 +104,7 @@ class Credentials:
             )
         if _spki(chain[0].public_key()) != _spki(key.public_key()):
             raise CredentialError("private key does not match the SVID's public key")
+        bundles = _learn_intermediates(bundles, chain)
         chain_pem, key_pem = pem_bundle(chain), private_key_pem(key)
         try:
             server = mesh_context("server", chain_pem, key_pem, bundles)
@@ -108,6 +112,35 @@ class Credentials:
         except ssl.SSLError as exc:
             raise CredentialError(f"TLS context refused the credentials: {exc}") from exc
         return cls(verified.spiffe_id, chain, key, bundles, server, client)
+
+
+def _learn_intermediates(bundles: BundleSet, chain: tuple[x509.Certificate, ...]) -> BundleSet:
+    """Add our own verified intermediates to our trust domain's bundle.
+
+    After a handshake Python < 3.13 exposes only the peer's leaf, so `peer_svid` can build a
+    path only through intermediates the bundle knows. A bundle fetched from the CA or read
+    from disk holds roots only; the intermediates that signed our own SVID (just verified
+    against those roots) are the ones that sign our peers' SVIDs too.
+    """
+    if len(chain) < 2:
+        return bundles
+    from mesh_ca.identity import spiffe_id_of
+
+    domain = spiffe_id_of(chain[0]).trust_domain
+    bundle = bundles[domain]
+    known = {cert.fingerprint(_SHA256) for cert in bundle.intermediates}
+    new = tuple(c for c in chain[1:] if c.fingerprint(_SHA256) not in known)
+    if not new:
+        return bundles
+    return bundles.with_bundle(
+        TrustBundle(
+            domain,
+            bundle.roots,
+            (*bundle.intermediates, *new),
+            bundle.sequence,
+            bundle.refresh_hint_seconds,
+        )
+    )
 
 
 @final
