@@ -1,0 +1,102 @@
+"""Static-file identity: validate then swap on file change or SIGHUP; bad files keep the old."""
+
+from __future__ import annotations
+
+import os
+import signal
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from mesh_ca.clock import SystemClock
+from sidecar.identity.credentials import CredentialError, CredentialStore
+from sidecar.identity.lifecycle import run_identity
+from sidecar.identity.settings import IdentitySettings
+from sidecar.identity.static_files import load_static_credentials
+from sidecar.identity.stats import IdentityStats
+from tests.pki import TestPki as Pki
+
+
+def _settings(tmp_path: Path, pki: Pki, poll_seconds: float) -> IdentitySettings:
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(pki.bundle_pem())
+    pki.leaf(pki.spiffe_id("shop", "web")).write(tmp_path)
+    return IdentitySettings(
+        spiffe_id=pki.spiffe_id("shop", "web"),
+        bundle_file=bundle,
+        cert_file=tmp_path / "svid.pem",
+        key_file=tmp_path / "svid.key",
+        poll_interval_seconds=poll_seconds,
+    )
+
+
+def test_settings_need_either_files_or_a_ca(tmp_path: Path) -> None:
+    sid = Pki().spiffe_id()
+    with pytest.raises(ValueError, match="cert_file and key_file must be given together"):
+        IdentitySettings(sid, tmp_path / "b", cert_file=tmp_path / "c")
+    with pytest.raises(ValueError, match="ca_addresses is empty"):
+        IdentitySettings(sid, tmp_path / "b")
+    with pytest.raises(ValueError, match="state_dir is required"):
+        IdentitySettings(sid, tmp_path / "b", ca_addresses=("127.0.0.1:1",))
+
+
+def test_a_wrong_identity_in_the_files_names_the_file(tmp_path: Path) -> None:
+    pki = Pki()
+    settings = _settings(tmp_path, pki, 1.0)
+    pki.leaf(pki.spiffe_id("shop", "other")).write(tmp_path)
+    with pytest.raises(CredentialError, match=r"svid\.pem: .*this sidecar is"):
+        load_static_credentials(settings, pki.now)
+
+
+async def test_rewritten_files_are_picked_up_and_bad_ones_refused(tmp_path: Path) -> None:
+    pki = Pki()
+    settings = _settings(tmp_path, pki, 0.05)
+    store, stats = CredentialStore(), IdentityStats()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: run_identity(
+                settings, store, SystemClock(), stats=stats, task_status=task_status
+            )
+        )
+        first = store.current
+        assert first is not None
+        (tmp_path / "svid.pem").write_bytes(b"not a certificate")
+        with trio.fail_after(5):
+            while stats.results("reload").get("invalid", 0) == 0:
+                await trio.sleep(0.02)
+        assert store.current is first
+        assert stats.last_error is not None
+        assert "svid.pem" in stats.last_error
+        pki.leaf(pki.spiffe_id("shop", "web"), ttl=timedelta(hours=2)).write(tmp_path)
+        with trio.fail_after(5):
+            while store.current is first:
+                await trio.sleep(0.02)
+        assert store.current is not None
+        assert store.current.serial != first.serial
+        nursery.cancel_scope.cancel()
+
+
+async def test_sighup_reloads_at_once(tmp_path: Path) -> None:
+    pki = Pki()
+    settings = _settings(tmp_path, pki, 3600.0)
+    store, stats = CredentialStore(), IdentityStats()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: run_identity(
+                settings, store, SystemClock(), stats=stats, task_status=task_status
+            )
+        )
+        first = store.current
+        assert first is not None
+        await trio.testing.wait_all_tasks_blocked()  # the signal receiver is installed
+        os.kill(os.getpid(), signal.SIGHUP)  # same files: a reload of the same SVID
+        with trio.fail_after(5):
+            while stats.results("reload").get("ok", 0) < 2:
+                await trio.sleep(0.02)
+        assert store.current is not first
+        assert store.current is not None
+        assert store.current.serial == first.serial
+        nursery.cancel_scope.cancel()
