@@ -144,25 +144,42 @@ def decide(
             audit=audit,
         )
     principal_id = str(request.principal)
+    if check_schema or not sliced:
+        policy_set = snapshot.policy_set_for(request.service, sliced=sliced)
+        reads = snapshot.context_reads_for(request.service, sliced=sliced)
+    else:
+        policy_set, reads = snapshot.narrowed(
+            request.service, principal_id, request.principal, request.action
+        )
+        if len(policy_set) == 0:
+            # What Cedar answers for an empty set: default deny, nothing determined it.
+            return PolicyDecision(
+                allowed=False,
+                reason=DecisionReason.NO_PERMIT,
+                policy_ids=(),
+                version=snapshot.version,
+                audit=audit,
+                cedar_decision=cedarpy.Decision.Deny.value,
+            )
     entities = snapshot.entities_with(
         principal_id, lambda: json.dumps([workload_entity(request.principal)])
     )
-    policy_set = snapshot.policy_set_for(request.service, sliced=sliced)
     if check_schema:
         result = cedarpy.is_authorized(
             cedar_request(snapshot, request), policy_set, entities, snapshot.schema
         )
     else:
-        cedar = cedar_request(
-            snapshot, request, snapshot.context_reads_for(request.service, sliced=sliced)
-        )
+        cedar = cedar_request(snapshot, request, reads)
         # A context string skips the wrapper's copy of the request; Cedar parses it anyway.
-        cedar["context"] = json.dumps(cedar["context"], separators=(",", ":"))
+        cedar["context"] = json.dumps(cedar["context"])
         result = cedarpy.is_authorized(cedar, policy_set, entities)
     diagnostics = result.diagnostics
     errors = tuple(sorted(diagnostics.errors))
     reasons = tuple(sorted(diagnostics.reasons))
-    errored = tuple(sorted({m.group(1) for e in errors for m in _ERRORED_POLICY_RE.finditer(e)}))
+    errored: tuple[str, ...] = ()
+    if errors:
+        found = {m.group(1) for e in errors for m in _ERRORED_POLICY_RE.finditer(e)}
+        errored = tuple(sorted(found))
     decision = result.decision
     if decision == cedarpy.Decision.Allow and not errors:
         reason = DecisionReason.ALLOWED

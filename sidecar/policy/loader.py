@@ -24,7 +24,13 @@ from sidecar.policy.context import (
     header_names_read,
     request_context,
 )
-from sidecar.policy.snapshot import PolicyInfo, PolicySnapshot, SliceIndex, resource_targets
+from sidecar.policy.snapshot import (
+    PolicyInfo,
+    PolicySnapshot,
+    SliceIndex,
+    ancestors_of,
+    resource_targets,
+)
 from sidecar.policy.source import (
     PolicyDirectory,
     PolicyProblem,
@@ -83,7 +89,7 @@ def load_snapshot(directory: Path, now: datetime) -> PolicySnapshot:
     except ValueError as exc:
         raise PolicyLoadError([PolicyProblem(schema_name, f"invalid schema: {exc}")]) from exc
     policies, infos, problems = _compile_policies(source, schema)
-    entities_json, known, ancestors, entity_problems = _normalize_entities(source)
+    entities_json, known, parents, entity_problems = _normalize_entities(source)
     problems += entity_problems
     entities: cedarpy.Entities | None = None
     if entities_json is not None:
@@ -96,7 +102,9 @@ def load_snapshot(directory: Path, now: datetime) -> PolicySnapshot:
     if problems or entities is None:
         raise PolicyLoadError(problems)
     header_names = header_names_read(policies.values())
+    action_groups = _action_groups(entities)
     actions, refusal = request_actions(schema, entities, header_names)
+    ancestors = _service_ancestors(parents)
     if not actions:
         raise PolicyLoadError([PolicyProblem(schema_name, refusal)])
     targets = {pid: resource_targets(est["resource"], ancestors) for pid, est in policies.items()}
@@ -114,6 +122,8 @@ def load_snapshot(directory: Path, now: datetime) -> PolicySnapshot:
         header_names=header_names,
         request_actions=actions,
         full_set_context_reads=context_reads(policies.values()),
+        entity_parents={uid: tuple(ps) for uid, ps in parents.items()},
+        action_ancestors=action_groups,
     )
 
 
@@ -130,11 +140,7 @@ def request_actions(
     decisions can skip Cedar's per-request validation (fails closed: an action not in the
     result is denied before Cedar runs; action groups such as `read` are never requestable).
     """
-    action_ids = sorted(
-        str(entity["uid"]["id"])
-        for entity in json.loads(str(entities))
-        if entity.get("uid", {}).get("type") == ACTION_TYPE
-    )
+    action_ids = sorted(_action_groups(entities))
     context = request_context(
         path="/",
         query="",
@@ -167,6 +173,22 @@ def request_actions(
         + (" | ".join(refusals[:3]) or "the schema declares no actions")
     )
     return frozenset(accepted), refusal
+
+
+def _action_groups(entities: cedarpy.Entities) -> dict[str, frozenset[str]]:
+    """Each schema action (Cedar adds them to entities built with a schema) and the action
+    groups it is in, transitively."""
+    parents: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for entity in json.loads(str(entities)):
+        uid = entity.get("uid", {})
+        if uid.get("type") == ACTION_TYPE:
+            parents[(ACTION_TYPE, str(uid["id"]))] = [
+                (str(p.get("type")), str(p.get("id"))) for p in entity.get("parents", [])
+            ]
+    return {
+        uid[1]: frozenset(name for _, name in ancestors_of(parents[uid], parents))
+        for uid in parents
+    }
 
 
 def _compile_policies(
@@ -219,7 +241,9 @@ def _compile_policies(
 
 def _normalize_entities(
     source: PolicyDirectory,
-) -> tuple[str | None, frozenset[str], dict[str, frozenset[tuple[str, str]]], list[PolicyProblem]]:
+) -> tuple[
+    str | None, frozenset[str], dict[tuple[str, str], list[tuple[str, str]]], list[PolicyProblem]
+]:
     """Fill in each Workload's attributes and Namespace parent from its SPIFFE ID, so a
     workload listed here (for its groups) looks exactly like one built per request."""
     name, text = source.entities_file
@@ -266,7 +290,7 @@ def _normalize_entities(
         ]
     if problems:
         return None, frozenset(), {}, problems
-    return json.dumps(document), frozenset(known), _service_ancestors(parents), []
+    return json.dumps(document), frozenset(known), parents, []
 
 
 def _service_ancestors(

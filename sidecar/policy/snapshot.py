@@ -1,8 +1,13 @@
 """An immutable, validated, pre-parsed policy set, sliced per destination service.
 
-Cedar evaluates every policy in the set it is given, holding the GIL. A policy whose
-resource scope names another service can never apply, so each service gets a slice: the
-policies that name it plus those that name no service. A decision evaluates only its slice.
+Cedar evaluates every policy in the set it is given, holding the GIL, at a few µs each. A
+policy whose resource scope names another service can never apply, so each service gets a
+slice: the policies that name it plus those that name no service. A decision narrows its
+slice once more to the policies whose principal and action scopes can match its caller and
+action (memoized per service, principal and action) and evaluates only those.
+
+Leaving a policy out is exact, never a guess: a scope is decided only for the forms
+`==`, `in` and `is ... in`, from the same entity graph Cedar uses; anything else stays in.
 """
 
 from __future__ import annotations
@@ -16,12 +21,18 @@ from typing import Any, Final, Literal, final
 
 import cedarpy
 
+from mesh_ca.identity import SpiffeId
 from sidecar.policy.context import context_reads
 
 __all__ = ["PolicyInfo", "PolicySnapshot", "SliceIndex", "resource_targets"]
 
 SERVICE_TYPE: Final = "Service"
+WORKLOAD_TYPE: Final = "Workload"
+ACTION_TYPE: Final = "Action"
 _PRINCIPAL_CACHE_MAX: Final = 1024
+_NARROWED_CACHE_MAX: Final = 4096
+
+EntityRef = tuple[str, str]  # (type, id)
 
 
 @final
@@ -73,12 +84,77 @@ def _in_targets(
     return frozenset(targets)
 
 
+def principal_may_match(
+    scope: Mapping[str, Any], principal: EntityRef, ancestors: frozenset[EntityRef]
+) -> bool:
+    """Whether a principal scope can match `principal` (a Workload) with `ancestors`.
+    True when unsure: keeping a policy that cannot apply changes no decision."""
+    op = scope.get("op")
+    if op == "==":
+        return _ref(scope["entity"]) == principal
+    if op == "in" and "entity" in scope:
+        target = _ref(scope["entity"])
+        return target == principal or target in ancestors
+    if op == "is":
+        if scope.get("entity_type") != principal[0]:
+            return False
+        inner = scope.get("in")
+        if inner is None:
+            return True
+        return principal_may_match({"op": "in", **inner}, principal, ancestors)
+    return True
+
+
+def action_may_match(scope: Mapping[str, Any], action: str, ancestors: frozenset[str]) -> bool:
+    """Whether an action scope can match `action` (whose action groups are `ancestors`).
+    True when unsure."""
+    op = scope.get("op")
+    if op == "==":
+        return _ref(scope["entity"]) == (ACTION_TYPE, action)
+    if op == "in":
+        if "entity" in scope:
+            targets = [_ref(scope["entity"])]
+        elif "entities" in scope:
+            targets = [_ref(entity) for entity in scope["entities"]]
+        else:
+            return True
+        return any(
+            kind == ACTION_TYPE and (name == action or name in ancestors) for kind, name in targets
+        )
+    return True
+
+
+def _ref(entity: Mapping[str, Any]) -> EntityRef:
+    return (str(entity.get("type")), str(entity.get("id")))
+
+
+def ancestors_of(
+    start: Iterable[EntityRef], parents: Mapping[EntityRef, Iterable[EntityRef]]
+) -> frozenset[EntityRef]:
+    """Every entity reachable from `start` through `parents` (`start` included)."""
+    seen: set[EntityRef] = set()
+    stack = list(start)
+    while stack:
+        uid = stack.pop()
+        if uid not in seen:
+            seen.add(uid)
+            stack.extend(parents.get(uid, ()))
+    return frozenset(seen)
+
+
 @final
 class SliceIndex:
     """Pre-parsed `PolicySet` handles: one per named service, one shared for the rest;
     with each, the context attributes its policies read (None: the whole context)."""
 
-    __slots__ = ("_by_service", "_reads_by_service", "_shared", "_shared_reads")
+    __slots__ = (
+        "_by_service",
+        "_ests_by_service",
+        "_reads_by_service",
+        "_shared",
+        "_shared_ests",
+        "_shared_reads",
+    )
 
     def __init__(
         self,
@@ -90,6 +166,8 @@ class SliceIndex:
         for pid, est in policies.items():
             for service in targets[pid] or ():
                 named.setdefault(service, dict(everywhere))[pid] = est
+        self._shared_ests: Mapping[str, Mapping[str, Any]] = everywhere
+        self._ests_by_service: Mapping[str, Mapping[str, Mapping[str, Any]]] = named
         self._shared = _policy_set(everywhere)
         self._shared_reads = context_reads(everywhere.values())
         self._by_service = {service: _policy_set(ests) for service, ests in named.items()}
@@ -105,6 +183,10 @@ class SliceIndex:
         if service in self._by_service:
             return self._reads_by_service[service]
         return self._shared_reads
+
+    def policies_for(self, service: str) -> Mapping[str, Mapping[str, Any]]:
+        """The slice of `service` as Cedar JSON (EST) policies by id."""
+        return self._ests_by_service.get(service, self._shared_ests)
 
     @property
     def services(self) -> frozenset[str]:
@@ -138,13 +220,48 @@ class PolicySnapshot:
     request_actions: frozenset[str] = frozenset()
     # Context attributes the full set reads (None: all); see `context.py`.
     full_set_context_reads: frozenset[str] | None = None
+    # The parents graph of entities.json (Workloads with their derived Namespace parent),
+    # and each schema action's action groups: what `principal in` / `action in` test.
+    entity_parents: Mapping[EntityRef, tuple[EntityRef, ...]] = field(default_factory=dict)
+    action_ancestors: Mapping[str, frozenset[str]] = field(default_factory=dict)
     _principal_entities: dict[str, cedarpy.Entities] = field(default_factory=dict, repr=False)
+    _narrowed: dict[tuple[str, str, str], tuple[cedarpy.PolicySet, frozenset[str] | None]] = field(
+        default_factory=dict, repr=False
+    )
 
     def policy_set_for(self, service: str, *, sliced: bool = True) -> cedarpy.PolicySet:
         return self.slices.for_service(service) if sliced else self.full_set
 
     def context_reads_for(self, service: str, *, sliced: bool = True) -> frozenset[str] | None:
         return self.slices.context_reads_for(service) if sliced else self.full_set_context_reads
+
+    def narrowed(
+        self, service: str, principal_id: str, principal: SpiffeId, action: str
+    ) -> tuple[cedarpy.PolicySet, frozenset[str] | None]:
+        """The policies of the `service` slice whose principal and action scopes can match,
+        and the context attributes they read (memoized, bounded)."""
+        key = (service, principal_id, action)
+        cached = self._narrowed.get(key)
+        if cached is not None:
+            return cached
+        uid = (WORKLOAD_TYPE, principal_id)
+        if principal_id in self.known_workloads:
+            start = self.entity_parents.get(uid, ())
+        else:  # built per request by `workload_entity`: only its Namespace parent
+            start = (("Namespace", principal.namespace),) if principal.namespace else ()
+        ancestors = ancestors_of(start, self.entity_parents)
+        action_groups = self.action_ancestors.get(action, frozenset())
+        kept = {
+            pid: est
+            for pid, est in self.slices.policies_for(service).items()
+            if principal_may_match(est["principal"], uid, ancestors)
+            and action_may_match(est["action"], action, action_groups)
+        }
+        result = (_policy_set(kept), context_reads(kept.values()))
+        if len(self._narrowed) >= _NARROWED_CACHE_MAX:
+            self._narrowed.clear()
+        self._narrowed[key] = result
+        return result
 
     def entities_with(self, principal_id: str, delta_json: Callable[[], str]) -> cedarpy.Entities:
         """The base entities plus the request's principal (cached per SPIFFE ID)."""
