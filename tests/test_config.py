@@ -1,0 +1,138 @@
+"""Config loading: every error names the file and the key; good files load with defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar.cli import main
+from sidecar.config import ConfigError, load_config
+
+GOOD = """
+[identity]
+spiffe_id = "spiffe://example.org/ns/shop/svc/orders"
+bundle_file = "bundle.pem"
+cert_file = "svid.pem"
+key_file = "svid.key"
+
+[inbound]
+listen = "127.0.0.1:15443"
+app = "127.0.0.1:8080"
+service = "orders"
+allowed_ids = ["spiffe://example.org/ns/shop/svc/frontend"]
+
+[[outbound]]
+listen = "127.0.0.1:15001"
+service = "payments"
+endpoints = ["127.0.0.1:16443", "[::1]:16444"]
+spiffe_ids = ["spiffe://example.org/ns/shop/svc/payments"]
+
+[admin]
+listen = "127.0.0.1:15000"
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sidecar.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_good_file_loads_with_defaults_and_resolved_paths(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, GOOD))
+    assert str(config.identity.trust_domain) == "example.org"
+    assert config.identity.static
+    assert config.identity.cert_file == tmp_path / "svid.pem"
+    assert str(config.outbound[0].endpoints[1]) == "[::1]:16444"
+    assert config.timeouts.handshake_timeout_seconds == 10
+    assert config.limits.max_connections == 1024
+    assert config.workers == 1
+    dumped = config.model_dump(mode="json")
+    assert dumped["outbound"][0]["spiffe_ids"] == ["spiffe://example.org/ns/shop/svc/payments"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "hint"),
+    [
+        (
+            'listen = "127.0.0.1:15001"',
+            'listen = "0.0.0.0:15001"',
+            "outbound[0].listen",
+            "not a loopback",
+        ),
+        (
+            'spiffe_ids = ["spiffe://example.org/ns/shop/svc/payments"]',
+            "spiffe_ids = []",
+            "outbound[0].spiffe_ids",
+            "at least 1",
+        ),
+        (
+            'service = "payments"',
+            'service = "payments"\ncolour = "blue"',
+            "outbound[0].colour",
+            "Extra inputs",
+        ),
+        (
+            'listen = "127.0.0.1:15000"',
+            'listen = "10.0.0.1:15000"',
+            "admin.listen",
+            "not a loopback",
+        ),
+        (
+            'allowed_ids = ["spiffe://example.org/ns/shop/svc/frontend"]',
+            'allowed_ids = ["spiffe://Example.org/x"]',
+            "inbound.allowed_ids[0]",
+            "trust domain",
+        ),
+        ('app = "127.0.0.1:8080"', 'app = "127.0.0.1:99999"', "inbound.app", "outside 1..65535"),
+        (
+            'key_file = "svid.key"',
+            'key_file = "svid.key"\nstate_dir = "state"',
+            "identity",
+            "not both",
+        ),
+        (
+            '[admin]\nlisten = "127.0.0.1:15000"',
+            '[admin]\nlisten = "127.0.0.1:15443"',
+            "(top level)",
+            "is also inbound.listen",
+        ),
+        (
+            "[inbound]",
+            "[timeouts]\nidle_timeout_seconds = -1\n[inbound]",
+            "timeouts.idle_timeout_seconds",
+            "greater than 0",
+        ),
+    ],
+)
+def test_each_bad_value_is_an_error_naming_file_and_key(
+    tmp_path: Path, old: str, new: str, key: str, hint: str
+) -> None:
+    assert old in GOOD
+    path = _write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key}: "), message
+    assert hint in message
+
+
+def test_a_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, GOOD.replace("[admin]", "[admin"))
+    with pytest.raises(ConfigError, match=r"TOML syntax error: .*line 20, column 7"):
+        load_config(path)
+
+
+def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = _write(tmp_path, GOOD)
+    assert main(["check-config", str(good)]) == 0
+    assert "ok" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace("spiffe_ids = [", "spiffe_idz = ["))
+    assert main(["check-config", str(bad)]) == 1
+    assert "outbound[0].spiffe_idz" in capsys.readouterr().err
+    assert main(["check-config", str(tmp_path / "missing.toml")]) == 1
+    assert main(["frobnicate"]) == 2
+    assert main(["run"]) == 2
+    assert main(["--help"]) == 0
