@@ -100,3 +100,24 @@ async def test_sighup_reloads_at_once(tmp_path: Path) -> None:
         assert store.current is not None
         assert store.current.serial == first.serial
         nursery.cancel_scope.cancel()
+
+
+def test_settings_from_the_sidecar_config_identity_table(tmp_path: Path) -> None:
+    from sidecar.config import IdentityConfig
+
+    identity = IdentityConfig.model_validate(
+        {
+            "spiffe_id": "spiffe://example.org/ns/shop/svc/web",
+            "bundle_file": str(tmp_path / "bundle.pem"),
+            "ca_addresses": ["127.0.0.1:8443", "[::1]:8444"],
+            "token_file": str(tmp_path / "token"),
+            "state_dir": str(tmp_path / "state"),
+        }
+    )
+    settings = IdentitySettings.from_config(identity)
+    assert str(settings.spiffe_id) == "spiffe://example.org/ns/shop/svc/web"
+    assert settings.ca_addresses == ("127.0.0.1:8443", "[::1]:8444")
+    assert settings.state_dir == tmp_path / "state"
+    assert settings.token_file == tmp_path / "token"
+    assert settings.poll_interval_seconds == 30.0
+    assert not settings.static

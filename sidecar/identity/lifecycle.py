@@ -17,7 +17,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 from cryptography import x509
@@ -88,7 +88,7 @@ def _default_factory(settings: IdentitySettings, clock: Clock) -> ClientFactory:
 
 
 async def run_identity(
-    settings: IdentitySettings,
+    config: IdentitySettings | Any,
     store: CredentialStore,
     clock: Clock,
     *,
@@ -102,7 +102,13 @@ async def run_identity(
 
     Raises at start-up only for local errors the operator must fix (unreadable bundle file,
     unusable state directory); a CA that is down or refuses is retried, never fatal.
+    `config` is an `IdentitySettings`, or the sidecar config (its ``identity`` table).
     """
+    settings = (
+        config
+        if isinstance(config, IdentitySettings)
+        else IdentitySettings.from_config(getattr(config, "identity", config))
+    )
     stats = stats if stats is not None else IdentityStats()
     if settings.static:
         await run_static_identity(
