@@ -2,6 +2,7 @@
 """meshgate benchmarks, one section per component; every figure is compared within one run.
 
     python scripts/bench.py ca [--seconds 3] [--concurrency 16]
+    python scripts/bench.py replicas [--seconds 3] [--concurrency 16]
 
 Sections register themselves in `SECTIONS` (name -> function taking the parsed args and
 returning a dict of figures, which is printed as JSON at the end). Runs are bounded in
@@ -15,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,8 +32,8 @@ import h11
 import trio
 from cryptography.hazmat.primitives import serialization
 
-from mesh_ca.ca_dir import LoadedCa, init_ca_dir
-from mesh_ca.config import CaConfig, ServerConfig
+from mesh_ca.ca_dir import LoadedCa, init_ca_dir, load_ca_dir
+from mesh_ca.config import CaConfig, ServerConfig, StoreConfig
 from mesh_ca.identity import BundleSet, SpiffeId
 from mesh_ca.issuance import issue_leaf, make_csr
 from mesh_ca.keys import generate_key, private_key_pem
@@ -72,14 +74,31 @@ class CaProcess:
     address: tuple[str, int]
 
 
-@contextlib.contextmanager
-def ca_server(directory: Path, log_level: str, extra: list[str]) -> Iterator[CaProcess]:
-    config = CaConfig(
+def bench_config(store: StoreConfig | None = None) -> CaConfig:
+    return CaConfig(
         trust_domain="bench.example",
         server=ServerConfig(rate_limit_per_second=1e9, rate_limit_burst=10**9),
+        store=store or StoreConfig(),
     )
-    ca = init_ca_dir(directory / "ca", "bench.example", datetime.now(UTC), config=config)
-    log_path = directory / "server.log"
+
+
+@contextlib.contextmanager
+def ca_server(directory: Path, log_level: str, extra: list[str]) -> Iterator[CaProcess]:
+    """A fresh SQLite CA in `directory`, served."""
+    ca = init_ca_dir(directory / "ca", "bench.example", datetime.now(UTC), config=bench_config())
+    with serve_ca(ca, directory / "server.log", log_level, extra) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serve_ca(
+    ca: LoadedCa,
+    log_path: Path,
+    log_level: str,
+    extra: list[str],
+    env: dict[str, str] | None = None,
+) -> Iterator[CaProcess]:
+    """``mesh-ca serve`` on an existing CA directory, on 127.0.0.1:0."""
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [
@@ -97,6 +116,7 @@ def ca_server(directory: Path, log_level: str, extra: list[str]) -> Iterator[CaP
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,
+            env={**os.environ, **(env or {})},
         )
     try:
         deadline = time.monotonic() + 30
@@ -126,17 +146,17 @@ def raw_signing_rate(ca: LoadedCa, seconds: float) -> float:
 
 
 async def _drive(
-    address: tuple[str, int],
-    contexts: list[Any],
+    targets: list[tuple[tuple[str, int], Any]],
     path: str,
     bodies: Iterator[bytes],
     seconds: float,
 ) -> tuple[int, int, float]:
-    """One keep-alive connection per context, each sending POSTs until time or bodies run out."""
+    """One keep-alive connection per (address, context), each sending POSTs until time or
+    bodies run out."""
     ok = failed = 0
     deadline = trio.current_time() + seconds
 
-    async def worker(context: Any) -> None:
+    async def worker(address: tuple[str, int], context: Any) -> None:
         nonlocal ok, failed
         tcp = await trio.open_tcp_stream(*address)
         tls = trio.SSLStream(tcp, context)
@@ -179,8 +199,8 @@ async def _drive(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(report)
         async with trio.open_nursery() as workers:
-            for context in contexts:
-                workers.start_soon(worker, context)
+            for address, context in targets:
+                workers.start_soon(worker, address, context)
         nursery.cancel_scope.cancel()
     return ok, failed, trio.current_time() - started
 
@@ -188,9 +208,21 @@ async def _drive(
 def api_phase(
     server: CaProcess, path: str, contexts: list[Any], bodies: Iterator[bytes], seconds: float
 ) -> Figures:
-    cpu_before = cpu_seconds(server.process.pid)
-    ok, failed, elapsed = trio.run(_drive, server.address, contexts, path, bodies, seconds)
-    cpu = cpu_seconds(server.process.pid) - cpu_before
+    return spread_phase([server], path, contexts, bodies, seconds)
+
+
+def spread_phase(
+    servers: list[CaProcess],
+    path: str,
+    contexts: list[Any],
+    bodies: Iterator[bytes],
+    seconds: float,
+) -> Figures:
+    """Connections spread round-robin over `servers`; CPU summed over all of them."""
+    targets = [(servers[i % len(servers)].address, c) for i, c in enumerate(contexts)]
+    cpu_before = sum(cpu_seconds(s.process.pid) for s in servers)
+    ok, failed, elapsed = trio.run(_drive, targets, path, bodies, seconds)
+    cpu = sum(cpu_seconds(s.process.pid) for s in servers) - cpu_before
     return {
         "issued": ok,
         "failed": failed,
@@ -271,7 +303,97 @@ def bench_ca(args: argparse.Namespace) -> Figures:
     }
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], Figures]] = {"ca": bench_ca}
+# Section: replicas
+
+
+def bootstrap_bodies(ca: LoadedCa, count: int, label: str) -> Iterator[bytes]:
+    """`count` join tokens added to the CA's store (one handle, one call each), as bodies."""
+    csr_pems = [
+        make_csr(generate_key()).public_bytes(serialization.Encoding.PEM).decode()
+        for _ in range(64)
+    ]
+    store = ca.open_store()
+    now = datetime.now(UTC)
+    bodies = []
+    try:
+        for index in range(count):
+            token, token_id, secret_hash = new_token()
+            sid = SpiffeId.workload(ca.trust_domain, "bench", f"{label}{index}")
+            store.add_token(token_id, secret_hash, sid, now, now + timedelta(hours=1))
+            bodies.append(json.dumps({"token": token, "csr": csr_pems[index % 64]}).encode())
+    finally:
+        store.close()
+    return iter(bodies)
+
+
+def bench_replicas(args: argparse.Namespace) -> Figures:
+    """Bootstrap issuance: one SQLite process; one and two replicas on one PostgreSQL."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.pg_server import running_postgres  # the tests' throwaway server
+
+    seconds, concurrency, flags = args.seconds, args.concurrency, server_flags(args)
+    tokens_per_phase = int(1000 * seconds)
+    password_env = "MESH_BENCH_PG_PASSWORD"
+    figures: Figures = {"machine": machine(), "seconds_per_phase": seconds}
+    with (
+        tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp,
+        running_postgres() as pg,
+    ):
+        base = Path(tmp)
+        env = {password_env: pg.password}
+        os.environ[password_env] = pg.password  # for this process's own store handles
+        store = StoreConfig(
+            kind="postgres", url=pg.url(pg.create_database()), password_env=password_env
+        )
+        pg_ca = init_ca_dir(
+            base / "pg-a", "bench.example", datetime.now(UTC), config=bench_config(store)
+        )
+        shutil.copytree(pg_ca.path, base / "pg-b")
+        pg_ca_b = load_ca_dir(base / "pg-b")
+        progress(f"raw signing for {seconds} s ...")
+        raw = raw_signing_rate(pg_ca, seconds)
+        figures["raw_signing_per_cpu_second"] = round(raw, 1)
+        anonymous = client_context(BundleSet.of(pg_ca.bundle))
+        contexts = [anonymous] * concurrency
+
+        with ca_server(base / "sqlite", args.log_level, flags) as sqlite_server:
+            bodies = bootstrap_bodies(sqlite_server.ca, tokens_per_phase, "sqlite")
+            progress(f"SQLite, one process: {concurrency} connections, {seconds} s")
+            own = [client_context(BundleSet.of(sqlite_server.ca.bundle))] * concurrency
+            figures["sqlite_one"] = spread_phase(
+                [sqlite_server], "/v1/bootstrap", own, bodies, seconds
+            )
+        with serve_ca(pg_ca, base / "a.log", args.log_level, [*flags, "--replica", "a"], env) as a:
+            bodies = bootstrap_bodies(pg_ca, tokens_per_phase, "one")
+            progress(f"PostgreSQL, one replica: {concurrency} connections, {seconds} s")
+            figures["postgres_one"] = spread_phase([a], "/v1/bootstrap", contexts, bodies, seconds)
+            with serve_ca(
+                pg_ca_b, base / "b.log", args.log_level, [*flags, "--replica", "b"], env
+            ) as b:
+                bodies = bootstrap_bodies(pg_ca, tokens_per_phase * 2, "two")
+                progress(
+                    f"PostgreSQL, two replicas: {concurrency} connections over both, {seconds} s"
+                )
+                figures["postgres_two"] = spread_phase(
+                    [a, b], "/v1/bootstrap", contexts, bodies, seconds
+                )
+    for name in ("sqlite_one", "postgres_one", "postgres_two"):
+        phase = figures[name]
+        if phase["per_server_cpu_second"]:
+            phase["ratio_to_raw"] = round(phase["per_server_cpu_second"] / raw, 3)
+    sqlite_rate = figures["sqlite_one"]["per_second"]
+    figures["wall_rate_relative_to_sqlite"] = {
+        name: round(figures[name]["per_second"] / sqlite_rate, 2) if sqlite_rate else None
+        for name in ("postgres_one", "postgres_two")
+    }
+    figures["load_average"] = os.getloadavg()[0]
+    return figures
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], Figures]] = {
+    "ca": bench_ca,
+    "replicas": bench_replicas,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
