@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, final
 
@@ -26,14 +27,18 @@ __all__ = ["Inbound"]
 log = logging.getLogger("sidecar.inbound")
 
 
+AppConnector = Callable[[], Awaitable[trio.abc.HalfCloseableStream]]
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class Inbound:
     config: InboundConfig
     runtime: Runtime
     authorizer: Authorizer
+    connect_app: AppConnector | None = None  # tests inject in-memory apps; default TCP
 
-    async def handle(self, transport: trio.SocketStream) -> None:
+    async def handle(self, transport: trio.abc.Stream) -> None:
         """Serve one accepted connection; never raises for a peer's fault."""
         started = time.monotonic()
         source = _peer_address(transport)
@@ -63,7 +68,7 @@ class Inbound:
             )
 
     async def _serve(
-        self, transport: trio.SocketStream, handle: int, source: str, started: float
+        self, transport: trio.abc.Stream, handle: int, source: str, started: float
     ) -> None:
         rt = self.runtime
         try:
@@ -130,17 +135,21 @@ class Inbound:
         await abort(conn.stream)  # reached only when the SVID lifetime ran out
         event(log, "connection closed", **fields, outcome="svid_expired")
 
-    async def _connect_app(self) -> trio.SocketStream | None:
+    async def _connect_app(self) -> trio.abc.HalfCloseableStream | None:
         app = self.config.app
         with trio.move_on_after(self.runtime.timeouts.connect_timeout_seconds):
             try:
+                if self.connect_app is not None:
+                    return await self.connect_app()
                 return await trio.open_tcp_stream(app.host, app.port)
             except OSError:
                 return None
         return None
 
 
-def _peer_address(stream: trio.SocketStream) -> str:
+def _peer_address(stream: trio.abc.Stream) -> str:
+    if not isinstance(stream, trio.SocketStream):
+        return "in-memory"
     try:
         host, port, *_ = stream.socket.getpeername()
     except OSError:
