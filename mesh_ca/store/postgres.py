@@ -318,7 +318,7 @@ class PostgresStore:
         outcome = self._transaction(lambda conn: _consume(conn, token_id, secret_hash, now))
         if isinstance(outcome, TokenFailure):
             raise TokenError(outcome)
-        return outcome
+        return outcome[0]
 
     def redeem_token(
         self,
@@ -335,13 +335,11 @@ class PostgresStore:
         _aware(now)
 
         def run(conn: psycopg.Connection[tuple[Any, ...]]) -> IssuedRecord | TokenFailure:
-            outcome = _consume(conn, token_id, secret_hash, now)
-            if isinstance(outcome, TokenFailure):
-                return outcome  # nothing was changed; COMMIT of nothing
-            revoked = conn.execute(
-                "SELECT EXISTS (SELECT 1 FROM revocations WHERE spiffe_id = %s)", (str(outcome),)
-            ).fetchone()
-            if revoked and revoked[0]:
+            consumed = _consume(conn, token_id, secret_hash, now, with_revoked=True)
+            if isinstance(consumed, TokenFailure):
+                return consumed  # nothing was changed; COMMIT of nothing
+            outcome, revoked = consumed
+            if revoked:
                 raise IdRevoked(outcome)  # rolls the consume back
             record = issue(outcome)
             conn.execute(_INSERT_ISSUED, _issued_params(record))
@@ -532,9 +530,18 @@ def _issued_params(record: IssuedRecord) -> tuple[Any, ...]:
 
 
 def _consume(
-    conn: psycopg.Connection[tuple[Any, ...]], token_id: str, secret_hash: bytes, now: datetime
-) -> SpiffeId | TokenFailure:
-    """Mark the token used inside the caller's transaction, or say why it cannot be."""
+    conn: psycopg.Connection[tuple[Any, ...]],
+    token_id: str,
+    secret_hash: bytes,
+    now: datetime,
+    *,
+    with_revoked: bool = False,
+) -> tuple[SpiffeId, bool] | TokenFailure:
+    """Mark the token used inside the caller's transaction, or say why it cannot be.
+
+    Returns the bound ID and, when `with_revoked`, whether that ID is revoked (read by the
+    same UPDATE: one round trip less for bootstrap).
+    """
     row = conn.execute(
         "SELECT secret_hash, spiffe_id, expires_at, used_at FROM join_tokens WHERE token_id = %s",
         (token_id,),
@@ -546,15 +553,24 @@ def _consume(
     if now >= row[2]:
         return TokenFailure.EXPIRED
     # The race is decided here: of concurrent consumers, one UPDATE matches.
-    won = conn.execute(
-        "UPDATE join_tokens SET used_at = %s"
-        " WHERE token_id = %s AND used_at IS NULL AND expires_at > %s"
-        " RETURNING spiffe_id",
-        (now, token_id, now),
-    ).fetchone()
+    if with_revoked:
+        won = conn.execute(
+            "UPDATE join_tokens SET used_at = %s"
+            " WHERE token_id = %s AND used_at IS NULL AND expires_at > %s"
+            " RETURNING spiffe_id, EXISTS (SELECT 1 FROM revocations r"
+            " WHERE r.spiffe_id = join_tokens.spiffe_id)",
+            (now, token_id, now),
+        ).fetchone()
+    else:
+        won = conn.execute(
+            "UPDATE join_tokens SET used_at = %s"
+            " WHERE token_id = %s AND used_at IS NULL AND expires_at > %s"
+            " RETURNING spiffe_id, false",
+            (now, token_id, now),
+        ).fetchone()
     if won is None:
         return TokenFailure.USED
-    return SpiffeId.parse(won[0])
+    return SpiffeId.parse(won[0]), bool(won[1])
 
 
 def _revocation(row: tuple[Any, ...]) -> Revocation:
