@@ -158,6 +158,7 @@ def bench(count: int, seconds: float) -> dict[str, float]:
     return {
         "policies": len(snapshot.policies),
         "slice": len(snapshot.policy_set_for("s0")),
+        "narrowed": len(snapshot.narrowed("s0", str(req.principal), req.principal, "GET")[0]),
         "load_ms": round(load_ms, 1),
         "text_us": round(per_call_us(text_per_call, text_seconds), 1),
         "handles_full_us": round(
@@ -195,13 +196,13 @@ def main() -> int:
         f"{before['cedarpy_us']} / {after['cedarpy_us']} µs)"
     )
     print(
-        f"{'policies':>8} {'slice':>6} {'load ms':>8} {'text/call':>10} {'full set':>9} "
-        f"{'sliced':>8} {'÷ baseline':>11} {'sliced+schema':>14}"
+        f"{'policies':>8} {'slice':>6} {'narrowed':>8} {'load ms':>8} {'text/call':>10} "
+        f"{'full set':>9} {'sliced':>8} {'÷ baseline':>11} {'sliced+schema':>14}"
     )
     for row in rows:
         print(
-            f"{row['policies']:>8} {row['slice']:>6} {row['load_ms']:>8} {row['text_us']:>10} "
-            f"{row['handles_full_us']:>9} {row['handles_sliced_us']:>8} "
+            f"{row['policies']:>8} {row['slice']:>6} {row['narrowed']:>8} {row['load_ms']:>8} "
+            f"{row['text_us']:>10} {row['handles_full_us']:>9} {row['handles_sliced_us']:>8} "
             f"{row['sliced_vs_baseline']:>10}x {row['sliced_schema_us']:>14}"
         )
     return 0
