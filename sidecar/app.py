@@ -112,9 +112,6 @@ async def run(
         if handle_signals:
             nursery.start_soon(_signals, drain, reload)
         await _start_identity(config, store, clock, reload, nursery)
-        if config.admin is not None:
-            state = AdminState(config, store, clock.now)
-            await nursery.start(serve_admin, config.admin.listen, state)
         async with trio.open_nursery() as handlers:
             serving: list[tuple[str, list[trio.SocketListener], Handler]] = []
             if config.inbound is not None:
@@ -129,6 +126,9 @@ async def run(
                     )
                 outbound = Outbound(out, runtime)
                 serving.append((f"outbound[{index}]", await _listen(out.listen), outbound.handle))
+            if config.admin is not None:  # after binding: ready means reachable
+                state = AdminState(config, store, clock.now)
+                await nursery.start(serve_admin, config.admin.listen, state)
             with trio.CancelScope() as accepting:
                 async with trio.open_nursery() as acceptors:
                     for name, listeners, handler in serving:
