@@ -7,6 +7,7 @@ returns 0. SIGHUP reloads static identity files.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from sidecar.authz import AllowList
 from sidecar.config import Address, SidecarConfig
 from sidecar.connections import ConnectionTracker
 from sidecar.identity.credentials import CredentialStore
+from sidecar.identity.stats import IdentityStats
 from sidecar.inbound import Inbound
 from sidecar.logs import event
 from sidecar.outbound import Outbound
@@ -85,13 +87,16 @@ async def _start_identity(
     clock: Clock,
     reload: ReloadSignal,
     nursery: trio.Nursery,
-) -> None:
+) -> IdentityStats | None:
+    """Publish the first SVID (static files or CA bootstrap), keep it fresh in the background."""
     if config.identity.static:
         await nursery.start(run_static_identity, config.identity, store, clock.now, reload)
-        return
-    from sidecar.identity.lifecycle import run_identity  # type: ignore[import-not-found, unused-ignore]
+        return None
+    from sidecar.identity.lifecycle import run_identity
 
-    await nursery.start(run_identity, config, store, clock)
+    stats = IdentityStats()
+    await nursery.start(functools.partial(run_identity, config, store, clock, stats=stats))
+    return stats
 
 
 async def run(
@@ -111,7 +116,7 @@ async def run(
     async with trio.open_nursery() as nursery:
         if handle_signals:
             nursery.start_soon(_signals, drain, reload)
-        await _start_identity(config, store, clock, reload, nursery)
+        stats = await _start_identity(config, store, clock, reload, nursery)
         async with trio.open_nursery() as handlers:
             serving: list[tuple[str, list[trio.SocketListener], Handler]] = []
             if config.inbound is not None:
@@ -127,7 +132,12 @@ async def run(
                 outbound = Outbound(out, runtime)
                 serving.append((f"outbound[{index}]", await _listen(out.listen), outbound.handle))
             if config.admin is not None:  # after binding: ready means reachable
-                state = AdminState(config, store, clock.now)
+                state = AdminState(
+                    config,
+                    store,
+                    clock.now,
+                    (lambda: stats.next_rotation_at) if stats else (lambda: None),
+                )
                 await nursery.start(serve_admin, config.admin.listen, state)
             with trio.CancelScope() as accepting:
                 async with trio.open_nursery() as acceptors:
