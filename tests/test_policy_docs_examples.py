@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -133,3 +134,15 @@ def test_the_mesh_sidecar_command_forwards_to_the_policy_tools() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert _VERSION_RE.sub("VERSION", done.stdout) == _VERSION_RE.sub("VERSION", expected)
+
+
+def test_guide_error_line_is_what_validate_prints(tmp_path: Path) -> None:
+    # The guide's example error: deny-path with `context.path` misspelt in its forbid.
+    broken = tmp_path / "deny-path"
+    shutil.copytree(EXAMPLES / "deny-path", broken)
+    cedar = broken / "orders.cedar"
+    cedar.write_text(cedar.read_text().replace("context.path like", "context.pth like"))
+    out, err = io.StringIO(), io.StringIO()
+    assert policy_main(["validate", str(broken)], out, err) == 1
+    (shown,) = _blocks("text")
+    assert err.getvalue().splitlines()[0] == shown.strip()

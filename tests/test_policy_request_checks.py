@@ -407,3 +407,20 @@ def test_fast_path_decides_like_cedar_on_generated_sets(tmp_path: Path, seed: in
         reasons.add(_assert_same(snapshot, req))
     # The comparison means something only if the sets produce varied outcomes.
     assert len(reasons) >= 4, reasons
+
+
+def test_a_policy_reading_headers_indirectly_does_not_load(tmp_path: Path) -> None:
+    # Only headers read by name are sent. This validates, yet names no header directly:
+    # if it loaded, `has "x-tenant"` would always be false and the forbid would never apply.
+    shutil.copy(POLICIES / "mesh.cedarschema", tmp_path)
+    (tmp_path / "entities.json").write_text("[]")
+    (tmp_path / "p.cedar").write_text(
+        '@id("all")\npermit (principal, action, resource);\n\n'
+        '@id("no-tenant")\nforbid (principal, action, resource)\n'
+        'when { (if true then context.headers else context.headers) has "x-tenant" };\n'
+    )
+    with pytest.raises(PolicyLoadError) as caught:
+        load_snapshot(tmp_path, NOW)
+    (problem,) = caught.value.problems
+    assert (problem.file, problem.line, problem.policy_id) == ("p.cedar", 4, "no-tenant")
+    assert "one at a time" in problem.message

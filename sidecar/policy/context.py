@@ -14,7 +14,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-__all__ = ["CONTEXT_FIELDS", "context_reads", "header_names_read", "request_context"]
+__all__ = [
+    "CONTEXT_FIELDS",
+    "context_reads",
+    "header_names_read",
+    "reads_headers_whole",
+    "request_context",
+]
 
 # Every attribute the sidecar can send; the schema's RequestContext must declare exactly these.
 CONTEXT_FIELDS: Final = frozenset(
@@ -117,6 +123,33 @@ def header_names_read(policies: Iterable[Mapping[str, Any]]) -> frozenset[str]:
     for est in policies:
         walk(est.get("conditions", []))
     return frozenset(names)
+
+
+def reads_headers_whole(policy: Mapping[str, Any]) -> bool:
+    """Whether a policy uses `context.headers` other than one header at a time.
+
+    Only headers read by name are sent, so `context.headers == {}` would always hold:
+    the loader refuses such a policy rather than let it see a record that is never full.
+    """
+    found = False
+
+    def walk(node: Any) -> None:
+        nonlocal found
+        if isinstance(node, dict):
+            if _is_context_headers(node):
+                found = True  # reached only when not the `left` of a `.` / `has`
+                return
+            for key, value in node.items():
+                is_read = key in (".", "has") and isinstance(value, dict)
+                if is_read and _is_context_headers(value.get("left")):
+                    continue
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(policy.get("conditions", []))
+    return found
 
 
 def _is_context_headers(node: Any) -> bool:

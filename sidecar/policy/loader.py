@@ -22,6 +22,7 @@ from sidecar.policy.context import (
     CONTEXT_FIELDS,
     context_reads,
     header_names_read,
+    reads_headers_whole,
     request_context,
 )
 from sidecar.policy.snapshot import (
@@ -49,6 +50,8 @@ _PROBE_PRINCIPAL: Final = "spiffe://probe.invalid/ns/probe/svc/probe"
 _PROBE_TIME: Final = datetime(2024, 1, 1, tzinfo=UTC)
 _POLICY_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _POSITIONAL_ID_RE: Final = re.compile(r"`policy0`")
+_ACTIONS_SLOT: Final = "\x00actions\x00"  # where merged messages name their actions
+_ACTION_IN_MESSAGE_RE: Final = re.compile(r'Action::"((?:[^"\\]|\\.)*)"')
 
 
 class PolicyLoadError(Exception):
@@ -231,12 +234,41 @@ def _compile_policies(
                 continue
             result = cedarpy.validate_policies(statement.text, schema)
             if not result.validation_passed:
-                for error in result.errors:
-                    problem(_POSITIONAL_ID_RE.sub(f"`{policy_id}`", error.error), policy_id)
+                messages = [_POSITIONAL_ID_RE.sub(f"`{policy_id}`", e.error) for e in result.errors]
+                for message in _merge_per_action(messages):
+                    problem(message, policy_id)
+                continue
+            if reads_headers_whole(body):
+                problem(
+                    'read headers one at a time (context.headers has "x" && '
+                    'context.headers["x"] == ...): only headers read by name are sent',
+                    policy_id,
+                )
                 continue
             policies[policy_id] = body
             infos[policy_id] = PolicyInfo(policy_id, body["effect"], name, statement.line)
     return policies, infos, problems
+
+
+def _merge_per_action(messages: list[str]) -> list[str]:
+    """Cedar repeats a type error once per action the policy may apply to, in no fixed
+    order; say it once, naming the actions (`... in context for actions GET, HEAD ...`)."""
+    merged: dict[str, list[str]] = {}
+    for message in messages:
+        actions = _ACTION_IN_MESSAGE_RE.findall(message)
+        if len(actions) == 1:
+            merged.setdefault(_ACTION_IN_MESSAGE_RE.sub(_ACTIONS_SLOT, message), []).extend(actions)
+        else:
+            merged.setdefault(message, [])
+    out = []
+    for key, actions in merged.items():
+        if not actions:
+            out.append(key)
+        elif len(set(actions)) == 1:
+            out.append(key.replace(_ACTIONS_SLOT, f'Action::"{actions[0]}"'))
+        else:
+            out.append(key.replace(_ACTIONS_SLOT, f"actions {', '.join(sorted(set(actions)))}"))
+    return out
 
 
 def _normalize_entities(
