@@ -46,6 +46,8 @@ class TlsStream(trio.abc.HalfCloseableStream):
         self._receiving = False
         self._handshook = False
         self._eof_sent = False
+        self._transport_eof = False
+        self._plain = bytearray()  # decrypted, not yet returned by receive_some
         self._closed = False
         self._broken = False
 
@@ -87,11 +89,36 @@ class TlsStream(trio.abc.HalfCloseableStream):
                 raise
 
     async def _pull(self) -> None:
+        """More records from the transport. Its EOF reaches the BIO only once OpenSSL has
+        consumed every byte before it (see `_send_close_notify`)."""
+        if self._transport_eof:
+            self._incoming.write_eof()  # the next SSL call fails with EOF: truncation
+            return
         data = await self.transport.receive_some(_DEFAULT_RECEIVE)
         if data:
             self._incoming.write(data)
         else:
-            self._incoming.write_eof()
+            self._transport_eof = True
+
+    def _send_close_notify(self) -> None:
+        """SSL_shutdown once, queueing close_notify in the outgoing BIO.
+
+        Python's `unwrap` calls SSL_shutdown a second time to read the peer's close_notify,
+        and OpenSSL discards (or fails on) application data it meets there after its own
+        close_notify. Half-close needs that data, so: decrypted bytes are moved into our
+        buffer first, and undecrypted records are taken out of the BIO for the call and
+        put back after it.
+        """
+        while self._ssl.pending():
+            self._plain += self._ssl.read(self._ssl.pending())
+        stashed = b"" if self._incoming.eof else self._incoming.read()
+        try:
+            self._ssl.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # the alert is queued; the peer's close_notify is not awaited
+        finally:
+            if stashed:
+                self._incoming.write(stashed)
 
     # -- the stream ------------------------------------------------------------------------
 
@@ -151,9 +178,7 @@ class TlsStream(trio.abc.HalfCloseableStream):
                 return
             self._eof_sent = True
             try:
-                self._ssl.unwrap()
-            except ssl.SSLWantReadError:
-                pass  # the alert is in the BIO; the peer's close_notify is not awaited
+                self._send_close_notify()
             except ssl.SSLError as exc:
                 self._broken = True
                 raise trio.BrokenResourceError(f"TLS shutdown failed: {exc}") from exc
@@ -184,11 +209,18 @@ class TlsStream(trio.abc.HalfCloseableStream):
         self._receiving = True
         try:
             await trio.lowlevel.checkpoint()
+            limit = max_bytes or _DEFAULT_RECEIVE
+            if self._plain:
+                self._check_open()
+                buffered = bytes(self._plain[:limit])
+                del self._plain[:limit]
+                return buffered
             while True:
                 self._check_open()
                 queued = self._outgoing.pending  # a sender's bytes: that sender flushes them
                 try:
-                    data: bytes | None = self._ssl.read(max_bytes or _DEFAULT_RECEIVE)
+                    # Read whole records so OpenSSL never holds decrypted bytes (SSL_pending).
+                    data: bytes | None = self._ssl.read(_DEFAULT_RECEIVE)
                 except ssl.SSLWantReadError:
                     data = None
                 except ssl.SSLZeroReturnError:
@@ -201,6 +233,9 @@ class TlsStream(trio.abc.HalfCloseableStream):
                     # stuck sending a sender's bytes deadlocks two relays reading each other.
                     await self._flush()
                 if data is not None:
+                    if len(data) > limit:
+                        self._plain += data[limit:]
+                        data = data[:limit]
                     return data
                 await self._pull()
         finally:
@@ -216,9 +251,7 @@ class TlsStream(trio.abc.HalfCloseableStream):
             if self._handshook and not self._broken and not self._eof_sent:
                 self._eof_sent = True
                 try:
-                    self._ssl.unwrap()
-                except ssl.SSLWantReadError:
-                    pass
+                    self._send_close_notify()
                 except ssl.SSLError:
                     self._broken = True
                 if not self._broken and not self._send_lock.locked():

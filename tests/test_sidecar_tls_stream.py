@@ -105,3 +105,22 @@ async def test_handshake_failure_is_a_tls_error_with_the_ssl_cause(
         nursery.start_soon(run, client)
         nursery.start_soon(run, server)
     assert any(isinstance(e, TlsError) and isinstance(e.__cause__, ssl.SSLError) for e in errors)
+
+
+async def test_send_eof_keeps_the_peers_records_that_are_not_read_yet(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    # Regression: Python's unwrap() reads after sending close_notify, and OpenSSL drops
+    # application data it meets there. Half-close must not lose the peer's bytes.
+    client, server = await _pair(contexts)
+    payload = bytes(range(256)) * 1024  # 256 KiB: many records, some still undecrypted
+    await server.send_all(payload)
+    await server.send_eof()
+    received = bytearray(await client.receive_some(1))  # pulls records into the BIO
+    await client.send_eof()
+    while data := await client.receive_some(1000):
+        received += data
+    assert received == payload
+    assert await server.receive_some() == b""
+    await client.aclose()
+    await server.aclose()
