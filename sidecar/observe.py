@@ -1,0 +1,103 @@
+"""One place where the data path reports what happened: metrics and the access log.
+
+Handlers build an `AccessRecord` per HTTP request or tcp connection and call
+`Observer.request`; handshakes, connections and decisions have their own calls. The
+access log is one JSON object per line on the `meshgate.access` logger (its sink — stdout,
+a file, or a human-readable terminal format — is chosen at start-up, see `sidecar.logs`).
+Never put secrets, tokens or full header sets into a record.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Literal, final
+
+from sidecar.metrics import SidecarMetrics
+
+__all__ = ["AccessRecord", "Direction", "Observer"]
+
+Direction = Literal["inbound", "outbound"]
+access_log = logging.getLogger("meshgate.access")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class AccessRecord:
+    time: datetime
+    direction: Direction
+    protocol: Literal["http", "tcp"]
+    peer_id: str | None  # verified SPIFFE ID of the other sidecar (caller or upstream)
+    source: str  # address of the connecting client
+    destination: str  # service name (inbound: ours; outbound: the target service)
+    method: str | None = None  # HTTP method, or "connect" in tcp mode
+    path: str | None = None  # the normalized path that was authorized and forwarded
+    status: int | None = None  # HTTP status sent to the client
+    decision: str = "none"  # allow | deny | audit_deny | none (outbound, or never decided)
+    policies: tuple[str, ...] = ()  # @id of the determining policies
+    reason: str | None = None  # why a request was refused or failed, as a short code
+    bytes_in: int = 0  # body/payload bytes received from the client side
+    bytes_out: int = 0  # body/payload bytes sent back to the client side
+    duration_seconds: float = 0.0
+    request_id: str | None = None
+    traceparent: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def as_log(self) -> dict[str, object]:
+        line = asdict(self)
+        line["time"] = self.time.isoformat(timespec="milliseconds")
+        line["policies"] = list(self.policies)
+        line["duration_seconds"] = round(self.duration_seconds, 6)
+        extra = line.pop("extra")
+        line |= extra
+        return line
+
+
+@final
+class Observer:
+    def __init__(self, metrics: SidecarMetrics | None = None, local_id: str = "") -> None:
+        self.metrics = metrics or SidecarMetrics()
+        self.local_id = local_id
+
+    def request(self, record: AccessRecord) -> None:
+        m = self.metrics
+        source, destination = (
+            (record.peer_id or "unknown", self.local_id)
+            if record.direction == "inbound"
+            else (self.local_id, record.peer_id or record.destination)
+        )
+        m.requests.labels(
+            record.direction,
+            source,
+            destination,
+            record.method or "",
+            str(record.status) if record.status is not None else "",
+            record.decision,
+        ).inc()
+        m.request_duration.labels(record.direction, record.method or "").observe(
+            record.duration_seconds
+        )
+        if record.bytes_in:
+            m.bytes.labels(record.direction, "received").inc(record.bytes_in)
+        if record.bytes_out:
+            m.bytes.labels(record.direction, "sent").inc(record.bytes_out)
+        access_log.info("access", extra={"access": record.as_log()})
+
+    def decision(self, result: str, policies: Sequence[str]) -> None:
+        """Count one authorization decision (result: allow, deny, audit_deny, error)."""
+        if not policies:
+            self.metrics.authz_decisions.labels(result, "").inc()
+        for policy in policies:
+            self.metrics.authz_decisions.labels(result, policy).inc()
+
+    def handshake(self, direction: Direction, ok: bool, reason: str = "") -> None:
+        self.metrics.handshakes.labels(direction, "ok" if ok else "failed", reason).inc()
+
+    def connection_opened(self, direction: Direction) -> None:
+        self.metrics.connections.labels(direction).inc()
+        self.metrics.connections_open.labels(direction).inc()
+
+    def connection_closed(self, direction: Direction) -> None:
+        self.metrics.connections_open.labels(direction).dec()
