@@ -27,7 +27,14 @@ from mesh_ca.ca_dir import (
     load_ca_dir,
     read_passphrase,
 )
-from mesh_ca.config import CONFIG_FILE, CaConfig, ConfigError, StoreConfig, load_config
+from mesh_ca.config import (
+    CONFIG_FILE,
+    CaConfig,
+    ConfigError,
+    IssuanceConfig,
+    StoreConfig,
+    load_config,
+)
 from mesh_ca.duration import format_duration, parse_duration
 from mesh_ca.identity import (
     BundleError,
@@ -36,7 +43,14 @@ from mesh_ca.identity import (
     TrustDomain,
     load_pem_certificates,
 )
-from mesh_ca.issuance import MAX_LEAF_TTL, MIN_LEAF_TTL, IssuanceError, issue_leaf, make_csr
+from mesh_ca.issuance import (
+    FLOOR_LEAF_TTL,
+    MAX_LEAF_TTL,
+    MIN_LEAF_TTL,
+    IssuanceError,
+    issue_leaf,
+    make_csr,
+)
 from mesh_ca.keys import generate_key, private_key_pem, write_private_file
 from mesh_ca.store import IssuedRecord, StateStore, StoreError, open_store
 from mesh_ca.store.dbcli import add_db_parser, db_main
@@ -130,6 +144,13 @@ def _build_parser() -> argparse.ArgumentParser:
     add_dir(p)
     p.add_argument("--force", action="store_true", help="replace an existing CA (destroys it)")
     add_passphrase(p)
+    p.add_argument(
+        "--leaf-ttl",
+        type=_duration_arg,
+        metavar="DURATION",
+        help="lifetime of issued SVIDs, 30s .. 24h (default 1h); below 5m also lowers "
+        "issuance.min_ttl_seconds to it: short SVIDs are for demos and tests",
+    )
     p.add_argument(
         "--store",
         choices=["sqlite", "postgres"],
@@ -261,9 +282,29 @@ def _store_config(args: argparse.Namespace) -> StoreConfig:
     )
 
 
+def _issuance_config(leaf_ttl: timedelta | None) -> IssuanceConfig:
+    """The ``[issuance]`` section for ``init --leaf-ttl`` (the defaults without it)."""
+    if leaf_ttl is None:
+        return IssuanceConfig()
+    if not FLOOR_LEAF_TTL <= leaf_ttl <= MAX_LEAF_TTL:
+        raise UsageError(
+            "--leaf-ttl",
+            f"{format_duration(leaf_ttl)} is outside {format_duration(FLOOR_LEAF_TTL)}"
+            f" .. {format_duration(MAX_LEAF_TTL)}",
+        )
+    seconds = int(leaf_ttl.total_seconds())
+    return IssuanceConfig(
+        default_ttl_seconds=seconds,
+        min_ttl_seconds=min(seconds, int(MIN_LEAF_TTL.total_seconds())),
+    )
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
+    issuance = _issuance_config(args.leaf_ttl)
     passphrase = read_passphrase(args.passphrase_file)
-    config = CaConfig(trust_domain=args.trust_domain.name, store=_store_config(args))
+    config = CaConfig(
+        trust_domain=args.trust_domain.name, issuance=issuance, store=_store_config(args)
+    )
     ca = init_ca_dir(
         args.dir, args.trust_domain, _now(), passphrase=passphrase, force=args.force, config=config
     )
@@ -278,6 +319,9 @@ def _cmd_init(args: argparse.Namespace) -> int:
         _out("  replicas      copy this directory (cp -a) and run mesh-ca serve on each copy")
     else:
         _out(f"  state         SQLite {ca.path / config.store.path}")
+    _out(f"  leaf TTL      {format_duration(timedelta(seconds=issuance.default_ttl_seconds))}")
+    if issuance.min_ttl_seconds < MIN_LEAF_TTL.total_seconds():
+        _out("  note          SVIDs shorter than 5m are for demos and tests only")
     return 0
 
 
@@ -287,12 +331,12 @@ def _cmd_issue(args: argparse.Namespace) -> int:
     _check_member(spiffe_id, ca.trust_domain)
     issuance = ca.config.issuance
     ttl: timedelta = args.ttl or timedelta(seconds=issuance.default_ttl_seconds)
-    limit = min(MAX_LEAF_TTL, timedelta(seconds=issuance.max_ttl_seconds))
-    if not MIN_LEAF_TTL <= ttl <= limit:
+    low, high = issuance.ttl_bounds
+    if not low <= ttl <= high:
         raise UsageError(
             "--ttl",
-            f"{format_duration(ttl)} is outside {format_duration(MIN_LEAF_TTL)}"
-            f" .. {format_duration(limit)}",
+            f"{format_duration(ttl)} is outside {format_duration(low)} .. {format_duration(high)}"
+            " (issuance.min_ttl_seconds .. max_ttl_seconds in ca.toml)",
         )
     out: Path = args.out
     if out.exists() and not out.is_dir():
@@ -300,7 +344,7 @@ def _cmd_issue(args: argparse.Namespace) -> int:
 
     now = _now()
     key = generate_key()
-    leaf = issue_leaf(make_csr(key), spiffe_id, ca.signer, now, ttl)
+    leaf = issue_leaf(make_csr(key), spiffe_id, ca.signer, now, ttl, min_ttl=low, max_ttl=high)
     store = ca.open_store()
     try:
         # The ledger first: a recorded certificate nobody holds is harmless, the reverse is not.

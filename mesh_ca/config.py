@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import tomllib
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mesh_ca.identity import SpiffeId, SpiffeIdError, TrustDomain
-from mesh_ca.issuance.leaf import MAX_LEAF_TTL, MIN_LEAF_TTL
+from mesh_ca.issuance.leaf import FLOOR_LEAF_TTL, MAX_LEAF_TTL, MIN_LEAF_TTL
 
 __all__ = [
     "CONFIG_FILE",
@@ -33,6 +34,7 @@ __all__ = [
 
 CONFIG_FILE: Final = "ca.toml"
 _MIN_TTL_S: Final = int(MIN_LEAF_TTL.total_seconds())
+_FLOOR_TTL_S: Final = int(FLOOR_LEAF_TTL.total_seconds())
 _MAX_TTL_S: Final = int(MAX_LEAF_TTL.total_seconds())
 
 
@@ -56,16 +58,46 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
+_TtlSeconds = Annotated[int, Field(ge=_FLOOR_TTL_S, le=_MAX_TTL_S)]
+
+
 class IssuanceConfig(_Model):
-    default_ttl_seconds: Annotated[int, Field(ge=_MIN_TTL_S, le=_MAX_TTL_S)] = 3600
-    max_ttl_seconds: Annotated[int, Field(ge=_MIN_TTL_S, le=_MAX_TTL_S)] = 86400
+    default_ttl_seconds: Annotated[
+        _TtlSeconds, Field(description="lifetime of issued workload SVIDs (default 1 h)")
+    ] = 3600
+    min_ttl_seconds: Annotated[
+        _TtlSeconds,
+        Field(
+            description=(
+                "shortest leaf lifetime this CA issues; 300 (5 min) in production. Values "
+                "down to 30 are accepted for demos and tests that want to watch rotations; "
+                "such short SVIDs leave little room for a CA outage"
+            )
+        ),
+    ] = _MIN_TTL_S
+    max_ttl_seconds: Annotated[
+        _TtlSeconds, Field(description="longest leaf lifetime (at most 24 h)")
+    ] = _MAX_TTL_S
     token_ttl_seconds: Annotated[int, Field(ge=10, le=7 * 86400)] = 600
 
     @model_validator(mode="after")
-    def _default_within_max(self) -> IssuanceConfig:
+    def _ordered(self) -> IssuanceConfig:
         if self.default_ttl_seconds > self.max_ttl_seconds:
             raise ValueError("default_ttl_seconds is larger than max_ttl_seconds")
+        if self.default_ttl_seconds < self.min_ttl_seconds:
+            raise ValueError(
+                f"default_ttl_seconds {self.default_ttl_seconds} is below min_ttl_seconds "
+                f"{self.min_ttl_seconds} (lower min_ttl_seconds, down to {_FLOOR_TTL_S}, for "
+                "short demo or test SVIDs)"
+            )
+        if self.min_ttl_seconds > self.max_ttl_seconds:
+            raise ValueError("min_ttl_seconds is larger than max_ttl_seconds")
         return self
+
+    @property
+    def ttl_bounds(self) -> tuple[timedelta, timedelta]:
+        """(min, max) leaf lifetime, as `issue_leaf` takes them."""
+        return timedelta(seconds=self.min_ttl_seconds), timedelta(seconds=self.max_ttl_seconds)
 
 
 class ServerConfig(_Model):

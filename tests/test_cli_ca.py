@@ -6,13 +6,15 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from mesh_ca.ca_dir import load_ca_dir
 from mesh_ca.cli import main
+from mesh_ca.config import ConfigError, load_config
 from mesh_ca.duration import format_duration, parse_duration
 from mesh_ca.identity import SpiffeId
 from mesh_ca.tokens import TokenFormatError, parse_token
@@ -250,3 +252,72 @@ def test_bootstrap_script_creates_a_ca_and_refuses_to_overwrite(tmp_path: Path) 
     assert forced.returncode == 0, forced.stderr
     bad = bootstrap(TD)
     assert bad.returncode == 2
+
+
+def test_init_leaf_ttl_30s_makes_a_ca_that_issues_30_second_svids(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "demo-ca"
+    code, out, _ = run(
+        capsys, "init", "--trust-domain", TD, "--dir", str(directory), "--leaf-ttl", "30s"
+    )
+    assert code == 0
+    assert "leaf TTL      30s" in out
+    assert "demos and tests only" in out
+    issuance = load_ca_dir(directory).config.issuance
+    assert (issuance.default_ttl_seconds, issuance.min_ttl_seconds) == (30, 30)
+
+    code, out, _ = run(
+        capsys, "issue", "--dir", str(directory), "--spiffe-id", SID, "--out", str(tmp_path / "o")
+    )
+    assert code == 0
+    leaf = x509.load_pem_x509_certificates((tmp_path / "o" / "svid.pem").read_bytes())[0]
+    # NotBefore is backdated 10 s: the lifetime from issuance is the 30 s asked for.
+    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == timedelta(seconds=40)
+    code, _, err = run(
+        capsys, "issue", "--dir", str(directory), "--spiffe-id", SID, "--out", str(tmp_path / "p"),
+        "--ttl", "20s",
+    )  # fmt: skip
+    assert code == 2
+    assert "--ttl: 20s is outside 30s .. 1d" in err
+
+
+def test_init_leaf_ttl_of_hours_keeps_the_5_minute_minimum(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "ca"
+    code, out, _ = run(
+        capsys, "init", "--trust-domain", TD, "--dir", str(directory), "--leaf-ttl", "2h"
+    )
+    assert code == 0
+    assert "demos and tests" not in out
+    issuance = load_ca_dir(directory).config.issuance
+    assert (issuance.default_ttl_seconds, issuance.min_ttl_seconds) == (7200, 300)
+
+
+@pytest.mark.parametrize("value", ["29s", "25h", "0s", "1 minute"])
+def test_init_refuses_a_leaf_ttl_outside_30s_to_24h_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    directory = tmp_path / "ca"
+    code, _, err = run(
+        capsys, "init", "--trust-domain", TD, "--dir", str(directory), "--leaf-ttl", value
+    )
+    assert code == 2
+    assert "--leaf-ttl" in err
+    assert not directory.exists()
+
+
+def test_ca_config_refuses_a_default_ttl_below_the_minimum_naming_the_key(tmp_path: Path) -> None:
+    text = f'trust_domain = "{TD}"\n[issuance]\ndefault_ttl_seconds = 30\n'
+    (tmp_path / "ca.toml").write_text(text)
+    with pytest.raises(ConfigError, match=r"issuance: default_ttl_seconds 30 is below min_ttl"):
+        load_config(tmp_path / "ca.toml")
+    (tmp_path / "ca.toml").write_text(text + "min_ttl_seconds = 29\n")
+    with pytest.raises(ConfigError, match=r"issuance\.min_ttl_seconds: .*greater than or equal"):
+        load_config(tmp_path / "ca.toml")
+    (tmp_path / "ca.toml").write_text(text + "min_ttl_seconds = 30\n")
+    assert load_config(tmp_path / "ca.toml").issuance.ttl_bounds == (
+        timedelta(seconds=30),
+        timedelta(hours=24),
+    )

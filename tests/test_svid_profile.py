@@ -305,3 +305,52 @@ def test_serials_are_random_and_at_least_64_bits(pki: Pki) -> None:
     assert all(s.bit_length() > 64 for s in serials)
     # Random, not counting: the top bits vary.
     assert len({s >> 140 for s in serials}) > 1
+
+
+@pytest.mark.parametrize("ttl", [timedelta(seconds=30), timedelta(minutes=4)])
+def test_issue_leaf_issues_short_ttls_only_when_the_caller_lowers_the_minimum(
+    pki: Pki, ttl: timedelta
+) -> None:
+    sid = SpiffeId.parse(SID)
+    with pytest.raises(IssuanceError, match="outside 0:05:00"):
+        issue_leaf(make_csr(generate_key()), sid, pki.signer, NOW, ttl)
+    cert = issue_leaf(
+        make_csr(generate_key()), sid, pki.signer, NOW, ttl, min_ttl=timedelta(seconds=30)
+    )
+    assert cert.not_valid_after_utc == NOW + ttl
+    assert cert.not_valid_before_utc == NOW - BACKDATE
+
+
+def test_issue_leaf_applies_the_callers_maximum(pki: Pki) -> None:
+    with pytest.raises(IssuanceError, match=r"outside 0:05:00 \.\. 2:00:00"):
+        issue_leaf(
+            make_csr(generate_key()),
+            SpiffeId.parse(SID),
+            pki.signer,
+            NOW,
+            timedelta(hours=3),
+            max_ttl=timedelta(hours=2),
+        )
+
+
+@pytest.mark.parametrize(
+    ("min_ttl", "max_ttl"),
+    [
+        (timedelta(seconds=29), None),  # below the 30 s floor
+        (None, timedelta(hours=25)),  # above the 24 h maximum
+        (timedelta(hours=2), timedelta(hours=1)),  # inverted
+    ],
+)
+def test_issue_leaf_refuses_bounds_outside_30s_to_24h(
+    pki: Pki, min_ttl: timedelta | None, max_ttl: timedelta | None
+) -> None:
+    with pytest.raises(IssuanceError, match="TTL bounds"):
+        issue_leaf(
+            make_csr(generate_key()),
+            SpiffeId.parse(SID),
+            pki.signer,
+            NOW,
+            timedelta(hours=1),
+            min_ttl=min_ttl,
+            max_ttl=max_ttl,
+        )

@@ -10,12 +10,14 @@ from mesh_ca.issuance.authority import (
 from mesh_ca.issuance.leaf import (
     BACKDATE,
     DEFAULT_LEAF_TTL,
+    FLOOR_LEAF_TTL,
     MAX_LEAF_TTL,
     MIN_LEAF_TTL,
     IssuanceError,
     issue_leaf,
     make_csr,
     parse_csr,
+    parse_csr_key,
 )
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "DEFAULT_INTERMEDIATE_TTL",
     "DEFAULT_LEAF_TTL",
     "DEFAULT_ROOT_TTL",
+    "FLOOR_LEAF_TTL",
     "MAX_LEAF_TTL",
     "MIN_LEAF_TTL",
     "IssuanceError",
@@ -32,4 +35,5 @@ __all__ = [
     "make_intermediate",
     "make_root",
     "parse_csr",
+    "parse_csr_key",
 ]

@@ -22,17 +22,22 @@ from mesh_ca.keys import PrivateKey
 __all__ = [
     "BACKDATE",
     "DEFAULT_LEAF_TTL",
+    "FLOOR_LEAF_TTL",
     "MAX_LEAF_TTL",
     "MIN_LEAF_TTL",
     "IssuanceError",
     "issue_leaf",
     "make_csr",
     "parse_csr",
+    "parse_csr_key",
 ]
 
 DEFAULT_LEAF_TTL = timedelta(hours=1)
-MIN_LEAF_TTL = timedelta(minutes=5)
+MIN_LEAF_TTL = timedelta(minutes=5)  # the production minimum (DESIGN: 5 min .. 24 h)
 MAX_LEAF_TTL = timedelta(hours=24)
+# The lowest minimum a CA may configure (``issuance.min_ttl_seconds``): for demos and tests
+# that want to watch rotations; shorter leaves would expire within a few renewal retries.
+FLOOR_LEAF_TTL = timedelta(seconds=30)
 BACKDATE = timedelta(seconds=10)
 MAX_CSR_BYTES = 16 * 1024
 _ACCEPTED_CURVES = ("secp256r1", "secp384r1")
@@ -44,6 +49,13 @@ class IssuanceError(ValueError):
 
 def parse_csr(data: bytes | str) -> x509.CertificateSigningRequest:
     """A PEM (or DER) CSR with a valid self-signature over an accepted EC key."""
+    return parse_csr_key(data)[0]
+
+
+def parse_csr_key(
+    data: bytes | str,
+) -> tuple[x509.CertificateSigningRequest, ec.EllipticCurvePublicKey]:
+    """`parse_csr`, and the CSR's public key (decoding it again costs ~45 µs)."""
     raw = data.encode() if isinstance(data, str) else data
     if len(raw) > MAX_CSR_BYTES:
         raise IssuanceError(f"CSR larger than {MAX_CSR_BYTES} bytes")
@@ -65,7 +77,7 @@ def parse_csr(data: bytes | str) -> x509.CertificateSigningRequest:
         raise IssuanceError(f"CSR key curve {public.curve.name} is not P-256 or P-384")
     if not csr.is_signature_valid:
         raise IssuanceError("CSR signature does not verify (no proof of possession)")
-    return csr
+    return csr, public
 
 
 def make_csr(key: PrivateKey) -> x509.CertificateSigningRequest:
@@ -77,11 +89,21 @@ def make_csr(key: PrivateKey) -> x509.CertificateSigningRequest:
     )
 
 
-def check_ttl(ttl: timedelta) -> None:
-    if not MIN_LEAF_TTL <= ttl <= MAX_LEAF_TTL:
+def check_ttl(
+    ttl: timedelta, min_ttl: timedelta | None = None, max_ttl: timedelta | None = None
+) -> None:
+    """`ttl` within the caller's bounds (the CA config), which must lie in 30 s .. 24 h.
+
+    Without bounds the production range `MIN_LEAF_TTL` .. `MAX_LEAF_TTL` applies.
+    """
+    low = MIN_LEAF_TTL if min_ttl is None else min_ttl
+    high = MAX_LEAF_TTL if max_ttl is None else max_ttl
+    if low < FLOOR_LEAF_TTL or high > MAX_LEAF_TTL or low > high:
         raise IssuanceError(
-            f"TTL {ttl} is outside {MIN_LEAF_TTL} .. {MAX_LEAF_TTL} for workload certificates"
+            f"TTL bounds {low} .. {high} are outside {FLOOR_LEAF_TTL} .. {MAX_LEAF_TTL}"
         )
+    if not low <= ttl <= high:
+        raise IssuanceError(f"TTL {ttl} is outside {low} .. {high} for workload certificates")
 
 
 def issue_leaf(
@@ -93,18 +115,23 @@ def issue_leaf(
     *,
     serial: int | None = None,
     csr_verified: bool = False,
+    min_ttl: timedelta | None = None,
+    max_ttl: timedelta | None = None,
+    public_key: ec.EllipticCurvePublicKey | None = None,
 ) -> x509.Certificate:
     """Sign an X509-SVID for `spiffe_id` over the CSR's public key. `now` is UTC-aware.
 
-    `csr_verified=True` skips the CSR signature check for a CSR that came from `parse_csr`,
-    which has just made it (the check costs about as much as the signature).
+    `min_ttl`/`max_ttl` are the CA's configured bounds (default 5 min .. 24 h; never below
+    30 s nor above 24 h). `csr_verified=True` skips the CSR signature check for a CSR that
+    came from `parse_csr`, which has just made it (the check costs about as much as the
+    signature); `public_key` is then the key `parse_csr` read, so it is not decoded twice.
     """
-    check_ttl(ttl)
+    check_ttl(ttl, min_ttl, max_ttl)
     if not csr_verified and not csr.is_signature_valid:
         raise IssuanceError("CSR signature does not verify (no proof of possession)")
     if now >= signer.not_after:
         raise IssuanceError(f"signing CA expired at {signer.not_after}")
-    public = csr.public_key()
+    public = public_key if public_key is not None and csr_verified else csr.public_key()
     if not isinstance(public, ec.EllipticCurvePublicKey):
         raise IssuanceError("CSR key is not an EC key")
     not_after = min(now + ttl, signer.not_after)

@@ -32,6 +32,7 @@ from typing import Final, TypeVar, final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ValidationError
 
 from mesh_ca.api import (
@@ -56,7 +57,14 @@ from mesh_ca.identity import (
     VerifiedSvid,
     verify_svid,
 )
-from mesh_ca.issuance import IssuanceError, Signer, issue_leaf, parse_csr
+from mesh_ca.issuance import (
+    MAX_LEAF_TTL,
+    MIN_LEAF_TTL,
+    IssuanceError,
+    Signer,
+    issue_leaf,
+    parse_csr_key,
+)
 from mesh_ca.server.ratelimit import RateLimiter
 from mesh_ca.store import (
     IdRevoked,
@@ -149,6 +157,9 @@ class CaAuthority:
     token_ttl: timedelta
     admin_ids: frozenset[SpiffeId] = frozenset()
     replica: str = ""
+    # The configured leaf lifetime bounds (issuance.min_ttl_seconds / max_ttl_seconds).
+    min_leaf_ttl: timedelta = MIN_LEAF_TTL
+    max_leaf_ttl: timedelta = MAX_LEAF_TTL
 
     @property
     def bundles(self) -> BundleSet:
@@ -173,6 +184,7 @@ def _validation_summary(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+_Csr = tuple[x509.CertificateSigningRequest, ec.EllipticCurvePublicKey]
 _Handler = Callable[["CaService", ApiRequest, datetime, float], ApiResponse]
 
 
@@ -287,20 +299,23 @@ class CaService:
         return svid
 
     def _sign(
-        self, csr: x509.CertificateSigningRequest, spiffe_id: SpiffeId, kind: str, now: datetime
+        self, csr: _Csr, spiffe_id: SpiffeId, kind: str, now: datetime
     ) -> tuple[x509.Certificate, IssuedRecord]:
         """Sign a leaf for a CSR that `parse_csr` checked, and the ledger row describing it."""
         self._check_issuable(spiffe_id)
         serial = secrets.randbits(127) | (1 << 126)  # 127-bit positive, never 0
         try:
             leaf = issue_leaf(
-                csr,
+                csr[0],
                 spiffe_id,
                 self.authority.signer,
                 now,
                 self.authority.leaf_ttl,
                 serial=serial,
                 csr_verified=True,
+                min_ttl=self.authority.min_leaf_ttl,
+                max_ttl=self.authority.max_leaf_ttl,
+                public_key=csr[1],
             )
         except IssuanceError as exc:
             raise ApiError(503, "signing_failed", f"the CA cannot sign: {exc}") from None
@@ -325,9 +340,9 @@ class CaService:
         return _json(body, spiffe_id=spiffe_id, serial=serial, **log)
 
     @staticmethod
-    def _csr(text: str) -> x509.CertificateSigningRequest:
+    def _csr(text: str) -> _Csr:
         try:
-            return parse_csr(text)
+            return parse_csr_key(text)
         except IssuanceError as exc:
             raise ApiError(400, "bad_csr", str(exc)) from None
 

@@ -39,6 +39,7 @@ ROTATION_RETRY_SECONDS: Final = 30.0
 
 def authority_of(ca: LoadedCa, replica: str = "") -> CaAuthority:
     config = ca.config
+    min_ttl, max_ttl = config.issuance.ttl_bounds
     return CaAuthority(
         trust_domain=ca.trust_domain,
         signer=ca.signer,
@@ -47,6 +48,8 @@ def authority_of(ca: LoadedCa, replica: str = "") -> CaAuthority:
         token_ttl=timedelta(seconds=config.issuance.token_ttl_seconds),
         admin_ids=frozenset(SpiffeId.parse(text) for text in config.server.admin_ids),
         replica=replica,
+        min_leaf_ttl=min_ttl,
+        max_leaf_ttl=max_ttl,
     )
 
 
