@@ -1,9 +1,9 @@
-"""What every connection handler shares: credentials, clock, timeouts, the tracker."""
+"""What every connection handler shares: credentials, clock, timeouts, tracker, observer."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import final
 
@@ -12,6 +12,7 @@ import trio
 from sidecar.config import TimeoutsConfig
 from sidecar.connections import ConnectionTracker
 from sidecar.identity.credentials import CredentialStore
+from sidecar.observe import Observer
 
 __all__ = ["Runtime"]
 
@@ -23,6 +24,7 @@ class Runtime:
     now: Callable[[], datetime]
     timeouts: TimeoutsConfig
     tracker: ConnectionTracker
+    observer: Observer = field(default_factory=Observer)
 
     def trio_deadline(self, not_after: datetime) -> float:
         """The trio-clock deadline for a wall-clock instant (e.g. an SVID's notAfter)."""
