@@ -27,6 +27,7 @@ __all__ = [
     "InboundConfig",
     "LimitsConfig",
     "OutboundConfig",
+    "PolicyConfig",
     "SidecarConfig",
     "TimeoutsConfig",
     "load_config",
@@ -164,14 +165,9 @@ class InboundConfig(_Model):
     app: AddressField
     service: Annotated[str, Field(min_length=1, pattern=r"[A-Za-z0-9._-]+")]
     protocol: Protocol = "tcp"
-    # tcp mode: the peers allowed to connect. Fails closed: an ID not listed is refused.
+    # tcp mode without [policy]: the peers allowed to connect. Fails closed: an ID not
+    # listed is refused. With [policy], Cedar decides `connect` instead.
     allowed_ids: tuple[SpiffeIdField, ...] = ()
-
-    @pydantic.model_validator(mode="after")
-    def _tcp_needs_allow_list(self) -> Self:
-        if self.protocol == "tcp" and not self.allowed_ids:
-            raise ValueError("allowed_ids is empty: in tcp mode every peer would be refused")
-        return self
 
 
 @final
@@ -187,6 +183,18 @@ class OutboundConfig(_Model):
 
 
 @final
+class PolicyConfig(_Model):
+    """Cedar policies from ``dir`` decide every inbound request (http) or connection (tcp).
+
+    ``audit``: decide and log/count what would be denied, but forward it anyway.
+    """
+
+    dir: Path
+    audit: bool = False
+    reload_interval_ms: Annotated[int, Field(ge=50, le=3_600_000)] = 250
+
+
+@final
 class AdminConfig(_Model):
     listen: LoopbackAddress
 
@@ -197,6 +205,13 @@ class TimeoutsConfig(_Model):
     handshake_timeout_seconds: Seconds = 10.0
     idle_timeout_seconds: Seconds = 300.0
     drain_timeout_seconds: Seconds = 20.0
+    # http mode: a request head must be complete this long after its first byte; a body
+    # may pause this long between reads; a kept-alive connection may wait this long for
+    # its next request; the app must start its response this long after the request.
+    header_timeout_seconds: Seconds = 10.0
+    body_idle_timeout_seconds: Seconds = 30.0
+    keepalive_idle_timeout_seconds: Seconds = 60.0
+    response_timeout_seconds: Seconds = 30.0
 
 
 @final
@@ -210,6 +225,7 @@ class SidecarConfig(_Model):
     inbound: InboundConfig | None = None
     outbound: tuple[OutboundConfig, ...] = ()
     admin: AdminConfig | None = None
+    policy: PolicyConfig | None = None
     timeouts: TimeoutsConfig = TimeoutsConfig()
     limits: LimitsConfig = LimitsConfig()
     workers: Annotated[int, Field(ge=1, le=64)] = 1
@@ -226,6 +242,23 @@ class SidecarConfig(_Model):
             seen[address] = key
         if self.inbound is None and not self.outbound:
             raise ValueError("nothing to run: configure [inbound] and/or [[outbound]]")
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _inbound_is_authorized(self) -> Self:
+        """Fails closed: an inbound without a way to authorize is a config error."""
+        inbound = self.inbound
+        if inbound is None or self.policy is not None:
+            return self
+        if inbound.protocol == "http":
+            raise ValueError(
+                "policy: inbound.protocol = 'http' needs a [policy] section (dir = ...)"
+            )
+        if not inbound.allowed_ids:
+            raise ValueError(
+                "inbound.allowed_ids is empty and there is no [policy] section: "
+                "in tcp mode every peer would be refused"
+            )
         return self
 
 
@@ -248,6 +281,9 @@ def _resolve(data: dict[str, Any], base: Path) -> None:
             value = identity.get(key)
             if isinstance(value, str) and value:
                 identity[key] = str(base / value)
+    policy = data.get("policy")
+    if isinstance(policy, dict) and isinstance(policy.get("dir"), str) and policy["dir"]:
+        policy["dir"] = str(base / policy["dir"])
 
 
 def parse_config(data: dict[str, Any], *, source: str, base: Path | None = None) -> SidecarConfig:
