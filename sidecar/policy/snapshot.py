@@ -202,7 +202,7 @@ def _policy_set(policies: Mapping[str, Mapping[str, Any]]) -> cedarpy.PolicySet:
 @dataclass(frozen=True, slots=True, eq=False)
 class PolicySnapshot:
     """A policy set that passed validation; never mutated once built (the principal
-    entity cache is a memo of pure results, bounded)."""
+    entity and narrowed-set caches are memos of pure results, bounded)."""
 
     directory: Path
     version: str
