@@ -18,6 +18,7 @@ import trio
 from sidecar.authz import Authorizer, authorize_safely
 from sidecar.config import InboundConfig
 from sidecar.logs import event
+from sidecar.observe import ConnectionReport
 from sidecar.relay import abort, relay
 from sidecar.runtime import Runtime
 from sidecar.tls import MeshTlsError, accept_mesh
@@ -39,38 +40,50 @@ class Inbound:
     connect_app: AppConnector | None = None  # tests inject in-memory apps; default TCP
 
     async def handle(self, transport: trio.abc.Stream) -> None:
-        """Serve one accepted connection; never raises for a peer's fault."""
-        started = time.monotonic()
-        source = _peer_address(transport)
+        """Serve one accepted connection; never raises for a peer's fault.
+
+        Reports one access record per connection, whatever the outcome.
+        """
+        rt = self.runtime
+        report = ConnectionReport(
+            "inbound", _peer_address(transport), self.config.service, rt.now(), time.monotonic()
+        )
         with trio.CancelScope() as scope:
-            handle = self.runtime.tracker.admit(scope, "inbound")
+            handle = rt.tracker.admit(scope, "inbound")
             if handle is None:
                 event(
                     log,
                     "connection refused",
                     direction="inbound",
-                    source=source,
+                    source=report.source,
                     reason="max_connections",
                 )
+                rt.observer.connection_refused("inbound", "max_connections")
                 await abort(transport)
                 return
+            rt.observer.connection_opened("inbound")
             try:
-                await self._serve(transport, handle, source, started)
+                await self._serve(transport, handle, report)
             finally:
-                self.runtime.tracker.release(handle)
+                rt.tracker.release(handle)
+                rt.observer.connection_closed("inbound")
+                if scope.cancelled_caught and report.reason is None:
+                    report.reason = "cancelled"  # revoked, expired or drained
+                rt.observer.request(report.record(time.monotonic()))
         if scope.cancelled_caught:
             event(
                 log,
                 "connection closed",
                 direction="inbound",
-                source=source,
+                source=report.source,
                 outcome="cancelled (revoked, expired or drained)",
             )
 
     async def _serve(
-        self, transport: trio.abc.Stream, handle: int, source: str, started: float
+        self, transport: trio.abc.Stream, handle: int, report: ConnectionReport
     ) -> None:
         rt = self.runtime
+        source = report.source
         try:
             conn = await accept_mesh(
                 transport,
@@ -79,6 +92,9 @@ class Inbound:
                 timeout_seconds=rt.timeouts.handshake_timeout_seconds,
             )
         except MeshTlsError as exc:
+            rt.observer.handshake("inbound", ok=False, reason=str(exc.reason))
+            report.reason = str(exc.reason)
+            report.peer_id = str(exc.peer) if exc.peer else None
             event(
                 log,
                 "handshake refused",
@@ -90,6 +106,8 @@ class Inbound:
                 detail=exc.detail,
             )
             return
+        rt.observer.handshake("inbound", ok=True)
+        report.peer_id = str(conn.peer_id)
         rt.tracker.identify(handle, conn.peer_id, conn.peer_serial)
         decision = authorize_safely(
             self.authorizer,
@@ -98,22 +116,27 @@ class Inbound:
             self.config.service,
             {"source": source, "tls_version": conn.stream.version() or ""},
         )
+        report.decision = "allow" if decision.allowed else "deny"
+        report.policies = tuple(decision.policy_ids)
+        rt.observer.decision(report.decision, report.policies)
         fields: dict[str, Any] = {
             "direction": "inbound",
             "source": source,
             "peer": str(conn.peer_id),
             "service": self.config.service,
-            "decision": "allow" if decision.allowed else "deny",
+            "decision": report.decision,
             "reason": decision.reason,
             "policy_ids": list(decision.policy_ids),
         }
         if not decision.allowed:
+            report.reason = "denied"
             event(log, "connection denied", level=logging.WARNING, **fields)
             await conn.stream.aclose()
             return
         with trio.CancelScope(deadline=rt.trio_deadline(conn.expires_at)):
             app = await self._connect_app()
             if app is None:
+                report.reason = "app_unreachable"
                 event(
                     log, "app unreachable", level=logging.ERROR, app=str(self.config.app), **fields
                 )
@@ -122,16 +145,10 @@ class Inbound:
             result = await relay(
                 conn.stream, app, idle_timeout_seconds=rt.timeouts.idle_timeout_seconds
             )
-            event(
-                log,
-                "connection closed",
-                **fields,
-                outcome=result.outcome,
-                bytes_in=result.bytes_a_to_b,
-                bytes_out=result.bytes_b_to_a,
-                duration_ms=round((time.monotonic() - started) * 1000, 1),
-            )
+            report.bytes_in, report.bytes_out = result.bytes_a_to_b, result.bytes_b_to_a
+            report.reason = None if result.outcome == "closed" else result.outcome
             return
+        report.reason = "svid_expired"
         await abort(conn.stream)  # reached only when the SVID lifetime ran out
         event(log, "connection closed", **fields, outcome="svid_expired")
 

@@ -1,16 +1,27 @@
 """The sidecar's Prometheus metrics, in a registry of its own (one per sidecar process).
 
 Names follow Prometheus conventions: `meshgate_` prefix, base units (seconds, bytes),
-`_total` on counters. Labels hold bounded values only: SPIFFE IDs of mesh workloads,
-methods, status codes, reason codes, `@id`s of policies — never paths or request ids.
+`_total` on counters (`tests/test_metrics_names.py` checks them). Labels hold bounded
+values only: SPIFFE IDs of mesh workloads, methods, status codes, reason codes, `@id`s of
+policies — never paths or request ids.
+
+Two sources are read rather than pushed: the certificate expiry gauge follows the
+`CredentialStore` (set on every publish), and rotations are read from `IdentityStats` at
+scrape time, so the lifecycle keeps no metrics code of its own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Final, final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from sidecar.identity.credentials import CredentialStore
+from sidecar.identity.stats import IdentityStats
 
 __all__ = ["CONTENT_TYPE", "SidecarMetrics"]
 
@@ -79,12 +90,14 @@ class SidecarMetrics:
             "notAfter of the current SVID, as a Unix timestamp.",
             registry=r,
         )
-        self.rotations = Counter(
-            "meshgate_certificate_rotations_total",
-            "SVID rotations by result.",
-            ["result"],
+        self.connections_refused = Counter(
+            "meshgate_connections_refused_total",
+            "Connections closed before any handshake (e.g. max_connections reached).",
+            ["direction", "reason"],
             registry=r,
         )
+        self._identity = _IdentityCollector()
+        r.register(self._identity)
         self.policy_reloads = Counter(
             "meshgate_policy_reloads_total", "Policy reloads by result.", ["result"], registry=r
         )
@@ -95,9 +108,47 @@ class SidecarMetrics:
             registry=r,
         )
 
+    def watch_credentials(self, store: CredentialStore) -> None:
+        """Keep the expiry gauge on the published SVID's notAfter (set now and on change)."""
+
+        def update() -> None:
+            current = store.current
+            if current is not None:
+                self.cert_expiry.set(current.not_after.timestamp())
+
+        store.subscribe(update)
+        update()
+
+    def watch_identity(self, stats: IdentityStats) -> None:
+        """Export the lifecycle's bootstrap and rotation results as counters."""
+        self._identity.stats = stats
+
     def set_policy_version(self, version: str) -> None:
         self.policy_version.clear()
         self.policy_version.labels(version=version).set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+_IDENTITY_KINDS: Final = ("bootstrap", "rotation")
+
+
+@final
+class _IdentityCollector(Collector):
+    """`IdentityStats` counts as a Prometheus counter, read at scrape time."""
+
+    def __init__(self) -> None:
+        self.stats: IdentityStats | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "meshgate_certificate_rotations",
+            "SVID bootstraps and rotations by result (ok, ca_unavailable, refused, invalid...).",
+            labels=["kind", "result"],
+        )
+        if self.stats is not None:
+            for kind in _IDENTITY_KINDS:
+                for result, count in sorted(self.stats.results(kind).items()):
+                    family.add_metric([kind, result], count)
+        yield family

@@ -1,7 +1,9 @@
 """One place where the data path reports what happened: metrics and the access log.
 
 Handlers build an `AccessRecord` per HTTP request or tcp connection and call
-`Observer.request`; handshakes, connections and decisions have their own calls. The
+`Observer.request` (tcp handlers fill a `ConnectionReport` as the connection proceeds and
+report it once, whatever the outcome); handshakes, connections and decisions have their
+own calls. The
 access log is one JSON object per line on the `meshgate.access` logger (its sink — stdout,
 a file, or a human-readable terminal format — is chosen at start-up, see `sidecar.logs`).
 Never put secrets, tokens or full header sets into a record.
@@ -17,7 +19,7 @@ from typing import Literal, final
 
 from sidecar.metrics import SidecarMetrics
 
-__all__ = ["AccessRecord", "Direction", "Observer"]
+__all__ = ["AccessRecord", "ConnectionReport", "Direction", "Observer"]
 
 Direction = Literal["inbound", "outbound"]
 access_log = logging.getLogger("meshgate.access")
@@ -26,7 +28,7 @@ access_log = logging.getLogger("meshgate.access")
 @final
 @dataclass(frozen=True, slots=True)
 class AccessRecord:
-    time: datetime
+    time: datetime  # when the request or connection started (wall clock, UTC)
     direction: Direction
     protocol: Literal["http", "tcp"]
     peer_id: str | None  # verified SPIFFE ID of the other sidecar (caller or upstream)
@@ -53,6 +55,47 @@ class AccessRecord:
         extra = line.pop("extra")
         line |= extra
         return line
+
+
+@final
+@dataclass(slots=True)
+class ConnectionReport:
+    """The access record of one tcp connection, filled in stage by stage.
+
+    `record` is called once when the connection ends, however it ends (refused handshake,
+    denied, app unreachable, relayed), so every accepted connection yields one line.
+    """
+
+    direction: Direction
+    source: str
+    destination: str
+    time: datetime
+    started: float  # monotonic seconds, for the duration
+    peer_id: str | None = None
+    decision: str = "none"
+    policies: tuple[str, ...] = ()
+    reason: str | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def record(self, ended: float) -> AccessRecord:
+        return AccessRecord(
+            time=self.time,
+            direction=self.direction,
+            protocol="tcp",
+            peer_id=self.peer_id,
+            source=self.source,
+            destination=self.destination,
+            method="connect",
+            decision=self.decision,
+            policies=self.policies,
+            reason=self.reason,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            duration_seconds=max(0.0, ended - self.started),
+            extra=self.extra,
+        )
 
 
 @final
@@ -83,7 +126,8 @@ class Observer:
             m.bytes.labels(record.direction, "received").inc(record.bytes_in)
         if record.bytes_out:
             m.bytes.labels(record.direction, "sent").inc(record.bytes_out)
-        access_log.info("access", extra={"access": record.as_log()})
+        if access_log.isEnabledFor(logging.INFO):  # off: skip building the line
+            access_log.info("access", extra={"access": record.as_log()})
 
     def decision(self, result: str, policies: Sequence[str]) -> None:
         """Count one authorization decision (result: allow, deny, audit_deny, error)."""
@@ -101,3 +145,7 @@ class Observer:
 
     def connection_closed(self, direction: Direction) -> None:
         self.metrics.connections_open.labels(direction).dec()
+
+    def connection_refused(self, direction: Direction, reason: str) -> None:
+        """A connection closed before any handshake (e.g. ``max_connections``)."""
+        self.metrics.connections_refused.labels(direction, reason).inc()

@@ -18,6 +18,7 @@ import trio
 
 from sidecar.config import Address, OutboundConfig
 from sidecar.logs import event
+from sidecar.observe import ConnectionReport
 from sidecar.relay import abort, relay
 from sidecar.runtime import Runtime
 from sidecar.tls import MeshTlsError, connect_mesh
@@ -52,10 +53,16 @@ class Outbound:
         self.balancer = RoundRobin(self.config.endpoints)
 
     async def handle(self, local: trio.SocketStream) -> None:
-        """Serve one local connection; never raises for a peer's fault."""
-        started = time.monotonic()
+        """Serve one local connection; never raises for a peer's fault.
+
+        Reports one access record per connection, whatever the outcome.
+        """
+        rt = self.runtime
+        report = ConnectionReport(
+            "outbound", _local_address(local), self.config.service, rt.now(), time.monotonic()
+        )
         with trio.CancelScope() as scope:
-            handle = self.runtime.tracker.admit(scope, "outbound")
+            handle = rt.tracker.admit(scope, "outbound")
             if handle is None:
                 event(
                     log,
@@ -64,12 +71,18 @@ class Outbound:
                     service=self.config.service,
                     reason="max_connections",
                 )
+                rt.observer.connection_refused("outbound", "max_connections")
                 await abort(local)
                 return
+            rt.observer.connection_opened("outbound")
             try:
-                await self._serve(local, handle, started)
+                await self._serve(local, handle, report)
             finally:
-                self.runtime.tracker.release(handle)
+                rt.tracker.release(handle)
+                rt.observer.connection_closed("outbound")
+                if scope.cancelled_caught and report.reason is None:
+                    report.reason = "cancelled"  # revoked, expired or drained
+                rt.observer.request(report.record(time.monotonic()))
         if scope.cancelled_caught:
             await abort(local)
             event(
@@ -104,16 +117,17 @@ class Outbound:
             )
         return None
 
-    async def _serve(self, local: trio.SocketStream, handle: int, started: float) -> None:
+    async def _serve(self, local: trio.SocketStream, handle: int, report: ConnectionReport) -> None:
         rt = self.runtime
         fields: dict[str, Any] = {"direction": "outbound", "service": self.config.service}
         connected = await self._connect()
         if connected is None:
+            report.reason = "no_endpoint"
             event(log, "no endpoint reachable", level=logging.ERROR, **fields)
             await abort(local)
             return
         upstream, endpoint = connected
-        fields["endpoint"] = str(endpoint)
+        fields["endpoint"] = report.extra["endpoint"] = str(endpoint)
         try:
             conn = await connect_mesh(
                 upstream,
@@ -123,6 +137,9 @@ class Outbound:
                 timeout_seconds=rt.timeouts.handshake_timeout_seconds,
             )
         except MeshTlsError as exc:
+            rt.observer.handshake("outbound", ok=False, reason=str(exc.reason))
+            report.reason = str(exc.reason)
+            report.peer_id = str(exc.peer) if exc.peer else None
             event(
                 log,
                 "handshake refused",
@@ -134,22 +151,27 @@ class Outbound:
             )
             await abort(local)
             return
+        rt.observer.handshake("outbound", ok=True)
+        report.peer_id = fields["peer"] = str(conn.peer_id)
         rt.tracker.identify(handle, conn.peer_id, conn.peer_serial)
-        fields["peer"] = str(conn.peer_id)
         with trio.CancelScope(deadline=rt.trio_deadline(conn.expires_at)):
             result = await relay(
                 local, conn.stream, idle_timeout_seconds=rt.timeouts.idle_timeout_seconds
             )
-            event(
-                log,
-                "connection closed",
-                **fields,
-                outcome=result.outcome,
-                bytes_out=result.bytes_a_to_b,
-                bytes_in=result.bytes_b_to_a,
-                duration_ms=round((time.monotonic() - started) * 1000, 1),
-            )
+            report.bytes_in, report.bytes_out = result.bytes_a_to_b, result.bytes_b_to_a
+            report.reason = None if result.outcome == "closed" else result.outcome
             return
+        report.reason = "svid_expired"
         await abort(local)
         await abort(conn.stream)
         event(log, "connection closed", **fields, outcome="svid_expired")
+
+
+def _local_address(stream: trio.abc.Stream) -> str:
+    if not isinstance(stream, trio.SocketStream):
+        return "in-memory"
+    try:
+        host, port, *_ = stream.socket.getpeername()
+    except OSError:
+        return "unknown"
+    return f"{host}:{port}"

@@ -31,7 +31,7 @@ async def test_bytes_flow_both_ways_with_half_close(tmp_path: Path) -> None:
             assert status == 200
             assert cert["spiffe_id"] == str(pair.a_id)
             assert b.get("/config")[1]["inbound"]["allowed_ids"] == [str(pair.a_id)]
-            assert '"peer":"' + str(pair.a_id) + '"' in b.log()
+            assert '"peer_id":"' + str(pair.a_id) + '"' in b.log()  # its access record
             assert a.stop() == 0
             assert b.stop() == 0
         nursery.cancel_scope.cancel()
