@@ -20,8 +20,9 @@ from typing import final
 import trio
 
 from mesh_ca.identity import SpiffeId, SvidError, SvidFailure, VerifiedSvid
-from mesh_ca.tls import PeerCertSource, peer_svid
+from mesh_ca.tls import PeerCertSource
 from sidecar.identity.credentials import Credentials, CredentialStore, Revocations
+from sidecar.svid_cache import VerifiedLeafCache
 from sidecar.tls_stream import TlsError, TlsStream
 
 __all__ = [
@@ -33,6 +34,11 @@ __all__ = [
     "classify_ssl_error",
     "connect_mesh",
 ]
+
+
+# Path validation of a peer leaf costs as much CPU as the handshake; verified leaves are
+# remembered per bundle set (see sidecar.svid_cache). Revocation is checked every time.
+_VERIFIED_LEAVES = VerifiedLeafCache()
 
 
 class HandshakeFailure(enum.StrEnum):
@@ -135,7 +141,7 @@ def check_peer(
     authorizer decides who may connect in).
     """
     try:
-        peer = peer_svid(tls, credentials.bundles, now)
+        peer = _VERIFIED_LEAVES.verify(tls, credentials.bundles, now)
     except SvidError as exc:
         reason = _SVID_FAILURES.get(exc.reason, HandshakeFailure.BAD_SVID)
         if exc.reason is SvidFailure.MALFORMED and "no certificate" in exc.detail:

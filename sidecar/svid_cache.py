@@ -1,0 +1,57 @@
+"""A bounded memo of peer leaves that already passed the SVID checks. Pure (no trio).
+
+Re-verifying a peer's leaf after every handshake (`mesh_ca.tls.peer_svid`: the SVID
+profile, then full path validation against the peer's trust-domain bundle) costs ~1 ms of
+CPU per side with cryptography's verifier, as much as the TLS handshake itself. The result
+depends only on the leaf bytes, the bundle set and the time, so it is remembered per
+(leaf DER, bundle set object): a new bundle set (rotation, new roots) is a new object and
+misses, and the validity window is checked against `now` on every hit. Revocation is not
+cached here: callers check it on every handshake. Fails closed: any miss runs the full check.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from datetime import datetime
+from typing import final
+
+from mesh_ca.identity import BundleSet, VerifiedSvid
+from mesh_ca.tls import PeerCertSource, peer_svid
+
+__all__ = ["VerifiedLeafCache"]
+
+
+@final
+class VerifiedLeafCache:
+    def __init__(self, max_entries: int = 256) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be positive")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[bytes, tuple[BundleSet, VerifiedSvid]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def verify(self, tls: PeerCertSource, bundles: BundleSet, now: datetime) -> VerifiedSvid:
+        """`peer_svid(tls, bundles, now)`, answered from memory when the same leaf was
+        verified against the same bundle set and is still within its validity window."""
+        der = tls.getpeercert(binary_form=True)
+        if isinstance(der, bytes) and der:
+            entry = self._entries.get(der)
+            if entry is not None:
+                cached_bundles, verified = entry
+                leaf = verified.leaf
+                if (
+                    cached_bundles is bundles
+                    and leaf.not_valid_before_utc <= now <= verified.not_after
+                ):
+                    self._entries.move_to_end(der)
+                    self.hits += 1
+                    return verified
+                del self._entries[der]
+        self.misses += 1
+        verified = peer_svid(tls, bundles, now)  # raises SvidError: nothing is remembered
+        if isinstance(der, bytes) and der:
+            self._entries[der] = (bundles, verified)
+            if len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return verified
