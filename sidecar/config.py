@@ -26,6 +26,7 @@ __all__ = [
     "IdentityConfig",
     "InboundConfig",
     "LimitsConfig",
+    "LogConfig",
     "OutboundConfig",
     "PolicyConfig",
     "SidecarConfig",
@@ -180,6 +181,11 @@ class OutboundConfig(_Model):
     # Secure naming: the upstream must present one of these, not just any valid SVID.
     spiffe_ids: Annotated[tuple[SpiffeIdField, ...], Field(min_length=1)]
     protocol: Protocol = "tcp"
+    # http mode: pooled mTLS connections to the endpoints (see sidecar.pool).
+    pool_max_idle_per_endpoint: Annotated[int, Field(ge=0, le=4096)] = 64
+    pool_idle_timeout_seconds: Seconds = 60.0
+    response_timeout_seconds: Seconds = 30.0  # request sent → response head (else 504)
+    endpoint_backoff_seconds: Seconds = 5.0  # a failed connect takes an endpoint out this long
 
 
 @final
@@ -219,6 +225,23 @@ class LimitsConfig(_Model):
     max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
 
 
+def _access_log(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError('must be "stdout", "stderr", "off" or a file path')
+    return value
+
+
+@final
+class LogConfig(_Model):
+    """Where logs go. ``format = "auto"``: human-readable on a terminal, JSON lines otherwise."""
+
+    # Access log: one line per request (http) or connection (tcp). A relative path is
+    # resolved against the config file's directory.
+    access_log: Annotated[str, PlainValidator(_access_log)] = "stdout"
+    format: Literal["json", "text", "auto"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"  # application logs (stderr)
+
+
 @final
 class SidecarConfig(_Model):
     identity: IdentityConfig
@@ -228,6 +251,7 @@ class SidecarConfig(_Model):
     policy: PolicyConfig | None = None
     timeouts: TimeoutsConfig = TimeoutsConfig()
     limits: LimitsConfig = LimitsConfig()
+    log: LogConfig = LogConfig()
     workers: Annotated[int, Field(ge=1, le=64)] = 1
 
     @pydantic.model_validator(mode="after")
@@ -284,6 +308,10 @@ def _resolve(data: dict[str, Any], base: Path) -> None:
     policy = data.get("policy")
     if isinstance(policy, dict) and isinstance(policy.get("dir"), str) and policy["dir"]:
         policy["dir"] = str(base / policy["dir"])
+    log = data.get("log")
+    sink = log.get("access_log") if isinstance(log, dict) else None
+    if isinstance(sink, str) and sink and sink not in ("stdout", "stderr", "off"):
+        log["access_log"] = str(base / sink)  # type: ignore[index]
 
 
 def parse_config(data: dict[str, Any], *, source: str, base: Path | None = None) -> SidecarConfig:
