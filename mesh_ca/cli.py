@@ -113,10 +113,23 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="this replica's name, kept in the ledger rows it writes (default: none)",
     )
-    p.add_argument(
+    handlers = p.add_mutually_exclusive_group()
+    handlers.add_argument(
         "--inline-handlers",
         action="store_true",
-        help="run store and signing on the event loop instead of worker threads",
+        help="run store and signing on the event loop (the default with the SQLite store)",
+    )
+    handlers.add_argument(
+        "--threaded-handlers",
+        action="store_true",
+        help="run store and signing in worker threads (the default with PostgreSQL, so "
+        "database latency never stalls the event loop)",
+    )
+    p.add_argument(
+        "--http-shell",
+        choices=["wire", "h11"],
+        default="wire",
+        help="HTTP/TLS layer: wire (default, lean) or h11 (the previous one, for comparison)",
     )
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """meshgate benchmarks, one section per component; every figure is compared within one run.
 
-    python scripts/bench.py ca [--seconds 3] [--concurrency 16]
+    python scripts/bench.py ca [--seconds 3] [--concurrency 16] [--only-default]
     python scripts/bench.py replicas [--seconds 3] [--concurrency 16]
 
 Sections register themselves in `SECTIONS` (name -> function taking the parsed args and
@@ -50,8 +50,14 @@ def progress(message: str) -> None:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a running process, from /proc."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a running process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def machine() -> str:
@@ -220,87 +226,124 @@ def spread_phase(
 ) -> Figures:
     """Connections spread round-robin over `servers`; CPU summed over all of them."""
     targets = [(servers[i % len(servers)].address, c) for i, c in enumerate(contexts)]
+    sys_before = sum(cpu_split(s.process.pid)[1] for s in servers)
     cpu_before = sum(cpu_seconds(s.process.pid) for s in servers)
+    client_before = time.process_time()
     ok, failed, elapsed = trio.run(_drive, targets, path, bodies, seconds)
+    client_cpu = time.process_time() - client_before
     cpu = sum(cpu_seconds(s.process.pid) for s in servers) - cpu_before
+    system = sum(cpu_split(s.process.pid)[1] for s in servers) - sys_before
     return {
         "issued": ok,
         "failed": failed,
         "seconds": round(elapsed, 2),
         "per_second": round(ok / elapsed, 1),
         "server_cpu_seconds": round(cpu, 2),
+        "server_system_cpu_seconds": round(system, 2),
+        "client_cpu_seconds": round(client_cpu, 2),
         "per_server_cpu_second": round(ok / cpu, 1) if cpu else None,
     }
 
 
 def server_flags(args: argparse.Namespace) -> list[str]:
     flags = ["--inline-handlers"] if args.inline_handlers or args.server_profile else []
+    if args.threaded_handlers:
+        flags = ["--threaded-handlers"]
     return flags + (["--profile", str(args.server_profile)] if args.server_profile else [])
 
 
-def bench_ca(args: argparse.Namespace) -> Figures:
-    seconds, concurrency = args.seconds, args.concurrency
-    with (
-        tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp,
-        ca_server(Path(tmp), args.log_level, server_flags(args)) as server,
-    ):
-        ca = server.ca
-        progress(f"raw signing for {seconds} s ...")
-        raw = raw_signing_rate(ca, seconds)
-        progress(f"raw signing: {raw:.0f} leaves per CPU second")
+# The CA server configurations `bench ca` compares in one run: the shell before this
+# round of work (h11 over trio.SSLStream, handlers in worker threads) and the default now.
+CA_SHELLS: dict[str, list[str]] = {
+    "before_h11_threads": ["--http-shell", "h11", "--threaded-handlers"],
+    "now_default": [],
+}
 
-        csr_pems = [
-            make_csr(generate_key()).public_bytes(serialization.Encoding.PEM).decode()
-            for _ in range(64)
-        ]
-        bundles = BundleSet.of(ca.bundle)
-        n_tokens = int(raw * seconds * 1.2) + 100
-        progress(f"creating {n_tokens} join tokens ...")
-        tokens = []
-        store = ca.open_store()
-        now = datetime.now(UTC)
-        for index in range(n_tokens):
+
+def ca_phases(
+    server: CaProcess, tokens: list[str], csr_pems: list[str], seconds: float, concurrency: int
+) -> Figures:
+    """Bootstrap then renewal through one server; `tokens` are already in its store."""
+    ca = server.ca
+    bundles = BundleSet.of(ca.bundle)
+    boot_bodies = (
+        json.dumps({"token": t, "csr": csr_pems[i % 64]}).encode() for i, t in enumerate(tokens)
+    )
+    progress(f"bootstrap through the API: {concurrency} keep-alive connections, {seconds} s")
+    anonymous = client_context(bundles)
+    bootstrap = api_phase(server, "/v1/bootstrap", [anonymous] * concurrency, boot_bodies, seconds)
+
+    progress(f"renewal over mTLS: {concurrency} keep-alive connections, {seconds} s")
+    contexts = []
+    for index in range(concurrency):
+        key = generate_key()
+        sid = SpiffeId.workload(ca.trust_domain, "bench", f"renew{index}")
+        leaf = issue_leaf(make_csr(key), sid, ca.signer, datetime.now(UTC))
+        chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, ca.signer.cert))
+        contexts.append(client_context(bundles, chain, private_key_pem(key)))
+    renew_bodies = (json.dumps({"csr": csr_pems[i % 64]}).encode() for i in range(10**9))
+    renew = api_phase(server, "/v1/renew", contexts, renew_bodies, seconds)
+    return {"bootstrap": bootstrap, "renew": renew}
+
+
+def add_tokens(ca: LoadedCa, count: int) -> list[str]:
+    tokens = []
+    store = ca.open_store()
+    now = datetime.now(UTC)
+    try:
+        for index in range(count):
             token, token_id, secret_hash = new_token()
             sid = SpiffeId.workload(ca.trust_domain, "bench", f"svc{index}")
             store.add_token(token_id, secret_hash, sid, now, now + timedelta(hours=1))
             tokens.append(token)
+    finally:
         store.close()
-        boot_bodies = (
-            json.dumps({"token": t, "csr": csr_pems[i % 64]}).encode() for i, t in enumerate(tokens)
-        )
-        progress(f"bootstrap through the API: {concurrency} keep-alive connections, {seconds} s")
-        anonymous = client_context(bundles)
-        bootstrap = api_phase(
-            server, "/v1/bootstrap", [anonymous] * concurrency, boot_bodies, seconds
-        )
+    return tokens
 
-        progress(f"renewal over mTLS: {concurrency} keep-alive connections, {seconds} s")
-        contexts = []
-        for index in range(concurrency):
-            key = generate_key()
-            sid = SpiffeId.workload(ca.trust_domain, "bench", f"renew{index}")
-            leaf = issue_leaf(make_csr(key), sid, ca.signer, datetime.now(UTC))
-            chain = b"".join(
-                c.public_bytes(serialization.Encoding.PEM) for c in (leaf, ca.signer.cert)
-            )
-            contexts.append(client_context(bundles, chain, private_key_pem(key)))
-        renew_bodies = (json.dumps({"csr": csr_pems[i % 64]}).encode() for i in range(10**9))
-        renew = api_phase(server, "/v1/renew", contexts, renew_bodies, seconds)
 
-    for phase in (bootstrap, renew):
-        if phase["per_server_cpu_second"]:
-            phase["ratio_to_raw"] = round(phase["per_server_cpu_second"] / raw, 3)
-    return {
+def bench_ca(args: argparse.Namespace) -> Figures:
+    """Raw signing, then each shell in `CA_SHELLS` (or only the flags given) in one run."""
+    seconds, concurrency = args.seconds, args.concurrency
+    own_flags = server_flags(args)
+    shells = {"as_flagged": own_flags} if own_flags or args.only_default else dict(CA_SHELLS)
+    figures: Figures = {
         "machine": machine(),
         "seconds_per_phase": seconds,
         "concurrency": concurrency,
         "server_log_level": args.log_level,
-        "server_handlers": "inline" if args.inline_handlers else "threads",
-        "raw_signing_per_cpu_second": round(raw, 1),
-        "load_average": os.getloadavg()[0],
-        "bootstrap": bootstrap,
-        "renew": renew,
     }
+    with tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp:
+        csr_pems = [
+            make_csr(generate_key()).public_bytes(serialization.Encoding.PEM).decode()
+            for _ in range(64)
+        ]
+        raw = 0.0
+        for name, flags in shells.items():
+            with ca_server(Path(tmp) / name, args.log_level, flags) as server:
+                if not raw:
+                    progress(f"raw signing for {seconds} s ...")
+                    raw = raw_signing_rate(server.ca, seconds)
+                    progress(f"raw signing: {raw:.0f} leaves per CPU second")
+                    figures["raw_signing_per_cpu_second"] = round(raw, 1)
+                n_tokens = int(raw * seconds * 1.2) + 100
+                progress(f"[{name}] server flags {flags}; creating {n_tokens} join tokens ...")
+                tokens = add_tokens(server.ca, n_tokens)
+                phases = ca_phases(server, tokens, csr_pems, seconds, concurrency)
+            for phase in phases.values():
+                if phase["per_server_cpu_second"]:
+                    phase["ratio_to_raw"] = round(phase["per_server_cpu_second"] / raw, 3)
+            figures[name] = {"server_flags": " ".join(flags), **phases}
+    if "before_h11_threads" in figures and "now_default" in figures:
+        figures["now_vs_before_per_server_cpu_second"] = {
+            kind: round(
+                figures["now_default"][kind]["per_server_cpu_second"]
+                / figures["before_h11_threads"][kind]["per_server_cpu_second"],
+                2,
+            )
+            for kind in ("bootstrap", "renew")
+        }
+    figures["load_average"] = os.getloadavg()[0]
+    return figures
 
 
 # Section: replicas
@@ -411,6 +454,16 @@ def main(argv: list[str] | None = None) -> int:
         "--inline-handlers",
         action="store_true",
         help="CA server runs store and signing on its event loop, not threads",
+    )
+    parser.add_argument(
+        "--threaded-handlers",
+        action="store_true",
+        help="CA server runs store and signing in worker threads",
+    )
+    parser.add_argument(
+        "--only-default",
+        action="store_true",
+        help="ca: measure only the default server, not the previous shell next to it",
     )
     parser.add_argument(
         "--server-profile",

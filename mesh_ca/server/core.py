@@ -65,6 +65,8 @@ from mesh_ca.issuance import (
     issue_leaf,
     parse_csr_key,
 )
+from mesh_ca.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from mesh_ca.server.metrics import CaMetrics
 from mesh_ca.server.ratelimit import RateLimiter
 from mesh_ca.store import (
     IdRevoked,
@@ -192,9 +194,16 @@ _Handler = Callable[["CaService", ApiRequest, datetime, float], ApiResponse]
 class CaService:
     """Routes and handles CA API requests. Thread-safe: handlers may run in worker threads."""
 
-    def __init__(self, authority: CaAuthority, store: StateStore, limiter: RateLimiter) -> None:
+    def __init__(
+        self,
+        authority: CaAuthority,
+        store: StateStore,
+        limiter: RateLimiter,
+        metrics: CaMetrics | None = None,
+    ) -> None:
         self.authority = authority
         self.store = store
+        self.metrics = metrics or CaMetrics()
         self._limiter = limiter
         self._limiter_lock = threading.Lock()
         self._verified: dict[x509.Certificate, VerifiedSvid] = {}
@@ -229,13 +238,24 @@ class CaService:
     def handle(self, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
         """One request to one response; every refusal is an `ApiResponse` with an error body."""
         try:
-            handler, _ = self.route(request.method, request.path)
-            return handler(self, request, now, monotonic)
+            handler, blocking = self.route(request.method, request.path)
         except ApiError as exc:
             return error_response(exc)
+        try:
+            response = handler(self, request, now, monotonic)
+            if blocking:
+                self.metrics.store_up.set(1)
+        except ApiError as exc:
+            response = error_response(exc)
         except StoreUnavailable as exc:
+            self.metrics.store_up.set(0)
             # The detail (database address, driver text) goes to the access log only.
-            return error_response(_STORE_UNAVAILABLE, detail=str(exc)[:300])
+            response = error_response(_STORE_UNAVAILABLE, detail=str(exc)[:300])
+        kind = _ISSUANCE_KINDS.get(request.path)
+        if kind is not None:
+            result = "ok" if response.status == 200 else response.log.get("error", "error")
+            self.metrics.issuances.labels(kind, result).inc()
+        return response
 
     # Checks shared by handlers
 
@@ -245,6 +265,7 @@ class CaService:
                 return
             wait = self._limiter.retry_after(request.source)
         seconds = max(1, round(wait + 0.5))
+        self.metrics.rate_limited.inc()
         raise ApiError(
             429,
             "rate_limited",
@@ -357,6 +378,9 @@ class CaService:
             raise ApiError(503, "signer_expired", "the signing CA certificate has expired")
         return ApiResponse(200, b'{"status":"ready"}')
 
+    def _metrics(self, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
+        return ApiResponse(200, self.metrics.render(), content_type=METRICS_CONTENT_TYPE)
+
     def _bundle(self, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
         return ApiResponse(200, self._bundle_json)
 
@@ -381,6 +405,7 @@ class CaService:
         try:
             token_id, secret_hash = parse_token(body.token)
         except TokenFormatError as exc:
+            self.metrics.token_failures.labels("malformed").inc()
             raise ApiError(401, "token_invalid", str(exc)) from None
         csr = self._csr(body.csr)  # before the store is touched: bad input changes nothing
         signed: list[x509.Certificate] = []
@@ -394,6 +419,7 @@ class CaService:
         try:
             record = self.store.redeem_token(token_id, secret_hash, now, issue)
         except TokenError as exc:
+            self.metrics.token_failures.labels(exc.reason.value).inc()
             status, code = {
                 TokenFailure.UNKNOWN: (401, "token_unknown"),
                 TokenFailure.USED: (403, "token_used"),
@@ -482,6 +508,7 @@ def _parse_id(text: str, where: str) -> SpiffeId:
 
 _ROUTES: Final[dict[str, tuple[str, _Handler, bool]]] = {
     "/healthz": ("GET", CaService._healthz, False),
+    "/metrics": ("GET", CaService._metrics, False),
     "/readyz": ("GET", CaService._readyz, True),
     "/v1/bundle": ("GET", CaService._bundle, False),
     "/v1/bundle.pem": ("GET", CaService._bundle_pem_route, False),
@@ -491,3 +518,4 @@ _ROUTES: Final[dict[str, tuple[str, _Handler, bool]]] = {
     "/v1/admin/tokens": ("POST", CaService._create_token, True),
     "/v1/admin/revoke": ("POST", CaService._revoke, True),
 }
+_ISSUANCE_KINDS: Final = {"/v1/bootstrap": "bootstrap", "/v1/renew": "renew"}

@@ -1,4 +1,9 @@
-"""The CA server's trio shell: TLS (trio.SSLStream), HTTP/1.1 keep-alive (h11), limits, logs.
+"""The CA server's previous trio shell on h11, kept as the benchmark's in-run reference.
+
+``mesh-ca serve --http-shell h11`` selects it; `mesh_ca.server.http` is the default (a
+strict reader of its own, ~20x cheaper per request than h11). Both answer the same API.
+
+TLS (trio.SSLStream), HTTP/1.1 keep-alive (h11), limits, logs.
 
 Everything the API decides is in `mesh_ca.server.core`; this module only moves bytes:
 handshake, parse, enforce size caps and timeouts per phase, hand an `ApiRequest` to the
@@ -12,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from typing import final
 
 import h11
@@ -21,9 +25,10 @@ from cryptography import x509
 
 from mesh_ca.clock import Clock
 from mesh_ca.server.core import ApiError, ApiRequest, ApiResponse, CaService, error_response
+from mesh_ca.server.http import ServerLimits, endpoint_label
 from mesh_ca.server.identity import ServerIdentity
 
-__all__ = ["CaHttpServer", "ServerLimits"]
+__all__ = ["H11CaHttpServer"]
 
 access_log = logging.getLogger("mesh_ca.server.access")
 log = logging.getLogger("mesh_ca.server")
@@ -32,26 +37,12 @@ _SERVER_HEADER = b"meshgate-ca"
 _READ_SIZE = 65536
 
 
-@final
-@dataclass(frozen=True)
-class ServerLimits:
-    max_body_bytes: int = 65536
-    max_header_bytes: int = 16 * 1024
-    max_connections: int = 1024
-    handshake_timeout_seconds: float = 10.0
-    header_timeout_seconds: float = 10.0
-    body_timeout_seconds: float = 10.0
-    idle_timeout_seconds: float = 60.0
-    # Run store/signing handlers in worker threads (False runs them on the event loop).
-    threaded_handlers: bool = True
-
-
 class _CloseConnection(Exception):  # noqa: N818 - control flow, not an error
     """End this connection quietly (peer gone, timeout, protocol error already answered)."""
 
 
 @final
-class CaHttpServer:
+class H11CaHttpServer:
     def __init__(
         self,
         service: CaService,
@@ -232,6 +223,7 @@ class CaHttpServer:
         source: str,
         started: float,
     ) -> None:
+        self._observe(path, started)
         if not access_log.isEnabledFor(logging.INFO):
             return
         line = {
@@ -244,6 +236,11 @@ class CaHttpServer:
             **response.log,
         }
         access_log.info(json.dumps(line, separators=(",", ":")))
+
+    def _observe(self, path: str, started: float) -> None:
+        self.service.metrics.request_duration.labels(endpoint_label(path)).observe(
+            time.perf_counter() - started
+        )
 
 
 def _header(request: h11.Request, name: bytes) -> str | None:

@@ -26,7 +26,9 @@ from mesh_ca.config import parse_listen
 from mesh_ca.identity import SpiffeId
 from mesh_ca.server.core import CaAuthority, CaService
 from mesh_ca.server.http import CaHttpServer, ServerLimits
+from mesh_ca.server.http_h11 import H11CaHttpServer
 from mesh_ca.server.identity import issue_server_identity
+from mesh_ca.server.metrics import CaMetrics
 from mesh_ca.server.ratelimit import RateLimiter
 from mesh_ca.store import StateStore, StoreError
 
@@ -77,9 +79,16 @@ def serve_main(args: argparse.Namespace) -> int:
         sys.stderr.write(f"mesh-ca serve: state store: {exc}\n")
         return 1
     try:
-        threaded = not getattr(args, "inline_handlers", False)
+        # SQLite calls are local and sub-millisecond: inline they skip a thread hop per
+        # request; PostgreSQL round trips must not stall the event loop.
+        threaded = ca.config.store.kind == "postgres"
+        if getattr(args, "inline_handlers", False):
+            threaded = False
+        if getattr(args, "threaded_handlers", False):
+            threaded = True
+        shell = str(getattr(args, "http_shell", "wire") or "wire")
         authority = authority_of(ca, str(getattr(args, "replica", "") or ""))
-        trio.run(_serve, ca, authority, store, host, port, SystemClock(), threaded)
+        trio.run(_serve, ca, authority, store, host, port, SystemClock(), threaded, shell)
     except StoreError as exc:
         sys.stderr.write(f"mesh-ca serve: state store: {exc}\n")
         return 1
@@ -99,15 +108,29 @@ async def _serve(
     port: int,
     clock: Clock,
     threaded: bool = True,
+    shell: str = "wire",
 ) -> None:
-    identity = await trio.to_thread.run_sync(issue_server_identity, authority, store, clock.now())
+    metrics = CaMetrics()
+    metrics.set_expiry("root", ca.root.not_valid_after_utc)
+    metrics.set_expiry("intermediate", ca.signer.not_after)
+    try:
+        identity = await trio.to_thread.run_sync(
+            issue_server_identity, authority, store, clock.now()
+        )
+    except Exception:
+        metrics.issuances.labels("ca-server", "error").inc()
+        raise
+    metrics.issuances.labels("ca-server", "ok").inc()
+    metrics.set_expiry("server", identity.not_after)
     limiter = RateLimiter(ca.config.server.rate_limit_per_second, ca.config.server.rate_limit_burst)
-    service = CaService(authority, store, limiter)
-    server = CaHttpServer(
-        service,
-        identity,
-        clock,
-        ServerLimits(max_body_bytes=ca.config.server.max_body_bytes, threaded_handlers=threaded),
+    service = CaService(authority, store, limiter, metrics)
+    limits = ServerLimits(
+        max_body_bytes=ca.config.server.max_body_bytes, threaded_handlers=threaded
+    )
+    server: CaHttpServer | H11CaHttpServer = (
+        H11CaHttpServer(service, identity, clock, limits)
+        if shell == "h11"
+        else CaHttpServer(service, identity, clock, limits)
     )
 
     async def handler(stream: trio.SocketStream) -> None:
@@ -141,7 +164,10 @@ async def _serve(
 
 
 async def _rotate(
-    server: CaHttpServer, authority: CaAuthority, store: StateStore, clock: Clock
+    server: CaHttpServer | H11CaHttpServer,
+    authority: CaAuthority,
+    store: StateStore,
+    clock: Clock,
 ) -> None:
     """Re-issue the server SVID at half its lifetime; on failure keep the old one and retry."""
     while True:
@@ -152,10 +178,13 @@ async def _rotate(
                 issue_server_identity, authority, store, clock.now()
             )
         except Exception as exc:  # noqa: BLE001 - a background loop logs and carries on
+            server.service.metrics.issuances.labels("ca-server", "error").inc()
             log.error(json.dumps({"event": "server_svid_rotation_failed", "error": str(exc)}))
             await trio.sleep(ROTATION_RETRY_SECONDS)
             continue
         server.identity = fresh
+        server.service.metrics.issuances.labels("ca-server", "ok").inc()
+        server.service.metrics.set_expiry("server", fresh.not_after)
         log.info(
             json.dumps(
                 {

@@ -1,0 +1,233 @@
+"""The CA server's trio shell: TLS (`ServerTls`), HTTP/1.1 keep-alive (`wire`), limits, logs.
+
+Everything the API decides is in `mesh_ca.server.core`; this module only moves bytes:
+handshake, read a request head and its body under size caps and per-phase timeouts, hand
+an `ApiRequest` to the core (in a worker thread when `threaded_handlers` is set and the
+endpoint touches the store or signs), write the response in one send, observe its duration
+and write one JSON access-log line. Tokens and keys are never logged: the log holds only
+the method, path, status, peer and the public facts the core chose (`ApiResponse.log`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Final, NoReturn, final
+
+import trio
+from cryptography import x509
+
+from mesh_ca.clock import Clock
+from mesh_ca.server.core import ApiError, ApiRequest, ApiResponse, CaService, error_response
+from mesh_ca.server.identity import ServerIdentity
+from mesh_ca.server.tlsconn import ServerTls
+from mesh_ca.server.wire import RequestHead, WireError, parse_request_head, render_response
+
+__all__ = ["CaHttpServer", "ServerLimits", "endpoint_label"]
+
+access_log = logging.getLogger("mesh_ca.server.access")
+log = logging.getLogger("mesh_ca.server")
+
+_ENDPOINTS: Final = frozenset(
+    (
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v1/bundle",
+        "/v1/bundle.pem",
+        "/v1/revocations",
+        "/v1/bootstrap",
+        "/v1/renew",
+        "/v1/admin/tokens",
+        "/v1/admin/revoke",
+    )
+)
+
+
+def endpoint_label(path: str) -> str:
+    """The metrics label of a path: the endpoint, or ``other`` (bounded label values)."""
+    return path if path in _ENDPOINTS else "other"
+
+
+@final
+@dataclass(frozen=True)
+class ServerLimits:
+    max_body_bytes: int = 65536
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 64
+    max_connections: int = 1024
+    handshake_timeout_seconds: float = 10.0
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 10.0
+    idle_timeout_seconds: float = 60.0
+    # Run store/signing handlers in worker threads (False runs them on the event loop).
+    threaded_handlers: bool = True
+
+
+class _CloseConnection(Exception):  # noqa: N818 - control flow, not an error
+    """End this connection quietly (peer gone, timeout, protocol error already answered)."""
+
+
+@final
+class CaHttpServer:
+    def __init__(
+        self,
+        service: CaService,
+        identity: ServerIdentity,
+        clock: Clock,
+        limits: ServerLimits | None = None,
+    ) -> None:
+        self.service = service
+        self.identity = identity  # replaced whole on rotation; each handshake reads it once
+        self.clock = clock
+        self.limits = limits or ServerLimits()
+        self.connections = 0
+        self._limiter = trio.CapacityLimiter(64)
+
+    async def handle_connection(self, stream: trio.abc.Stream, source: str) -> None:
+        """Serve one TCP connection until the peer closes, times out or misbehaves."""
+        if self.connections >= self.limits.max_connections:
+            log.warning(json.dumps({"event": "connection_refused", "reason": "max_connections"}))
+            await trio.aclose_forcefully(stream)
+            return
+        self.connections += 1
+        tls = ServerTls(stream, self.identity.context)
+        try:
+            with trio.fail_after(self.limits.handshake_timeout_seconds):
+                await tls.do_handshake()
+            der = tls.getpeercert()
+            peer = x509.load_der_x509_certificate(der) if der else None
+            await self._serve_requests(tls, source, peer)
+        except (
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            _CloseConnection,
+        ):
+            pass
+        except ValueError as exc:  # a certificate OpenSSL accepted but cryptography cannot read
+            log.warning(
+                json.dumps({"event": "bad_client_cert", "source": source, "error": str(exc)})
+            )
+        finally:
+            self.connections -= 1
+            await tls.aclose()
+
+    async def _serve_requests(
+        self, tls: ServerTls, source: str, peer: x509.Certificate | None
+    ) -> None:
+        limits = self.limits
+        buffer = bytearray()
+        timeout = limits.header_timeout_seconds
+        while True:
+            try:
+                with trio.fail_after(timeout):
+                    head = await self._read_head(tls, buffer)
+            except WireError as exc:
+                await self._refuse(tls, ApiError(exc.status, "bad_http", str(exc)))
+            if head is None:
+                return
+            timeout = limits.idle_timeout_seconds
+            started = time.perf_counter()
+            path = head.path
+            if head.content_length > limits.max_body_bytes:
+                error = ApiError(
+                    413,
+                    "body_too_large",
+                    f"body of {head.content_length} bytes exceeds {limits.max_body_bytes} bytes",
+                )
+                await self._refuse(tls, error, method=head.method, path=path, started=started)
+            end = head.size + head.content_length
+            if len(buffer) < end:
+                with trio.fail_after(limits.body_timeout_seconds):
+                    while len(buffer) < end:
+                        data = await tls.receive_some()
+                        if not data:
+                            raise _CloseConnection
+                        buffer += data
+            body = bytes(buffer[head.size : end])
+            del buffer[:end]  # a pipelined next request stays for the next round
+            request = ApiRequest(
+                head.method, path, head.headers.get("content-type"), body, source, peer
+            )
+            response = await self._dispatch(request)
+            await tls.send_all(
+                render_response(
+                    response.status,
+                    response.body,
+                    response.content_type,
+                    response.headers,
+                    close=not head.keep_alive,
+                )
+            )
+            self._log(head.method, path, response, peer, source, started)
+            if not head.keep_alive:
+                return
+
+    async def _read_head(self, tls: ServerTls, buffer: bytearray) -> RequestHead | None:
+        """The next request head; None when the peer closed cleanly between requests."""
+        while True:
+            head = parse_request_head(
+                buffer, max_bytes=self.limits.max_header_bytes, max_headers=self.limits.max_headers
+            )
+            if head is not None:
+                return head
+            data = await tls.receive_some()
+            if not data:
+                if buffer:
+                    raise _CloseConnection  # a truncated request: nothing to answer
+                return None
+            buffer += data
+
+    async def _dispatch(self, request: ApiRequest) -> ApiResponse:
+        now, monotonic = self.clock.now(), trio.current_time()
+        if self.limits.threaded_handlers and self.service.is_blocking(request.method, request.path):
+            return await trio.to_thread.run_sync(
+                self.service.handle, request, now, monotonic, limiter=self._limiter
+            )
+        return self.service.handle(request, now, monotonic)
+
+    async def _refuse(
+        self,
+        tls: ServerTls,
+        error: ApiError,
+        *,
+        method: str = "-",
+        path: str = "-",
+        started: float | None = None,
+    ) -> NoReturn:
+        """Answer a request we will not read further, then close the connection."""
+        response = error_response(error)
+        data = render_response(
+            response.status, response.body, response.content_type, response.headers, close=True
+        )
+        with trio.move_on_after(2):
+            await tls.send_all(data)
+        self._log(method, path, response, None, "-", started or time.perf_counter())
+        raise _CloseConnection
+
+    def _log(
+        self,
+        method: str,
+        path: str,
+        response: ApiResponse,
+        peer: x509.Certificate | None,
+        source: str,
+        started: float,
+    ) -> None:
+        duration = time.perf_counter() - started
+        self.service.metrics.request_duration.labels(endpoint_label(path)).observe(duration)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        line = {
+            "method": method,
+            "path": path,
+            "status": response.status,
+            "source": source,
+            "client_cert": peer is not None,
+            "duration_ms": round(duration * 1000, 3),
+            **response.log,
+        }
+        access_log.info(json.dumps(line, separators=(",", ":")))

@@ -1,0 +1,72 @@
+"""The CA server's Prometheus metrics: one registry per server process, names ``meshgate_ca_*``.
+
+Served at ``GET /metrics`` on the CA API without a client certificate: the figures are
+counts, durations and certificate expiry times, never tokens, keys or SPIFFE IDs (label
+values are fixed sets: issuance kinds, API error codes, token failure reasons, endpoints).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Final, final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE", "CaMetrics"]
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+# Requests take ~1-3 ms of CPU when the CA is idle and queue behind each other under load.
+_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+@final
+class CaMetrics:
+    """The counters, histogram and gauges of one CA server process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.issuances = Counter(
+            "meshgate_ca_issuances",
+            "Issuance requests by kind (bootstrap, renew, ca-server) and result "
+            "(ok or the API error code)",
+            ["kind", "result"],
+            registry=self.registry,
+        )
+        self.token_failures = Counter(
+            "meshgate_ca_token_failures",
+            "Join tokens refused, by reason (unknown, used, expired, malformed)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "meshgate_ca_rate_limited_requests",
+            "Issuance requests refused with 429 by the per-source rate limit",
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "meshgate_ca_request_duration_seconds",
+            "CA API request duration (head read to response written) by endpoint",
+            ["endpoint"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.certificate_expiry = Gauge(
+            "meshgate_ca_certificate_expiry_timestamp_seconds",
+            "notAfter of the CA's certificates (root, intermediate, server) as a Unix time",
+            ["certificate"],
+            registry=self.registry,
+        )
+        self.store_up = Gauge(
+            "meshgate_ca_store_up",
+            "1 when the last state store operation succeeded, 0 when the store was unavailable",
+            registry=self.registry,
+        )
+        self.store_up.set(1)
+
+    def set_expiry(self, certificate: str, not_after: datetime) -> None:
+        self.certificate_expiry.labels(certificate).set(not_after.timestamp())
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry."""
+        return generate_latest(self.registry)

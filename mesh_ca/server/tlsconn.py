@@ -1,0 +1,96 @@
+"""Server-side TLS over a trio stream through `ssl.MemoryBIO`: the few operations the CA needs.
+
+`trio.SSLStream` is general (concurrent send and receive, renegotiation-era retry loops,
+conflict detection, a checkpoint per `_retry`); the CA serves one request at a time per
+connection, so a request costs one socket receive, one `SSLObject.read`, one `write` and
+one socket send here. Errors from OpenSSL or the peer become `trio.BrokenResourceError`
+with the cause kept; an alert OpenSSL wants to send (a failed handshake) is sent first.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Final, final
+
+import trio
+
+__all__ = ["ServerTls"]
+
+_READ_SIZE: Final = 65536
+
+
+@final
+class ServerTls:
+    def __init__(self, transport: trio.abc.Stream, context: ssl.SSLContext) -> None:
+        self.transport = transport
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+
+    async def do_handshake(self) -> None:
+        """Complete the handshake. Fails closed: any TLS error breaks the connection."""
+        while True:
+            try:
+                self._ssl.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await self._flush()
+                if not await self._fill():
+                    raise trio.BrokenResourceError("peer closed during the handshake") from None
+            except ssl.SSLError as exc:
+                await self._flush_quietly()  # the alert, so the peer learns why
+                raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
+        await self._flush()
+
+    def getpeercert(self) -> bytes | None:
+        """The client certificate (DER) that OpenSSL verified against the bundle, if any."""
+        return self._ssl.getpeercert(binary_form=True)
+
+    async def receive_some(self) -> bytes:
+        """Decrypted bytes; b"" when the peer closed (with or without close_notify)."""
+        while True:
+            try:
+                data = self._ssl.read(_READ_SIZE)
+            except ssl.SSLWantReadError:
+                if self._outgoing.pending:  # e.g. the answer to a KeyUpdate
+                    await self._flush()
+                if not await self._fill():
+                    return b""
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+            except ssl.SSLError as exc:
+                await self._flush_quietly()
+                raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
+            if self._outgoing.pending:
+                await self._flush()
+            return data
+
+    async def send_all(self, data: bytes) -> None:
+        try:
+            self._ssl.write(data)
+        except ssl.SSLError as exc:
+            raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
+        await self._flush()
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.transport)
+
+    async def _fill(self) -> bool:
+        data = await self.transport.receive_some(_READ_SIZE)
+        if not data:
+            return False
+        self._incoming.write(data)
+        return True
+
+    async def _flush(self) -> None:
+        data = self._outgoing.read()
+        if data:
+            await self.transport.send_all(data)
+
+    async def _flush_quietly(self) -> None:
+        try:
+            with trio.move_on_after(1):
+                await self._flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
