@@ -1,7 +1,7 @@
 """``mesh-sidecar``: run a sidecar, check its config, or work with policies.
 
 Exit codes: 0 ok, 1 config or identity error (the message names the file and key),
-2 usage error. Logs are JSON lines on stderr.
+2 usage error. Logs are JSON lines on stderr (text on a terminal), see ``[log]``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _run(config_path: str) -> int:
 
     from sidecar.app import run
     from sidecar.config import ConfigError, load_config
-    from sidecar.logs import setup_logging
+    from sidecar.logs import LogSetupError, setup_logging
     from sidecar.static_identity import StaticIdentityError
 
     setup_logging()
@@ -47,6 +47,11 @@ def _run(config_path: str) -> int:
         config = load_config(config_path)
     except ConfigError as exc:
         _say(f"mesh-sidecar: {exc}")
+        return EXIT_CONFIG
+    try:
+        setup_logging(config.log)
+    except LogSetupError as exc:
+        _say(f"mesh-sidecar: {config_path}: {exc}")
         return EXIT_CONFIG
     try:
         return trio.run(run, config)
