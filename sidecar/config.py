@@ -184,7 +184,6 @@ class OutboundConfig(_Model):
     # http mode: pooled mTLS connections to the endpoints (see sidecar.pool).
     pool_max_idle_per_endpoint: Annotated[int, Field(ge=0, le=4096)] = 64
     pool_idle_timeout_seconds: Seconds = 60.0
-    response_timeout_seconds: Seconds = 30.0  # request sent → response head (else 504)
     endpoint_backoff_seconds: Seconds = 5.0  # a failed connect takes an endpoint out this long
 
 
