@@ -1,7 +1,7 @@
 """The authorization step of the inbound path: who may do what to which service.
 
-This issue fills it with an allow-list of SPIFFE IDs (tcp mode, action ``connect``); the
-Cedar engine plugs in behind the same `Authorizer` protocol. Pure: no trio, no sockets.
+`AllowList` holds SPIFFE IDs (tcp mode, action ``connect``); Cedar plugs in behind the
+same `Authorizer` protocol (`sidecar.policy_authz.CedarAuthorizer`). Pure: no trio, no sockets.
 Fails closed: a peer not on the list is denied, and so is any error while deciding.
 """
 
@@ -19,11 +19,23 @@ __all__ = ["AllowList", "Authorizer", "Decision", "authorize_safely"]
 @final
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """`allowed`, why (for logs and metrics), and the policies that determined it."""
+    """`allowed`, why (for logs and metrics), and the policies that determined it.
+
+    `audit_deny`: allowed only because the authorizer runs in audit mode; its policies
+    would have denied (log and count it as ``audit_deny``).
+    """
 
     allowed: bool
     reason: str
     policy_ids: tuple[str, ...] = ()
+    audit_deny: bool = False
+
+    @property
+    def result(self) -> str:
+        """The decision label for logs and metrics: allow, deny or audit_deny."""
+        if self.audit_deny:
+            return "audit_deny"
+        return "allow" if self.allowed else "deny"
 
     @classmethod
     def allow(cls, reason: str, policy_ids: tuple[str, ...] = ()) -> Decision:
