@@ -1,7 +1,10 @@
-"""The loopback admin listener: /healthz, /readyz, /certificate, /config (h11 over trio).
+"""The loopback admin listener: health, metrics and JSON views of the sidecar's state (h11).
 
-`respond` is pure (method, path, state → status and JSON body); the trio shell reads one
-request per connection with a size cap and answers with ``Connection: close``.
+Endpoints (``GET /`` lists them): ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus text
+format), and JSON views ``/certificate``, ``/policies``, ``/config``, ``/upstreams``.
+`respond` is pure (method, path, state → `AdminResponse`); the trio shell reads one
+request per connection with a size cap and answers with ``Connection: close``. Views never
+show secrets: a token or key file's path, never its contents.
 """
 
 from __future__ import annotations
@@ -9,22 +12,46 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, final
+from typing import Any, Final, Protocol, final
 
 import h11
 import trio
 
 from sidecar.config import Address, SidecarConfig
 from sidecar.identity.credentials import CredentialStore
+from sidecar.identity.stats import IdentityStats
+from sidecar.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from sidecar.metrics import SidecarMetrics
 
-__all__ = ["AdminState", "respond", "serve_admin"]
+__all__ = ["ENDPOINTS", "AdminResponse", "AdminState", "PolicyView", "respond", "serve_admin"]
 
 log = logging.getLogger("sidecar.admin")
 _MAX_REQUEST_BYTES = 16 * 1024
 _READ_TIMEOUT_SECONDS = 5.0
+_JSON: Final = "application/json"
+ENDPOINTS: Final[Mapping[str, str]] = {
+    "/healthz": "liveness: the process answers",
+    "/readyz": "readiness: an unexpired SVID (and a policy set, when configured) is loaded",
+    "/metrics": "Prometheus metrics (text exposition format)",
+    "/certificate": "current SVID: SPIFFE ID, serial, validity, next rotation, rotation results",
+    "/policies": "loaded policy set: version, files, loaded_at, last reload error",
+    "/config": "effective configuration (file paths, never secrets)",
+    "/upstreams": "outbound services, their endpoints and health",
+}
+# Config keys whose values are never shown (none hold secrets today: a safety net).
+_SECRET_WORDS: Final = ("password", "secret", "token", "dsn", "private")
+
+
+class PolicyView(Protocol):
+    """What the admin views need from the policy store (`sidecar.policy.PolicyStore`)."""
+
+    @property
+    def current(self) -> object | None: ...
+
+    def status(self) -> dict[str, object]: ...
 
 
 @final
@@ -34,6 +61,27 @@ class AdminState:
     store: CredentialStore
     now: Callable[[], datetime]
     next_rotation: Callable[[], datetime | None] = lambda: None
+    metrics: SidecarMetrics | None = None
+    identity_stats: IdentityStats | None = None  # None with static identity files
+    policies: PolicyView | None = None  # None when no [policy] is configured
+    # Endpoint health from the outbound pool: a JSON-able list, one item per service.
+    upstreams: Callable[[], list[dict[str, Any]]] | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class AdminResponse:
+    status: int
+    body: bytes
+    content_type: str = _JSON
+
+    @classmethod
+    def json(cls, status: int, body: Mapping[str, Any]) -> AdminResponse:
+        return cls(status, (json.dumps(body, indent=1, default=str) + "\n").encode())
+
+    def decoded(self) -> Any:
+        """The JSON body (for tests and tools)."""
+        return json.loads(self.body)
 
 
 def _readiness(state: AdminState) -> tuple[bool, str]:
@@ -42,36 +90,116 @@ def _readiness(state: AdminState) -> tuple[bool, str]:
         return False, "no SVID loaded yet"
     if current.expired(state.now()):
         return False, f"own SVID expired at {current.not_after.isoformat()}"
-    return True, "SVID valid"
+    if state.policies is not None and state.policies.current is None:
+        return False, "no policy set loaded yet"
+    return True, "SVID valid" + (" and policy set loaded" if state.policies else "")
 
 
-def respond(method: str, path: str, state: AdminState) -> tuple[int, dict[str, Any]]:
-    """The status and JSON body for one admin request. Pure apart from reading the store."""
-    if method not in ("GET", "HEAD"):
-        return 405, {"error": f"method {method} not allowed"}
-    route = path.split("?", 1)[0]
-    if route == "/healthz":
-        return 200, {"status": "ok"}
-    if route == "/readyz":
-        ready, reason = _readiness(state)
-        return (200 if ready else 503), {"ready": ready, "reason": reason}
-    if route == "/certificate":
-        current = state.store.current
-        if current is None:
-            return 503, {"error": "no SVID loaded yet"}
-        rotation = state.next_rotation()
-        return 200, {
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _certificate(state: AdminState) -> AdminResponse:
+    current = state.store.current
+    if current is None:
+        return AdminResponse.json(503, {"error": "no SVID loaded yet"})
+    stats = state.identity_stats
+    rotation = state.next_rotation()
+    if rotation is None and stats is not None:
+        rotation = stats.next_rotation_at
+    return AdminResponse.json(
+        200,
+        {
             "spiffe_id": str(current.spiffe_id),
             "serial": f"{current.serial:x}",
             "not_before": current.not_before.isoformat(),
             "not_after": current.not_after.isoformat(),
             "expired": current.expired(state.now()),
-            "next_rotation": rotation.isoformat() if rotation else None,
+            "source": "static files" if state.config.identity.static else "mesh CA",
+            "next_rotation": _iso(rotation),
+            "last_rotation": _iso(stats.last_rotation_at) if stats else None,
+            "rotations": stats.results("rotation") if stats else {},
+            "bootstraps": stats.results("bootstrap") if stats else {},
+            "last_error": stats.last_error if stats else None,
+            "last_error_at": _iso(stats.last_error_at) if stats else None,
             "trust_domains": sorted(str(td) for td in current.bundles),
+        },
+    )
+
+
+def _policies(state: AdminState) -> AdminResponse:
+    audit = state.config.policy.audit if state.config.policy is not None else None
+    if state.policies is None:
+        return AdminResponse.json(
+            200,
+            {"configured": False, "status": "not configured", "version": None, "files": []},
+        )
+    status = state.policies.status()
+    loaded = status.get("loaded")
+    view: dict[str, Any] = {"configured": True, "audit": audit}
+    view |= loaded if isinstance(loaded, dict) else {"version": None, "files": []}
+    view["loaded"] = isinstance(loaded, dict)
+    view["last_reload_error"] = status.get("last_error")
+    view["reloads"] = status.get("reloads", {})
+    return AdminResponse.json(200, view)
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: "<redacted>"
+            if any(w in k for w in _SECRET_WORDS) and not k.endswith(("_file", "_dir"))
+            else _redact(v)
+            for k, v in value.items()
         }
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
+
+
+def _upstreams(state: AdminState) -> AdminResponse:
+    if state.upstreams is not None:
+        return AdminResponse.json(200, {"source": "pool", "upstreams": state.upstreams()})
+    configured = [
+        {
+            "service": out.service,
+            "listen": str(out.listen),
+            "protocol": out.protocol,
+            "spiffe_ids": [str(i) for i in out.spiffe_ids],
+            "endpoints": [{"address": str(e), "health": "unknown"} for e in out.endpoints],
+        }
+        for out in state.config.outbound
+    ]
+    return AdminResponse.json(200, {"source": "config", "upstreams": configured})
+
+
+def respond(method: str, path: str, state: AdminState) -> AdminResponse:
+    """The response to one admin request. Pure apart from reading the stores."""
+    if method not in ("GET", "HEAD"):
+        return AdminResponse.json(405, {"error": f"method {method} not allowed"})
+    route = path.split("?", 1)[0]
+    if route == "/":
+        return AdminResponse.json(200, {"endpoints": dict(ENDPOINTS)})
+    if route == "/healthz":
+        return AdminResponse.json(200, {"status": "ok"})
+    if route == "/readyz":
+        ready, reason = _readiness(state)
+        return AdminResponse.json(200 if ready else 503, {"ready": ready, "reason": reason})
+    if route == "/metrics":
+        if state.metrics is None:
+            return AdminResponse.json(503, {"error": "metrics are not wired to this listener"})
+        return AdminResponse(200, state.metrics.render(), METRICS_CONTENT_TYPE)
+    if route == "/certificate":
+        return _certificate(state)
+    if route == "/policies":
+        return _policies(state)
     if route == "/config":
-        return 200, state.config.model_dump(mode="json")
-    return 404, {"error": f"no such endpoint {route}"}
+        return AdminResponse.json(200, _redact(state.config.model_dump(mode="json")))
+    if route == "/upstreams":
+        return _upstreams(state)
+    return AdminResponse.json(
+        404, {"error": f"no such endpoint {route}", "endpoints": sorted(["/", *ENDPOINTS])}
+    )
 
 
 async def _serve_one(stream: trio.SocketStream, state: AdminState) -> None:
@@ -93,14 +221,14 @@ async def _serve_one(stream: trio.SocketStream, state: AdminState) -> None:
             else:
                 break
     if request is None:
-        status, body = 400, {"error": "bad or incomplete request"}
+        response = AdminResponse.json(400, {"error": "bad or incomplete request"})
         method = "GET"
     else:
         method = request.method.decode("ascii", "replace")
-        status, body = respond(method, request.target.decode("ascii", "replace"), state)
-    payload = (json.dumps(body, indent=1) + "\n").encode()
+        response = respond(method, request.target.decode("ascii", "replace"), state)
+    payload = response.body
     headers = [
-        ("content-type", "application/json"),
+        ("content-type", response.content_type),
         ("content-length", str(len(payload))),
         ("connection", "close"),
     ]
@@ -108,7 +236,7 @@ async def _serve_one(stream: trio.SocketStream, state: AdminState) -> None:
     if request is None:  # h11 needs a request before a response: answer on a fresh state
         out.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         out.next_event()
-    data = out.send(h11.Response(status_code=status, headers=headers))
+    data = out.send(h11.Response(status_code=response.status, headers=headers))
     if method != "HEAD":
         data = (data or b"") + (out.send(h11.Data(data=payload)) or b"")
     data = (data or b"") + (out.send(h11.EndOfMessage()) or b"")

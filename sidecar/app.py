@@ -24,6 +24,8 @@ from sidecar.identity.credentials import CredentialStore
 from sidecar.identity.stats import IdentityStats
 from sidecar.inbound import Inbound
 from sidecar.logs import event
+from sidecar.metrics import SidecarMetrics
+from sidecar.observe import Observer
 from sidecar.outbound import Outbound
 from sidecar.runtime import Runtime
 from sidecar.static_identity import ReloadSignal, run_static_identity
@@ -112,11 +114,16 @@ async def run(
     reload = ReloadSignal()
     store = CredentialStore()
     tracker = ConnectionTracker(config.limits.max_connections, store)
-    runtime = Runtime(store, clock.now, config.timeouts, tracker)
+    metrics = SidecarMetrics()
+    metrics.watch_credentials(store)
+    observer = Observer(metrics, str(config.identity.spiffe_id))
+    runtime = Runtime(store, clock.now, config.timeouts, tracker, observer)
     async with trio.open_nursery() as nursery:
         if handle_signals:
             nursery.start_soon(_signals, drain, reload)
         stats = await _start_identity(config, store, clock, reload, nursery)
+        if stats is not None:
+            metrics.watch_identity(stats)
         async with trio.open_nursery() as handlers:
             serving: list[tuple[str, list[trio.SocketListener], Handler]] = []
             if config.inbound is not None:
@@ -137,6 +144,8 @@ async def run(
                     store,
                     clock.now,
                     (lambda: stats.next_rotation_at) if stats else (lambda: None),
+                    metrics=metrics,
+                    identity_stats=stats,
                 )
                 await nursery.start(serve_admin, config.admin.listen, state)
             with trio.CancelScope() as accepting:
