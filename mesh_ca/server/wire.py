@@ -25,7 +25,8 @@ from typing import Final, final
 
 __all__ = ["RequestHead", "WireError", "parse_request_head", "render_response"]
 
-_REQUEST_LINE: Final = re.compile(rb"([A-Z]{1,16}) (/[!-~]*) HTTP/1\.([01])")
+# Origin-form targets only, printable ASCII without "#" (a fragment never goes on the wire).
+_REQUEST_LINE: Final = re.compile(rb"([A-Z]{1,16}) (/[!-\x22\x24-~]*) HTTP/1\.([01])")
 _TOKEN: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _REASONS: Final = {
@@ -91,10 +92,10 @@ def parse_request_head(
     for line in lines[1:]:
         if line[:1] in (b" ", b"\t"):
             raise WireError(400, "obsolete line folding in the header block")
+        if b"\n" in line or b"\r" in line:
+            raise WireError(400, "bare LF or CR in the header block")
         name, colon, value = line.partition(b":")
         if not colon or _TOKEN.fullmatch(name) is None:
-            if b"\n" in line or b"\r" in line:
-                raise WireError(400, "bare LF or CR in the header block")
             raise WireError(400, f"malformed header line {line[:40]!r}")
         value = value.strip(b" \t")
         if _BAD_VALUE.search(value):
