@@ -15,7 +15,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Final, final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -26,6 +33,9 @@ from sidecar.identity.stats import IdentityStats
 __all__ = ["CONTENT_TYPE", "SidecarMetrics"]
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+# No `*_created` series: in the text format they are extra gauges per labelled child
+# (doubling the series count) that Prometheus ignores by default. Process-wide setting.
+disable_created_metrics()
 _LATENCY_BUCKETS: Final = (
     0.0005,
     0.001,
