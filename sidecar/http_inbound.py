@@ -300,6 +300,9 @@ class _Session:
                 return True
             if head is None:
                 return True
+            if _body_free(head.framing):  # its EndOfMessage is due at once; take it now
+                end = self.reader.next_event()
+                assert isinstance(end, EndOfMessage), end
             outcome = await self._serve_request(head, started, wall)
             if outcome.abort_client:
                 return False
