@@ -35,7 +35,7 @@ __all__ = ["CONTENT_TYPE", "SidecarMetrics"]
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 # No `*_created` series: in the text format they are extra gauges per labelled child
 # (doubling the series count) that Prometheus ignores by default. Process-wide setting.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 _LATENCY_BUCKETS: Final = (
     0.0005,
     0.001,
