@@ -2,7 +2,7 @@
 
 SIGTERM/SIGINT drain: listeners close at once (no new connections), open connections
 may finish for up to ``drain_timeout_seconds``, the rest are cancelled, and `run`
-returns 0. SIGHUP reloads static identity files.
+returns 0. SIGHUP reloads static identity files and the policy directory.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import trio
 
 from mesh_ca.clock import Clock, SystemClock
 from sidecar.admin import AdminState, serve_admin
-from sidecar.authz import AllowList
+from sidecar.authz import AllowList, Authorizer
 from sidecar.config import Address, SidecarConfig
 from sidecar.connections import ConnectionTracker
+from sidecar.http_inbound import HttpInbound
 from sidecar.identity.credentials import CredentialStore
 from sidecar.identity.stats import IdentityStats
 from sidecar.inbound import Inbound
@@ -27,6 +28,8 @@ from sidecar.logs import event
 from sidecar.metrics import SidecarMetrics
 from sidecar.observe import Observer
 from sidecar.outbound import Outbound
+from sidecar.policy_authz import CedarAuthorizer
+from sidecar.policy_runtime import LivePolicies
 from sidecar.runtime import Runtime
 from sidecar.static_identity import ReloadSignal, run_static_identity
 
@@ -72,12 +75,16 @@ async def _listen(address: Address) -> list[trio.SocketListener]:
     return await trio.open_tcp_listeners(address.port, host=address.host)
 
 
-async def _signals(drain: trio.Event, reload: ReloadSignal) -> None:
+async def _signals(
+    drain: trio.Event, reload: ReloadSignal, policies: LivePolicies | None = None
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
-                event(log, "SIGHUP: reloading identity files")
+                event(log, "SIGHUP: reloading identity files and policies")
                 reload.request()
+                if policies is not None:
+                    policies.request_reload()
             else:
                 event(log, "drain requested", signal=signal.Signals(signum).name)
                 drain.set()
@@ -118,19 +125,33 @@ async def run(
     metrics.watch_credentials(store)
     observer = Observer(metrics, str(config.identity.spiffe_id))
     runtime = Runtime(store, clock.now, config.timeouts, tracker, observer)
+    policies = LivePolicies(config.policy, clock, observer) if config.policy else None
     async with trio.open_nursery() as nursery:
         if handle_signals:
-            nursery.start_soon(_signals, drain, reload)
+            nursery.start_soon(_signals, drain, reload, policies)
+        if policies is not None:  # before identity: an invalid set refuses to start at once
+            await policies.start(nursery)
         stats = await _start_identity(config, store, clock, reload, nursery)
         if stats is not None:
             metrics.watch_identity(stats)
         async with trio.open_nursery() as handlers:
             serving: list[tuple[str, list[trio.SocketListener], Handler]] = []
             if config.inbound is not None:
-                if config.inbound.protocol != "tcp":
-                    raise NotImplementedError("inbound.protocol = 'http' is not implemented yet")
-                inbound = Inbound(config.inbound, runtime, AllowList(config.inbound.allowed_ids))
-                serving.append(("inbound", await _listen(config.inbound.listen), inbound.handle))
+                handler: Handler
+                audit = config.policy is not None and config.policy.audit
+                if config.inbound.protocol == "http":
+                    assert policies is not None  # the config requires [policy] for http
+                    handler = HttpInbound(
+                        config.inbound, runtime, policies.store, audit=audit
+                    ).handle
+                else:
+                    authorizer: Authorizer = (
+                        CedarAuthorizer(policies.store, clock.now, audit=audit)
+                        if policies is not None
+                        else AllowList(config.inbound.allowed_ids)
+                    )
+                    handler = Inbound(config.inbound, runtime, authorizer).handle
+                serving.append(("inbound", await _listen(config.inbound.listen), handler))
             for index, out in enumerate(config.outbound):
                 if out.protocol != "tcp":
                     raise NotImplementedError(
@@ -146,6 +167,7 @@ async def run(
                     (lambda: stats.next_rotation_at) if stats else (lambda: None),
                     metrics=metrics,
                     identity_stats=stats,
+                    policies=policies.store if policies else None,
                 )
                 await nursery.start(serve_admin, config.admin.listen, state)
             with trio.CancelScope() as accepting:
