@@ -40,6 +40,7 @@ def _run(config_path: str) -> int:
     from sidecar.app import run
     from sidecar.config import ConfigError, load_config
     from sidecar.logs import LogSetupError, setup_logging
+    from sidecar.policy_runtime import PolicyStartError
     from sidecar.static_identity import StaticIdentityError
 
     setup_logging()
@@ -55,9 +56,10 @@ def _run(config_path: str) -> int:
         return EXIT_CONFIG
     try:
         return trio.run(run, config)
-    except (StaticIdentityError, NotImplementedError, BaseExceptionGroup) as exc:
+    except (StaticIdentityError, PolicyStartError, NotImplementedError, BaseExceptionGroup) as exc:
         errors = _leaves(exc)
-        if not all(isinstance(e, StaticIdentityError | NotImplementedError) for e in errors):
+        refusals = StaticIdentityError | PolicyStartError | NotImplementedError
+        if not all(isinstance(e, refusals) for e in errors):
             raise
         for error in errors:
             _say(f"mesh-sidecar: {config_path}: {error}")
