@@ -24,7 +24,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 from sidecar.identity.credentials import CredentialStore
@@ -32,7 +32,9 @@ from sidecar.identity.stats import IdentityStats
 
 __all__ = ["CONTENT_TYPE", "SidecarMetrics"]
 
-CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+# The classic text format: `generate_latest` writes it (names escaped to underscores) and
+# every scraper reads it; we do not negotiate OpenMetrics or text 1.0.0.
+CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
 # No `*_created` series: in the text format they are extra gauges per labelled child
 # (doubling the series count) that Prometheus ignores by default. Process-wide setting.
 disable_created_metrics()  # type: ignore[no-untyped-call]
