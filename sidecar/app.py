@@ -21,6 +21,7 @@ from sidecar.authz import AllowList, Authorizer
 from sidecar.config import Address, SidecarConfig
 from sidecar.connections import ConnectionTracker
 from sidecar.http_inbound import HttpInbound
+from sidecar.http_outbound import HttpOutbound
 from sidecar.identity.credentials import CredentialStore
 from sidecar.identity.stats import IdentityStats
 from sidecar.inbound import Inbound
@@ -30,6 +31,7 @@ from sidecar.observe import Observer
 from sidecar.outbound import Outbound
 from sidecar.policy_authz import CedarAuthorizer
 from sidecar.policy_runtime import LivePolicies
+from sidecar.pool import MeshPool
 from sidecar.runtime import Runtime
 from sidecar.static_identity import ReloadSignal, run_static_identity
 
@@ -73,6 +75,10 @@ async def _accept_loop(
 
 async def _listen(address: Address) -> list[trio.SocketListener]:
     return await trio.open_tcp_listeners(address.port, host=address.host)
+
+
+def _pool_rows(pools: list[MeshPool]) -> Callable[[], list[dict[str, Any]]]:
+    return lambda: [row for pool in pools for row in pool.upstreams()]
 
 
 async def _signals(
@@ -152,13 +158,16 @@ async def run(
                     )
                     handler = Inbound(config.inbound, runtime, authorizer).handle
                 serving.append(("inbound", await _listen(config.inbound.listen), handler))
+            pools: list[MeshPool] = []
             for index, out in enumerate(config.outbound):
-                if out.protocol != "tcp":
-                    raise NotImplementedError(
-                        f"outbound[{index}].protocol = 'http' is not implemented yet"
-                    )
-                outbound = Outbound(out, runtime)
-                serving.append((f"outbound[{index}]", await _listen(out.listen), outbound.handle))
+                if out.protocol == "http":
+                    pool = MeshPool(out, runtime)
+                    await nursery.start(pool.run)
+                    pools.append(pool)
+                    out_handler: Handler = HttpOutbound(out, runtime, pool).handle
+                else:
+                    out_handler = Outbound(out, runtime).handle
+                serving.append((f"outbound[{index}]", await _listen(out.listen), out_handler))
             if config.admin is not None:  # after binding: ready means reachable
                 state = AdminState(
                     config,
@@ -167,6 +176,7 @@ async def run(
                     (lambda: stats.next_rotation_at) if stats else (lambda: None),
                     metrics=metrics,
                     identity_stats=stats,
+                    upstreams=_pool_rows(pools) if pools else None,
                     policies=policies.store if policies else None,
                 )
                 await nursery.start(serve_admin, config.admin.listen, state)
