@@ -112,7 +112,7 @@ class RecordingApp:
                 if ev is NEED_DATA:
                     data = await stream.receive_some()
                     if data:
-                        reader.feed(data)
+                        reader.feed(bytes(data))
                     else:
                         reader.feed_eof()
                 elif ev is CONNECTION_CLOSED:
@@ -243,7 +243,7 @@ async def read_responses(
                 except trio.BrokenResourceError:
                     data = b""
                 if data:
-                    reader.feed(data)
+                    reader.feed(bytes(data))
                 else:
                     reader.feed_eof()
             elif ev is CONNECTION_CLOSED:

@@ -73,7 +73,8 @@ async def test_a_forbidden_delete_gets_403_with_the_request_id_and_the_app_sees_
         assert response.status == 403
         assert b"req-42" in response.body
         assert response.header("x-request-id") == "req-42"
-        assert h.app.requests == [] and h.app.connections == 0
+        assert h.app.requests == []
+        assert h.app.connections == 0
         [line] = await access_log.wait_for(1)
         assert (line["decision"], line["policies"], line["reason"]) == (
             "deny",
@@ -124,7 +125,8 @@ async def test_a_malformed_policy_file_during_reload_keeps_the_old_decisions(
         assert h.policies.try_reload(shop, NOW) is ReloadOutcome.FAILED
         assert h.policies.last_error is not None
         assert h.policies.last_error.file == "shop.cedar"
-        assert h.policies.current is not None and h.policies.current.version == version
+        assert h.policies.current is not None
+        assert h.policies.current.version == version
         stream = await h.connect()
         await stream.send_all(GET_ORDER + DELETE_ORDER)
         responses = await read_responses(stream, ["GET", "DELETE"])
