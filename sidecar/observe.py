@@ -12,14 +12,14 @@ Never put secrets, tokens or full header sets into a record.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Literal, final
 
 from sidecar.metrics import SidecarMetrics
 
-__all__ = ["AccessRecord", "ConnectionReport", "Direction", "Observer"]
+__all__ = ["AccessRecord", "ConnectionReport", "Direction", "Observer", "trace_ids"]
 
 Direction = Literal["inbound", "outbound"]
 access_log = logging.getLogger("meshgate.access")
@@ -55,6 +55,22 @@ class AccessRecord:
         extra = line.pop("extra")
         line |= extra
         return line
+
+
+def trace_ids(forwarded: Iterable[tuple[str, str]]) -> tuple[str | None, str | None]:
+    """`(request_id, traceparent)` for an access record, from the headers sent on.
+
+    Pass the output of `forward_request_headers`: it keeps one valid `x-request-id` or
+    makes one, and drops invalid or repeated `traceparent`, so what is logged is exactly
+    what the next hop sees and a request can be followed across hops.
+    """
+    request_id = traceparent = None
+    for name, value in forwarded:
+        if name == "x-request-id":
+            request_id = value
+        elif name == "traceparent":
+            traceparent = value
+    return request_id, traceparent
 
 
 @final
