@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -73,8 +74,26 @@ async def _accept_loop(
             nursery.start_soon(loop, listener)
 
 
-async def _listen(address: Address) -> list[trio.SocketListener]:
-    return await trio.open_tcp_listeners(address.port, host=address.host)
+async def _listen(address: Address, *, reuse_port: bool = False) -> list[trio.SocketListener]:
+    """Listening sockets for `address`; with `reuse_port` (workers > 1) every worker binds
+    its own socket on the same port and the kernel spreads connections (SO_REUSEPORT)."""
+    if not reuse_port:
+        return await trio.open_tcp_listeners(address.port, host=address.host)
+    listeners = []
+    for family, type_, proto, _, sockaddr in await trio.socket.getaddrinfo(
+        address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        sock = trio.socket.socket(family, type_, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            await sock.bind(sockaddr)
+            sock.listen(4096)
+        except OSError:
+            sock.close()
+            raise
+        listeners.append(trio.SocketListener(sock))
+    return listeners
 
 
 def _pool_rows(pools: list[MeshPool]) -> Callable[[], list[dict[str, Any]]]:
@@ -120,12 +139,18 @@ async def run(
     clock: Clock | None = None,
     handle_signals: bool = True,
     drain: trio.Event | None = None,
+    store: CredentialStore | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> int:
-    """Serve until drained; returns the process exit code (0 after a graceful drain)."""
+    """Serve until drained; returns the process exit code (0 after a graceful drain).
+
+    `store` and `on_started` (called once the listeners are bound) are for worker
+    processes (`sidecar.workers`), which are fed credentials by their parent.
+    """
     clock = clock or SystemClock()
     drain = drain or trio.Event()
     reload = ReloadSignal()
-    store = CredentialStore()
+    store = store or CredentialStore()
     tracker = ConnectionTracker(config.limits.max_connections, store)
     metrics = SidecarMetrics()
     metrics.watch_credentials(store)
@@ -142,6 +167,7 @@ async def run(
             metrics.watch_identity(stats)
         async with trio.open_nursery() as handlers:
             serving: list[tuple[str, list[trio.SocketListener], Handler]] = []
+            reuse = config.workers > 1  # sidecar.workers: each worker binds the same ports
             if config.inbound is not None:
                 handler: Handler
                 audit = config.policy is not None and config.policy.audit
@@ -157,7 +183,9 @@ async def run(
                         else AllowList(config.inbound.allowed_ids)
                     )
                     handler = Inbound(config.inbound, runtime, authorizer).handle
-                serving.append(("inbound", await _listen(config.inbound.listen), handler))
+                serving.append(
+                    ("inbound", await _listen(config.inbound.listen, reuse_port=reuse), handler)
+                )
             pools: list[MeshPool] = []
             for index, out in enumerate(config.outbound):
                 if out.protocol == "http":
@@ -167,7 +195,9 @@ async def run(
                     out_handler: Handler = HttpOutbound(out, runtime, pool).handle
                 else:
                     out_handler = Outbound(out, runtime).handle
-                serving.append((f"outbound[{index}]", await _listen(out.listen), out_handler))
+                serving.append(
+                    (f"outbound[{index}]", await _listen(out.listen, reuse_port=reuse), out_handler)
+                )
             if config.admin is not None:  # after binding: ready means reachable
                 state = AdminState(
                     config,
@@ -194,6 +224,8 @@ async def run(
                         listeners=listening,
                         spiffe_id=str(config.identity.spiffe_id),
                     )
+                    if on_started is not None:
+                        on_started()
                     await drain.wait()
                     accepting.cancel()  # stop accepting: listening sockets close now
             event(
