@@ -167,15 +167,15 @@ async def run(
             metrics.watch_identity(stats)
         async with trio.open_nursery() as handlers:
             serving: list[tuple[str, list[trio.SocketListener], Handler]] = []
+            http_inbound: HttpInbound | None = None
             reuse = config.workers > 1  # sidecar.workers: each worker binds the same ports
             if config.inbound is not None:
                 handler: Handler
                 audit = config.policy is not None and config.policy.audit
                 if config.inbound.protocol == "http":
                     assert policies is not None  # the config requires [policy] for http
-                    handler = HttpInbound(
-                        config.inbound, runtime, policies.store, audit=audit
-                    ).handle
+                    http_inbound = HttpInbound(config.inbound, runtime, policies.store, audit=audit)
+                    handler = http_inbound.handle
                 else:
                     authorizer: Authorizer = (
                         CedarAuthorizer(policies.store, clock.now, audit=audit)
@@ -228,6 +228,8 @@ async def run(
                         on_started()
                     await drain.wait()
                     accepting.cancel()  # stop accepting: listening sockets close now
+                    if http_inbound is not None:
+                        http_inbound.drain()  # idle keep-alive connections close now
             event(
                 log,
                 "draining",
