@@ -179,11 +179,20 @@ class HttpInbound:
         self.audit = audit
         self.limits = limits or HttpLimits()
         self.new_request_id = new_request_id
+        self.draining = False
+        self._idle_waits: set[trio.CancelScope] = set()
         self.pool = AppPool(
             connect_app or self._connect_tcp,
             max_idle=pool_size,
             idle_timeout_seconds=runtime.timeouts.keepalive_idle_timeout_seconds,
         )
+
+    def drain(self) -> None:
+        """SIGTERM: connections waiting for their next request close now; a request in
+        progress finishes and its response says ``connection: close``."""
+        self.draining = True
+        for scope in self._idle_waits:
+            scope.cancel()
 
     async def _connect_tcp(self) -> trio.abc.Stream:
         return await trio.open_tcp_stream(self.config.app.host, self.config.app.port)
@@ -323,7 +332,16 @@ class _Session:
             if head_deadline is None and self.reader.buffered_bytes:
                 head_deadline = trio.current_time() + self.timeouts.header_timeout_seconds
             if head_deadline is None:
-                await self._read_client(idle_deadline, "idle")
+                if self.inbound.draining:
+                    return None
+                with trio.CancelScope() as waiting:
+                    self.inbound._idle_waits.add(waiting)
+                    try:
+                        await self._read_client(idle_deadline, "idle")
+                    finally:
+                        self.inbound._idle_waits.discard(waiting)
+                if waiting.cancelled_caught:
+                    return None  # drained while idle
             else:
                 await self._read_client(head_deadline, "head")
 
@@ -754,7 +772,7 @@ class _Session:
             head_framing = _head_length(resp)
         # Decided now, since it goes into the head: an app that answers before the upload
         # ended leaves the rest of the body unread, so the connection cannot continue.
-        keep = head.keep_alive and not close_after and pump.done
+        keep = head.keep_alive and not close_after and pump.done and not self.inbound.draining
         response.keep_client = keep
         headers = forward_response_headers(resp.headers)
         if not keep:
