@@ -8,7 +8,6 @@ the app — not even a TCP connection — before the peer is verified and author
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, final
@@ -46,7 +45,7 @@ class Inbound:
         """
         rt = self.runtime
         report = ConnectionReport(
-            "inbound", _peer_address(transport), self.config.service, rt.now(), time.monotonic()
+            "inbound", _peer_address(transport), self.config.service, rt.now(), trio.current_time()
         )
         with trio.CancelScope() as scope:
             handle = rt.tracker.admit(scope, "inbound")
@@ -67,9 +66,9 @@ class Inbound:
             finally:
                 rt.tracker.release(handle)
                 rt.observer.connection_closed("inbound")
-                if scope.cancelled_caught and report.reason is None:
+                if scope.cancel_called and report.reason is None:
                     report.reason = "cancelled"  # revoked, expired or drained
-                rt.observer.request(report.record(time.monotonic()))
+                rt.observer.request(report.record(trio.current_time()))
         if scope.cancelled_caught:
             event(
                 log,

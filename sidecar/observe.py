@@ -86,7 +86,7 @@ class ConnectionReport:
     source: str
     destination: str
     time: datetime
-    started: float  # monotonic seconds, for the duration
+    started: float  # trio.current_time() at accept (mock-clock friendly), for the duration
     peer_id: str | None = None
     decision: str = "none"
     policies: tuple[str, ...] = ()

@@ -10,7 +10,6 @@ connection is reset; nothing is ever sent in plaintext.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, final
 
@@ -59,7 +58,7 @@ class Outbound:
         """
         rt = self.runtime
         report = ConnectionReport(
-            "outbound", _local_address(local), self.config.service, rt.now(), time.monotonic()
+            "outbound", _local_address(local), self.config.service, rt.now(), trio.current_time()
         )
         with trio.CancelScope() as scope:
             handle = rt.tracker.admit(scope, "outbound")
@@ -80,9 +79,9 @@ class Outbound:
             finally:
                 rt.tracker.release(handle)
                 rt.observer.connection_closed("outbound")
-                if scope.cancelled_caught and report.reason is None:
+                if scope.cancel_called and report.reason is None:
                     report.reason = "cancelled"  # revoked, expired or drained
-                rt.observer.request(report.record(time.monotonic()))
+                rt.observer.request(report.record(trio.current_time()))
         if scope.cancelled_caught:
             await abort(local)
             event(
