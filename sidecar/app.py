@@ -148,9 +148,9 @@ async def run(
     processes (`sidecar.workers`), which are fed credentials by their parent.
     """
     clock = clock or SystemClock()
-    drain = drain or trio.Event()
+    drain = drain if drain is not None else trio.Event()
     reload = ReloadSignal()
-    store = store or CredentialStore()
+    store = store if store is not None else CredentialStore()
     tracker = ConnectionTracker(config.limits.max_connections, store)
     metrics = SidecarMetrics()
     metrics.watch_credentials(store)
