@@ -40,20 +40,21 @@ async def test_start_loads_and_sighup_reloads_with_counted_outcomes(tmp_path: Pa
             '@id("extra")\npermit (principal, action == Action::"GET", resource == Service::"x");\n'
         )
         live.request_reload()
-        with trio.fail_after(10):
-            while live.store.current.version == first:
+        with trio.fail_after(10):  # counted after the swap: wait for the count
+            while _sample(observer, "meshgate_policy_reloads_total", {"result": "loaded"}) < 2:
                 await trio.sleep(0.01)
+        assert live.store.current is not None
         second = live.store.current.version
-        assert _sample(observer, "meshgate_policy_reloads_total", {"result": "loaded"}) == 2
+        assert second != first
         assert _sample(observer, "meshgate_policy_set_info", {"version": second}) == 1
         assert _sample(observer, "meshgate_policy_set_info", {"version": first}) == 0
         (directory / "extra.cedar").write_text('@id("extra")\npermit (principal, action')
         live.request_reload()
         with trio.fail_after(10):
-            while live.store.last_error is None:
+            while _sample(observer, "meshgate_policy_reloads_total", {"result": "failed"}) < 1:
                 await trio.sleep(0.01)
         assert live.store.current.version == second  # the last good set stays
-        assert _sample(observer, "meshgate_policy_reloads_total", {"result": "failed"}) == 1
+        assert live.store.last_error is not None
         nursery.cancel_scope.cancel()
 
 
