@@ -55,6 +55,10 @@ def _run(config_path: str) -> int:
         _say(f"mesh-sidecar: {config_path}: {exc}")
         return EXIT_CONFIG
     try:
+        if config.workers > 1:
+            from sidecar.workers import supervise
+
+            return trio.run(supervise, config, config_path)
         return trio.run(run, config)
     except (StaticIdentityError, PolicyStartError, NotImplementedError, BaseExceptionGroup) as exc:
         errors = _leaves(exc)
