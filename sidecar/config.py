@@ -127,7 +127,10 @@ class IdentityConfig(_Model):
     state_dir: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
-    reload_interval_seconds: Seconds = 5.0
+    reload_interval_seconds: Seconds = 5.0  # static files: how often their mtime is checked
+    # CA mode: how often the trust bundle and the revocations are fetched, so a revoked peer
+    # is refused (and its open connections closed) at most this long after `mesh-ca revoke`.
+    poll_interval_seconds: Annotated[float, Field(ge=1, le=3600)] = 30.0
 
     @property
     def trust_domain(self) -> TrustDomain:
@@ -148,6 +151,11 @@ class IdentityConfig(_Model):
             )
         if static and (self.cert_file is None or self.key_file is None):
             raise ValueError("static identity needs both cert_file and key_file")
+        if static and "poll_interval_seconds" in self.model_fields_set:
+            raise ValueError(
+                "poll_interval_seconds applies to bootstrap from the CA; static identity "
+                "files are re-read every reload_interval_seconds"
+            )
         if not static and (not self.ca_addresses or self.state_dir is None):
             raise ValueError(
                 "set ca_addresses and state_dir (bootstrap from the CA), "
