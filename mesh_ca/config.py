@@ -78,7 +78,14 @@ class IssuanceConfig(_Model):
     max_ttl_seconds: Annotated[
         _TtlSeconds, Field(description="longest leaf lifetime (at most 24 h)")
     ] = _MAX_TTL_S
-    token_ttl_seconds: Annotated[int, Field(ge=10, le=7 * 86400)] = 600
+    token_ttl_seconds: Annotated[
+        int,
+        Field(
+            ge=10,
+            le=7 * 86400,
+            description="lifetime of a join token not yet used (`mesh-ca token create --ttl`)",
+        ),
+    ] = 600
 
     @model_validator(mode="after")
     def _ordered(self) -> IssuanceConfig:
@@ -101,12 +108,40 @@ class IssuanceConfig(_Model):
 
 
 class ServerConfig(_Model):
-    listen: str = "127.0.0.1:8443"
-    # SPIFFE IDs allowed to use the admin API. Empty: admin only through the CLI.
-    admin_ids: tuple[str, ...] = ()
-    rate_limit_per_second: Annotated[float, Field(gt=0)] = 50.0
-    rate_limit_burst: Annotated[int, Field(ge=1)] = 100
-    max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 65536
+    listen: Annotated[
+        str,
+        Field(
+            description=(
+                "HOST:PORT of the CA's HTTPS server ([v6]:PORT for IPv6; port 0 picks a free "
+                "one); `mesh-ca serve --listen` overrides it"
+            )
+        ),
+    ] = "127.0.0.1:8443"
+    admin_ids: Annotated[
+        tuple[str, ...],
+        Field(
+            description=(
+                "SPIFFE IDs allowed to use the admin API (tokens, revocations) over mTLS. "
+                "Empty: admin only through the `mesh-ca` CLI"
+            )
+        ),
+    ] = ()
+    rate_limit_per_second: Annotated[
+        float,
+        Field(gt=0, description="issuance requests per second allowed from one source address"),
+    ] = 50.0
+    rate_limit_burst: Annotated[
+        int,
+        Field(ge=1, description="issuance requests one source address may send in a burst"),
+    ] = 100
+    max_body_bytes: Annotated[
+        int,
+        Field(
+            ge=1024,
+            le=16 * 1024 * 1024,
+            description="largest request body accepted; a larger one gets 413",
+        ),
+    ] = 65536
 
     @field_validator("listen")
     @classmethod
@@ -139,13 +174,35 @@ class ServerConfig(_Model):
 
 
 class StoreConfig(_Model):
-    kind: Literal["sqlite", "postgres"] = "sqlite"
-    # sqlite: relative to the CA directory.
-    path: str = "state.db"
-    # postgres: a libpq URL without the password; the password comes from an env var or file.
-    url: str | None = None
-    password_env: str | None = None
-    password_file: str | None = None
+    kind: Annotated[
+        Literal["sqlite", "postgres"],
+        Field(
+            description=(
+                "where tokens, the issued-certificate ledger and revocations live: sqlite "
+                "(one CA process) or postgres (several replicas, docs/ca-replicas.md)"
+            )
+        ),
+    ] = "sqlite"
+    path: Annotated[
+        str, Field(description="sqlite: the database file, relative to the CA directory")
+    ] = "state.db"
+    url: Annotated[
+        str | None,
+        Field(description="postgres: a libpq URL without the password (required for postgres)"),
+    ] = None
+    password_env: Annotated[
+        str | None,
+        Field(description="postgres: name of the environment variable holding the password"),
+    ] = None
+    password_file: Annotated[
+        str | None,
+        Field(
+            description=(
+                "postgres: file (relative to the CA directory, owner-only mode) whose first "
+                "line is the password; not together with password_env"
+            )
+        ),
+    ] = None
 
     @model_validator(mode="after")
     def _postgres_needs_url(self) -> StoreConfig:
@@ -155,7 +212,10 @@ class StoreConfig(_Model):
 
 
 class CaConfig(_Model):
-    trust_domain: str
+    trust_domain: Annotated[
+        str,
+        Field(description="the SPIFFE trust domain this CA issues for, e.g. example.org"),
+    ]
     issuance: IssuanceConfig = IssuanceConfig()
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
