@@ -367,7 +367,9 @@ class _Session:
             return
         raise _ClientGoneError("client did not read the response in time")
 
-    async def _refuse_unparsed(self, exc: HttpError, started: float, wall: datetime) -> None:
+    async def _refuse_unparsed(
+        self, exc: HttpError, started: float, wall: datetime, head: RequestHead | None = None
+    ) -> None:
         """A head we could not accept: answer with its status and close; the app sees
         nothing and no policy is asked."""
         request_id = self.inbound.new_request_id()
@@ -376,7 +378,7 @@ class _Session:
         self._report(
             started,
             wall,
-            None,
+            head,
             None,
             _Outcome(status=exc.status_hint, reason=f"bad_request: {exc.reason}"),
             request_id=request_id,
@@ -389,7 +391,7 @@ class _Session:
         try:
             target = normalize_target(head.target)
         except HttpError as exc:
-            await self._refuse_unparsed(exc, started, wall)
+            await self._refuse_unparsed(exc, started, wall, head)
             return _Outcome(keep_client=False)
         forwarded = forward_request_headers(
             head.headers,
