@@ -3,6 +3,9 @@
 
     python scripts/bench.py ca [--seconds 3] [--concurrency 16] [--only-default]
     python scripts/bench.py replicas [--seconds 3] [--concurrency 16]
+    python scripts/bench.py http [--seconds 5] [--concurrency 16]
+    python scripts/bench.py datapath [--seconds 3]
+    python scripts/bench.py memory
 
 Sections register themselves in `SECTIONS` (name -> function taking the parsed args and
 returning a dict of figures, which is printed as JSON at the end). Runs are bounded in
@@ -437,6 +440,12 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], Figures]] = {
     "ca": bench_ca,
     "replicas": bench_replicas,
 }
+
+# Data-path sections (http, datapath, memory) live in scripts/benchlib/datapath.py.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from scripts.benchlib.datapath import SECTIONS as DATA_PATH_SECTIONS  # noqa: E402
+
+SECTIONS.update(DATA_PATH_SECTIONS)
 
 
 def main(argv: list[str] | None = None) -> int:

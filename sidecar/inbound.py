@@ -115,7 +115,7 @@ class Inbound:
             self.config.service,
             {"source": source, "tls_version": conn.stream.version() or ""},
         )
-        report.decision = "allow" if decision.allowed else "deny"
+        report.decision = decision.result
         report.policies = tuple(decision.policy_ids)
         rt.observer.decision(report.decision, report.policies)
         fields: dict[str, Any] = {
