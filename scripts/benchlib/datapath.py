@@ -1,0 +1,521 @@
+"""Data-path sections of scripts/bench.py: ``http``, ``datapath`` (tcp) and ``memory``.
+
+``http``: in one run, wrk against direct (nginx app), the meshgate pair in http mode
+(Cedar decision per request at the inbound sidecar; workers = 1 and workers = 2), an
+nginx pair and a haproxy pair (same mTLS hop, `scripts/benchlib/peers.py`). Two
+scenarios: keep-alive clients, and a new client connection per request
+(``Connection: close``). Figures: requests/s, p50/p99 latency (wrk), CPU per request of
+the proxy processes (utime+stime from /proc before/after), proxy RSS, ratios to nginx
+and to direct.
+
+``datapath``: the tcp-mode chain against a trio echo app, keep-alive and new connection
+per request (formerly scripts/bench_datapath.py).
+
+``memory``: the sidecars' RSS idle and with 1,000 open idle client connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from scripts.benchlib.peers import Tls, haproxy_pair, nginx_app, nginx_pair, wait_port  # noqa: E402
+from tests.integration.http_mesh import POLICIES  # noqa: E402
+from tests.pki import Leaf, TestPki  # noqa: E402
+from tests.procs import free_port, running_sidecar, write_config  # noqa: E402
+
+Figures = dict[str, Any]
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def progress(message: str) -> None:
+    sys.stderr.write(f"[bench] {message}\n")
+    sys.stderr.flush()
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _TICKS
+    return total
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return round(total / 1024, 1)
+
+
+def children(pid: int) -> list[int]:
+    """Direct children (worker processes of a `workers > 1` sidecar)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(p) for p in (task / "children").read_text().split()]
+    return out
+
+
+# -- wrk -----------------------------------------------------------------------------------
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", text)
+    if m is None:
+        raise ValueError(f"wrk latency {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_seconds: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.cpu_seconds / max(1, self.requests) * 1e6
+
+
+def run_wrk(port: int, seconds: float, connections: int, close: bool, pids: list[int]) -> WrkResult:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    cmd.append(f"http://127.0.0.1:{port}/")
+    cpu0 = cpu_seconds(pids)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pids) - cpu0
+    total = re.search(r"(\d+) requests in ([0-9.]+)(ms|s|m)", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    if total is None or p50 is None or p99 is None:
+        raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out)) + sum(
+        int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out)
+    )
+    return WrkResult(
+        int(total.group(1)),
+        _ms(total.group(2) + total.group(3)) / 1000,
+        _ms(p50.group(1)),
+        _ms(p99.group(1)),
+        errors,
+        cpu,
+    )
+
+
+# -- the meshgate pair ---------------------------------------------------------------------
+
+
+@dataclass
+class Certs:
+    client: Leaf
+    server: Leaf
+    client_id: str
+    server_id: str
+
+
+def bench_certs(pki: TestPki) -> Certs:
+    """SVIDs that also carry DNS `localhost` (nginx verifies its upstream by name)."""
+    client_id = str(pki.spiffe_id("shop", "frontend"))
+    server_id = str(pki.spiffe_id("shop", "catalog"))
+    return Certs(
+        pki.raw_leaf([client_id], dns_names=("localhost",)),
+        pki.raw_leaf([server_id], dns_names=("localhost",)),
+        client_id,
+        server_id,
+    )
+
+
+def write_tls(pki: TestPki, leaf: Leaf, directory: Path) -> Tls:
+    chain, key = leaf.write(directory)
+    bundle = directory / "bundle.pem"
+    bundle.write_bytes(pki.bundle_pem())
+    return Tls(chain, key, bundle)
+
+
+@contextlib.contextmanager
+def meshgate_pair(
+    pki: TestPki,
+    certs: Certs,
+    tmp: Path,
+    app_port: int,
+    *,
+    protocol: str = "http",
+    workers: int = 1,
+    access_log: str = "off",
+) -> Iterator[tuple[int, list[int], list[int]]]:
+    """Start B (inbound) and A (outbound); yields (entry port, A pids, B pids)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    a_tls = write_tls(pki, certs.client, tmp / "a")
+    b_tls = write_tls(pki, certs.server, tmp / "b")
+    ports = {k: free_port() for k in ("a_admin", "b_admin", "a_out", "b_in")}
+    common: dict[str, Any] = {
+        "workers": workers,
+        "log": {"access_log": access_log, "format": "json", "level": "warning"},
+        "limits": {"max_connections": 8192},
+        "timeouts": {"idle_timeout_seconds": 120},
+    }
+    inbound: dict[str, Any] = {
+        "listen": f"127.0.0.1:{ports['b_in']}",
+        "app": f"127.0.0.1:{app_port}",
+        "service": "catalog",
+        "protocol": protocol,
+    }
+    b: dict[str, Any] = {
+        **common,
+        "identity": _identity(certs.server_id, b_tls),
+        "inbound": inbound,
+        "admin": {"listen": f"127.0.0.1:{ports['b_admin']}"},
+    }
+    if protocol == "http":
+        b["policy"] = {"dir": str(POLICIES)}
+    else:
+        inbound["allowed_ids"] = [certs.client_id]
+    a = {
+        **common,
+        "identity": _identity(certs.client_id, a_tls),
+        "outbound": [
+            {
+                "listen": f"127.0.0.1:{ports['a_out']}",
+                "service": "catalog",
+                "endpoints": [f"127.0.0.1:{ports['b_in']}"],
+                "spiffe_ids": [certs.server_id],
+                "protocol": protocol,
+            }
+        ],
+        "admin": {"listen": f"127.0.0.1:{ports['a_admin']}"},
+    }
+    b_path = write_config(tmp / "b.toml", b)
+    a_path = write_config(tmp / "a.toml", a)
+    with (
+        running_sidecar(b_path, ports["b_admin"]) as b_proc,
+        running_sidecar(a_path, ports["a_admin"]) as a_proc,
+    ):
+        wait_port(ports["a_out"])
+
+        def pids(parent: int) -> list[int]:
+            return [parent, *children(parent)]
+
+        yield ports["a_out"], pids(a_proc.process.pid), pids(b_proc.process.pid)
+
+
+def _identity(spiffe_id: str, tls: Tls) -> dict[str, str]:
+    return {
+        "spiffe_id": spiffe_id,
+        "cert_file": str(tls.chain),
+        "key_file": str(tls.key),
+        "bundle_file": str(tls.bundle),
+    }
+
+
+# -- section: http -------------------------------------------------------------------------
+
+SCENARIOS = (("keep_alive", False), ("new_connection", True))
+
+
+def _row(result: WrkResult, pids: list[int]) -> Figures:
+    return {
+        "rps": round(result.rps),
+        "p50_ms": round(result.p50_ms, 2),
+        "p99_ms": round(result.p99_ms, 2),
+        "proxy_cpu_us_per_request": round(result.cpu_us_per_request),
+        "proxy_rss_mb": rss_mb(pids),
+        "errors": result.errors,
+        "requests": result.requests,
+    }
+
+
+def _ratios(rows: dict[str, Figures], base: str) -> dict[str, Figures]:
+    out: dict[str, Figures] = {}
+    ref = rows.get(base)
+    if not ref:
+        return out
+    for name, row in rows.items():
+        out[name] = {
+            "rps": round(row["rps"] / ref["rps"], 2),
+            "p50": round(row["p50_ms"] / ref["p50_ms"], 2) if ref["p50_ms"] else None,
+            "p99": round(row["p99_ms"] / ref["p99_ms"], 2) if ref["p99_ms"] else None,
+            "cpu_per_request": (
+                round(row["proxy_cpu_us_per_request"] / ref["proxy_cpu_us_per_request"], 2)
+                if ref["proxy_cpu_us_per_request"]
+                else None
+            ),
+        }
+    return out
+
+
+def bench_http(args: argparse.Namespace) -> Figures:
+    seconds, connections = args.seconds, args.concurrency
+    figures: Figures = {
+        "connections": connections,
+        "seconds_per_run": seconds,
+        "load_average_before": os.getloadavg()[0],
+    }
+    pki = TestPki()
+    certs = bench_certs(pki)
+    with tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        app = nginx_app(tmp, free_port())
+        try:
+            targets: list[tuple[str, Callable[[], contextlib.AbstractContextManager[Any]]]] = [
+                ("direct", lambda: contextlib.nullcontext((app.entry_port, [], []))),
+                ("meshgate", lambda: meshgate_pair(pki, certs, tmp / "mg1", app.entry_port)),
+                (
+                    "meshgate_workers2",
+                    lambda: meshgate_pair(pki, certs, tmp / "mg2", app.entry_port, workers=2),
+                ),
+                ("nginx", lambda: _peer(nginx_pair, "nginx", tmp, pki, certs, app.entry_port)),
+                (
+                    "haproxy",
+                    lambda: _peer(haproxy_pair, "haproxy", tmp, pki, certs, app.entry_port),
+                ),
+            ]
+            rows: dict[str, dict[str, Figures]] = {name: {} for name, _ in SCENARIOS}
+            for target, start in targets:
+                with start() as (port, a_pids, b_pids):
+                    pids = a_pids + b_pids
+                    for scenario, close in SCENARIOS:
+                        progress(
+                            f"http: {target}, {scenario}, {connections} connections, {seconds:g} s"
+                        )
+                        run_wrk(
+                            port, 1, connections, close=close, pids=pids
+                        )  # warm up (pools, caches)
+                        result = run_wrk(port, seconds, connections, close=close, pids=pids)
+                        rows[scenario][target] = _row(result, pids)
+        finally:
+            app.stop()
+    for scenario, _ in SCENARIOS:
+        figures[scenario] = {
+            "results": rows[scenario],
+            "ratio_to_nginx": _ratios(rows[scenario], "nginx"),
+            "ratio_to_direct": _ratios(rows[scenario], "direct"),
+        }
+    figures["load_average_after"] = os.getloadavg()[0]
+    return figures
+
+
+@contextlib.contextmanager
+def _peer(
+    factory: Callable[..., Any], name: str, tmp: Path, pki: TestPki, certs: Certs, app_port: int
+) -> Iterator[tuple[int, list[int], list[int]]]:
+    client = write_tls(pki, certs.client, tmp / f"{name}-client")
+    server = write_tls(pki, certs.server, tmp / f"{name}-server")
+    entry = free_port()
+    pair = factory(tmp / name, entry, free_port(), app_port, client, server)
+    try:
+        time.sleep(0.3)
+        pids: list[int] = []
+        for pid in pair.pids():  # nginx: master + worker
+            pids += [pid, *children(pid)]
+        yield entry, pids, []
+    finally:
+        pair.stop()
+
+
+# -- section: memory -----------------------------------------------------------------------
+
+
+def bench_memory(args: argparse.Namespace) -> Figures:
+    """RSS of each sidecar idle, then with 1,000 idle client connections open to A's
+    outbound listener and 1,000 idle mTLS connections open to B's inbound listener."""
+    count = 1000
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (20000, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    )
+    pki = TestPki()
+    certs = bench_certs(pki)
+    figures: Figures = {"connections": count}
+    with tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        app = nginx_app(tmp, free_port())
+        try:
+            with meshgate_pair(pki, certs, tmp / "mg", app.entry_port) as (port, a_pids, b_pids):
+                run_wrk(port, 1, 8, close=False, pids=[])  # one warm request path (imports, pools)
+                time.sleep(0.5)
+                figures["outbound_idle_mb"] = rss_mb(a_pids)
+                figures["inbound_idle_mb"] = rss_mb(b_pids)
+                progress(f"memory: {count} idle client connections to the outbound sidecar")
+                plain = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+                time.sleep(1.0)
+                figures["outbound_with_idle_connections_mb"] = rss_mb(a_pids)
+                for sock in plain:
+                    sock.close()
+                progress(f"memory: {count} idle mTLS connections to the inbound sidecar")
+                b_port = _inbound_port(tmp / "mg" / "b.toml")
+                tls = _mtls_connections(pki, certs, b_port, count)
+                time.sleep(1.0)
+                figures["inbound_with_idle_mtls_connections_mb"] = rss_mb(b_pids)
+                for conn in tls:
+                    conn.close()
+        finally:
+            app.stop()
+    figures["outbound_delta_mb"] = round(
+        figures["outbound_with_idle_connections_mb"] - figures["outbound_idle_mb"], 1
+    )
+    figures["inbound_delta_mb"] = round(
+        figures["inbound_with_idle_mtls_connections_mb"] - figures["inbound_idle_mb"], 1
+    )
+    figures["targets"] = {"idle_mb": "< 60", "delta_mb": "< 20"}
+    return figures
+
+
+def _inbound_port(config: Path) -> int:
+    m = re.search(r'\[inbound\]\nlisten = "127\.0\.0\.1:(\d+)"', config.read_text())
+    if m is None:
+        raise RuntimeError("no inbound listen in the bench config")
+    return int(m.group(1))
+
+
+def _mtls_connections(pki: TestPki, certs: Certs, port: int, count: int) -> list[Any]:
+    import ssl
+
+    from mesh_ca.tls import mesh_context
+
+    context = mesh_context("client", certs.client.chain_pem(), certs.client.key_pem(), pki.bundles)
+    out = []
+    for _ in range(count):
+        raw = socket.create_connection(("127.0.0.1", port))
+        out.append(context.wrap_socket(raw, server_side=False))
+    del ssl
+    return out
+
+
+# -- section: datapath (tcp) ---------------------------------------------------------------
+
+_ECHO_APP = """
+import functools, sys, trio
+async def echo(stream):
+    try:
+        async with stream:
+            while data := await stream.receive_some(65536):
+                await stream.send_all(data)
+    except trio.BrokenResourceError:
+        pass
+trio.run(functools.partial(trio.serve_tcp, echo, int(sys.argv[1]), host="127.0.0.1"))
+"""
+
+
+@dataclass
+class _Load:
+    requests: int
+    seconds: float
+    latencies: list[float]
+    cpu_seconds: float
+
+
+async def _echo_load(
+    port: int, keepalive: bool, seconds: float, clients: int, size: int, pids: list[int]
+) -> _Load:
+    import trio
+
+    payload = b"x" * size
+    latencies: list[float] = []
+    deadline = trio.current_time() + seconds
+
+    async def roundtrip(stream: trio.SocketStream) -> None:
+        await stream.send_all(payload)
+        got = 0
+        while got < size:
+            data = await stream.receive_some(65536)
+            if not data:
+                raise RuntimeError("connection closed mid-response")
+            got += len(data)
+
+    async def client() -> None:
+        stream = await trio.open_tcp_stream("127.0.0.1", port) if keepalive else None
+        while trio.current_time() < deadline:
+            start = time.perf_counter()
+            if stream is None:
+                async with await trio.open_tcp_stream("127.0.0.1", port) as s:
+                    await roundtrip(s)
+            else:
+                await roundtrip(stream)
+            latencies.append(time.perf_counter() - start)
+        if stream is not None:
+            await stream.aclose()
+
+    cpu0, t0 = cpu_seconds(pids), time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(clients):
+            nursery.start_soon(client)
+    return _Load(len(latencies), time.perf_counter() - t0, latencies, cpu_seconds(pids) - cpu0)
+
+
+def bench_datapath(args: argparse.Namespace) -> Figures:
+    """tcp mode: a trio echo app directly and through the two-sidecar chain. CPU counts
+    the two sidecars only (the load generator and app are the same in both paths)."""
+    import trio
+
+    size, clients = 64, min(args.concurrency, 8)
+    pki = TestPki()
+    certs = bench_certs(pki)
+    app_port = free_port()
+    figures: Figures = {"clients": clients, "bytes": size, "seconds_per_run": args.seconds}
+    with (
+        tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp_name,
+        subprocess.Popen([sys.executable, "-c", _ECHO_APP, str(app_port)]) as app,
+    ):
+        wait_port(app_port)
+        with meshgate_pair(pki, certs, Path(tmp_name), app_port, protocol="tcp") as (
+            port,
+            a_pids,
+            b_pids,
+        ):
+            pids = a_pids + b_pids
+            for mode, keepalive in (("keep_alive", True), ("new_connection", False)):
+                rows: Figures = {}
+                for path, target in (("direct", app_port), ("chain", port)):
+                    progress(f"datapath: {mode}, {path}, {args.seconds:g} s")
+                    load = trio.run(
+                        _echo_load, target, keepalive, args.seconds, clients, size, pids
+                    )
+                    q = statistics.quantiles(load.latencies, n=100)
+                    rows[path] = {
+                        "rps": round(load.requests / load.seconds),
+                        "p50_ms": round(q[49] * 1000, 2),
+                        "p99_ms": round(q[98] * 1000, 2),
+                        "sidecar_cpu_us_per_request": round(
+                            load.cpu_seconds / max(1, load.requests) * 1e6
+                        ),
+                    }
+                rows["chain_rps_ratio_to_direct"] = round(
+                    rows["chain"]["rps"] / rows["direct"]["rps"], 2
+                )
+                figures[mode] = rows
+        app.kill()
+    return figures
+
+
+SECTIONS = {"http": bench_http, "datapath": bench_datapath, "memory": bench_memory}
