@@ -260,23 +260,14 @@ def server_flags(args: argparse.Namespace) -> list[str]:
 CA_SHELLS: dict[str, list[str]] = {
     "before_h11_threads": ["--http-shell", "h11", "--threaded-handlers"],
     "now_default": [],
+    # The same without the access log (one JSON line and one write(2) per request).
+    "now_no_access_log": ["--log-level", "warning"],
 }
 
 
-def ca_phases(
-    server: CaProcess, tokens: list[str], csr_pems: list[str], seconds: float, concurrency: int
-) -> Figures:
-    """Bootstrap then renewal through one server; `tokens` are already in its store."""
-    ca = server.ca
+def renew_contexts(ca: LoadedCa, concurrency: int) -> list[Any]:
+    """One mTLS client context per connection, each with its own SVID."""
     bundles = BundleSet.of(ca.bundle)
-    boot_bodies = (
-        json.dumps({"token": t, "csr": csr_pems[i % 64]}).encode() for i, t in enumerate(tokens)
-    )
-    progress(f"bootstrap through the API: {concurrency} keep-alive connections, {seconds} s")
-    anonymous = client_context(bundles)
-    bootstrap = api_phase(server, "/v1/bootstrap", [anonymous] * concurrency, boot_bodies, seconds)
-
-    progress(f"renewal over mTLS: {concurrency} keep-alive connections, {seconds} s")
     contexts = []
     for index in range(concurrency):
         key = generate_key()
@@ -284,9 +275,26 @@ def ca_phases(
         leaf = issue_leaf(make_csr(key), sid, ca.signer, datetime.now(UTC))
         chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, ca.signer.cert))
         contexts.append(client_context(bundles, chain, private_key_pem(key)))
-    renew_bodies = (json.dumps({"csr": csr_pems[i % 64]}).encode() for i in range(10**9))
-    renew = api_phase(server, "/v1/renew", contexts, renew_bodies, seconds)
-    return {"bootstrap": bootstrap, "renew": renew}
+    return contexts
+
+
+def merge_phases(parts: list[Figures]) -> Figures:
+    """Sum the rounds of one phase; rates from the sums."""
+    total = {
+        key: round(sum(p[key] for p in parts), 2)
+        for key in (
+            "issued",
+            "failed",
+            "seconds",
+            "server_cpu_seconds",
+            "server_system_cpu_seconds",
+            "client_cpu_seconds",
+        )
+    }
+    total["per_second"] = round(total["issued"] / total["seconds"], 1)
+    cpu = total["server_cpu_seconds"]
+    total["per_server_cpu_second"] = round(total["issued"] / cpu, 1) if cpu else None
+    return total
 
 
 def add_tokens(ca: LoadedCa, count: int) -> list[str]:
@@ -305,37 +313,69 @@ def add_tokens(ca: LoadedCa, count: int) -> list[str]:
 
 
 def bench_ca(args: argparse.Namespace) -> Figures:
-    """Raw signing, then each shell in `CA_SHELLS` (or only the flags given) in one run."""
-    seconds, concurrency = args.seconds, args.concurrency
+    """Raw signing, then the servers in `CA_SHELLS` (or only the flags given), all started
+    up front and measured in interleaved rounds, so a change in the machine's load between
+    minutes hits every server alike."""
+    seconds, concurrency, rounds = args.seconds, args.concurrency, args.rounds
     own_flags = server_flags(args)
     shells = {"as_flagged": own_flags} if own_flags or args.only_default else dict(CA_SHELLS)
     figures: Figures = {
         "machine": machine(),
         "seconds_per_phase": seconds,
+        "rounds": rounds,
         "concurrency": concurrency,
         "server_log_level": args.log_level,
     }
-    with tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp:
-        csr_pems = [
-            make_csr(generate_key()).public_bytes(serialization.Encoding.PEM).decode()
-            for _ in range(64)
-        ]
-        raw = 0.0
-        for name, flags in shells.items():
-            with ca_server(Path(tmp) / name, args.log_level, flags) as server:
-                if not raw:
-                    progress(f"raw signing for {seconds} s ...")
-                    raw = raw_signing_rate(server.ca, seconds)
-                    progress(f"raw signing: {raw:.0f} leaves per CPU second")
-                    figures["raw_signing_per_cpu_second"] = round(raw, 1)
-                n_tokens = int(raw * seconds * 1.2) + 100
-                progress(f"[{name}] server flags {flags}; creating {n_tokens} join tokens ...")
-                tokens = add_tokens(server.ca, n_tokens)
-                phases = ca_phases(server, tokens, csr_pems, seconds, concurrency)
-            for phase in phases.values():
-                if phase["per_server_cpu_second"]:
-                    phase["ratio_to_raw"] = round(phase["per_server_cpu_second"] / raw, 3)
-            figures[name] = {"server_flags": " ".join(flags), **phases}
+    csr_pems = [
+        make_csr(generate_key()).public_bytes(serialization.Encoding.PEM).decode()
+        for _ in range(64)
+    ]
+    with (
+        tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        servers = {
+            name: stack.enter_context(ca_server(Path(tmp) / name, args.log_level, flags))
+            for name, flags in shells.items()
+        }
+        first = next(iter(servers.values())).ca
+        progress(f"raw signing for {seconds} s ...")
+        raw = raw_signing_rate(first, seconds)
+        progress(f"raw signing: {raw:.0f} leaves per CPU second")
+        figures["raw_signing_per_cpu_second"] = round(raw, 1)
+        n_tokens = int(raw * seconds * 1.2) + 100
+        bodies: dict[str, Iterator[bytes]] = {}
+        contexts: dict[str, list[Any]] = {}
+        for name, server in servers.items():
+            progress(f"[{name}] creating {n_tokens} join tokens ...")
+            tokens = add_tokens(server.ca, n_tokens)
+            bodies[name] = iter(
+                [
+                    json.dumps({"token": t, "csr": csr_pems[i % 64]}).encode()
+                    for i, t in enumerate(tokens)
+                ]
+            )
+            contexts[name] = renew_contexts(server.ca, concurrency)
+        renew_bodies = (json.dumps({"csr": csr_pems[i % 64]}).encode() for i in range(10**9))
+        parts: dict[tuple[str, str], list[Figures]] = {}
+        share = seconds / rounds
+        for round_index in range(rounds):
+            for name, server in servers.items():
+                progress(f"round {round_index + 1}/{rounds} [{name}] bootstrap, renew")
+                anonymous = [client_context(BundleSet.of(server.ca.bundle))] * concurrency
+                parts.setdefault((name, "bootstrap"), []).append(
+                    api_phase(server, "/v1/bootstrap", anonymous, bodies[name], share)
+                )
+                parts.setdefault((name, "renew"), []).append(
+                    api_phase(server, "/v1/renew", contexts[name], renew_bodies, share)
+                )
+    for name, flags in shells.items():
+        figures[name] = {"server_flags": " ".join(flags)}
+        for kind in ("bootstrap", "renew"):
+            phase = merge_phases(parts[(name, kind)])
+            if phase["per_server_cpu_second"]:
+                phase["ratio_to_raw"] = round(phase["per_server_cpu_second"] / raw, 3)
+            figures[name][kind] = phase
     if "before_h11_threads" in figures and "now_default" in figures:
         figures["now_vs_before_per_server_cpu_second"] = {
             kind: round(
@@ -468,6 +508,12 @@ def main(argv: list[str] | None = None) -> int:
         "--threaded-handlers",
         action="store_true",
         help="CA server runs store and signing in worker threads",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="ca: interleaved rounds per server (each phase gets seconds/rounds a round)",
     )
     parser.add_argument(
         "--only-default",
