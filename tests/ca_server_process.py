@@ -90,15 +90,17 @@ def serving_ca_dir(
     argv: tuple[str, ...] = ("-m", "mesh_ca.server"),
     extra: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    listen: str = "127.0.0.1:0",
 ) -> Iterator[CaServer]:
     """Serve an existing CA directory in a child process on 127.0.0.1:0 until the block ends.
 
     Stopped with SIGTERM (a test may have killed it already). `argv` picks the entry point
     (``("-m", "mesh_ca.cli", "serve")`` runs ``mesh-ca serve``); `env` is added to ours.
+    `listen` is for a restart on the address an earlier server had (sidecars know only it).
     """
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, *argv, "--dir", str(ca.path), "--listen", "127.0.0.1:0", *extra],
+            [sys.executable, *argv, "--dir", str(ca.path), "--listen", listen, *extra],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,

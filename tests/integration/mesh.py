@@ -27,11 +27,24 @@ def sidecar_pair(pki: Pki, tmp: Path, app_port: int, **timeouts: Any) -> Pair:
     a_id, b_id = pki.spiffe_id("shop", "frontend"), pki.spiffe_id("shop", "orders")
     a_files = write_identity(pki, pki.leaf(a_id), tmp / "a")
     b_files = write_identity(pki, pki.leaf(b_id), tmp / "b")
+    return pair_configs(tmp, app_port, (a_id, a_files), (b_id, b_files), **timeouts)
+
+
+def pair_configs(
+    tmp: Path,
+    app_port: int,
+    a: tuple[SpiffeId, dict[str, Any]],
+    b: tuple[SpiffeId, dict[str, Any]],
+    **timeouts: Any,
+) -> Pair:
+    """a.toml and b.toml for A (outbound to "orders") and B (inbound for A), each with its
+    own ``[identity]`` table (static files, or bootstrap from a CA)."""
+    (a_id, a_identity), (b_id, b_identity) = a, b
     ports = {k: free_port() for k in ("a_admin", "b_admin", "a_out", "b_in")}
     b_config = write_config(
         tmp / "b.toml",
         {
-            "identity": {"spiffe_id": str(b_id), **b_files},
+            "identity": {"spiffe_id": str(b_id), **b_identity},
             "inbound": {
                 "listen": f"127.0.0.1:{ports['b_in']}",
                 "app": f"127.0.0.1:{app_port}",
@@ -45,7 +58,7 @@ def sidecar_pair(pki: Pki, tmp: Path, app_port: int, **timeouts: Any) -> Pair:
     a_config = write_config(
         tmp / "a.toml",
         {
-            "identity": {"spiffe_id": str(a_id), **a_files},
+            "identity": {"spiffe_id": str(a_id), **a_identity},
             "outbound": [
                 {
                     "listen": f"127.0.0.1:{ports['a_out']}",
