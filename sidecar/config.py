@@ -172,7 +172,7 @@ class InboundConfig(_Model):
 
     listen: AddressField
     app: AddressField
-    service: Annotated[str, Field(min_length=1, pattern=r"[A-Za-z0-9._-]+")]
+    service: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
     protocol: Protocol = "tcp"
     # tcp mode without [policy]: the peers allowed to connect. Fails closed: an ID not
     # listed is refused. With [policy], Cedar decides `connect` instead.
@@ -184,7 +184,7 @@ class OutboundConfig(_Model):
     """Accepts plaintext from the local app on ``listen`` and originates mTLS to ``endpoints``."""
 
     listen: LoopbackAddress
-    service: Annotated[str, Field(min_length=1, pattern=r"[A-Za-z0-9._-]+")]
+    service: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
     endpoints: Annotated[tuple[AddressField, ...], Field(min_length=1)]
     # Secure naming: the upstream must present one of these, not just any valid SVID.
     spiffe_ids: Annotated[tuple[SpiffeIdField, ...], Field(min_length=1)]
