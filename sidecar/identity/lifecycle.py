@@ -44,6 +44,8 @@ __all__ = ["CaClientLike", "ClientFactory", "IssuedLike", "run_identity"]
 
 log = logging.getLogger("sidecar.identity")
 
+_TOKEN_CHECK_SECONDS = 1.0  # how often the token file is read while waiting for a token
+
 
 class IssuedLike(Protocol):
     """What the lifecycle reads from `mesh_ca.client.IssuedSvid`."""
@@ -280,16 +282,18 @@ class _Lifecycle:
                 )
                 await self._persist()
                 return
-            await self._sleep_until(
-                retry_at(
-                    now,
-                    not_after,
-                    attempt,
-                    self.rng,
-                    base=timedelta(seconds=self.settings.backoff_base_seconds),
-                    cap=timedelta(seconds=self.settings.backoff_cap_seconds),
-                )
+            at = retry_at(
+                now,
+                not_after,
+                attempt,
+                self.rng,
+                base=timedelta(seconds=self.settings.backoff_base_seconds),
+                cap=timedelta(seconds=self.settings.backoff_cap_seconds),
             )
+            if action is RenewalAction.WAIT_FOR_TOKEN:
+                await self._sleep_until_token(at)
+            else:
+                await self._sleep_until(at)
             attempt += 1
 
     async def _renew(self, current: Credentials) -> Credentials:
@@ -333,6 +337,21 @@ class _Lifecycle:
             log.error("join token: %s", exc)
             return None
         return token
+
+    async def _sleep_until_token(self, at: datetime) -> None:
+        """Sleep until `at`, or only until a fresh join token is in the token file.
+
+        After expiry the backoff reaches its cap (a minute by default); an operator who
+        writes a token should not wait that long, so the file is looked at every second.
+        """
+        while (left := (at - self.clock.now()).total_seconds()) > 0:
+            await trio.sleep(min(left, _TOKEN_CHECK_SECONDS))
+            try:
+                token = read_join_token(self.settings.token_file)
+                if token is not None and not self.state.token_spent(token):
+                    return
+            except StateError:
+                pass  # the next attempt reports it (once per attempt, not every second)
 
     async def _mark_spent(self, token: JoinToken) -> None:
         try:
