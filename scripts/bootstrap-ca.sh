@@ -2,7 +2,7 @@
 # Bootstrap a meshgate CA: root + intermediate (ECDSA P-256), key files 0600, trust bundle
 # (PEM and SPIFFE JSON), ca.toml and the state store. Works on a fresh clone (sets up .venv).
 #
-# Usage: scripts/bootstrap-ca.sh TRUST_DOMAIN DIR [--force] [--passphrase-file FILE]
+# Usage: scripts/bootstrap-ca.sh TRUST_DOMAIN DIR [--force] [--passphrase-file FILE] [--leaf-ttl 1h]
 #        scripts/bootstrap-ca.sh --trust-domain TRUST_DOMAIN --dir DIR [...]
 # Refuses to overwrite an existing CA unless --force. Keys are encrypted when a passphrase
 # is given (--passphrase-file, or $MESH_CA_PASSPHRASE).
@@ -16,7 +16,7 @@ positional=()
 while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        --trust-domain|--dir|--passphrase-file)
+        --trust-domain|--dir|--passphrase-file|--leaf-ttl)
             [ $# -ge 2 ] || { echo "bootstrap-ca.sh: $1 needs a value" >&2; exit 2; }
             args+=("$1" "$2"); shift 2 ;;
         --force) args+=("$1"); shift ;;
