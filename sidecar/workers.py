@@ -17,7 +17,7 @@ The parent restarts a worker that exits while it is not draining, forwards SIGTE
 (drain: each worker drains its own connections; the parent exits 0 when every worker
 did) and SIGHUP (identity files and policies). Metrics: the parent's ``/metrics`` carries
 the identity metrics (expiry, rotations); data-path metrics live in each worker's own
-registry and are not aggregated (see docs/benchmarks.md, workers).
+registry and are not aggregated yet (no worker exposes an admin port).
 """
 
 from __future__ import annotations
