@@ -1,0 +1,254 @@
+"""The demo runs end to end, and what it reports is what the mesh logged and counted.
+
+Runs `scripts/demo/run_demo.py` (what `scripts/demo.sh` runs once the venv exists) with
+``--keep``, so the mesh is still up afterwards: the test then reads the report, the access
+logs and the app logs itself, scrapes every sidecar's `/metrics`, and compares them. The
+summary table and the metrics are recomputed here from the raw logs, not taken from the demo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.procs import ROOT
+
+DEMO = ROOT / "scripts" / "demo" / "run_demo.py"
+SERVICES = ("web", "orders", "payments")
+ACCESS_FIELDS = {
+    "time": str,
+    "direction": str,
+    "peer_id": str,
+    "method": str,
+    "path": str,
+    "status": int,
+    "decision": str,
+    "policies": list,
+    "bytes_in": int,
+    "bytes_out": int,
+    "duration_seconds": float,
+    "request_id": str,
+}
+
+
+def _sid(service: str) -> str:
+    return f"spiffe://example.org/ns/shop/svc/{service}"
+
+
+def _lines(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _stop_kept(work: Path, pids: dict[str, int]) -> None:
+    """SIGTERM the processes `--keep` left running (only those whose cwd is our work dir)."""
+    ours = []
+    for pid in pids.values():
+        try:
+            if Path(os.readlink(f"/proc/{pid}/cwd")) == work:
+                os.kill(pid, signal.SIGTERM)
+                ours.append(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    deadline = time.monotonic() + 10
+    for pid in ours:
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    work = tmp_path_factory.mktemp("demo") / "work"
+    done = subprocess.run(
+        [sys.executable, str(DEMO), "--keep", "--work", str(work), "--color", "never"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    report_path = work / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    try:
+        assert done.returncode == 0, f"demo exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+        yield {**report, "stdout": done.stdout}
+    finally:
+        _stop_kept(work.resolve(), report.get("pids", {}))
+
+
+def _metrics(report: dict[str, Any], service: str) -> dict[tuple[str, frozenset[Any]], float]:
+    url = f"http://127.0.0.1:{report['services'][service]['admin_port']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _sum(metrics: dict[tuple[str, frozenset[Any]], float], name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (n, ls), v in metrics.items() if n == name and want <= ls)
+
+
+def test_every_step_behaved_and_the_output_says_so(demo: dict[str, Any]) -> None:
+    assert demo["ok"] is True
+    assert [s["number"] for s in demo["steps"]] == list(range(1, 10))
+    assert all(s["ok"] for s in demo["steps"]), demo["steps"]
+    assert "All 9 steps behaved as described" in demo["stdout"]
+    for n in range(1, 10):
+        assert f"[{n}/9]" in demo["stdout"]
+    assert "caller → callee" in demo["stdout"]
+    assert "/metrics" in demo["stdout"]
+    assert "curl -s -X DELETE" in demo["stdout"]  # --keep prints how to poke the mesh
+
+
+def test_the_report_matches_the_requests_sent_and_the_access_logs(demo: dict[str, Any]) -> None:
+    services = demo["services"]
+    inbound = {
+        name: [
+            line for line in _lines(services[name]["access_log"]) if line["direction"] == "inbound"
+        ]
+        for name in SERVICES
+    }
+    by_id = {(name, line["request_id"]): line for name in SERVICES for line in inbound[name]}
+    # Every request the client sent got the status the demo expected, and the inbound sidecar
+    # of the service web called logged the same status with a matching decision.
+    callee = {"/pay": "payments"}
+    for sent in demo["requests"]:
+        assert sent["status"] == sent["expect"], sent
+        line = by_id[(callee.get(sent["path"], "orders"), sent["request_id"])]
+        assert line["status"] == sent["status"]
+        assert line["decision"] == ("allow" if sent["status"] < 400 else "deny")
+        assert line["peer_id"] == _sid("web")
+    sent = {(s["method"], s["path"], s["status"]) for s in demo["requests"]}
+    assert {
+        ("GET", "/orders/42", 200),
+        ("POST", "/checkout", 200),
+        ("DELETE", "/orders/42", 403),
+        ("POST", "/pay", 403),
+        ("GET", "/stats", 403),
+        ("GET", "/stats", 200),
+    } <= sent
+
+    # The summary table is exactly the inbound access logs, grouped (plus two TLS refusals).
+    expected: Counter[tuple[str, ...]] = Counter()
+    for name in SERVICES:
+        for line in inbound[name]:
+            caller = line["peer_id"].rsplit("/", 1)[1]
+            policies = ", ".join(line["policies"]) or "-"
+            key = (caller, name, line["method"], line["path"], str(line["status"]))
+            expected[(*key, line["decision"], policies)] += 1
+    table: Counter[tuple[str, ...]] = Counter()
+    for row in demo["summary"]:
+        key = (row["caller"], row["callee"], row["method"], row["path"], row["status"])
+        table[(*key, row["decision"], row["policies"])] += row["count"]
+    refused = {k: v for k, v in table.items() if k[5] in ("tls-refused", "revoked")}
+    assert {k[0] for k in refused} == {"client (no certificate)", "web (revoked copy)"}
+    assert {k: v for k, v in table.items() if k not in refused} == dict(expected)
+    assert expected[("web", "orders", "DELETE", "/orders/42", "403", "deny", "no-delete")] == 1
+    assert expected[("web", "payments", "POST", "/charge", "403", "deny", "-")] == 1
+    assert expected[("web", "orders", "GET", "/stats", "200", "allow", "web-reads-order-stats")]
+    charges = expected[("orders", "payments", "POST", "/charge", "200", "allow",
+                        "orders-charges-payments")]  # fmt: skip
+    assert charges == expected[("web", "orders", "POST", "/orders", "200", "allow",
+                                "web-creates-orders")]  # fmt: skip
+    assert charges >= 2
+
+    # Traffic kept flowing across a rotation of every SVID.
+    assert demo["background"]["sent"] > 10
+    assert demo["background"]["failed"] == 0, demo["background"]["failures"]
+    for name in SERVICES:
+        assert len(services[name]["serials"]) >= 2, name
+
+
+def test_access_log_lines_parse_as_json_with_the_issue_fields(demo: dict[str, Any]) -> None:
+    for name in SERVICES:
+        lines = _lines(demo["services"][name]["access_log"])
+        assert lines, name
+        for line in lines:
+            for key, kind in ACCESS_FIELDS.items():
+                assert isinstance(line.get(key), kind), (name, key, line)
+            assert line["direction"] in ("inbound", "outbound")
+            assert line["peer_id"].startswith("spiffe://example.org/ns/shop/svc/")
+            assert line["path"].startswith("/")
+
+
+def test_traceparent_sent_by_the_client_survives_two_hops(demo: dict[str, Any]) -> None:
+    trace = demo["trace"]
+    trace_id = trace["sent"].split("-")[1]
+    payments_app = [
+        line
+        for line in _lines(demo["services"]["payments"]["app_log"])
+        if line["x-request-id"] == trace["request_id"]
+    ]
+    assert len(payments_app) == 1
+    assert payments_app[0]["traceparent"].split("-")[1] == trace_id
+    assert payments_app[0]["xfcc"].endswith(f"URI={_sid('orders')}")
+    # Both sidecar hops logged it under the same request id and trace.
+    for name in ("orders", "payments"):
+        hops = [
+            line
+            for line in _lines(demo["services"][name]["access_log"])
+            if line["request_id"] == trace["request_id"] and line["direction"] == "inbound"
+        ]
+        assert len(hops) == 1, name
+        assert hops[0]["traceparent"].split("-")[1] == trace_id
+
+
+def test_metrics_after_demo_traffic_count_what_the_access_logs_show(
+    demo: dict[str, Any],
+) -> None:
+    for name in SERVICES:
+        metrics = _metrics(demo, name)
+        lines = _lines(demo["services"][name]["access_log"])
+        inbound = [line for line in lines if line["direction"] == "inbound"]
+        requests = "meshgate_requests_total"
+        assert _sum(metrics, requests, direction="inbound") == len(inbound), name
+        for decision in ("allow", "deny"):
+            logged = sum(1 for line in inbound if line["decision"] == decision)
+            assert _sum(metrics, requests, direction="inbound", decision=decision) == logged
+        outbound = [line for line in lines if line["direction"] == "outbound"]
+        assert _sum(metrics, requests, direction="outbound") == len(outbound), name
+        assert _sum(metrics, "meshgate_certificate_rotations_total", result="ok") >= 2
+        assert _sum(metrics, "meshgate_certificate_expiry_timestamp_seconds") > time.time()
+        assert _sum(metrics, "meshgate_policy_reloads_total", result="loaded") >= 2
+
+    orders = _metrics(demo, "orders")
+    decisions = "meshgate_authz_decisions_total"
+    assert _sum(orders, decisions, result="deny", policy="no-delete") == 1
+    assert _sum(orders, decisions, result="allow", policy="web-reads-order-stats") == 1
+    assert _sum(orders, decisions, result="allow", policy="web-reads-orders") >= 2
+    failed = "meshgate_tls_handshakes_total"
+    assert _sum(orders, failed, result="failed", reason="no_client_cert") >= 1
+    assert _sum(orders, failed, direction="inbound", result="ok") >= 1
+    payments = _metrics(demo, "payments")
+    assert _sum(payments, decisions, result="deny", policy="") == 1  # web → payments
+    requests_from_orders = _sum(
+        payments,
+        "meshgate_requests_total",
+        direction="inbound",
+        source=_sid("orders"),
+        destination=_sid("payments"),
+        method="POST",
+        status="200",
+        decision="allow",
+    )
+    assert requests_from_orders == _sum(
+        payments, decisions, result="allow", policy="orders-charges-payments"
+    )
+    assert requests_from_orders >= 2
