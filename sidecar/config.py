@@ -120,17 +120,98 @@ class IdentityConfig(_Model):
     """Who this sidecar is. Either bootstrap from the CA (``ca_addresses`` + ``state_dir``,
     ``token_file`` for the first start) or static files (``cert_file`` + ``key_file``)."""
 
-    spiffe_id: SpiffeIdField
-    bundle_file: Path
-    ca_addresses: tuple[AddressField, ...] = ()
-    token_file: Path | None = None
-    state_dir: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    reload_interval_seconds: Seconds = 5.0  # static files: how often their mtime is checked
-    # CA mode: how often the trust bundle and the revocations are fetched, so a revoked peer
-    # is refused (and its open connections closed) at most this long after `mesh-ca revoke`.
-    poll_interval_seconds: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    spiffe_id: Annotated[
+        SpiffeIdField,
+        Field(
+            description=(
+                "this sidecar's workload ID (it needs a path, not just the trust domain). The "
+                "SVID in use must carry exactly this ID: one the CA issues for another ID, or "
+                "a cert_file naming another, is refused"
+            )
+        ),
+    ]
+    bundle_file: Annotated[
+        Path,
+        Field(
+            description=(
+                "PEM trust roots of this sidecar's trust domain. CA mode: how the sidecar "
+                "recognises the CA on its first start; once it has fetched the bundle from the "
+                "CA it uses the copy in state_dir (bundle.pem). Static mode: the peers' roots, "
+                "re-read with cert_file and key_file"
+            )
+        ),
+    ]
+    ca_addresses: Annotated[
+        tuple[AddressField, ...],
+        Field(
+            description=(
+                "CA mode: the CA replicas' host:port, tried in this order until one answers "
+                "(for bootstrap, renewal, bundle and revocation fetches). The CA is "
+                "recognised by its SPIFFE ID (spiffe://TRUST_DOMAIN/mesh/ca), not by hostname"
+            )
+        ),
+    ] = ()
+    token_file: Annotated[
+        Path | None,
+        Field(
+            description=(
+                "CA mode: file holding a one-time join token (`mesh-ca token create`). Read "
+                "only when state_dir has no usable SVID (first start, or after the SVID "
+                "expired: then checked every second); a missing or empty file means wait for "
+                "one. A spent token is remembered in state_dir and never sent twice"
+            )
+        ),
+    ] = None
+    state_dir: Annotated[
+        Path | None,
+        Field(
+            description=(
+                "CA mode (required there): directory for svid.pem, svid.key (mode 0600), "
+                "bundle.pem and token.used, created with mode 0700 if missing. A restart "
+                "reuses a stored SVID that is still valid, without a token"
+            )
+        ),
+    ] = None
+    cert_file: Annotated[
+        Path | None,
+        Field(
+            description=(
+                "static mode (with key_file): PEM SVID chain, leaf first, then any "
+                "intermediates. Re-read on SIGHUP or when a file changes; a bad file is "
+                "logged and the current SVID keeps serving"
+            )
+        ),
+    ] = None
+    key_file: Annotated[
+        Path | None,
+        Field(
+            description=(
+                "static mode (with cert_file): the PEM private key of the cert_file leaf; a "
+                "key that does not match the leaf is refused"
+            )
+        ),
+    ] = None
+    reload_interval_seconds: Annotated[
+        Seconds,
+        Field(
+            description=(
+                "static mode: seconds between checks of the mtimes of cert_file, key_file and "
+                "bundle_file; a change reloads them (SIGHUP reloads at once)"
+            )
+        ),
+    ] = 5.0
+    poll_interval_seconds: Annotated[
+        float,
+        Field(
+            ge=1,
+            le=3600,
+            description=(
+                "CA mode: seconds between fetches of the trust bundle and the revocations, so "
+                "a revoked peer is refused (and its open connections closed) at most this "
+                "long after `mesh-ca revoke`. Not allowed with static identity files"
+            ),
+        ),
+    ] = 30.0
 
     @property
     def trust_domain(self) -> TrustDomain:
@@ -170,29 +251,123 @@ class IdentityConfig(_Model):
 class InboundConfig(_Model):
     """Terminates mTLS on ``listen`` and forwards authorized connections to ``app``."""
 
-    listen: AddressField
-    app: AddressField
-    service: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
-    protocol: Protocol = "tcp"
-    # tcp mode without [policy]: the peers allowed to connect. Fails closed: an ID not
-    # listed is refused. With [policy], Cedar decides `connect` instead.
-    allowed_ids: tuple[SpiffeIdField, ...] = ()
+    listen: Annotated[
+        AddressField,
+        Field(description="host:port where peers' sidecars connect with mTLS (any address)"),
+    ]
+    app: Annotated[
+        AddressField,
+        Field(description="host:port of the local app; authorized traffic goes there in plaintext"),
+    ]
+    service: Annotated[
+        str,
+        Field(
+            min_length=1,
+            pattern=r"^[A-Za-z0-9._-]+$",
+            description=(
+                "name of the service behind this sidecar: the Cedar resource that policies "
+                "match, and the service field of logs and metrics"
+            ),
+        ),
+    ]
+    protocol: Annotated[
+        Protocol,
+        Field(
+            description=(
+                '"tcp": authorize action connect once per connection, then relay bytes; '
+                '"http": parse HTTP/1.1 and authorize every request (needs [policy])'
+            )
+        ),
+    ] = "tcp"
+    allowed_ids: Annotated[
+        tuple[SpiffeIdField, ...],
+        Field(
+            description=(
+                "tcp mode without [policy]: the peer SPIFFE IDs allowed to connect. Fails "
+                "closed: an ID not listed is refused, and an empty list without [policy] is a "
+                "config error. With [policy], Cedar decides connect and this list is unused"
+            )
+        ),
+    ] = ()
 
 
 @final
 class OutboundConfig(_Model):
     """Accepts plaintext from the local app on ``listen`` and originates mTLS to ``endpoints``."""
 
-    listen: LoopbackAddress
-    service: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
-    endpoints: Annotated[tuple[AddressField, ...], Field(min_length=1)]
-    # Secure naming: the upstream must present one of these, not just any valid SVID.
-    spiffe_ids: Annotated[tuple[SpiffeIdField, ...], Field(min_length=1)]
-    protocol: Protocol = "tcp"
-    # http mode: pooled mTLS connections to the endpoints (see sidecar.pool).
-    pool_max_idle_per_endpoint: Annotated[int, Field(ge=0, le=4096)] = 64
-    pool_idle_timeout_seconds: Seconds = 60.0
-    endpoint_backoff_seconds: Seconds = 5.0  # a failed connect takes an endpoint out this long
+    listen: Annotated[
+        LoopbackAddress,
+        Field(
+            description=(
+                "host:port where the local app connects in plaintext; loopback only, since a "
+                "plaintext listener on a routable address would bypass mTLS"
+            )
+        ),
+    ]
+    service: Annotated[
+        str,
+        Field(
+            min_length=1,
+            pattern=r"^[A-Za-z0-9._-]+$",
+            description="name of the destination service, for logs, metrics and the admin views",
+        ),
+    ]
+    endpoints: Annotated[
+        tuple[AddressField, ...],
+        Field(
+            min_length=1,
+            description=(
+                "host:port of the destination's inbound sidecars, used round-robin; when "
+                "one fails the next is tried"
+            ),
+        ),
+    ]
+    spiffe_ids: Annotated[
+        tuple[SpiffeIdField, ...],
+        Field(
+            min_length=1,
+            description=(
+                "secure naming: the upstream must present an SVID with one of these IDs, not "
+                "just any valid SVID of the trust domain; otherwise the connection is refused"
+            ),
+        ),
+    ]
+    protocol: Annotated[
+        Protocol,
+        Field(
+            description=(
+                '"tcp": one mTLS connection per local connection, bytes relayed; "http": '
+                "parse HTTP/1.1 and send requests over pooled, reused mTLS connections"
+            )
+        ),
+    ] = "tcp"
+    pool_max_idle_per_endpoint: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=4096,
+            description=(
+                "http mode: idle mTLS connections kept per endpoint for reuse; more are "
+                "closed when released (0: no reuse, a handshake per request)"
+            ),
+        ),
+    ] = 64
+    pool_idle_timeout_seconds: Annotated[
+        Seconds,
+        Field(
+            description="http mode: seconds a pooled connection may stay idle before it is closed"
+        ),
+    ] = 60.0
+    endpoint_backoff_seconds: Annotated[
+        Seconds,
+        Field(
+            description=(
+                "http mode: seconds an endpoint is skipped after a failed connect or "
+                "handshake (the others are tried). tcp mode tries every endpoint in turn for "
+                "each connection"
+            )
+        ),
+    ] = 5.0
 
 
 @final
@@ -202,34 +377,134 @@ class PolicyConfig(_Model):
     ``audit``: decide and log/count what would be denied, but forward it anyway.
     """
 
-    dir: Path
-    audit: bool = False
-    reload_interval_ms: Annotated[int, Field(ge=50, le=3_600_000)] = 250
+    dir: Annotated[
+        Path,
+        Field(
+            description=(
+                "directory of *.cedar policies, the .cedarschema schema and the entities "
+                "JSON file. A change is validated, then swapped in atomically; on an error the "
+                "last good set stays (the sidecar refuses to start without a valid set)"
+            )
+        ),
+    ]
+    audit: Annotated[
+        bool,
+        Field(
+            description=(
+                "true: decide and log/count what would be denied (decision audit_deny), but "
+                "forward it anyway. For trying out policies, never for enforcement"
+            )
+        ),
+    ] = False
+    reload_interval_ms: Annotated[
+        int,
+        Field(
+            ge=50,
+            le=3_600_000,
+            description=(
+                "milliseconds between checks of the directory (file names, sizes, mtimes); a "
+                "change reloads it (SIGHUP reloads at once)"
+            ),
+        ),
+    ] = 250
 
 
 @final
 class AdminConfig(_Model):
-    listen: LoopbackAddress
+    listen: Annotated[
+        LoopbackAddress,
+        Field(
+            description=(
+                "host:port of the admin HTTP listener (/healthz, /readyz, /metrics, JSON "
+                "views); loopback only: it is plaintext and unauthenticated"
+            )
+        ),
+    ]
 
 
 @final
 class TimeoutsConfig(_Model):
-    connect_timeout_seconds: Seconds = 5.0
-    handshake_timeout_seconds: Seconds = 10.0
-    idle_timeout_seconds: Seconds = 300.0
-    drain_timeout_seconds: Seconds = 20.0
-    # http mode: a request head must be complete this long after its first byte; a body
-    # may pause this long between reads; a kept-alive connection may wait this long for
-    # its next request; the app must start its response this long after the request.
-    header_timeout_seconds: Seconds = 10.0
-    body_idle_timeout_seconds: Seconds = 30.0
-    keepalive_idle_timeout_seconds: Seconds = 60.0
-    response_timeout_seconds: Seconds = 30.0
+    connect_timeout_seconds: Annotated[
+        Seconds,
+        Field(
+            description=(
+                "seconds to open a TCP connection to the local app (inbound) or to an "
+                "endpoint (outbound); then the next endpoint is tried, or the client is refused"
+            )
+        ),
+    ] = 5.0
+    handshake_timeout_seconds: Annotated[
+        Seconds,
+        Field(
+            description=(
+                "seconds for a TLS handshake and the peer's SVID checks, either direction; "
+                "a slower peer is disconnected"
+            )
+        ),
+    ] = 10.0
+    idle_timeout_seconds: Annotated[
+        Seconds,
+        Field(
+            description=(
+                "tcp mode: a relayed connection on which no byte moves either way for this "
+                "many seconds is closed on both sides"
+            )
+        ),
+    ] = 300.0
+    drain_timeout_seconds: Annotated[
+        Seconds,
+        Field(
+            description=(
+                "on SIGTERM/SIGINT the listeners close at once, open connections may finish "
+                "for this many seconds, then the rest are cancelled and the sidecar exits 0"
+            )
+        ),
+    ] = 20.0
+    header_timeout_seconds: Annotated[
+        Seconds,
+        Field(
+            description=(
+                "http mode: a request head must be complete this many seconds after its first byte"
+            )
+        ),
+    ] = 10.0
+    body_idle_timeout_seconds: Annotated[
+        Seconds,
+        Field(description="http mode: seconds a request or response body may pause between reads"),
+    ] = 30.0
+    keepalive_idle_timeout_seconds: Annotated[
+        Seconds,
+        Field(
+            description=(
+                "http mode: seconds a kept-alive connection may wait for its next request "
+                "before it is closed"
+            )
+        ),
+    ] = 60.0
+    response_timeout_seconds: Annotated[
+        Seconds,
+        Field(
+            description=(
+                "http mode: seconds the app (or the upstream sidecar) has to start its "
+                "response after the request; then the client gets 504"
+            )
+        ),
+    ] = 30.0
 
 
 @final
 class LimitsConfig(_Model):
-    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
+    max_connections: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1_000_000,
+            description=(
+                "open proxied connections, inbound and outbound together, per process; one "
+                "more is closed at once, before any handshake (counted by reason max_connections)"
+            ),
+        ),
+    ] = 1024
 
 
 def _access_log(value: object) -> str:
@@ -242,11 +517,30 @@ def _access_log(value: object) -> str:
 class LogConfig(_Model):
     """Where logs go. ``format = "auto"``: human-readable on a terminal, JSON lines otherwise."""
 
-    # Access log: one line per request (http) or connection (tcp). A relative path is
-    # resolved against the config file's directory.
-    access_log: Annotated[str, PlainValidator(_access_log)] = "stdout"
-    format: Literal["json", "text", "auto"] = "auto"
-    level: Literal["debug", "info", "warning", "error"] = "info"  # application logs (stderr)
+    access_log: Annotated[
+        str,
+        PlainValidator(_access_log),
+        Field(
+            description=(
+                "where the access log goes, one line per request (http) or connection (tcp): "
+                '"stdout", "stderr", "off" or a file (appended to, reopened when logrotate '
+                "moves it; relative to the config file's directory)"
+            )
+        ),
+    ] = "stdout"
+    format: Annotated[
+        Literal["json", "text", "auto"],
+        Field(
+            description=(
+                'log line format: "json" (one object a line), "text" (for people) or "auto" '
+                "(per log: text when its stream is a terminal, JSON otherwise)"
+            )
+        ),
+    ] = "auto"
+    level: Annotated[
+        Literal["debug", "info", "warning", "error"],
+        Field(description="lowest level of the application log (stderr) that is written"),
+    ] = "info"
 
 
 @final
@@ -259,7 +553,18 @@ class SidecarConfig(_Model):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     limits: LimitsConfig = LimitsConfig()
     log: LogConfig = LogConfig()
-    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    workers: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=64,
+            description=(
+                "proxy processes sharing the listeners (SO_REUSEPORT). Above 1, a parent "
+                "process keeps the identity and the admin listener and hands the SVID to "
+                "the workers; data-path metrics stay per worker (not aggregated yet)"
+            ),
+        ),
+    ] = 1
 
     @pydantic.model_validator(mode="after")
     def _distinct_listeners(self) -> Self:
