@@ -3,7 +3,8 @@
 Unknown keys are errors, and every error names the file and the key path
 (``sidecar.toml: outbound[0].spiffe_ids: ...``). Relative paths are resolved against the
 config file's directory. Listeners that accept plaintext (outbound, admin) must be on
-loopback: a plaintext listener on a routable address would bypass mTLS.
+loopback: a plaintext listener on a routable address would bypass mTLS. So must the
+inbound app (the plaintext hop after mTLS), unless ``inbound.allow_non_loopback_app``.
 """
 
 from __future__ import annotations
@@ -255,9 +256,26 @@ class InboundConfig(_Model):
         AddressField,
         Field(description="host:port where peers' sidecars connect with mTLS (any address)"),
     ]
+    # Declared before `app`: its validator reads this value.
+    allow_non_loopback_app: Annotated[
+        bool,
+        Field(
+            description=(
+                "true: let app be a non-loopback address (or a hostname other than "
+                "localhost). The hop from the sidecar to the app is plaintext and "
+                "unauthenticated, so off the host it leaves the mesh's protection; only for "
+                "an app reachable on a link you trust (like ghostunnel's --unsafe-target)"
+            )
+        ),
+    ] = False
     app: Annotated[
         AddressField,
-        Field(description="host:port of the local app; authorized traffic goes there in plaintext"),
+        Field(
+            description=(
+                "host:port of the local app; authorized traffic goes there in plaintext. "
+                "Loopback only (127.0.0.1, ::1, localhost) unless allow_non_loopback_app"
+            )
+        ),
     ]
     service: Annotated[
         str,
@@ -289,6 +307,18 @@ class InboundConfig(_Model):
             )
         ),
     ] = ()
+
+    @pydantic.field_validator("app")
+    @classmethod
+    def _app_on_loopback(cls, app: Address, info: pydantic.ValidationInfo) -> Address:
+        """Fails closed: a plaintext hop off the host needs the operator's explicit consent."""
+        if app.is_loopback or info.data.get("allow_non_loopback_app", False):
+            return app
+        raise ValueError(
+            f"{app} is not a loopback address: the hop to the app is plaintext, so it must "
+            "stay on 127.0.0.1, ::1 or localhost (set inbound.allow_non_loopback_app = true "
+            "to accept a plaintext hop off this host)"
+        )
 
 
 @final

@@ -87,6 +87,24 @@ def test_a_good_file_loads_with_defaults_and_resolved_paths(tmp_path: Path) -> N
         ),
         ('app = "127.0.0.1:8080"', 'app = "127.0.0.1:99999"', "inbound.app", "outside 1..65535"),
         (
+            'app = "127.0.0.1:8080"',
+            'app = "10.0.0.7:8080"',
+            "inbound.app",
+            "set inbound.allow_non_loopback_app = true",
+        ),
+        (
+            'app = "127.0.0.1:8080"',
+            'app = "orders.internal:8080"',
+            "inbound.app",
+            "is not a loopback address",
+        ),
+        (
+            'app = "127.0.0.1:8080"',
+            'app = "[2001:db8::1]:8080"\nallow_non_loopback_app = false',
+            "inbound.app",
+            "the hop to the app is plaintext",
+        ),
+        (
             'key_file = "svid.key"',
             'key_file = "svid.key"\nstate_dir = "state"',
             "identity",
@@ -116,6 +134,23 @@ def test_each_bad_value_is_an_error_naming_file_and_key(
     message = str(info.value)
     assert message.startswith(f"{path}: {key}: "), message
     assert hint in message
+
+
+@pytest.mark.parametrize("app", ["127.0.0.1:8080", "[::1]:8080", "localhost:8080"])
+def test_a_loopback_app_needs_no_opt_in(tmp_path: Path, app: str) -> None:
+    config = load_config(_write(tmp_path, GOOD.replace('"127.0.0.1:8080"', f'"{app}"')))
+    assert config.inbound is not None
+    assert str(config.inbound.app) == app
+    assert config.inbound.allow_non_loopback_app is False
+
+
+def test_a_non_loopback_app_loads_once_the_operator_allows_it(tmp_path: Path) -> None:
+    text = GOOD.replace('app = "127.0.0.1:8080"', 'app = "10.0.0.7:8080"')
+    text = text.replace('service = "orders"', 'service = "orders"\nallow_non_loopback_app = true')
+    config = load_config(_write(tmp_path, text))
+    assert config.inbound is not None
+    assert str(config.inbound.app) == "10.0.0.7:8080"
+    assert config.inbound.allow_non_loopback_app is True
 
 
 def test_a_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
