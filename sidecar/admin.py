@@ -62,7 +62,7 @@ class AdminState:
     now: Callable[[], datetime]
     next_rotation: Callable[[], datetime | None] = lambda: None
     metrics: SidecarMetrics | None = None
-    identity_stats: IdentityStats | None = None  # None with static identity files
+    identity_stats: IdentityStats | None = None  # None without an identity lifecycle (tests)
     policies: PolicyView | None = None  # None when no [policy] is configured
     # Endpoint health from the outbound pool: a JSON-able list, one item per service.
     upstreams: Callable[[], list[dict[str, Any]]] | None = None

@@ -24,6 +24,7 @@ from sidecar.connections import ConnectionTracker
 from sidecar.http_inbound import HttpInbound
 from sidecar.http_outbound import HttpOutbound
 from sidecar.identity.credentials import CredentialStore
+from sidecar.identity.static_files import ReloadSignal
 from sidecar.identity.stats import IdentityStats
 from sidecar.inbound import Inbound
 from sidecar.logs import event
@@ -34,7 +35,6 @@ from sidecar.policy_authz import CedarAuthorizer
 from sidecar.policy_runtime import LivePolicies
 from sidecar.pool import MeshPool
 from sidecar.runtime import Runtime
-from sidecar.static_identity import ReloadSignal, run_static_identity
 
 __all__ = ["run"]
 
@@ -121,15 +121,14 @@ async def _start_identity(
     clock: Clock,
     reload: ReloadSignal,
     nursery: trio.Nursery,
-) -> IdentityStats | None:
+) -> IdentityStats:
     """Publish the first SVID (static files or CA bootstrap), keep it fresh in the background."""
-    if config.identity.static:
-        await nursery.start(run_static_identity, config.identity, store, clock.now, reload)
-        return None
-    from sidecar.identity.lifecycle import run_identity
+    from sidecar.identity.lifecycle import run_identity  # the CA client, only when started
 
     stats = IdentityStats()
-    await nursery.start(functools.partial(run_identity, config, store, clock, stats=stats))
+    await nursery.start(
+        functools.partial(run_identity, config, store, clock, stats=stats, reload=reload)
+    )
     return stats
 
 
@@ -163,8 +162,7 @@ async def run(
         if policies is not None:  # before identity: an invalid set refuses to start at once
             await policies.start(nursery)
         stats = await _start_identity(config, store, clock, reload, nursery)
-        if stats is not None:
-            metrics.watch_identity(stats)
+        metrics.watch_identity(stats)
         async with trio.open_nursery() as handlers:
             serving: list[tuple[str, list[trio.SocketListener], Handler]] = []
             http_inbound: HttpInbound | None = None
@@ -203,7 +201,7 @@ async def run(
                     config,
                     store,
                     clock.now,
-                    (lambda: stats.next_rotation_at) if stats else (lambda: None),
+                    lambda: stats.next_rotation_at,
                     metrics=metrics,
                     identity_stats=stats,
                     upstreams=_pool_rows(pools) if pools else None,

@@ -39,9 +39,9 @@ def _run(config_path: str) -> int:
 
     from sidecar.app import run
     from sidecar.config import ConfigError, load_config
+    from sidecar.identity.static_files import StaticIdentityError
     from sidecar.logs import LogSetupError, setup_logging
     from sidecar.policy_runtime import PolicyStartError
-    from sidecar.static_identity import StaticIdentityError
 
     setup_logging()
     try:

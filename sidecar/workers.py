@@ -40,9 +40,9 @@ from mesh_ca.keys import private_key_pem
 from sidecar.admin import AdminState, serve_admin
 from sidecar.config import IdentityConfig, SidecarConfig, load_config
 from sidecar.identity.credentials import CredentialStore, Revocations
+from sidecar.identity.static_files import ReloadSignal
 from sidecar.logs import event
 from sidecar.metrics import SidecarMetrics
-from sidecar.static_identity import ReloadSignal
 
 __all__ = ["Supervisor", "main", "supervise"]
 
@@ -154,8 +154,7 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._signals, drain, reload)
             stats = await _start_identity(self.config, store, clock, reload, nursery)
-            if stats is not None:
-                metrics.watch_identity(stats)
+            metrics.watch_identity(stats)
             if not write_credentials(store, self.runtime_dir):
                 raise RuntimeError("identity started without credentials")
             store.subscribe(self._publish)
@@ -170,7 +169,7 @@ class Supervisor:
                         self.config,
                         store,
                         clock.now,
-                        (lambda: stats.next_rotation_at) if stats else (lambda: None),
+                        lambda: stats.next_rotation_at,
                         metrics=metrics,
                         identity_stats=stats,
                     )

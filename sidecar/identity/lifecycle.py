@@ -37,7 +37,7 @@ from sidecar.identity.state import (
     load_bundle_file,
     read_join_token,
 )
-from sidecar.identity.static_files import run_static_identity
+from sidecar.identity.static_files import ReloadSignal, run_static_identity
 from sidecar.identity.stats import IdentityStats
 
 __all__ = ["CaClientLike", "ClientFactory", "IssuedLike", "run_identity"]
@@ -97,14 +97,16 @@ async def run_identity(
     client_factory: ClientFactory | None = None,
     rng: random.Random | None = None,
     stats: IdentityStats | None = None,
+    reload: ReloadSignal | None = None,
     run_blocking: BlockingRunner = in_thread,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Obtain credentials, publish them, report started, then keep them fresh forever.
 
     Raises at start-up only for local errors the operator must fix (unreadable bundle file,
-    unusable state directory); a CA that is down or refuses is retried, never fatal.
-    `config` is an `IdentitySettings`, or the sidecar config (its ``identity`` table).
+    unusable state directory, invalid static identity files); a CA that is down or refuses
+    is retried, never fatal. `config` is an `IdentitySettings`, or the sidecar config (its
+    ``identity`` table). `reload` (static files): re-read them at once when requested.
     """
     settings = (
         config
@@ -118,6 +120,7 @@ async def run_identity(
             store,
             clock,
             stats=stats,
+            reload=reload,
             run_blocking=run_blocking,
             task_status=task_status,
         )

@@ -30,7 +30,9 @@ class IdentitySettings:
     state_dir: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
-    poll_interval_seconds: float = 30.0  # bundle and revocations (CA mode), files (static mode)
+    # CA mode: bundle and revocations (config poll_interval_seconds); static mode: the
+    # files' stamps (config reload_interval_seconds).
+    poll_interval_seconds: float = 30.0
     ca_timeout_seconds: float = 10.0
     backoff_base_seconds: float = 1.0
     backoff_cap_seconds: float = 60.0
@@ -67,10 +69,12 @@ class IdentitySettings:
         addresses: Sequence[str] = get("ca_addresses") or ()
         defaults = cls.__dataclass_fields__
 
-        def seconds(name: str) -> float:
-            value = get(name)
+        def seconds(name: str, key: str | None = None) -> float:
+            value = get(key or name)
             return float(defaults[name].default if value is None else value)  # type: ignore[arg-type]
 
+        static = get("cert_file") is not None
+        poll = "reload_interval_seconds" if static else "poll_interval_seconds"
         return cls(
             spiffe_id=spiffe_id if isinstance(spiffe_id, SpiffeId) else SpiffeId.parse(spiffe_id),
             bundle_file=Path(get("bundle_file")),
@@ -79,7 +83,7 @@ class IdentitySettings:
             state_dir=_path(get("state_dir")),
             cert_file=_path(get("cert_file")),
             key_file=_path(get("key_file")),
-            poll_interval_seconds=seconds("poll_interval_seconds"),
+            poll_interval_seconds=seconds("poll_interval_seconds", poll),
             ca_timeout_seconds=seconds("ca_timeout_seconds"),
             backoff_base_seconds=seconds("backoff_base_seconds"),
             backoff_cap_seconds=seconds("backoff_cap_seconds"),
