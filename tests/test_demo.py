@@ -1,7 +1,7 @@
 """The demo runs end to end, and what it reports is what the mesh logged and counted.
 
-Runs `scripts/demo/run_demo.py` (what `scripts/demo.sh` runs once the venv exists) with
-``--keep``, so the mesh is still up afterwards: the test then reads the report, the access
+Runs `bash scripts/demo.sh --keep` (on a stand-in of the test's virtualenv, so nothing is
+installed), so the mesh is still up afterwards: the test then reads the report, the access
 logs and the app logs itself, scrapes every sidecar's `/metrics`, and compares them. The
 summary table and the metrics are recomputed here from the raw logs, not taken from the demo.
 """
@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections import Counter
@@ -23,9 +22,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.demo_clone import installed_venv
 from tests.procs import ROOT
 
-DEMO = ROOT / "scripts" / "demo" / "run_demo.py"
+DEMO = ROOT / "scripts" / "demo.sh"
 SERVICES = ("web", "orders", "payments")
 ACCESS_FIELDS = {
     "time": str,
@@ -72,9 +72,11 @@ def _stop_kept(work: Path, pids: dict[str, int]) -> None:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("demo") / "work"
+    venv = installed_venv(tmp_path_factory.mktemp("demo-venv") / "venv")
     done = subprocess.run(
-        [sys.executable, str(DEMO), "--keep", "--work", str(work), "--color", "never"],
+        ["bash", str(DEMO), "--keep", "--work", str(work), "--color", "never"],
         cwd=ROOT,
+        env={**os.environ, "MESHGATE_VENV": str(venv)},
         capture_output=True,
         text=True,
         timeout=240,

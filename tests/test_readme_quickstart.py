@@ -18,13 +18,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from sidecar.config import load_config
+from tests.demo_clone import installed_venv
 from tests.procs import ROOT, free_port
 
 README = ROOT / "README.md"
@@ -135,13 +135,7 @@ def fake_clone(tmp: Path) -> None:
     """A directory that looks like a clone with .venv set up, without touching the repo."""
     for name in ("scripts", "policies"):
         (tmp / name).symlink_to(ROOT / name)
-    venv = tmp / ".venv"
-    venv.mkdir()
-    for entry in Path(sys.prefix).iterdir():
-        if entry.name != ".meshgate-installed":
-            (venv / entry.name).symlink_to(entry)
-    # scripts/lib/setup.sh installs the project when this stamp is missing: it is installed.
-    (venv / ".meshgate-installed").touch()
+    installed_venv(tmp / ".venv")
 
 
 def test_the_readme_keeps_the_two_commands() -> None:
