@@ -3,7 +3,7 @@
 
     python scripts/bench.py ca [--seconds 3] [--concurrency 16] [--only-default]
     python scripts/bench.py replicas [--seconds 3] [--concurrency 16]
-    python scripts/bench.py http [--seconds 5] [--concurrency 16]
+    python scripts/bench.py http [--seconds 6] [--rounds 3] [--baseline REF] [--http-workers2]
     python scripts/bench.py datapath [--seconds 3]
     python scripts/bench.py memory
 
@@ -513,7 +513,17 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds",
         type=int,
         default=3,
-        help="ca: interleaved rounds per server (each phase gets seconds/rounds a round)",
+        help="ca, http: interleaved rounds (each phase or run gets seconds/rounds a round)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="http: also measure the meshgate pair of this git ref (e.g. HEAD~3), same run",
+    )
+    parser.add_argument(
+        "--http-workers2",
+        action="store_true",
+        help="http: also measure the meshgate pair with workers = 2",
     )
     parser.add_argument(
         "--only-default",

@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
 from scripts.benchlib.peers import Tls, haproxy_pair, nginx_app, nginx_pair, wait_port  # noqa: E402
 from tests.integration.http_mesh import POLICIES  # noqa: E402
 from tests.pki import Leaf, TestPki  # noqa: E402
-from tests.procs import free_port, running_sidecar, write_config  # noqa: E402
+from tests.procs import Sidecar, free_port, wait_ready, write_config  # noqa: E402
 
 Figures = dict[str, Any]
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -137,6 +137,43 @@ def run_wrk(port: int, seconds: float, connections: int, close: bool, pids: list
 # -- the meshgate pair ---------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _sidecar(config_path: Path, admin_port: int, root: Path) -> Iterator[Sidecar]:
+    """`python -m sidecar.cli run` from the source tree `root` (this checkout, or a baseline
+    exported by `baseline_tree`); waits for /readyz, kills it afterwards."""
+    log_path = config_path.with_suffix(".log")
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sidecar.cli", "run", "--config", str(config_path)],
+            cwd=root,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(root)},
+        )
+    sidecar = Sidecar(process, admin_port, log_path)
+    try:
+        wait_ready(sidecar)
+        yield sidecar
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+@contextlib.contextmanager
+def baseline_tree(ref: str) -> Iterator[Path]:
+    """The sources of git `ref` (`git archive`, nothing in the repository is touched), so
+    an older sidecar can be measured in the same run as the current one."""
+    with tempfile.TemporaryDirectory(prefix="meshgate-baseline-") as name:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--format=tar", ref],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", name], input=archive, check=True)
+        yield Path(name)
+
+
 @dataclass
 class Certs:
     client: Leaf
@@ -174,8 +211,10 @@ def meshgate_pair(
     protocol: str = "http",
     workers: int = 1,
     access_log: str = "off",
+    root: Path = ROOT,
 ) -> Iterator[tuple[int, list[int], list[int]]]:
-    """Start B (inbound) and A (outbound); yields (entry port, A pids, B pids)."""
+    """Start B (inbound) and A (outbound) from the sources in `root`; yields (entry port,
+    A pids, B pids)."""
     tmp.mkdir(parents=True, exist_ok=True)
     a_tls = write_tls(pki, certs.client, tmp / "a")
     b_tls = write_tls(pki, certs.server, tmp / "b")
@@ -219,8 +258,8 @@ def meshgate_pair(
     b_path = write_config(tmp / "b.toml", b)
     a_path = write_config(tmp / "a.toml", a)
     with (
-        running_sidecar(b_path, ports["b_admin"]) as b_proc,
-        running_sidecar(a_path, ports["a_admin"]) as a_proc,
+        _sidecar(b_path, ports["b_admin"], root) as b_proc,
+        _sidecar(a_path, ports["a_admin"], root) as a_proc,
     ):
         wait_port(ports["a_out"])
 
@@ -242,17 +281,43 @@ def _identity(spiffe_id: str, tls: Tls) -> dict[str, str]:
 # -- section: http -------------------------------------------------------------------------
 
 SCENARIOS = (("keep_alive", False), ("new_connection", True))
+Target = tuple[int, list[int], list[int]]  # entry port, client-side pids, server-side pids
 
 
-def _row(result: WrkResult, pids: list[int]) -> Figures:
+@dataclass
+class _Totals:
+    """One target in one scenario, summed over the interleaved rounds."""
+
+    requests: int = 0
+    seconds: float = 0.0
+    errors: int = 0
+    cpu_a: float = 0.0
+    cpu_b: float = 0.0
+    p50: list[float] | None = None
+    p99: list[float] | None = None
+
+    def add(self, result: WrkResult, cpu_a: float, cpu_b: float) -> None:
+        self.requests += result.requests
+        self.seconds += result.seconds
+        self.errors += result.errors
+        self.cpu_a += cpu_a
+        self.cpu_b += cpu_b
+        self.p50 = [*(self.p50 or []), result.p50_ms]
+        self.p99 = [*(self.p99 or []), result.p99_ms]
+
+
+def _row(totals: _Totals, pids: list[int]) -> Figures:
+    per = 1e6 / max(1, totals.requests)
     return {
-        "rps": round(result.rps),
-        "p50_ms": round(result.p50_ms, 2),
-        "p99_ms": round(result.p99_ms, 2),
-        "proxy_cpu_us_per_request": round(result.cpu_us_per_request),
+        "rps": round(totals.requests / max(totals.seconds, 1e-9)),
+        "p50_ms": round(statistics.median(totals.p50 or [0.0]), 2),
+        "p99_ms": round(statistics.median(totals.p99 or [0.0]), 2),
+        "proxy_cpu_us_per_request": round((totals.cpu_a + totals.cpu_b) * per),
+        "client_side_cpu_us_per_request": round(totals.cpu_a * per),
+        "server_side_cpu_us_per_request": round(totals.cpu_b * per),
         "proxy_rss_mb": rss_mb(pids),
-        "errors": result.errors,
-        "requests": result.requests,
+        "errors": totals.errors,
+        "requests": totals.requests,
     }
 
 
@@ -276,52 +341,65 @@ def _ratios(rows: dict[str, Figures], base: str) -> dict[str, Figures]:
 
 
 def bench_http(args: argparse.Namespace) -> Figures:
-    seconds, connections = args.seconds, args.concurrency
+    """Every target is started up front; then `--rounds` interleaved rounds, each running
+    every target and scenario for `seconds / rounds`, so the shared machine's changing load
+    falls on all targets alike. `--baseline REF` adds the meshgate pair of git REF."""
+    connections = args.concurrency
+    rounds = max(1, args.rounds)
+    slice_seconds = max(1.0, args.seconds / rounds)
     figures: Figures = {
         "connections": connections,
-        "seconds_per_run": seconds,
+        "seconds_per_target_and_scenario": slice_seconds * rounds,
+        "rounds": rounds,
+        "baseline": args.baseline,
         "load_average_before": os.getloadavg()[0],
     }
     pki = TestPki()
     certs = bench_certs(pki)
-    with tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp_name:
-        tmp = Path(tmp_name)
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meshgate-bench-")))
         app = nginx_app(tmp, free_port())
-        try:
-            targets: list[tuple[str, Callable[[], contextlib.AbstractContextManager[Any]]]] = [
-                ("direct", lambda: contextlib.nullcontext((app.entry_port, [], []))),
-                ("meshgate", lambda: meshgate_pair(pki, certs, tmp / "mg1", app.entry_port)),
-                (
-                    "meshgate_workers2",
-                    lambda: meshgate_pair(pki, certs, tmp / "mg2", app.entry_port, workers=2),
-                ),
-                ("nginx", lambda: _peer(nginx_pair, "nginx", tmp, pki, certs, app.entry_port)),
-                (
-                    "haproxy",
-                    lambda: _peer(haproxy_pair, "haproxy", tmp, pki, certs, app.entry_port),
-                ),
-            ]
-            rows: dict[str, dict[str, Figures]] = {name: {} for name, _ in SCENARIOS}
-            for target, start in targets:
-                with start() as (port, a_pids, b_pids):
-                    pids = a_pids + b_pids
-                    for scenario, close in SCENARIOS:
-                        progress(
-                            f"http: {target}, {scenario}, {connections} connections, {seconds:g} s"
-                        )
-                        run_wrk(
-                            port, 1, connections, close=close, pids=pids
-                        )  # warm up (pools, caches)
-                        result = run_wrk(port, seconds, connections, close=close, pids=pids)
-                        rows[scenario][target] = _row(result, pids)
-        finally:
-            app.stop()
-    for scenario, _ in SCENARIOS:
-        figures[scenario] = {
-            "results": rows[scenario],
-            "ratio_to_nginx": _ratios(rows[scenario], "nginx"),
-            "ratio_to_direct": _ratios(rows[scenario], "direct"),
-        }
+        stack.callback(app.stop)
+        port = app.entry_port
+        targets: dict[str, Target] = {"direct": (port, [], [])}
+        progress("http: starting every target")
+        targets["meshgate"] = stack.enter_context(meshgate_pair(pki, certs, tmp / "mg1", port))
+        if args.baseline:
+            root = stack.enter_context(baseline_tree(args.baseline))
+            targets["meshgate_baseline"] = stack.enter_context(
+                meshgate_pair(pki, certs, tmp / "mg0", port, root=root)
+            )
+        if args.http_workers2:
+            targets["meshgate_workers2"] = stack.enter_context(
+                meshgate_pair(pki, certs, tmp / "mg2", port, workers=2)
+            )
+        targets["nginx"] = stack.enter_context(_peer(nginx_pair, "nginx", tmp, pki, certs, port))
+        targets["haproxy"] = stack.enter_context(
+            _peer(haproxy_pair, "haproxy", tmp, pki, certs, port)
+        )
+        for entry, _, _ in targets.values():
+            for _, close in SCENARIOS:  # warm up: pools, caches, imports
+                run_wrk(entry, 1, connections, close=close, pids=[])
+        totals = {s: {name: _Totals() for name in targets} for s, _ in SCENARIOS}
+        for index in range(rounds):
+            progress(f"http: round {index + 1}/{rounds}, {slice_seconds:g} s per run")
+            for name, (entry, a_pids, b_pids) in targets.items():
+                for scenario, close in SCENARIOS:
+                    a0, b0 = cpu_seconds(a_pids), cpu_seconds(b_pids)
+                    result = run_wrk(entry, slice_seconds, connections, close=close, pids=[])
+                    totals[scenario][name].add(
+                        result, cpu_seconds(a_pids) - a0, cpu_seconds(b_pids) - b0
+                    )
+        for scenario, _ in SCENARIOS:
+            rows = {
+                name: _row(totals[scenario][name], targets[name][1] + targets[name][2])
+                for name in targets
+            }
+            figures[scenario] = {
+                "results": rows,
+                "ratio_to_nginx": _ratios(rows, "nginx"),
+                "ratio_to_direct": _ratios(rows, "direct"),
+            }
     figures["load_average_after"] = os.getloadavg()[0]
     return figures
 
@@ -329,17 +407,20 @@ def bench_http(args: argparse.Namespace) -> Figures:
 @contextlib.contextmanager
 def _peer(
     factory: Callable[..., Any], name: str, tmp: Path, pki: TestPki, certs: Certs, app_port: int
-) -> Iterator[tuple[int, list[int], list[int]]]:
+) -> Iterator[Target]:
+    """A reference pair; yields (entry port, client-side pids, server-side pids)."""
     client = write_tls(pki, certs.client, tmp / f"{name}-client")
     server = write_tls(pki, certs.server, tmp / f"{name}-server")
     entry = free_port()
     pair = factory(tmp / name, entry, free_port(), app_port, client, server)
     try:
         time.sleep(0.3)
-        pids: list[int] = []
-        for pid in pair.pids():  # nginx: master + worker
-            pids += [pid, *children(pid)]
-        yield entry, pids, []
+        server_proc, client_proc = pair.pids()  # both factories start the server side first
+        yield (
+            entry,
+            [client_proc, *children(client_proc)],  # nginx: master + worker
+            [server_proc, *children(server_proc)],
+        )
     finally:
         pair.stop()
 
