@@ -6,11 +6,12 @@ written atomically so a crash never leaves half a key.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from mesh_ca.files import write_atomic
 
 __all__ = [
     "KeyFileError",
@@ -45,18 +46,7 @@ def private_key_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
 
 def write_private_file(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically with mode 0600 (never readable by others)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # the umask cannot widen it, but an existing tmp might
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, data, 0o600)
 
 
 def load_private_key(path: Path, passphrase: bytes | None = None) -> PrivateKey:

@@ -35,6 +35,7 @@ from typing import final
 import trio
 
 from mesh_ca.clock import SystemClock
+from mesh_ca.files import write_atomic
 from mesh_ca.identity.bundle import pem_bundle
 from mesh_ca.keys import private_key_pem
 from sidecar.admin import AdminState, serve_admin
@@ -51,17 +52,6 @@ _RESTART_DELAY_SECONDS = 0.5
 _READY_TIMEOUT_SECONDS = 30.0
 
 
-def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def write_credentials(store: CredentialStore, directory: Path) -> bool:
     """Publish the parent's current credentials and revocations as files; False if none."""
     creds = store.current
@@ -69,11 +59,11 @@ def write_credentials(store: CredentialStore, directory: Path) -> bool:
         return False
     bundle = creds.bundles.get(creds.spiffe_id.trust_domain)
     anchors = (*bundle.roots, *bundle.intermediates) if bundle is not None else ()
-    _write_atomic(directory / "svid.key", private_key_pem(creds.key), 0o600)
-    _write_atomic(directory / "bundle.pem", pem_bundle(anchors))
-    _write_atomic(directory / "svid.pem", pem_bundle(creds.chain))
+    write_atomic(directory / "svid.key", private_key_pem(creds.key), 0o600)
+    write_atomic(directory / "bundle.pem", pem_bundle(anchors))
+    write_atomic(directory / "svid.pem", pem_bundle(creds.chain))
     revoked = store.revocations
-    _write_atomic(
+    write_atomic(
         directory / "revocations.json",
         json.dumps(
             {

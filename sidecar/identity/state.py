@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final, final
 
+from mesh_ca.files import write_atomic
 from mesh_ca.identity import (
     BundleError,
     BundleSet,
@@ -62,17 +63,8 @@ class StateError(Exception):
 
 
 def write_public_file(path: Path, data: bytes) -> None:
-    """Write a non-secret file atomically: temporary file, fsync, rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write a non-secret file (mode 0644) atomically: temporary file, fsync, rename."""
+    write_atomic(path, data, 0o644)
 
 
 def load_bundle_file(path: Path, trust_domain: TrustDomain) -> TrustBundle:
