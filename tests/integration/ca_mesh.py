@@ -86,16 +86,17 @@ def bootstrap_pair(
     tmp: Path,
     app_port: int,
     *,
-    identity: dict[str, Any] | None = None,
+    a_identity: dict[str, Any] | None = None,
+    b_identity: dict[str, Any] | None = None,
     **timeouts: Any,
 ) -> Pair:
     """A (outbound) → B (inbound) → app, both bootstrapping from `server` with tokens.
 
-    `identity` adds keys to both ``[identity]`` tables (e.g. ``poll_interval_seconds``).
+    `a_identity` / `b_identity` add keys to that sidecar's ``[identity]`` table (e.g.
+    ``poll_interval_seconds``).
     """
-    extra = identity or {}
-    a = (A_ID, bootstrap_identity(ca, server, A_ID, tmp / "a", **extra))
-    b = (B_ID, bootstrap_identity(ca, server, B_ID, tmp / "b", **extra))
+    a = (A_ID, bootstrap_identity(ca, server, A_ID, tmp / "a", **(a_identity or {})))
+    b = (B_ID, bootstrap_identity(ca, server, B_ID, tmp / "b", **(b_identity or {})))
     return pair_configs(tmp, app_port, a, b, **timeouts)
 
 

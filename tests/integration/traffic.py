@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 import trio
 
 from tests.integration.ca_mesh import CertWatch
-from tests.procs import exchange
+from tests.procs import EchoApp, exchange
 
 # The close is scheduled on the trio clock from the wall-clock notAfter: allow a little.
 _CLOSE_SLACK = timedelta(seconds=1)
@@ -123,3 +123,15 @@ def spanned_a_rotation_of_each(conn: LongLived) -> bool:
     """True when every sidecar's serial changed while this connection kept working."""
     before, after = conn.serials_at_open, conn.serials_at_last_ok
     return bool(before and after) and all(b != a for b, a in zip(before, after, strict=True))
+
+
+async def nothing_gets_through(port: int, app: EchoApp) -> None:
+    """A request through `port` gets no byte back (a close or a reset), and the app behind
+    it sees no connection."""
+    seen = app.connections
+    try:
+        got = await exchange(port, b"must not pass", timeout=10)
+    except (OSError, trio.BrokenResourceError):
+        got = b""
+    assert got == b""
+    assert app.connections == seen, "the app saw a connection"
