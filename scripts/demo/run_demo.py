@@ -563,8 +563,8 @@ class Demo:
         for name, svc in self.mesh.services.items():
             print(f"  {name:8} access log  {self.mesh.access_log(name)}")
             print(f"  {'':8} metrics     {svc.admin_url('/metrics')}")
-        print(f"  {'sidecar, app and CA logs':20}  {self.work / 'logs'}")
-        print(f"  {'report':20}  {self.work / 'report.json'}")
+        print(f"  {'logs':8} {'':11} {self.work / 'logs'} (sidecars, apps, CA)")
+        print(f"  {'report':8} {'':11} {self.work / 'report.json'}")
 
     def poke(self) -> None:
         web, orders = self.web, self.mesh.services["orders"]
@@ -585,7 +585,7 @@ class Demo:
                 "web's outbound sidecar, as web",
             ),
             (
-                f"curl -sk https://127.0.0.1:{orders.inbound_port}/orders/1",
+                f"curl -sSk https://127.0.0.1:{orders.inbound_port}/orders/1",
                 "no client certificate: TLS alert",
             ),
             (f"curl -s {orders.admin_url('/certificate')}", "orders' SVID (serial, notAfter)"),
