@@ -69,7 +69,7 @@ EXPECT: list[tuple[str, str]] = [
     ("sleep 20", r"^$"),
     ("/certificate", r'"serial": "[0-9a-f]+"'),  # 7. after
     ("mesh-ca revoke", r"(?i)revoked"),
-    ("sleep 4", r"^$"),
+    ("sleep 5", r"^$"),
     ("curl -s -o /dev/null", r"^50[23]$"),
     ("mesh-ca status --dir ca", r"revocations\s+1\s+spiffe://example\.org/ns/shop/svc/web"),
     ("kill $(jobs -p)", r"^$"),
