@@ -8,13 +8,13 @@ Frozen models with unknown keys forbidden. Every error names the file and the ke
 from __future__ import annotations
 
 import json
-import tomllib
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mesh_ca.config_file import read_toml, validation_message
 from mesh_ca.identity import SpiffeId, SpiffeIdError, TrustDomain
 from mesh_ca.issuance.leaf import FLOOR_LEAF_TTL, MAX_LEAF_TTL, MIN_LEAF_TTL
 
@@ -233,43 +233,16 @@ class CaConfig(_Model):
         return TrustDomain(self.trust_domain)
 
 
-def _key_path(loc: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "(top level)"
-
-
-def _validation_message(source: str, exc: ValidationError) -> str:
-    lines = []
-    for error in exc.errors():
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        lines.append(f"{source}: {_key_path(error['loc'])}: {message}")
-    return "\n".join(lines)
-
-
 def config_from_mapping(data: dict[str, object], *, source: str = CONFIG_FILE) -> CaConfig:
     try:
         return CaConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_validation_message(source, exc)) from exc
+        raise ConfigError(validation_message(source, exc)) from exc
 
 
 def load_config(path: Path) -> CaConfig:
     """Read and validate a ``ca.toml``; raises `ConfigError` naming the file and key."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text") from exc
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return config_from_mapping(data, source=str(path))
+    return config_from_mapping(read_toml(path, ConfigError), source=str(path))
 
 
 def _toml_value(value: object) -> str:

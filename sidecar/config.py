@@ -10,7 +10,6 @@ inbound app (the plaintext hop after mTLS), unless ``inbound.allow_non_loopback_
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, final
@@ -18,6 +17,7 @@ from typing import Annotated, Any, Literal, Self, final
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator
 
+from mesh_ca.config_file import read_toml, validation_message
 from mesh_ca.identity import SpiffeId, SpiffeIdError, TrustDomain
 
 __all__ = [
@@ -628,18 +628,6 @@ class SidecarConfig(_Model):
         return self
 
 
-def _key_path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
-
-
-def _message(error: Any) -> str:
-    msg = str(error["msg"])
-    return msg.removeprefix("Value error, ")
-
-
 def _resolve(data: dict[str, Any], base: Path) -> None:
     identity = data.get("identity")
     if isinstance(identity, dict):
@@ -663,24 +651,11 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path | None = None)
     try:
         return SidecarConfig.model_validate(data)
     except pydantic.ValidationError as exc:
-        lines = [
-            f"{source}: {_key_path(tuple(e['loc'])) or '(top level)'}: {_message(e)}"
-            for e in exc.errors()
-        ]
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(validation_message(source, exc)) from None
 
 
 def load_config(path: Path | str) -> SidecarConfig:
     """Read and validate a sidecar TOML file. `ConfigError` names the file and key."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: TOML syntax error: {exc}") from exc
+    data = read_toml(path, ConfigError)
     return parse_config(data, source=str(path), base=path.parent)

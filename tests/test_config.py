@@ -71,7 +71,7 @@ def test_a_good_file_loads_with_defaults_and_resolved_paths(tmp_path: Path) -> N
             'service = "payments"',
             'service = "payments"\ncolour = "blue"',
             "outbound[0].colour",
-            "Extra inputs",
+            "unknown key",
         ),
         (
             'listen = "127.0.0.1:15000"',

@@ -1,0 +1,49 @@
+"""Reading a TOML config file and reporting its errors, shared by ``ca.toml`` and the sidecar.
+
+Every message starts with the file and, for a validation error, the key path
+(``ca.toml: server.listen: ...``, ``sidecar.toml: outbound[0].spiffe_ids: ...``), so an
+operator knows where to look without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+__all__ = ["key_path", "read_toml", "validation_message"]
+
+
+def read_toml(path: Path, error: type[Exception]) -> dict[str, Any]:
+    """The parsed document; raises `error` naming the file (and line, for bad TOML)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise error(f"{path}: cannot read config file ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: TOML syntax error: {exc}") from exc
+
+
+def key_path(loc: tuple[int | str, ...]) -> str:
+    """``("outbound", 0, "listen")`` as ``outbound[0].listen``; ``(top level)`` if empty."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
+    return path or "(top level)"
+
+
+def validation_message(source: str, exc: ValidationError) -> str:
+    """One line per error: ``SOURCE: KEY.PATH: message``."""
+    lines = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{source}: {key_path(tuple(error['loc']))}: {message}")
+    return "\n".join(lines)
