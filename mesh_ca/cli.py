@@ -125,12 +125,6 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         help="run store and signing in worker threads (the default with PostgreSQL, so "
         "database latency never stalls the event loop)",
     )
-    p.add_argument(
-        "--http-shell",
-        choices=["wire", "h11"],
-        default="wire",
-        help="HTTP/TLS layer: wire (default, lean) or h11 (the previous one, for comparison)",
-    )
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -255,10 +255,9 @@ def server_flags(args: argparse.Namespace) -> list[str]:
     return flags + (["--profile", str(args.server_profile)] if args.server_profile else [])
 
 
-# The CA server configurations `bench ca` compares in one run: the shell before this
-# round of work (h11 over trio.SSLStream, handlers in worker threads) and the default now.
+# The CA server configurations `bench ca` compares in one run. The old h11 shell
+# ("before_h11_threads") was removed after its comparison (docs/benchmarks.md).
 CA_SHELLS: dict[str, list[str]] = {
-    "before_h11_threads": ["--http-shell", "h11", "--threaded-handlers"],
     "now_default": [],
     # The same without the access log (one JSON line and one write(2) per request).
     "now_no_access_log": ["--log-level", "warning"],
@@ -376,15 +375,6 @@ def bench_ca(args: argparse.Namespace) -> Figures:
             if phase["per_server_cpu_second"]:
                 phase["ratio_to_raw"] = round(phase["per_server_cpu_second"] / raw, 3)
             figures[name][kind] = phase
-    if "before_h11_threads" in figures and "now_default" in figures:
-        figures["now_vs_before_per_server_cpu_second"] = {
-            kind: round(
-                figures["now_default"][kind]["per_server_cpu_second"]
-                / figures["before_h11_threads"][kind]["per_server_cpu_second"],
-                2,
-            )
-            for kind in ("bootstrap", "renew")
-        }
     figures["load_average"] = os.getloadavg()[0]
     return figures
 

@@ -26,7 +26,6 @@ from mesh_ca.config import parse_listen
 from mesh_ca.identity import SpiffeId
 from mesh_ca.server.core import CaAuthority, CaService
 from mesh_ca.server.http import CaHttpServer, ServerLimits
-from mesh_ca.server.http_h11 import H11CaHttpServer
 from mesh_ca.server.identity import issue_server_identity
 from mesh_ca.server.metrics import CaMetrics
 from mesh_ca.server.ratelimit import RateLimiter
@@ -86,9 +85,8 @@ def serve_main(args: argparse.Namespace) -> int:
             threaded = False
         if getattr(args, "threaded_handlers", False):
             threaded = True
-        shell = str(getattr(args, "http_shell", "wire") or "wire")
         authority = authority_of(ca, str(getattr(args, "replica", "") or ""))
-        trio.run(_serve, ca, authority, store, host, port, SystemClock(), threaded, shell)
+        trio.run(_serve, ca, authority, store, host, port, SystemClock(), threaded)
     except StoreError as exc:
         sys.stderr.write(f"mesh-ca serve: state store: {exc}\n")
         return 1
@@ -108,7 +106,6 @@ async def _serve(
     port: int,
     clock: Clock,
     threaded: bool = True,
-    shell: str = "wire",
 ) -> None:
     metrics = CaMetrics()
     metrics.set_expiry("root", ca.root.not_valid_after_utc)
@@ -127,11 +124,7 @@ async def _serve(
     limits = ServerLimits(
         max_body_bytes=ca.config.server.max_body_bytes, threaded_handlers=threaded
     )
-    server: CaHttpServer | H11CaHttpServer = (
-        H11CaHttpServer(service, identity, clock, limits)
-        if shell == "h11"
-        else CaHttpServer(service, identity, clock, limits)
-    )
+    server = CaHttpServer(service, identity, clock, limits)
 
     async def handler(stream: trio.SocketStream) -> None:
         try:
@@ -164,7 +157,7 @@ async def _serve(
 
 
 async def _rotate(
-    server: CaHttpServer | H11CaHttpServer,
+    server: CaHttpServer,
     authority: CaAuthority,
     store: StateStore,
     clock: Clock,
