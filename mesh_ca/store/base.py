@@ -18,10 +18,11 @@ Rules every backend keeps:
 from __future__ import annotations
 
 import enum
+import hmac
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, final
+from typing import Any, Protocol, final
 
 from mesh_ca.identity import SpiffeId
 
@@ -35,6 +36,8 @@ __all__ = [
     "TokenError",
     "TokenFailure",
     "TokenRecord",
+    "check_revoke_target",
+    "token_refusal",
 ]
 
 
@@ -58,6 +61,29 @@ class TokenError(StoreError):
     def __init__(self, reason: TokenFailure) -> None:
         super().__init__(f"join token refused: {reason}")
         self.reason = reason
+
+
+def token_refusal(row: Sequence[Any] | None, secret_hash: bytes, now: Any) -> TokenFailure | None:
+    """Why the stored token `row` (secret_hash, spiffe_id, expires_at, used_at) cannot be
+    consumed at `now` (in the backend's own time type), or None if it can.
+
+    Fails closed: a wrong secret reads as UNKNOWN, the same as an unknown id, so a caller
+    without the secret learns nothing; the secret hash is compared in constant time. The
+    backend's conditional UPDATE still decides a race between two consumers.
+    """
+    if row is None or not hmac.compare_digest(bytes(row[0]), secret_hash):
+        return TokenFailure.UNKNOWN
+    if row[3] is not None:
+        return TokenFailure.USED
+    if now >= row[2]:
+        return TokenFailure.EXPIRED
+    return None
+
+
+def check_revoke_target(spiffe_id: SpiffeId | None, serial: int | None) -> None:
+    """`revoke` takes exactly one of a SPIFFE ID or a serial."""
+    if (spiffe_id is None) == (serial is None):
+        raise ValueError("revoke needs exactly one of spiffe_id or serial")
 
 
 class IdRevoked(StoreError):  # noqa: N818 - reads as the fact it reports

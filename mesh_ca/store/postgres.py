@@ -20,7 +20,6 @@ scrubbed from any driver text that might echo it.
 
 from __future__ import annotations
 
-import hmac
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -42,6 +41,8 @@ from mesh_ca.store.base import (
     TokenError,
     TokenFailure,
     TokenRecord,
+    check_revoke_target,
+    token_refusal,
 )
 from mesh_ca.store.migrations import MigrationResult, check_version
 from mesh_ca.store.migrations import migrate as migrate_schema
@@ -448,8 +449,7 @@ class PostgresStore:
         reason: str = "",
     ) -> Revocation:
         """Revoke an ID (all its certificates) or one serial; revoking again keeps the first."""
-        if (spiffe_id is None) == (serial is None):
-            raise ValueError("revoke needs exactly one of spiffe_id or serial")
+        check_revoke_target(spiffe_id, serial)
         sid = str(spiffe_id) if spiffe_id is not None else None
         ser = _serial(serial) if serial is not None else None
         _aware(now)
@@ -546,12 +546,9 @@ def _consume(
         "SELECT secret_hash, spiffe_id, expires_at, used_at FROM join_tokens WHERE token_id = %s",
         (token_id,),
     ).fetchone()
-    if row is None or not hmac.compare_digest(bytes(row[0]), secret_hash):
-        return TokenFailure.UNKNOWN
-    if row[3] is not None:
-        return TokenFailure.USED
-    if now >= row[2]:
-        return TokenFailure.EXPIRED
+    refusal = token_refusal(row, secret_hash, now)
+    if refusal is not None:
+        return refusal
     # The race is decided here: of concurrent consumers, one UPDATE matches.
     if with_revoked:
         won = conn.execute(

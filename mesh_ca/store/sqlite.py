@@ -12,7 +12,6 @@ because X.509 serials (up to 159 bits) do not fit SQLite's 64-bit integers.
 
 from __future__ import annotations
 
-import hmac
 import os
 import sqlite3
 import threading
@@ -32,6 +31,8 @@ from mesh_ca.store.base import (
     TokenError,
     TokenFailure,
     TokenRecord,
+    check_revoke_target,
+    token_refusal,
 )
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
@@ -273,8 +274,7 @@ class SqliteStore:
         reason: str = "",
     ) -> Revocation:
         """Revoke an ID (all its certificates) or one serial; revoking again keeps the first."""
-        if (spiffe_id is None) == (serial is None):
-            raise ValueError("revoke needs exactly one of spiffe_id or serial")
+        check_revoke_target(spiffe_id, serial)
         sid = str(spiffe_id) if spiffe_id is not None else None
         ser = _serial_text(serial) if serial is not None else None
         with self._transaction() as cur:
@@ -354,12 +354,9 @@ def _consume(cur: sqlite3.Cursor, token_id: str, secret_hash: bytes, at: int) ->
         "SELECT secret_hash, spiffe_id, expires_at, used_at FROM tokens WHERE token_id = ?",
         (token_id,),
     ).fetchone()
-    if row is None or not hmac.compare_digest(bytes(row[0]), secret_hash):
-        raise TokenError(TokenFailure.UNKNOWN)
-    if row[3] is not None:
-        raise TokenError(TokenFailure.USED)
-    if at >= row[2]:
-        raise TokenError(TokenFailure.EXPIRED)
+    refusal = token_refusal(row, secret_hash, at)
+    if refusal is not None:
+        raise TokenError(refusal)
     cur.execute(
         "UPDATE tokens SET used_at = ? WHERE token_id = ? AND used_at IS NULL AND expires_at > ?",
         (at, token_id, at),
