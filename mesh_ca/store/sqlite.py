@@ -12,6 +12,7 @@ because X.509 serials (up to 159 bits) do not fit SQLite's 64-bit integers.
 
 from __future__ import annotations
 
+import hmac
 import os
 import sqlite3
 import threading
@@ -185,7 +186,7 @@ class SqliteStore:
         """
         at = _micros(now)
         with self._transaction() as cur:
-            return _consume(cur, token_id, secret_hash, at)
+            return _consume(cur, token_id, secret_hash, at)[0]
 
     def outstanding_tokens(self, now: datetime) -> Sequence[TokenRecord]:
         with self._transaction(write=False) as cur:
@@ -209,11 +210,9 @@ class SqliteStore:
         """Consume, check revocation, sign (`issue`) and record in one transaction. Fails closed."""
         at = _micros(now)
         with self._transaction() as cur:
-            spiffe_id = _consume(cur, token_id, secret_hash, at)
-            if cur.execute(
-                "SELECT 1 FROM revocations WHERE spiffe_id = ? LIMIT 1", (str(spiffe_id),)
-            ).fetchone():
-                raise IdRevoked(spiffe_id)
+            spiffe_id, revoked = _consume(cur, token_id, secret_hash, at)
+            if revoked:
+                raise IdRevoked(spiffe_id)  # rolls the consume back
             record = issue(spiffe_id)
             cur.execute(_INSERT_ISSUED, _issued_row(record))
         return record
@@ -348,22 +347,35 @@ def _issued_row(record: IssuedRecord) -> tuple[str, str, str, int, int, str]:
     )
 
 
-def _consume(cur: sqlite3.Cursor, token_id: str, secret_hash: bytes, at: int) -> SpiffeId:
-    """Mark the token used inside the caller's write transaction; `TokenError` if it cannot be."""
-    row = cur.execute(
-        "SELECT secret_hash, spiffe_id, expires_at, used_at FROM tokens WHERE token_id = ?",
-        (token_id,),
-    ).fetchone()
-    refusal = token_refusal(row, secret_hash, at)
-    if refusal is not None:
-        raise TokenError(refusal)
-    cur.execute(
-        "UPDATE tokens SET used_at = ? WHERE token_id = ? AND used_at IS NULL AND expires_at > ?",
-        (at, token_id, at),
-    )
-    if cur.rowcount != 1:
-        raise TokenError(TokenFailure.USED)
-    return SpiffeId.parse(row[1])
+# The bootstrap fast path in one statement: consume the token if it is unused and unexpired,
+# and return its secret hash (compared in Python, in constant time), bound ID and whether
+# that ID is revoked. A wrong secret rolls the whole transaction back.
+_CONSUME: Final = (
+    "UPDATE tokens SET used_at = ?1 WHERE token_id = ?2 AND used_at IS NULL AND expires_at > ?1"
+    " RETURNING secret_hash, spiffe_id,"
+    " EXISTS (SELECT 1 FROM revocations WHERE revocations.spiffe_id = tokens.spiffe_id)"
+)
+_ROW_BY_ID: Final = (
+    "SELECT secret_hash, spiffe_id, expires_at, used_at FROM tokens WHERE token_id = ?"
+)
+
+
+def _consume(
+    cur: sqlite3.Cursor, token_id: str, secret_hash: bytes, at: int
+) -> tuple[SpiffeId, bool]:
+    """Mark the token used inside the caller's write transaction: (bound ID, ID revoked).
+
+    Raises `TokenError` (the caller's transaction then rolls back, so a token used with a
+    wrong secret stays unused). Fails closed.
+    """
+    row = cur.execute(_CONSUME, (at, token_id)).fetchone()
+    if row is not None and hmac.compare_digest(bytes(row[0]), secret_hash):
+        return SpiffeId.parse(row[1]), bool(row[2])
+    if row is not None:
+        raise TokenError(TokenFailure.UNKNOWN)  # wrong secret: the same as an unknown id
+    # Refused: say why (unknown, used or expired) from the untouched row.
+    refusal = token_refusal(cur.execute(_ROW_BY_ID, (token_id,)).fetchone(), secret_hash, at)
+    raise TokenError(refusal or TokenFailure.USED)
 
 
 def _revocation(row: tuple[Any, ...]) -> Revocation:
