@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """meshgate benchmarks, one section per component; every figure is compared within one run.
 
-    python scripts/bench.py ca [--seconds 3] [--concurrency 16] [--only-default]
+    python scripts/bench.py ca [--seconds 3] [--concurrency 16] [--only-default] [--baseline REF]
     python scripts/bench.py replicas [--seconds 3] [--concurrency 16]
     python scripts/bench.py http [--seconds 6] [--rounds 3] [--baseline REF] [--http-workers2]
     python scripts/bench.py datapath [--seconds 3]
@@ -92,10 +92,12 @@ def bench_config(store: StoreConfig | None = None) -> CaConfig:
 
 
 @contextlib.contextmanager
-def ca_server(directory: Path, log_level: str, extra: list[str]) -> Iterator[CaProcess]:
-    """A fresh SQLite CA in `directory`, served."""
+def ca_server(
+    directory: Path, log_level: str, extra: list[str], root: Path | None = None
+) -> Iterator[CaProcess]:
+    """A fresh SQLite CA in `directory`, served (from the source tree `root` if given)."""
     ca = init_ca_dir(directory / "ca", "bench.example", datetime.now(UTC), config=bench_config())
-    with serve_ca(ca, directory / "server.log", log_level, extra) as server:
+    with serve_ca(ca, directory / "server.log", log_level, extra, root=root) as server:
         yield server
 
 
@@ -106,8 +108,13 @@ def serve_ca(
     log_level: str,
     extra: list[str],
     env: dict[str, str] | None = None,
+    root: Path | None = None,
 ) -> Iterator[CaProcess]:
-    """``mesh-ca serve`` on an existing CA directory, on 127.0.0.1:0."""
+    """``mesh-ca serve`` on an existing CA directory, on 127.0.0.1:0; from the source tree
+    `root` (a baseline exported by `baseline_tree`) when given, else from this checkout."""
+    if root is not None:
+        path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+        env = {**(env or {}), "PYTHONPATH": path}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [
@@ -126,6 +133,7 @@ def serve_ca(
             stdout=subprocess.DEVNULL,
             stderr=log,
             env={**os.environ, **(env or {})},
+            cwd=root,
         )
     try:
         deadline = time.monotonic() + 30
@@ -318,12 +326,14 @@ def bench_ca(args: argparse.Namespace) -> Figures:
     seconds, concurrency, rounds = args.seconds, args.concurrency, args.rounds
     own_flags = server_flags(args)
     shells = {"as_flagged": own_flags} if own_flags or args.only_default else dict(CA_SHELLS)
+    roots: dict[str, Path | None] = dict.fromkeys(shells)
     figures: Figures = {
         "machine": machine(),
         "seconds_per_phase": seconds,
         "rounds": rounds,
         "concurrency": concurrency,
         "server_log_level": args.log_level,
+        "baseline": args.baseline,
     }
     csr_pems = [
         make_csr(generate_key()).public_bytes(serialization.Encoding.PEM).decode()
@@ -333,8 +343,14 @@ def bench_ca(args: argparse.Namespace) -> Figures:
         tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp,
         contextlib.ExitStack() as stack,
     ):
+        if args.baseline:
+            # The default server of git REF next to this checkout's, in the same rounds.
+            shells["baseline"] = own_flags
+            roots["baseline"] = stack.enter_context(baseline_tree(args.baseline))
         servers = {
-            name: stack.enter_context(ca_server(Path(tmp) / name, args.log_level, flags))
+            name: stack.enter_context(
+                ca_server(Path(tmp) / name, args.log_level, flags, roots[name])
+            )
             for name, flags in shells.items()
         }
         first = next(iter(servers.values())).ca
@@ -375,6 +391,18 @@ def bench_ca(args: argparse.Namespace) -> Figures:
             if phase["per_server_cpu_second"]:
                 phase["ratio_to_raw"] = round(phase["per_server_cpu_second"] / raw, 3)
             figures[name][kind] = phase
+    if args.baseline:
+        now_name = next(iter(shells))
+        figures["now_vs_baseline_per_server_cpu_second"] = {
+            kind: round(
+                figures[now_name][kind]["per_server_cpu_second"]
+                / figures["baseline"][kind]["per_server_cpu_second"],
+                2,
+            )
+            for kind in ("bootstrap", "renew")
+            if figures["baseline"][kind]["per_server_cpu_second"]
+            and figures[now_name][kind]["per_server_cpu_second"]
+        }
     figures["load_average"] = os.getloadavg()[0]
     return figures
 
@@ -474,6 +502,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], Figures]] = {
 # Data-path sections (http, datapath, memory) live in scripts/benchlib/datapath.py.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scripts.benchlib.datapath import SECTIONS as DATA_PATH_SECTIONS  # noqa: E402
+from scripts.benchlib.datapath import baseline_tree  # noqa: E402
 
 SECTIONS.update(DATA_PATH_SECTIONS)
 
@@ -508,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline",
         metavar="REF",
-        help="http: also measure the meshgate pair of this git ref (e.g. HEAD~3), same run",
+        help="ca: also serve the CA of this git ref (e.g. HEAD~3); http: also measure its "
+        "meshgate pair; in the same run",
     )
     parser.add_argument(
         "--http-workers2",
