@@ -14,10 +14,12 @@ from typing import final
 import trio
 
 from sidecar.http import HttpLimits, ResponseReader
+from sidecar.lean_socket import TimedStream, lean
 
 __all__ = ["AppConnection", "AppConnector", "AppPool"]
 
 AppConnector = Callable[[], Awaitable[trio.abc.Stream]]
+_RESPONSE_LIMITS = HttpLimits(max_body_bytes=None)
 
 
 @final
@@ -25,8 +27,8 @@ class AppConnection:
     """One connection to the app and the reader of its responses (in request order)."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.reader = ResponseReader(HttpLimits(max_body_bytes=None))
+        self.stream: TimedStream = lean(stream)
+        self.reader = ResponseReader(_RESPONSE_LIMITS)
         self.reused = False
         self.idle_since = 0.0
 
@@ -50,6 +52,15 @@ class AppPool:
     def idle(self) -> int:
         return len(self._idle)
 
+    def take_idle(self) -> AppConnection | None:
+        """The most recently used idle connection if it is within the idle timeout (then
+        all older ones may not be, so `acquire` is left to close them); no await."""
+        if self._idle and trio.current_time() - self._idle[-1].idle_since < self._idle_timeout:
+            conn = self._idle.pop()
+            conn.reused = True
+            return conn
+        return None
+
     async def acquire(self, *, fresh: bool = False) -> AppConnection:
         """The most recently used idle connection, or a new one (`OSError` if refused)."""
         now = trio.current_time()
@@ -63,13 +74,19 @@ class AppPool:
         self.opened += 1
         return AppConnection(stream)
 
-    async def release(self, conn: AppConnection) -> None:
-        """Back to the pool when there is room and nothing is buffered; else closed."""
+    def keep(self, conn: AppConnection) -> bool:
+        """Back to the pool when there is room and nothing is buffered (True); else the
+        caller must `discard` it."""
         if len(self._idle) >= self._max_idle or conn.reader.buffered_bytes:
-            await trio.aclose_forcefully(conn.stream)
-            return
+            return False
         conn.idle_since = trio.current_time()
         self._idle.append(conn)
+        return True
+
+    async def release(self, conn: AppConnection) -> None:
+        """`keep`, or close."""
+        if not self.keep(conn):
+            await trio.aclose_forcefully(conn.stream)
 
     async def discard(self, conn: AppConnection) -> None:
         await trio.aclose_forcefully(conn.stream)

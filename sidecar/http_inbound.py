@@ -59,6 +59,7 @@ from sidecar.http import (
 )
 from sidecar.http.forwarding import ForwardedRequest
 from sidecar.http_replies import reply
+from sidecar.lean_socket import LeanSocketStream, TimedStream, lean
 from sidecar.logs import event
 from sidecar.observe import AccessRecord
 from sidecar.policy import AccessRequest, PolicyStore
@@ -93,7 +94,7 @@ def _new_request_id() -> str:
 
 
 def peer_address(stream: trio.abc.Stream) -> str:
-    if not isinstance(stream, trio.SocketStream):
+    if not isinstance(stream, trio.SocketStream | LeanSocketStream):
         return "in-memory"
     try:
         host, port, *_ = stream.socket.getpeername()
@@ -180,7 +181,7 @@ class HttpInbound:
         self.limits = limits or HttpLimits()
         self.new_request_id = new_request_id
         self.draining = False
-        self._idle_waits: set[trio.CancelScope] = set()
+        self._idle_waits: set[TimedStream] = set()  # client transports between requests
         self.pool = AppPool(
             connect_app or self._connect_tcp,
             max_idle=pool_size,
@@ -191,16 +192,17 @@ class HttpInbound:
         """SIGTERM: connections waiting for their next request close now; a request in
         progress finishes and its response says ``connection: close``."""
         self.draining = True
-        for scope in self._idle_waits:
-            scope.cancel()
+        for transport in self._idle_waits:
+            transport.interrupt_receive()
 
     async def _connect_tcp(self) -> trio.abc.Stream:
-        return await trio.open_tcp_stream(self.config.app.host, self.config.app.port)
+        return lean(await trio.open_tcp_stream(self.config.app.host, self.config.app.port))
 
     async def handle(self, transport: trio.abc.Stream) -> None:
         """Serve one accepted connection; never raises for a peer's fault."""
         rt = self.runtime
         source = peer_address(transport)
+        timed = lean(transport)
         with trio.CancelScope() as scope:
             handle = rt.tracker.admit(scope, "inbound")
             if handle is None:
@@ -211,11 +213,11 @@ class HttpInbound:
                     source=source,
                     reason="max_connections",
                 )
-                await abort(transport)
+                await abort(timed)
                 return
             rt.observer.connection_opened("inbound")
             try:
-                await self._serve(transport, handle, source)
+                await self._serve(timed, handle, source)
             finally:
                 rt.tracker.release(handle)
                 rt.observer.connection_closed("inbound")
@@ -228,7 +230,7 @@ class HttpInbound:
                 outcome="cancelled (revoked, expired or drained)",
             )
 
-    async def _serve(self, transport: trio.abc.Stream, handle: int, source: str) -> None:
+    async def _serve(self, transport: TimedStream, handle: int, source: str) -> None:
         rt = self.runtime
         try:
             conn = await accept_mesh(
@@ -249,7 +251,7 @@ class HttpInbound:
             return
         rt.observer.handshake("inbound", ok=True)
         rt.tracker.identify(handle, conn.peer_id, conn.peer_serial)
-        session = _Session(self, conn, source)
+        session = _Session(self, conn, source, transport)
         clean = False
         try:
             with trio.CancelScope(deadline=rt.trio_deadline(conn.expires_at)):
@@ -276,8 +278,11 @@ async def _close(conn: MeshConnection) -> None:
 class _Session:
     """One client connection: its reader, its verified peer and the request loop."""
 
-    def __init__(self, inbound: HttpInbound, conn: MeshConnection, source: str) -> None:
+    def __init__(
+        self, inbound: HttpInbound, conn: MeshConnection, source: str, transport: TimedStream
+    ) -> None:
         self.inbound = inbound
+        self.transport = transport  # under the TLS stream: its deadlines bound our reads
         self.rt = inbound.runtime
         self.timeouts = inbound.runtime.timeouts
         self.conn = conn
@@ -334,38 +339,37 @@ class _Session:
             if head_deadline is None:
                 if self.inbound.draining:
                     return None
-                with trio.CancelScope() as waiting:
-                    self.inbound._idle_waits.add(waiting)
-                    try:
-                        await self._read_client(idle_deadline, "idle")
-                    finally:
-                        self.inbound._idle_waits.discard(waiting)
-                if waiting.cancelled_caught:
-                    return None  # drained while idle
+                # `drain` interrupts this wait: it ends like an idle timeout, quietly.
+                waits = self.inbound._idle_waits
+                waits.add(self.transport)
+                try:
+                    await self._read_client(idle_deadline, "idle")
+                finally:
+                    waits.discard(self.transport)
             else:
                 await self._read_client(head_deadline, "head")
 
     async def _read_client(self, deadline: float, phase: str) -> None:
-        with trio.move_on_at(deadline):
-            try:
-                data = await self.stream.receive_some(_READ)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise _ClientGoneError from exc
-            if data:
-                self.reader.feed(data)
-            else:
-                self.reader.feed_eof()
-            return
-        raise _ClientTimeoutError(phase)
+        self.transport.receive_deadline = deadline
+        try:
+            data = await self.stream.receive_some(_READ)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise _ClientGoneError from exc
+        except trio.TooSlowError:
+            raise _ClientTimeoutError(phase) from None
+        if data:
+            self.reader.feed(data)
+        else:
+            self.reader.feed_eof()
 
     async def _send_client(self, data: bytes) -> None:
-        with trio.move_on_after(self.timeouts.body_idle_timeout_seconds):
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise _ClientGoneError from exc
-            return
-        raise _ClientGoneError("client did not read the response in time")
+        self.transport.send_deadline = trio.current_time() + self.timeouts.body_idle_timeout_seconds
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise _ClientGoneError from exc
+        except trio.TooSlowError:
+            raise _ClientGoneError("client did not read the response in time") from None
 
     async def _refuse_unparsed(
         self, exc: HttpError, started: float, wall: datetime, head: RequestHead | None = None
@@ -512,6 +516,8 @@ class _Session:
         )
 
     async def _acquire(self, *, fresh: bool) -> AppConnection | _Outcome:
+        if not fresh and (idle := self.inbound.pool.take_idle()) is not None:
+            return idle  # no connect: no timeout scope either
         timeout = self.timeouts.connect_timeout_seconds
         with trio.move_on_after(timeout):
             try:
@@ -571,14 +577,18 @@ class _Session:
                     raise _StaleConnectionError from exc
                 response.fail(502, "the local app closed the connection")
             else:
-                wait = trio.CancelScope(
-                    deadline=trio.current_time() + self.timeouts.response_timeout_seconds
+                app.stream.receive_deadline = (
+                    trio.current_time() + self.timeouts.response_timeout_seconds
                 )
-                async with trio.open_nursery() as nursery:
-                    if not body_free:
-                        nursery.start_soon(self._pump_body, app, head.framing, pump, wait, nursery)
-                    await self._relay_response(app, head, pump, response, wait)
-                    nursery.cancel_scope.cancel()  # an early answer ends the upload
+                if body_free:  # the common case: no upload task, no nursery
+                    await self._relay_response(app, head, pump, response)
+                else:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(
+                            self._pump_body, app, head.framing, pump, response, nursery
+                        )
+                        await self._relay_response(app, head, pump, response)
+                        nursery.cancel_scope.cancel()  # an early answer ends the upload
             outcome = _Outcome(
                 status=response.status,
                 bytes_in=pump.bytes_in,
@@ -626,10 +636,8 @@ class _Session:
             )
             return outcome
         finally:
-            with trio.CancelScope(shield=True):
-                if reuse:
-                    await pool.release(app)
-                else:
+            if not (reuse and pool.keep(app)):
+                with trio.CancelScope(shield=True):
                     await pool.discard(app)
 
     async def _client_body_error(
@@ -653,12 +661,14 @@ class _Session:
         app: AppConnection,
         framing: Framing,
         pump: _Pump,
-        wait: trio.CancelScope,
+        response: _Response,
         nursery: trio.Nursery,
     ) -> None:
-        """Client body → app, re-framed by us. A client fault ends the whole exchange."""
+        """Client body → app, re-framed by us. A client fault ends the whole exchange.
+        Until the response starts, every byte sent restarts the app's response timeout."""
         chunked = framing.kind is BodyKind.CHUNKED
         idle = self.timeouts.body_idle_timeout_seconds
+        answer = self.timeouts.response_timeout_seconds
         try:
             while True:
                 ev = self.reader.next_event()
@@ -667,12 +677,14 @@ class _Session:
                 elif isinstance(ev, Data):
                     pump.bytes_in += len(ev.data)
                     await app.stream.send_all(encode_chunk(ev.data) if chunked else ev.data)
-                    wait.deadline = trio.current_time() + self.timeouts.response_timeout_seconds
+                    if not response.started:
+                        app.stream.extend_receive_deadline(trio.current_time() + answer)
                 elif isinstance(ev, EndOfMessage):
                     if chunked:
                         await app.stream.send_all(LAST_CHUNK)
                     pump.done = True
-                    wait.deadline = trio.current_time() + self.timeouts.response_timeout_seconds
+                    if not response.started:
+                        app.stream.extend_receive_deadline(trio.current_time() + answer)
                     return
                 else:
                     raise AssertionError(f"unexpected {ev!r} inside a request body")
@@ -707,11 +719,10 @@ class _Session:
         head: RequestHead,
         pump: _Pump,
         response: _Response,
-        wait: trio.CancelScope,
     ) -> None:
         """App response → client, re-framed by us; records failures in `response`."""
         try:
-            resp = await self._response_head(app, head, response, wait)
+            resp = await self._response_head(app, head, response)
             if resp is None:
                 return
             await self._stream_response(app, head, resp, pump, response)
@@ -719,9 +730,10 @@ class _Session:
             response.client_gone = True
 
     async def _response_head(
-        self, app: AppConnection, head: RequestHead, response: _Response, wait: trio.CancelScope
+        self, app: AppConnection, head: RequestHead, response: _Response
     ) -> ResponseHead | None:
-        with wait:
+        """The app's final response head by `app.stream.receive_deadline`, else 504."""
+        try:
             while True:
                 try:
                     ev = app.reader.next_event()
@@ -745,11 +757,12 @@ class _Session:
                     return ev
                 else:
                     raise AssertionError(f"unexpected {ev!r} before a response head")
-        response.fail(
-            504,
-            f"the local app did not answer within {self.timeouts.response_timeout_seconds:g} s",
-        )
-        return None
+        except trio.TooSlowError:
+            response.fail(
+                504,
+                f"the local app did not answer within {self.timeouts.response_timeout_seconds:g} s",
+            )
+            return None
 
     async def _stream_response(
         self,
@@ -781,9 +794,9 @@ class _Session:
             headers += (("connection", "close"),)
         elif head.version == "1.0":
             headers += (("connection", "keep-alive"),)
-        await self._send_client(
-            serialize_response_head(resp.status, resp.reason, headers, head_framing)
-        )
+        # The head goes out with whatever of the body is already here: one write, one TLS
+        # record. Pending pieces are flushed before any wait and before a failure is recorded.
+        pieces = [serialize_response_head(resp.status, resp.reason, headers, head_framing)]
         response.started = True
         chunked = framing.kind is BodyKind.CHUNKED
         idle = self.timeouts.body_idle_timeout_seconds
@@ -791,26 +804,36 @@ class _Session:
             try:
                 ev = app.reader.next_event()
             except HttpError as exc:
+                await self._send_pieces(pieces)
                 response.fail(502, f"the local app sent an invalid response body ({exc.reason})")
                 return
             if ev is NEED_DATA:
-                with trio.move_on_after(idle):
+                if pieces:
+                    await self._send_pieces(pieces)
+                    pieces = []
+                app.stream.receive_deadline = trio.current_time() + idle
+                try:
                     if not await self._read_app(app, response):
                         return
-                    continue
-                response.fail(504, f"the local app's response body stalled for {idle:g} s")
-                return
-            if isinstance(ev, Data):
+                except trio.TooSlowError:
+                    response.fail(504, f"the local app's response body stalled for {idle:g} s")
+                    return
+            elif isinstance(ev, Data):
                 response.bytes_out += len(ev.data)
-                await self._send_client(encode_chunk(ev.data) if chunked else ev.data)
+                pieces.append(encode_chunk(ev.data) if chunked else ev.data)
             elif isinstance(ev, EndOfMessage):
                 if chunked:
-                    await self._send_client(LAST_CHUNK)
+                    pieces.append(LAST_CHUNK)
+                await self._send_pieces(pieces)
                 response.complete = True
                 response.app_keep_alive = resp.keep_alive
                 return
             else:
                 raise AssertionError(f"unexpected {ev!r} inside a response body")
+
+    async def _send_pieces(self, pieces: list[bytes]) -> None:
+        if pieces:
+            await self._send_client(pieces[0] if len(pieces) == 1 else b"".join(pieces))
 
 
 def _head_length(resp: ResponseHead) -> Framing:

@@ -51,6 +51,7 @@ from sidecar.http import (
     serialize_request_head,
     serialize_response_head,
 )
+from sidecar.lean_socket import TimedStream, lean
 from sidecar.logs import event
 from sidecar.observe import AccessRecord
 from sidecar.pool import MeshPool, PooledConnection, PoolError
@@ -124,23 +125,21 @@ class _Exchange:
         self.bytes_out = 0
 
 
-async def _next_event(
-    stream: trio.abc.Stream, reader: RequestReader, timeout_seconds: float
-) -> Event:
+async def _next_event(stream: TimedStream, reader: RequestReader, timeout_seconds: float) -> Event:
     """The next request event, reading from the client as needed (HttpError propagates)."""
     while True:
         ev = reader.next_event()
         if ev is not NEED_DATA:
             return ev
-        # A bare CancelScope: move_on_after's generator context manager costs more.
-        with trio.CancelScope(deadline=trio.current_time() + timeout_seconds):
+        stream.receive_deadline = trio.current_time() + timeout_seconds
+        try:
             data = await stream.receive_some(_READ)
-            if data:
-                reader.feed(bytes(data))
-            else:
-                reader.feed_eof()
-            continue
-        raise _ClientGoneError("client idle")
+        except trio.TooSlowError:
+            raise _ClientGoneError("client idle") from None
+        if data:
+            reader.feed(bytes(data))
+        else:
+            reader.feed_eof()
 
 
 @final
@@ -166,6 +165,7 @@ class HttpOutbound:
     async def handle(self, local: trio.abc.Stream) -> None:
         """Serve one local client connection; never raises for a peer's fault."""
         source = _address(local)
+        timed = lean(local)
         with trio.CancelScope() as scope:
             handle = self.runtime.tracker.admit(scope, "outbound")
             if handle is None:
@@ -176,21 +176,21 @@ class HttpOutbound:
                     service=self.config.service,
                     reason="max_connections",
                 )
-                await abort(local)
+                await abort(timed)
                 return
             self.runtime.observer.connection_opened("outbound")
             try:
-                clean = await self._serve(local, source)
+                clean = await self._serve(timed, source)
             finally:
                 self.runtime.tracker.release(handle)
                 self.runtime.observer.connection_closed("outbound")
         with trio.CancelScope(shield=True):
             if clean and not scope.cancelled_caught:
-                await trio.aclose_forcefully(local)
+                await trio.aclose_forcefully(timed)
             else:
-                await abort(local)
+                await abort(timed)
 
-    async def _serve(self, local: trio.abc.Stream, source: str) -> bool:
+    async def _serve(self, local: TimedStream, source: str) -> bool:
         """Requests one after another until the client closes; True for a clean end."""
         timeouts = self.runtime.timeouts
         reader = RequestReader(self.limits)
@@ -213,7 +213,7 @@ class HttpOutbound:
             return False
 
     async def _request(
-        self, local: trio.abc.Stream, reader: RequestReader, head: RequestHead, source: str
+        self, local: TimedStream, reader: RequestReader, head: RequestHead, source: str
     ) -> bool:
         """One request/response; True when the client connection may carry another."""
         started = time.monotonic()
@@ -265,7 +265,7 @@ class HttpOutbound:
 
     async def _forward(
         self,
-        local: trio.abc.Stream,
+        local: TimedStream,
         reader: RequestReader,
         head: RequestHead,
         wire_head: bytes,
@@ -311,7 +311,7 @@ class HttpOutbound:
 
     async def _exchange(
         self,
-        local: trio.abc.Stream,
+        local: TimedStream,
         reader: RequestReader,
         head: RequestHead,
         conn: PooledConnection,
@@ -342,7 +342,7 @@ class HttpOutbound:
 
     async def _stream_body(
         self,
-        local: trio.abc.Stream,
+        local: TimedStream,
         reader: RequestReader,
         head: RequestHead,
         conn: PooledConnection,
@@ -440,18 +440,20 @@ class HttpOutbound:
     async def _receive(
         self, conn: PooledConnection, wait: float, *, got_any: bool, sent_head: bool
     ) -> bytes:
-        with trio.CancelScope(deadline=trio.current_time() + wait):
-            try:
-                return bytes(await conn.stream.receive_some(_READ))
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                if sent_head:
-                    raise _ClientGoneError("upstream broke mid-response") from exc
-                raise _UpstreamError(
-                    502,
-                    "upstream_closed",
-                    f"{conn.endpoint} reset the connection",
-                    before_response=not got_any,
-                ) from exc
+        conn.transport.receive_deadline = trio.current_time() + wait
+        try:
+            return bytes(await conn.stream.receive_some(_READ))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if sent_head:
+                raise _ClientGoneError("upstream broke mid-response") from exc
+            raise _UpstreamError(
+                502,
+                "upstream_closed",
+                f"{conn.endpoint} reset the connection",
+                before_response=not got_any,
+            ) from exc
+        except trio.TooSlowError:
+            pass
         if sent_head:
             raise _ClientGoneError("upstream stalled mid-response")
         raise _UpstreamError(

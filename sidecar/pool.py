@@ -31,6 +31,7 @@ import trio
 from mesh_ca.identity import SpiffeId
 from sidecar.config import Address, OutboundConfig
 from sidecar.http import HttpLimits, ResponseReader
+from sidecar.lean_socket import TimedStream, lean
 from sidecar.outbound import RoundRobin
 from sidecar.runtime import Runtime
 from sidecar.tls import HandshakeFailure, MeshTlsError, connect_mesh
@@ -65,6 +66,7 @@ class PooledConnection:
         "reader",
         "reused",
         "stream",
+        "transport",
     )
 
     def __init__(
@@ -74,8 +76,10 @@ class PooledConnection:
         peer_id: SpiffeId,
         peer_serial: int,
         expires_at: datetime,
+        transport: TimedStream,
     ) -> None:
         self.stream = stream
+        self.transport = transport  # under the TLS stream: its deadlines bound our reads
         self.endpoint = endpoint
         self.peer_id = peer_id
         self.peer_serial = peer_serial
@@ -226,10 +230,10 @@ class MeshPool:
         rt, endpoint = self.runtime, state.endpoint
         if rt.store.usable(rt.now()) is None:
             raise PoolError(503, "no_credentials", "this sidecar has no usable SVID")
-        transport: trio.abc.Stream | None = None
+        transport: TimedStream | None = None
         with trio.move_on_after(rt.timeouts.connect_timeout_seconds):
             try:
-                transport = await self._connect(endpoint)
+                transport = lean(await self._connect(endpoint))
             except OSError as exc:
                 raise PoolError(
                     502, "connect_failed", f"{endpoint} refused the connection ({exc})"
@@ -255,7 +259,7 @@ class MeshPool:
         state.connects += 1
         state.last_error = None
         return PooledConnection(
-            conn.stream, endpoint, conn.peer_id, conn.peer_serial, conn.expires_at
+            conn.stream, endpoint, conn.peer_id, conn.peer_serial, conn.expires_at, transport
         )
 
     async def release(self, conn: PooledConnection, *, reusable: bool) -> None:

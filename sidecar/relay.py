@@ -19,6 +19,7 @@ from typing import final
 
 import trio
 
+from sidecar.lean_socket import LeanSocketStream
 from sidecar.tls_stream import TlsStream
 
 __all__ = ["RelayResult", "abort", "relay"]
@@ -37,7 +38,7 @@ class RelayResult:
 async def abort(stream: trio.abc.Stream) -> None:
     """Close without a graceful goodbye: a TCP socket sends RST (SO_LINGER 0)."""
     inner: trio.abc.Stream = stream.transport if isinstance(stream, TlsStream) else stream
-    if isinstance(inner, trio.SocketStream):
+    if isinstance(inner, trio.SocketStream | LeanSocketStream):
         with contextlib.suppress(OSError):  # already gone: a plain close is all that is left
             inner.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     await trio.aclose_forcefully(inner)

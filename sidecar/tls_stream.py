@@ -11,6 +11,13 @@ tickets and no renegotiation, so after the handshake the only traffic a read can
 a KeyUpdate reply or an alert; every write to the outgoing BIO is flushed under one FIFO
 lock that also drains the BIO, so bytes reach the transport in the order OpenSSL made them.
 A transport EOF without close_notify is a truncation: `BrokenResourceError`, never b"".
+
+Over a `LeanSocketStream` (the HTTP data path) this stream is lean too: a call checks for
+cancellation but yields to the scheduler only when the transport waits, and takes the send
+lock without a trip through the scheduler when nobody holds it. Over any other transport
+every call is a checkpoint, as trio's streams are. A receive returns every complete record
+already buffered (up to `max_bytes`), not one record per call, so a response sent as a
+head record and a body record is read in one call.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import ssl
 from typing import final
 
 import trio
+
+from sidecar.lean_socket import LeanSocketStream
 
 __all__ = ["TlsError", "TlsStream"]
 
@@ -50,6 +59,8 @@ class TlsStream(trio.abc.HalfCloseableStream):
         self._plain = bytearray()  # decrypted, not yet returned by receive_some
         self._closed = False
         self._broken = False
+        self._read_error: ssl.SSLError | None = None  # met while reading ahead: raised next
+        self._lean = isinstance(transport, LeanSocketStream)
 
     # -- what the handshake established ------------------------------------------------
 
@@ -70,12 +81,23 @@ class TlsStream(trio.abc.HalfCloseableStream):
         if self._broken:
             raise trio.BrokenResourceError("TLS stream is broken")
 
+    async def _checkpoint(self) -> None:
+        if self._lean:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        else:
+            await trio.lowlevel.checkpoint()
+
     async def _flush(self) -> None:
         if not self._outgoing.pending:
             return  # never queue behind a blocked sender when there is nothing to send
         # Drain the BIO while holding the lock: whoever holds it sends everything made
         # so far, in order, and nothing is lost if a waiter is cancelled.
-        async with self._send_lock:
+        lock = self._send_lock
+        if self._lean and not lock.locked():
+            lock.acquire_nowait()
+        else:
+            await lock.acquire()
+        try:
             data = self._outgoing.read()
             if not data:
                 return
@@ -87,6 +109,8 @@ class TlsStream(trio.abc.HalfCloseableStream):
             except BaseException:
                 self._broken = True  # an unknown part was sent: the record stream is torn
                 raise
+        finally:
+            lock.release()
 
     async def _pull(self) -> None:
         """More records from the transport. Its EOF reaches the BIO only once OpenSSL has
@@ -151,7 +175,7 @@ class TlsStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is sending on this TLS stream")
         self._sending = True
         try:
-            await trio.lowlevel.checkpoint()
+            await self._checkpoint()
             self._check_open()
             if self._eof_sent:
                 raise trio.ClosedResourceError("send_eof was called on this TLS stream")
@@ -208,7 +232,7 @@ class TlsStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is receiving on this TLS stream")
         self._receiving = True
         try:
-            await trio.lowlevel.checkpoint()
+            await self._checkpoint()
             limit = max_bytes or _DEFAULT_RECEIVE
             if self._plain:
                 self._check_open()
@@ -219,6 +243,8 @@ class TlsStream(trio.abc.HalfCloseableStream):
                 self._check_open()
                 queued = self._outgoing.pending  # a sender's bytes: that sender flushes them
                 try:
+                    if self._read_error is not None:
+                        raise self._read_error
                     # Read whole records so OpenSSL never holds decrypted bytes (SSL_pending).
                     data: bytes | None = self._ssl.read(_DEFAULT_RECEIVE)
                 except ssl.SSLWantReadError:
@@ -228,6 +254,8 @@ class TlsStream(trio.abc.HalfCloseableStream):
                 except ssl.SSLError as exc:
                     self._broken = True  # includes a transport EOF without close_notify
                     raise trio.BrokenResourceError(f"TLS read failed: {exc}") from exc
+                if data and self._incoming.pending and len(data) < limit:
+                    data = self._read_ahead(data, limit)
                 if self._outgoing.pending > queued:
                     # The read made a reply (KeyUpdate). Never flush otherwise: a receiver
                     # stuck sending a sender's bytes deadlocks two relays reading each other.
@@ -240,6 +268,26 @@ class TlsStream(trio.abc.HalfCloseableStream):
                 await self._pull()
         finally:
             self._receiving = False
+
+    def _read_ahead(self, first: bytes, limit: int) -> bytes:
+        """`first` plus the plaintext of the further complete records already in the BIO,
+        up to about `limit`. A close_notify or an error met here is left for the next call
+        (an error is kept and raised then): the bytes before it are returned first."""
+        parts = [first]
+        size = len(first)
+        while size < limit and self._incoming.pending:
+            try:
+                more = self._ssl.read(_DEFAULT_RECEIVE)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                break
+            except ssl.SSLError as exc:
+                self._read_error = exc
+                break
+            if not more:
+                break
+            parts.append(more)
+            size += len(more)
+        return first if len(parts) == 1 else b"".join(parts)
 
     async def aclose(self) -> None:
         """Send close_notify (if not sent and nobody is mid-send), then close the transport."""
@@ -257,7 +305,9 @@ class TlsStream(trio.abc.HalfCloseableStream):
                 if not self._broken and not self._send_lock.locked():
                     with (
                         trio.move_on_after(_CLOSE_NOTIFY_GRACE_SECONDS),
-                        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+                        contextlib.suppress(
+                            trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError
+                        ),
                     ):
                         await self._flush()
         finally:

@@ -148,7 +148,11 @@ def _sidecar(config_path: Path, admin_port: int, root: Path) -> Iterator[Sidecar
             cwd=root,
             stdout=log,
             stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(root)},
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+            },
         )
     sidecar = Sidecar(process, admin_port, log_path)
     try:
