@@ -11,6 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from mesh_ca.api import SvidResponse
 from mesh_ca.identity import SpiffeId
 from mesh_ca.issuance import make_csr
 from mesh_ca.keys import generate_key
@@ -94,6 +95,25 @@ def test_bootstrap_issues_for_the_token_binding_only(pki: Pki, store: SqliteStor
     assert response.log["spiffe_id"] == sid
     assert "token" not in response.log  # only the public token id
     assert [r.kind for r in store.issued()] == ["bootstrap"]
+
+
+def test_the_svid_body_is_exactly_the_svid_response_model(pki: Pki, store: SqliteStore) -> None:
+    # The core builds this body from bytes (no pydantic on the hot path): it must be the
+    # very bytes pydantic would write for the same model, and parse back strictly.
+    api = service(pki, store)
+    sid = "spiffe://example.org/ns/a/svc/b"
+    response = api.handle(
+        post("/v1/bootstrap", {"token": token_for(store, sid), "csr": csr()}), T0, 0
+    )
+    parsed = SvidResponse.model_validate_json(response.body)
+    assert response.body == parsed.model_dump_json().encode()
+    leaf = x509.load_pem_x509_certificates(parsed.chain_pem.encode())[0]
+    assert parsed.not_after == leaf.not_valid_after_utc
+    assert parsed.serial == format(leaf.serial_number, "x")
+    assert parsed.bundle_pem == pki.bundle.roots_pem().decode()
+    assert parsed.chain_pem.endswith(
+        pki.signer.cert.public_bytes(serialization.Encoding.PEM).decode()
+    )
 
 
 def test_an_expired_token_is_refused_at_the_time_passed_in(pki: Pki, store: SqliteStore) -> None:
