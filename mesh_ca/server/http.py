@@ -30,6 +30,9 @@ __all__ = ["CaHttpServer", "ServerLimits", "endpoint_label"]
 
 access_log = logging.getLogger("mesh_ca.server.access")
 log = logging.getLogger("mesh_ca.server")
+# One encoder for every access-log line: `json.dumps` with `separators` builds a new
+# JSONEncoder on each call.
+_encode_line: Final = json.JSONEncoder(separators=(",", ":")).encode
 
 _ENDPOINTS: Final = frozenset(
     (
@@ -232,7 +235,7 @@ class CaHttpServer:
         started: float,
     ) -> None:
         duration = time.perf_counter() - started
-        self.service.metrics.request_duration.labels(endpoint_label(path)).observe(duration)
+        self.service.metrics.observe_request(endpoint_label(path), duration)
         if not access_log.isEnabledFor(logging.INFO):
             return
         line = {
@@ -244,4 +247,4 @@ class CaHttpServer:
             "duration_ms": round(duration * 1000, 3),
             **response.log,
         }
-        access_log.info(json.dumps(line, separators=(",", ":")))
+        access_log.info(_encode_line(line))

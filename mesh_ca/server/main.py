@@ -61,6 +61,12 @@ def serve_main(args: argparse.Namespace) -> int:
         format="%(message)s",
         stream=sys.stderr,
     )
+    # The log format is the message alone: skip what a LogRecord would otherwise collect
+    # per line (caller frame, thread, process names); the Logging HOWTO's "Optimization".
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     try:
         ca = load_ca_dir(Path(args.dir), read_passphrase(getattr(args, "passphrase_file", None)))
     except CaDirError as exc:
