@@ -156,7 +156,8 @@ class CaHttpServer:
                 )
                 await self._refuse(tls, error, method=head.method, path=path, started=started)
             end = head.size + head.content_length
-            deadline.deadline = trio.current_time() + limits.body_timeout_seconds
+            if len(buffer) < end:  # usually the body came with the head: no new deadline
+                deadline.deadline = trio.current_time() + limits.body_timeout_seconds
             while len(buffer) < end:
                 data = await tls.receive_some()
                 if not data:
@@ -167,9 +168,15 @@ class CaHttpServer:
             request = ApiRequest(
                 head.method, path, head.headers.get("content-type"), body, source, peer
             )
-            deadline.deadline = math.inf  # the handler is ours: no peer to wait for
-            response = await self._dispatch(request)
-            deadline.deadline = trio.current_time() + limits.body_timeout_seconds
+            if limits.threaded_handlers:
+                deadline.deadline = math.inf  # the handler is ours: no peer to wait for
+                response = await self._dispatch(request)
+                deadline.deadline = trio.current_time() + limits.body_timeout_seconds
+            else:
+                # Inline handlers hold no checkpoint, so the phase's deadline cannot fire
+                # while they run; it then bounds the response write (it was set at most a
+                # header or idle timeout ago). Each deadline change costs a heap update.
+                response = await self._dispatch(request)
             await tls.send_all(
                 render_response(
                     response.status,

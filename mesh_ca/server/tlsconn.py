@@ -3,12 +3,17 @@
 `trio.SSLStream` is general (concurrent send and receive, renegotiation-era retry loops,
 conflict detection, a checkpoint per `_retry`); the CA serves one request at a time per
 connection, so a request costs one socket receive, one `SSLObject.read`, one `write` and
-one socket send here. Errors from OpenSSL or the peer become `trio.BrokenResourceError`
-with the cause kept; an alert OpenSSL wants to send (a failed handshake) is sent first.
+one socket send here. On a `trio.SocketStream` the socket is read and written directly
+(`os.read`/`os.write` on its non-blocking descriptor, waiting in `wait_readable` /
+`wait_writable` only when it would block): trio's socket methods add a scheduler round
+(`cancel_shielded_checkpoint`) to every call that succeeds at once. Errors from OpenSSL or
+the peer become `trio.BrokenResourceError` with the cause kept; an alert OpenSSL wants to
+send (a failed handshake) is sent first.
 """
 
 from __future__ import annotations
 
+import os
 import ssl
 from typing import Final, final
 
@@ -26,6 +31,8 @@ class ServerTls:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        # The raw descriptor when the transport is a real socket (-1: use the stream API).
+        self._fd = transport.socket.fileno() if isinstance(transport, trio.SocketStream) else -1
 
     async def do_handshake(self) -> None:
         """Complete the handshake. Fails closed: any TLS error breaks the connection."""
@@ -77,7 +84,10 @@ class ServerTls:
         await trio.aclose_forcefully(self.transport)
 
     async def _fill(self) -> bool:
-        data = await self.transport.receive_some(_READ_SIZE)
+        if self._fd < 0:
+            data = await self.transport.receive_some(_READ_SIZE)
+        else:
+            data = await self._read_socket()
         if not data:
             return False
         self._incoming.write(data)
@@ -85,8 +95,40 @@ class ServerTls:
 
     async def _flush(self) -> None:
         data = self._outgoing.read()
-        if data:
+        if not data:
+            return
+        if self._fd < 0:
             await self.transport.send_all(data)
+        else:
+            await self._write_socket(data)
+
+    async def _read_socket(self) -> bytes:
+        waited = False
+        while True:
+            try:
+                data = os.read(self._fd, _READ_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self._fd)
+                waited = True
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"socket error: {exc}") from exc
+            if not waited:
+                # Data was already there (a pipelining peer): still let others run.
+                await trio.lowlevel.checkpoint()
+            return data
+
+    async def _write_socket(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                sent = os.write(self._fd, view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self._fd)
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"socket error: {exc}") from exc
+            view = view[sent:]
 
     async def _flush_quietly(self) -> None:
         try:
