@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,7 +56,7 @@ from sidecar.http import (
     serialize_request_head,
     serialize_response_head,
 )
-from sidecar.http.forwarding import ForwardedRequest
+from sidecar.http.forwarding import ForwardedRequest, new_uuid, xfcc_value
 from sidecar.http_replies import reply
 from sidecar.lean_socket import LeanSocketStream, TimedStream, lean
 from sidecar.logs import event
@@ -87,10 +86,6 @@ class _ClientTimeoutError(Exception):
 
 class _StaleConnectionError(Exception):
     """A reused app connection failed before any response byte: retry on a fresh one."""
-
-
-def _new_request_id() -> str:
-    return str(uuid.uuid4())
 
 
 def peer_address(stream: trio.abc.Stream) -> str:
@@ -171,7 +166,7 @@ class HttpInbound:
         audit: bool = False,
         connect_app: AppConnector | None = None,
         limits: HttpLimits | None = None,
-        new_request_id: Callable[[], str] = _new_request_id,
+        new_request_id: Callable[[], str] = new_uuid,
         pool_size: int = 16,
     ) -> None:
         self.config = config
@@ -293,6 +288,8 @@ class _Session:
         self.reader = RequestReader(inbound.limits)
         self.peer = PeerCertificate(conn.peer_id, conn.peer.leaf.public_bytes(Encoding.DER))
         self.our_id = conn.credentials.spiffe_id
+        self.xfcc = xfcc_value(self.our_id, self.peer)  # the same for every request
+        self.peer_id_text = str(conn.peer_id)
 
     # -- the request loop ------------------------------------------------------------
 
@@ -402,6 +399,7 @@ class _Session:
             our_id=self.our_id,
             peer=self.peer,
             new_request_id=inbound.new_request_id,
+            xfcc=self.xfcc,
         )
         request_id = forwarded.request_id
         verdict = inbound.policies.decide(
@@ -452,7 +450,7 @@ class _Session:
             decision=result,
             policies=policies,
             extra=extra,
-            traceparent=_first(forwarded.headers, "traceparent") or None,
+            traceparent=forwarded.traceparent,
         )
         return outcome
 
@@ -470,15 +468,31 @@ class _Session:
         extra: dict[str, str] | None = None,
         traceparent: str | None = None,
     ) -> None:
-        self.rt.observer.request(
+        observer = self.rt.observer
+        duration = time.monotonic() - started
+        method = head.method if head else None
+        if not observer.access_logged():  # metrics only: no record to build
+            observer.count_request(
+                "inbound",
+                self.peer_id_text,
+                self.inbound.config.service,
+                method,
+                outcome.status,
+                decision,
+                duration,
+                outcome.bytes_in,
+                outcome.bytes_out,
+            )
+            return
+        observer.request(
             AccessRecord(
                 time=wall,
                 direction="inbound",
                 protocol="http",
-                peer_id=str(self.conn.peer_id),
+                peer_id=self.peer_id_text,
                 source=self.source,
                 destination=self.inbound.config.service,
-                method=head.method if head else None,
+                method=method,
                 path=target.path if target else None,
                 status=outcome.status,
                 decision=decision,
@@ -486,7 +500,7 @@ class _Session:
                 reason=outcome.reason,
                 bytes_in=outcome.bytes_in,
                 bytes_out=outcome.bytes_out,
-                duration_seconds=time.monotonic() - started,
+                duration_seconds=duration,
                 request_id=request_id,
                 traceparent=traceparent,
                 extra=extra or {},

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Final, final
@@ -51,6 +50,7 @@ from sidecar.http import (
     serialize_request_head,
     serialize_response_head,
 )
+from sidecar.http.forwarding import new_uuid
 from sidecar.lean_socket import TimedStream, lean
 from sidecar.logs import event
 from sidecar.observe import AccessRecord
@@ -90,10 +90,6 @@ def error_response(status: int, message: str, request_id: str, *, head_only: boo
     )
     head = serialize_response_head(status, phrase, headers, Framing(BodyKind.LENGTH, len(body)))
     return head if head_only else head + body
-
-
-def _new_request_id() -> str:
-    return str(uuid.uuid4())
 
 
 class _UpstreamError(Exception):
@@ -153,7 +149,7 @@ class HttpOutbound:
         pool: MeshPool | None = None,
         *,
         limits: HttpLimits | None = None,
-        new_request_id: Callable[[], str] = _new_request_id,
+        new_request_id: Callable[[], str] = new_uuid,
     ) -> None:
         self.config = config
         self.runtime = runtime
@@ -222,7 +218,7 @@ class HttpOutbound:
             head.headers, our_id=None, peer=None, new_request_id=self.new_request_id
         )
         request_id = forwarded.request_id
-        traceparent = next((v for n, v in forwarded.headers if n == "traceparent"), None)
+        traceparent = forwarded.traceparent
         target = normalize_target(head.target)  # HttpError → 400, before anything is sent
         out = _Exchange()
         wire_head = serialize_request_head(
@@ -322,7 +318,7 @@ class HttpOutbound:
         """One request on `conn`; always gives `conn` back to the pool (reusable or not)."""
         reusable = False
         try:
-            out.peer_id = str(conn.peer_id)
+            out.peer_id = conn.peer_id_text
             conn.reader.expect(head.method)
             try:
                 await conn.stream.send_all(first)
@@ -487,7 +483,21 @@ class HttpOutbound:
         wall: datetime | None = None,
         duration: float = 0.0,
     ) -> None:
-        self.runtime.observer.request(
+        observer = self.runtime.observer
+        if not observer.access_logged():  # metrics only: no record to build
+            observer.count_request(
+                "outbound",
+                out.peer_id if out else None,
+                self.config.service,
+                method,
+                status,
+                "none",
+                duration,
+                out.bytes_in if out else 0,
+                out.bytes_out if out else 0,
+            )
+            return
+        observer.request(
             AccessRecord(
                 time=wall or self.runtime.now(),
                 direction="outbound",

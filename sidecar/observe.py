@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Literal, final
+from typing import Any, Final, Literal, final
 
 from sidecar.metrics import SidecarMetrics
 
@@ -114,43 +114,98 @@ class ConnectionReport:
         )
 
 
+# Labelled children are looked up once per label set and kept (`labels()` costs a few µs a
+# call); label values are bounded by design, and past this many sets lookups go uncached.
+_CACHED_LABEL_SETS: Final = 10_000
+
+
 @final
 class Observer:
     def __init__(self, metrics: SidecarMetrics | None = None, local_id: str = "") -> None:
         self.metrics = metrics or SidecarMetrics()
         self.local_id = local_id
+        self._request_children: dict[tuple[object, ...], tuple[Any, Any]] = {}
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    @staticmethod
+    def access_logged() -> bool:
+        """Whether `request` writes an access line: when not, a handler may skip building
+        the `AccessRecord` and call `count_request` alone."""
+        return access_log.isEnabledFor(logging.INFO)
 
     def request(self, record: AccessRecord) -> None:
-        m = self.metrics
-        source, destination = (
-            (record.peer_id or "unknown", self.local_id)
-            if record.direction == "inbound"
-            else (self.local_id, record.peer_id or record.destination)
-        )
-        m.requests.labels(
+        self.count_request(
             record.direction,
-            source,
-            destination,
-            record.method or "",
-            str(record.status) if record.status is not None else "",
+            record.peer_id,
+            record.destination,
+            record.method,
+            record.status,
             record.decision,
-        ).inc()
-        m.request_duration.labels(record.direction, record.method or "").observe(
-            record.duration_seconds
+            record.duration_seconds,
+            record.bytes_in,
+            record.bytes_out,
         )
-        if record.bytes_in:
-            m.bytes.labels(record.direction, "received").inc(record.bytes_in)
-        if record.bytes_out:
-            m.bytes.labels(record.direction, "sent").inc(record.bytes_out)
         if access_log.isEnabledFor(logging.INFO):  # off: skip building the line
             access_log.info("access", extra={"access": record.as_log()})
 
+    def count_request(
+        self,
+        direction: Direction,
+        peer_id: str | None,
+        destination: str,
+        method: str | None,
+        status: int | None,
+        decision: str,
+        duration_seconds: float,
+        bytes_in: int,
+        bytes_out: int,
+    ) -> None:
+        """The metrics of one request (what `request` counts, without the access line)."""
+        key = (direction, peer_id, destination, method, status, decision)
+        children = self._request_children.get(key)
+        if children is None:
+            m = self.metrics
+            source, target = (
+                (peer_id or "unknown", self.local_id)
+                if direction == "inbound"
+                else (self.local_id, peer_id or destination)
+            )
+            children = (
+                m.requests.labels(
+                    direction,
+                    source,
+                    target,
+                    method or "",
+                    str(status) if status is not None else "",
+                    decision,
+                ),
+                m.request_duration.labels(direction, method or ""),
+            )
+            if len(self._request_children) < _CACHED_LABEL_SETS:
+                self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(duration_seconds)
+        if bytes_in:
+            self._child(self.metrics.bytes, direction, "received").inc(bytes_in)
+        if bytes_out:
+            self._child(self.metrics.bytes, direction, "sent").inc(bytes_out)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)  # the metrics live as long as this observer
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(*labels)
+            if len(self._children) < _CACHED_LABEL_SETS:
+                self._children[key] = child
+        return child
+
     def decision(self, result: str, policies: Sequence[str]) -> None:
         """Count one authorization decision (result: allow, deny, audit_deny, error)."""
+        decisions = self.metrics.authz_decisions
         if not policies:
-            self.metrics.authz_decisions.labels(result, "").inc()
+            self._child(decisions, result, "").inc()
         for policy in policies:
-            self.metrics.authz_decisions.labels(result, policy).inc()
+            self._child(decisions, result, policy).inc()
 
     def handshake(self, direction: Direction, ok: bool, reason: str = "") -> None:
         self.metrics.handshakes.labels(direction, "ok" if ok else "failed", reason).inc()

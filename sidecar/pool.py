@@ -62,6 +62,7 @@ class PooledConnection:
         "expires_at",
         "idle_since",
         "peer_id",
+        "peer_id_text",
         "peer_serial",
         "reader",
         "reused",
@@ -82,6 +83,7 @@ class PooledConnection:
         self.transport = transport  # under the TLS stream: its deadlines bound our reads
         self.endpoint = endpoint
         self.peer_id = peer_id
+        self.peer_id_text = str(peer_id)  # for each request's metrics and access line
         self.peer_serial = peer_serial
         self.expires_at = expires_at
         self.reader = ResponseReader(_RESPONSE_LIMITS)

@@ -44,6 +44,10 @@ _HEADER_LINE: Final = _TOKEN.decode() + r":[\t\x20-\x7e\x80-\xff]*"
 _HEADER_LINE_RE: Final = re.compile(_HEADER_LINE)
 _HEADER_BLOCK_RE: Final = re.compile(r"(?:" + _HEADER_LINE + r"\r\n)*")
 _HEADER_RE: Final = re.compile(rb"(" + _TOKEN + rb"):([\t\x20-\x7e\x80-\xff]*)")
+# Name and value (without surrounding spaces and tabs) of each line of a checked block.
+_HEADER_PAIR_RE: Final = re.compile(
+    "(" + _TOKEN.decode() + r"):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*\r\n"
+)
 _SPECIAL_NAMES: Final = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 # RFC 3986 characters of an origin-form target (path-abempty ["?" query]).
 _TARGET_RE: Final = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
@@ -53,6 +57,9 @@ _HOST_RE: Final = re.compile(
 )
 _CONTENT_LENGTH_RE: Final = re.compile(r"[0-9]{1,18}")
 _RESPONSE_ERROR: Final = 502
+# Framing is immutable: small lengths (most messages) share one instance each.
+_CACHED_LENGTHS: Final = 4096
+_LENGTHS: dict[int, Framing] = {}
 
 
 def _fail(status: int, reason: str) -> HttpError:
@@ -96,10 +103,8 @@ def _parse_headers(block: str, limits: HttpLimits, status: int) -> Headers:
             if _HEADER_LINE_RE.fullmatch(line) is None:
                 raise _diagnose_header_line(line, index, status)
         raise AssertionError("header block rejected but every line passes")
-    return tuple(
-        (name.lower(), value.strip(" \t"))
-        for name, _, value in (line.partition(":") for line in block[:-2].split("\r\n"))
-    )
+    # The block regex fixed every line's shape; one C-level pass splits and strips them.
+    return tuple([(name.lower(), value) for name, value in _HEADER_PAIR_RE.findall(block)])
 
 
 def _special(headers: Headers) -> dict[str, list[str]]:
@@ -144,7 +149,12 @@ def _framing(
     length = int(lengths[0])
     if limits.max_body_bytes is not None and length > limits.max_body_bytes:
         raise _fail(413 if status == 400 else status, f"body over {limits.max_body_bytes} bytes")
-    return Framing(BodyKind.LENGTH, length)
+    framing = _LENGTHS.get(length)
+    if framing is None:
+        framing = Framing(BodyKind.LENGTH, length)
+        if length < _CACHED_LENGTHS:
+            _LENGTHS[length] = framing
+    return framing
 
 
 def _keep_alive(special: dict[str, list[str]], version: str) -> bool:

@@ -36,6 +36,7 @@ from sidecar.http.head import _HEADER_RE, parse_request_head, parse_response_hea
 __all__ = ["RequestReader", "ResponseReader"]
 
 _BARE_LF_RE: Final = re.compile(rb"(?<!\r)\n")
+_END: Final = EndOfMessage()  # immutable and field-less: one instance serves every message
 _TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _QUOTED: Final = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
 _CHUNK_LINE_RE: Final = re.compile(
@@ -176,7 +177,7 @@ class _Reader:
             return NEED_DATA
         if state is _State.END:
             self._state = _State.HEAD if self._keep_alive else _State.CLOSED
-            return EndOfMessage()
+            return _END
         if state is _State.CHUNK_SIZE:
             return self._chunk_size() or self._body_event()
         if state is _State.CHUNK_END:

@@ -20,22 +20,43 @@ _VALUE_RE: Final = re.compile(
 )
 _TARGET_RE: Final = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
 _REASON_RE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+_BLOCK_RE: Final = re.compile(r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: " + _VALUE_RE.pattern + r"\r\n)*")
 _FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding"})
+_CHECKED_NAMES: set[str] = set()  # header names that passed the token check
+_CHECKED_NAMES_MAX: Final = 4096
 LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
+def _checked_line(name: str, value: str) -> str:
+    """One header line, checked on its own (the slow path: names the bad header)."""
+    if not _TOKEN_RE.fullmatch(name):
+        raise ValueError(f"header name {name!r} is not a token")
+    # Bounded: values were capped by the reader or are ours; no nested backtracking risk
+    # beyond one line.
+    if not _VALUE_RE.fullmatch(value):
+        raise ValueError(f"header {name!r} has a value we must not send")
+    return f"{name}: {value}\r\n"
+
+
 def _header_block(headers: Headers, framing: Framing) -> list[bytes]:
-    out = []
+    # Fast path: names are checked once per distinct name (a bounded cache), the values
+    # by one regex over the whole block. As strict as checking line by line: a name is a
+    # token (no colon, no space) and the block holds exactly one CR and one LF per header,
+    # so each line the block regex matches is exactly one header.
+    lines = []
     for name, value in headers:
         if name in _FRAMING_HEADERS:
             continue
-        if not _TOKEN_RE.fullmatch(name):
-            raise ValueError(f"header name {name!r} is not a token")
-        # Bounded: values were capped by the reader or are ours; no nested backtracking risk
-        # beyond one line.
-        if not _VALUE_RE.fullmatch(value):
-            raise ValueError(f"header {name!r} has a value we must not send")
-        out.append(f"{name}: {value}\r\n".encode("latin-1"))
+        if name not in _CHECKED_NAMES:
+            _checked_line(name, value)
+            if len(_CHECKED_NAMES) < _CHECKED_NAMES_MAX:
+                _CHECKED_NAMES.add(name)
+        lines.append(f"{name}: {value}\r\n")
+    text = "".join(lines)
+    count = len(lines)
+    if text.count("\r") != count or text.count("\n") != count or not _BLOCK_RE.fullmatch(text):
+        text = "".join(_checked_line(n, v) for n, v in headers if n not in _FRAMING_HEADERS)
+    out = [text.encode("latin-1")]
     if framing.kind is BodyKind.LENGTH:
         out.append(b"content-length: %d\r\n" % framing.length)
     elif framing.kind is BodyKind.CHUNKED:
