@@ -70,6 +70,15 @@ def test_database_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
         conn.close()
 
 
+def test_commits_are_durable_across_power_loss(tmp_path: Path) -> None:
+    """synchronous=FULL: a consumed token's used_at must not vanish with the last commits."""
+    store = SqliteStore(tmp_path / "state.db")
+    try:
+        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        store.close()
+
+
 def test_secret_is_stored_only_as_its_hash(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     text, token_id, secret_hash = new_token()

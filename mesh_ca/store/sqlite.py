@@ -111,7 +111,9 @@ class SqliteStore:
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
             self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
+            # FULL, not NORMAL: with NORMAL a power loss can drop the last commits, and with
+            # them a consumed token's used_at, so the token could be redeemed twice.
+            self._conn.execute("PRAGMA synchronous = FULL")
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._migrate()
         except sqlite3.Error as exc:
