@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh_ca.store import SqliteStore, StateStore, StoreUnavailable, TokenError
+from mesh_ca.store import IssuedRecord, SqliteStore, StateStore, StoreUnavailable, TokenError
 from mesh_ca.store.sqlite import SCHEMA_VERSION
 from mesh_ca.tokens import new_token
 from tests.store_conformance import ALICE, T0, StoreConformance, StoreFactory
@@ -70,11 +70,27 @@ def test_database_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
         conn.close()
 
 
-def test_commits_are_durable_across_power_loss(tmp_path: Path) -> None:
-    """synchronous=FULL: a consumed token's used_at must not vanish with the last commits."""
+def test_token_and_revocation_commits_are_durable_across_power_loss(tmp_path: Path) -> None:
+    """synchronous=FULL for security state (a consumed token's used_at must survive a power
+    cut); NORMAL only for ledger-only writes such as renewals."""
     store = SqliteStore(tmp_path / "state.db")
+
+    def synchronous() -> int:
+        return int(store._conn.execute("PRAGMA synchronous").fetchone()[0])
+
     try:
-        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert synchronous() == 2  # FULL
+        store.record_renewal(IssuedRecord(21, ALICE, "renew", T0, T0 + timedelta(hours=1)), 20)
+        assert synchronous() == 1  # NORMAL
+        _text, token_id, secret_hash = new_token()
+        store.add_token(token_id, secret_hash, ALICE, T0, T0 + timedelta(minutes=10))
+        assert synchronous() == 2
+        store.record_issued(IssuedRecord(22, ALICE, "offline", T0, T0 + timedelta(hours=1)))
+        store.consume_token(token_id, secret_hash, T0)
+        assert synchronous() == 2
+        store.record_issued(IssuedRecord(23, ALICE, "offline", T0, T0 + timedelta(hours=1)))
+        store.revoke(T0, spiffe_id=ALICE)
+        assert synchronous() == 2
     finally:
         store.close()
 
