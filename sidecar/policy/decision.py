@@ -121,6 +121,7 @@ def decide(
     audit: bool = False,
     sliced: bool = True,
     check_schema: bool = False,
+    cache: bool = True,
 ) -> PolicyDecision:
     """Allow only when Cedar says Allow and no policy errored; otherwise deny (fails closed).
 
@@ -133,6 +134,9 @@ def decide(
     by code whose output the load checked against the schema; it holds only what the slice
     reads (see `context.py`). `check_schema=True` takes Cedar's own validated path instead
     (the full context and the schema on every call): the tests' reference.
+
+    The sliced path remembers decisions on the snapshot (bounded), keyed by every input of
+    the Cedar call; `cache=False` always asks Cedar (the tests' reference for the cache).
     """
     if not check_schema and request.action not in snapshot.request_actions:
         return PolicyDecision(
@@ -161,18 +165,38 @@ def decide(
                 audit=audit,
                 cedar_decision=cedarpy.Decision.Deny.value,
             )
-    entities = snapshot.entities_with(
-        principal_id, lambda: json.dumps([workload_entity(request.principal)])
-    )
     if check_schema:
+        entities = _entities(snapshot, principal_id, request.principal)
         result = cedarpy.is_authorized(
             cedar_request(snapshot, request), policy_set, entities, snapshot.schema
         )
-    else:
-        cedar = cedar_request(snapshot, request, reads)
-        # A context string skips the wrapper's copy of the request; Cedar parses it anyway.
-        cedar["context"] = json.dumps(cedar["context"])
-        result = cedarpy.is_authorized(cedar, policy_set, entities)
+        return _verdict(result, snapshot.version, audit)
+    cedar = cedar_request(snapshot, request, reads)
+    # A context string skips the wrapper's copy of the request; Cedar parses it anyway.
+    context_json = json.dumps(cedar["context"])
+    # The key is every input of this Cedar call: the policy set is a function of (service,
+    # principal, action) and the snapshot, the entities of the snapshot and the principal,
+    # and the context string is exactly what Cedar reads (only the attributes the policies
+    # read; `time` among them when a policy reads it). A new snapshot starts empty.
+    key = (request.service, principal_id, request.action, context_json, audit)
+    cache = cache and sliced  # the full set (sliced=False) is the tests' reference: uncached
+    if cache:
+        cached = snapshot.cached_decision(key)
+        if cached is not None:
+            return cached
+    cedar["context"] = context_json
+    entities = _entities(snapshot, principal_id, request.principal)
+    decision = _verdict(cedarpy.is_authorized(cedar, policy_set, entities), snapshot.version, audit)
+    if cache:
+        snapshot.remember_decision(key, decision)
+    return decision
+
+
+def _entities(snapshot: PolicySnapshot, principal_id: str, principal: SpiffeId) -> cedarpy.Entities:
+    return snapshot.entities_with(principal_id, lambda: json.dumps([workload_entity(principal)]))
+
+
+def _verdict(result: cedarpy.AuthzResult, version: str, audit: bool) -> PolicyDecision:
     diagnostics = result.diagnostics
     errors = tuple(sorted(diagnostics.errors))
     reasons = tuple(sorted(diagnostics.reasons))
@@ -197,7 +221,7 @@ def decide(
         policy_ids=reasons,
         errors=errors,
         errored_policy_ids=errored,
-        version=snapshot.version,
+        version=version,
         audit=audit,
         cedar_decision=decision.value,
     )

@@ -17,12 +17,18 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Literal, final
+from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import cedarpy
 
 from mesh_ca.identity import SpiffeId
 from sidecar.policy.context import context_reads
+
+if TYPE_CHECKING:
+    from sidecar.policy.decision import PolicyDecision
+
+# (service, principal SPIFFE ID, action, context JSON as sent to Cedar, audit)
+DecisionKey = tuple[str, str, str, str, bool]
 
 __all__ = ["PolicyInfo", "PolicySnapshot", "SliceIndex", "resource_targets"]
 
@@ -31,6 +37,8 @@ WORKLOAD_TYPE: Final = "Workload"
 ACTION_TYPE: Final = "Action"
 _PRINCIPAL_CACHE_MAX: Final = 1024
 _NARROWED_CACHE_MAX: Final = 4096
+# Decisions remembered per snapshot, keyed by everything Cedar is given (see `decision.py`).
+_DECISION_CACHE_MAX: Final = 4096
 
 EntityRef = tuple[str, str]  # (type, id)
 
@@ -228,6 +236,16 @@ class PolicySnapshot:
     _narrowed: dict[tuple[str, str, str], tuple[cedarpy.PolicySet, frozenset[str] | None]] = field(
         default_factory=dict, repr=False
     )
+    _decisions: dict[DecisionKey, PolicyDecision] = field(default_factory=dict, repr=False)
+
+    def cached_decision(self, key: DecisionKey) -> PolicyDecision | None:
+        return self._decisions.get(key)
+
+    def remember_decision(self, key: DecisionKey, decision: PolicyDecision) -> None:
+        """Bounded: when full, start over (a cleared cache only costs Cedar calls)."""
+        if len(self._decisions) >= _DECISION_CACHE_MAX:
+            self._decisions.clear()
+        self._decisions[key] = decision
 
     def policy_set_for(self, service: str, *, sliced: bool = True) -> cedarpy.PolicySet:
         return self.slices.for_service(service) if sliced else self.full_set
