@@ -546,6 +546,13 @@ def main(argv: list[str] | None = None) -> int:
         help="http: also measure the meshgate pair with workers = 2",
     )
     parser.add_argument(
+        "--http-access-log",
+        choices=("default", "off"),
+        default="default",
+        help="http: each proxy's default access log (sidecar: stdout, a JSON line a request; "
+        "nginx: access.log) or none",
+    )
+    parser.add_argument(
         "--only-default",
         action="store_true",
         help="ca: measure only the default server, not the previous shell next to it",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import re
 import resource
@@ -357,7 +358,13 @@ def bench_http(args: argparse.Namespace) -> Figures:
         "rounds": rounds,
         "baseline": args.baseline,
         "load_average_before": os.getloadavg()[0],
+        "access_log": args.http_access_log,
     }
+    # Each proxy's default: the sidecar logs a JSON line a request to stdout (here its log
+    # file, as a supervisor would capture it), nginx a line to its access.log; haproxy logs
+    # nothing without a `log` line. `--http-access-log off` turns both off (older figures).
+    logged = args.http_access_log == "default"
+    sidecar_log = "stdout" if logged else "off"
     pki = TestPki()
     certs = bench_certs(pki)
     with contextlib.ExitStack() as stack:
@@ -367,17 +374,20 @@ def bench_http(args: argparse.Namespace) -> Figures:
         port = app.entry_port
         targets: dict[str, Target] = {"direct": (port, [], [])}
         progress("http: starting every target")
-        targets["meshgate"] = stack.enter_context(meshgate_pair(pki, certs, tmp / "mg1", port))
+        targets["meshgate"] = stack.enter_context(
+            meshgate_pair(pki, certs, tmp / "mg1", port, access_log=sidecar_log)
+        )
         if args.baseline:
             root = stack.enter_context(baseline_tree(args.baseline))
             targets["meshgate_baseline"] = stack.enter_context(
-                meshgate_pair(pki, certs, tmp / "mg0", port, root=root)
+                meshgate_pair(pki, certs, tmp / "mg0", port, root=root, access_log=sidecar_log)
             )
         if args.http_workers2:
             targets["meshgate_workers2"] = stack.enter_context(
-                meshgate_pair(pki, certs, tmp / "mg2", port, workers=2)
+                meshgate_pair(pki, certs, tmp / "mg2", port, workers=2, access_log=sidecar_log)
             )
-        targets["nginx"] = stack.enter_context(_peer(nginx_pair, "nginx", tmp, pki, certs, port))
+        nginx = functools.partial(nginx_pair, access_log=logged)
+        targets["nginx"] = stack.enter_context(_peer(nginx, "nginx", tmp, pki, certs, port))
         targets["haproxy"] = stack.enter_context(
             _peer(haproxy_pair, "haproxy", tmp, pki, certs, port)
         )
@@ -432,9 +442,13 @@ def _peer(
 # -- section: memory -----------------------------------------------------------------------
 
 
+_SETTLE_SECONDS = 12.0
+
+
 def bench_memory(args: argparse.Namespace) -> Figures:
-    """RSS of each sidecar idle, then with 1,000 idle client connections open to A's
-    outbound listener and 1,000 idle mTLS connections open to B's inbound listener."""
+    """RSS of each sidecar idle (right after a warm-up and after 12 s without traffic),
+    then with 1,000 idle client connections open to A's outbound listener and 1,000 idle
+    mTLS connections open to B's inbound listener."""
     count = 1000
     resource.setrlimit(
         resource.RLIMIT_NOFILE, (20000, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
@@ -449,6 +463,11 @@ def bench_memory(args: argparse.Namespace) -> Figures:
             with meshgate_pair(pki, certs, tmp / "mg", app.entry_port) as (port, a_pids, b_pids):
                 run_wrk(port, 1, 8, close=False, pids=[])  # one warm request path (imports, pools)
                 time.sleep(0.5)
+                figures["inbound_after_warmup_mb"] = rss_mb(b_pids)
+                # Idle means idle: past one period of the policy watcher's release of the
+                # Cedar library's load-time code pages (sidecar/policy/watch.py, 10 s).
+                progress(f"memory: {_SETTLE_SECONDS:.0f} s idle")
+                time.sleep(_SETTLE_SECONDS)
                 figures["outbound_idle_mb"] = rss_mb(a_pids)
                 figures["inbound_idle_mb"] = rss_mb(b_pids)
                 progress(f"memory: {count} idle client connections to the outbound sidecar")
@@ -472,6 +491,7 @@ def bench_memory(args: argparse.Namespace) -> Figures:
     figures["inbound_delta_mb"] = round(
         figures["inbound_with_idle_mtls_connections_mb"] - figures["inbound_idle_mb"], 1
     )
+    figures["inbound_kb_per_connection"] = round(figures["inbound_delta_mb"] * 1024 / count, 1)
     figures["targets"] = {"idle_mb": "< 60", "delta_mb": "< 20"}
     return figures
 

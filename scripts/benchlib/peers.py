@@ -64,7 +64,7 @@ def _nginx_binary() -> str:
     return path
 
 
-def _nginx_main(workdir: Path, body: str) -> str:
+def _nginx_main(workdir: Path, body: str, access_log: bool = False) -> str:
     modules = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
     load = f"load_module {modules};\n" if modules.exists() else ""
     return f"""{load}daemon off;
@@ -75,7 +75,7 @@ pid {workdir}/nginx.pid;
 error_log {workdir}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log off;
+    access_log {f"{workdir}/access.log" if access_log else "off"};
     client_body_temp_path {workdir}/body;
     proxy_temp_path {workdir}/proxy;
     fastcgi_temp_path {workdir}/fastcgi;
@@ -87,10 +87,10 @@ http {{
 """
 
 
-def _start_nginx(workdir: Path, body: str) -> subprocess.Popen[bytes]:
+def _start_nginx(workdir: Path, body: str, access_log: bool = False) -> subprocess.Popen[bytes]:
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "nginx.conf"
-    conf.write_text(_nginx_main(workdir, body))
+    conf.write_text(_nginx_main(workdir, body, access_log))
     return subprocess.Popen(
         [_nginx_binary(), "-c", str(conf), "-p", str(workdir), "-e", str(workdir / "error.log")],
         stdout=subprocess.DEVNULL,
@@ -111,8 +111,15 @@ def nginx_app(workdir: Path, port: int, body_bytes: int = 64) -> PeerPair:
 
 
 def nginx_pair(
-    workdir: Path, entry_port: int, hop_port: int, app_port: int, client: Tls, server: Tls
+    workdir: Path,
+    entry_port: int,
+    hop_port: int,
+    app_port: int,
+    client: Tls,
+    server: Tls,
+    access_log: bool = False,
 ) -> PeerPair:
+    """`access_log`: nginx's default, one line a request to a file (unbuffered), per proxy."""
     server_body = f"""    upstream app {{ server 127.0.0.1:{app_port}; keepalive 64; }}
     server {{
         listen 127.0.0.1:{hop_port} ssl;
@@ -149,8 +156,8 @@ def nginx_pair(
         }}
     }}"""
     pair = PeerPair("nginx", entry_port)
-    pair.processes.append(_start_nginx(workdir / "nginx-server", server_body))
-    pair.processes.append(_start_nginx(workdir / "nginx-client", client_body))
+    for name, body in (("nginx-server", server_body), ("nginx-client", client_body)):
+        pair.processes.append(_start_nginx(workdir / name, body, access_log))
     wait_port(hop_port)
     wait_port(entry_port)
     return pair
