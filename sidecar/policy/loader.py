@@ -119,7 +119,7 @@ def load_snapshot(directory: Path, now: datetime) -> PolicySnapshot:
         policies=infos,
         schema=schema,
         entities=entities,
-        full_set=SliceIndex(policies, dict.fromkeys(policies)).for_service(""),
+        all_policies=policies,
         slices=SliceIndex(policies, targets),
         known_workloads=known,
         header_names=header_names,

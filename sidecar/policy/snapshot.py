@@ -219,7 +219,10 @@ class PolicySnapshot:
     policies: Mapping[str, PolicyInfo]
     schema: cedarpy.Schema
     entities: cedarpy.Entities
-    full_set: cedarpy.PolicySet
+    # Every policy as EST; its `PolicySet` (`full_set`, the tests' and tools' reference)
+    # is parsed on first use only: the data path decides on slices, and a second native
+    # copy of every policy is ~4 MB at 1,000 policies.
+    all_policies: Mapping[str, Mapping[str, Any]]
     slices: SliceIndex
     known_workloads: frozenset[str]
     header_names: frozenset[str]
@@ -237,6 +240,13 @@ class PolicySnapshot:
         default_factory=dict, repr=False
     )
     _decisions: dict[DecisionKey, PolicyDecision] = field(default_factory=dict, repr=False)
+    _full: list[cedarpy.PolicySet] = field(default_factory=list, repr=False)
+
+    @property
+    def full_set(self) -> cedarpy.PolicySet:
+        if not self._full:
+            self._full.append(_policy_set(self.all_policies))
+        return self._full[0]
 
     def cached_decision(self, key: DecisionKey) -> PolicyDecision | None:
         return self._decisions.get(key)
