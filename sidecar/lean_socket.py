@@ -150,15 +150,19 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
             sock = self.socket
             size = max_bytes or _DEFAULT_RECEIVE
             while True:
+                data: bytes | None
                 try:
                     data = sock.recv(size)
                 except BlockingIOError:
-                    await self._wait_readable()
-                    continue
+                    data = None  # wait outside the handler: an idle connection would keep
+                    # the exception and its traceback alive (~0.5 KB each)
                 except OSError as exc:
                     if self._closed:
                         raise trio.ClosedResourceError("the stream is closed") from exc
                     raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
+                if data is None:
+                    await self._wait_readable()
+                    continue
                 await self._after_fast_call()
                 return data
         finally:
