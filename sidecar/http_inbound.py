@@ -31,6 +31,7 @@ from typing import Final, final
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from sidecar.admission import admitted, handshake_refused
 from sidecar.app_pool import AppConnection, AppConnector, AppPool
 from sidecar.config import InboundConfig
 from sidecar.http import (
@@ -198,32 +199,9 @@ class HttpInbound:
         rt = self.runtime
         source = peer_address(transport)
         timed = lean(transport)
-        with trio.CancelScope() as scope:
-            handle = rt.tracker.admit(scope, "inbound")
-            if handle is None:
-                event(
-                    log,
-                    "connection refused",
-                    direction="inbound",
-                    source=source,
-                    reason="max_connections",
-                )
-                await abort(timed)
-                return
-            rt.observer.connection_opened("inbound")
-            try:
-                await self._serve(timed, handle, source)
-            finally:
-                rt.tracker.release(handle)
-                rt.observer.connection_closed("inbound")
-        if scope.cancelled_caught:
-            event(
-                log,
-                "connection closed",
-                direction="inbound",
-                source=source,
-                outcome="cancelled (revoked, expired or drained)",
-            )
+        async with admitted(rt, "inbound", timed, log, source=source) as slot:
+            if slot is not None:
+                await self._serve(timed, slot.handle, source)
 
     async def _serve(self, transport: TimedStream, handle: int, source: str) -> None:
         rt = self.runtime
@@ -232,17 +210,7 @@ class HttpInbound:
                 transport, rt.store, rt.now, timeout_seconds=rt.timeouts.handshake_timeout_seconds
             )
         except MeshTlsError as exc:
-            rt.observer.handshake("inbound", ok=False, reason=str(exc.reason))
-            event(
-                log,
-                "handshake refused",
-                level=logging.WARNING,
-                direction="inbound",
-                source=source,
-                reason=str(exc.reason),
-                peer=exc.peer,
-                detail=exc.detail,
-            )
+            handshake_refused(rt, "inbound", exc, log, source=source)
             return
         rt.observer.handshake("inbound", ok=True)
         rt.tracker.identify(handle, conn.peer_id, conn.peer_serial)

@@ -27,6 +27,7 @@ from typing import Final, final
 
 import trio
 
+from sidecar.admission import admitted
 from sidecar.config import OutboundConfig
 from sidecar.http import (
     CONNECTION_CLOSED,
@@ -51,6 +52,7 @@ from sidecar.http import (
     serialize_response_head,
 )
 from sidecar.http.forwarding import new_uuid
+from sidecar.http_replies import reply
 from sidecar.lean_socket import TimedStream, lean
 from sidecar.logs import event
 from sidecar.observe import AccessRecord
@@ -65,31 +67,12 @@ log = logging.getLogger("sidecar.http_outbound")
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _READ: Final = 64 * 1024
 _REPLAYABLE_BYTES: Final = 64 * 1024  # a complete request up to this size may be resent
-_PHRASES: Final = {
-    400: "Bad Request",
-    413: "Content Too Large",
-    414: "URI Too Long",
-    431: "Request Header Fields Too Large",
-    501: "Not Implemented",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-    505: "HTTP Version Not Supported",
-}
 _NO_BODY: Final = Framing(BodyKind.NONE)
 
 
 def error_response(status: int, message: str, request_id: str, *, head_only: bool) -> bytes:
     """A complete error response that closes the connection: ``<status> <phrase>: ...``."""
-    phrase = _PHRASES.get(status, "Error")
-    body = f"{status} {phrase}: {message}\nrequest id: {request_id}\n".encode()
-    headers = (
-        ("content-type", "text/plain; charset=utf-8"),
-        ("x-request-id", request_id),
-        ("connection", "close"),
-    )
-    head = serialize_response_head(status, phrase, headers, Framing(BodyKind.LENGTH, len(body)))
-    return head if head_only else head + body
+    return reply(status, message, request_id, close=True, head_only=head_only)
 
 
 class _UpstreamError(Exception):
@@ -162,26 +145,14 @@ class HttpOutbound:
         """Serve one local client connection; never raises for a peer's fault."""
         source = _address(local)
         timed = lean(local)
-        with trio.CancelScope() as scope:
-            handle = self.runtime.tracker.admit(scope, "outbound")
-            if handle is None:
-                event(
-                    log,
-                    "connection refused",
-                    direction="outbound",
-                    service=self.config.service,
-                    reason="max_connections",
-                )
-                await abort(timed)
+        clean = False  # a cancelled connection (revoked, expired, drained) is aborted
+        service = self.config.service
+        async with admitted(self.runtime, "outbound", timed, log, service=service) as slot:
+            if slot is None:
                 return
-            self.runtime.observer.connection_opened("outbound")
-            try:
-                clean = await self._serve(timed, source)
-            finally:
-                self.runtime.tracker.release(handle)
-                self.runtime.observer.connection_closed("outbound")
+            clean = await self._serve(timed, source)
         with trio.CancelScope(shield=True):
-            if clean and not scope.cancelled_caught:
+            if clean and not slot.scope.cancelled_caught:
                 await trio.aclose_forcefully(timed)
             else:
                 await abort(timed)
@@ -239,10 +210,10 @@ class HttpOutbound:
                 detail=exc.detail,
                 request_id=request_id,
             )
-            reply = error_response(
+            response = error_response(
                 exc.status, exc.detail, request_id, head_only=head.method == "HEAD"
             )
-            await self._send_quietly(local, reply)
+            await self._send_quietly(local, response)
             keep = False
         finally:
             self._record(

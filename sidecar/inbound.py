@@ -14,6 +14,7 @@ from typing import Any, final
 
 import trio
 
+from sidecar.admission import admitted, handshake_refused
 from sidecar.authz import Authorizer, authorize_safely
 from sidecar.config import InboundConfig
 from sidecar.logs import event
@@ -47,36 +48,9 @@ class Inbound:
         report = ConnectionReport(
             "inbound", _peer_address(transport), self.config.service, rt.now(), trio.current_time()
         )
-        with trio.CancelScope() as scope:
-            handle = rt.tracker.admit(scope, "inbound")
-            if handle is None:
-                event(
-                    log,
-                    "connection refused",
-                    direction="inbound",
-                    source=report.source,
-                    reason="max_connections",
-                )
-                rt.observer.connection_refused("inbound", "max_connections")
-                await abort(transport)
-                return
-            rt.observer.connection_opened("inbound")
-            try:
-                await self._serve(transport, handle, report)
-            finally:
-                rt.tracker.release(handle)
-                rt.observer.connection_closed("inbound")
-                if scope.cancel_called and report.reason is None:
-                    report.reason = "cancelled"  # revoked, expired or drained
-                rt.observer.request(report.record(trio.current_time()))
-        if scope.cancelled_caught:
-            event(
-                log,
-                "connection closed",
-                direction="inbound",
-                source=report.source,
-                outcome="cancelled (revoked, expired or drained)",
-            )
+        async with admitted(rt, "inbound", transport, log, report, source=report.source) as slot:
+            if slot is not None:
+                await self._serve(transport, slot.handle, report)
 
     async def _serve(
         self, transport: trio.abc.Stream, handle: int, report: ConnectionReport
@@ -91,19 +65,7 @@ class Inbound:
                 timeout_seconds=rt.timeouts.handshake_timeout_seconds,
             )
         except MeshTlsError as exc:
-            rt.observer.handshake("inbound", ok=False, reason=str(exc.reason))
-            report.reason = str(exc.reason)
-            report.peer_id = str(exc.peer) if exc.peer else None
-            event(
-                log,
-                "handshake refused",
-                level=logging.WARNING,
-                direction="inbound",
-                source=source,
-                reason=str(exc.reason),
-                peer=exc.peer,
-                detail=exc.detail,
-            )
+            handshake_refused(rt, "inbound", exc, log, report, source=source)
             return
         rt.observer.handshake("inbound", ok=True)
         report.peer_id = str(conn.peer_id)

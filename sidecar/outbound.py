@@ -15,6 +15,7 @@ from typing import Any, final
 
 import trio
 
+from sidecar.admission import admitted, handshake_refused
 from sidecar.config import Address, OutboundConfig
 from sidecar.logs import event
 from sidecar.observe import ConnectionReport
@@ -60,37 +61,13 @@ class Outbound:
         report = ConnectionReport(
             "outbound", _local_address(local), self.config.service, rt.now(), trio.current_time()
         )
-        with trio.CancelScope() as scope:
-            handle = rt.tracker.admit(scope, "outbound")
-            if handle is None:
-                event(
-                    log,
-                    "connection refused",
-                    direction="outbound",
-                    service=self.config.service,
-                    reason="max_connections",
-                )
-                rt.observer.connection_refused("outbound", "max_connections")
-                await abort(local)
+        service = self.config.service
+        async with admitted(rt, "outbound", local, log, report, service=service) as slot:
+            if slot is None:
                 return
-            rt.observer.connection_opened("outbound")
-            try:
-                await self._serve(local, handle, report)
-            finally:
-                rt.tracker.release(handle)
-                rt.observer.connection_closed("outbound")
-                if scope.cancel_called and report.reason is None:
-                    report.reason = "cancelled"  # revoked, expired or drained
-                rt.observer.request(report.record(trio.current_time()))
-        if scope.cancelled_caught:
+            await self._serve(local, slot.handle, report)
+        if slot.scope.cancelled_caught:
             await abort(local)
-            event(
-                log,
-                "connection closed",
-                direction="outbound",
-                service=self.config.service,
-                outcome="cancelled (revoked, expired or drained)",
-            )
 
     async def _connect(self) -> tuple[trio.SocketStream, Address] | None:
         for endpoint in self.balancer.order():
@@ -136,17 +113,8 @@ class Outbound:
                 timeout_seconds=rt.timeouts.handshake_timeout_seconds,
             )
         except MeshTlsError as exc:
-            rt.observer.handshake("outbound", ok=False, reason=str(exc.reason))
-            report.reason = str(exc.reason)
-            report.peer_id = str(exc.peer) if exc.peer else None
-            event(
-                log,
-                "handshake refused",
-                level=logging.WARNING,
-                **fields,
-                reason=str(exc.reason),
-                peer=exc.peer,
-                detail=exc.detail,
+            handshake_refused(
+                rt, "outbound", exc, log, report, service=fields["service"], endpoint=str(endpoint)
             )
             await abort(local)
             return
