@@ -133,6 +133,23 @@ class _Reader:
         self._pos = end + 4
         return bytes(buf[start:end])
 
+    def _head_or_event(self, closed_inside: str) -> bytes | Event:
+        """The next head, or the event that stands instead: closed, need data, or a body
+        event while a message body is still being read. EOF inside a head is an error."""
+        if self._state is _State.CLOSED:
+            return CONNECTION_CLOSED
+        if self._state is not _State.HEAD:
+            return self._body_event()
+        head = self._take_head()
+        if head is not None:
+            return head
+        if not self._eof:
+            return NEED_DATA
+        if self._pos == len(self._buf):
+            self._state = _State.CLOSED
+            return CONNECTION_CLOSED
+        raise HttpError(self._status, closed_inside)
+
     def _check_incomplete_head(self, available: int) -> None:
         """Hook to fail early on an unfinished head."""
 
@@ -262,18 +279,9 @@ class RequestReader(_Reader):
         super().__init__(limits or HttpLimits())
 
     def _next(self) -> Event:
-        if self._state is _State.CLOSED:
-            return CONNECTION_CLOSED
-        if self._state is not _State.HEAD:
-            return self._body_event()
-        head = self._take_head()
-        if head is None:
-            if not self._eof:
-                return NEED_DATA
-            if self._pos == len(self._buf):
-                self._state = _State.CLOSED
-                return CONNECTION_CLOSED
-            raise HttpError(400, "connection closed inside a request head")
+        head = self._head_or_event("connection closed inside a request head")
+        if not isinstance(head, bytes):
+            return head
         request = parse_request_head(head, self._limits)
         self._keep_alive = request.keep_alive
         self._start_body(request.framing)
@@ -306,18 +314,9 @@ class ResponseReader(_Reader):
         self._pending.append(method)
 
     def _next(self) -> Event:
-        if self._state is _State.CLOSED:
-            return CONNECTION_CLOSED
-        if self._state is not _State.HEAD:
-            return self._body_event()
-        head = self._take_head()
-        if head is None:
-            if not self._eof:
-                return NEED_DATA
-            if self._pos == len(self._buf):
-                self._state = _State.CLOSED
-                return CONNECTION_CLOSED
-            raise HttpError(502, "upstream closed inside a response head")
+        head = self._head_or_event("upstream closed inside a response head")
+        if not isinstance(head, bytes):
+            return head
         if not self._pending:
             raise HttpError(502, "upstream sent a response to no request")
         response = parse_response_head(head, self._limits, self._pending[0])
