@@ -2,7 +2,8 @@
 """meshgate benchmarks, one section per component; every figure is compared within one run.
 
     python scripts/bench.py ca [--seconds 3] [--concurrency 16] [--only-default] [--baseline REF]
-    python scripts/bench.py replicas [--seconds 3] [--concurrency 16]
+                               [--client-processes N]
+    python scripts/bench.py replicas [--seconds 3] [--concurrency 16] [--client-processes N]
     python scripts/bench.py http [--seconds 6] [--rounds 3] [--baseline REF] [--http-workers2]
     python scripts/bench.py datapath [--seconds 3]
     python scripts/bench.py memory
@@ -31,8 +32,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import h11
-import trio
 from cryptography.hazmat.primitives import serialization
 
 from mesh_ca.ca_dir import LoadedCa, init_ca_dir, load_ca_dir
@@ -162,70 +161,18 @@ def raw_signing_rate(ca: LoadedCa, seconds: float) -> float:
     return count / (time.process_time() - cpu_started)
 
 
-async def _drive(
-    targets: list[tuple[tuple[str, int], Any]],
+def api_phase(
+    server: CaProcess,
     path: str,
+    contexts: list[Any],
     bodies: Iterator[bytes],
     seconds: float,
-) -> tuple[int, int, float]:
-    """One keep-alive connection per (address, context), each sending POSTs until time or
-    bodies run out."""
-    ok = failed = 0
-    deadline = trio.current_time() + seconds
-
-    async def worker(address: tuple[str, int], context: Any) -> None:
-        nonlocal ok, failed
-        tcp = await trio.open_tcp_stream(*address)
-        tls = trio.SSLStream(tcp, context)
-        await tls.do_handshake()
-        conn = h11.Connection(h11.CLIENT)
-        host = f"{address[0]}:{address[1]}"
-        for body in bodies:
-            if trio.current_time() >= deadline:
-                break
-            headers = [
-                ("host", host),
-                ("content-type", "application/json"),
-                ("content-length", str(len(body))),
-            ]
-            data = conn.send(h11.Request(method="POST", target=path, headers=headers)) or b""
-            data += (conn.send(h11.Data(data=body)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
-            await tls.send_all(data)
-            status = 0
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(bytes(await tls.receive_some(65536)))
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-            if status == 200:
-                ok += 1
-            else:
-                failed += 1
-            conn.start_next_cycle()
-        await trio.aclose_forcefully(tls)
-
-    async def report() -> None:
-        while True:
-            await trio.sleep(1)
-            progress(f"  {path}: {ok} issued, {failed} failed")
-
-    started = trio.current_time()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(report)
-        async with trio.open_nursery() as workers:
-            for address, context in targets:
-                workers.start_soon(worker, address, context)
-        nursery.cancel_scope.cancel()
-    return ok, failed, trio.current_time() - started
-
-
-def api_phase(
-    server: CaProcess, path: str, contexts: list[Any], bodies: Iterator[bytes], seconds: float
+    *,
+    client_processes: int = 1,
 ) -> Figures:
-    return spread_phase([server], path, contexts, bodies, seconds)
+    return spread_phase(
+        [server], path, contexts, bodies, seconds, client_processes=client_processes
+    )
 
 
 def spread_phase(
@@ -234,25 +181,26 @@ def spread_phase(
     contexts: list[Any],
     bodies: Iterator[bytes],
     seconds: float,
+    *,
+    client_processes: int = 1,
 ) -> Figures:
-    """Connections spread round-robin over `servers`; CPU summed over all of them."""
-    targets = [(servers[i % len(servers)].address, c) for i, c in enumerate(contexts)]
+    """Connections spread round-robin over `servers`; server CPU summed over all of them,
+    client CPU over every load process (`scripts/benchlib/ca_load.py`)."""
+    targets = [Target(servers[i % len(servers)].address, c) for i, c in enumerate(contexts)]
     sys_before = sum(cpu_split(s.process.pid)[1] for s in servers)
     cpu_before = sum(cpu_seconds(s.process.pid) for s in servers)
-    client_before = time.process_time()
-    ok, failed, elapsed = trio.run(_drive, targets, path, bodies, seconds)
-    client_cpu = time.process_time() - client_before
+    load = run_load(targets, path, bodies, seconds, processes=client_processes)
     cpu = sum(cpu_seconds(s.process.pid) for s in servers) - cpu_before
     system = sum(cpu_split(s.process.pid)[1] for s in servers) - sys_before
     return {
-        "issued": ok,
-        "failed": failed,
-        "seconds": round(elapsed, 2),
-        "per_second": round(ok / elapsed, 1),
+        "issued": load.ok,
+        "failed": load.failed,
+        "seconds": round(load.seconds, 2),
+        "per_second": round(load.ok / load.seconds, 1),
         "server_cpu_seconds": round(cpu, 2),
         "server_system_cpu_seconds": round(system, 2),
-        "client_cpu_seconds": round(client_cpu, 2),
-        "per_server_cpu_second": round(ok / cpu, 1) if cpu else None,
+        "client_cpu_seconds": round(load.client_cpu_seconds, 2),
+        "per_server_cpu_second": round(load.ok / cpu, 1) if cpu else None,
     }
 
 
@@ -334,6 +282,7 @@ def bench_ca(args: argparse.Namespace) -> Figures:
         "concurrency": concurrency,
         "server_log_level": args.log_level,
         "baseline": args.baseline,
+        "client_processes": args.client_processes,
     }
     csr_pems = [
         make_csr(generate_key()).public_bytes(serialization.Encoding.PEM).decode()
@@ -374,15 +323,16 @@ def bench_ca(args: argparse.Namespace) -> Figures:
         renew_bodies = (json.dumps({"csr": csr_pems[i % 64]}).encode() for i in range(10**9))
         parts: dict[tuple[str, str], list[Figures]] = {}
         share = seconds / rounds
+        load = {"client_processes": args.client_processes}
         for round_index in range(rounds):
             for name, server in servers.items():
                 progress(f"round {round_index + 1}/{rounds} [{name}] bootstrap, renew")
                 anonymous = [client_context(BundleSet.of(server.ca.bundle))] * concurrency
                 parts.setdefault((name, "bootstrap"), []).append(
-                    api_phase(server, "/v1/bootstrap", anonymous, bodies[name], share)
+                    api_phase(server, "/v1/bootstrap", anonymous, bodies[name], share, **load)
                 )
                 parts.setdefault((name, "renew"), []).append(
-                    api_phase(server, "/v1/renew", contexts[name], renew_bodies, share)
+                    api_phase(server, "/v1/renew", contexts[name], renew_bodies, share, **load)
                 )
     for name, flags in shells.items():
         figures[name] = {"server_flags": " ".join(flags)}
@@ -436,9 +386,14 @@ def bench_replicas(args: argparse.Namespace) -> Figures:
     from tests.pg_server import running_postgres  # the tests' throwaway server
 
     seconds, concurrency, flags = args.seconds, args.concurrency, server_flags(args)
+    load = {"client_processes": args.client_processes}
     tokens_per_phase = int(1000 * seconds)
     password_env = "MESH_BENCH_PG_PASSWORD"
-    figures: Figures = {"machine": machine(), "seconds_per_phase": seconds}
+    figures: Figures = {
+        "machine": machine(),
+        "seconds_per_phase": seconds,
+        "client_processes": args.client_processes,
+    }
     with (
         tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp,
         running_postgres() as pg,
@@ -465,12 +420,14 @@ def bench_replicas(args: argparse.Namespace) -> Figures:
             progress(f"SQLite, one process: {concurrency} connections, {seconds} s")
             own = [client_context(BundleSet.of(sqlite_server.ca.bundle))] * concurrency
             figures["sqlite_one"] = spread_phase(
-                [sqlite_server], "/v1/bootstrap", own, bodies, seconds
+                [sqlite_server], "/v1/bootstrap", own, bodies, seconds, **load
             )
         with serve_ca(pg_ca, base / "a.log", args.log_level, [*flags, "--replica", "a"], env) as a:
             bodies = bootstrap_bodies(pg_ca, tokens_per_phase, "one")
             progress(f"PostgreSQL, one replica: {concurrency} connections, {seconds} s")
-            figures["postgres_one"] = spread_phase([a], "/v1/bootstrap", contexts, bodies, seconds)
+            figures["postgres_one"] = spread_phase(
+                [a], "/v1/bootstrap", contexts, bodies, seconds, **load
+            )
             with serve_ca(
                 pg_ca_b, base / "b.log", args.log_level, [*flags, "--replica", "b"], env
             ) as b:
@@ -479,7 +436,7 @@ def bench_replicas(args: argparse.Namespace) -> Figures:
                     f"PostgreSQL, two replicas: {concurrency} connections over both, {seconds} s"
                 )
                 figures["postgres_two"] = spread_phase(
-                    [a, b], "/v1/bootstrap", contexts, bodies, seconds
+                    [a, b], "/v1/bootstrap", contexts, bodies, seconds, **load
                 )
     for name in ("sqlite_one", "postgres_one", "postgres_two"):
         phase = figures[name]
@@ -501,6 +458,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], Figures]] = {
 
 # Data-path sections (http, datapath, memory) live in scripts/benchlib/datapath.py.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from scripts.benchlib.ca_load import Target, run_load  # noqa: E402
 from scripts.benchlib.datapath import SECTIONS as DATA_PATH_SECTIONS  # noqa: E402
 from scripts.benchlib.datapath import baseline_tree  # noqa: E402
 
@@ -558,11 +516,20 @@ def main(argv: list[str] | None = None) -> int:
         help="ca: measure only the default server, not the previous shell next to it",
     )
     parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="ca, replicas: run the load generator in N forked processes (client CPU summed)",
+    )
+    parser.add_argument(
         "--server-profile",
         type=Path,
         help="cProfile the CA server (inline handlers) into this file",
     )
     args = parser.parse_args(argv)
+    if args.client_processes < 1:
+        parser.error(f"--client-processes: must be at least 1, not {args.client_processes}")
     figures = SECTIONS[args.section](args)
     print(json.dumps({args.section: figures}, indent=2))
     return 0
