@@ -4,7 +4,9 @@ The shell (`mesh_ca.server.http`) parses HTTP and TLS and hands over an `ApiRequ
 the client's certificate (if it sent one); `CaService.handle` routes it, checks it and
 calls the state store and the signer, and returns an `ApiResponse`. Handlers are
 synchronous; the shell runs the ones that touch the store (`is_blocking`) in a worker
-thread. Time is a parameter.
+thread, or inline with group commit: `begin` does everything up to the store write and
+returns the rest as a `StoreStep`, and `run_steps` runs the steps of several concurrent
+requests in one store transaction (`GroupingStore.group`). Time is a parameter.
 
 Consistency (nothing half-written):
 - A CSR and the request body are checked before any state changes, so bad input never
@@ -17,7 +19,8 @@ Consistency (nothing half-written):
 - Renewal signs, then records the row unless the ID or the presented certificate is
   revoked, in one atomic store step (`StateStore.record_renewal`).
 - A certificate is returned only after its ledger row is committed; a certificate whose
-  row could not be written is dropped, never sent.
+  row could not be written is dropped, never sent. With group commit that is the group's
+  commit: if it fails, every request in the group is answered 503 and none was recorded.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import json
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final, TypeVar, final
@@ -68,6 +71,7 @@ from mesh_ca.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mesh_ca.server.metrics import CaMetrics
 from mesh_ca.server.ratelimit import RateLimiter
 from mesh_ca.store import (
+    GroupingStore,
     IdRevoked,
     IssuedRecord,
     StateStore,
@@ -85,6 +89,7 @@ __all__ = [
     "ApiResponse",
     "CaAuthority",
     "CaService",
+    "StoreStep",
     "ca_server_id",
 ]
 
@@ -93,6 +98,7 @@ JSON: Final = "application/json"
 PEM: Final = "application/x-pem-file"
 _RESERVED_PREFIX: Final = "/mesh/"  # IDs of the mesh's own components; never issued by API
 _M = TypeVar("_M", bound=BaseModel)
+_T = TypeVar("_T")
 _VERIFIED_CACHE_SIZE: Final = 4096
 _STORE_RETRY_SECONDS: Final = 5
 
@@ -147,6 +153,17 @@ class ApiResponse:
 
 
 @final
+@dataclass(frozen=True, slots=True)
+class StoreStep:
+    """The rest of an issuance request once everything before its store write is done:
+    `run` writes the store and returns the response. `durable`: the write consumes a token
+    (it needs a durable commit). The shell runs it alone or grouped (`CaService.run_steps`)."""
+
+    run: Callable[[], ApiResponse]
+    durable: bool
+
+
+@final
 @dataclass(frozen=True)
 class CaAuthority:
     """What the API needs from a loaded CA directory."""
@@ -186,7 +203,7 @@ def _validation_summary(exc: ValidationError) -> str:
 
 
 _Csr = tuple[x509.CertificateSigningRequest, ec.EllipticCurvePublicKey]
-_Handler = Callable[["CaService", ApiRequest, datetime, float], ApiResponse]
+_Handler = Callable[["CaService", ApiRequest, datetime, float], "ApiResponse | StoreStep"]
 
 
 @final
@@ -206,6 +223,7 @@ class CaService:
         self._limiter = limiter
         self._limiter_lock = threading.Lock()
         self._verified: dict[x509.Certificate, VerifiedSvid] = {}
+        self._store_up = True  # what metrics.store_up says; set only when it changes
         self._chain_tail_pem = b"".join(
             c.public_bytes(serialization.Encoding.PEM)
             for c in (authority.signer.cert, *authority.signer.chain)
@@ -243,25 +261,61 @@ class CaService:
 
     def handle(self, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
         """One request to one response; every refusal is an `ApiResponse` with an error body."""
+        outcome = self.begin(request, now, monotonic)
+        if isinstance(outcome, StoreStep):
+            outcome = self._guarded(outcome.run, blocking=True)
+        return self.settle(request, outcome)
+
+    def begin(
+        self, request: ApiRequest, now: datetime, monotonic: float
+    ) -> ApiResponse | StoreStep:
+        """`handle` up to the store write of an issuance: a response, or the `StoreStep`
+        that finishes it. Bad input is refused here, before the store is touched."""
         try:
             handler, blocking = self.route(request.method, request.path)
         except ApiError as exc:
             return error_response(exc)
+        return self._guarded(lambda: handler(self, request, now, monotonic), blocking=blocking)
+
+    def run_steps(self, steps: Sequence[StoreStep]) -> list[ApiResponse]:
+        """Finish the steps of several requests, in one store transaction when the store can
+        (group commit: one commit, one fsync). A step that fails is answered alone; if the
+        group's commit fails, every step is answered 503 (none of them was recorded)."""
+        if not isinstance(self.store, GroupingStore) or len(steps) == 1:
+            return [self._guarded(step.run, blocking=True) for step in steps]
         try:
-            response = handler(self, request, now, monotonic)
-            if blocking:
-                self.metrics.store_up.set(1)
-        except ApiError as exc:
-            response = error_response(exc)
+            with self.store.group(durable=any(step.durable for step in steps)):
+                responses = [self._guarded(step.run, blocking=True) for step in steps]
         except StoreUnavailable as exc:
-            self.metrics.store_up.set(0)
-            # The detail (database address, driver text) goes to the access log only.
-            response = error_response(_STORE_UNAVAILABLE, detail=str(exc)[:300])
+            return [self._store_failed(exc)] * len(steps)
+        return responses
+
+    def settle(self, request: ApiRequest, response: ApiResponse) -> ApiResponse:
+        """Count a finished issuance request in the metrics; returns `response`."""
         kind = _ISSUANCE_KINDS.get(request.path)
         if kind is not None:
             result = "ok" if response.status == 200 else response.log.get("error", "error")
             self.metrics.count_issuance(kind, result)
         return response
+
+    def _guarded(self, call: Callable[[], _T], *, blocking: bool) -> _T | ApiResponse:
+        """`call()`, its refusals turned into error responses."""
+        try:
+            outcome = call()
+        except ApiError as exc:
+            return error_response(exc)
+        except StoreUnavailable as exc:
+            return self._store_failed(exc)
+        if blocking and not self._store_up and not isinstance(outcome, StoreStep):
+            self._store_up = True
+            self.metrics.store_up.set(1)
+        return outcome
+
+    def _store_failed(self, exc: StoreUnavailable) -> ApiResponse:
+        self._store_up = False
+        self.metrics.store_up.set(0)
+        # The detail (database address, driver text) goes to the access log only.
+        return error_response(_STORE_UNAVAILABLE, detail=str(exc)[:300])
 
     # Checks shared by handlers
 
@@ -415,7 +469,7 @@ class CaService:
         )
         return _json(body)
 
-    def _bootstrap(self, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
+    def _bootstrap(self, request: ApiRequest, now: datetime, monotonic: float) -> StoreStep:
         self._rate_limit(request, monotonic)
         body = self._body(request, BootstrapRequest)
         try:
@@ -424,33 +478,41 @@ class CaService:
             self.metrics.token_failures.labels("malformed").inc()
             raise ApiError(401, "token_invalid", str(exc)) from None
         csr = self._csr(body.csr)  # before the store is touched: bad input changes nothing
-        signed: list[x509.Certificate] = []
 
-        def issue(spiffe_id: SpiffeId) -> IssuedRecord:
-            # Runs inside the store's transaction; raising here rolls the token back.
-            leaf, record = self._sign(csr, spiffe_id, "bootstrap", now)
-            signed.append(leaf)  # a retried transaction signs again: the last one counts
-            return record
+        def redeem() -> ApiResponse:
+            signed: list[x509.Certificate] = []
 
-        try:
-            record = self.store.redeem_token(token_id, secret_hash, now, issue)
-        except TokenError as exc:
-            self.metrics.token_failures.labels(exc.reason.value).inc()
-            status, code = {
-                TokenFailure.UNKNOWN: (401, "token_unknown"),
-                TokenFailure.USED: (403, "token_used"),
-                TokenFailure.EXPIRED: (403, "token_expired"),
-            }[exc.reason]
-            raise ApiError(status, code, f"join token {token_id} refused: {exc.reason}") from None
-        except IdRevoked as exc:
-            raise ApiError(403, "revoked", f"{exc.spiffe_id} is revoked") from None
-        except StoreUnavailable:
-            raise
-        except StoreError as exc:
-            raise ApiError(500, "ledger_failed", f"cannot record the certificate: {exc}") from None
-        return self._svid_response(signed[-1], record, token_id=token_id)
+            def issue(spiffe_id: SpiffeId) -> IssuedRecord:
+                # Runs inside the store's transaction; raising here rolls the token back.
+                leaf, record = self._sign(csr, spiffe_id, "bootstrap", now)
+                signed.append(leaf)  # a retried transaction signs again: the last one counts
+                return record
 
-    def _renew(self, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
+            try:
+                record = self.store.redeem_token(token_id, secret_hash, now, issue)
+            except TokenError as exc:
+                self.metrics.token_failures.labels(exc.reason.value).inc()
+                status, code = {
+                    TokenFailure.UNKNOWN: (401, "token_unknown"),
+                    TokenFailure.USED: (403, "token_used"),
+                    TokenFailure.EXPIRED: (403, "token_expired"),
+                }[exc.reason]
+                raise ApiError(
+                    status, code, f"join token {token_id} refused: {exc.reason}"
+                ) from None
+            except IdRevoked as exc:
+                raise ApiError(403, "revoked", f"{exc.spiffe_id} is revoked") from None
+            except StoreUnavailable:
+                raise
+            except StoreError as exc:
+                raise ApiError(
+                    500, "ledger_failed", f"cannot record the certificate: {exc}"
+                ) from None
+            return self._svid_response(signed[-1], record, token_id=token_id)
+
+        return StoreStep(redeem, durable=True)
+
+    def _renew(self, request: ApiRequest, now: datetime, monotonic: float) -> StoreStep:
         self._rate_limit(request, monotonic)
         svid = self._client_svid(request, now)
         self._check_issuable(svid.spiffe_id)
@@ -459,19 +521,28 @@ class CaService:
         # Sign first, then record unless revoked, in one store step: a revoked peer costs
         # one wasted signature, every other renewal one round trip less.
         leaf, record = self._sign(csr, svid.spiffe_id, "renew", now)
-        try:
-            self.store.record_renewal(record, svid.leaf.serial_number)
-        except IdRevoked:
-            raise ApiError(
-                403, "revoked", f"{svid.spiffe_id} (or its certificate) is revoked"
-            ) from None
-        except StoreUnavailable:
-            raise
-        except StoreError as exc:
-            raise ApiError(500, "ledger_failed", f"cannot record the certificate: {exc}") from None
-        return self._svid_response(
-            leaf, record, peer=str(svid.spiffe_id), peer_serial=format(svid.leaf.serial_number, "x")
-        )
+
+        def record_renewal() -> ApiResponse:
+            try:
+                self.store.record_renewal(record, svid.leaf.serial_number)
+            except IdRevoked:
+                raise ApiError(
+                    403, "revoked", f"{svid.spiffe_id} (or its certificate) is revoked"
+                ) from None
+            except StoreUnavailable:
+                raise
+            except StoreError as exc:
+                raise ApiError(
+                    500, "ledger_failed", f"cannot record the certificate: {exc}"
+                ) from None
+            return self._svid_response(
+                leaf,
+                record,
+                peer=str(svid.spiffe_id),
+                peer_serial=format(svid.leaf.serial_number, "x"),
+            )
+
+        return StoreStep(record_renewal, durable=False)
 
     def _admin(self, request: ApiRequest, now: datetime) -> SpiffeId:
         """The admin's ID. Fails closed: only IDs listed in server.admin_ids, never any SVID."""

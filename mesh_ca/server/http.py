@@ -3,9 +3,11 @@
 Everything the API decides is in `mesh_ca.server.core`; this module only moves bytes:
 handshake, read a request head and its body under size caps and per-phase timeouts, hand
 an `ApiRequest` to the core (in a worker thread when `threaded_handlers` is set and the
-endpoint touches the store or signs), write the response in one send, observe its duration
-and write one JSON access-log line. Tokens and keys are never logged: the log holds only
-the method, path, status, peer and the public facts the core chose (`ApiResponse.log`).
+endpoint touches the store or signs; inline otherwise, an issuance's store step grouped
+with those of concurrent requests by `GroupCommit`), write the response in one send,
+observe its duration and write one JSON access-log line. Tokens and keys are never logged:
+the log holds only the method, path, status, peer and the public facts the core chose
+(`ApiResponse.log`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ import trio
 from cryptography import x509
 
 from mesh_ca.clock import Clock
-from mesh_ca.server.core import ApiError, ApiRequest, ApiResponse, CaService, error_response
+from mesh_ca.server.core import (
+    ApiError,
+    ApiRequest,
+    ApiResponse,
+    CaService,
+    StoreStep,
+    error_response,
+)
+from mesh_ca.server.group_commit import GroupCommit
 from mesh_ca.server.identity import ServerIdentity
 from mesh_ca.server.tlsconn import ServerTls
 from mesh_ca.server.wire import RequestHead, WireError, parse_request_head, render_response
@@ -89,6 +99,7 @@ class CaHttpServer:
         self.limits = limits or ServerLimits()
         self.connections = 0
         self._limiter = trio.CapacityLimiter(64)
+        self._group_commit = GroupCommit(service)
 
     async def handle_connection(self, stream: trio.abc.Stream, source: str) -> None:
         """Serve one TCP connection until the peer closes, times out or misbehaves."""
@@ -173,9 +184,10 @@ class CaHttpServer:
                 response = await self._dispatch(request)
                 deadline.deadline = trio.current_time() + limits.body_timeout_seconds
             else:
-                # Inline handlers hold no checkpoint, so the phase's deadline cannot fire
-                # while they run; it then bounds the response write (it was set at most a
-                # header or idle timeout ago). Each deadline change costs a heap update.
+                # Inline handlers wait only in the group commit, which is shielded, so the
+                # phase's deadline cannot fire while they run; it then bounds the response
+                # write (it was set at most a header or idle timeout ago). Each deadline
+                # change costs a heap update.
                 response = await self._dispatch(request)
             await tls.send_all(
                 render_response(
@@ -211,7 +223,10 @@ class CaHttpServer:
             return await trio.to_thread.run_sync(
                 self.service.handle, request, now, monotonic, limiter=self._limiter
             )
-        return self.service.handle(request, now, monotonic)
+        outcome = self.service.begin(request, now, monotonic)
+        if isinstance(outcome, StoreStep):
+            outcome = await self._group_commit.run(outcome)
+        return self.service.settle(request, outcome)
 
     async def _refuse(
         self,

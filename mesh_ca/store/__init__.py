@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mesh_ca.config import CaConfig
 from mesh_ca.store.base import (
+    GroupingStore,
     IdRevoked,
     IssuedRecord,
     Revocation,
@@ -19,6 +20,7 @@ from mesh_ca.store.base import (
 from mesh_ca.store.sqlite import SqliteStore
 
 __all__ = [
+    "GroupingStore",
     "IdRevoked",
     "IssuedRecord",
     "Revocation",

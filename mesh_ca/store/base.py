@@ -13,6 +13,8 @@ Rules every backend keeps:
 - Issuance takes one store step each: `redeem_token` (bootstrap: consume the token, check
   revocation, record the ledger row, all in one transaction) and `record_renewal` (one
   conditional insert). Half the commits of separate calls, and nothing half-written.
+- A backend may also offer `group()` (`GroupingStore`): the steps of several concurrent
+  requests in one transaction and one commit, each step still whole or not at all.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ from __future__ import annotations
 import enum
 import hmac
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, final
+from typing import Any, Protocol, final, runtime_checkable
 
 from mesh_ca.identity import SpiffeId
 
 __all__ = [
+    "GroupingStore",
     "IdRevoked",
     "IssuedRecord",
     "Revocation",
@@ -191,3 +195,14 @@ class StateStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class GroupingStore(Protocol):
+    """A store that can commit the steps of several requests at once (group commit)."""
+
+    def group(self, *, durable: bool) -> AbstractContextManager[None]:
+        """The store calls made inside share one transaction and one commit. A call that
+        fails rolls back alone; if the commit fails, the group raises `StoreUnavailable`
+        and none of them happened. `durable`: some call inside is a durable write."""
+        ...

@@ -2,7 +2,8 @@
 
 Safe from several threads (trio shells call it via `trio.to_thread.run_sync`) and several
 processes: one connection per store guarded by a lock, WAL so readers never block the
-writer, and a busy timeout so concurrent writers wait instead of failing. A token is
+writer, and a busy timeout so concurrent writers wait instead of failing. `group()` lets the
+CA server commit the store steps of several concurrent requests at once (group commit). A token is
 consumed by one conditional UPDATE (`... WHERE used_at IS NULL AND expires_at > now`), so
 of many concurrent consumers in any number of processes exactly one sees a changed row.
 
@@ -18,6 +19,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, final
@@ -88,14 +90,24 @@ def _serial_text(serial: int) -> str:
     return format(serial, "x")
 
 
+@dataclass(slots=True)
+class _Group:
+    """An open group transaction (`SqliteStore.group`)."""
+
+    durable: bool
+    broken: sqlite3.Error | None = None  # a database error inside: the group rolls back
+
+
 @final
 class SqliteStore:
     """`StateStore` on a SQLite file. Creates the file (mode 0600) and schema if missing."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
+        # Reentrant: the thread holding an open `group()` makes its store calls under it.
+        self._lock = threading.RLock()
         self._closed = False
+        self._group: _Group | None = None
         self._synchronous_full = True
         try:
             if not self.path.exists():
@@ -137,6 +149,12 @@ class SqliteStore:
                         cur.execute(statement)
                 cur.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
+    def _synchronous(self, cur: sqlite3.Cursor, durable: bool) -> None:
+        # SQLite refuses to change the sync level inside a transaction: set it before BEGIN.
+        if durable != self._synchronous_full:
+            cur.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            self._synchronous_full = durable
+
     @contextmanager
     def _transaction(self, *, write: bool = True, durable: bool = True) -> Iterator[sqlite3.Cursor]:
         """One transaction under the lock: whole or not at all. Driver errors are translated.
@@ -146,15 +164,19 @@ class SqliteStore:
         used_at, so the token could be redeemed twice. Ledger-only writes (renewals, offline
         issuance) use NORMAL: losing one to a power cut is an audit gap, not a security one
         (revocation does not depend on the ledger), and it saves an fsync per renewal.
+        Inside an open `group()` the call is a savepoint of the group's transaction instead.
         """
         with self._lock:
             if self._closed:
                 raise StoreError(f"{self.path}: the store is closed")
+            if self._group is not None:
+                with self._step(self._group, write=write, durable=durable) as cur:
+                    yield cur
+                return
             cur = self._conn.cursor()
             try:
-                if write and durable != self._synchronous_full:
-                    cur.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
-                    self._synchronous_full = durable
+                if write:
+                    self._synchronous(cur, durable)
                 # IMMEDIATE takes the write lock up front, so a read-then-write cannot be
                 # interleaved with another process's write.
                 cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -170,6 +192,87 @@ class SqliteStore:
                 raise StoreUnavailable(f"{self.path}: database error ({exc})") from exc
             finally:
                 cur.close()
+
+    @contextmanager
+    def group(self, *, durable: bool) -> Iterator[None]:
+        """Group commit: the store calls this thread makes inside share one transaction and
+        one COMMIT (one fsync for many issuances instead of one each).
+
+        Each write call inside is a savepoint: one that fails (a used token, a revoked ID, a
+        duplicate serial) rolls back alone and raises as it would outside, the others stand.
+        Nothing is visible or durable before the group's COMMIT; if that fails, none of it
+        is, and the group raises `StoreUnavailable`, so its callers must answer every call
+        made inside as failed. `durable` must be true if any call inside is a durable write
+        (SQLite cannot change its sync level inside a transaction); a durable write in a
+        non-durable group is refused. Fails closed: a database error inside breaks the
+        group, and every later call and the group itself raise `StoreUnavailable`. Other
+        threads' calls wait for the group to end.
+        """
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"{self.path}: the store is closed")
+            if self._group is not None:
+                raise StoreError(f"{self.path}: store groups do not nest")
+            group = _Group(durable)
+            cur = self._conn.cursor()
+            try:
+                try:
+                    self._synchronous(cur, durable)
+                    cur.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    raise StoreUnavailable(f"{self.path}: database error ({exc})") from exc
+                self._group = group
+                try:
+                    yield
+                    if group.broken is not None:
+                        raise StoreUnavailable(
+                            f"{self.path}: database error ({group.broken})"
+                        ) from group.broken
+                    cur.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    self._rollback_quietly()
+                    raise StoreUnavailable(f"{self.path}: database error ({exc})") from exc
+                except BaseException:
+                    self._rollback_quietly()
+                    raise
+            finally:
+                self._group = None
+                cur.close()
+
+    @contextmanager
+    def _step(self, group: _Group, *, write: bool, durable: bool) -> Iterator[sqlite3.Cursor]:
+        """One call inside a group: a savepoint for a write, nothing for a read."""
+        if group.broken is not None:
+            raise StoreUnavailable(f"{self.path}: database error ({group.broken})")
+        if write and durable and not group.durable:
+            raise StoreError(f"{self.path}: a durable write inside a non-durable store group")
+        cur = self._conn.cursor()
+        try:
+            if write:
+                cur.execute("SAVEPOINT step")
+            try:
+                yield cur
+            except BaseException:
+                if write:
+                    cur.execute("ROLLBACK TO step")
+                    cur.execute("RELEASE step")
+                raise
+            if write:
+                cur.execute("RELEASE step")
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            group.broken = exc
+            raise StoreUnavailable(f"{self.path}: database error ({exc})") from exc
+        finally:
+            cur.close()
+
+    def _rollback_quietly(self) -> None:
+        try:
+            if self._conn.in_transaction:
+                self._conn.rollback()
+        except sqlite3.Error:
+            pass  # the connection's state is reported by the next call
 
     # Tokens
 
