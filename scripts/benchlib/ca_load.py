@@ -215,6 +215,7 @@ class _Driver:
         self.ok = 0
         self.failed = 0
         self.pulled = 0  # bodies taken from the iterator
+        self.ticked = (-1, -1)  # the counts last reported
         self.exhausted = False
         self.epoll = select.epoll()
         self.connections: dict[int, _Connection] = {}
@@ -228,7 +229,8 @@ class _Driver:
             for conn in list(self.connections.values()):
                 self._close(conn)
             self.epoll.close()
-        self.on_tick(self.ok, self.failed)
+        if (self.ok, self.failed) != self.ticked:
+            self._tick()
 
     def _loop(self) -> None:
         connections, poll = self.connections, self.epoll.poll
@@ -245,11 +247,15 @@ class _Driver:
                     self._readable(conn)
             now = time.monotonic()
             if now >= next_tick:
-                self.on_tick(self.ok, self.failed)
+                self._tick()
                 next_tick = now + self.tick_seconds
             if now >= give_up:
                 for conn in list(connections.values()):
                     self._lost(conn, reopen=False)
+
+    def _tick(self) -> None:
+        self.ticked = (self.ok, self.failed)
+        self.on_tick(*self.ticked)
 
     def _open(self, target: Target) -> None:
         prefix = request_prefix(self.path, target.address)
@@ -453,6 +459,7 @@ def _run_forked(
         workers.append((process, receiver))
     results: dict[int, tuple[int, int, float, int, str]] = {}
     tick = _print_progress(path)
+    ticked = (-1, -1)
     next_tick = time.monotonic() + 1.0
     waiting = {receiver: index for index, (_, receiver) in enumerate(workers)}
     while waiting:
@@ -464,7 +471,8 @@ def _run_forked(
             except EOFError:
                 results[index] = (0, 0, 0.0, 0, f"load worker {index} died without a result")
         if time.monotonic() >= next_tick:
-            tick(sum(counters[0::2]), sum(counters[1::2]))
+            ticked = (sum(counters[0::2]), sum(counters[1::2]))
+            tick(*ticked)
             next_tick += 1.0
     for process, receiver in workers:
         process.join()
@@ -477,7 +485,8 @@ def _run_forked(
     collections.deque(itertools.islice(bodies, stride * max(r[3] for r in results.values())), 0)
     ok = sum(r[0] for r in results.values())
     failed = sum(r[1] for r in results.values())
-    tick(ok, failed)
+    if (ok, failed) != ticked:
+        tick(ok, failed)
     own_cpu = time.process_time() - cpu_started
     return LoadResult(
         ok,
