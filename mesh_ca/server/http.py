@@ -5,9 +5,9 @@ handshake, read a request head and its body under size caps and per-phase timeou
 an `ApiRequest` to the core (in a worker thread when `threaded_handlers` is set and the
 endpoint touches the store or signs; inline otherwise, an issuance's store step grouped
 with those of concurrent requests by `GroupCommit`), write the response in one send,
-observe its duration and write one JSON access-log line. Tokens and keys are never logged:
-the log holds only the method, path, status, peer and the public facts the core chose
-(`ApiResponse.log`).
+observe its duration and queue one JSON access-log line (`AccessLog`). Tokens and keys are
+never logged: the log holds only the method, path, status, peer and the public facts the
+core chose (`ApiResponse.log`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import trio
 from cryptography import x509
 
 from mesh_ca.clock import Clock
+from mesh_ca.server.access_log import AccessLog
 from mesh_ca.server.core import (
     ApiError,
     ApiRequest,
@@ -38,11 +39,7 @@ from mesh_ca.server.wire import RequestHead, WireError, parse_request_head, rend
 
 __all__ = ["CaHttpServer", "ServerLimits", "endpoint_label"]
 
-access_log = logging.getLogger("mesh_ca.server.access")
 log = logging.getLogger("mesh_ca.server")
-# One encoder for every access-log line: `json.dumps` with `separators` builds a new
-# JSONEncoder on each call.
-_encode_line: Final = json.JSONEncoder(separators=(",", ":")).encode
 
 _ENDPOINTS: Final = frozenset(
     (
@@ -92,8 +89,10 @@ class CaHttpServer:
         identity: ServerIdentity,
         clock: Clock,
         limits: ServerLimits | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.service = service
+        self.access_log = access_log or AccessLog()
         self.identity = identity  # replaced whole on rotation; each handshake reads it once
         self.clock = clock
         self.limits = limits or ServerLimits()
@@ -258,15 +257,15 @@ class CaHttpServer:
     ) -> None:
         duration = time.perf_counter() - started
         self.service.metrics.observe_request(endpoint_label(path), duration)
-        if not access_log.isEnabledFor(logging.INFO):
-            return
-        line = {
-            "method": method,
-            "path": path,
-            "status": response.status,
-            "source": source,
-            "client_cert": peer is not None,
-            "duration_ms": round(duration * 1000, 3),
-            **response.log,
-        }
-        access_log.info(_encode_line(line))
+        if self.access_log.enabled:
+            self.access_log.record(
+                {
+                    "method": method,
+                    "path": path,
+                    "status": response.status,
+                    "source": source,
+                    "client_cert": peer is not None,
+                    "duration_ms": round(duration * 1000, 3),
+                    **response.log,
+                }
+            )

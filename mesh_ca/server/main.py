@@ -131,7 +131,20 @@ async def _serve(
         max_body_bytes=ca.config.server.max_body_bytes, threaded_handlers=threaded
     )
     server = CaHttpServer(service, identity, clock, limits)
+    try:
+        await _serve_until_signal(server, authority, store, clock, host, port)
+    finally:
+        server.access_log.flush()  # the lines still queued (drained connections' too)
 
+
+async def _serve_until_signal(
+    server: CaHttpServer,
+    authority: CaAuthority,
+    store: StateStore,
+    clock: Clock,
+    host: str,
+    port: int,
+) -> None:
     async def handler(stream: trio.SocketStream) -> None:
         try:
             source = str(stream.socket.getpeername()[0])
@@ -152,6 +165,7 @@ async def _serve(
                 sys.stderr.write(f"mesh-ca serving on {shown}:{bound[1]}\n")
                 sys.stderr.flush()
                 accepting.start_soon(_rotate, server, authority, store, clock)
+                accepting.start_soon(server.access_log.run)
                 async for signum in signals:
                     log.info(
                         json.dumps({"event": "shutdown", "signal": signal.Signals(signum).name})
