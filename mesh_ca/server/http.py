@@ -3,8 +3,8 @@
 Everything the API decides is in `mesh_ca.server.core`; this module only moves bytes:
 handshake, read a request head and its body under size caps and per-phase timeouts, hand
 an `ApiRequest` to the core (in a worker thread when `threaded_handlers` is set and the
-endpoint touches the store or signs; inline otherwise, an issuance's store step grouped
-with those of concurrent requests by `GroupCommit`), write the response in one send,
+endpoint touches the store or signs; inline otherwise, a bootstrap's durable store step
+grouped with those of concurrent requests by `GroupCommit`), write the response in one send,
 observe its duration and queue one JSON access-log line (`AccessLog`). Tokens and keys are
 never logged: the log holds only the method, path, status, peer and the public facts the
 core chose (`ApiResponse.log`).
@@ -224,7 +224,12 @@ class CaHttpServer:
             )
         outcome = self.service.begin(request, now, monotonic)
         if isinstance(outcome, StoreStep):
-            outcome = await self._group_commit.run(outcome)
+            if outcome.durable:
+                outcome = await self._group_commit.run(outcome)
+            else:
+                # A ledger-only write commits without an fsync: grouping renewals saved no
+                # CPU (measured) and held each response back for the others' signing.
+                outcome = self.service.run_steps([outcome])[0]
         return self.service.settle(request, outcome)
 
     async def _refuse(
