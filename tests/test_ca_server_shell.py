@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
@@ -13,7 +14,7 @@ from mesh_ca.ca_dir import init_ca_dir
 from mesh_ca.clock import SystemClock
 from mesh_ca.config import CaConfig
 from mesh_ca.identity import BundleSet
-from mesh_ca.server.core import CaService
+from mesh_ca.server.core import ApiRequest, ApiResponse, CaService, StoreStep
 from mesh_ca.server.http import CaHttpServer, ServerLimits
 from mesh_ca.server.identity import issue_server_identity
 from mesh_ca.server.main import authority_of
@@ -87,3 +88,37 @@ async def test_pipelined_requests_are_answered_in_order_then_the_idle_timeout_cl
     assert first.startswith(b"HTTP/1.1 200 OK")
     assert rest.startswith(b'{"status":"ok"}HTTP/1.1 200 OK')
     assert json.loads(rest.split(b"\r\n\r\n", 1)[1])["keys"]
+
+
+async def test_a_failing_handler_is_answered_500_and_the_connection_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    server, bundles = make_server(tmp_path)
+    real_begin = server.service.begin
+
+    def begin(request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse | StoreStep:
+        if request.path == "/v1/bundle":
+            raise RuntimeError("a bug in a handler")
+        return real_begin(request, now, monotonic)
+
+    monkeypatch.setattr(server.service, "begin", begin)
+    client_raw, server_raw = trio.testing.memory_stream_pair()
+    client = trio.SSLStream(client_raw, client_context(bundles), server_hostname="ca")
+    received = b""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle_connection, server_raw, "127.0.0.1")
+        await client.send_all(
+            b"GET /v1/bundle HTTP/1.1\r\nHost: ca\r\n\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: ca\r\nConnection: close\r\n\r\n"
+        )
+        with trio.fail_after(10):
+            try:
+                while data := await client.receive_some(65536):
+                    received += data
+            except trio.BrokenResourceError:
+                pass  # the server closes after "Connection: close" without close_notify
+    first, rest = received.split(b"\r\n\r\n", 1)
+    assert first.startswith(b"HTTP/1.1 500 ")
+    assert json.loads(rest.split(b"HTTP/1.1", 1)[0])["error"] == "internal_error"
+    assert b"HTTP/1.1 200 OK" in rest  # the next request on the same connection
+    assert any("handler_failed" in r.getMessage() for r in caplog.records)

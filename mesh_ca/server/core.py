@@ -84,6 +84,7 @@ from mesh_ca.tokens import TokenFormatError, new_token, parse_token
 
 __all__ = [
     "CA_SERVER_PATH",
+    "INTERNAL_ERROR",
     "ApiError",
     "ApiRequest",
     "ApiResponse",
@@ -121,6 +122,8 @@ class ApiError(Exception):
         self.headers = headers
 
 
+# A bug or an unforeseen error in a handler: answered, logged by the shell, never a crash.
+INTERNAL_ERROR: Final = ApiError(500, "internal_error", "the CA failed to finish this request")
 _STORE_UNAVAILABLE: Final = ApiError(
     503,
     "store_unavailable",

@@ -23,13 +23,18 @@ from typing import Final, final
 
 import trio
 
-from mesh_ca.server.core import ApiError, ApiResponse, CaService, StoreStep, error_response
+from mesh_ca.server.core import (
+    INTERNAL_ERROR,
+    ApiResponse,
+    CaService,
+    StoreStep,
+    error_response,
+)
 
 __all__ = ["GroupCommit"]
 
 log = logging.getLogger("mesh_ca.server")
 MAX_STEPS: Final = 64  # a batch signs inside its transaction: bound the loop's pause
-_INTERNAL: Final = ApiError(500, "internal_error", "the CA failed to finish this request")
 
 
 @final
@@ -77,7 +82,7 @@ class GroupCommit:
             responses = self.service.run_steps([waiter.step for waiter in batch])
         except Exception as exc:  # every waiter must be answered: none may hang
             log.exception(json.dumps({"event": "store_group_failed", "error": str(exc)[:300]}))
-            responses = [error_response(_INTERNAL)] * len(batch)
+            responses = [error_response(INTERNAL_ERROR)] * len(batch)
         for waiter, response in zip(batch, responses, strict=True):
             waiter.response = response
             waiter.called.set()

@@ -25,6 +25,7 @@ from cryptography import x509
 from mesh_ca.clock import Clock
 from mesh_ca.server.access_log import AccessLog
 from mesh_ca.server.core import (
+    INTERNAL_ERROR,
     ApiError,
     ApiRequest,
     ApiResponse,
@@ -217,6 +218,23 @@ class CaHttpServer:
             buffer += data
 
     async def _dispatch(self, request: ApiRequest) -> ApiResponse:
+        """The core's response. An unexpected error in a handler (a bug) is logged and
+        answered 500: it never takes the server, or the other connections, down."""
+        try:
+            return await self._call_core(request)
+        except Exception as exc:  # every request gets an answer; the server stays up
+            log.exception(
+                json.dumps(
+                    {
+                        "event": "handler_failed",
+                        "path": request.path,
+                        "error": f"{type(exc).__name__}: {str(exc)[:200]}",
+                    }
+                )
+            )
+            return self.service.settle(request, error_response(INTERNAL_ERROR))
+
+    async def _call_core(self, request: ApiRequest) -> ApiResponse:
         now, monotonic = self.clock.now(), trio.current_time()
         if self.limits.threaded_handlers and self.service.is_blocking(request.method, request.path):
             return await trio.to_thread.run_sync(
