@@ -2,10 +2,10 @@
 
 With handlers inline on the event loop each bootstrap ended in its own SQLite COMMIT and
 fsync (token consumption is durable). Requests that reach their store step in the same
-scheduler round now share one: the first to arrive leads. It lets
-the other runnable tasks run once (one checkpoint), then finishes every step queued by then
-with `CaService.run_steps` (one transaction, one commit) and answers their owners; steps
-queued meanwhile get the next leader. No background task and no timer: a lone request
+scheduler round now share one: the first to arrive leads. It lets the other runnable tasks
+run once (one checkpoint), then finishes every step queued by then with
+`CaService.run_steps` (one transaction, one commit) and answers their owners; steps queued
+meanwhile get the next leader. No background task and no timer: a lone request
 waits one scheduler round, as long as any other checkpoint. The shell sends only durable
 steps here: a renewal's ledger row commits without an fsync, and grouping renewals saved
 no CPU (measured) while holding each response back for the others' signing.
