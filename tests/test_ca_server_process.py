@@ -356,3 +356,30 @@ async def test_access_lines_queued_at_shutdown_are_written(tmp_path: Path) -> No
         line.items() for line in lines if line.get("path") == "/v1/bundle.pem"
     )
     assert running.process.returncode == 0
+
+
+async def test_pipelined_and_split_requests_over_a_real_socket(server: CaServer) -> None:
+    # The server reads its socket only when nothing is buffered: two requests in one TLS
+    # write are both answered, and a request split over two writes is waited for.
+    tcp = await trio.open_tcp_stream(server.host, server.port)
+    stream = trio.SSLStream(tcp, client_context(server.bundles))
+    host = f"Host: {server.address}\r\n".encode()
+    try:
+        with trio.fail_after(10):
+            await stream.send_all(
+                b"GET /healthz HTTP/1.1\r\n" + host + b"\r\n"
+                b"GET /v1/bundle.pem HTTP/1.1\r\n" + host + b"\r\n"
+            )
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\n" + host)
+            await trio.sleep(0.2)
+            await stream.send_all(b"Connection: close\r\n\r\n")
+            received = b""
+            try:
+                while data := await stream.receive_some(65536):
+                    received += data
+            except trio.BrokenResourceError:
+                pass  # closed after "Connection: close" without close_notify
+    finally:
+        await trio.aclose_forcefully(stream)
+    assert received.count(b"HTTP/1.1 200 OK\r\n") == 3
+    assert b"-----BEGIN CERTIFICATE-----" in received

@@ -2,13 +2,15 @@
 
 `trio.SSLStream` is general (concurrent send and receive, renegotiation-era retry loops,
 conflict detection, a checkpoint per `_retry`); the CA serves one request at a time per
-connection, so a request costs one socket receive, one `SSLObject.read`, one `write` and
-one socket send here. On a `trio.SocketStream` the socket is read and written directly
-(`os.read`/`os.write` on its non-blocking descriptor, waiting in `wait_readable` /
-`wait_writable` only when it would block): trio's socket methods add a scheduler round
-(`cancel_shielded_checkpoint`) to every call that succeeds at once. Errors from OpenSSL or
-the peer become `trio.BrokenResourceError` with the cause kept; an alert OpenSSL wants to
-send (a failed handshake) is sent first.
+connection, so a request costs one wait for the socket, one socket receive, one
+`SSLObject.read`, one `write` and one socket send here. On a `trio.SocketStream` the socket
+is read and written directly (`os.read`/`os.write` on its non-blocking descriptor): trio's
+socket methods add a scheduler round (`cancel_shielded_checkpoint`) to every call that
+succeeds at once. A read with nothing buffered waits in `wait_readable` first (the next
+request is not there yet, so trying first only costs an EAGAIN and an SSLWantReadError);
+a write waits in `wait_writable` only when it would block. Errors from OpenSSL or the peer
+become `trio.BrokenResourceError` with the cause kept; an alert OpenSSL wants to send (a
+failed handshake) is sent first.
 """
 
 from __future__ import annotations
@@ -56,9 +58,17 @@ class ServerTls:
     async def receive_some(self) -> bytes:
         """Decrypted bytes; b"" when the peer closed (with or without close_notify)."""
         while True:
+            if not self._incoming.pending and not self._ssl.pending():
+                # Nothing buffered (the usual case: the peer is still writing its next
+                # request): wait for the socket first, rather than have OpenSSL raise
+                # SSLWantReadError and the socket EAGAIN on every request.
+                if self._outgoing.pending:
+                    await self._flush()
+                if not await self._fill(wait_first=True):
+                    return b""
             try:
                 data = self._ssl.read(_READ_SIZE)
-            except ssl.SSLWantReadError:
+            except ssl.SSLWantReadError:  # a partial record: more bytes are needed
                 if self._outgoing.pending:  # e.g. the answer to a KeyUpdate
                     await self._flush()
                 if not await self._fill():
@@ -83,11 +93,11 @@ class ServerTls:
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.transport)
 
-    async def _fill(self) -> bool:
+    async def _fill(self, *, wait_first: bool = False) -> bool:
         if self._fd < 0:
             data = await self.transport.receive_some(_READ_SIZE)
         else:
-            data = await self._read_socket()
+            data = await self._read_socket(wait_first=wait_first)
         if not data:
             return False
         self._incoming.write(data)
@@ -102,8 +112,10 @@ class ServerTls:
         else:
             await self._write_socket(data)
 
-    async def _read_socket(self) -> bytes:
-        waited = False
+    async def _read_socket(self, *, wait_first: bool = False) -> bytes:
+        waited = wait_first
+        if wait_first:
+            await trio.lowlevel.wait_readable(self._fd)
         while True:
             try:
                 data = os.read(self._fd, _READ_SIZE)
