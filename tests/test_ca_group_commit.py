@@ -211,6 +211,18 @@ def test_run_steps_answers_each_step_of_a_group(pki: Pki, store: SqliteStore) ->
     assert sorted(r.kind for r in store.issued()) == ["bootstrap", "renew"]
 
 
+def test_a_store_error_in_a_step_is_a_500_for_that_step_alone(pki: Pki, store: SqliteStore) -> None:
+    api = service(pki, store)
+    step = renew_step(api, pki, "twice")
+    other = renew_step(api, pki, "other")
+    # The same step twice: its serial is already in the ledger the second time.
+    responses = api.run_steps([step, step, other])
+    assert [r.status for r in responses] == [200, 500, 200]
+    assert error(responses[1]) == (500, "ledger_failed")
+    assert store.issued_count() == 2
+    assert error(api.run_steps([step])[0]) == (500, "ledger_failed")  # alone, no group
+
+
 def test_a_failed_group_commit_answers_every_step_503(
     pki: Pki, store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -266,7 +266,7 @@ class CaService:
         """One request to one response; every refusal is an `ApiResponse` with an error body."""
         outcome = self.begin(request, now, monotonic)
         if isinstance(outcome, StoreStep):
-            outcome = self._guarded(outcome.run, blocking=True)
+            outcome = self._finish(outcome)
         return self.settle(request, outcome)
 
     def begin(
@@ -285,10 +285,10 @@ class CaService:
         (group commit: one commit, one fsync). A step that fails is answered alone; if the
         group's commit fails, every step is answered 503 (none of them was recorded)."""
         if not isinstance(self.store, GroupingStore) or len(steps) == 1:
-            return [self._guarded(step.run, blocking=True) for step in steps]
+            return [self._finish(step) for step in steps]
         try:
             with self.store.group(durable=any(step.durable for step in steps)):
-                responses = [self._guarded(step.run, blocking=True) for step in steps]
+                responses = [self._finish(step) for step in steps]
         except StoreUnavailable as exc:
             return [self._store_failed(exc)] * len(steps)
         return responses
@@ -300,6 +300,22 @@ class CaService:
             result = "ok" if response.status == 200 else response.log.get("error", "error")
             self.metrics.count_issuance(kind, result)
         return response
+
+    def _finish(self, step: StoreStep) -> ApiResponse:
+        """`step.run()`, its refusals as responses; a store error the step did not answer
+        itself (an integrity error, a duplicate serial) is a 500: nothing was recorded."""
+
+        def run() -> ApiResponse:
+            try:
+                return step.run()
+            except StoreUnavailable:
+                raise
+            except StoreError as exc:
+                raise ApiError(
+                    500, "ledger_failed", f"cannot record the certificate: {exc}"
+                ) from None
+
+        return self._guarded(run, blocking=True)
 
     def _guarded(self, call: Callable[[], _T], *, blocking: bool) -> _T | ApiResponse:
         """`call()`, its refusals turned into error responses."""
@@ -505,12 +521,6 @@ class CaService:
                 ) from None
             except IdRevoked as exc:
                 raise ApiError(403, "revoked", f"{exc.spiffe_id} is revoked") from None
-            except StoreUnavailable:
-                raise
-            except StoreError as exc:
-                raise ApiError(
-                    500, "ledger_failed", f"cannot record the certificate: {exc}"
-                ) from None
             return self._svid_response(signed[-1], record, token_id=token_id)
 
         return StoreStep(redeem, durable=True)
@@ -531,12 +541,6 @@ class CaService:
             except IdRevoked:
                 raise ApiError(
                     403, "revoked", f"{svid.spiffe_id} (or its certificate) is revoked"
-                ) from None
-            except StoreUnavailable:
-                raise
-            except StoreError as exc:
-                raise ApiError(
-                    500, "ledger_failed", f"cannot record the certificate: {exc}"
                 ) from None
             return self._svid_response(
                 leaf,
