@@ -2,7 +2,7 @@
 
 Calls come from `trio.to_thread` worker threads and from several CA processes. Each call
 borrows a connection from a small pool (one per call in flight, at most `max_connections`,
-a few kept idle), runs one transaction and gives it back; a connection that failed is
+all kept for reuse), runs one transaction and gives it back; a connection that failed is
 thrown away, so the store reconnects by itself once the server is back. A reused idle
 connection that turns out dead before anything was committed is replaced and the call
 tried once more (the server restarted meanwhile); a failure during COMMIT is never
@@ -106,7 +106,7 @@ class PostgresStore:
         password: str | None = None,
         *,
         max_connections: int = 16,
-        max_idle_connections: int = 4,
+        max_idle_connections: int | None = None,
         connect_timeout_seconds: int = CONNECT_TIMEOUT_SECONDS,
         migrate: bool = True,
     ) -> None:
@@ -130,7 +130,10 @@ class PostgresStore:
         }
         self._params: dict[str, Any] = {**defaults, **params}
         self._password = password or None
-        self._max_idle = max_idle_connections
+        # Every connection the pool opened is kept (up to max_connections): with only a few
+        # kept, concurrent calls beyond them connected and authenticated anew each time
+        # (SCRAM costs milliseconds of CPU), which tripled the CPU of an issuance.
+        self._max_idle = max_connections if max_idle_connections is None else max_idle_connections
         # Calls beyond this wait for a connection: replicas x max_connections must stay
         # under the server's max_connections (100 by default).
         self._slots = threading.BoundedSemaphore(max_connections)
