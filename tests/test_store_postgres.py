@@ -91,6 +91,39 @@ def test_two_processes_racing_for_each_token_get_exactly_one_success_each(
     assert store.outstanding_tokens(T0) == []
 
 
+# The pool
+
+
+def test_connections_opened_under_concurrency_are_reused_not_reopened(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[object] = []
+    real_connect = store._connect
+
+    def counting_connect() -> psycopg.Connection[tuple[Any, ...]]:
+        conn = real_connect()
+        opened.append(conn)
+        return conn
+
+    monkeypatch.setattr(store, "_connect", counting_connect)
+    start = threading.Barrier(8)
+
+    def call() -> None:
+        start.wait(timeout=30)
+        for _ in range(5):
+            store.issued_count()
+
+    for _ in range(3):  # three bursts of 8 concurrent callers
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    # At most one connection per concurrent caller, ever: a burst reuses the last one's
+    # (with 4 kept idle, each burst opened and authenticated 4 anew).
+    assert 1 <= len(opened) <= 8
+
+
 # Outages
 
 
