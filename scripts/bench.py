@@ -376,6 +376,13 @@ def bench_ca(args: argparse.Namespace) -> Figures:
             phase = merge_phases(parts[(name, kind)])
             if phase["per_server_cpu_second"]:
                 phase["ratio_to_raw"] = round(phase["per_server_cpu_second"] / raw, 3)
+            # Each round against its own raw rate: how far the ratio moves with the load.
+            phase["ratio_to_raw_per_round"] = [
+                round(part["issued"] / part["server_cpu_seconds"] / (count / cpu), 3)
+                if part["server_cpu_seconds"]
+                else None
+                for part, (count, cpu) in zip(parts[(name, kind)], raw_rounds, strict=True)
+            ]
             figures[name][kind] = phase
         figures[name]["cost_us"] = cost_breakdown(
             raw, figures[name], merge_phases(parts[(name, "shell")])
