@@ -3,13 +3,15 @@
 The CA server is authenticated by its SPIFFE ID (``spiffe://TD/mesh/ca``) with `peer_svid`
 against the bundle this client was given, never by hostname. Addresses are tried in
 order; the next one is tried when one cannot be reached, fails TLS, presents the wrong
-identity or answers 5xx. Connections are kept alive and reused (one pool per address and
-client certificate). Every issued SVID is verified before it is returned: the leaf holds
-the public key we sent, carries the expected SPIFFE ID, and chains to the returned bundle.
+identity, or answers anything but 200 or 4xx (5xx, a redirect, garbage). Connections are
+kept alive and reused (one pool per address and client certificate). Every issued SVID is
+verified before it is returned: the leaf holds the public key we sent, carries the expected
+SPIFFE ID, and chains to the returned bundle.
 
 Errors: `CaClientError` when the CA refused the request (4xx; retrying the same request
 will not help), `CaUnavailable` (a subclass) when it could not be reached or failed
-(connect, TLS, timeout, 5xx, an unusable answer): retry with backoff.
+(connect, TLS, timeout, 5xx, any other status but 200, an unusable answer): retry with
+backoff. Nothing else escapes: an answer that breaks a parser is an unusable answer.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Final, final
 import h11
 import trio
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from pydantic import ValidationError
 
@@ -59,16 +62,18 @@ class CaClientError(Exception):
     """The CA refused the request (4xx) or the answer was refused; `code` says why."""
 
     def __init__(self, status: int | None, code: str, message: str) -> None:
-        super().__init__(
-            f"CA {'refused' if status else 'error'} ({status or '-'} {code}): {message}"
-        )
+        what = "refused" if status else "error"
+        if isinstance(self, CaUnavailable):
+            what = "unavailable"  # its answer, if any, was not usable: never a refusal
+        super().__init__(f"CA {what} ({status or '-'} {code}): {message}")
         self.status = status
         self.code = code
         self.message = message
 
 
 class CaUnavailable(CaClientError):  # noqa: N818 - the name the sidecar codes against
-    """No CA address could serve the request (connect, TLS, identity, timeout, 5xx)."""
+    """No CA address could serve the request (connect, TLS, identity, timeout, 5xx, any
+    other answer that is neither 200 nor 4xx, a 200 whose body is unusable)."""
 
 
 @final
@@ -98,6 +103,16 @@ def _split_address(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise ValueError(f"CA address {address!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+def _describe(exc: BaseException) -> str:
+    """`exc`'s text, else its cause's (trio's BrokenResourceError often has none)."""
+    return str(exc) or str(exc.__cause__ or "") or type(exc).__name__
+
+
+def _refusal(status: int) -> bool:
+    """A 4xx is the CA's answer to this request; anything else but 200 is not usable."""
+    return 400 <= status < 500
 
 
 def _pem(certs: Sequence[x509.Certificate]) -> bytes:
@@ -184,8 +199,8 @@ class CaClient:
         self._check_ok(reply)
         try:
             bundle = TrustBundle.from_spiffe_json(self.trust_domain, reply.body)
-        except BundleError as exc:
-            raise CaUnavailable(reply.status, "bad_response", str(exc)) from exc
+        except (BundleError, RecursionError) as exc:  # json nests without limit
+            raise CaUnavailable(reply.status, "bad_response", f"bundle: {exc}") from exc
         return bundle
 
     async def fetch_revocations(self) -> tuple[frozenset[SpiffeId], frozenset[int]]:
@@ -215,7 +230,9 @@ class CaClient:
             code, message = error.error, error.message
         except ValidationError:
             code, message = "http_error", f"HTTP {reply.status}"
-        kind = CaUnavailable if reply.status >= 500 else CaClientError
+        if reply.status < 400:  # the CA API answers 200 or an error, never 1xx, 2xx or 3xx
+            code, message = "http_error", f"unexpected HTTP {reply.status} from the CA"
+        kind = CaClientError if _refusal(reply.status) else CaUnavailable
         raise kind(reply.status, code, message)
 
     def _issued(self, reply: _Reply, key: PrivateKey, expected: SpiffeId | None) -> IssuedSvid:
@@ -232,9 +249,11 @@ class CaClient:
             bundle = TrustBundle(self.trust_domain, tuple(roots), chain[1:])
             leaf = chain[0]
             spiffe_id = spiffe_id_of(leaf)
-        except (ValidationError, BundleError, SvidError) as exc:
+            # Certificates are parsed lazily: a key of an unknown type fails only here.
+            leaf_key = leaf.public_key()
+        except (ValidationError, BundleError, SvidError, ValueError, UnsupportedAlgorithm) as exc:
             raise bad(str(exc)) from exc
-        if leaf.public_key() != key.public_key():
+        if leaf_key != key.public_key():
             raise bad("the leaf does not hold the public key we sent")
         if expected is not None and spiffe_id != expected:
             raise bad(f"issued for {spiffe_id}, expected {expected}")
@@ -258,7 +277,7 @@ class CaClient:
         context: ssl.SSLContext | None = None,
         identity: bytes = b"",
     ) -> _Reply:
-        """Send to each address in turn until one answers below 500."""
+        """Send to each address in turn until one answers 200 or 4xx."""
         failure: CaUnavailable | None = None
         for index in range(len(self._targets)):
             try:
@@ -266,7 +285,7 @@ class CaClient:
             except CaUnavailable as exc:
                 failure = exc
                 continue
-            if reply.status < 500:
+            if reply.status == 200 or _refusal(reply.status):
                 return reply
             try:
                 self._check_ok(reply)
@@ -305,7 +324,7 @@ class CaClient:
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 if reused:
                     continue
-                raise CaUnavailable(None, "unreachable", f"{address}: {exc}") from exc
+                raise CaUnavailable(None, "unreachable", f"{address}: {_describe(exc)}") from exc
             except h11.ProtocolError as exc:
                 raise CaUnavailable(None, "bad_http", f"{address}: {exc}") from exc
             except trio.TooSlowError as exc:
@@ -399,7 +418,9 @@ class CaClient:
                 assert status is not None
                 return _Reply(status, b"".join(chunks))
             elif isinstance(event, h11.ConnectionClosed):
-                raise _StaleConnection if status is None else trio.BrokenResourceError()
+                if status is None:
+                    raise _StaleConnection
+                raise trio.BrokenResourceError("the CA closed the connection mid-response")
 
 
 class _StaleConnection(Exception):  # noqa: N818 - control flow

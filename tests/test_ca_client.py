@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import ssl
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 
+import h11
 import pytest
 import trio
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from mesh_ca.client import CaClient, CaUnavailable
@@ -90,3 +94,130 @@ async def test_the_client_keeps_connections_alive_between_calls(server: CaServer
         conn = pools[0][0]
         await client.fetch_revocations()
         assert client._idle[(0, b"")] == [conn]
+
+
+# A CA that answers badly: the CA's own SVID (so the client talks to it), canned replies.
+
+
+def ca_server_svid_context(server: CaServer) -> ssl.SSLContext:
+    key = generate_key()
+    ca_id = SpiffeId.parse(f"spiffe://{TRUST_DOMAIN}/mesh/ca")
+    leaf = issue_leaf(make_csr(key), ca_id, server.ca.signer, datetime.now(UTC))
+    chain = b"".join(
+        c.public_bytes(serialization.Encoding.PEM) for c in (leaf, server.ca.signer.cert)
+    )
+    return server_context(chain, private_key_pem(key), server.bundles)
+
+
+async def bad_ca(
+    server: CaServer,
+    answer: Callable[[trio.SSLStream[trio.SocketStream]], Awaitable[None]],
+    task_status: trio.TaskStatus[str],
+) -> None:
+    """Reads one whole request per connection, then lets `answer` write (and close)."""
+    context = ca_server_svid_context(server)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        tls = trio.SSLStream(stream, context, server_side=True)
+        http = h11.Connection(h11.SERVER)
+        try:
+            await tls.do_handshake()
+            while http.their_state is not h11.DONE:
+                if http.next_event() is h11.NEED_DATA:
+                    http.receive_data(bytes(await tls.receive_some(65536)))
+            await answer(tls)
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            await trio.aclose_forcefully(tls)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(f"127.0.0.1:{listeners[0].socket.getsockname()[1]}")
+    await trio.serve_listeners(handle, listeners)
+
+
+def reply(status: int, body: bytes, extra: bytes = b"") -> bytes:
+    head = b"HTTP/1.1 %d X\r\ncontent-length: %d\r\n%s\r\n" % (status, len(body), extra)
+    return head + body
+
+
+def canned(data: bytes) -> Callable[[trio.SSLStream[trio.SocketStream]], Awaitable[None]]:
+    async def answer(tls: trio.SSLStream[trio.SocketStream]) -> None:
+        await tls.send_all(data)
+
+    return answer
+
+
+async def test_a_bundle_nested_past_the_parser_limit_is_an_unusable_answer(
+    server: CaServer,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(bad_ca, server, canned(reply(200, b"[" * 200_000)))
+        async with CaClient([address], TrustDomain(TRUST_DOMAIN), server.bundles) as client:
+            with pytest.raises(CaUnavailable) as caught:  # was a RecursionError out of the client
+                await client.fetch_bundle()
+        assert (caught.value.status, caught.value.code) == (200, "bad_response")
+        assert "bundle" in caught.value.message
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_issued_leaf_with_a_key_of_unknown_type_is_refused(server: CaServer) -> None:
+    key = generate_key()
+    sid = SpiffeId.workload(TRUST_DOMAIN, "odd", "key")
+    leaf = issue_leaf(make_csr(key), sid, server.ca.signer, datetime.now(UTC))
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    ec_public_key = bytes.fromhex("06072a8648ce3d0201")  # OID 1.2.840.10045.2.1
+    odd = x509.load_der_x509_certificate(
+        der.replace(ec_public_key, bytes.fromhex("06072a8648ce3d0209"))
+    )
+    pem = serialization.Encoding.PEM
+    body = json.dumps(
+        {
+            "spiffe_id": str(sid),
+            "chain_pem": (odd.public_bytes(pem) + server.ca.signer.cert.public_bytes(pem)).decode(),
+            "bundle_pem": server.ca.bundle.roots_pem().decode(),
+            "serial": format(leaf.serial_number, "x"),
+            "not_after": leaf.not_valid_after_utc.isoformat(),
+        }
+    ).encode()
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(bad_ca, server, canned(reply(200, body)))
+        async with CaClient([address], TrustDomain(TRUST_DOMAIN), server.bundles) as client:
+            with pytest.raises(CaUnavailable) as caught:  # was UnsupportedAlgorithm
+                await client.bootstrap(server.token(sid), key)
+        assert caught.value.code == "bad_response"
+        assert "issued SVID refused" in caught.value.message
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("status", [302, 204])
+async def test_an_answer_neither_200_nor_4xx_is_unusable_and_the_next_address_is_tried(
+    server: CaServer, status: int
+) -> None:
+    """Not a refusal: the sidecar would drop its join token on a refusal (CaClientError)."""
+    sid = SpiffeId.workload(TRUST_DOMAIN, "redirected", f"app{status}")
+    answer = canned(reply(status, b"", b"location: https://elsewhere.example/\r\n"))
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(bad_ca, server, answer)
+        async with CaClient([address], TrustDomain(TRUST_DOMAIN), server.bundles) as alone:
+            with pytest.raises(CaUnavailable) as caught:
+                await alone.bootstrap(server.token(sid), generate_key())
+        assert caught.value.status == status
+        assert "refused" not in str(caught.value)
+        pair = [address, server.address]
+        async with CaClient(pair, TrustDomain(TRUST_DOMAIN), server.bundles) as client:
+            issued = await client.bootstrap(server.token(sid), generate_key())
+        assert issued.spiffe_id == sid
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_response_cut_off_says_what_happened(server: CaServer) -> None:
+    cut = canned(b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"keys"')
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(bad_ca, server, cut)
+        async with CaClient([address], TrustDomain(TRUST_DOMAIN), server.bundles) as client:
+            with pytest.raises(CaUnavailable) as caught:
+                await client.fetch_bundle()
+            detail = caught.value.message.removeprefix(f"{address}:").strip()
+        assert detail  # was empty: "127.0.0.1:PORT: "
+        nursery.cancel_scope.cancel()
