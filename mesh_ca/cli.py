@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from cryptography.hazmat.primitives import serialization
 
@@ -59,6 +59,9 @@ from mesh_ca.tokens import new_token
 __all__ = ["add_serve_flags", "main"]
 
 PROG = "mesh-ca"
+# IDs of the mesh's own components (the CA server is spiffe://TD/mesh/ca): the CA server
+# refuses to issue them (server/core.py), and so do `issue` and `token create`.
+_RESERVED_PATH_PREFIX: Final = "/mesh/"
 
 
 class UsageError(Exception):
@@ -247,6 +250,17 @@ def _check_member(spiffe_id: SpiffeId, trust_domain: TrustDomain) -> None:
         raise UsageError("--spiffe-id", f"{spiffe_id} names the trust domain, not a workload")
 
 
+def _check_issuable(spiffe_id: SpiffeId, trust_domain: TrustDomain) -> None:
+    """A workload ID of this trust domain, outside the mesh's own reserved IDs."""
+    _check_member(spiffe_id, trust_domain)
+    if spiffe_id.path.startswith(_RESERVED_PATH_PREFIX):
+        raise UsageError(
+            "--spiffe-id",
+            f"{spiffe_id} is reserved for the mesh itself ({_RESERVED_PATH_PREFIX}...): a "
+            "workload holding it could pass for the CA server",
+        )
+
+
 def _out(text: str) -> None:
     sys.stdout.write(text + "\n")
 
@@ -335,7 +349,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_issue(args: argparse.Namespace) -> int:
     ca = _load_ca(args)
     spiffe_id: SpiffeId = args.spiffe_id
-    _check_member(spiffe_id, ca.trust_domain)
+    _check_issuable(spiffe_id, ca.trust_domain)
     issuance = ca.config.issuance
     ttl: timedelta = args.ttl or timedelta(seconds=issuance.default_ttl_seconds)
     low, high = issuance.ttl_bounds
@@ -376,7 +390,7 @@ def _cmd_token_create(args: argparse.Namespace) -> int:
     config, store = _open_store(args.dir)
     try:
         spiffe_id: SpiffeId = args.spiffe_id
-        _check_member(spiffe_id, config.trust_domain_value)
+        _check_issuable(spiffe_id, config.trust_domain_value)
         ttl: timedelta = args.ttl or timedelta(seconds=config.issuance.token_ttl_seconds)
         if ttl > timedelta(days=7):
             raise UsageError("--ttl", f"{format_duration(ttl)} is longer than 7d")
