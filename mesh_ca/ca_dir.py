@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Final, final
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from mesh_ca.config import CONFIG_FILE, CaConfig, ConfigError, load_config, write_config
@@ -182,7 +183,14 @@ def _swap_into_place(staging: Path, path: Path) -> None:
 
 
 def load_ca_dir(path: Path, passphrase: bytes | None = None) -> LoadedCa:
-    """Load and cross-check a CA directory. Fails closed on any mismatch."""
+    """Load and cross-check a CA directory. Fails closed on any mismatch.
+
+    The files must belong together: the intermediate is signed by the root, the root is
+    in the bundle, both name the trust domain of ca.toml, and the key is the
+    intermediate's. A directory mixed from two CAs (or a ca.toml edited to another trust
+    domain) would otherwise sign SVIDs that its own bundle cannot verify, or for a trust
+    domain its certificates do not name.
+    """
     path = path.absolute()
     if not (path / CONFIG_FILE).is_file():
         raise CaDirError(f"{path}: not a CA directory (no {CONFIG_FILE}); run mesh-ca init")
@@ -205,10 +213,32 @@ def load_ca_dir(path: Path, passphrase: bytes | None = None) -> LoadedCa:
         raise CaDirError(
             f"{path / INTERMEDIATE_KEY}: does not match the key of {path / INTERMEDIATE_CERT}"
         )
-    if intermediate.issuer != root.subject:
-        raise CaDirError(f"{path / INTERMEDIATE_CERT}: not issued by {path / ROOT_CERT}")
+    try:
+        intermediate.verify_directly_issued_by(root)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        why = str(exc).rstrip(".") or "its signature does not verify"
+        raise CaDirError(
+            f"{path / INTERMEDIATE_CERT}: not issued by {path / ROOT_CERT} ({why})"
+        ) from exc
+    if root not in roots:
+        raise CaDirError(f"{path / BUNDLE_PEM}: does not hold the root of {path / ROOT_CERT}")
+    for file, cert in ((path / ROOT_CERT, root), (path / INTERMEDIATE_CERT, intermediate)):
+        named = _uri_sans(cert)
+        if td.id_string() not in named:
+            raise CaDirError(
+                f"{file}: is a CA for {', '.join(named) or 'no trust domain'}, but "
+                f"{path / CONFIG_FILE} says trust_domain = {td.name!r}"
+            )
     bundle = TrustBundle(td, tuple(roots), (intermediate,))
     return LoadedCa(path, config, td, root, Signer(intermediate, key), bundle)
+
+
+def _uri_sans(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return san.value.get_values_for_type(x509.UniformResourceIdentifier)
 
 
 def _read(file: Path) -> bytes:

@@ -326,3 +326,36 @@ def test_ca_config_refuses_a_default_ttl_below_the_minimum_naming_the_key(tmp_pa
         timedelta(seconds=30),
         timedelta(hours=24),
     )
+
+
+@pytest.mark.parametrize(
+    ("mix", "blamed", "why"),
+    [
+        ({"bundle.pem"}, "bundle.pem", "does not hold the root"),
+        ({"root.pem", "bundle.pem"}, "intermediate.pem", "signature does not verify"),
+        ({"ca.toml"}, "root.pem", "is a CA for spiffe://cli.example"),
+    ],
+)
+def test_a_ca_directory_mixed_from_two_cas_is_refused_and_nothing_is_issued(
+    ca: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    mix: set[str],
+    blamed: str,
+    why: str,
+) -> None:
+    """Same trust domain, same certificate names: only the contents tell them apart."""
+    other = tmp_path / "other"
+    other_td = "other.example" if mix == {"ca.toml"} else TD
+    assert run(capsys, "init", "--trust-domain", other_td, "--dir", str(other))[0] == 0
+    for name in mix:
+        (ca / name).write_bytes((other / name).read_bytes())
+    out_dir = tmp_path / "out"
+    spiffe_id = f"spiffe://{other_td}/ns/default/svc/web"
+    code, out, err = run(
+        capsys, "issue", "--dir", str(ca), "--spiffe-id", spiffe_id, "--out", str(out_dir)
+    )
+    assert code == 1
+    assert f"{ca / blamed}: " in err
+    assert why in err
+    assert (out, out_dir.exists()) == ("", False)
