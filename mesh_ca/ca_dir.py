@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -189,7 +190,8 @@ def load_ca_dir(path: Path, passphrase: bytes | None = None) -> LoadedCa:
     in the bundle, both name the trust domain of ca.toml, and the key is the
     intermediate's. A directory mixed from two CAs (or a ca.toml edited to another trust
     domain) would otherwise sign SVIDs that its own bundle cannot verify, or for a trust
-    domain its certificates do not name.
+    domain its certificates do not name. The key files must be private to their owner
+    (0600): a CA signing key that other users can read is refused, not used.
     """
     path = path.absolute()
     if not (path / CONFIG_FILE).is_file():
@@ -199,6 +201,8 @@ def load_ca_dir(path: Path, passphrase: bytes | None = None) -> LoadedCa:
     except ConfigError as exc:
         raise CaDirError(str(exc)) from exc
     td = config.trust_domain_value
+    _check_private(path / INTERMEDIATE_KEY)
+    _check_private(path / ROOT_KEY)  # may live offline, away from the online signer
     try:
         root = _one_cert(path / ROOT_CERT)
         intermediate = _one_cert(path / INTERMEDIATE_CERT)
@@ -231,6 +235,21 @@ def load_ca_dir(path: Path, passphrase: bytes | None = None) -> LoadedCa:
             )
     bundle = TrustBundle(td, tuple(roots), (intermediate,))
     return LoadedCa(path, config, td, root, Signer(intermediate, key), bundle)
+
+
+def _check_private(file: Path) -> None:
+    """Fail closed on a key file that others may read or write (a missing one is reported
+    by whoever reads it)."""
+    try:
+        mode = stat.S_IMODE(file.stat().st_mode)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise CaDirError(f"{file}: cannot read ({exc.strerror})") from exc
+    if mode & 0o077:
+        raise CaDirError(
+            f"{file}: private key is open to other users (mode {mode:04o}); chmod 600 it"
+        )
 
 
 def _uri_sans(cert: x509.Certificate) -> list[str]:

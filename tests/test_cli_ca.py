@@ -359,3 +359,19 @@ def test_a_ca_directory_mixed_from_two_cas_is_refused_and_nothing_is_issued(
     assert f"{ca / blamed}: " in err
     assert why in err
     assert (out, out_dir.exists()) == ("", False)
+
+
+@pytest.mark.parametrize(
+    ("key", "mode"), [("intermediate.key", 0o644), ("root.key", 0o640)], ids=["0644", "0640"]
+)
+def test_a_ca_key_file_open_to_other_users_is_refused(
+    ca: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, mode: int
+) -> None:
+    (ca / key).chmod(mode)
+    out_dir = tmp_path / "out"
+    code, _, err = run(capsys, "issue", "--dir", str(ca), "--spiffe-id", SID, "--out", str(out_dir))
+    assert code == 1
+    assert f"{ca / key}: private key is open to other users (mode {mode:04o}); chmod 600" in err
+    assert not out_dir.exists()
+    (ca / key).chmod(0o600)
+    assert run(capsys, "issue", "--dir", str(ca), "--spiffe-id", SID, "--out", str(out_dir))[0] == 0
