@@ -36,6 +36,7 @@ from mesh_ca.config import (
     load_config,
 )
 from mesh_ca.duration import format_duration, parse_duration
+from mesh_ca.files import write_atomic_set
 from mesh_ca.identity import (
     BundleError,
     SpiffeId,
@@ -51,7 +52,7 @@ from mesh_ca.issuance import (
     issue_leaf,
     make_csr,
 )
-from mesh_ca.keys import generate_key, private_key_pem, write_private_file
+from mesh_ca.keys import generate_key, private_key_pem
 from mesh_ca.store import IssuedRecord, StateStore, StoreError, open_store
 from mesh_ca.store.dbcli import add_db_parser, db_main
 from mesh_ca.tokens import new_token
@@ -374,11 +375,26 @@ def _cmd_issue(args: argparse.Namespace) -> int:
         )
     finally:
         store.close()
-    out.mkdir(parents=True, exist_ok=True)
     pem = serialization.Encoding.PEM
-    write_private_file(out / "svid.key", private_key_pem(key))
-    (out / "svid.pem").write_bytes(leaf.public_bytes(pem) + ca.signer.cert.public_bytes(pem))
-    (out / BUNDLE_PEM).write_bytes(ca.bundle.roots_pem())
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        # All three or none: a new key next to an old certificate is a broken identity.
+        write_atomic_set(
+            [
+                (out / "svid.key", private_key_pem(key), 0o600),
+                (
+                    out / "svid.pem",
+                    leaf.public_bytes(pem) + ca.signer.cert.public_bytes(pem),
+                    0o644,
+                ),
+                (out / BUNDLE_PEM, ca.bundle.roots_pem(), 0o644),
+            ]
+        )
+    except BaseException:
+        if created:
+            out.rmdir()
+        raise
     _out(f"spiffe_id  {spiffe_id}")
     _out(f"serial     {leaf.serial_number:x}")
     _out(f"notAfter   {_iso(leaf.not_valid_after_utc)}")

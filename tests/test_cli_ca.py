@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -375,3 +376,40 @@ def test_a_ca_key_file_open_to_other_users_is_refused(
     assert not out_dir.exists()
     (ca / key).chmod(0o600)
     assert run(capsys, "issue", "--dir", str(ca), "--spiffe-id", SID, "--out", str(out_dir))[0] == 0
+
+
+def _in_small_tmpfs(mount_point: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run `argv` with a 4 KiB tmpfs (one page) on `mount_point`, in a private mount
+    namespace (unshare: a user namespace, so no root needed and nothing leaks out); the
+    output ends with what is left on the tmpfs."""
+    script = (
+        'mp=$1; shift; mount -t tmpfs -o size=4k tmpfs "$mp" || exit 99; '
+        '"$@"; rc=$?; echo "left:"; find "$mp" -mindepth 1; exit $rc'
+    )
+    unshare = ["unshare", "--user", "--map-root-user", "--mount"]
+    return subprocess.run(
+        [*unshare, "sh", "-c", script, "sh", str(mount_point), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_issue_on_a_full_disk_leaves_no_key_without_its_certificate(
+    ca: Path, tmp_path: Path
+) -> None:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    if shutil.which("unshare") is None or _in_small_tmpfs(probe, "true").returncode != 0:
+        pytest.skip("needs unshare(1) with user namespaces to mount a small tmpfs")
+    small = tmp_path / "small"
+    small.mkdir()
+    out_dir = small / "web"
+    issue = [sys.executable, "-m", "mesh_ca.cli", "issue", "--dir", str(ca), "--spiffe-id", SID]
+    result = _in_small_tmpfs(small, *issue, "--out", str(out_dir))
+    # The key fits in the one page, the certificate does not: before, svid.key and an
+    # empty svid.pem were left behind, and the error named no file.
+    assert result.returncode == 1, result.stderr
+    assert f"{out_dir}/svid.pem: No space left on device" in result.stderr
+    assert result.stdout.split("left:\n", 1)[1] == ""
