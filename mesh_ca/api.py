@@ -15,6 +15,7 @@ from mesh_ca.identity import MAX_SPIFFE_ID_BYTES
 
 __all__ = [
     "MAX_CSR_CHARS",
+    "REASON_PATTERN",
     "BootstrapRequest",
     "ErrorResponse",
     "RenewRequest",
@@ -30,6 +31,8 @@ MAX_CSR_CHARS: Final = 16 * 1024
 MAX_TOKEN_CHARS: Final = 256
 MAX_SERIAL_HEX: Final = 40  # 159-bit serials are at most 40 hex digits
 _HEX: Final = r"^[0-9a-f]{1,40}\z"  # rust-regex: \z is the very end
+# A revocation reason: printable text, no C0/C1 control characters or DEL.
+REASON_PATTERN: Final = r"^[^\x00-\x1f\x7f-\x9f]*\z"
 
 SpiffeIdText = Annotated[str, Field(min_length=10, max_length=MAX_SPIFFE_ID_BYTES)]
 SerialHex = Annotated[str, Field(min_length=1, max_length=MAX_SERIAL_HEX, pattern=_HEX)]
@@ -101,7 +104,9 @@ class RevokeRequest(_Wire):
 
     spiffe_id: SpiffeIdText | None = None
     serial: SerialHex | None = None
-    reason: Annotated[str, Field(max_length=256)] = ""
+    # Printed by `mesh-ca status` and kept in the store: no control characters (terminal
+    # escapes, NUL, which PostgreSQL text refuses).
+    reason: Annotated[str, Field(max_length=256, pattern=REASON_PATTERN)] = ""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> RevokeRequest:

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from cryptography.hazmat.primitives import serialization
+from pydantic import ValidationError
 
+from mesh_ca.api import RevokeRequest
 from mesh_ca.ca_dir import (
     BUNDLE_PEM,
     INTERMEDIATE_CERT,
@@ -101,7 +103,19 @@ def _serial(text: str) -> int:
     return value
 
 
+def _reason(text: str) -> str:
+    """The API's rule for a revocation reason (`RevokeRequest.reason`), for the CLI too."""
+    try:
+        RevokeRequest(serial="1", reason=text)
+    except ValidationError:
+        raise ValueError(
+            "at most 256 characters of printable text (no control characters)"
+        ) from None
+    return text
+
+
 _spiffe_id_arg = _arg_type(SpiffeId.parse, "SPIFFE ID")
+_reason_arg = _arg_type(_reason, "reason")
 _trust_domain_arg = _arg_type(TrustDomain.parse, "trust domain")
 _duration_arg = _arg_type(parse_duration, "duration")
 _serial_arg = _arg_type(_serial, "serial")
@@ -110,7 +124,13 @@ _serial_arg = _arg_type(_serial, "serial")
 def add_serve_flags(p: argparse.ArgumentParser) -> None:
     """Flags of ``mesh-ca serve`` beyond --dir/--listen/--passphrase-file (shared with
     ``python -m mesh_ca.server``)."""
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="info (default) writes one JSON access-log line a request to stderr, in batches "
+        "every 0.2 s; warning turns the access log off",
+    )
     p.add_argument(
         "--replica",
         default="",
@@ -203,7 +223,12 @@ def _build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--spiffe-id", type=_spiffe_id_arg)
     which.add_argument("--serial", type=_serial_arg, help="hexadecimal serial number")
-    p.add_argument("--reason", default="", help="free text kept with the revocation")
+    p.add_argument(
+        "--reason",
+        type=_reason_arg,
+        default="",
+        help="free text kept with the revocation (printable, at most 256 characters)",
+    )
 
     p = add("status", "Show the CA, certificate expiry, outstanding tokens and revocations.")
     add_dir(p)

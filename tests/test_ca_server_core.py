@@ -168,6 +168,13 @@ def test_admin_is_only_for_listed_ids(pki: Pki, store: SqliteStore) -> None:
         post("/v1/admin/revoke", {"serial": "ff", "spiffe_id": ADMIN}, admin), T0, 0
     )
     assert error(revoke) == (400, "bad_request")  # exactly one of the two
+    # A reason is printed by `mesh-ca status`: no terminal escapes, no NUL.
+    for reason in ("\x1b[2Jgone", "a\x00b", "two\nlines"):
+        bad = api.handle(post("/v1/admin/revoke", {"serial": "ff", "reason": reason}, admin), T0, 0)
+        assert error(bad) == (400, "bad_request")
+    assert store.revocations() == []
+    fine = {"serial": "ff", "reason": "key compromise — rotated"}
+    assert api.handle(post("/v1/admin/revoke", fine, admin), T0, 0).status == 200
 
 
 def test_the_rate_limit_uses_the_monotonic_time_passed_in(pki: Pki, store: SqliteStore) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh_ca.files import write_atomic
+from mesh_ca.files import write_atomic, write_atomic_set
 from mesh_ca.keys import write_private_file
 from sidecar.identity.state import write_public_file
 
@@ -45,3 +45,17 @@ def test_a_failed_write_leaves_the_target_untouched(tmp_path: Path) -> None:
         write_atomic(target, "not bytes", 0o644)  # type: ignore[arg-type]
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle.pem"]
+
+
+def test_a_set_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    # The second file cannot be written (its directory is missing): the first, already
+    # written to its temporary file, must not land either, and nothing is left behind.
+    key, cert = tmp_path / "svid.key", tmp_path / "missing" / "svid.pem"
+    key.write_bytes(b"old key")
+    with pytest.raises(FileNotFoundError):
+        write_atomic_set([(key, b"new key", 0o600), (cert, b"new cert", 0o644)])
+    assert key.read_bytes() == b"old key"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["svid.key"]
+    write_atomic_set([(key, b"new key", 0o600), (tmp_path / "svid.pem", b"new cert", 0o644)])
+    assert (key.read_bytes(), (tmp_path / "svid.pem").read_bytes()) == (b"new key", b"new cert")
+    assert key.stat().st_mode & 0o777 == 0o600

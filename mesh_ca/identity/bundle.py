@@ -99,6 +99,8 @@ class TrustBundle:
             data = json.loads(document)
         except ValueError as exc:
             raise BundleError(f"{what}: not JSON ({exc})") from exc
+        except RecursionError:  # nesting deeper than the parser's stack: not a bundle
+            raise BundleError(f"{what}: JSON nested too deeply") from None
         if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
             raise BundleError(f"{what}: no 'keys' list")
         roots: list[x509.Certificate] = []
