@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -126,3 +129,33 @@ def test_garbage_file_is_unavailable(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreUnavailable):
         SqliteStore(path)
+
+
+def test_a_read_only_directory_is_named_as_the_cause(tmp_path: Path) -> None:
+    # WAL mode writes state.db-wal and -shm next to the database: on a read-only directory
+    # the file is fine and the message must say so. Root ignores mode bits, so the
+    # directory is made read-only by a read-only bind mount in a private user namespace.
+    state = tmp_path / "ca"
+    state.mkdir()
+    SqliteStore(state / "state.db").close()
+    for leftover in state.glob("state.db-*"):
+        leftover.unlink()
+    script = (
+        'd=$1; mount --bind "$d" "$d" && mount -o remount,bind,ro "$d" || exit 99; '
+        'exec "$2" -c "import sys; from mesh_ca.store import SqliteStore; '
+        'SqliteStore(sys.argv[1])" "$d/state.db"'
+    )
+    unshare = ["unshare", "--user", "--map-root-user", "--mount"]
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) to make a read-only directory for root")
+    result = subprocess.run(
+        [*unshare, "sh", "-c", script, "sh", str(state), sys.executable],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode == 99:
+        pytest.skip(f"no read-only bind mount here: {result.stderr.strip()}")
+    assert result.returncode == 1, result.stderr
+    assert f"the directory {state} is not writable" in result.stderr

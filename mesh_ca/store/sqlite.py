@@ -74,6 +74,20 @@ CREATE TABLE IF NOT EXISTS revocations (
 """
 
 
+def _open_failure(path: Path, exc: sqlite3.Error) -> str:
+    """Why a state database could not be opened, in the operator's terms: WAL mode creates
+    `-wal` and `-shm` files next to the database, so a read-only directory or a full disk
+    fails here although the file itself is fine."""
+    if not os.access(path.parent, os.W_OK):
+        return (
+            f"the directory {path.parent} is not writable (SQLite keeps its write-ahead "
+            f"log next to the database) ({exc})"
+        )
+    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+        return f"the disk is full ({exc})"
+    return f"not a usable state database ({exc})"
+
+
 def _micros(when: datetime) -> int:
     if when.tzinfo is None:
         raise ValueError(f"naive datetime {when!r}: the store only takes timezone-aware times")
@@ -130,7 +144,7 @@ class SqliteStore:
             self._migrate()
         except sqlite3.Error as exc:
             self._conn.close()
-            raise StoreUnavailable(f"{self.path}: not a usable state database ({exc})") from exc
+            raise StoreUnavailable(f"{self.path}: {_open_failure(self.path, exc)}") from exc
         except BaseException:
             self._conn.close()
             raise
