@@ -198,3 +198,20 @@ def test_write_public_file_replaces_atomically(tmp_path: Path) -> None:
     write_public_file(target, b"two")
     assert target.read_bytes() == b"two"
     assert [p.name for p in tmp_path.iterdir()] == ["f.pem"]
+
+
+def test_a_failed_save_keeps_the_old_matching_pair(tmp_path: Path) -> None:
+    # The certificate cannot be written (its temporary file's name is taken by a
+    # directory): the new key must not replace the old one, or the stored pair would no
+    # longer match and the sidecar would need a new join token after a restart.
+    pki = Pki()
+    sid = pki.spiffe_id("shop", "web")
+    state = StateDir(tmp_path)
+    state.save(_creds(pki, sid))
+    old_key = state.key_path.read_bytes()
+    (tmp_path / f".svid.pem.tmp-{os.getpid()}").mkdir()
+    with pytest.raises(OSError, match=r"svid\.pem"):
+        state.save(_creds(pki, sid))
+    assert state.key_path.read_bytes() == old_key
+    stored = state.load_svid(sid, pki.bundles, pki.now + timedelta(minutes=5))
+    assert stored.credentials is not None, stored.reason

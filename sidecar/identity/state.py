@@ -4,8 +4,9 @@
 from the first byte), ``bundle.pem`` (the roots of this sidecar's trust domain as last
 fetched from the CA) and ``token.used`` (the SHA-256 of the last join token that was spent,
 so a one-time token is never sent twice). Every file is written atomically (temporary file,
-fsync, rename). The key is written before the certificate: a crash between the two leaves
-a pair that does not match, which `load_svid` detects and ignores.
+fsync, rename); the key and the certificate are written together before either is renamed
+into place, so a failed write keeps the old pair. A crash between the two renames leaves a
+pair that does not match, which `load_svid` detects and ignores.
 
 A stored SVID is only used if it is still valid, for this sidecar's SPIFFE ID, matches its
 key and chains to the trust bundle; otherwise it is ignored with a log line and the sidecar
@@ -22,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final, final
 
-from mesh_ca.files import write_atomic
+from mesh_ca.files import write_atomic, write_atomic_set
 from mesh_ca.identity import (
     BundleError,
     BundleSet,
@@ -206,8 +207,14 @@ class StateDir:
         bundle = credentials.bundles.get(credentials.spiffe_id.trust_domain)
         if bundle is not None:
             write_public_file(self.bundle_path, bundle.roots_pem())
-        write_private_file(self.key_path, private_key_pem(credentials.key))
-        write_public_file(self.svid_path, pem_bundle(credentials.chain))
+        # The key and the certificate as one set: both are written before either replaces
+        # the stored pair, so a failed write (a full disk) keeps the old, matching pair.
+        write_atomic_set(
+            [
+                (self.key_path, private_key_pem(credentials.key), 0o600),
+                (self.svid_path, pem_bundle(credentials.chain), 0o644),
+            ]
+        )
 
     def save_bundle(self, bundle: TrustBundle) -> None:
         self.ensure()
