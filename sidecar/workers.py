@@ -35,7 +35,7 @@ from typing import final
 import trio
 
 from mesh_ca.clock import SystemClock
-from mesh_ca.files import write_atomic
+from mesh_ca.files import write_atomic, write_atomic_set
 from mesh_ca.identity.bundle import pem_bundle
 from mesh_ca.keys import private_key_pem
 from sidecar.admin import AdminState, serve_admin
@@ -59,9 +59,15 @@ def write_credentials(store: CredentialStore, directory: Path) -> bool:
         return False
     bundle = creds.bundles.get(creds.spiffe_id.trust_domain)
     anchors = (*bundle.roots, *bundle.intermediates) if bundle is not None else ()
-    write_atomic(directory / "svid.key", private_key_pem(creds.key), 0o600)
-    write_atomic(directory / "bundle.pem", pem_bundle(anchors))
-    write_atomic(directory / "svid.pem", pem_bundle(creds.chain))
+    # One set: a worker that reloads between two renames at worst sees a pair that does
+    # not match and keeps its current SVID; it never sees a half-written file.
+    write_atomic_set(
+        [
+            (directory / "svid.key", private_key_pem(creds.key), 0o600),
+            (directory / "bundle.pem", pem_bundle(anchors), 0o644),
+            (directory / "svid.pem", pem_bundle(creds.chain), 0o644),
+        ]
+    )
     revoked = store.revocations
     write_atomic(
         directory / "revocations.json",
