@@ -42,6 +42,10 @@ __all__ = ["CaHttpServer", "ServerLimits", "endpoint_label"]
 
 log = logging.getLogger("mesh_ca.server")
 _DEADLINE_SLACK_SECONDS: Final = 1.0
+# After a refusal: how long, and how much, a client still sending its body may go on before
+# the close (which is then a reset). 16 MiB is the largest body the config allows.
+_LINGER_SECONDS: Final = 2.0
+_LINGER_BYTES: Final = 16 * 1024 * 1024
 
 _ENDPOINTS: Final = frozenset(
     (
@@ -159,7 +163,7 @@ class CaHttpServer:
             try:
                 head = await self._read_head(tls, buffer)
             except WireError as exc:
-                await self._refuse(tls, ApiError(exc.status, "bad_http", str(exc)))
+                await self._refuse(tls, ApiError(exc.status, "bad_http", str(exc)), source)
             if head is None:
                 return
             timeout = limits.idle_timeout_seconds
@@ -171,7 +175,9 @@ class CaHttpServer:
                     "body_too_large",
                     f"body of {head.content_length} bytes exceeds {limits.max_body_bytes} bytes",
                 )
-                await self._refuse(tls, error, method=head.method, path=path, started=started)
+                await self._refuse(
+                    tls, error, source, method=head.method, path=path, started=started
+                )
             end = head.size + head.content_length
             if len(buffer) < end:  # usually the body came with the head: no new deadline
                 deadline.deadline = trio.current_time() + limits.body_timeout_seconds
@@ -260,19 +266,24 @@ class CaHttpServer:
         self,
         tls: ServerTls,
         error: ApiError,
+        source: str,
         *,
         method: str = "-",
         path: str = "-",
         started: float | None = None,
     ) -> NoReturn:
-        """Answer a request we will not read further, then close the connection."""
+        """Answer a request we will not read further, then close the connection once the
+        client stopped sending (bounded), so that it reads the answer rather than a reset."""
         response = error_response(error)
         data = render_response(
             response.status, response.body, response.content_type, response.headers, close=True
         )
-        with trio.move_on_after(2):
-            await tls.send_all(data)
-        self._log(method, path, response, None, "-", started or time.perf_counter())
+        with trio.move_on_after(_LINGER_SECONDS):
+            try:
+                await tls.send_all(data)
+            finally:
+                self._log(method, path, response, None, source, started or time.perf_counter())
+            await tls.discard_incoming(_LINGER_BYTES)
         raise _CloseConnection
 
     def _log(

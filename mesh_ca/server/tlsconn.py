@@ -93,6 +93,23 @@ class ServerTls:
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.transport)
 
+    async def discard_incoming(self, max_bytes: int) -> None:
+        """Half-close, then read and drop what the peer still sends (undecrypted) until it
+        closes or `max_bytes` came; the caller bounds the time. Closing a socket with unread
+        bytes makes the kernel send a reset, and a client still sending its body would see
+        that instead of the error response already written."""
+        if isinstance(self.transport, trio.abc.HalfCloseableStream):
+            await self.transport.send_eof()
+        received = 0
+        while received < max_bytes:
+            if self._fd < 0:
+                data = await self.transport.receive_some(_READ_SIZE)
+            else:
+                data = await self._read_socket(wait_first=True)
+            if not data:
+                return
+            received += len(data)
+
     async def _fill(self, *, wait_first: bool = False) -> bool:
         if self._fd < 0:
             data = await self.transport.receive_some(_READ_SIZE)
