@@ -177,6 +177,22 @@ def test_admin_is_only_for_listed_ids(pki: Pki, store: SqliteStore) -> None:
     assert api.handle(post("/v1/admin/revoke", fine, admin), T0, 0).status == 200
 
 
+def test_revoke_refuses_ids_outside_the_trust_domain_like_the_cli(
+    pki: Pki, store: SqliteStore
+) -> None:
+    # Such a row would match no certificate this CA issued, yet every sidecar would fetch it.
+    api = service(pki, store)
+    admin = pki.leaf(ADMIN, now=T0).cert
+    for spiffe_id, words in (
+        ("spiffe://other.org/ns/a/svc/b", "not in trust domain example.org"),
+        ("spiffe://example.org", "names the trust domain, not a workload"),
+    ):
+        refused = api.handle(post("/v1/admin/revoke", {"spiffe_id": spiffe_id}, admin), T0, 0)
+        assert error(refused) == (400, "bad_request")
+        assert words in json.loads(refused.body)["message"]
+    assert store.revocations() == []
+
+
 def test_the_rate_limit_uses_the_monotonic_time_passed_in(pki: Pki, store: SqliteStore) -> None:
     api = service(pki, store, rate=1.0, burst=1)
     request = post("/v1/bootstrap", {"token": "mgt_x", "csr": csr()})

@@ -376,6 +376,20 @@ class CaService:
         if spiffe_id.path.startswith(_RESERVED_PREFIX) or not spiffe_id.path:
             raise ApiError(403, "reserved_id", f"{spiffe_id} is reserved for the mesh itself")
 
+    def _check_revocable(self, spiffe_id: SpiffeId) -> None:
+        """A workload ID of this trust domain (as `mesh-ca revoke` checks): any other would
+        match no certificate of this CA, yet go to every sidecar in the revocation list."""
+        if not spiffe_id.member_of(self.authority.trust_domain):
+            raise ApiError(
+                400,
+                "bad_request",
+                f"spiffe_id: {spiffe_id} is not in trust domain {self.authority.trust_domain}",
+            )
+        if not spiffe_id.path:
+            raise ApiError(
+                400, "bad_request", f"spiffe_id: {spiffe_id} names the trust domain, not a workload"
+            )
+
     def _client_svid(self, request: ApiRequest, now: datetime) -> VerifiedSvid:
         """The verified client SVID. Fails closed: no or bad certificate is a refusal."""
         cert = request.peer_cert
@@ -580,6 +594,8 @@ class CaService:
         admin = self._admin(request, now)
         body = self._body(request, RevokeRequest)
         spiffe_id = _parse_id(body.spiffe_id, "spiffe_id") if body.spiffe_id else None
+        if spiffe_id is not None:
+            self._check_revocable(spiffe_id)
         serial = int(body.serial, 16) if body.serial else None
         if serial == 0:
             raise ApiError(400, "bad_request", "serial: must be positive")
