@@ -30,13 +30,13 @@ LIMITS = ServerLimits(
 )
 
 
-def make_server(tmp_path: Path) -> tuple[CaHttpServer, BundleSet]:
+def make_server(tmp_path: Path, limits: ServerLimits = LIMITS) -> tuple[CaHttpServer, BundleSet]:
     ca = init_ca_dir(tmp_path / "ca", TD, datetime.now(UTC), config=CaConfig(trust_domain=TD))
     authority = authority_of(ca)
     store = ca.open_store()
     identity = issue_server_identity(authority, store, datetime.now(UTC))
     service = CaService(authority, store, RateLimiter(100, 100))
-    return CaHttpServer(service, identity, SystemClock(), LIMITS), BundleSet.of(ca.bundle)
+    return CaHttpServer(service, identity, SystemClock(), limits), BundleSet.of(ca.bundle)
 
 
 async def closed_after(

@@ -75,6 +75,9 @@ class ServerLimits:
     max_header_bytes: int = 16 * 1024
     max_headers: int = 64
     max_connections: int = 1024
+    # One address (a client, or every client behind one NAT) may hold at most this many:
+    # a single peer opening connections cannot take every slot from the others.
+    max_connections_per_source: int = 256
     handshake_timeout_seconds: float = 10.0
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 10.0
@@ -103,16 +106,27 @@ class CaHttpServer:
         self.clock = clock
         self.limits = limits or ServerLimits()
         self.connections = 0
+        self.connections_per_source: dict[str, int] = {}  # open connections by source address
         self._limiter = trio.CapacityLimiter(64)
         self._group_commit = GroupCommit(service)
 
     async def handle_connection(self, stream: trio.abc.Stream, source: str) -> None:
         """Serve one TCP connection until the peer closes, times out or misbehaves."""
+        held = self.connections_per_source.get(source, 0)
         if self.connections >= self.limits.max_connections:
-            log.warning(json.dumps({"event": "connection_refused", "reason": "max_connections"}))
+            reason = "max_connections"
+        elif held >= self.limits.max_connections_per_source:
+            reason = "max_connections_per_source"
+        else:
+            reason = ""
+        if reason:
+            log.warning(
+                json.dumps({"event": "connection_refused", "reason": reason, "source": source})
+            )
             await trio.aclose_forcefully(stream)
             return
         self.connections += 1
+        self.connections_per_source[source] = held + 1
         tls = ServerTls(stream, self.identity.context)
         try:
             with trio.fail_after(self.limits.handshake_timeout_seconds):
@@ -133,6 +147,9 @@ class CaHttpServer:
             )
         finally:
             self.connections -= 1
+            left = self.connections_per_source.pop(source) - 1
+            if left:
+                self.connections_per_source[source] = left
             await tls.aclose()
 
     async def _serve_requests(
