@@ -142,6 +142,25 @@ class ServerConfig(_Model):
             description="largest request body accepted; a larger one gets 413",
         ),
     ] = 65536
+    max_connections: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1_000_000,
+            description="open client connections in all; one more is closed at once",
+        ),
+    ] = 1024
+    max_connections_per_source: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1_000_000,
+            description=(
+                "open client connections from one source address, so one client cannot take "
+                "every slot; sidecars behind one NAT share an address: raise it for them"
+            ),
+        ),
+    ] = 256
 
     @field_validator("listen")
     @classmethod

@@ -9,6 +9,7 @@ import trio
 
 from mesh_ca.server.http import CaHttpServer, ServerLimits
 from mesh_ca.tls import client_context
+from tests.ca_server_process import https_request, running_ca_server
 from tests.test_ca_server_shell import make_server
 
 LIMITS = ServerLimits(max_connections=8, max_connections_per_source=4, threaded_handlers=False)
@@ -58,3 +59,20 @@ async def test_one_source_holding_connections_does_not_lock_out_another(tmp_path
         await wait_for_connections(server, 0)  # every slot is given back
         assert server.connections_per_source == {}  # no entry left behind
         nursery.cancel_scope.cancel()
+
+
+async def test_the_per_source_cap_comes_from_ca_toml(tmp_path: Path) -> None:
+    # server.max_connections_per_source in the CA config reaches the real `mesh-ca serve`.
+    with running_ca_server(tmp_path, max_connections_per_source=2) as running:
+        held = [await trio.open_tcp_stream(running.host, running.port) for _ in range(2)]
+        await trio.sleep(0.5)  # both accepted and waiting for their handshakes
+        with trio.fail_after(10):
+            while "max_connections_per_source" not in running.log():
+                third = await trio.open_tcp_stream(running.host, running.port)
+                assert await refused(third)
+                await trio.aclose_forcefully(third)
+                await trio.sleep(0.05)
+        for stream in held:
+            await trio.aclose_forcefully(stream)
+        reply = await https_request(running, "GET", "/healthz")  # freed slots serve again
+        assert reply.status == 200

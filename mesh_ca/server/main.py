@@ -128,7 +128,10 @@ async def _serve(
     limiter = RateLimiter(ca.config.server.rate_limit_per_second, ca.config.server.rate_limit_burst)
     service = CaService(authority, store, limiter, metrics)
     limits = ServerLimits(
-        max_body_bytes=ca.config.server.max_body_bytes, threaded_handlers=threaded
+        max_body_bytes=ca.config.server.max_body_bytes,
+        max_connections=ca.config.server.max_connections,
+        max_connections_per_source=ca.config.server.max_connections_per_source,
+        threaded_handlers=threaded,
     )
     server = CaHttpServer(service, identity, clock, limits)
     try:
