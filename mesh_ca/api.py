@@ -11,7 +11,7 @@ from typing import Annotated, Final
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mesh_ca.identity import MAX_SPIFFE_ID_BYTES
+from mesh_ca.identity import MAX_SPIFFE_ID_BYTES, SpiffeId
 
 __all__ = [
     "MAX_CSR_CHARS",
@@ -25,6 +25,7 @@ __all__ = [
     "SvidResponse",
     "TokenCreateRequest",
     "TokenCreateResponse",
+    "reserved_revocation",
 ]
 
 MAX_CSR_CHARS: Final = 16 * 1024
@@ -120,3 +121,13 @@ class RevokeResponse(_Wire):
     serial: SerialHex | None
     revoked_at: datetime
     reason: str
+
+
+def reserved_revocation(spiffe_id: SpiffeId) -> str:
+    """Why a reserved ID (the CA server's own) is not revoked by name: it would change
+    nothing, and an operator must not believe otherwise."""
+    return (
+        f"{spiffe_id} is the mesh's own (the CA server's SVID is re-issued with a new key "
+        "at every start); revoking it by name would change nothing: restart the CA to "
+        "replace its SVID, and rotate the CA keys if they leaked (docs/operations.md)"
+    )

@@ -13,12 +13,12 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
-from mesh_ca.api import RevokeRequest
+from mesh_ca.api import RevokeRequest, reserved_revocation
 from mesh_ca.ca_dir import (
     BUNDLE_PEM,
     INTERMEDIATE_CERT,
@@ -40,6 +40,7 @@ from mesh_ca.config import (
 from mesh_ca.duration import format_duration, parse_duration
 from mesh_ca.files import write_atomic_set
 from mesh_ca.identity import (
+    RESERVED_PATH_PREFIX,
     BundleError,
     SpiffeId,
     SpiffeIdError,
@@ -62,9 +63,6 @@ from mesh_ca.tokens import new_token
 __all__ = ["add_serve_flags", "main"]
 
 PROG = "mesh-ca"
-# IDs of the mesh's own components (the CA server is spiffe://TD/mesh/ca): the CA server
-# refuses to issue them (server/core.py), and so do `issue` and `token create`.
-_RESERVED_PATH_PREFIX: Final = "/mesh/"
 
 
 class UsageError(Exception):
@@ -279,10 +277,10 @@ def _check_member(spiffe_id: SpiffeId, trust_domain: TrustDomain) -> None:
 def _check_issuable(spiffe_id: SpiffeId, trust_domain: TrustDomain) -> None:
     """A workload ID of this trust domain, outside the mesh's own reserved IDs."""
     _check_member(spiffe_id, trust_domain)
-    if spiffe_id.path.startswith(_RESERVED_PATH_PREFIX):
+    if spiffe_id.reserved:
         raise UsageError(
             "--spiffe-id",
-            f"{spiffe_id} is reserved for the mesh itself ({_RESERVED_PATH_PREFIX}...): a "
+            f"{spiffe_id} is reserved for the mesh itself ({RESERVED_PATH_PREFIX}...): a "
             "workload holding it could pass for the CA server",
         )
 
@@ -450,6 +448,8 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
     try:
         if args.spiffe_id is not None:
             _check_member(args.spiffe_id, config.trust_domain_value)
+            if args.spiffe_id.reserved:
+                raise UsageError("--spiffe-id", reserved_revocation(args.spiffe_id))
         revocation = store.revoke(
             _now(), spiffe_id=args.spiffe_id, serial=args.serial, reason=args.reason
         )

@@ -131,6 +131,7 @@ def test_issue_records_the_ledger_and_revoke_round_trips(
         (["revoke", "--serial", "xyz"], "--serial"),
         (["revoke", "--serial", "01", "--spiffe-id", SID], "--spiffe-id"),
         (["revoke"], "--spiffe-id"),
+        (["revoke", "--spiffe-id", "spiffe://cli.example/mesh/ca"], "--spiffe-id"),
         (["revoke", "--serial", "01", "--reason", "\x1b[2J"], "--reason"),
         (["revoke", "--serial", "01", "--reason", "x" * 257], "--reason"),
     ],

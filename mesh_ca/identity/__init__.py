@@ -7,7 +7,13 @@ from mesh_ca.identity.bundle import (
     load_pem_certificates,
     pem_bundle,
 )
-from mesh_ca.identity.spiffe_id import MAX_SPIFFE_ID_BYTES, SpiffeId, SpiffeIdError, TrustDomain
+from mesh_ca.identity.spiffe_id import (
+    MAX_SPIFFE_ID_BYTES,
+    RESERVED_PATH_PREFIX,
+    SpiffeId,
+    SpiffeIdError,
+    TrustDomain,
+)
 from mesh_ca.identity.svid import (
     SvidError,
     SvidFailure,
@@ -19,6 +25,7 @@ from mesh_ca.identity.svid import (
 
 __all__ = [
     "MAX_SPIFFE_ID_BYTES",
+    "RESERVED_PATH_PREFIX",
     "BundleError",
     "BundleSet",
     "SpiffeId",

@@ -10,10 +10,17 @@ import re
 from dataclasses import dataclass
 from typing import Final, final
 
-__all__ = ["MAX_SPIFFE_ID_BYTES", "SpiffeId", "SpiffeIdError", "TrustDomain"]
+__all__ = [
+    "MAX_SPIFFE_ID_BYTES",
+    "RESERVED_PATH_PREFIX",
+    "SpiffeId",
+    "SpiffeIdError",
+    "TrustDomain",
+]
 
 SCHEME: Final = "spiffe://"
 MAX_SPIFFE_ID_BYTES: Final = 2048
+RESERVED_PATH_PREFIX: Final = "/mesh/"  # the mesh's own components (the CA server: /mesh/ca)
 _TRUST_DOMAIN_RE: Final = re.compile(r"[a-z0-9._-]+")
 _SEGMENT_RE: Final = re.compile(r"[a-zA-Z0-9._-]+")
 
@@ -110,6 +117,12 @@ class SpiffeId:
 
     def member_of(self, trust_domain: TrustDomain) -> bool:
         return self.trust_domain == trust_domain
+
+    @property
+    def reserved(self) -> bool:
+        """An ID of the mesh's own components (``/mesh/...``; the CA server is
+        ``/mesh/ca``): never issued to a workload, never revoked by name."""
+        return self.path.startswith(RESERVED_PATH_PREFIX)
 
     def __str__(self) -> str:
         return f"{SCHEME}{self.trust_domain.name}{self.path}"

@@ -47,6 +47,7 @@ from mesh_ca.api import (
     RevokeResponse,
     TokenCreateRequest,
     TokenCreateResponse,
+    reserved_revocation,
 )
 from mesh_ca.identity import (
     BundleSet,
@@ -97,7 +98,6 @@ __all__ = [
 CA_SERVER_PATH: Final = "/mesh/ca"
 JSON: Final = "application/json"
 PEM: Final = "application/x-pem-file"
-_RESERVED_PREFIX: Final = "/mesh/"  # IDs of the mesh's own components; never issued by API
 _M = TypeVar("_M", bound=BaseModel)
 _T = TypeVar("_T")
 _VERIFIED_CACHE_SIZE: Final = 4096
@@ -373,7 +373,7 @@ class CaService:
                 "wrong_trust_domain",
                 f"{spiffe_id} is not in trust domain {self.authority.trust_domain}",
             )
-        if spiffe_id.path.startswith(_RESERVED_PREFIX) or not spiffe_id.path:
+        if spiffe_id.reserved or not spiffe_id.path:
             raise ApiError(403, "reserved_id", f"{spiffe_id} is reserved for the mesh itself")
 
     def _check_revocable(self, spiffe_id: SpiffeId) -> None:
@@ -389,6 +389,8 @@ class CaService:
             raise ApiError(
                 400, "bad_request", f"spiffe_id: {spiffe_id} names the trust domain, not a workload"
             )
+        if spiffe_id.reserved:
+            raise ApiError(400, "bad_request", f"spiffe_id: {reserved_revocation(spiffe_id)}")
 
     def _client_svid(self, request: ApiRequest, now: datetime) -> VerifiedSvid:
         """The verified client SVID. Fails closed: no or bad certificate is a refusal."""
