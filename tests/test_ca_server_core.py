@@ -16,7 +16,7 @@ from mesh_ca.identity import SpiffeId
 from mesh_ca.issuance import make_csr
 from mesh_ca.keys import generate_key
 from mesh_ca.server.core import ApiRequest, ApiResponse, CaAuthority, CaService
-from mesh_ca.server.ratelimit import RateLimiter
+from mesh_ca.server.ratelimit import RateLimiter, source_key
 from mesh_ca.store import SqliteStore, StoreUnavailable
 from mesh_ca.tokens import new_token
 from tests.pki import TestPki as Pki
@@ -194,6 +194,36 @@ def test_revoke_refuses_ids_outside_the_trust_domain_like_the_cli(
         assert error(refused) == (400, "bad_request")
         assert words in json.loads(refused.body)["message"]
     assert store.revocations() == []
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("10.1.2.3", "10.1.2.3"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::ffff:10.0.0.1", "10.0.0.1"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("-", "-"),
+    ],
+)
+def test_limits_count_an_ipv6_client_by_its_64(address: str, key: str) -> None:
+    assert source_key(address) == key
+
+
+def test_one_ipv6_64_shares_one_rate_limit(pki: Pki, store: SqliteStore) -> None:
+    # A client holding a /64 must not get a fresh bucket per address.
+    api = service(pki, store, rate=1.0, burst=1)
+
+    def bootstrap_from(address: str) -> ApiResponse:
+        body = json.dumps({"token": "mgt_x", "csr": csr()}).encode()
+        request = ApiRequest("POST", "/v1/bootstrap", "application/json", body, address)
+        return api.handle(request, T0, 10.0)
+
+    assert error(bootstrap_from("2001:db8:1:2::1"))[0] == 401  # allowed, then a bad token
+    assert error(bootstrap_from("2001:db8:1:2::2")) == (429, "rate_limited")
+    assert error(bootstrap_from("2001:db8:1:3::1"))[0] == 401  # another /64
 
 
 def test_the_rate_limit_uses_the_monotonic_time_passed_in(pki: Pki, store: SqliteStore) -> None:

@@ -70,7 +70,7 @@ from mesh_ca.issuance import (
 )
 from mesh_ca.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mesh_ca.server.metrics import CaMetrics
-from mesh_ca.server.ratelimit import RateLimiter
+from mesh_ca.server.ratelimit import RateLimiter, source_key
 from mesh_ca.store import (
     GroupingStore,
     IdRevoked,
@@ -339,10 +339,11 @@ class CaService:
     # Checks shared by handlers
 
     def _rate_limit(self, request: ApiRequest, monotonic: float) -> None:
+        key = source_key(request.source)
         with self._limiter_lock:
-            if self._limiter.allow(request.source, monotonic):
+            if self._limiter.allow(key, monotonic):
                 return
-            wait = self._limiter.retry_after(request.source)
+            wait = self._limiter.retry_after(key)
         seconds = max(1, round(wait + 0.5))
         self.metrics.rate_limited.inc()
         raise ApiError(

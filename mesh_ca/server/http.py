@@ -35,6 +35,7 @@ from mesh_ca.server.core import (
 )
 from mesh_ca.server.group_commit import GroupCommit
 from mesh_ca.server.identity import ServerIdentity
+from mesh_ca.server.ratelimit import source_key
 from mesh_ca.server.tlsconn import ServerTls
 from mesh_ca.server.wire import RequestHead, WireError, parse_request_head, render_response
 
@@ -106,13 +107,15 @@ class CaHttpServer:
         self.clock = clock
         self.limits = limits or ServerLimits()
         self.connections = 0
-        self.connections_per_source: dict[str, int] = {}  # open connections by source address
+        # Open connections by source (`source_key`: an address, or an IPv6 /64).
+        self.connections_per_source: dict[str, int] = {}
         self._limiter = trio.CapacityLimiter(64)
         self._group_commit = GroupCommit(service)
 
     async def handle_connection(self, stream: trio.abc.Stream, source: str) -> None:
         """Serve one TCP connection until the peer closes, times out or misbehaves."""
-        held = self.connections_per_source.get(source, 0)
+        key = source_key(source)  # an IPv6 client counts by its /64
+        held = self.connections_per_source.get(key, 0)
         if self.connections >= self.limits.max_connections:
             reason = "max_connections"
         elif held >= self.limits.max_connections_per_source:
@@ -126,7 +129,7 @@ class CaHttpServer:
             await trio.aclose_forcefully(stream)
             return
         self.connections += 1
-        self.connections_per_source[source] = held + 1
+        self.connections_per_source[key] = held + 1
         tls = ServerTls(stream, self.identity.context)
         try:
             with trio.fail_after(self.limits.handshake_timeout_seconds):
@@ -147,9 +150,9 @@ class CaHttpServer:
             )
         finally:
             self.connections -= 1
-            left = self.connections_per_source.pop(source) - 1
+            left = self.connections_per_source.pop(key) - 1
             if left:
-                self.connections_per_source[source] = left
+                self.connections_per_source[key] = left
             await tls.aclose()
 
     async def _serve_requests(

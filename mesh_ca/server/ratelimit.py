@@ -3,16 +3,33 @@
 Each source (a client IP) has a bucket of `burst` tokens refilled at `rate` per second; a
 request takes one token or is refused. The table is bounded: when it is full, buckets that
 have refilled completely (and so carry no state worth keeping) are dropped first, then the
-least recently used.
+least recently used. `source_key` names the source a limit counts: one IPv4 address, or
+one IPv6 /64, the block a single host or site usually holds.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import final
 
-__all__ = ["RateLimiter"]
+__all__ = ["RateLimiter", "source_key"]
+
+
+def source_key(address: str) -> str:
+    """What per-source limits count: an IPv4 address as is; an IPv6 address by its /64,
+    since one client commonly holds a whole /64 and could otherwise spread over 2^64
+    addresses; an IPv4-mapped IPv6 address as its IPv4 address. Anything else unchanged."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone ("%eth0")
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 @dataclass(slots=True)
