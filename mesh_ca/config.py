@@ -128,11 +128,19 @@ class ServerConfig(_Model):
     ] = ()
     rate_limit_per_second: Annotated[
         float,
-        Field(gt=0, description="issuance requests per second allowed from one source address"),
+        Field(
+            gt=0,
+            description=(
+                "issuance requests per second allowed from one source address (IPv6: one /64)"
+            ),
+        ),
     ] = 50.0
     rate_limit_burst: Annotated[
         int,
-        Field(ge=1, description="issuance requests one source address may send in a burst"),
+        Field(
+            ge=1,
+            description="issuance requests one source address (IPv6: one /64) may send in a burst",
+        ),
     ] = 100
     max_body_bytes: Annotated[
         int,
@@ -156,8 +164,9 @@ class ServerConfig(_Model):
             ge=1,
             le=1_000_000,
             description=(
-                "open client connections from one source address, so one client cannot take "
-                "every slot; sidecars behind one NAT share an address: raise it for them"
+                "open client connections from one source address (IPv6: one /64), so one "
+                "client cannot take every slot; sidecars behind one NAT share an address: "
+                "raise it for them"
             ),
         ),
     ] = 256
