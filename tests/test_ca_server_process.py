@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import ssl
@@ -383,3 +384,25 @@ async def test_pipelined_and_split_requests_over_a_real_socket(server: CaServer)
         await trio.aclose_forcefully(stream)
     assert received.count(b"HTTP/1.1 200 OK\r\n") == 3
     assert b"-----BEGIN CERTIFICATE-----" in received
+
+
+async def test_an_idle_keep_alive_connection_does_not_hold_shutdown(tmp_path: Path) -> None:
+    # The drain (5 s) is for requests in progress; a connection that is only waiting for
+    # its next request is closed at once, so a restart does not wait for idle clients.
+    with running_ca_server(tmp_path) as running:
+        tcp = await trio.open_tcp_stream(running.host, running.port)
+        stream = trio.SSLStream(tcp, client_context(running.bundles))
+        host = f"Host: {running.address}\r\n".encode()
+        with trio.fail_after(10):
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\n" + host + b"\r\n")
+            assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 200 OK")
+        started = trio.current_time()
+        running.process.send_signal(signal.SIGTERM)
+        await trio.to_thread.run_sync(running.process.wait, 15)
+        stopped = trio.current_time() - started
+        # Closed by the server (with or without close_notify).
+        with trio.fail_after(5), contextlib.suppress(trio.BrokenResourceError):
+            assert await stream.receive_some(65536) == b""
+        await trio.aclose_forcefully(stream)
+    assert running.process.returncode == 0
+    assert stopped < 3, f"shutdown waited {stopped:.1f} s for an idle connection"

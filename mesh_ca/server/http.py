@@ -109,8 +109,18 @@ class CaHttpServer:
         self.connections = 0
         # Open connections by source (`source_key`: an address, or an IPv6 /64).
         self.connections_per_source: dict[str, int] = {}
+        self._idle: set[trio.CancelScope] = set()  # connections waiting for a next request
+        self._closing = False
         self._limiter = trio.CapacityLimiter(64)
         self._group_commit = GroupCommit(service)
+
+    def close_idle(self) -> None:
+        """Shutting down: close the connections waiting for their next request now, and
+        every other one after the response it is working on (no drain wait for idle
+        keep-alive connections)."""
+        self._closing = True
+        for scope in self._idle:
+            scope.cancel()
 
     async def handle_connection(self, stream: trio.abc.Stream, source: str) -> None:
         """Serve one TCP connection until the peer closes, times out or misbehaves."""
@@ -173,17 +183,23 @@ class CaHttpServer:
         limits = self.limits
         buffer = bytearray()
         timeout = limits.header_timeout_seconds
-        while True:
+        while not self._closing:
             # Phase deadlines are kept to within a second: moving a cancel scope's deadline
             # costs a heap update, and on a busy keep-alive connection it would otherwise
             # move by microseconds on every request.
             wanted = trio.current_time() + timeout
             if abs(deadline.deadline - wanted) > _DEADLINE_SLACK_SECONDS:
                 deadline.deadline = wanted
+            idle = not buffer  # between requests: `close_idle` may end the connection now
+            if idle:
+                self._idle.add(deadline)
             try:
                 head = await self._read_head(tls, buffer)
             except WireError as exc:
                 await self._refuse(tls, ApiError(exc.status, "bad_http", str(exc)), source)
+            finally:
+                if idle:
+                    self._idle.discard(deadline)
             if head is None:
                 return
             timeout = limits.idle_timeout_seconds

@@ -1,9 +1,10 @@
 """``mesh-ca serve``: load the CA directory, issue the server's own SVID, serve until a signal.
 
 Prints ``mesh-ca serving on HOST:PORT`` to stderr once listening (the real port when
-``--listen`` asks for port 0). SIGINT/SIGTERM stop accepting, give open connections a
-few seconds to finish, then exit 0. The server SVID is re-issued at half its lifetime;
-a failed rotation is logged and retried while the current one still serves.
+``--listen`` asks for port 0). SIGINT/SIGTERM stop accepting, close idle keep-alive
+connections, give the others a few seconds to finish their request, then exit 0. The
+server SVID is re-issued at half its lifetime; a failed rotation is logged and retried
+while the current one still serves.
 """
 
 from __future__ import annotations
@@ -174,8 +175,10 @@ async def _serve_until_signal(
                         json.dumps({"event": "shutdown", "signal": signal.Signals(signum).name})
                     )
                     accepting.cancel_scope.cancel()
+                    server.close_idle()
                     break
-            # Stop accepting; open connections get a short drain, then are cancelled.
+            # Stop accepting; idle keep-alive connections close at once, the others finish
+            # the request at hand within a short drain, then are cancelled.
             connections.cancel_scope.deadline = trio.current_time() + DRAIN_SECONDS
 
 
