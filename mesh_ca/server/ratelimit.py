@@ -9,6 +9,7 @@ one IPv6 /64, the block a single host or site usually holds.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import final
 __all__ = ["RateLimiter", "source_key"]
 
 
+@functools.lru_cache(maxsize=4096)  # parsing costs ~10 µs (IPv4) to ~40 µs (IPv6) a call
 def source_key(address: str) -> str:
     """What per-source limits count: an IPv4 address as is; an IPv6 address by its /64,
     since one client commonly holds a whole /64 and could otherwise spread over 2^64
