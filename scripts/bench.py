@@ -96,9 +96,35 @@ def ca_server(
     directory: Path, log_level: str, extra: list[str], root: Path | None = None
 ) -> Iterator[CaProcess]:
     """A fresh SQLite CA in `directory`, served (from the source tree `root` if given)."""
-    ca = init_ca_dir(directory / "ca", "bench.example", datetime.now(UTC), config=bench_config())
+    if root is None:
+        ca = init_ca_dir(
+            directory / "ca", "bench.example", datetime.now(UTC), config=bench_config()
+        )
+    else:
+        ca = baseline_ca(directory / "ca", root)
     with serve_ca(ca, directory / "server.log", log_level, extra, root=root) as server:
         yield server
+
+
+_CLI = (sys.executable, "-m", "mesh_ca.cli")
+
+
+def baseline_ca(directory: Path, root: Path) -> LoadedCa:
+    """A CA made by the baseline tree's own `mesh-ca init` (its ca.toml must hold only the
+    keys that version knows), with the rate limit lifted as in `bench_config`."""
+    subprocess.run(
+        [*_CLI, "init", "--trust-domain", "bench.example", "--dir", str(directory)],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        cwd=root,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    config = directory / "ca.toml"
+    text = config.read_text()
+    text = re.sub(r"(?m)^rate_limit_per_second = .*$", "rate_limit_per_second = 1e9", text)
+    text = re.sub(r"(?m)^rate_limit_burst = .*$", "rate_limit_burst = 1000000000", text)
+    config.write_text(text)
+    return load_ca_dir(directory)
 
 
 @contextlib.contextmanager
