@@ -42,6 +42,18 @@ def test_the_limiter_table_is_bounded() -> None:
     assert len(limiter) == 3
 
 
+def test_a_full_limiter_drops_refilled_buckets_first_then_the_least_recently_used() -> None:
+    limiter = RateLimiter(1.0, 1, max_sources=3)  # a bucket refills in 1 s
+    assert limiter.allow("old", 0.0)
+    assert limiter.allow("a", 5.0)
+    assert limiter.allow("b", 5.1)
+    assert limiter.allow("c", 5.2)  # full: "old" refilled long ago, so it goes
+    assert not limiter.allow("a", 5.3)  # "a" kept its (empty) bucket
+    assert limiter.allow("d", 5.4)  # nothing refilled: the least recently used, "b", goes
+    assert limiter.allow("b", 5.5)  # a fresh bucket
+    assert not limiter.allow("a", 5.6)  # "a" was used at 5.3, so it stayed
+
+
 @pytest.fixture
 def pki() -> Pki:
     return Pki(now=T0)

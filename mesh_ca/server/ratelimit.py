@@ -77,11 +77,14 @@ class RateLimiter:
         return len(self._buckets)
 
     def _make_room(self, now: float) -> None:
-        if len(self._buckets) < self.max_sources:
+        buckets = self._buckets
+        if len(buckets) < self.max_sources:
             return
+        # The table is in order of last use, and a bucket is updated whenever it is used,
+        # so the refilled ones are all at the front: drop them from there (no scan of the
+        # whole table for every new source once it is full), then the least recently used.
         full_after = self.burst / self.rate
-        stale = [s for s, b in self._buckets.items() if now - b.updated >= full_after]
-        for source in stale:
-            del self._buckets[source]
-        while len(self._buckets) >= self.max_sources:
-            self._buckets.popitem(last=False)
+        while buckets and now - next(iter(buckets.values())).updated >= full_after:
+            buckets.popitem(last=False)
+        while len(buckets) >= self.max_sources:
+            buckets.popitem(last=False)
