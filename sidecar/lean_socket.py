@@ -28,6 +28,8 @@ from typing import Final, TypeAlias, final
 
 import trio
 
+from sidecar.one_at_a_time import OneAtATime
+
 __all__ = ["DeadlineStream", "LeanSocketStream", "TimedStream", "lean"]
 
 _DEFAULT_RECEIVE: Final = 64 * 1024
@@ -59,8 +61,8 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
         self.send_deadline = math.inf
         self._fast = 0
         self._closed = False
-        self._sending = False
-        self._receiving = False
+        self._sending = OneAtATime("another task is sending on this stream")
+        self._receiving = OneAtATime("another task is receiving on this stream")
         self._receive_wait: trio.CancelScope | None = None
 
     @classmethod
@@ -111,10 +113,7 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this stream")
-        self._sending = True
-        try:
+        with self._sending:
             await trio.lowlevel.checkpoint_if_cancelled()
             if self._closed:
                 raise trio.ClosedResourceError("the stream is closed")
@@ -134,16 +133,11 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
                         raise trio.ClosedResourceError("the stream is closed") from exc
                     raise trio.BrokenResourceError(f"send failed: {exc}") from exc
             await self._after_fast_call()
-        finally:
-            self._sending = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is not None and max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is receiving on this stream")
-        self._receiving = True
-        try:
+        with self._receiving:
             await trio.lowlevel.checkpoint_if_cancelled()
             if self._closed:
                 raise trio.ClosedResourceError("the stream is closed")
@@ -165,12 +159,9 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
                     continue
                 await self._after_fast_call()
                 return data
-        finally:
-            self._receiving = False
 
     async def send_eof(self) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending.check()
         await trio.lowlevel.checkpoint()
         if self._closed:
             raise trio.ClosedResourceError("the stream is closed")
@@ -180,8 +171,7 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
             raise trio.BrokenResourceError(f"shutdown failed: {exc}") from exc
 
     async def wait_send_all_might_not_block(self) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending.check()
         if self._closed:
             raise trio.ClosedResourceError("the stream is closed")
         await trio.lowlevel.wait_writable(self.socket)

@@ -29,6 +29,7 @@ from typing import final
 import trio
 
 from sidecar.lean_socket import LeanSocketStream
+from sidecar.one_at_a_time import OneAtATime
 
 __all__ = ["TlsError", "TlsStream"]
 
@@ -51,8 +52,8 @@ class TlsStream(trio.abc.HalfCloseableStream):
         self._outgoing = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
         self._send_lock = trio.StrictFIFOLock()
-        self._sending = False
-        self._receiving = False
+        self._sending = OneAtATime("another task is sending on this TLS stream")
+        self._receiving = OneAtATime("another task is receiving on this TLS stream")
         self._handshook = False
         self._eof_sent = False
         self._transport_eof = False
@@ -171,10 +172,7 @@ class TlsStream(trio.abc.HalfCloseableStream):
             await self._pull()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this TLS stream")
-        self._sending = True
-        try:
+        with self._sending:
             await self._checkpoint()
             self._check_open()
             if self._eof_sent:
@@ -187,15 +185,10 @@ class TlsStream(trio.abc.HalfCloseableStream):
                 self._broken = True
                 raise trio.BrokenResourceError(f"TLS write failed: {exc}") from exc
             await self._flush()
-        finally:
-            self._sending = False
 
     async def send_eof(self) -> None:
         """Send close_notify: the peer reads EOF; this side can still receive."""
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this TLS stream")
-        self._sending = True
-        try:
+        with self._sending:
             await trio.lowlevel.checkpoint()
             self._check_open()
             if self._eof_sent:
@@ -207,20 +200,13 @@ class TlsStream(trio.abc.HalfCloseableStream):
                 self._broken = True
                 raise trio.BrokenResourceError(f"TLS shutdown failed: {exc}") from exc
             await self._flush()
-        finally:
-            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this TLS stream")
-        self._sending = True
-        try:
+        with self._sending:
             await trio.lowlevel.checkpoint()
             self._check_open()
             async with self._send_lock:
                 await self.transport.wait_send_all_might_not_block()
-        finally:
-            self._sending = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is not None:
@@ -228,10 +214,7 @@ class TlsStream(trio.abc.HalfCloseableStream):
                 raise TypeError("max_bytes must be an int")
             if max_bytes < 1:
                 raise ValueError("max_bytes must be >= 1")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is receiving on this TLS stream")
-        self._receiving = True
-        try:
+        with self._receiving:
             await self._checkpoint()
             limit = max_bytes or _DEFAULT_RECEIVE
             if self._plain:
@@ -266,8 +249,6 @@ class TlsStream(trio.abc.HalfCloseableStream):
                         data = data[:limit]
                     return data
                 await self._pull()
-        finally:
-            self._receiving = False
 
     def _read_ahead(self, first: bytes, limit: int) -> bytes:
         """`first` plus the plaintext of the further complete records already in the BIO,
