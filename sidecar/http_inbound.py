@@ -524,10 +524,23 @@ class _Session:
             "app_unreachable": "the local app refused the connection",
             "app_connect_timeout": "the local app did not accept a connection in time",
         }.get(outcome.reason or "", "the local app closed the connection")
+        return await self._answer_error(outcome, outcome.status, message, head, request_id, keep)
+
+    async def _answer_error(
+        self,
+        outcome: _Outcome,
+        status: int,
+        message: str,
+        head: RequestHead,
+        request_id: str,
+        keep: bool,
+    ) -> _Outcome:
+        """Send the client our own error reply for `head`; `outcome` records whether the
+        connection stays open (`keep`) or the client is gone."""
         try:
             await self._send_client(
                 reply(
-                    outcome.status,
+                    status,
                     message,
                     request_id,
                     close=not keep,
@@ -594,21 +607,9 @@ class _Session:
                     return outcome
                 outcome.status = response.error_status
                 keep = head.keep_alive and pump.done
-                try:
-                    await self._send_client(
-                        reply(
-                            response.error_status,
-                            response.error,
-                            request_id,
-                            close=not keep,
-                            head_only=head.method == "HEAD",
-                            version=head.version,
-                        )
-                    )
-                    outcome.keep_client = keep
-                except _ClientGoneError:
-                    outcome.abort_client = True
-                return outcome
+                return await self._answer_error(
+                    outcome, response.error_status, response.error, head, request_id, keep
+                )
             outcome.keep_client = response.keep_client and pump.done
             reuse = (
                 response.complete
