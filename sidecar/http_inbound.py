@@ -59,7 +59,7 @@ from sidecar.http import (
 )
 from sidecar.http.forwarding import ForwardedRequest, new_uuid, xfcc_value
 from sidecar.http_replies import reply
-from sidecar.lean_socket import LeanSocketStream, TimedStream, lean
+from sidecar.lean_socket import TimedStream, lean, peer_address
 from sidecar.logs import event
 from sidecar.observe import AccessRecord
 from sidecar.policy import AccessRequest, PolicyStore
@@ -87,16 +87,6 @@ class _ClientTimeoutError(Exception):
 
 class _StaleConnectionError(Exception):
     """A reused app connection failed before any response byte: retry on a fresh one."""
-
-
-def peer_address(stream: trio.abc.Stream) -> str:
-    if not isinstance(stream, trio.SocketStream | LeanSocketStream):
-        return "in-memory"
-    try:
-        host, port, *_ = stream.socket.getpeername()
-    except OSError:
-        return "unknown"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _body_free(framing: Framing) -> bool:

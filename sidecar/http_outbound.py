@@ -53,7 +53,7 @@ from sidecar.http import (
 )
 from sidecar.http.forwarding import new_uuid
 from sidecar.http_replies import reply
-from sidecar.lean_socket import TimedStream, lean
+from sidecar.lean_socket import TimedStream, lean, peer_address
 from sidecar.logs import event
 from sidecar.observe import AccessRecord
 from sidecar.pool import MeshPool, PooledConnection, PoolError
@@ -143,7 +143,7 @@ class HttpOutbound:
 
     async def handle(self, local: trio.abc.Stream) -> None:
         """Serve one local client connection; never raises for a peer's fault."""
-        source = _address(local)
+        source = peer_address(local)
         timed = lean(local)
         clean = False  # a cancelled connection (revoked, expired, drained) is aborted
         service = self.config.service
@@ -487,14 +487,3 @@ class HttpOutbound:
                 traceparent=traceparent,
             )
         )
-
-
-def _address(stream: trio.abc.Stream) -> str:
-    sock = getattr(stream, "socket", None)
-    if sock is None:
-        return "in-memory"
-    try:
-        host, port, *_ = sock.getpeername()
-    except OSError:
-        return "unknown"
-    return f"{host}:{port}"

@@ -17,6 +17,7 @@ import trio
 from sidecar.admission import admitted, handshake_refused
 from sidecar.authz import Authorizer, authorize_safely
 from sidecar.config import InboundConfig
+from sidecar.lean_socket import peer_address
 from sidecar.logs import event
 from sidecar.observe import ConnectionReport
 from sidecar.relay import abort, relay
@@ -46,7 +47,7 @@ class Inbound:
         """
         rt = self.runtime
         report = ConnectionReport(
-            "inbound", _peer_address(transport), self.config.service, rt.now(), trio.current_time()
+            "inbound", peer_address(transport), self.config.service, rt.now(), trio.current_time()
         )
         async with admitted(rt, "inbound", transport, log, report, source=report.source) as slot:
             if slot is not None:
@@ -123,13 +124,3 @@ class Inbound:
             except OSError:
                 return None
         return None
-
-
-def _peer_address(stream: trio.abc.Stream) -> str:
-    if not isinstance(stream, trio.SocketStream):
-        return "in-memory"
-    try:
-        host, port, *_ = stream.socket.getpeername()
-    except OSError:
-        return "unknown"
-    return f"{host}:{port}"

@@ -30,7 +30,7 @@ import trio
 
 from sidecar.one_at_a_time import OneAtATime
 
-__all__ = ["DeadlineStream", "LeanSocketStream", "TimedStream", "lean"]
+__all__ = ["DeadlineStream", "LeanSocketStream", "TimedStream", "lean", "peer_address"]
 
 _DEFAULT_RECEIVE: Final = 64 * 1024
 _FAIR_EVERY: Final = 16
@@ -245,3 +245,15 @@ def lean(stream: trio.abc.Stream) -> TimedStream:
     if isinstance(stream, trio.SocketStream):
         return LeanSocketStream.take(stream)
     return DeadlineStream(stream)
+
+
+def peer_address(stream: trio.abc.Stream) -> str:
+    """The remote end of a socket stream as ``host:port`` (``[host]:port`` for IPv6), for
+    logs; ``in-memory`` for other streams, ``unknown`` once the socket is gone."""
+    if not isinstance(stream, trio.SocketStream | LeanSocketStream):
+        return "in-memory"
+    try:
+        host, port, *_ = stream.socket.getpeername()
+    except OSError:
+        return "unknown"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -17,6 +17,7 @@ import trio
 
 from sidecar.admission import admitted, handshake_refused
 from sidecar.config import Address, OutboundConfig
+from sidecar.lean_socket import peer_address
 from sidecar.logs import event
 from sidecar.observe import ConnectionReport
 from sidecar.relay import abort, relay
@@ -59,7 +60,7 @@ class Outbound:
         """
         rt = self.runtime
         report = ConnectionReport(
-            "outbound", _local_address(local), self.config.service, rt.now(), trio.current_time()
+            "outbound", peer_address(local), self.config.service, rt.now(), trio.current_time()
         )
         service = self.config.service
         async with admitted(rt, "outbound", local, log, report, service=service) as slot:
@@ -132,13 +133,3 @@ class Outbound:
         await abort(local)
         await abort(conn.stream)
         event(log, "connection closed", **fields, outcome="svid_expired")
-
-
-def _local_address(stream: trio.abc.Stream) -> str:
-    if not isinstance(stream, trio.SocketStream):
-        return "in-memory"
-    try:
-        host, port, *_ = stream.socket.getpeername()
-    except OSError:
-        return "unknown"
-    return f"{host}:{port}"
