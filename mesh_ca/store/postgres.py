@@ -21,7 +21,8 @@ scrubbed from any driver text that might echo it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final, LiteralString, NoReturn, TypeVar, final
@@ -245,6 +246,17 @@ class PostgresStore:
         except _StaleConnectionError:
             return self._with_connection(lambda conn: self._attempt_read(conn, fn, first=False))
 
+    @contextmanager
+    def _duplicate_is(self, what: str) -> Iterator[None]:
+        """A unique-key violation inside becomes a `StoreError` saying `what` was duplicated
+        (the driver's text names a constraint, not the caller's value)."""
+        try:
+            yield
+        except StoreError as exc:
+            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+                raise StoreError(f"{self.where}: {what}") from exc
+            raise
+
     def _stale(self, conn: psycopg.Connection[tuple[Any, ...]], exc: Exception) -> NoReturn:
         """`conn` died under us: drop it and the idle ones, and let the caller retry once."""
         conn.close()
@@ -304,12 +316,8 @@ class PostgresStore:
                 (token_id, secret_hash, str(spiffe_id), created_at, expires_at),
             )
 
-        try:
+        with self._duplicate_is(f"token id {token_id!r} already exists"):
             self._transaction(run)
-        except StoreError as exc:
-            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
-                raise StoreError(f"{self.where}: token id {token_id!r} already exists") from exc
-            raise
 
     def consume_token(self, token_id: str, secret_hash: bytes, now: datetime) -> SpiffeId:
         """Mark the token used and return its bound ID, or raise `TokenError`. Atomic.
@@ -349,12 +357,8 @@ class PostgresStore:
             conn.execute(_INSERT_ISSUED, _issued_params(record))
             return record
 
-        try:
+        with self._duplicate_is("that serial is already in the ledger"):
             result = self._transaction(run)
-        except StoreError as exc:
-            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
-                raise StoreError(f"{self.where}: that serial is already in the ledger") from exc
-            raise
         if isinstance(result, TokenFailure):
             raise TokenError(result)
         return result
@@ -377,14 +381,8 @@ class PostgresStore:
         def run(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
             conn.execute(_INSERT_ISSUED, params)
 
-        try:
+        with self._duplicate_is(f"serial {record.serial:x} is already in the ledger"):
             self._transaction(run)
-        except StoreError as exc:
-            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
-                raise StoreError(
-                    f"{self.where}: serial {record.serial:x} is already in the ledger"
-                ) from exc
-            raise
 
     def record_renewal(self, record: IssuedRecord, current_serial: int) -> None:
         """One conditional INSERT outside BEGIN/COMMIT (atomic on its own): one round trip.
@@ -403,14 +401,8 @@ class PostgresStore:
                 params,
             ).rowcount
 
-        try:
+        with self._duplicate_is(f"serial {record.serial:x} is already in the ledger"):
             inserted = self._read(run)
-        except StoreError as exc:
-            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
-                raise StoreError(
-                    f"{self.where}: serial {record.serial:x} is already in the ledger"
-                ) from exc
-            raise
         if inserted != 1:
             raise IdRevoked(record.spiffe_id)
 
