@@ -10,7 +10,7 @@ absent attribute without an error is `has`, so `has` counts as a read; any other
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -79,18 +79,42 @@ def request_context(
 def context_reads(policies: Iterable[Mapping[str, Any]]) -> frozenset[str] | None:
     """Top-level context attributes that `policies` (Cedar JSON, EST) read via `.` or `has`;
     None when some policy uses `context` otherwise (then the whole context is sent)."""
+    reads, whole = _reads_of(policies, _is_context)
+    return None if whole else reads
+
+
+def header_names_read(policies: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """Header names that some policy reads (`context.headers.x`, `has "x"`): only those go
+    into the request, and validation guarantees the schema declares each of them."""
+    return _reads_of(policies, _is_context_headers)[0]
+
+
+def reads_headers_whole(policy: Mapping[str, Any]) -> bool:
+    """Whether a policy uses `context.headers` other than one header at a time.
+
+    Only headers read by name are sent, so `context.headers == {}` would always hold:
+    the loader refuses such a policy rather than let it see a record that is never full.
+    """
+    return _reads_of((policy,), _is_context_headers)[1]
+
+
+def _reads_of(
+    policies: Iterable[Mapping[str, Any]], is_record: Callable[[Any], bool]
+) -> tuple[frozenset[str], bool]:
+    """The attributes of a record (`context`, `context.headers`) that the policies' EST
+    conditions read one at a time (`.` or `has`), and whether one uses the record some other
+    way (whole: compared, passed on), which is how they can be told apart in the tree."""
     reads: set[str] = set()
     whole = False
 
     def walk(node: Any) -> None:
         nonlocal whole
         if isinstance(node, dict):
-            if node == _CONTEXT_VAR:
+            if is_record(node):
                 whole = True  # reached only when not the `left` of a `.` / `has`
                 return
             for key, value in node.items():
-                is_read = key in (".", "has") and isinstance(value, dict)
-                if is_read and value.get("left") == _CONTEXT_VAR:
+                if key in (".", "has") and isinstance(value, dict) and is_record(value.get("left")):
                     reads.add(str(value.get("attr")))
                     continue
                 walk(value)
@@ -100,56 +124,11 @@ def context_reads(policies: Iterable[Mapping[str, Any]]) -> frozenset[str] | Non
 
     for est in policies:
         walk(est.get("conditions", []))
-    return None if whole else frozenset(reads)
+    return frozenset(reads), whole
 
 
-def header_names_read(policies: Iterable[Mapping[str, Any]]) -> frozenset[str]:
-    """Header names that some policy reads (`context.headers.x`, `has "x"`): only those go
-    into the request, and validation guarantees the schema declares each of them."""
-    names: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key in (".", "has"):
-                inner = node.get(key)
-                if isinstance(inner, dict) and _is_context_headers(inner.get("left")):
-                    names.add(str(inner.get("attr")))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    for est in policies:
-        walk(est.get("conditions", []))
-    return frozenset(names)
-
-
-def reads_headers_whole(policy: Mapping[str, Any]) -> bool:
-    """Whether a policy uses `context.headers` other than one header at a time.
-
-    Only headers read by name are sent, so `context.headers == {}` would always hold:
-    the loader refuses such a policy rather than let it see a record that is never full.
-    """
-    found = False
-
-    def walk(node: Any) -> None:
-        nonlocal found
-        if isinstance(node, dict):
-            if _is_context_headers(node):
-                found = True  # reached only when not the `left` of a `.` / `has`
-                return
-            for key, value in node.items():
-                is_read = key in (".", "has") and isinstance(value, dict)
-                if is_read and _is_context_headers(value.get("left")):
-                    continue
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(policy.get("conditions", []))
-    return found
+def _is_context(node: Any) -> bool:
+    return bool(node == _CONTEXT_VAR)
 
 
 def _is_context_headers(node: Any) -> bool:
