@@ -36,8 +36,28 @@ _DEFAULT_RECEIVE: Final = 64 * 1024
 _FAIR_EVERY: Final = 16
 
 
+class _ReceiveDeadline:
+    """The receive deadline both streams here share: a receive waits in `_receive_wait`
+    (a cancel scope at `receive_deadline`), which can be moved or cancelled meanwhile."""
+
+    __slots__ = ("_receive_wait", "receive_deadline")
+    receive_deadline: float  # trio time; a wait past it raises TooSlowError
+    _receive_wait: trio.CancelScope | None
+
+    def extend_receive_deadline(self, deadline: float) -> None:
+        """Move `receive_deadline`, also for a receive that is waiting now."""
+        self.receive_deadline = deadline
+        if self._receive_wait is not None:
+            self._receive_wait.deadline = deadline
+
+    def interrupt_receive(self) -> None:
+        """A receive waiting now raises `TooSlowError` (drain: stop waiting for a request)."""
+        if self._receive_wait is not None:
+            self._receive_wait.cancel()
+
+
 @final
-class LeanSocketStream(trio.abc.HalfCloseableStream):
+class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
     """A connected, non-blocking TCP socket as a trio stream. Errors are translated as
     `trio.SocketStream` does: `BrokenResourceError` (cause: the `OSError`) for a failed
     call, `ClosedResourceError` after `aclose`, `BusyResourceError` for two concurrent
@@ -46,10 +66,8 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
     __slots__ = (
         "_closed",
         "_fast",
-        "_receive_wait",
         "_receiving",
         "_sending",
-        "receive_deadline",
         "send_deadline",
         "socket",
     )
@@ -73,17 +91,6 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
 
     def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
         self.socket.setsockopt(level, option, value)
-
-    def extend_receive_deadline(self, deadline: float) -> None:
-        """Move `receive_deadline`, also for a receive that is waiting now."""
-        self.receive_deadline = deadline
-        if self._receive_wait is not None:
-            self._receive_wait.deadline = deadline
-
-    def interrupt_receive(self) -> None:
-        """A receive waiting now raises `TooSlowError` (drain: stop waiting for a request)."""
-        if self._receive_wait is not None:
-            self._receive_wait.cancel()
 
     async def _wait_readable(self) -> None:
         self._fast = 0
@@ -186,7 +193,7 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
 
 
 @final
-class DeadlineStream(trio.abc.HalfCloseableStream):
+class DeadlineStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
     """Any stream with `LeanSocketStream`'s deadline attributes: each call runs under a
     cancel scope at the deadline (when one is set) and raises `TooSlowError` past it."""
 
@@ -195,15 +202,6 @@ class DeadlineStream(trio.abc.HalfCloseableStream):
         self.receive_deadline = math.inf
         self.send_deadline = math.inf
         self._receive_wait: trio.CancelScope | None = None
-
-    def extend_receive_deadline(self, deadline: float) -> None:
-        self.receive_deadline = deadline
-        if self._receive_wait is not None:
-            self._receive_wait.deadline = deadline
-
-    def interrupt_receive(self) -> None:
-        if self._receive_wait is not None:
-            self._receive_wait.cancel()
 
     async def _by(self, deadline: float, call: Callable[[], Awaitable[object]]) -> object:
         with trio.CancelScope(deadline=deadline):
