@@ -226,6 +226,19 @@ def test_issue_leaf_ignores_csr_sans_extensions_and_ca_requests(pki: Pki) -> Non
         x509.SubjectKeyIdentifier,
         x509.AuthorityKeyIdentifier,
     }
+    assert {type(e.value): e.critical for e in cert.extensions} == {
+        x509.BasicConstraints: True,
+        x509.KeyUsage: True,
+        x509.ExtendedKeyUsage: False,
+        x509.SubjectAlternativeName: True,
+        x509.SubjectKeyIdentifier: False,
+        x509.AuthorityKeyIdentifier: False,
+    }
+    ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert ski == x509.SubjectKeyIdentifier.from_public_key(csr.public_key())
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    issuer_ski = pki.intermediate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    assert aki.key_identifier == issuer_ski.value.digest
     assert cert.public_key() == csr.public_key()
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import final
 
@@ -33,10 +33,19 @@ class Signer:
     cert: x509.Certificate
     key: PrivateKey
     chain: tuple[x509.Certificate, ...] = ()
+    # Read once: every leaf needs both, and recomputing them (a date conversion, a SHA-1
+    # over the public key) was ~20 µs of a leaf's ~190 µs.
+    not_after: datetime = field(init=False, repr=False, compare=False)
+    authority_key_id: x509.Extension[x509.AuthorityKeyIdentifier] = field(
+        init=False, repr=False, compare=False
+    )
 
-    @property
-    def not_after(self) -> datetime:
-        return self.cert.not_valid_after_utc
+    def __post_init__(self) -> None:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key())
+        object.__setattr__(self, "not_after", self.cert.not_valid_after_utc)
+        object.__setattr__(
+            self, "authority_key_id", x509.Extension(aki.oid, critical=False, value=aki)
+        )
 
 
 def _ca_name(trust_domain: TrustDomain, role: str) -> x509.Name:
