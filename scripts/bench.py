@@ -3,6 +3,7 @@
 
     python scripts/bench.py ca [--seconds 3] [--concurrency 16] [--only-default] [--baseline REF]
                                [--client-processes N]
+    python scripts/bench.py ca-instructions [--seconds 3] [--concurrency 16]   (needs valgrind)
     python scripts/bench.py replicas [--seconds 3] [--concurrency 16] [--client-processes N]
     python scripts/bench.py http [--seconds 6] [--rounds 3] [--baseline REF] [--http-workers2]
     python scripts/bench.py datapath [--seconds 3]
@@ -27,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -135,15 +136,19 @@ def serve_ca(
     extra: list[str],
     env: dict[str, str] | None = None,
     root: Path | None = None,
+    prefix: Sequence[str] = (),
+    start_seconds: float = 30.0,
 ) -> Iterator[CaProcess]:
     """``mesh-ca serve`` on an existing CA directory, on 127.0.0.1:0; from the source tree
-    `root` (a baseline exported by `baseline_tree`) when given, else from this checkout."""
+    `root` (a baseline exported by `baseline_tree`) when given, else from this checkout;
+    under `prefix` (e.g. valgrind) if given."""
     if root is not None:
         path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
         env = {**(env or {}), "PYTHONPATH": path}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [
+                *prefix,
                 sys.executable,
                 "-m",
                 "mesh_ca.server",
@@ -162,7 +167,7 @@ def serve_ca(
             cwd=root,
         )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_seconds
         while not (match := re.search(r"serving on (\S+):(\d+)", log_path.read_text())):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"CA server did not start:\n{log_path.read_text()}")
@@ -170,7 +175,7 @@ def serve_ca(
         yield CaProcess(ca, process, (match.group(1), int(match.group(2))))
     finally:
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=15)
+        process.wait(timeout=15 if not prefix else 120)
 
 
 def raw_signing(ca: LoadedCa, seconds: float) -> tuple[int, float]:
@@ -429,6 +434,77 @@ def bench_ca(args: argparse.Namespace) -> Figures:
     return figures
 
 
+# Section: ca-instructions
+
+
+def bench_ca_instructions(args: argparse.Namespace) -> Figures:
+    """Instructions (callgrind) per request through the CA server and per raw unit: a
+    figure that does not move with the machine's load, as seconds here do by ±10-15 %.
+
+    The server runs under valgrind, ~50x slower: `--seconds` is each counted phase in
+    valgrind's time (renewal, bootstrap, the bare shell), after a warm-up half as long.
+    The raw unit is the `issue_leaf` loop of `bench ca`, counted at two lengths."""
+    require_valgrind()
+    seconds, concurrency = args.seconds, args.concurrency
+    figures: Figures = {"machine": machine(), "seconds_per_phase": seconds}
+    csr_pems = [
+        make_csr(generate_key()).public_bytes(serialization.Encoding.PEM).decode()
+        for _ in range(64)
+    ]
+    for kind, label in (("raw", "raw_unit"), ("parse", "parse_csr"), ("sign", "sign_leaf")):
+        progress(f"counting the {kind} loop under callgrind (two runs) ...")
+        figures[f"{label}_instructions"] = loop_instructions(kind, 20, 100)
+    raw = figures["raw_unit_instructions"]
+    with tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp:
+        ca = init_ca_dir(
+            Path(tmp) / "ca", "bench.example", datetime.now(UTC), config=bench_config()
+        )
+        tokens = add_tokens(ca, int(seconds * 200) + 100)  # well above valgrind's rate
+        prefix = valgrind_prefix(Path(tmp) / "server.%p")
+        progress("starting the CA server under callgrind (a minute or so) ...")
+        with serve_ca(
+            ca, Path(tmp) / "server.log", "info", [], prefix=prefix, start_seconds=600
+        ) as server:
+            anonymous = [client_context(BundleSet.of(ca.bundle))] * concurrency
+            bodies = {
+                "/v1/renew": (json.dumps({"csr": csr_pems[i % 64]}).encode() for i in range(10**9)),
+                "/v1/bootstrap": iter(
+                    [
+                        json.dumps({"token": t, "csr": csr_pems[i % 64]}).encode()
+                        for i, t in enumerate(tokens)
+                    ]
+                ),
+                "/healthz": itertools.repeat(b"{}"),
+            }
+            phases = (
+                ("renew", "/v1/renew", renew_contexts(ca, concurrency)),
+                ("bootstrap", "/v1/bootstrap", anonymous),
+                ("shell", "/healthz", anonymous),
+            )
+            pid = server.process.pid
+            for name, path, contexts in phases:
+                targets = [Target(server.address, c) for c in contexts]
+                run_load(targets, path, bodies[path], seconds / 2)  # warm-up, not counted
+                zero(pid)
+                load = run_load(targets, path, bodies[path], seconds)
+                dump(pid)
+                requests = load.ok + load.failed
+                per_request = round(latest_total(Path(tmp), pid) / requests) if requests else None
+                figures[name] = {
+                    "requests": requests,
+                    "issued": load.ok,
+                    "failed": load.failed,
+                    "instructions_per_request": per_request,
+                    "raw_units_per_request": round(per_request / raw, 2) if per_request else None,
+                }
+    figures["ratio_to_raw_in_instructions"] = {
+        kind: round(raw / figures[kind]["instructions_per_request"], 3)
+        for kind in ("bootstrap", "renew")
+        if figures[kind]["instructions_per_request"] and not figures[kind]["failed"]
+    }
+    return figures
+
+
 # Section: replicas
 
 
@@ -526,11 +602,20 @@ def bench_replicas(args: argparse.Namespace) -> Figures:
 SECTIONS: dict[str, Callable[[argparse.Namespace], Figures]] = {
     "ca": bench_ca,
     "replicas": bench_replicas,
+    "ca-instructions": bench_ca_instructions,
 }
 
 # Data-path sections (http, datapath, memory) live in scripts/benchlib/datapath.py.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scripts.benchlib.ca_load import Target, run_load  # noqa: E402
+from scripts.benchlib.callgrind import (  # noqa: E402
+    dump,
+    latest_total,
+    loop_instructions,
+    require_valgrind,
+    valgrind_prefix,
+    zero,
+)
 from scripts.benchlib.datapath import SECTIONS as DATA_PATH_SECTIONS  # noqa: E402
 from scripts.benchlib.datapath import baseline_tree  # noqa: E402
 

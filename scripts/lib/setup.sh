@@ -13,6 +13,8 @@ ensure_debian_packages() {
     local missing=()
     command -v openssl >/dev/null || missing+=(openssl)
     command -v curl >/dev/null || missing+=(curl)
+    # callgrind: bench.py ca-instructions and its test count instructions under valgrind.
+    command -v callgrind_control >/dev/null || missing+=(valgrind)
     # Benchmark peers: only scripts/bench.py asks for them (MESHGATE_WITH_PEERS=1).
     if [ "${MESHGATE_WITH_PEERS:-0}" = 1 ]; then
         [ -x /usr/sbin/nginx ] || missing+=(nginx)
