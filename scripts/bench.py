@@ -444,7 +444,10 @@ def bench_ca_instructions(args: argparse.Namespace) -> Figures:
     The server runs under valgrind, ~50x slower: `--seconds` is each counted phase in
     valgrind's time (renewal, bootstrap, the bare shell), after a warm-up half as long.
     The raw unit is the `issue_leaf` loop of `bench ca`, counted at two lengths."""
-    require_valgrind()
+    try:
+        require_valgrind()
+    except CallgrindError as exc:
+        raise SystemExit(f"bench.py ca-instructions: {exc}") from None
     seconds, concurrency = args.seconds, args.concurrency
     figures: Figures = {"machine": machine(), "seconds_per_phase": seconds}
     csr_pems = [
@@ -609,6 +612,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], Figures]] = {
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scripts.benchlib.ca_load import Target, run_load  # noqa: E402
 from scripts.benchlib.callgrind import (  # noqa: E402
+    CallgrindError,
     dump,
     latest_total,
     loop_instructions,

@@ -60,3 +60,18 @@ def test_the_loop_script_refuses_an_unknown_kind() -> None:
     )
     assert done.returncode != 0
     assert "usage: callgrind.py raw|parse|sign N" in done.stderr
+
+
+def test_the_bench_section_without_valgrind_exits_1_naming_it(tmp_path: Path) -> None:
+    bench = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+    done = subprocess.run(
+        [sys.executable, str(bench), "ca-instructions"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": str(tmp_path)},
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "bench.py ca-instructions: valgrind and callgrind_control not found" in done.stderr
+    assert "Traceback" not in done.stderr
