@@ -13,6 +13,7 @@ fresh throwaway CA (``raw``: `issue_leaf` with the CSR check, the bench's raw un
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -106,6 +107,9 @@ def loop_instructions(kind: str, short: int, long: int) -> int:
                 check=True,
                 stdout=subprocess.DEVNULL,
                 timeout=1800,
+                # The same string hashes in both runs: dict and set layouts (and so their
+                # instruction counts) do not differ between the two lengths by chance.
+                env={**os.environ, "PYTHONHASHSEED": "0"},
             )
             totals.append(total_instructions(out))
     return round((totals[1] - totals[0]) / (long - short))
