@@ -30,19 +30,16 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-from cryptography.hazmat.primitives import serialization
 
 from mesh_ca.ca_dir import LoadedCa, init_ca_dir, load_ca_dir
 from mesh_ca.config import CaConfig, ServerConfig, StoreConfig
 from mesh_ca.identity import BundleSet, SpiffeId
 from mesh_ca.issuance import issue_leaf, make_csr
-from mesh_ca.keys import generate_key, private_key_pem
+from mesh_ca.keys import generate_key
 from mesh_ca.tls import client_context
-from mesh_ca.tokens import new_token
 
 Figures = dict[str, Any]
 
@@ -258,19 +255,6 @@ CA_SHELLS: dict[str, list[str]] = {
 }
 
 
-def renew_contexts(ca: LoadedCa, concurrency: int) -> list[Any]:
-    """One mTLS client context per connection, each with its own SVID."""
-    bundles = BundleSet.of(ca.bundle)
-    contexts = []
-    for index in range(concurrency):
-        key = generate_key()
-        sid = SpiffeId.workload(ca.trust_domain, "bench", f"renew{index}")
-        leaf = issue_leaf(make_csr(key), sid, ca.signer, datetime.now(UTC))
-        chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, ca.signer.cert))
-        contexts.append(client_context(bundles, chain, private_key_pem(key)))
-    return contexts
-
-
 def merge_phases(parts: list[Figures]) -> Figures:
     """Sum the rounds of one phase; rates from the sums."""
     total = {
@@ -305,21 +289,6 @@ def cost_breakdown(raw: float, server: Figures, shell: Figures) -> Figures:
     return figures
 
 
-def add_tokens(ca: LoadedCa, count: int) -> list[str]:
-    tokens = []
-    store = ca.open_store()
-    now = datetime.now(UTC)
-    try:
-        for index in range(count):
-            token, token_id, secret_hash = new_token()
-            sid = SpiffeId.workload(ca.trust_domain, "bench", f"svc{index}")
-            store.add_token(token_id, secret_hash, sid, now, now + timedelta(hours=1))
-            tokens.append(token)
-    finally:
-        store.close()
-    return tokens
-
-
 def bench_ca(args: argparse.Namespace) -> Figures:
     """Raw signing, then the servers in `CA_SHELLS` (or only the flags given), all started
     up front and measured in interleaved rounds, so a change in the machine's load between
@@ -337,10 +306,7 @@ def bench_ca(args: argparse.Namespace) -> Figures:
         "baseline": args.baseline,
         "client_processes": args.client_processes,
     }
-    csr_pems = [
-        make_csr(generate_key()).public_bytes(serialization.Encoding.PEM).decode()
-        for _ in range(64)
-    ]
+    csrs = csr_pems()
     with (
         tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp,
         contextlib.ExitStack() as stack,
@@ -364,15 +330,9 @@ def bench_ca(args: argparse.Namespace) -> Figures:
         contexts: dict[str, list[Any]] = {}
         for name, server in servers.items():
             progress(f"[{name}] creating {n_tokens} join tokens ...")
-            tokens = add_tokens(server.ca, n_tokens)
-            bodies[name] = iter(
-                [
-                    json.dumps({"token": t, "csr": csr_pems[i % 64]}).encode()
-                    for i, t in enumerate(tokens)
-                ]
-            )
+            bodies[name] = bootstrap_bodies(add_tokens(server.ca, n_tokens), csrs)
             contexts[name] = renew_contexts(server.ca, concurrency)
-        renew_bodies = (json.dumps({"csr": csr_pems[i % 64]}).encode() for i in range(10**9))
+        renewals = renew_bodies(csrs)
         shell_bodies = itertools.repeat(b"{}")
         parts: dict[tuple[str, str], list[Figures]] = {}
         share = seconds / rounds
@@ -391,7 +351,7 @@ def bench_ca(args: argparse.Namespace) -> Figures:
                     api_phase(server, "/v1/bootstrap", anonymous, bodies[name], share, **load)
                 )
                 parts.setdefault((name, "renew"), []).append(
-                    api_phase(server, "/v1/renew", contexts[name], renew_bodies, share, **load)
+                    api_phase(server, "/v1/renew", contexts[name], renewals, share, **load)
                 )
                 # The shell alone: POST /healthz is answered 405 by the same TLS, HTTP,
                 # routing, metrics and access-log path, with no store, CSR or signing.
@@ -450,10 +410,7 @@ def bench_ca_instructions(args: argparse.Namespace) -> Figures:
         raise SystemExit(f"bench.py ca-instructions: {exc}") from None
     seconds, concurrency = args.seconds, args.concurrency
     figures: Figures = {"machine": machine(), "seconds_per_phase": seconds}
-    csr_pems = [
-        make_csr(generate_key()).public_bytes(serialization.Encoding.PEM).decode()
-        for _ in range(64)
-    ]
+    csrs = csr_pems()
     for kind, label in (("raw", "raw_unit"), ("parse", "parse_csr"), ("sign", "sign_leaf")):
         progress(f"counting the {kind} loop under callgrind (two runs) ...")
         figures[f"{label}_instructions"] = loop_instructions(kind, 20, 100)
@@ -470,13 +427,8 @@ def bench_ca_instructions(args: argparse.Namespace) -> Figures:
         ) as server:
             anonymous = [client_context(BundleSet.of(ca.bundle))] * concurrency
             bodies = {
-                "/v1/renew": (json.dumps({"csr": csr_pems[i % 64]}).encode() for i in range(10**9)),
-                "/v1/bootstrap": iter(
-                    [
-                        json.dumps({"token": t, "csr": csr_pems[i % 64]}).encode()
-                        for i, t in enumerate(tokens)
-                    ]
-                ),
+                "/v1/renew": renew_bodies(csrs),
+                "/v1/bootstrap": bootstrap_bodies(tokens, csrs),
                 "/healthz": itertools.repeat(b"{}"),
             }
             phases = (
@@ -509,26 +461,6 @@ def bench_ca_instructions(args: argparse.Namespace) -> Figures:
 
 
 # Section: replicas
-
-
-def bootstrap_bodies(ca: LoadedCa, count: int, label: str) -> Iterator[bytes]:
-    """`count` join tokens added to the CA's store (one handle, one call each), as bodies."""
-    csr_pems = [
-        make_csr(generate_key()).public_bytes(serialization.Encoding.PEM).decode()
-        for _ in range(64)
-    ]
-    store = ca.open_store()
-    now = datetime.now(UTC)
-    bodies = []
-    try:
-        for index in range(count):
-            token, token_id, secret_hash = new_token()
-            sid = SpiffeId.workload(ca.trust_domain, "bench", f"{label}{index}")
-            store.add_token(token_id, secret_hash, sid, now, now + timedelta(hours=1))
-            bodies.append(json.dumps({"token": token, "csr": csr_pems[index % 64]}).encode())
-    finally:
-        store.close()
-    return iter(bodies)
 
 
 def bench_replicas(args: argparse.Namespace) -> Figures:
@@ -565,16 +497,17 @@ def bench_replicas(args: argparse.Namespace) -> Figures:
         figures["raw_signing_per_cpu_second"] = round(raw, 1)
         anonymous = client_context(BundleSet.of(pg_ca.bundle))
         contexts = [anonymous] * concurrency
-
+        csrs = csr_pems()
         with ca_server(base / "sqlite", args.log_level, flags) as sqlite_server:
-            bodies = bootstrap_bodies(sqlite_server.ca, tokens_per_phase, "sqlite")
+            tokens = add_tokens(sqlite_server.ca, tokens_per_phase, "sqlite")
+            bodies = bootstrap_bodies(tokens, csrs)
             progress(f"SQLite, one process: {concurrency} connections, {seconds} s")
             own = [client_context(BundleSet.of(sqlite_server.ca.bundle))] * concurrency
             figures["sqlite_one"] = spread_phase(
                 [sqlite_server], "/v1/bootstrap", own, bodies, seconds, **load
             )
         with serve_ca(pg_ca, base / "a.log", args.log_level, [*flags, "--replica", "a"], env) as a:
-            bodies = bootstrap_bodies(pg_ca, tokens_per_phase, "one")
+            bodies = bootstrap_bodies(add_tokens(pg_ca, tokens_per_phase, "one"), csrs)
             progress(f"PostgreSQL, one replica: {concurrency} connections, {seconds} s")
             figures["postgres_one"] = spread_phase(
                 [a], "/v1/bootstrap", contexts, bodies, seconds, **load
@@ -582,7 +515,7 @@ def bench_replicas(args: argparse.Namespace) -> Figures:
             with serve_ca(
                 pg_ca_b, base / "b.log", args.log_level, [*flags, "--replica", "b"], env
             ) as b:
-                bodies = bootstrap_bodies(pg_ca, tokens_per_phase * 2, "two")
+                bodies = bootstrap_bodies(add_tokens(pg_ca, tokens_per_phase * 2, "two"), csrs)
                 progress(
                     f"PostgreSQL, two replicas: {concurrency} connections over both, {seconds} s"
                 )
@@ -611,6 +544,13 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], Figures]] = {
 # Data-path sections (http, datapath, memory) live in scripts/benchlib/datapath.py.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scripts.benchlib.ca_load import Target, run_load  # noqa: E402
+from scripts.benchlib.ca_requests import (  # noqa: E402
+    add_tokens,
+    bootstrap_bodies,
+    csr_pems,
+    renew_bodies,
+    renew_contexts,
+)
 from scripts.benchlib.callgrind import (  # noqa: E402
     CallgrindError,
     dump,

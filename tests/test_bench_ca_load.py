@@ -5,21 +5,19 @@ its response reader frames responses split anywhere and refuses what it cannot f
 
 from __future__ import annotations
 
-import itertools
-import json
-import ssl
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
-from mesh_ca.identity import SpiffeId
-from mesh_ca.issuance import issue_leaf, make_csr
-from mesh_ca.keys import generate_key, private_key_pem
 from mesh_ca.tls import client_context
-from mesh_ca.tokens import new_token
 from scripts.benchlib.ca_load import ResponseError, ResponseReader, Target, run_load
+from scripts.benchlib.ca_requests import (
+    add_tokens,
+    bootstrap_bodies,
+    csr_pems,
+    renew_bodies,
+    renew_contexts,
+)
 from tests.ca_server_process import CaServer, running_ca_server
 
 pytestmark = pytest.mark.integration
@@ -32,34 +30,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CaServer]:
         yield ca
 
 
-def _csr_pem() -> str:
-    return make_csr(generate_key()).public_bytes(serialization.Encoding.PEM).decode()
-
-
 def _bootstrap_bodies(server: CaServer, count: int) -> Iterator[bytes]:
-    csr = _csr_pem()
-    store = server.store()
-    now = datetime.now(UTC)
-    bodies = []
-    try:
-        for index in range(count):
-            token, token_id, secret_hash = new_token()
-            sid = SpiffeId.workload(server.ca.trust_domain, "load", f"w{index}")
-            store.add_token(token_id, secret_hash, sid, now, now + timedelta(minutes=10))
-            bodies.append(json.dumps({"token": token, "csr": csr}).encode())
-    finally:
-        store.close()
-    return iter(bodies)
-
-
-def _renew_context(server: CaServer, name: str) -> ssl.SSLContext:
-    key = generate_key()
-    sid = SpiffeId.workload(server.ca.trust_domain, "load", name)
-    leaf = issue_leaf(make_csr(key), sid, server.ca.signer, datetime.now(UTC))
-    chain = b"".join(
-        c.public_bytes(serialization.Encoding.PEM) for c in (leaf, server.ca.signer.cert)
-    )
-    return client_context(server.bundles, chain, private_key_pem(key))
+    return bootstrap_bodies(add_tokens(server.ca, count, "load"), csr_pems(1))
 
 
 def _anonymous(server: CaServer, count: int) -> list[Target]:
@@ -74,9 +46,8 @@ def test_bootstrap_and_renewal_issue_with_no_failures(server: CaServer) -> None:
     assert bootstrap.failed == 0
     assert bootstrap.client_cpu_seconds > 0
 
-    renew_body = json.dumps({"csr": _csr_pem()}).encode()
-    targets = [Target((server.host, server.port), _renew_context(server, f"r{i}")) for i in (1, 2)]
-    renew = run_load(targets, "/v1/renew", itertools.repeat(renew_body), 0.5)
+    targets = [Target((server.host, server.port), c) for c in renew_contexts(server.ca, 2)]
+    renew = run_load(targets, "/v1/renew", renew_bodies(csr_pems(1)), 0.5)
     assert renew.ok > 0
     assert renew.failed == 0
 

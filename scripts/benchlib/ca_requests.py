@@ -1,0 +1,79 @@
+"""What the CA benchmarks send: join tokens in a CA's store, pre-made CSRs, request bodies
+for `/v1/bootstrap` and `/v1/renew`, and mTLS client contexts with SVIDs of their own.
+
+Shared by `scripts/bench.py` (sections ca, ca-instructions, replicas) and the load
+generator's test. Bodies are built before a phase starts, so making them costs the
+measured load nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import ssl
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+from cryptography.hazmat.primitives import serialization
+
+from mesh_ca.ca_dir import LoadedCa
+from mesh_ca.identity import BundleSet, SpiffeId
+from mesh_ca.issuance import issue_leaf, make_csr
+from mesh_ca.keys import generate_key, private_key_pem
+from mesh_ca.tls import client_context
+from mesh_ca.tokens import new_token
+
+__all__ = ["add_tokens", "bootstrap_bodies", "csr_pems", "renew_bodies", "renew_contexts"]
+
+
+def add_tokens(ca: LoadedCa, count: int, label: str = "svc") -> list[str]:
+    """`count` join tokens added to the CA's store (one handle, one call each), for the IDs
+    ``spiffe://TD/bench/<label><n>``."""
+    tokens = []
+    store = ca.open_store()
+    now = datetime.now(UTC)
+    try:
+        for index in range(count):
+            token, token_id, secret_hash = new_token()
+            sid = SpiffeId.workload(ca.trust_domain, "bench", f"{label}{index}")
+            store.add_token(token_id, secret_hash, sid, now, now + timedelta(hours=1))
+            tokens.append(token)
+    finally:
+        store.close()
+    return tokens
+
+
+def csr_pems(count: int = 64) -> list[str]:
+    """Pre-made CSRs (PEM) that the request bodies cycle through."""
+    return [
+        make_csr(generate_key()).public_bytes(serialization.Encoding.PEM).decode()
+        for _ in range(count)
+    ]
+
+
+def bootstrap_bodies(tokens: list[str], csrs: list[str]) -> Iterator[bytes]:
+    """One `/v1/bootstrap` body per join token (each usable once)."""
+    return iter(
+        [
+            json.dumps({"token": token, "csr": csrs[i % len(csrs)]}).encode()
+            for i, token in enumerate(tokens)
+        ]
+    )
+
+
+def renew_bodies(csrs: list[str]) -> Iterator[bytes]:
+    """`/v1/renew` bodies, endlessly."""
+    return (json.dumps({"csr": csrs[i % len(csrs)]}).encode() for i in itertools.count())
+
+
+def renew_contexts(ca: LoadedCa, count: int) -> list[ssl.SSLContext]:
+    """`count` mTLS client contexts (one per connection), each with an SVID of its own."""
+    bundles = BundleSet.of(ca.bundle)
+    contexts = []
+    for index in range(count):
+        key = generate_key()
+        sid = SpiffeId.workload(ca.trust_domain, "bench", f"renew{index}")
+        leaf = issue_leaf(make_csr(key), sid, ca.signer, datetime.now(UTC))
+        chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, ca.signer.cert))
+        contexts.append(client_context(bundles, chain, private_key_pem(key)))
+    return contexts
