@@ -58,30 +58,28 @@ class ServerTls:
     async def receive_some(self) -> bytes:
         """Decrypted bytes; b"" when the peer closed (with or without close_notify)."""
         while True:
-            if not self._incoming.pending and not self._ssl.pending():
-                # Nothing buffered (the usual case: the peer is still writing its next
-                # request): wait for the socket first, rather than have OpenSSL raise
-                # SSLWantReadError and the socket EAGAIN on every request.
-                if self._outgoing.pending:
-                    await self._flush()
-                if not await self._fill(wait_first=True):
+            buffered = self._incoming.pending or self._ssl.pending()
+            if buffered:
+                try:
+                    data = self._ssl.read(_READ_SIZE)
+                except ssl.SSLWantReadError:
+                    pass  # a partial record: more bytes are needed
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                     return b""
-            try:
-                data = self._ssl.read(_READ_SIZE)
-            except ssl.SSLWantReadError:  # a partial record: more bytes are needed
-                if self._outgoing.pending:  # e.g. the answer to a KeyUpdate
-                    await self._flush()
-                if not await self._fill():
-                    return b""
-                continue
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                return b""
-            except ssl.SSLError as exc:
-                await self._flush_quietly()
-                raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
-            if self._outgoing.pending:
+                except ssl.SSLError as exc:
+                    await self._flush_quietly()
+                    raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
+                else:
+                    if self._outgoing.pending:
+                        await self._flush()
+                    return data
+            if self._outgoing.pending:  # e.g. the answer to a KeyUpdate
                 await self._flush()
-            return data
+            # With nothing buffered (the usual case: the peer is still writing its next
+            # request) wait for the socket first, rather than have OpenSSL raise
+            # SSLWantReadError and the socket EAGAIN on every request.
+            if not await self._fill(wait_first=not buffered):
+                return b""
 
     async def send_all(self, data: bytes) -> None:
         try:
@@ -102,23 +100,23 @@ class ServerTls:
             await self.transport.send_eof()
         received = 0
         while received < max_bytes:
-            if self._fd < 0:
-                data = await self.transport.receive_some(_READ_SIZE)
-            else:
-                data = await self._read_socket(wait_first=True)
+            data = await self._receive_raw(wait_first=True)
             if not data:
                 return
             received += len(data)
 
     async def _fill(self, *, wait_first: bool = False) -> bool:
-        if self._fd < 0:
-            data = await self.transport.receive_some(_READ_SIZE)
-        else:
-            data = await self._read_socket(wait_first=wait_first)
+        data = await self._receive_raw(wait_first=wait_first)
         if not data:
             return False
         self._incoming.write(data)
         return True
+
+    async def _receive_raw(self, *, wait_first: bool) -> bytes | bytearray:
+        """Encrypted bytes from the transport; b"" when the peer closed."""
+        if self._fd < 0:
+            return await self.transport.receive_some(_READ_SIZE)
+        return await self._read_socket(wait_first=wait_first)
 
     async def _flush(self) -> None:
         data = self._outgoing.read()
