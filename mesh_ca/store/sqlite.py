@@ -2,10 +2,11 @@
 
 Safe from several threads (trio shells call it via `trio.to_thread.run_sync`) and several
 processes: one connection per store guarded by a lock, WAL so readers never block the
-writer, and a busy timeout so concurrent writers wait instead of failing. `group()` lets the
-CA server commit the store steps of several concurrent requests at once (group commit). A token is
-consumed by one conditional UPDATE (`... WHERE used_at IS NULL AND expires_at > now`), so
-of many concurrent consumers in any number of processes exactly one sees a changed row.
+writer, and a busy timeout so concurrent writers wait instead of failing. `group()` lets
+the CA server commit the store steps of several concurrent requests at once (group
+commit). A token is consumed by one conditional UPDATE (`... WHERE used_at IS NULL AND
+expires_at > now`), so of many concurrent consumers in any number of processes exactly one
+sees a changed row.
 
 Times are stored as integer microseconds since the epoch (UTC); serials as lowercase hex,
 because X.509 serials (up to 159 bits) do not fit SQLite's 64-bit integers.
