@@ -8,6 +8,7 @@
     python scripts/bench.py http [--seconds 6] [--rounds 3] [--baseline REF] [--http-workers2]
     python scripts/bench.py latency [--seconds 20] [--rounds 2] [--baseline REF]
                                     [--latency-capacity-fraction 0.75]
+                                    [--latency-app nginx|two-sends]
     python scripts/bench.py datapath [--seconds 3]
     python scripts/bench.py memory
 
@@ -623,6 +624,13 @@ def main(argv: list[str] | None = None) -> int:
         default=0.75,
         metavar="F",
         help="latency: the third rate is F x the meshgate pair's closed-loop req/s",
+    )
+    parser.add_argument(
+        "--latency-app",
+        choices=("nginx", "two-sends"),
+        default="nginx",
+        help="latency: the app behind every target (two-sends: head and body in two sends, "
+        "Nagle on)",
     )
     parser.add_argument(
         "--only-default",

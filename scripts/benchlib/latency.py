@@ -9,6 +9,11 @@ measured first). Rounds interleave every rate and target, so the shared machine'
 falls on all alike. Figures: p50, p90, p99, p99.9 and max per target and rate, and the
 same percentiles minus direct's (the latency the proxies add), plus the proxies' CPU µs
 per request at that rate.
+
+``--latency-app two-sends`` puts `scripts/benchlib/two_sends_app.py` behind every target
+instead of nginx: an app that writes head and body in two sends with Nagle on, so a proxy
+that reuses its upstream connection and delays its ACKs stalls ~40 ms a request (direct
+over a kept-alive connection stalls too: that is the app's own doing).
 """
 
 from __future__ import annotations
@@ -16,10 +21,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from scripts.benchlib.datapath import (
+    ROOT,
     Figures,
     Target,
     baseline_tree,
@@ -31,13 +40,24 @@ from scripts.benchlib.datapath import (
     run_wrk,
 )
 from scripts.benchlib.open_loop import OpenLoopResult, run_open_loop
-from scripts.benchlib.peers import haproxy_pair, nginx_app, nginx_pair
+from scripts.benchlib.peers import haproxy_pair, nginx_app, nginx_pair, wait_port
 from tests.pki import TestPki
 from tests.procs import free_port
 
 __all__ = ["bench_latency"]
 
 _PERCENTILES = ("p50", "p90", "p99", "p99.9")
+
+
+@contextlib.contextmanager
+def _two_sends_app(port: int) -> Iterator[None]:
+    argv = [sys.executable, "-m", "scripts.benchlib.two_sends_app", str(port)]
+    with subprocess.Popen(argv, cwd=ROOT) as app:
+        try:
+            wait_port(port)
+            yield
+        finally:
+            app.kill()
 
 
 def _capacity(entry: int) -> float:
@@ -66,15 +86,18 @@ def bench_latency(args: argparse.Namespace) -> Figures:
         "rounds": rounds,
         "connections": args.concurrency,
         "baseline": args.baseline,
+        "app": args.latency_app,
         "load_average_before": os.getloadavg()[0],
     }
     pki = TestPki()
     certs = bench_certs(pki)
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meshgate-bench-")))
-        app = nginx_app(tmp, free_port())
-        stack.callback(app.stop)
-        port = app.entry_port
+        port = free_port()
+        if args.latency_app == "nginx":
+            stack.callback(nginx_app(tmp, port).stop)
+        else:
+            stack.enter_context(_two_sends_app(port))
         targets: dict[str, Target] = {"direct": (port, [], [])}
         progress("latency: starting every target")
         targets["meshgate"] = stack.enter_context(
