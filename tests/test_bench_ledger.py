@@ -32,7 +32,10 @@ def test_the_logging_library_counts_for_the_access_log() -> None:
         ("/usr/lib/python3.11/logging/__init__.py", "emit"),
         ("/work/sidecar/observe.py", "request_done"),
     ]
-    assert step_of(stack) == "metrics and the access log"
+    assert step_of(stack) == "the access log and the observer (observe.py, logging)"
+    assert step_of([(f"{SITE}/prometheus_client/metrics.py", "inc"), *stack[1:]]).startswith(
+        "metrics"
+    )
 
 
 def test_cedar_counts_for_the_decision_and_unknown_code_for_other() -> None:

@@ -69,15 +69,10 @@ STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "the decision (cached here)",
         ("sidecar/policy/", "sidecar/policy_authz.py", "sidecar/authz.py", "cedarpy"),
     ),
+    ("metrics (prometheus_client)", ("sidecar/metrics.py", "prometheus_client")),
     (
-        "metrics and the access log",
-        (
-            "sidecar/metrics.py",
-            "sidecar/logs.py",
-            "sidecar/observe.py",
-            "prometheus_client",
-            "/logging/",
-        ),
+        "the access log and the observer (observe.py, logging)",
+        ("sidecar/logs.py", "sidecar/observe.py", "/logging/"),
     ),
     ("pool bookkeeping", ("sidecar/pool.py", "sidecar/app_pool.py")),
     (
