@@ -110,18 +110,23 @@ def _other_file(stack: list[tuple[str, str]]) -> str:
     return f"{stack[0][0].rsplit('/', 1)[-1]}:{stack[0][1]}" if stack else "?"
 
 
-def _samples(path: Path) -> tuple[Counter[str], Counter[str]]:
-    """Samples per step, and the `OTHER` ones per innermost sidecar function."""
+def _samples(path: Path) -> tuple[Counter[str], Counter[str], dict[str, Counter[str]]]:
+    """Samples per step; the `OTHER` ones per innermost sidecar function; and per step,
+    the leaf functions (where inside a step the time went)."""
     data = json.loads(path.read_text())
     steps: Counter[str] = Counter()
     other: Counter[str] = Counter()
+    leaves: dict[str, Counter[str]] = {}
     for frames, count in data["stacks"]:
         stack = [(f, n) for f, n in frames]
         step = step_of(stack)
         steps[step] += count
         if step == OTHER:
             other[_other_file(stack)] += count
-    return steps, other
+        if stack:
+            leaf = f"{stack[0][0].rsplit('/', 1)[-1]}:{stack[0][1]}"
+            leaves.setdefault(step, Counter())[leaf] += count
+    return steps, other, leaves
 
 
 def _wait_for(path: Path, seconds: float = 20.0) -> None:
@@ -195,7 +200,7 @@ def bench_ledger(args: argparse.Namespace) -> Figures:
         figures["rps"] = round(result.rps)
         figures["errors"] = result.errors
         for side, path in out.items():
-            counts, other = _samples(path)
+            counts, other, leaves = _samples(path)
             total = sum(counts.values())
             per_request = cpu[side] / max(1, result.requests) * 1e6
             figures[side] = {
@@ -208,6 +213,13 @@ def bench_ledger(args: argparse.Namespace) -> Figures:
                 "other_top": {
                     name: round(n / max(1, total) * per_request, 1)
                     for name, n in other.most_common(6)
+                },
+                "leaves_top": {
+                    step: {
+                        name: round(n / max(1, total) * per_request, 1)
+                        for name, n in counter.most_common(4)
+                    }
+                    for step, counter in leaves.items()
                 },
             }
     figures["decision_alone_us"] = _decision_us()
