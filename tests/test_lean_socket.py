@@ -11,6 +11,8 @@ import trio.testing
 
 from sidecar.lean_socket import DeadlineStream, LeanSocketStream, lean
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 async def pair() -> AsyncIterator[tuple[LeanSocketStream, trio.SocketStream]]:
