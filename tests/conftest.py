@@ -40,15 +40,23 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
 # Test kinds. Every test is exactly one of: `unit` (pure cores and in-memory components: no
 # processes, no sockets), `integration` (real processes or sockets on loopback), `interop`
 # (real outside peers: openssl, curl, py-spiffe) or `postgres` (a real PostgreSQL server).
-# A module says which with `pytestmark`; a test that says nothing is `unit`, and the guard
+# A module says which with `pytestmark` (tests/integration/ and tests/security/ are
+# `integration` throughout); any other test that says nothing is `unit`, and the guard
 # below makes that true: a unit test that starts a process or binds or connects a socket
 # fails, naming the marker to add. So `pytest -m unit` is the fast, pure set.
 _KINDS = ("postgres", "interop", "integration")
 
 
+_PROCESS_FOLDERS = ("integration", "security")  # tests/<folder>/: real processes throughout
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if not any(item.get_closest_marker(kind) for kind in _KINDS):
+        if any(item.get_closest_marker(kind) for kind in _KINDS):
+            continue
+        if item.path.parent.name in _PROCESS_FOLDERS:
+            item.add_marker(pytest.mark.integration)
+        else:
             item.add_marker(pytest.mark.unit)
 
 
