@@ -381,7 +381,7 @@ class _Session:
                 path=inbound.rules.policy_path(target.path),
                 query=target.query or "",
                 host=host,
-                headers=head.headers,
+                headers=app_headers,  # what the app will see: our XFCC and X-Forwarded-*
                 tls_version=self.tls_version,
             ),
             audit=inbound.audit,

@@ -53,6 +53,13 @@ forbid (principal, action, resource) when { context.host == "internal.svc" };
 forbid (principal, action, resource)
 when { context.path == "/admin" || context.path like "/admin/*" };
 
+@id("reports-from-the-office-only")
+forbid (principal, action, resource)
+when {
+  context.path == "/reports" &&
+  !(context.headers has "x-forwarded-for" && context.headers["x-forwarded-for"] == "10.0.0.1")
+};
+
 @id("no-admin-role")
 forbid (principal, action, resource)
 when { context.headers has "x-role" && context.headers["x-role"] == "admin" };
@@ -67,9 +74,9 @@ def _write_policies(target: Path) -> None:
     (target / "tests.toml").unlink(missing_ok=True)
     schema = target / "mesh.cedarschema"
     text = schema.read_text()
-    schema.write_text(
-        text.replace('"x-tenant"?: String,', '"x-tenant"?: String,\n  "x-role"?: String,')
-    )
+    declared = '"x-tenant"?: String,'
+    extra = '\n  "x-role"?: String,\n  "x-forwarded-for"?: String,'
+    schema.write_text(text.replace(declared, declared + extra))
 
 
 @dataclass

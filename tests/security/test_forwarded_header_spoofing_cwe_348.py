@@ -1,8 +1,8 @@
 """Forwarding-header spoofing (CWE-348, use of a less trusted source; CWE-290 by IP
 allow-lists on `X-Forwarded-For`; the `X-Original-URL` / `X-Rewrite-URL` route override of
 CVE-2018-14773): headers a client writes about where a request came from, or that make a
-framework route or re-method it, never reach the app as if the mesh had said them. Per
-inbound listener, `forwarded_headers` decides: "set" (default) strips them and sets
+framework route or re-method it, never reach the app (nor a policy) as if the mesh had
+said them. Per inbound listener, `forwarded_headers` decides: "set" (default) strips them and sets
 X-Forwarded-For / -Proto and Forwarded from the verified connection, "strip" sets nothing,
 "append" keeps the client's chains and appends this hop."""
 
@@ -34,15 +34,19 @@ _NAMES = {line.partition(":")[0].lower() for line in _SPOOFED}
 _SET = {"x-forwarded-for", "x-forwarded-proto", "forwarded"}
 
 
-def _request() -> bytes:
+def _request(path: str = "/items") -> bytes:
     lines = "".join(f"{h}\r\n" for h in _SPOOFED)
-    return f"GET /items HTTP/1.1\r\nHost: catalog.svc\r\n{lines}\r\n".encode()
+    return f"GET {path} HTTP/1.1\r\nHost: catalog.svc\r\n{lines}\r\n".encode()
 
 
 @pytest.mark.parametrize("mode", ["set", "strip", "append"])
 def test_client_forwarding_headers_never_reach_the_app_unvouched(tmp_path: Path, mode: str) -> None:
     inbound = None if mode == "set" else {"forwarded_headers": mode}
     with security_mesh(tmp_path, inbound=inbound) as mesh:
+        # An X-Forwarded-For allow-list ("/reports only from 10.0.0.1") sees what the app
+        # will see, never the client's claim.
+        assert mesh.ask(_request("/reports")).status == 403
+        assert mesh.app.requests() == []
         assert mesh.ask(_request()).status == 200
         (seen,) = mesh.app.requests()
         got = {name.lower(): seen.header(name.lower()) for name, _ in seen.headers}
