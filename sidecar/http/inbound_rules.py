@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal, final
+from typing import Final, Literal, final
 
 from sidecar.http.events import Headers, RequestHead
 from sidecar.http.header_names import check_policy_headers
@@ -19,6 +19,8 @@ from sidecar.http.host import canonical_host
 from sidecar.http.proxy_headers import ForwardingMode, inbound_proxy_headers
 
 __all__ = ["InboundRules"]
+
+_CACHED_HOSTS: Final = 1024
 
 
 @final
@@ -29,13 +31,20 @@ class InboundRules:
     local_ports: frozenset[int] = field(default_factory=frozenset)
     forwarding: ForwardingMode = "set"
     path_match: Literal["exact", "case_insensitive"] = "exact"
+    # Host values repeat: raw value → canonical, bounded (refusals are never cached).
+    _hosts: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def checked_host(self, head: RequestHead, policy_headers: Iterable[str]) -> str:
         """The canonical Host of `head` ("" when it has none, HTTP/1.0), after refusing
         duplicates and look-alikes of the headers in `policy_headers`."""
         check_policy_headers(head.headers, policy_headers)
         value = next((v for name, v in head.headers if name == "host"), "")
-        return canonical_host(value, local_ports=self.local_ports)
+        host = self._hosts.get(value)
+        if host is None:
+            host = canonical_host(value, local_ports=self.local_ports)
+            if len(self._hosts) < _CACHED_HOSTS:
+                self._hosts[value] = host
+        return host
 
     def policy_path(self, path: str) -> str:
         """The path as policies match it; the app still gets `path` as it is."""

@@ -18,6 +18,7 @@ The Host header is replaced by its canonical form (`sidecar/http/host.py`) in ev
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Final, Literal
 
@@ -62,6 +63,7 @@ def _unvouched(name: str) -> bool:
     return name != _OURS and (name in UNVOUCHED_HEADERS or name.startswith(UNVOUCHED_PREFIXES))
 
 
+@functools.lru_cache(maxsize=1024)  # one value per peer address
 def _forwarded_for(source_ip: str) -> str:
     """RFC 7239 node: IPv6 in brackets and quotes; anything not an IP is `unknown`."""
     try:
