@@ -3,19 +3,23 @@
 Pipeline per connection: admit (cap) → mesh handshake + SVID checks → for each request on
 the connection (keep-alive and pipelined requests each decided on their own): read the head
 strictly (`RequestReader`; malformed or ambiguous → the reader's status, ``connection:
-close``) → normalize the path once → decide (principal = verified peer, action = method,
-resource = our service, context = path, query, host, headers, source, TLS version, time) →
-403 with the request id, or forward exactly that request, rebuilt by the serializer, with
-hop-by-hop and client-supplied identity headers stripped and our `x-forwarded-client-cert`
-set → stream the body to the app and the response back. The app sees nothing of a request
-that was refused. Fails closed: only a Cedar Allow with no evaluation errors forwards
-(audit mode forwards what would be denied, once a policy set is live).
+close``) → normalize the path once, make the Host canonical and refuse copies of headers
+a policy reads (`InboundRules`) → decide (principal = verified peer, action = method,
+resource = our service, context = path, query, host, headers as the app will get them,
+source, TLS version, time) → 403 with the request id, or forward exactly that request,
+rebuilt by the serializer, with hop-by-hop and client-supplied identity headers stripped,
+our `x-forwarded-client-cert` and forwarding headers set (`inbound.forwarded_headers`) →
+stream the body to the app and the response back. The app sees nothing of a request that
+was refused. Fails closed: only a Cedar Allow with no evaluation errors forwards (audit
+mode forwards what would be denied, once a policy set is live).
 
 The connection never outlives the peer's SVID (or ours) and is cancelled when the peer is
 revoked (`ConnectionTracker`). Phases have their own timeouts: a head must be complete
 ``header_timeout_seconds`` after its first byte, a body may pause for
-``body_idle_timeout_seconds``, a kept-alive connection waits ``keepalive_idle_timeout_seconds``
-for its next request, and the app must start answering within ``response_timeout_seconds``.
+``body_idle_timeout_seconds`` and must keep the pace of ``body_timeout_seconds`` and
+``body_min_rate_bytes_per_second`` (else 408), a kept-alive connection waits
+``keepalive_idle_timeout_seconds`` for its next request, and the app must start answering
+within ``response_timeout_seconds``.
 """
 
 from __future__ import annotations

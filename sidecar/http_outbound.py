@@ -10,7 +10,9 @@ Errors the client sees, with a short text body and the request id:
 - 502: the destination refused or closed the connection, answered something malformed,
   or presented an identity other than the configured SPIFFE IDs (nothing was sent then);
 - 503: no healthy endpoint, or this sidecar has no usable SVID (fails closed);
-- 504: connect, handshake or response head timed out.
+- 504: connect, handshake or response head timed out;
+- 408: the request body paused longer than ``body_idle_timeout_seconds`` or fell behind the
+  pace of ``body_timeout_seconds`` + ``body_min_rate_bytes_per_second`` (`BodyPace`).
 A request that fails on a reused pooled connection before any response byte (a stale
 keep-alive) is retried once on a fresh connection when it is idempotent (GET, HEAD,
 OPTIONS, PUT, DELETE) and was complete in memory, so nothing of its body was lost.

@@ -103,6 +103,8 @@ class CedarAuthorizer:
         verdict = self._store.decide(request, audit=self._audit)
         policies = determining_policies(verdict)
         reason = str(verdict.reason)
+        if verdict.reason is DecisionReason.ENGINE_ERROR:
+            reason = f"{reason}: {verdict.errors[0]}"
         if verdict.allowed:
             return Decision.allow(reason, policies)
         if forwards(verdict):

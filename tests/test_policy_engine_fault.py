@@ -13,7 +13,7 @@ import pytest
 
 from mesh_ca.identity import SpiffeId
 from sidecar.policy import AccessRequest, DecisionReason, PolicyStore
-from sidecar.policy_authz import forwards, verdict_result
+from sidecar.policy_authz import CedarAuthorizer, forwards, verdict_result
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
 
@@ -50,3 +50,19 @@ def test_an_engine_exception_denies_with_the_error_named(
     assert verdict.errors == ("RuntimeError: engine broke",)
     assert not forwards(verdict)
     assert verdict_result(verdict) == "deny"
+
+
+def test_tcp_mode_names_the_engine_error_in_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(tmp_path)
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("engine broke")
+
+    monkeypatch.setattr(cedarpy, "is_authorized", broken)
+    authorizer = CedarAuthorizer(store, lambda: datetime.now(UTC))
+    peer = SpiffeId.parse("spiffe://example.org/ns/shop/svc/web")
+    decision = authorizer.authorize(peer, "connect", "orders", {"source": "127.0.0.1:9"})
+    assert not decision.allowed
+    assert decision.reason == "engine-error: RuntimeError: engine broke"
