@@ -289,10 +289,12 @@ def security_mesh(
     with_outbound: bool = False,
     inbound: dict[str, Any] | None = None,
     timeouts: dict[str, Any] | None = None,
+    b_timeouts: dict[str, Any] | None = None,
     b_module: str | None = None,
 ) -> Iterator[SecurityMesh]:
-    """B (and A when `with_outbound`) running with the policy set above; `inbound` adds
-    keys to B's [inbound] table; `b_module` runs B as `python -m b_module` instead."""
+    """B (and A when `with_outbound`) running with the policy set above; `timeouts` for
+    both, `b_timeouts` on top for B alone; `inbound` adds keys to B's [inbound] table;
+    `b_module` runs B as `python -m b_module` instead."""
     pki = Pki()
     _write_policies(tmp / "policies")
     with ExitStack() as stack:
@@ -301,9 +303,10 @@ def security_mesh(
         stack.callback(app.server_close)
         stack.callback(app.shutdown)
         pair = http_sidecar_pair(pki, tmp, app.port, timeouts=timeouts)
-        if inbound:
+        if inbound or b_timeouts:
             data = tomllib.loads(pair.b_config.read_text())
-            data["inbound"] |= inbound
+            data["inbound"] |= inbound or {}
+            data["timeouts"] |= b_timeouts or {}
             write_config(pair.b_config, data)
         b = stack.enter_context(_sidecar_process(pair.b_config, pair.b_admin, b_module))
         a = None

@@ -1,8 +1,9 @@
 """Slow request bodies (slowloris / slow POST, "R-U-Dead-Yet"; CVE-2007-6750 class): a body
 that trickles in a byte at a time restarts any idle timeout forever and holds a connection
-slot. Both sidecars give a body `body_timeout_seconds` plus one second per
-`body_min_rate_bytes_per_second` received, then answer 408 and count it in
-`meshgate_request_body_timeouts_total`. The app never receives a complete request."""
+slot. Both sidecars (the inbound reading a peer, the outbound reading the local app) give a
+body `body_timeout_seconds` plus one second per `body_min_rate_bytes_per_second` received,
+then answer 408 and count it in `meshgate_request_body_timeouts_total`. The app never
+receives a complete request."""
 
 from __future__ import annotations
 
@@ -36,19 +37,33 @@ def _trickle(client: Client, limit_seconds: float = 30.0) -> int:
     return client.response().status
 
 
-def test_a_trickling_body_is_cut_with_408_on_both_sides(tmp_path: Path) -> None:
-    with security_mesh(tmp_path, with_outbound=True, timeouts=_TIMEOUTS) as mesh:
+def test_a_trickling_body_from_a_peer_is_cut_with_408_by_the_inbound(tmp_path: Path) -> None:
+    with security_mesh(tmp_path, timeouts=_TIMEOUTS) as mesh:
         assert _trickle(mesh.mesh_client()) == 408
         inbound = 'meshgate_request_body_timeouts_total{direction="inbound",kind="slow"}'
         assert metric_value(mesh.pair.b_admin, inbound) == 1.0
-
-        assert _trickle(mesh.plain_client()) == 408
-        outbound = 'meshgate_request_body_timeouts_total{direction="outbound",kind="slow"}'
-        assert mesh.a is not None
-        assert metric_value(mesh.pair.a_admin, outbound) == 1.0
         assert mesh.app.requests() == []
 
         # Not an outage: a body sent at once goes through.
+        body = b"y" * 5000
+        head = b"POST /items HTTP/1.1\r\nHost: catalog.svc\r\nContent-Length: 5000\r\n\r\n"
+        assert mesh.mesh_client().ask(head + body).status == 200
+        assert [s.body for s in mesh.app.requests()] == [body]
+
+
+def test_a_trickling_body_from_the_local_app_is_cut_with_408_by_the_outbound(
+    tmp_path: Path,
+) -> None:
+    # B is lenient here, so the 408 can only come from A's own pace.
+    lenient = {"body_timeout_seconds": 600.0}
+    with security_mesh(
+        tmp_path, with_outbound=True, timeouts=_TIMEOUTS, b_timeouts=lenient
+    ) as mesh:
+        assert _trickle(mesh.plain_client()) == 408
+        outbound = 'meshgate_request_body_timeouts_total{direction="outbound",kind="slow"}'
+        assert metric_value(mesh.pair.a_admin, outbound) == 1.0
+        assert mesh.app.requests() == []
+
         body = b"y" * 5000
         head = b"POST /items HTTP/1.1\r\nHost: catalog.svc\r\nContent-Length: 5000\r\n\r\n"
         assert mesh.plain_client().ask(head + body).status == 200
