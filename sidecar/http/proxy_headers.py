@@ -42,6 +42,8 @@ UNVOUCHED_HEADERS: Final = frozenset(
         "x-client-ip",
         "client-ip",
         "true-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
         "x-cluster-client-ip",
         "x-original-forwarded-for",
         "x-original-url",
