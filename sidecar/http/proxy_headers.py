@@ -49,6 +49,7 @@ UNVOUCHED_HEADERS: Final = frozenset(
         "x-original-url",
         "x-rewrite-url",
         "x-original-host",
+        "x-host",
         "x-http-method-override",
         "x-http-method",
         "x-method-override",
