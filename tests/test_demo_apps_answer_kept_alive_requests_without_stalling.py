@@ -15,8 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.keepalive_timing import sequential
 from tests.procs import ROOT
+
+pytestmark = pytest.mark.integration
 
 SERVICES = ROOT / "scripts" / "demo" / "demo_services.py"
 _LISTENING = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
