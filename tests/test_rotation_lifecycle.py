@@ -81,9 +81,14 @@ class FakeClient:
     def __init__(self, ca: FakeCa) -> None:
         self.ca = ca
 
-    async def bootstrap(self, token: str, key: PrivateKey) -> IssuedSvid:
+    async def bootstrap(
+        self, token: str, key: PrivateKey, expected: SpiffeId | None = None
+    ) -> IssuedSvid:
         await trio.lowlevel.checkpoint()
         self.ca.check_up()
+        bound = self.ca.tokens.get(token)
+        if bound is not None and expected is not None and bound != expected:
+            raise CaClientError(403, "token_wrong_id", f"token bound to {bound}, not {expected}")
         spiffe_id = self.ca.tokens.pop(token, None)
         if spiffe_id is None:
             raise CaClientError(401, "token_refused", "join token refused: unknown or used")

@@ -80,6 +80,7 @@ from mesh_ca.store import (
     StoreUnavailable,
     TokenError,
     TokenFailure,
+    TokenWrongId,
 )
 from mesh_ca.tokens import TokenFormatError, new_token, parse_token
 
@@ -514,6 +515,7 @@ class CaService:
             self.metrics.token_failures.labels("malformed").inc()
             raise ApiError(401, "token_invalid", str(exc)) from None
         csr = self._csr(body.csr)  # before the store is touched: bad input changes nothing
+        expected = _parse_id(body.spiffe_id, "spiffe_id") if body.spiffe_id else None
 
         def redeem() -> ApiResponse:
             signed: list[x509.Certificate] = []
@@ -525,7 +527,9 @@ class CaService:
                 return record
 
             try:
-                record = self.store.redeem_token(token_id, secret_hash, now, issue)
+                record = self.store.redeem_token(
+                    token_id, secret_hash, now, issue, expected=expected
+                )
             except TokenError as exc:
                 self.metrics.token_failures.labels(exc.reason.value).inc()
                 status, code = {
@@ -535,6 +539,15 @@ class CaService:
                 }[exc.reason]
                 raise ApiError(
                     status, code, f"join token {token_id} refused: {exc.reason}"
+                ) from None
+            except TokenWrongId as exc:
+                # Refused before anything is signed; the token stays usable by its own ID.
+                self.metrics.token_failures.labels("wrong_id").inc()
+                raise ApiError(
+                    403,
+                    "token_wrong_id",
+                    f"join token {token_id} is bound to {exc.bound}, but the request expects "
+                    f"{exc.expected}; the token was not used",
                 ) from None
             except IdRevoked as exc:
                 raise ApiError(403, "revoked", f"{exc.spiffe_id} is revoked") from None

@@ -35,6 +35,7 @@ from mesh_ca.store.base import (
     TokenError,
     TokenFailure,
     TokenRecord,
+    TokenWrongId,
     check_revoke_target,
     token_refusal,
 )
@@ -336,11 +337,16 @@ class SqliteStore:
         secret_hash: bytes,
         now: datetime,
         issue: Callable[[SpiffeId], IssuedRecord],
+        *,
+        expected: SpiffeId | None = None,
     ) -> IssuedRecord:
-        """Consume, check revocation, sign (`issue`) and record in one transaction. Fails closed."""
+        """Consume, check the bound ID and its revocation, sign (`issue`) and record in one
+        transaction. Fails closed."""
         at = _micros(now)
         with self._transaction() as cur:
             spiffe_id, revoked = _consume(cur, token_id, secret_hash, at)
+            if expected is not None and spiffe_id != expected:
+                raise TokenWrongId(spiffe_id, expected)  # rolls the consume back
             if revoked:
                 raise IdRevoked(spiffe_id)  # rolls the consume back
             record = issue(spiffe_id)
