@@ -47,5 +47,6 @@ class StartupError(Exception):
     and its value, and the exit code for its cause."""
 
     def __init__(self, key: str, value: object, problem: str, code: ExitCode) -> None:
+        problem = problem.removeprefix(f"{value}: ")  # the value is named once, up front
         super().__init__(f"{key} = {str(value)!r}: {problem}")
         self.key, self.value, self.problem, self.code = key, value, problem, code

@@ -146,7 +146,10 @@ def test_policies_show_version_files_and_last_reload_error(tmp_path: Path, pki: 
 
 def test_readyz_waits_for_a_policy_set_when_one_is_configured(tmp_path: Path, pki: Pki) -> None:
     state = _state(tmp_path, pki, _loaded_store(pki), policies=PolicyStore())
-    assert _get(state, "/readyz") == (503, {"ready": False, "reason": "no policy set loaded yet"})
+    assert _get(state, "/readyz") == (
+        503,
+        {"ready": False, "reason": "no policy set loaded yet", "code": "no_policy_set"},
+    )
     assert _get(_state(tmp_path, pki, _loaded_store(pki)), "/readyz")[0] == 200
 
 
