@@ -124,9 +124,17 @@ def _iso(value: datetime | None) -> str | None:
 
 def _certificate(state: AdminState) -> AdminResponse:
     current = state.store.current
-    if current is None:
-        return AdminResponse.json(503, {"error": "no SVID loaded yet"})
     stats = state.identity_stats
+    if current is None:  # what the attempts so far said, for an operator waiting on it
+        return AdminResponse.json(
+            503,
+            {
+                "error": "no SVID loaded yet",
+                "bootstraps": stats.results("bootstrap") if stats else {},
+                "last_error": stats.last_error if stats else None,
+                "last_error_at": _iso(stats.last_error_at) if stats else None,
+            },
+        )
     rotation = state.next_rotation()
     if rotation is None and stats is not None:
         rotation = stats.next_rotation_at
