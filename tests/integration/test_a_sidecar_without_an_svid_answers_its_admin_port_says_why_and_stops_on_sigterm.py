@@ -52,8 +52,6 @@ def _config(tmp: Path, ca: CaServer, case: str, workers: int) -> tuple[Path, int
         "ca_addresses": [address],
         "state_dir": str(state),
         "token_file": str(tmp / "token"),
-        "backoff_base_seconds": 0.2,
-        "backoff_cap_seconds": 1.0,
     }
     (tmp / "bundle.pem").write_bytes(ca.ca.bundle.roots_pem())
     if case == "ca_unreachable":
