@@ -114,13 +114,19 @@ class ApiError(Exception):
     """A refusal with an HTTP status, a short stable code and a message for the client."""
 
     def __init__(
-        self, status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: tuple[tuple[str, str], ...] = (),
+        log: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers
+        self.log = dict(log or {})  # public facts for the access log line
 
 
 # A bug or an unforeseen error in a handler: answered, logged by the shell, never a crash.
@@ -194,7 +200,9 @@ def _json(model: BaseModel, **log: str) -> ApiResponse:
 
 def error_response(exc: ApiError, **log: str) -> ApiResponse:
     body = ErrorResponse(error=exc.code, message=exc.message[:1024]).model_dump_json().encode()
-    return ApiResponse(exc.status, body, headers=exc.headers, log={"error": exc.code, **log})
+    return ApiResponse(
+        exc.status, body, headers=exc.headers, log={"error": exc.code, **exc.log, **log}
+    )
 
 
 def _validation_summary(exc: ValidationError) -> str:
@@ -548,6 +556,11 @@ class CaService:
                     "token_wrong_id",
                     f"join token {token_id} is bound to {exc.bound}, but the request expects "
                     f"{exc.expected}; the token was not used",
+                    log={
+                        "token_id": token_id,
+                        "spiffe_id": str(exc.bound),
+                        "expected_id": str(exc.expected),
+                    },
                 ) from None
             except IdRevoked as exc:
                 raise ApiError(403, "revoked", f"{exc.spiffe_id} is revoked") from None
