@@ -200,6 +200,16 @@ class StoreConformance:
         assert store.issued_count() == 0
         assert [t.token_id for t in store.outstanding_tokens(T0)] == [token_id]
 
+    def test_issued_serial_finds_a_ledger_row_and_none_for_a_serial_never_issued(
+        self, store: StateStore
+    ) -> None:
+        big = (1 << 158) + 12345  # the largest serials issuance makes are 159 bits
+        record = IssuedRecord(big, BOB, "bootstrap", T0, T0 + timedelta(hours=1), "r1")
+        store.record_issued(record)
+        assert store.issued_serial(big) == record
+        assert store.issued_serial(big + 1) is None
+        assert store.issued_serial(1) is None
+
     def test_redeem_for_another_expected_id_leaves_the_token_unused_and_never_signs(
         self, store: StateStore
     ) -> None:

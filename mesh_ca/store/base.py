@@ -190,6 +190,10 @@ class StateStore(Protocol):
         """Most recent first."""
         ...
 
+    def issued_serial(self, serial: int) -> IssuedRecord | None:
+        """The ledger row of the certificate with `serial`, or None if this CA never issued it."""
+        ...
+
     def issued_count(self) -> int: ...
 
     def revoke(

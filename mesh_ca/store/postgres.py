@@ -412,6 +412,19 @@ class PostgresStore:
         if inserted != 1:
             raise IdRevoked(record.spiffe_id)
 
+    def issued_serial(self, serial: int) -> IssuedRecord | None:
+        row = self._read(
+            lambda conn: conn.execute(
+                "SELECT serial, spiffe_id, kind, issued_at, not_after, replica"
+                " FROM issued_certificates WHERE serial = %s",
+                (_serial(serial),),
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        r = row
+        return IssuedRecord(int(r[0]), SpiffeId.parse(r[1]), r[2], _utc(r[3]), _utc(r[4]), r[5])
+
     def issued(self, spiffe_id: SpiffeId | None = None, limit: int = 100) -> Sequence[IssuedRecord]:
         """Most recent first."""
         # Two fixed statements rather than "id IS NULL OR ...": each keeps an index plan.

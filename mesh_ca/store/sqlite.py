@@ -371,6 +371,19 @@ class SqliteStore:
             if cur.rowcount != 1:
                 raise IdRevoked(record.spiffe_id)
 
+    def issued_serial(self, serial: int) -> IssuedRecord | None:
+        with self._transaction(write=False) as cur:
+            r = cur.execute(
+                "SELECT serial, spiffe_id, kind, issued_at, not_after, replica FROM issued"
+                " WHERE serial = ?",
+                (_serial_text(serial),),
+            ).fetchone()
+        if r is None:
+            return None
+        return IssuedRecord(
+            int(r[0], 16), SpiffeId.parse(r[1]), r[2], _from_micros(r[3]), _from_micros(r[4]), r[5]
+        )
+
     def issued(self, spiffe_id: SpiffeId | None = None, limit: int = 100) -> Sequence[IssuedRecord]:
         """Most recent first."""
         query = "SELECT serial, spiffe_id, kind, issued_at, not_after, replica FROM issued"
