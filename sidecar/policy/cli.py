@@ -145,14 +145,16 @@ def _explain(snapshot: PolicySnapshot, args: argparse.Namespace, out: TextIO, er
             normalized = normalize_target(target)
         except HttpError as exc:
             out.write(
-                f"path: {target!r} is rejected before any policy is asked: "
-                f"{exc.status_hint} {exc.reason}\ndecision: DENY (rejected request)\n"
+                f"decision: DENY (rejected request)\npath: {target!r} is rejected before any "
+                f"policy is asked: {exc.status_hint} {exc.reason}\n"
             )
             return 1
         path, query = normalized.path, normalized.query or ""
         sent = target.partition("?")[0]
         note = "" if normalized.path == sent else f" (normalized from {sent})"
-        out.write(f"path: {normalized.path}{note}\n")
+        path_line = f"path: {normalized.path}{note}\n"
+    else:
+        path_line = ""
     request = AccessRequest(
         principal=principal,
         action=args.action,
@@ -168,6 +170,7 @@ def _explain(snapshot: PolicySnapshot, args: argparse.Namespace, out: TextIO, er
     decision = decide(snapshot, request)
     verdict = "ALLOW" if decision.allowed else "DENY"
     out.write(f"decision: {verdict} ({decision.reason}), policy set {decision.version}\n")
+    out.write(path_line)
     _write_reasons(snapshot, decision, out, indent="")
     return 0 if decision.allowed else 1
 
