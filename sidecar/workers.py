@@ -13,7 +13,12 @@ itself, and writes ``ready-<pid>`` once bound. A worker whose parent died drains
 (PR_SET_PDEATHSIG is not used: it fires when the forking *thread* exits, and trio forks
 from a worker thread).
 
-The parent restarts a worker that exits while it is not draining, forwards SIGTERM/SIGINT
+The parent's admin listener answers from start (``/readyz`` also waits for every worker's
+ready file: ``workers_starting``), and SIGTERM/SIGINT stop it in every phase, also before
+the first SVID. Before starting workers it binds and closes every data listener, so a
+taken port is one line naming its key. It restarts a worker that exits while it is not
+draining, unless the worker failed to start with a start-up exit code
+(`mesh_ca.exit_codes`): then the sidecar stops with that code. It forwards SIGTERM/SIGINT
 (drain: each worker drains its own connections; the parent exits 0 when every worker
 did) and SIGHUP (identity files and policies). Metrics: the parent's ``/metrics`` carries
 the identity metrics (expiry, rotations); data-path metrics live in each worker's own
