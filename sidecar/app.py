@@ -2,9 +2,9 @@
 
 Every socket is bound first (a taken port is a `StartupError` naming its key); the admin
 listener answers from then on, in every state. SIGTERM/SIGINT before the first SVID stop
-at once (exit 0); after it they drain: listeners close at once (no new connections), open connections
-may finish for up to ``drain_timeout_seconds``, the rest are cancelled, and `run`
-returns 0. SIGHUP reloads static identity files and the policy directory.
+at once (exit 0); after it they drain: listeners close at once (no new connections),
+open connections may finish for up to ``drain_timeout_seconds``, the rest are cancelled,
+and `run` returns 0. SIGHUP reloads static identity files and the policy directory.
 """
 
 from __future__ import annotations
