@@ -133,7 +133,8 @@ def test_last_error_clears_when_the_same_kind_succeeds(pki: Pki) -> None:
     stats.ok("bootstrap")
     assert stats.last_error == "poll: timeout"  # a poll error still holds
     stats.ok("poll")
-    assert (stats.last_error, stats.last_error_at) == (None, None)
+    assert stats.last_error is None
+    assert stats.last_error_at is None
     assert stats.results("bootstrap") == {"ca_unavailable": 1, "ok": 1}
 
 

@@ -41,7 +41,10 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _sidecar(tmp: Path, *, static: bool = True, workers: int = 1, **ports: int) -> Path:
+def _sidecar(
+    tmp: Path, *, static: bool = True, workers: int = 1, ports: dict[str, int] | None = None
+) -> Path:
+    ports = ports or {}
     pki = Pki()
     orders = pki.spiffe_id("shop", "orders")
     identity: dict[str, Any] = {"spiffe_id": str(orders)}
@@ -79,7 +82,7 @@ def _one_line(done: subprocess.CompletedProcess[str], code: int, *needles: str) 
 @pytest.mark.parametrize("key", ["inbound", "admin"])
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_sidecar_port_in_use(tmp_path: Path, taken_port: int, key: str, workers: int) -> None:
-    config = _sidecar(tmp_path, workers=workers, **{key: taken_port})
+    config = _sidecar(tmp_path, workers=workers, ports={key: taken_port})
     done = _run("sidecar.cli", "run", "--config", str(config))
     _one_line(done, ExitCode.LISTEN, f"{key}.listen = '127.0.0.1:{taken_port}'", "in use")
 
