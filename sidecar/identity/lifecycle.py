@@ -8,7 +8,10 @@ keeps serving and renewal is retried with backoff; once it has expired the store
 `usable(now)` is None, so the data path refuses mTLS both ways and readiness is false
 (fails closed). It recovers by itself: renewal when the CA returns in time, otherwise a
 bootstrap as soon as a fresh join token is in the token file. Background loops log, count
-and carry on.
+and carry on. What blocks a new SVID (no token, CA unreachable, a refused token, a token
+for another ID) and a failed save to ``state_dir`` are kept in `IdentityStats` for
+``/readyz``. A bootstrap names the expected SPIFFE ID, so the CA refuses a token bound to
+another one without consuming it.
 """
 
 from __future__ import annotations
