@@ -222,7 +222,11 @@ async def run(
                 lambda: stats.next_rotation_at,
                 metrics=metrics,
                 identity_stats=stats,
-                upstreams=_pool_rows(pools) if config.outbound else None,
+                upstreams=(
+                    _pool_rows(pools)  # filled below as each pool starts
+                    if any(out.protocol == "http" for out in config.outbound)
+                    else None
+                ),
                 policies=policies.store if policies else None,
             )
             await nursery.start(serve_admin, admin_listeners, state)
