@@ -334,8 +334,11 @@ class _Lifecycle:
         try:
             issued = await (await self.client()).bootstrap(token.text, key, self.spiffe_id)
         except CaClientError as exc:
-            if not isinstance(exc, CaUnavailable):
-                await self._mark_spent(token)  # refused: sending it again cannot help
+            # Refused: sending it again cannot help. A token for another ID is not spent at
+            # the CA, so it is only skipped in this process (`_refusal`), not recorded: after
+            # identity.spiffe_id is corrected and the sidecar restarted, it is used.
+            if not isinstance(exc, CaUnavailable) and exc.code != "token_wrong_id":
+                await self._mark_spent(token)
             raise
         await self._mark_spent(token)  # consumed by the CA, whatever happens next
         return self._build(issued, key)
@@ -358,12 +361,17 @@ class _Lifecycle:
     def _fresh_token(self) -> JoinToken | None:
         try:
             token = read_join_token(self.settings.token_file)
-            if token is None or self.state.token_spent(token):
+            if token is None or not self._unused(token):
                 return None
         except StateError as exc:
             log.error("join token: %s", exc)
             return None
         return token
+
+    def _unused(self, token: JoinToken) -> bool:
+        """Not yet sent (on disk), and not the token the CA just refused (in memory)."""
+        refused = self._refusal is not None and self._refusal[0] == token.digest
+        return not refused and not self.state.token_spent(token)
 
     async def _sleep_until_token(self, at: datetime) -> None:
         """Sleep until `at`, or only until a fresh join token is in the token file.
@@ -375,7 +383,7 @@ class _Lifecycle:
             await trio.sleep(min(left, _TOKEN_CHECK_SECONDS))
             try:
                 token = read_join_token(self.settings.token_file)
-                if token is not None and not self.state.token_spent(token):
+                if token is not None and self._unused(token):
                     return
             except StateError:
                 pass  # the next attempt reports it (once per attempt, not every second)

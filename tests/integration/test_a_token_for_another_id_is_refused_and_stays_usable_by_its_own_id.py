@@ -1,6 +1,7 @@
 """A sidecar given a join token bound to another SPIFFE ID does not burn it: the CA refuses
 (``token_wrong_id``, logged with both IDs) without consuming it, the sidecar says why in its
-log and ``/readyz``, and the sidecar the token was made for still bootstraps with it."""
+log and ``/readyz``, and once ``identity.spiffe_id`` is corrected (same state directory,
+same token file) the sidecar bootstraps with that very token."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ PAYMENTS = SpiffeId.parse(f"spiffe://{TRUST_DOMAIN}/ns/shop/svc/payments")
 
 
 def _sidecar(tmp: Path, spiffe_id: SpiffeId, ca_dir: Path, address: str, token: str) -> Any:
-    tmp.mkdir()
+    tmp.mkdir(exist_ok=True)
     (tmp / "token").write_text(token + "\n")
     admin = free_port()
     config = {
@@ -77,7 +78,8 @@ def test_a_token_for_another_id_is_refused_and_stays_usable(tmp_path: Path) -> N
         assert [t["spiffe_id"] for t in _outstanding(ca.path)] == [str(PAYMENTS)]
         assert _outstanding(ca.path)[0]["token_id"] == token_id
 
-        config, admin = _sidecar(tmp_path / "payments", PAYMENTS, ca.path, server.address, token)
+        # The operator fixes identity.spiffe_id and restarts: same state_dir, same token file.
+        config, admin = _sidecar(tmp_path / "orders", PAYMENTS, ca.path, server.address, token)
         with running_sidecar(config, admin) as payments:
             status, cert = payments.get("/certificate")
             assert status == 200
