@@ -49,6 +49,8 @@ def _check_static(settings: IdentitySettings, now: datetime) -> None:
 
 def _static_key(settings: IdentitySettings, message: str) -> tuple[str, Path | None]:
     """The config key whose file the loader's message names (it starts with the path)."""
+    if "private key does not match" in message:  # named after the certificate it fails
+        return "identity.key_file", settings.key_file
     for key in ("key_file", "bundle_file", "cert_file"):
         path = getattr(settings, key)
         if path is not None and message.startswith(str(path)):

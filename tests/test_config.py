@@ -201,7 +201,7 @@ CA_MODE = GOOD.replace(
         ("no bundle", 3, "identity.bundle_file"),
         ("no key", 3, "identity.key_file"),
         ("garbage key", 3, "identity.key_file"),
-        ("key of another certificate", 3, "identity.cert_file"),
+        ("key of another certificate", 3, "identity.key_file"),
         ("no policy dir", 6, "policy.dir"),
         ("policy dir that does not load", 6, "policy.dir"),
     ],

@@ -118,3 +118,17 @@ def test_the_exit_codes_are_in_help() -> None:
         done = _run(*argv)
         assert done.returncode == 0
         assert "5 a listen address cannot be bound" in " ".join(done.stdout.split())
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_check_config_refuses_what_run_refuses_a_key_of_another_certificate(
+    tmp_path: Path, command: str
+) -> None:
+    config = _sidecar(tmp_path)
+    other = Pki()  # a key that does not match svid.pem
+    (tmp_path / "id" / "svid.key").write_bytes(
+        other.leaf(other.spiffe_id("shop", "orders")).key_pem()
+    )
+    argv = [command, str(config)] if command == "check-config" else ["run", "--config", str(config)]
+    done = _run("sidecar.cli", *argv)
+    _one_line(done, ExitCode.FILE, "identity.key_file = ", "private key does not match")
