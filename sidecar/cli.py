@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mesh_ca.exit_codes import EXIT_CODES_HELP, ExitCode, StartupError
+from mesh_ca.version import installed_version
 
 __all__ = ["main", "run_reporting_startup_errors"]
 
@@ -32,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         description="meshgate sidecar: mTLS on every hop.",
         epilog=EXIT_CODES_HELP,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = commands.add_parser("run", help="run the sidecar", epilog=EXIT_CODES_HELP)
     run.add_argument("--config", required=True, metavar="FILE.toml", help="sidecar config file")

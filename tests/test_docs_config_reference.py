@@ -17,6 +17,8 @@ import mesh_ca.config
 import sidecar.config
 from tests.pki import TestPki as Pki
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gen_config_reference.py"
 REFERENCE = ROOT / "docs" / "configuration.md"
