@@ -68,13 +68,17 @@ def _run(config_path: str) -> int:
         _say(f"mesh-sidecar: {exc}")
         return EXIT_CONFIG
     try:
+        preflight(config, datetime.now(UTC))  # the checks check-config makes, first
+    except StartupError as exc:
+        _say(f"mesh-sidecar: {config_path}: {' '.join(str(exc).split())}")
+        return int(exc.code)
+    try:
         setup_logging(config.log)
-    except LogSetupError as exc:
+    except LogSetupError as exc:  # checked above; a race with the file system
         _say(f"mesh-sidecar: {config_path}: {exc}")
-        return EXIT_CONFIG
+        return ExitCode.FILE
 
     def serve() -> int:
-        preflight(config, datetime.now(UTC))  # the checks check-config makes, first
         if config.workers > 1:
             from sidecar.workers import supervise
 

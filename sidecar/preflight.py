@@ -10,7 +10,8 @@ code of its cause. Synchronous file I/O (start-up only).
   ``bundle_file`` (the same loader the sidecar serves with);
 - CA mode: ``bundle_file`` holds roots, ``state_dir`` can be created or written,
   ``token_file`` (when present) is readable;
-- ``[policy] dir`` loads and validates against its schema.
+- ``[policy] dir`` loads and validates against its schema;
+- ``log.access_log``, a file, can be appended to (or created).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def preflight(config: SidecarConfig, now: datetime) -> None:
         _check_ca_mode(settings)
     if config.policy is not None:
         _check_policy(config.policy.dir, now)
+    _check_access_log(config.log.access_log)
 
 
 def _check_static(settings: IdentitySettings, now: datetime) -> None:
@@ -91,6 +93,22 @@ def state_dir_problem(path: Path) -> str | None:
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         return f"does not exist and cannot be created ({parent} is not a writable directory)"
     return None
+
+
+def _check_access_log(sink: str) -> None:
+    if sink in ("stdout", "stderr", "off"):
+        return
+    path = Path(sink)
+    if path.exists():
+        problem = None if path.is_file() and os.access(path, os.W_OK) else "not a writable file"
+    elif not path.parent.is_dir():
+        problem = f"cannot be created: {path.parent} is not a directory"
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
+        problem = f"cannot be created: {path.parent} is not writable"
+    else:
+        problem = None
+    if problem is not None:
+        raise StartupError("log.access_log", path, problem, ExitCode.FILE)
 
 
 def _check_policy(directory: Path, now: datetime) -> None:

@@ -244,3 +244,7 @@ def test_check_config_in_ca_mode_checks_bundle_and_state_dir(
     (tmp_path / "state").write_text("a file where the directory should be")
     assert main(["check-config", str(path)]) == 4
     assert "identity.state_dir = " in capsys.readouterr().err
+    (tmp_path / "state").unlink()
+    logged = _write(tmp_path, CA_MODE + '\n[log]\naccess_log = "no-such-dir/access.log"\n')
+    assert main(["check-config", str(logged)]) == 3  # run would fail to open it
+    assert "log.access_log = " in capsys.readouterr().err
