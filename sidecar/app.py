@@ -3,8 +3,9 @@
 Every socket is bound first (a taken port is a `StartupError` naming its key); the admin
 listener answers from then on, in every state. SIGTERM/SIGINT before the first SVID stop
 at once (exit 0); after it they drain: listeners close at once (no new connections),
-open connections may finish for up to ``drain_timeout_seconds``, the rest are cancelled,
-and `run` returns 0. SIGHUP reloads static identity files and the policy directory.
+open connections may finish for up to ``drain_timeout_seconds`` (a second SIGTERM/SIGINT
+ends that wait at once), the rest are cancelled, and `run` returns 0. SIGHUP reloads
+static identity files and the policy directory.
 """
 
 from __future__ import annotations
@@ -118,17 +119,24 @@ def _pool_rows(pools: list[MeshPool]) -> Callable[[], list[dict[str, Any]]]:
 
 
 async def _signals(
-    drain: trio.Event, reload: ReloadSignal, policies: LivePolicies | None = None
+    drain: trio.Event,
+    reload: ReloadSignal,
+    policies: LivePolicies | None = None,
+    force: trio.Event | None = None,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
+            name = signal.Signals(signum).name
             if signum == signal.SIGHUP:
                 event(log, "SIGHUP: reloading identity files and policies")
                 reload.request()
                 if policies is not None:
                     policies.request_reload()
+            elif drain.is_set() and force is not None:
+                event(log, "second stop signal: closing open connections now", signal=name)
+                force.set()
             else:
-                event(log, "drain requested", signal=signal.Signals(signum).name)
+                event(log, "drain requested", signal=name)
                 drain.set()
 
 
@@ -180,6 +188,7 @@ async def run(
     """
     clock = clock or SystemClock()
     drain = drain if drain is not None else trio.Event()
+    force = trio.Event()  # a second SIGTERM/SIGINT: stop draining, close what is open
     reload = ReloadSignal()
     store = store if store is not None else CredentialStore()
     tracker = ConnectionTracker(config.limits.max_connections, store)
@@ -213,7 +222,7 @@ async def run(
     pools: list[MeshPool] = []
     async with trio.open_nursery() as nursery:
         if handle_signals:
-            nursery.start_soon(_signals, drain, reload, policies)
+            nursery.start_soon(_signals, drain, reload, policies, force)
         if config.admin is not None:  # from the start: /healthz answers, /readyz says why not
             state = AdminState(
                 config,
@@ -293,11 +302,14 @@ async def run(
                 drain_timeout_seconds=config.timeouts.drain_timeout_seconds,
             )
             with trio.move_on_after(config.timeouts.drain_timeout_seconds) as waited:
+                nursery.start_soon(_cancel_when, force, waited)
                 await tracker.wait_idle()
             if waited.cancelled_caught:
                 event(
                     log,
-                    "drain timeout: closing remaining connections",
+                    "second stop signal: closing remaining connections"
+                    if force.is_set()
+                    else "drain timeout: closing remaining connections",
                     level=logging.WARNING,
                     open_connections=tracker.active,
                 )

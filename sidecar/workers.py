@@ -248,6 +248,9 @@ class Supervisor:
                     event(log, "SIGHUP: reloading identity; forwarding to workers")
                     reload.request()
                     self.signal_all(signal.SIGHUP)
+                elif drain.is_set():  # a second one: the workers stop draining at once
+                    event(log, "second stop signal: forwarding", signal=signal.Signals(signum).name)
+                    self.signal_all(signal.SIGTERM)
                 else:
                     event(log, "drain requested", signal=signal.Signals(signum).name)
                     drain.set()
