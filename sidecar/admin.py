@@ -101,7 +101,8 @@ def _readiness(state: AdminState) -> tuple[bool, str, str]:
     current = state.store.current
     if current is None:
         if blocked is not None:
-            return False, blocked.code, f"no SVID yet: {blocked.message}"
+            why = blocked.message.removeprefix("cannot get an SVID: ")
+            return False, blocked.code, f"no SVID yet: {why}"
         return False, "starting", "no SVID loaded yet"
     if current.expired(state.now()):
         reason = f"own SVID expired at {current.not_after.isoformat()}"
