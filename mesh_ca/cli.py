@@ -39,7 +39,7 @@ from mesh_ca.config import (
     load_config,
 )
 from mesh_ca.duration import format_duration, parse_duration
-from mesh_ca.exit_codes import EXIT_CODES_HELP
+from mesh_ca.exit_codes import EXIT_CODES_HELP, StartupError
 from mesh_ca.files import write_atomic_set
 from mesh_ca.identity import (
     RESERVED_PATH_PREFIX,
@@ -58,6 +58,7 @@ from mesh_ca.issuance import (
     make_csr,
 )
 from mesh_ca.keys import generate_key, private_key_pem
+from mesh_ca.keys_cli import add_keys_flags, keys_config
 from mesh_ca.store import IssuedRecord, StateStore, StoreError, open_store
 from mesh_ca.store.dbcli import add_db_parser, db_main
 from mesh_ca.tokens import new_token
@@ -201,6 +202,8 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="postgres: file (mode 0600) whose first line is the password",
     )
+
+    add_keys_flags(p)
 
     p = add("issue", "Issue an X509-SVID offline (the key is made here).")
     add_dir(p)
@@ -363,7 +366,10 @@ def _cmd_init(args: argparse.Namespace) -> int:
     issuance = _issuance_config(args.leaf_ttl)
     passphrase = read_passphrase(args.passphrase_file)
     config = CaConfig(
-        trust_domain=args.trust_domain.name, issuance=issuance, store=_store_config(args)
+        trust_domain=args.trust_domain.name,
+        issuance=issuance,
+        store=_store_config(args),
+        keys=keys_config(args, UsageError),
     )
     ca = init_ca_dir(
         args.dir, args.trust_domain, _now(), passphrase=passphrase, force=args.force, config=config
@@ -371,7 +377,11 @@ def _cmd_init(args: argparse.Namespace) -> int:
     _out(f"created CA for trust domain {ca.trust_domain} in {ca.path}")
     _out(f"  root          {_iso(ca.root.not_valid_after_utc)} (notAfter)")
     _out(f"  intermediate  {_iso(ca.signer.not_after)} (notAfter)")
-    _out(f"  keys          {'passphrase-encrypted' if passphrase else 'unencrypted'}, mode 0600")
+    if config.keys.backend == "file":
+        kind = "passphrase-encrypted" if passphrase else "unencrypted"
+        _out(f"  keys          {kind}, mode 0600")
+    else:
+        _out(f"  keys          {config.keys.describe()}")
     if config.store.kind == "postgres":
         from mesh_ca.store.postgres import describe_url
 
@@ -532,6 +542,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
             for r in revocations
         ],
         "issued_count": issued,
+        "keys": config.keys.model_dump(exclude_none=True),
     }
     if args.json:
         _out(json.dumps(status, indent=2))
@@ -540,6 +551,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     _out(f"directory      {status['dir']}")
     _out(f"root           notAfter {root['not_after']}  ({root['subject']})")
     _out(f"intermediate   notAfter {intermediate['not_after']}  ({intermediate['subject']})")
+    _out(f"keys           {config.keys.describe()}")
     _out(f"issued         {issued} certificate(s)")
     _out(f"tokens         {len(tokens)} outstanding")
     for token in status["outstanding_tokens"]:
@@ -589,6 +601,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(args)
     except UsageError as exc:
         return _fail(str(exc), 2)
+    except StartupError as exc:  # the PKCS#11 key store: one line naming the keys.* key
+        return _fail(str(exc), exc.code)
     except (
         OperationError,
         CaDirError,

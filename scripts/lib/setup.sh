@@ -15,6 +15,8 @@ ensure_debian_packages() {
     command -v curl >/dev/null || missing+=(curl)
     # callgrind: bench.py ca-instructions and its test count instructions under valgrind.
     command -v callgrind_control >/dev/null || missing+=(valgrind)
+    # SoftHSM2: the PKCS#11 token the HSM-key tests and `bench.py ca-hsm` keep CA keys in.
+    command -v softhsm2-util >/dev/null || missing+=(softhsm2)
     # Benchmark peers: only scripts/bench.py asks for them (MESHGATE_WITH_PEERS=1).
     if [ "${MESHGATE_WITH_PEERS:-0}" = 1 ]; then
         [ -x /usr/sbin/nginx ] || missing+=(nginx)
