@@ -14,13 +14,11 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pkcs11
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from pkcs11 import Attribute, ObjectClass
-from pkcs11 import exceptions as p11err
 
 from mesh_ca.ca_dir import load_ca_dir
 from mesh_ca.client import CaClient, IssuedSvid
@@ -30,6 +28,11 @@ from mesh_ca.keys import generate_key, private_key_pem
 from tests.ca_server_process import CaServer, serving_ca_dir
 from tests.softhsm import PIN_ENV, SoftToken
 
+if TYPE_CHECKING:
+    import pkcs11
+
+# python-pkcs11 (the `pkcs11` extra) is imported inside the tests: the minimum-versions run
+# of the unit tests (scripts/test.sh) collects this module without it.
 pytestmark = pytest.mark.interop
 
 TD = "hsm.example"
@@ -102,6 +105,9 @@ def write_svid(issued: tuple[IssuedSvid, bytes], directory: Path) -> tuple[Path,
 
 def token_session(token: SoftToken) -> pkcs11.Session:
     """A session of our own on the token, through python-pkcs11 alone (not mesh_ca)."""
+    import pkcs11
+    from pkcs11 import exceptions as p11err
+
     lib = pkcs11.lib(token.module)
     try:
         return lib.get_token(token_label=token.label).open(user_pin=token.pin)
@@ -170,6 +176,10 @@ def test_the_ca_servers_own_svid_is_signed_in_the_token(served: CaServer) -> Non
 def test_the_ca_keys_are_private_sensitive_non_extractable_token_objects(
     served: CaServer, softhsm: SoftToken
 ) -> None:
+    import pkcs11
+    from pkcs11 import Attribute, ObjectClass
+    from pkcs11 import exceptions as p11err
+
     assert not list(served.ca.path.glob("*.key"))  # no key files at all
     session = token_session(softhsm)
     try:
@@ -277,6 +287,8 @@ def test_a_missing_key_stops_start_up_naming_keys_intermediate_key_label(
 def test_init_refuses_labels_the_token_already_holds(
     served: CaServer, softhsm: SoftToken, tmp_path: Path
 ) -> None:
+    from pkcs11 import Attribute, ObjectClass
+
     result = mesh_ca(softhsm, *init_args(softhsm, tmp_path / "again", PREFIX))
     line = _one_line(result)
     assert f"keys.root_key_label = '{PREFIX}-root': token '{softhsm.label}' already holds" in line
@@ -292,6 +304,8 @@ def test_init_refuses_labels_the_token_already_holds(
 
 
 def test_a_failed_init_destroys_the_keys_it_made(softhsm: SoftToken, tmp_path: Path) -> None:
+    from pkcs11 import Attribute
+
     # The state store cannot be created (nothing listens on port 1): after both keys exist.
     args = [
         *init_args(softhsm, tmp_path / "failed", "failed"),

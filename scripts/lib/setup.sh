@@ -102,6 +102,14 @@ check_wheel() {
         fi
         grep -q "meshgate\[postgres\]" err.txt || { cat err.txt >&2; exit 1; }
         [ "$(wc -l < err.txt)" -eq 1 ] || { cat err.txt >&2; exit 1; }
+        # Likewise CA keys in a PKCS#11 token without the pkcs11 extra: one line, exit 7.
+        rc=0
+        MESH_CA_HSM_PIN=0000 venv/bin/mesh-ca init --dir ca-hsm --trust-domain example.org \
+            --keys pkcs11 --pkcs11-module libsofthsm2.so --token-label none \
+            --pin-env MESH_CA_HSM_PIN 2>err.txt || rc=$?
+        [ "$rc" -eq 7 ] || { echo "init --keys pkcs11 without python-pkcs11 exited $rc" >&2; cat err.txt >&2; exit 1; }
+        grep -q "meshgate\[pkcs11\]" err.txt || { cat err.txt >&2; exit 1; }
+        [ "$(wc -l < err.txt)" -eq 1 ] || { cat err.txt >&2; exit 1; }
     )
     rm -rf "$work"
     say "the wheel installs and runs"
