@@ -320,3 +320,19 @@ def test_a_failed_init_destroys_the_keys_it_made(softhsm: SoftToken, tmp_path: P
             assert not list(session.get_objects({Attribute.LABEL: label})), label
     finally:
         session.close()
+
+
+def test_status_says_the_keys_are_in_the_token(served: CaServer, softhsm: SoftToken) -> None:
+    import json
+
+    text = mesh_ca(softhsm, "status", "--dir", str(served.ca.path), drop_pin=True)
+    assert text.returncode == 0, text.stderr  # no PIN needed: status reads ca.toml only
+    (line,) = [ln for ln in text.stdout.splitlines() if ln.startswith("keys ")]
+    assert f"PKCS#11 token '{softhsm.label}' via {softhsm.module}" in line
+    assert f"'{PREFIX}-intermediate' (intermediate)" in line
+    as_json = mesh_ca(softhsm, "status", "--dir", str(served.ca.path), "--json")
+    keys = json.loads(as_json.stdout)["keys"]
+    assert keys["backend"] == "pkcs11"
+    assert keys["token_label"] == softhsm.label
+    assert keys["pin_env"] == PIN_ENV
+    assert softhsm.pin not in as_json.stdout + text.stdout
