@@ -112,7 +112,8 @@ class Pkcs11Token:
 
     def holds(self, label: str) -> bool:
         """Whether any object (key, certificate, data) in the token has this label."""
-        return any(True for _ in self.session.get_objects({Attribute.LABEL: label}))
+        # Read to the end: a search left half-read would stay open in the session.
+        return bool(list(self.session.get_objects({Attribute.LABEL: label})))
 
     def require_free(self, label: str, name: str) -> None:
         """Refuse a label the token already uses: two keys under one label are ambiguous."""
