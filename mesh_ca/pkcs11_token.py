@@ -6,8 +6,9 @@ sign-only (no derive, decrypt or unwrap). On load a key that the token reports a
 extractable, not sensitive, not private or not generated inside it (``CKA_LOCAL``,
 ``CKA_NEVER_EXTRACTABLE``, ``CKA_ALWAYS_SENSITIVE``) is refused: fail closed.
 
-Signing uses CKM_ECDSA over a digest that cryptography computed (`TokenSigningKey`); one
-lock per session serializes calls, as PKCS#11 sessions are not for concurrent use.
+Signing uses CKM_ECDSA over a digest that cryptography computed (`TokenSigningKey`). A
+PKCS#11 session is not for concurrent use: python-pkcs11 serializes the operations of one
+session itself (its per-session operation lock) and releases the GIL inside C_Sign.
 
 Every failure is a `StartupError` naming the ``keys.*`` key of ca.toml and exiting with
 `ExitCode.KEYS`. Imported only for ``keys.backend = "pkcs11"`` (`mesh_ca.keystore`).
@@ -15,7 +16,6 @@ Every failure is a `StartupError` naming the ``keys.*`` key of ca.toml and exiti
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -87,7 +87,6 @@ class Pkcs11Token:
     session: pkcs11.Session
     token_label: str
     source: str
-    lock: threading.Lock
 
     def _key(self, name: str) -> str:
         return f"{self.source}keys.{name}"
@@ -174,11 +173,9 @@ class Pkcs11Token:
         if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
             problem = "the key pair is not ECDSA P-256"
             raise StartupError(self._key(name), label, problem, ExitCode.KEYS)
-        lock = self.lock
 
         def sign_digest(digest: bytes) -> bytes:
-            with lock:
-                signature: bytes = private.sign(digest, mechanism=Mechanism.ECDSA)
+            signature: bytes = private.sign(digest, mechanism=Mechanism.ECDSA)
             return signature
 
         return TokenSigningKey(public, sign_digest, self._where(label))
@@ -241,4 +238,4 @@ def open_token(
     except p11err.PKCS11Error as exc:
         problem = f"cannot open a session ({_what(exc)})"
         raise StartupError(label_key, token_label, problem, ExitCode.KEYS) from exc
-    return Pkcs11Token(session, token_label, source, threading.Lock())
+    return Pkcs11Token(session, token_label, source)

@@ -336,3 +336,32 @@ def test_status_says_the_keys_are_in_the_token(served: CaServer, softhsm: SoftTo
     assert keys["token_label"] == softhsm.label
     assert keys["pin_env"] == PIN_ENV
     assert softhsm.pin not in as_json.stdout + text.stdout
+
+
+def test_concurrent_bootstraps_sign_through_the_token_from_worker_threads(
+    softhsm: SoftToken, ca_copy: Path, tmp_path: Path
+) -> None:
+    import trio
+
+    ca = load_ca_dir(ca_copy)
+    extra = ("--threaded-handlers",)  # store and signing in worker threads, one token session
+    with serving_ca_dir(ca, tmp_path / "threaded.log", extra=extra, env=softhsm.env()) as server:
+        ids = [SpiffeId.workload(TD, "load", f"svc{i}") for i in range(24)]
+        tokens = [server.token(sid) for sid in ids]
+        issued: list[IssuedSvid] = []
+
+        async def one(token: str) -> None:
+            async with CaClient([server.address], TrustDomain(TD), server.bundles) as client:
+                issued.append(await client.bootstrap(token, generate_key()))
+
+        async def run() -> None:
+            async with trio.open_nursery() as nursery:
+                for token in tokens:
+                    nursery.start_soon(one, token)
+
+        trio.run(run)
+    assert server.process.returncode == 0, server.log()
+    assert sorted(str(s.spiffe_id) for s in issued) == sorted(str(sid) for sid in ids)
+    now = datetime.now(UTC)
+    for svid in issued:
+        assert verify_svid(svid.chain[0], [svid.chain[1]], server.bundles, now)

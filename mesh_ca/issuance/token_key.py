@@ -11,8 +11,8 @@ with cryptography's hash and wraps ``r, s`` in the DER `Ecdsa-Sig-Value` X.509 w
 (`encode_dss_signature`). No private key material is ever here: `private_bytes`,
 `private_numbers` and `exchange` refuse.
 
-Pure: no PKCS#11 import. The caller passes `sign_digest`, which talks to the token and
-serializes access to it (a PKCS#11 session is not safe for concurrent use).
+Pure: no PKCS#11 import. The caller passes `sign_digest`, which talks to the token (and
+must be safe to call from several threads: `mesh-ca serve --threaded-handlers`).
 """
 
 from __future__ import annotations
