@@ -6,6 +6,9 @@ forwarding header policy (hop-by-hop and identity headers dropped, `x-request-id
 when absent, a valid `traceparent` kept) → a pooled mTLS connection (`sidecar.pool`,
 secure naming checked at its handshake) → stream the body up and the response back.
 
+Every request read gets exactly one access record and one count; a response cut after
+its head went out keeps the status sent and the reason ``response_incomplete: <cause>``.
+
 Errors the client sees, with a short text body and the request id:
 - 502: the destination refused or closed the connection, answered something malformed,
   or presented an identity other than the configured SPIFFE IDs (nothing was sent then);
@@ -87,7 +90,9 @@ class _UpstreamError(Exception):
 
 
 class _ClientGoneError(Exception):
-    """The local client disconnected or stalled; nothing more can be told to it."""
+    """The exchange was cut (the local client went away or stalled, or the upstream broke
+    after the response head went out): nothing more can be told to the client. Its text is
+    a short code for the access record's reason."""
 
 
 @final
@@ -114,7 +119,7 @@ async def _next_event(stream: TimedStream, reader: RequestReader, timeout_second
         try:
             data = await stream.receive_some(_READ)
         except trio.TooSlowError:
-            raise _ClientGoneError("client idle") from None
+            raise _ClientGoneError("client_idle") from None
         if data:
             reader.feed(bytes(data))
         else:
@@ -215,6 +220,12 @@ class HttpOutbound:
             )
             await self._send_quietly(local, response)
             keep = False
+        except BaseException as exc:
+            # Cut (upstream broke or stalled, client gone, cancelled): never a clean status.
+            cause = str(exc) if isinstance(exc, _ClientGoneError) else "cancelled"
+            if out.reason is None:
+                out.reason = cause if out.status is None else f"response_incomplete: {cause}"
+            raise
         finally:
             self._record(
                 source,
@@ -327,7 +338,7 @@ class HttpOutbound:
                     await conn.stream.send_all(LAST_CHUNK)
                 return
             else:
-                raise _ClientGoneError("client closed inside the request body")
+                raise _ClientGoneError("client_closed_in_body")
 
     async def _respond(
         self, local: trio.abc.Stream, head: RequestHead, conn: PooledConnection, out: _Exchange
@@ -349,7 +360,7 @@ class HttpOutbound:
                     ev = upstream.next_event()
                 except HttpError as exc:
                     if sent_head:
-                        raise _ClientGoneError("upstream broke mid-response") from exc
+                        raise _ClientGoneError("upstream_broke") from exc
                     raise _UpstreamError(
                         502,
                         "bad_response",
@@ -412,7 +423,7 @@ class HttpOutbound:
             return bytes(await conn.stream.receive_some(_READ))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if sent_head:
-                raise _ClientGoneError("upstream broke mid-response") from exc
+                raise _ClientGoneError("upstream_broke") from exc
             raise _UpstreamError(
                 502,
                 "upstream_closed",
@@ -422,7 +433,7 @@ class HttpOutbound:
         except trio.TooSlowError:
             pass
         if sent_head:
-            raise _ClientGoneError("upstream stalled mid-response")
+            raise _ClientGoneError("upstream_stalled")
         raise _UpstreamError(
             504,
             "response_timeout",
@@ -434,7 +445,7 @@ class HttpOutbound:
         try:
             await local.send_all(pieces[0] if len(pieces) == 1 else b"".join(pieces))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise _ClientGoneError("client went away") from exc
+            raise _ClientGoneError("client_gone") from exc
 
     async def _send_quietly(self, local: trio.abc.Stream, data: bytes) -> None:
         with trio.move_on_after(1.0):
@@ -467,6 +478,7 @@ class HttpOutbound:
                 out.bytes_in if out else 0,
                 out.bytes_out if out else 0,
             )
+            observer.incomplete("outbound", reason)
             return
         observer.request(
             AccessRecord(
