@@ -516,7 +516,11 @@ def access_lines(path: Path) -> list[dict[str, Any]]:
 
 
 async def rotations(sidecar: Sidecar) -> int:
-    status, view = await trio.to_thread.run_sync(sidecar.get, "/certificate")
+    """Rotations done so far (0 when the admin listener does not answer in time)."""
+    try:
+        status, view = await trio.to_thread.run_sync(sidecar.get, "/certificate")
+    except OSError:
+        return 0
     return int(view.get("rotations", {}).get("ok", 0)) if status == 200 else 0
 
 
