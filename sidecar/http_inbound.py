@@ -285,7 +285,9 @@ class _Session:
         self.handle = handle  # the tracker's: why the connection was cut, when it is
         tracker = inbound.runtime.tracker
         hard_end = tracker.hard_end(handle) if handle is not None else None
-        self.retire_at = tracker.lifetime.retire_at(hard_end or conn.expires_at)
+        # Both SVIDs valid, whatever the mode: a pool only sends where both are (see pool).
+        end = min(hard_end, conn.expires_at) if hard_end is not None else conn.expires_at
+        self.retire_at = tracker.lifetime.retire_at(end)
 
     def _retiring(self) -> bool:
         """Near the connection's end: answer ``connection: close`` from now on."""

@@ -13,9 +13,11 @@ authentication may carry traffic (``[connection_lifetime] mode``):
 
 In both modes, revocation and a trust bundle that drops the peer's CA end a connection at
 once (`sidecar.connections`). Rotation must never fail a request, so both sides stop
-using a connection *before* its hard end: the outbound pool puts no new request on a
+using a connection *before* it could be cut: the outbound pool puts no new request on a
 connection once the SVID it presented there was superseded, or ``retire_margin_seconds``
-before its hard end; the inbound side answers ``connection: close`` from that margin on.
+before the first notAfter of the two SVIDs (where a ``strict`` peer cuts it, whatever our
+own mode) or before its hard end; the inbound side answers ``connection: close`` from that
+margin on. The mode only decides what happens to a stream still running at the end.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ both sides meant to keep alive (`release(..., reusable=True)`), and is reused on
 - the SVID we presented on it is still our current one: after a rotation no new request
   goes on a connection made with the superseded SVID (it finishes what it carries, then
   closes), so a rotation never fails a request;
-- it is more than ``retire_margin_seconds`` from its hard end (`sidecar.lifetime`: in
-  ``strict`` mode the first notAfter of the two SVIDs, else its maximum age), where the
-  inbound side would cut it;
+- it is more than ``retire_margin_seconds`` from the first notAfter of the two SVIDs of
+  its handshake (where a ``strict`` peer cuts it; `sidecar.lifetime`), and from its
+  maximum age in ``until_revoked`` mode;
 - neither the peer's SPIFFE ID nor its serial is revoked (revocations also close idle
   connections at once);
 - it was idle less than ``pool_idle_timeout_seconds`` and the socket shows no EOF or
@@ -302,6 +302,9 @@ class MeshPool:
         state.down_until = 0.0  # it answered: healthy again for everyone
         lifetime = rt.tracker.lifetime
         hard_end = lifetime.hard_end(rt.now(), conn.peer.not_after, conn.credentials.not_after)
+        # Requests go only where both SVIDs are valid, whatever our mode: the peer may be
+        # strict and cut the connection at the first notAfter.
+        retire_at = lifetime.retire_at(min(hard_end, conn.expires_at))
         return PooledConnection(
             conn.stream,
             endpoint,
@@ -310,7 +313,7 @@ class MeshPool:
             hard_end,
             transport,
             own_serial=conn.credentials.serial,
-            retire_at=lifetime.retire_at(hard_end),
+            retire_at=retire_at,
         )
 
     async def release(self, conn: PooledConnection, *, reusable: bool) -> None:
