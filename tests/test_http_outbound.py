@@ -26,7 +26,7 @@ from sidecar.http import (
     ResponseReader,
 )
 from sidecar.http_outbound import HttpOutbound
-from sidecar.identity.credentials import CredentialStore, Revocations
+from sidecar.identity.credentials import Credentials, CredentialStore, Revocations
 from sidecar.pool import MeshPool
 from sidecar.runtime import Runtime
 from sidecar.tls import accept_mesh
@@ -391,4 +391,46 @@ async def test_pooled_connections_are_not_reused_after_the_peer_svid_expires(
         assert h.destination.handshakes == 1
         await trio.sleep(31)  # past the destination's notAfter
         assert h.pool.upstreams()[0]["idle"] == 0  # evicted
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_rotation_moves_new_requests_to_a_fresh_connection(autojump_clock: object) -> None:
+    """Once our SVID is superseded, the pooled connection made with it takes no new request
+    (it would be cut at that SVID's notAfter): the next one gets a fresh handshake."""
+    async with trio.open_nursery() as nursery:
+        h = Harness(nursery)
+        client = await h.client()
+        assert status_and_body(await roundtrip(client, GET))[0] == 200
+        assert status_and_body(await roundtrip(client, GET))[0] == 200
+        assert h.destination.handshakes == 1
+        renewed = h.pki.leaf(h.own_id, now=h.clock.now())
+        bundles = bundle_with_intermediates(h.pki)
+        chain = (renewed.cert, *renewed.chain)
+        h.store.publish(Credentials.build(chain, renewed.key, bundles, h.clock.now()))
+        assert status_and_body(await roundtrip(client, GET))[0] == 200
+        assert h.destination.handshakes == 2
+        assert status_and_body(await roundtrip(client, GET))[0] == 200
+        assert h.destination.handshakes == 2  # the fresh one is reused
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_request_goes_on_a_connection_within_the_margin_of_an_svid_expiry(
+    autojump_clock: object,
+) -> None:
+    """The destination's SVID ends in 1 h: from 10 s before (the default margin) requests
+    use a fresh connection, where the destination would be presenting its renewed SVID."""
+    async with trio.open_nursery() as nursery:
+        h = Harness(nursery)
+        client = await h.client()
+        for _ in range(119):  # a request every 30 s up to 30 s before: always reused
+            await trio.sleep(30)
+            assert status_and_body(await roundtrip(client, GET))[0] == 200
+        assert h.destination.handshakes == 1
+        await trio.sleep(25)  # 5 s before: inside the margin
+        renewed = h.pki.leaf(h.orders_id, ttl=timedelta(hours=2))  # (OpenSSL: real time)
+        bundles = bundle_with_intermediates(h.pki)
+        chain = (renewed.cert, *renewed.chain)
+        h.destination.store.publish(Credentials.build(chain, renewed.key, bundles, h.clock.now()))
+        assert status_and_body(await roundtrip(client, GET))[0] == 200
+        assert h.destination.handshakes == 2
         nursery.cancel_scope.cancel()
