@@ -272,7 +272,7 @@ class HttpOutbound:
         )
         conn = await self.pool.acquire()
         try:
-            return await self._exchange(local, reader, head, conn, first, complete, out)
+            return await self._cuttable(local, reader, head, conn, first, complete, out)
         except _UpstreamError as exc:
             if not (exc.before_response and conn.reused and replayable):
                 raise
@@ -285,7 +285,27 @@ class HttpOutbound:
                 reason=exc.reason,
             )
         conn = await self.pool.acquire(fresh=True)
-        return await self._exchange(local, reader, head, conn, first, complete, out)
+        return await self._cuttable(local, reader, head, conn, first, complete, out)
+
+    async def _cuttable(
+        self,
+        local: TimedStream,
+        reader: RequestReader,
+        head: RequestHead,
+        conn: PooledConnection,
+        first: bytes,
+        complete: bool,
+        out: _Exchange,
+    ) -> bool:
+        """`_exchange` inside the scope the pool cancels when the upstream is revoked."""
+        with conn.cut:
+            return await self._exchange(local, reader, head, conn, first, complete, out)
+        reason = conn.cut_reason or "cut"
+        if out.status is None:  # nothing of a response went out: the client gets our 502
+            raise _UpstreamError(
+                502, reason, f"{conn.endpoint}: {reason} during the request", before_response=False
+            )
+        raise _ClientGoneError(reason)
 
     async def _exchange(
         self,

@@ -70,6 +70,8 @@ class PooledConnection:
     """One verified mTLS connection to an endpoint and the reader of its responses."""
 
     __slots__ = (
+        "cut",
+        "cut_reason",
         "endpoint",
         "expires_at",
         "idle_since",
@@ -107,6 +109,10 @@ class PooledConnection:
         self.own_serial = own_serial  # of the SVID we presented: superseded → retire
         self.reader = ResponseReader(_RESPONSE_LIMITS)
         self.reused = False  # served a request before: may be a stale keep-alive
+        # The exchange in progress runs inside `cut` (a fresh scope per acquire), which the
+        # pool cancels when the upstream is revoked: a revoked peer is never served on.
+        self.cut = trio.CancelScope()
+        self.cut_reason: str | None = None
         self.idle_since = 0.0
 
 
@@ -179,12 +185,24 @@ class MeshPool:
         self._balancer = RoundRobin(config.endpoints)
         self._states = {endpoint: EndpointState(endpoint) for endpoint in config.endpoints}
         self._wake = trio.Event()
+        self._active: set[PooledConnection] = set()
         self.handshakes = 0
         self.reuses = 0
         runtime.store.subscribe(self._store_changed)
 
     def _store_changed(self) -> None:
         self._wake.set()  # the current event: `run` replaces it after each wake-up
+        revocations = self.runtime.store.revocations
+        for conn in self._active:
+            if revocations.refuses(conn.peer_id, conn.peer_serial):
+                conn.cut_reason = "upstream_revoked"
+                conn.cut.cancel()
+
+    def _lend(self, conn: PooledConnection) -> PooledConnection:
+        self._states[conn.endpoint].active += 1
+        conn.cut, conn.cut_reason = trio.CancelScope(), None
+        self._active.add(conn)
+        return conn
 
     # -- views -------------------------------------------------------------------------
 
@@ -226,9 +244,8 @@ class MeshPool:
                 while state.idle:
                     conn = state.idle.pop()  # most recent: the others stay evictable
                     if self._usable(conn, now, tnow):
-                        state.active += 1
                         self.reuses += 1
-                        return conn
+                        return self._lend(conn)
                     await _close(conn)
         give_up = trio.current_time() + _REDIAL_BUDGET_SECONDS
         pause = _REDIAL_FIRST_SECONDS
@@ -250,8 +267,7 @@ class MeshPool:
                     state.last_error = exc.detail
                     failures.append(exc)
                     continue
-                state.active += 1
-                return conn
+                return self._lend(conn)
             if (
                 any(f.reason not in _REDIALLED for f in failures)
                 or trio.current_time() + pause > give_up
@@ -320,6 +336,7 @@ class MeshPool:
         """Give a connection back after an exchange; anything not clean is closed."""
         state = self._states[conn.endpoint]
         state.active -= 1
+        self._active.discard(conn)
         if (
             reusable
             and conn.reader.buffered_bytes == 0

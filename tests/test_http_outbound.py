@@ -434,3 +434,25 @@ async def test_no_request_goes_on_a_connection_within_the_margin_of_an_svid_expi
         assert status_and_body(await roundtrip(client, GET))[0] == 200
         assert h.destination.handshakes == 2
         nursery.cancel_scope.cancel()
+
+
+async def test_an_upstream_revoked_during_a_request_is_cut_at_once(autojump_clock: object) -> None:
+    """A revoked peer is never served on: the exchange in progress on its pooled
+    connection is cut when the revocation arrives, not when the response ends."""
+    async with trio.open_nursery() as nursery:
+        h = Harness(nursery, response_timeout=3600)
+        h.destination.behaviour = lambda head, n: Reply(hang=True)
+        client = await h.client()
+
+        async def revoke_once_sent() -> None:
+            while not h.destination.requests:
+                await trio.sleep(0.01)
+            h.store.publish_revocations(Revocations(spiffe_ids=frozenset({h.orders_id})))
+
+        nursery.start_soon(revoke_once_sent)
+        started = trio.current_time()
+        status, body, _ = status_and_body(await roundtrip(client, GET))
+        assert status == 502
+        assert b"upstream_revoked" in body
+        assert trio.current_time() - started < 1
+        nursery.cancel_scope.cancel()
