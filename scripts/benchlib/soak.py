@@ -44,6 +44,7 @@ from sidecar.http import (
     NEED_DATA,
     Data,
     EndOfMessage,
+    HttpError,
     RequestHead,
     RequestReader,
     ResponseHead,
@@ -129,7 +130,12 @@ async def read_response(
     head: ResponseHead | None = None
     body = bytearray()
     while True:
-        ev = reader.next_event()
+        try:
+            ev = reader.next_event()
+        except HttpError:  # e.g. closed inside the body: a cut response
+            if head is None:
+                raise trio.BrokenResourceError("invalid response") from None
+            return head, bytes(body), False
         if ev is NEED_DATA:
             data = await stream.receive_some(65536)
             if data:
