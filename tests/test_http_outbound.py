@@ -138,7 +138,10 @@ class Harness:
         )
         timeouts = TimeoutsConfig(response_timeout_seconds=response_timeout)
         self.runtime = Runtime(
-            self.store, self.clock.now, timeouts, ConnectionTracker(100, self.store)
+            self.store,
+            self.clock.now,
+            timeouts,
+            ConnectionTracker(100, self.store, now=self.clock.now),
         )
         self.pool = MeshPool(self.config, self.runtime, self.destination.connect)
         self.outbound = HttpOutbound(self.config, self.runtime, self.pool)

@@ -42,9 +42,9 @@ def test_no_request_fails_and_every_hop_logs_each_request_once(tmp_path: Path) -
     assert all(n >= 3 for n in figures["rotations"].values()), figures["rotations"]
     ok = figures["requests_ok"]
     assert ok["download"] == 1
-    assert ok["stream"] >= 20
-    assert ok["keepalive"] >= 500
-    assert ok["new_connection"] >= 100
+    assert ok["stream"] >= 10  # how many depends on the machine's pace, not on correctness
+    assert ok["keepalive"] >= 200
+    assert ok["new_connection"] >= 50
     for hop, row in figures["accounting"].items():
         assert row["log_lines"] == row["requests"], (hop, row)
         assert row["not_ok"] == {}, (hop, row)
