@@ -2,7 +2,8 @@
 
 Every flag is validated before anything is written; usage errors name the flag and exit
 2, operational errors (a missing CA, a wrong passphrase, a database error) exit 1;
-``serve``'s start-up failures have their own codes (`mesh_ca.exit_codes`, ``--help``). Join
+``serve``'s start-up failures have their own codes (`mesh_ca.exit_codes`, ``--help``), and
+so does an unusable PKCS#11 key store in any command (7, naming the ``keys.*`` key). Join
 tokens go to stdout only, so scripts can capture them; nothing secret is ever logged.
 """
 
