@@ -365,3 +365,24 @@ def test_concurrent_bootstraps_sign_through_the_token_from_worker_threads(
     now = datetime.now(UTC)
     for svid in issued:
         assert verify_svid(svid.chain[0], [svid.chain[1]], server.bundles, now)
+
+
+def test_mesh_ca_issue_signs_offline_through_the_token(
+    served: CaServer, softhsm: SoftToken, tmp_path: Path
+) -> None:
+    sid = f"spiffe://{TD}/ns/batch/svc/report"
+    out = tmp_path / "svid"
+    result = mesh_ca(
+        softhsm, "issue", "--dir", str(served.ca.path), "--spiffe-id", sid, "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    leaf = x509.load_pem_x509_certificates((out / "svid.pem").read_bytes())[0]
+    leaf.verify_directly_issued_by(served.ca.signer.cert)
+    assert str(check_leaf_profile(leaf)) == sid
+    wrong = mesh_ca(
+        softhsm, "issue", "--dir", str(served.ca.path), "--spiffe-id", sid,
+        "--out", str(tmp_path / "no"), pin="000000",
+    )  # fmt: skip
+    expected = f"mesh-ca: error: {served.ca.path / 'ca.toml'}: keys.pin_env = '{PIN_ENV}'"
+    assert _one_line(wrong).startswith(expected)
+    assert not (tmp_path / "no").exists()
