@@ -73,6 +73,7 @@ from sidecar.policy_authz import determining_policies, forwards, source_ip, verd
 from sidecar.relay import abort
 from sidecar.runtime import Runtime
 from sidecar.tls import MeshConnection, MeshTlsError, accept_mesh
+from sidecar.tracing import Span
 
 __all__ = ["HttpInbound"]
 
@@ -370,6 +371,8 @@ class _Session:
             new_request_id=inbound.new_request_id,
             xfcc=self.xfcc,
         )
+        span = self._start_span(head.method, forwarded)
+        forwarded = forwarded if span is None else span.forwarded  # our span: the app's parent
         app_headers = inbound.rules.app_headers(
             forwarded.headers, host=host, source_ip=self.source_ip
         )
@@ -428,7 +431,22 @@ class _Session:
             extra=extra,
             traceparent=forwarded.traceparent,
         )
+        if span is not None:
+            span.finish(
+                path=target.path,
+                status=outcome.status,
+                peer_id=self.peer_id_text,
+                decision=result,
+                policies=policies,
+                reason=outcome.reason,
+            )
         return outcome
+
+    def _start_span(self, method: str, forwarded: ForwardedRequest) -> Span | None:
+        """The server span of one request when ``[tracing]`` is on (no work when off)."""
+        tracer = self.rt.tracer
+        service = self.inbound.config.service
+        return None if tracer is None else tracer.start("inbound", method, service, forwarded)
 
     def _report(
         self,
