@@ -81,10 +81,11 @@ def _post(port: int, path: str, headers: dict[str, str]) -> int:
 def _received(log: Path, request_id: str) -> dict[str, Any]:
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     (line,) = [line for line in lines if line.get("x-request-id") == request_id]
+    assert isinstance(line, dict)
     return line
 
 
-def _hops(spans: list[ReceivedSpan], request_id: str) -> dict[tuple[str, int], ReceivedSpan]:
+def _hops(spans: list[ReceivedSpan], request_id: str) -> dict[tuple[str, Any], ReceivedSpan]:
     """This request's spans by (service, kind)."""
     mine = [s for s in spans if s.attributes.get("meshgate.request_id") == request_id]
     hops = {(s.service, s.span.kind): s for s in mine}
@@ -143,7 +144,7 @@ def test_one_request_is_one_trace_across_web_orders_and_payments(tmp_path: Path)
                 "protocol": "http",
             }
 
-        configs = {
+        configs: dict[str, dict[str, Any]] = {
             "payments": {
                 "identity": identity("payments"),
                 "inbound": inbound("payments", port["payments_in"], port["payments_app"]),
