@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 
 import pytest
 
+from mesh_ca.exit_codes import ExitCode, StartupError
 from mesh_ca.identity import SpiffeId
 from sidecar.config import ConfigError, load_config, parse_config
 from sidecar.http.forwarding import forward_request_headers
+from sidecar.preflight import _check_tracing
 from sidecar.tracing import (
     TraceParent,
     default_service_name,
@@ -286,3 +290,21 @@ def test_no_sidecar_module_but_the_exporter_loads_opentelemetry_when_tracing_is_
         )
     }
     assert loaders == {"sidecar/tracing_otel.py"}
+
+
+def test_tracing_without_the_opentelemetry_packages_is_a_start_up_error_naming_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = importlib.util.find_spec
+
+    def without_otel(name: str, package: str | None = None) -> ModuleSpec | None:
+        if name.startswith("opentelemetry"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return real(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_otel)
+    with pytest.raises(StartupError) as info:
+        _check_tracing("http://127.0.0.1:4318/v1/traces")
+    assert str(info.value).startswith("tracing.endpoint = 'http://127.0.0.1:4318/v1/traces': ")
+    assert "pip install 'meshgate[tracing]'" in str(info.value)
+    assert info.value.code is ExitCode.FAILED
