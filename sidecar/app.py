@@ -45,6 +45,7 @@ __all__ = ["listen_on", "run"]
 
 log = logging.getLogger("sidecar.app")
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
+_SPAN_FLUSH_SECONDS = 2.0  # after the drain, how long queued spans may take to leave
 
 
 async def _accept_loop(
@@ -178,10 +179,11 @@ def _tracer(config: SidecarConfig) -> Tracer | None:
 
 
 async def _stop_tracer(tracer: Tracer, config: SidecarConfig) -> None:
-    """Send the spans still queued, waiting at most ``export_timeout_seconds`` (the thread
-    is left behind after that: the process is exiting)."""
+    """Send the spans still queued, waiting at most `_SPAN_FLUSH_SECONDS` (or the export
+    timeout, if shorter): a hung collector must not hold up a stop. The exporting thread is
+    left behind after that; it is a daemon and the process is exiting."""
     assert config.tracing is not None
-    with trio.move_on_after(config.tracing.export_timeout_seconds):
+    with trio.move_on_after(min(_SPAN_FLUSH_SECONDS, config.tracing.export_timeout_seconds)):
         await trio.to_thread.run_sync(tracer.shutdown, abandon_on_cancel=True)
 
 
