@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -180,3 +182,36 @@ def test_a_failing_collector_and_a_stopped_tracer_cost_the_request_nothing() -> 
     assert TraceParent.parse(late.forwarded.traceparent or "") is not None
     late.finish(path="/", status=200, peer_id=None)  # dropped quietly after shutdown
     assert broken.calls == 1
+
+
+class _StuckExporter(SpanExporter):
+    """A collector that takes each batch and does not answer until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.release.wait(30)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self.release.set()
+
+
+def test_a_full_queue_drops_spans_with_one_warning_not_one_per_span(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stuck collector fills the SDK's queue (2048 spans); the rest are dropped, and the
+    SDK says so once (1.27: once ever; 1.45: a duplicate filter), not once per request."""
+    stuck = _StuckExporter()
+    tracer = OtelTracer(TracingConfig(endpoint="http://127.0.0.1:9"), "orders", stuck)
+    try:
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3000):  # the SDK's queue holds 2048
+                span = tracer.start("outbound", "GET", "orders", _request())
+                span.finish(path="/", status=200, peer_id=None)
+        full = [r for r in caplog.records if "full" in r.getMessage().lower()]
+        assert len(full) == 1
+    finally:
+        stuck.release.set()
+        tracer.shutdown()
