@@ -8,7 +8,8 @@ a policy reads (`InboundRules`) → decide (principal = verified peer, action = 
 resource = our service, context = path, query, host, headers as the app will get them,
 source, TLS version, time) → 403 with the request id, or forward exactly that request,
 rebuilt by the serializer, with hop-by-hop and client-supplied identity headers stripped,
-our `x-forwarded-client-cert` and forwarding headers set (`inbound.forwarded_headers`) →
+our `x-forwarded-client-cert` and forwarding headers set (`inbound.forwarded_headers`)
+and, with ``[tracing]``, a `traceparent` naming this hop's server span →
 stream the body to the app and the response back. The app sees nothing of a request that
 was refused. Fails closed: only a Cedar Allow with no evaluation errors forwards (audit
 mode forwards what would be denied, once a policy set is live).

@@ -3,7 +3,8 @@
 Pipeline per client connection: admit (cap) → for each request: strict `RequestReader`
 (same rejection rules as inbound) → normalize the target once → rebuild the head with the
 forwarding header policy (hop-by-hop and identity headers dropped, `x-request-id` added
-when absent, a valid `traceparent` kept) → a pooled mTLS connection (`sidecar.pool`,
+when absent, a valid `traceparent` kept, or with ``[tracing]`` replaced by one naming our
+client span) → a pooled mTLS connection (`sidecar.pool`,
 secure naming checked at its handshake) → stream the body up and the response back.
 
 Errors the client sees, with a short text body and the request id:
