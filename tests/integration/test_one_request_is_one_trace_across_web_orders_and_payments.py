@@ -7,7 +7,7 @@ parent is the hop before it (web's client span → orders' server span → order
 reached because the orders app passes on the traceparent it got → payments' server span).
 The payments app gets a traceparent naming the payments sidecar's span; tracestate passes
 through untouched. A request with a malformed traceparent starts a fresh trace, and the
-malformed value goes no further.
+malformed value goes no further. A denied request's server span names the deciding policy.
 """
 
 from __future__ import annotations
@@ -67,10 +67,10 @@ def _app(name: str, port: int, log: Path, upstreams: dict[str, int]) -> Iterator
             process.wait(5)
 
 
-def _post(port: int, path: str, headers: dict[str, str]) -> int:
+def _request(port: int, method: str, path: str, headers: dict[str, str]) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        conn.request("POST", path, body=b"{}", headers=headers)
+        conn.request(method, path, body=b"{}" if method == "POST" else None, headers=headers)
         response = conn.getresponse()
         response.read()
         return response.status
@@ -186,7 +186,7 @@ def test_one_request_is_one_trace_across_web_orders_and_payments(tmp_path: Path)
         # 1. A traced request: the client's trace is continued at every hop.
         incoming = f"00-{TRACE}-{CLIENT_SPAN}-01"
         sent = {"traceparent": incoming, "tracestate": "shop=1,vendor=x", "x-request-id": "t-1"}
-        assert _post(port["web_app"], "/checkout", sent) == 200
+        assert _request(port["web_app"], "POST", "/checkout", sent) == 200
         spans = receiver.wait_for(lambda got: len(_hops(got, "t-1")) == 4)
         hops = _hops(spans, "t-1")
         assert set(hops) == {WEB_OUT, ORDERS_IN, ORDERS_OUT, PAYMENTS_IN}
@@ -226,7 +226,7 @@ def test_one_request_is_one_trace_across_web_orders_and_payments(tmp_path: Path)
         # 2. A malformed traceparent is replaced by a fresh trace, never sent on.
         malformed = f"00-{TRACE}-{CLIENT_SPAN}-1"  # one flags digit short
         sent = {"traceparent": malformed, "tracestate": "shop=2", "x-request-id": "t-2"}
-        assert _post(port["web_app"], "/checkout", sent) == 200
+        assert _request(port["web_app"], "POST", "/checkout", sent) == 200
         spans = receiver.wait_for(lambda got: len(_hops(got, "t-2")) == 4)
         hops = _hops(spans, "t-2")
         fresh = {hop.trace_id for hop in hops.values()}
@@ -243,3 +243,18 @@ def test_one_request_is_one_trace_across_web_orders_and_payments(tmp_path: Path)
         assert parent.sampled  # (newer SDKs also set the W3C "random trace id" flag)
         assert orders_got["tracestate"] is None  # it belonged to the dropped traceparent
         assert malformed not in (logs["payments"].read_text() + logs["orders"].read_text())
+
+        # 3. A denied hop is a span too, naming the policy that decided (no-delete).
+        sent = {"traceparent": incoming, "x-request-id": "t-3"}
+        assert _request(port["web_app"], "DELETE", "/orders/42", sent) == 403
+        spans = receiver.wait_for(lambda got: len(_hops(got, "t-3")) == 2)
+        hops = _hops(spans, "t-3")
+        assert set(hops) == {WEB_OUT, ORDERS_IN}
+        assert hops[ORDERS_IN].parent_id == hops[WEB_OUT].span_id
+        denied = hops[ORDERS_IN].attributes
+        assert denied["meshgate.decision"] == "deny"
+        assert denied["meshgate.policy_ids"] == ("no-delete",)
+        assert denied["http.response.status_code"] == 403
+        assert hops[ORDERS_IN].span.status.code == hops[ORDERS_IN].span.status.STATUS_CODE_UNSET
+        # The client side of a 403 is a failed call.
+        assert hops[WEB_OUT].span.status.code == hops[WEB_OUT].span.status.STATUS_CODE_ERROR
