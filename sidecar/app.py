@@ -212,12 +212,17 @@ async def run(
     force = trio.Event()  # a second SIGTERM/SIGINT: stop draining, close what is open
     reload = ReloadSignal()
     store = store if store is not None else CredentialStore()
-    tracker = ConnectionTracker(config.limits.max_connections, store)
+    tracker = ConnectionTracker(
+        config.limits.max_connections,
+        store,
+        now=clock.now,
+        lifetime=config.connection_lifetime.policy(),
+    )
     metrics = SidecarMetrics()
     metrics.watch_credentials(store)
     observer = Observer(metrics, str(config.identity.spiffe_id))
     tracer = _tracer(config)
-    runtime = Runtime(store, clock.now, config.timeouts, tracker, observer, tracer)
+    runtime = Runtime(store, clock.now, config.timeouts, tracker, observer, tracer=tracer)
     policies = LivePolicies(config.policy, clock, observer) if config.policy else None
     stats = IdentityStats()
     metrics.watch_identity(stats)
@@ -335,6 +340,7 @@ async def run(
                     level=logging.WARNING,
                     open_connections=tracker.active,
                 )
+                tracker.cancel_all("drain_timeout")  # their access records say so
             handlers.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
     if tracer is not None:
