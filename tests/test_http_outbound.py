@@ -33,7 +33,6 @@ from sidecar.tls import accept_mesh
 from tests.pki import TestPki as Pki
 from tests.sidecar_helpers import bundle_with_intermediates, store_for
 
-NOW = datetime.now(UTC)
 ENDPOINT = Address("127.0.0.1", 9001)
 Behaviour = Callable[[RequestHead, int], "Reply | None"]
 
@@ -119,14 +118,17 @@ class Harness:
         store: CredentialStore | None = None,
         response_timeout: float = 30.0,
     ) -> None:
-        self.pki = Pki(now=NOW)
-        self.clock = TrioWallClock(NOW)
+        # The wall time now, not at import: OpenSSL checks validity against the real clock,
+        # so a short-lived leaf made from an import-time `now` expires as the run goes on.
+        self.now = datetime.now(UTC)
+        self.pki = Pki(now=self.now)
+        self.clock = TrioWallClock(self.now)
         bundles = bundle_with_intermediates(self.pki)
         self.own_id = self.pki.spiffe_id("shop", "frontend")
         self.orders_id = self.pki.spiffe_id("shop", "orders")
-        self.store = store or store_for(self.pki.leaf(self.own_id), bundles, NOW)
+        self.store = store or store_for(self.pki.leaf(self.own_id), bundles, self.now)
         dest_leaf = self.pki.leaf(self.pki.spiffe_id("shop", destination_service))
-        self.destination = Destination(store_for(dest_leaf, bundles, NOW), self.clock, nursery)
+        self.destination = Destination(store_for(dest_leaf, bundles, self.now), self.clock, nursery)
         self.config = OutboundConfig.model_validate(
             {
                 "listen": "127.0.0.1:1",
@@ -384,9 +386,9 @@ async def test_pooled_connections_are_not_reused_after_the_peer_svid_expires(
     async with trio.open_nursery() as nursery:
         h = Harness(nursery)
         h.destination.store = store_for(
-            h.pki.raw_leaf([str(h.orders_id)], not_after=NOW + timedelta(minutes=1)),
+            h.pki.raw_leaf([str(h.orders_id)], not_after=h.now + timedelta(minutes=1)),
             bundle_with_intermediates(h.pki),
-            NOW,
+            h.now,
         )
         await roundtrip(await h.client(), GET)
         await trio.sleep(30)
