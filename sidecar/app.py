@@ -194,7 +194,8 @@ async def run(
     tracker = ConnectionTracker(config.limits.max_connections, store)
     metrics = SidecarMetrics()
     metrics.watch_credentials(store)
-    observer = Observer(metrics, str(config.identity.spiffe_id))
+    inbound_service = config.inbound.service if config.inbound else ""
+    observer = Observer(metrics, str(config.identity.spiffe_id), inbound_service)
     runtime = Runtime(store, clock.now, config.timeouts, tracker, observer)
     policies = LivePolicies(config.policy, clock, observer) if config.policy else None
     stats = IdentityStats()

@@ -458,6 +458,7 @@ class _Session:
                 duration,
                 outcome.bytes_in,
                 outcome.bytes_out,
+                policies,
             )
             return
         observer.request(

@@ -2,8 +2,12 @@
 
 Names follow Prometheus conventions: `meshgate_` prefix, base units (seconds, bytes),
 `_total` on counters (`tests/test_metrics_names.py` checks them). Labels hold bounded
-values only: SPIFFE IDs of mesh workloads, methods, status codes, reason codes, `@id`s of
-policies — never paths or request ids.
+values only, one kind per label: service names (`sidecar.edges`: the per-edge labels
+`source_service` and `destination_service`), methods, status codes, reason codes, `@id`s
+of policies — never SPIFFE IDs, paths or request ids.
+
+With ``workers > 1`` the workers run prometheus_client's multiprocess mode (values in
+mmap files, `sidecar.workers`); the gauges below say how the parent combines them.
 
 Two sources are read rather than pushed: the certificate expiry gauge follows the
 `CredentialStore` (set on every publish), and rotations are read from `IdentityStats` at
@@ -63,13 +67,21 @@ class SidecarMetrics:
         self.requests = Counter(
             "meshgate_requests_total",
             "HTTP requests (or tcp connections) handled, by outcome.",
-            ["direction", "source", "destination", "method", "status", "decision"],
+            [
+                "direction",
+                "source_service",
+                "destination_service",
+                "method",
+                "status",
+                "status_class",
+                "decision",
+            ],
             registry=r,
         )
         self.request_duration = Histogram(
             "meshgate_request_duration_seconds",
-            "Time from request head received to response end.",
-            ["direction", "method"],
+            "Time from request head received to response end, per edge.",
+            ["direction", "source_service", "destination_service", "method"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -85,22 +97,41 @@ class SidecarMetrics:
             ["direction", "result", "reason"],
             registry=r,
         )
+        self.handshake_failures = Counter(
+            "meshgate_handshake_failures_total",
+            "Failed mTLS handshakes per edge and reason (inbound source: unknown, as the "
+            "peer was not verified).",
+            ["direction", "source_service", "destination_service", "reason"],
+            registry=r,
+        )
+        self.denials = Counter(
+            "meshgate_denials_total",
+            "Requests (or tcp connections) denied per edge and deciding policy (`none`: "
+            "no policy permitted, the default deny); decision deny or audit_deny.",
+            ["source_service", "destination_service", "decision", "policy"],
+            registry=r,
+        )
         self.connections_open = Gauge(
-            "meshgate_connections_open", "Open connections.", ["direction"], registry=r
+            "meshgate_connections_open",
+            "Open connections.",
+            ["direction"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.connections = Counter(
             "meshgate_connections_total", "Accepted connections.", ["direction"], registry=r
         )
         self.bytes = Counter(
             "meshgate_bytes_total",
-            "Payload bytes relayed, by direction of the hop and flow.",
-            ["direction", "flow"],
+            "Payload bytes relayed, by direction of the hop, edge and flow.",
+            ["direction", "source_service", "destination_service", "flow"],
             registry=r,
         )
         self.cert_expiry = Gauge(
             "meshgate_certificate_expiry_timestamp_seconds",
             "notAfter of the current SVID, as a Unix timestamp.",
             registry=r,
+            multiprocess_mode="livemin",
         )
         self.connections_refused = Counter(
             "meshgate_connections_refused_total",
@@ -129,6 +160,21 @@ class SidecarMetrics:
             "The loaded policy set (value 1), labelled with its version.",
             ["version"],
             registry=r,
+            multiprocess_mode="livemax",
+        )
+        self._policy_versions: set[str] = set()
+        self.policy_last_reload_success = Gauge(
+            "meshgate_policy_last_reload_success",
+            "1 when the last policy reload loaded a set or found it unchanged, 0 when it "
+            "failed (the previous set stays live).",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.policy_last_reload = Gauge(
+            "meshgate_policy_last_reload_timestamp_seconds",
+            "When the policy directory was last checked (any result), as a Unix timestamp.",
+            registry=r,
+            multiprocess_mode="livemax",
         )
 
     def watch_credentials(self, store: CredentialStore) -> None:
@@ -147,8 +193,19 @@ class SidecarMetrics:
         self._identity.stats = stats
 
     def set_policy_version(self, version: str) -> None:
+        # Zero first: in multiprocess mode `clear` forgets the child but its mmap value stays.
+        for old in self._policy_versions - {version}:
+            self.policy_version.labels(version=old).set(0)
+        self._policy_versions = {version}
         self.policy_version.clear()
         self.policy_version.labels(version=version).set(1)
+
+    def count_policy_reload(self, result: str, now: float) -> None:
+        """One reload of the policy directory (`result`: loaded, unchanged, failed) at
+        Unix time `now`."""
+        self.policy_reloads.labels(result).inc()
+        self.policy_last_reload_success.set(0 if result == "failed" else 1)
+        self.policy_last_reload.set(now)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
