@@ -17,6 +17,7 @@ scrape time, so the lifecycle keeps no metrics code of its own.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Final, final
 
 from prometheus_client import (
@@ -29,6 +30,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from sidecar.identity.credentials import CredentialStore
@@ -64,6 +66,7 @@ _LATENCY_BUCKETS: Final = (
 class SidecarMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
+        self._exposed: CollectorRegistry = r  # what `render` shows (`aggregate_workers`)
         self.requests = Counter(
             "meshgate_requests_total",
             "HTTP requests (or tcp connections) handled, by outcome.",
@@ -163,12 +166,12 @@ class SidecarMetrics:
             multiprocess_mode="livemax",
         )
         self._policy_versions: set[str] = set()
-        self.policy_last_reload_success = Gauge(
-            "meshgate_policy_last_reload_success",
-            "1 when the last policy reload loaded a set or found it unchanged, 0 when it "
-            "failed (the previous set stays live).",
+        self.policy_last_reload_failed = Gauge(
+            "meshgate_policy_last_reload_failed",
+            "1 when the last policy reload failed (the previous set stays live), 0 when it "
+            "loaded a set or found it unchanged, or no policy is configured.",
             registry=r,
-            multiprocess_mode="livemin",
+            multiprocess_mode="livemax",
         )
         self.policy_last_reload = Gauge(
             "meshgate_policy_last_reload_timestamp_seconds",
@@ -204,14 +207,52 @@ class SidecarMetrics:
         """One reload of the policy directory (`result`: loaded, unchanged, failed) at
         Unix time `now`."""
         self.policy_reloads.labels(result).inc()
-        self.policy_last_reload_success.set(0 if result == "failed" else 1)
+        self.policy_last_reload_failed.set(1 if result == "failed" else 0)
         self.policy_last_reload.set(now)
 
+    def aggregate_workers(self, directory: Path) -> None:
+        """Serve the sum over the worker processes whose multiprocess files are in
+        `directory` (`sidecar.workers`), with this process's identity metrics: the parent
+        runs the identity lifecycle, the workers everything else."""
+        exposed = CollectorRegistry(auto_describe=False)
+        exposed.register(_Families(self.registry, keep=_PARENT_FAMILIES))
+        workers = MultiProcessCollector(None, path=str(directory))  # type: ignore[no-untyped-call]
+        exposed.register(_Families(workers, drop=_PARENT_FAMILIES))
+        self._exposed = exposed
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
 
 
 _IDENTITY_KINDS: Final = ("bootstrap", "rotation")
+# What a workers' parent serves from its own registry (it runs the identity lifecycle);
+# the workers' copies of these are not summed (each is a copy of the parent's SVID).
+_PARENT_FAMILIES: Final = frozenset(
+    {"meshgate_certificate_expiry_timestamp_seconds", "meshgate_certificate_rotations"}
+)
+
+
+@final
+class _Families(Collector):
+    """The families of `inner` named in `keep` (or not named in `drop`): one registry
+    must not expose a family twice."""
+
+    def __init__(
+        self,
+        inner: Collector,
+        keep: frozenset[str] | None = None,
+        drop: frozenset[str] = frozenset(),
+    ) -> None:
+        self._inner = inner
+        self._keep = keep
+        self._drop = drop
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._inner.collect():
+            if family.name in self._drop:
+                continue
+            if self._keep is None or family.name in self._keep:
+                yield family
 
 
 @final

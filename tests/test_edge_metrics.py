@@ -99,11 +99,11 @@ def test_a_failed_policy_reload_shows_until_one_succeeds() -> None:
     metrics.set_policy_version("v1")
     metrics.count_policy_reload("failed", 160.0)
     samples = _samples(metrics)
-    assert _sum(samples, "meshgate_policy_last_reload_success") == 0
+    assert _sum(samples, "meshgate_policy_last_reload_failed") == 1
     assert _sum(samples, "meshgate_policy_last_reload_timestamp_seconds") == 160.0
     metrics.count_policy_reload("loaded", 200.0)
     metrics.set_policy_version("v2")
     samples = _samples(metrics)
-    assert _sum(samples, "meshgate_policy_last_reload_success") == 1
+    assert _sum(samples, "meshgate_policy_last_reload_failed") == 0
     assert _sum(samples, "meshgate_policy_set_info", version="v2") == 1
     assert _sum(samples, "meshgate_policy_set_info", version="v1") == 0
