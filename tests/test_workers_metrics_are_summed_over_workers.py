@@ -31,7 +31,7 @@ EDGE = {"direction": "outbound", "source_service": "frontend", "destination_serv
 
 def _scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return response.read().decode()
+        return bytes(response.read()).decode()
 
 
 def _sum(text: str, name: str, **labels: str) -> float:
