@@ -175,7 +175,8 @@ class SidecarMetrics:
         )
         self.policy_last_reload = Gauge(
             "meshgate_policy_last_reload_timestamp_seconds",
-            "When the policy directory was last checked (any result), as a Unix timestamp.",
+            "When the policy directory was last reloaded (start, a file changed, SIGHUP; any "
+            "result), as a Unix timestamp.",
             registry=r,
             multiprocess_mode="livemax",
         )

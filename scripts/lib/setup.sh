@@ -15,6 +15,8 @@ ensure_debian_packages() {
     command -v curl >/dev/null || missing+=(curl)
     # callgrind: bench.py ca-instructions and its test count instructions under valgrind.
     command -v callgrind_control >/dev/null || missing+=(valgrind)
+    # promtool: tests check and unit-test the shipped alert rules (docs/monitoring/).
+    command -v promtool >/dev/null || missing+=(prometheus)
     # Benchmark peers: only scripts/bench.py asks for them (MESHGATE_WITH_PEERS=1).
     if [ "${MESHGATE_WITH_PEERS:-0}" = 1 ]; then
         [ -x /usr/sbin/nginx ] || missing+=(nginx)
@@ -36,6 +38,7 @@ ensure_debian_packages() {
         $sudo service nginx stop >/dev/null 2>&1 || true
         $sudo service haproxy stop >/dev/null 2>&1 || true
         $sudo service postgresql stop >/dev/null 2>&1 || true
+        $sudo service prometheus stop >/dev/null 2>&1 || true
     fi
 }
 
