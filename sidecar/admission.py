@@ -68,11 +68,12 @@ async def admitted(
         try:
             yield Admission(handle, scope)
         finally:
+            ended_by = rt.tracker.ended_by(handle)
             rt.tracker.release(handle)
             rt.observer.connection_closed(direction)
             if report is not None:
                 if scope.cancel_called and report.reason is None:
-                    report.reason = "cancelled"  # revoked, expired or drained
+                    report.reason = ended_by or "cancelled"  # revoked, untrusted or drained
                 rt.observer.request(report.record(trio.current_time()))
     if scope.cancelled_caught:
         event(

@@ -191,7 +191,12 @@ async def run(
     force = trio.Event()  # a second SIGTERM/SIGINT: stop draining, close what is open
     reload = ReloadSignal()
     store = store if store is not None else CredentialStore()
-    tracker = ConnectionTracker(config.limits.max_connections, store)
+    tracker = ConnectionTracker(
+        config.limits.max_connections,
+        store,
+        now=clock.now,
+        lifetime=config.connection_lifetime.policy(),
+    )
     metrics = SidecarMetrics()
     metrics.watch_credentials(store)
     inbound_service = config.inbound.service if config.inbound else ""
@@ -314,6 +319,7 @@ async def run(
                     level=logging.WARNING,
                     open_connections=tracker.active,
                 )
+                tracker.cancel_all("drain_timeout")  # their access records say so
             handlers.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
     event(log, "sidecar stopped")

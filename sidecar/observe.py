@@ -20,7 +20,9 @@ from typing import Any, Final, Literal, final
 from sidecar.edges import UNKNOWN, service_of, status_class
 from sidecar.metrics import SidecarMetrics
 
-__all__ = ["AccessRecord", "ConnectionReport", "Direction", "Observer", "trace_ids"]
+__all__ = ["INCOMPLETE", "AccessRecord", "ConnectionReport", "Direction", "Observer", "trace_ids"]
+
+INCOMPLETE: Final = "response_incomplete"  # reason prefix of a response cut after its head
 
 Direction = Literal["inbound", "outbound"]
 access_log = logging.getLogger("meshgate.access")
@@ -171,6 +173,7 @@ class Observer:
             record.bytes_out,
             record.policies,
         )
+        self.incomplete(record.direction, record.reason)
         if access_log.isEnabledFor(logging.INFO):  # off: skip building the line
             access_log.info("access", extra={"access": record.as_log()})
 
@@ -222,6 +225,13 @@ class Observer:
             denials = self.metrics.denials
             for policy in policies or ("none",):
                 self._child(denials, children[4], destination, decision, policy).inc()
+
+    def incomplete(self, direction: Direction, reason: str | None) -> None:
+        """Count a response cut after its head (reason ``response_incomplete: <cause>``)."""
+        if reason is not None and reason.startswith(INCOMPLETE):
+            # the cause's code only ("app_error: <text>" → "app_error"): bounded labels
+            cause = reason[len(INCOMPLETE) :].lstrip(": ").split(":", 1)[0] or "unknown"
+            self._child(self.metrics.requests_incomplete, direction, cause).inc()
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)  # the metrics live as long as this observer

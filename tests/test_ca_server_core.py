@@ -266,3 +266,14 @@ def test_an_unavailable_store_is_503_and_readyz_says_so(pki: Pki) -> None:
     readyz = api.handle(ApiRequest("GET", "/readyz", None, b"", "x"), T0, 0)
     assert error(readyz) == (503, "store_unavailable")
     assert api.handle(ApiRequest("GET", "/healthz", None, b"", "x"), T0, 0).status == 200
+
+
+def test_verified_client_svids_do_not_pile_up_across_renewals(pki: Pki, store: SqliteStore) -> None:
+    """Each renewal presents a new certificate; the verified-SVID memo kept every one until
+    it held 4,096 (~4 KB of CA memory per certificate issued). Expired ones now go."""
+    api = service(pki, store)
+    for i in range(300):
+        now = T0 + timedelta(minutes=10 * i)
+        leaf = pki.leaf("spiffe://example.org/ns/a/svc/b", ttl=timedelta(minutes=5), now=now)
+        assert api.handle(post("/v1/renew", {"csr": csr()}, leaf.cert), now, 0).status == 200
+        assert len(api._verified) <= 65  # the sweep floor, plus the one just verified

@@ -102,6 +102,7 @@ PEM: Final = "application/x-pem-file"
 _M = TypeVar("_M", bound=BaseModel)
 _T = TypeVar("_T")
 _VERIFIED_CACHE_SIZE: Final = 4096
+_VERIFIED_PRUNE_FLOOR: Final = 64
 _STORE_RETRY_SECONDS: Final = 5
 
 
@@ -235,6 +236,7 @@ class CaService:
         self._limiter = limiter
         self._limiter_lock = threading.Lock()
         self._verified: dict[x509.Certificate, VerifiedSvid] = {}
+        self._prune_verified_at = _VERIFIED_PRUNE_FLOOR  # size that triggers a sweep
         self._store_up = True  # what metrics.store_up says; set only when it changes
         self._chain_tail_pem = b"".join(
             c.public_bytes(serialization.Encoding.PEM)
@@ -419,9 +421,16 @@ class CaService:
             code = "svid_expired" if exc.reason is SvidFailure.EXPIRED else "svid_invalid"
             raise ApiError(403, code, str(exc)) from None
         with self._limiter_lock:
-            if len(self._verified) >= _VERIFIED_CACHE_SIZE:
-                self._verified.clear()
-            self._verified[cert] = svid
+            verified = self._verified
+            if len(verified) >= self._prune_verified_at:
+                # Every renewal brings a new certificate and each stayed until the cache
+                # was full (~4 KB a certificate issued): drop the expired ones as we go.
+                for old in [c for c, v in verified.items() if v.not_after < now]:
+                    del verified[old]
+                if len(verified) >= _VERIFIED_CACHE_SIZE:
+                    verified.clear()
+                self._prune_verified_at = max(_VERIFIED_PRUNE_FLOOR, 2 * len(verified))
+            verified[cert] = svid
         return svid
 
     def _sign(
