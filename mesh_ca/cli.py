@@ -135,6 +135,17 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         "every 0.2 s; warning turns the access log off",
     )
     p.add_argument(
+        "--admin-listen",
+        metavar="HOST:PORT",
+        help="plain-HTTP admin listener for /metrics and /healthz (loopback only; default "
+        "server.admin_listen from ca.toml, none when empty; port 0 picks one)",
+    )
+    p.add_argument(
+        "--admin-allow-remote",
+        action="store_true",
+        help="let --admin-listen bind a non-loopback address (no TLS, no authentication)",
+    )
+    p.add_argument(
         "--replica",
         default="",
         metavar="NAME",

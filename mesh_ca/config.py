@@ -7,6 +7,7 @@ Frozen models with unknown keys forbidden. Every error names the file and the ke
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +29,9 @@ __all__ = [
     "ServerConfig",
     "StoreConfig",
     "config_from_mapping",
+    "is_loopback_host",
     "load_config",
+    "parse_admin_listen",
     "parse_listen",
     "render_config",
     "write_config",
@@ -54,6 +57,29 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"{text!r}: port must be a number from 0 to 65535")
     return host, int(port_text)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` (as `parse_listen` returns it) can only be reached from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_admin_listen(text: str, *, allow_remote: bool) -> tuple[str, int]:
+    """The plain-HTTP admin address: ``HOST:PORT`` on loopback, or anywhere when
+    `allow_remote` (it serves metrics without TLS or authentication). Fails closed."""
+    host, port = parse_listen(text)
+    if not allow_remote and not is_loopback_host(host):
+        raise ValueError(
+            f"{text!r} is not a loopback address; the admin listener is plain HTTP without "
+            "authentication: use 127.0.0.1 or ::1, or set server.admin_allow_remote = true "
+            "(--admin-allow-remote) to expose it"
+        )
+    return host, port
 
 
 class _Model(BaseModel):
@@ -173,11 +199,40 @@ class ServerConfig(_Model):
         ),
     ] = 256
 
+    admin_listen: Annotated[
+        str,
+        Field(
+            description=(
+                "HOST:PORT of a plain-HTTP admin listener serving `/metrics` and `/healthz` "
+                "for a stock Prometheus; loopback only unless `admin_allow_remote`. Empty: "
+                "none. `mesh-ca serve --admin-listen` overrides it"
+            )
+        ),
+    ] = ""
+    admin_allow_remote: Annotated[
+        bool,
+        Field(
+            description=(
+                "let `admin_listen` bind a non-loopback address (it has no TLS and no "
+                "authentication: the metrics hold counts and expiry times, no secrets)"
+            )
+        ),
+    ] = False
+
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
         parse_listen(value)
         return value
+
+    @model_validator(mode="after")
+    def _check_admin_listen(self) -> ServerConfig:
+        if self.admin_listen:
+            try:
+                parse_admin_listen(self.admin_listen, allow_remote=self.admin_allow_remote)
+            except ValueError as exc:
+                raise ValueError(f"admin_listen: {exc}") from exc
+        return self
 
     @field_validator("admin_ids", mode="before")
     @classmethod

@@ -95,7 +95,8 @@ def handshake_refused(
 ) -> None:
     """Count, record and log a mesh handshake that failed (`fields` name the connection)."""
     reason = str(exc.reason)
-    rt.observer.handshake(direction, ok=False, reason=reason)
+    service = report.destination if report is not None else None
+    rt.observer.handshake(direction, ok=False, reason=reason, service=service)
     if report is not None:
         report.reason = reason
         report.peer_id = str(exc.peer) if exc.peer else None

@@ -220,7 +220,8 @@ async def run(
     )
     metrics = SidecarMetrics()
     metrics.watch_credentials(store)
-    observer = Observer(metrics, str(config.identity.spiffe_id))
+    inbound_service = config.inbound.service if config.inbound else ""
+    observer = Observer(metrics, str(config.identity.spiffe_id), inbound_service)
     tracer = _tracer(config)
     runtime = Runtime(store, clock.now, config.timeouts, tracker, observer, tracer=tracer)
     policies = LivePolicies(config.policy, clock, observer) if config.policy else None

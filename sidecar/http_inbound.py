@@ -565,6 +565,7 @@ class _Session:
                 duration,
                 outcome.bytes_in,
                 outcome.bytes_out,
+                policies,
             )
             observer.incomplete("inbound", outcome.reason)
             return

@@ -2,8 +2,12 @@
 
 Names follow Prometheus conventions: `meshgate_` prefix, base units (seconds, bytes),
 `_total` on counters (`tests/test_metrics_names.py` checks them). Labels hold bounded
-values only: SPIFFE IDs of mesh workloads, methods, status codes, reason codes, `@id`s of
-policies — never paths or request ids.
+values only, one kind per label: service names (`sidecar.edges`: the per-edge labels
+`source_service` and `destination_service`), methods, status codes, reason codes, `@id`s
+of policies — never SPIFFE IDs, paths or request ids.
+
+With ``workers > 1`` the workers run prometheus_client's multiprocess mode (values in
+mmap files, `sidecar.workers`); the gauges below say how the parent combines them.
 
 Two sources are read rather than pushed: the certificate expiry gauge follows the
 `CredentialStore` (set on every publish), and rotations are read from `IdentityStats` at
@@ -13,6 +17,7 @@ scrape time, so the lifecycle keeps no metrics code of its own.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Final, final
 
 from prometheus_client import (
@@ -25,6 +30,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from sidecar.identity.credentials import CredentialStore
@@ -60,10 +66,19 @@ _LATENCY_BUCKETS: Final = (
 class SidecarMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
+        self._exposed: CollectorRegistry = r  # what `render` shows (`aggregate_workers`)
         self.requests = Counter(
             "meshgate_requests_total",
             "HTTP requests (or tcp connections) handled, by outcome.",
-            ["direction", "source", "destination", "method", "status", "decision"],
+            [
+                "direction",
+                "source_service",
+                "destination_service",
+                "method",
+                "status",
+                "status_class",
+                "decision",
+            ],
             registry=r,
         )
         self.requests_incomplete = Counter(
@@ -75,8 +90,8 @@ class SidecarMetrics:
         )
         self.request_duration = Histogram(
             "meshgate_request_duration_seconds",
-            "Time from request head received to response end.",
-            ["direction", "method"],
+            "Time from request head received to response end, per edge.",
+            ["direction", "source_service", "destination_service", "method"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -92,22 +107,41 @@ class SidecarMetrics:
             ["direction", "result", "reason"],
             registry=r,
         )
+        self.handshake_failures = Counter(
+            "meshgate_handshake_failures_total",
+            "Failed mTLS handshakes per edge and reason (inbound source: unknown, as the "
+            "peer was not verified).",
+            ["direction", "source_service", "destination_service", "reason"],
+            registry=r,
+        )
+        self.denials = Counter(
+            "meshgate_denials_total",
+            "Requests (or tcp connections) denied per edge and deciding policy (`none`: "
+            "no policy permitted, the default deny); decision deny or audit_deny.",
+            ["source_service", "destination_service", "decision", "policy"],
+            registry=r,
+        )
         self.connections_open = Gauge(
-            "meshgate_connections_open", "Open connections.", ["direction"], registry=r
+            "meshgate_connections_open",
+            "Open connections.",
+            ["direction"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.connections = Counter(
             "meshgate_connections_total", "Accepted connections.", ["direction"], registry=r
         )
         self.bytes = Counter(
             "meshgate_bytes_total",
-            "Payload bytes relayed, by direction of the hop and flow.",
-            ["direction", "flow"],
+            "Payload bytes relayed, by direction of the hop, edge and flow.",
+            ["direction", "source_service", "destination_service", "flow"],
             registry=r,
         )
         self.cert_expiry = Gauge(
             "meshgate_certificate_expiry_timestamp_seconds",
             "notAfter of the current SVID, as a Unix timestamp.",
             registry=r,
+            multiprocess_mode="livemin",
         )
         self.connections_refused = Counter(
             "meshgate_connections_refused_total",
@@ -136,6 +170,22 @@ class SidecarMetrics:
             "The loaded policy set (value 1), labelled with its version.",
             ["version"],
             registry=r,
+            multiprocess_mode="livemax",
+        )
+        self._policy_versions: set[str] = set()
+        self.policy_last_reload_failed = Gauge(
+            "meshgate_policy_last_reload_failed",
+            "1 when the last policy reload failed (the previous set stays live), 0 when it "
+            "loaded a set or found it unchanged, or no policy is configured.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.policy_last_reload = Gauge(
+            "meshgate_policy_last_reload_timestamp_seconds",
+            "When the policy directory was last reloaded (start, a file changed, SIGHUP; any "
+            "result), as a Unix timestamp.",
+            registry=r,
+            multiprocess_mode="livemax",
         )
 
     def watch_credentials(self, store: CredentialStore) -> None:
@@ -154,14 +204,63 @@ class SidecarMetrics:
         self._identity.stats = stats
 
     def set_policy_version(self, version: str) -> None:
+        # Zero first: in multiprocess mode `clear` forgets the child but its mmap value stays.
+        for old in self._policy_versions - {version}:
+            self.policy_version.labels(version=old).set(0)
+        self._policy_versions = {version}
         self.policy_version.clear()
         self.policy_version.labels(version=version).set(1)
 
+    def count_policy_reload(self, result: str, now: float) -> None:
+        """One reload of the policy directory (`result`: loaded, unchanged, failed) at
+        Unix time `now`."""
+        self.policy_reloads.labels(result).inc()
+        self.policy_last_reload_failed.set(1 if result == "failed" else 0)
+        self.policy_last_reload.set(now)
+
+    def aggregate_workers(self, directory: Path) -> None:
+        """Serve the sum over the worker processes whose multiprocess files are in
+        `directory` (`sidecar.workers`), with this process's identity metrics: the parent
+        runs the identity lifecycle, the workers everything else."""
+        exposed = CollectorRegistry(auto_describe=False)
+        exposed.register(_Families(self.registry, keep=_PARENT_FAMILIES))
+        workers = MultiProcessCollector(None, path=str(directory))  # type: ignore[no-untyped-call]
+        exposed.register(_Families(workers, drop=_PARENT_FAMILIES))
+        self._exposed = exposed
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
 
 
 _IDENTITY_KINDS: Final = ("bootstrap", "rotation")
+# What a workers' parent serves from its own registry (it runs the identity lifecycle);
+# the workers' copies of these are not summed (each is a copy of the parent's SVID).
+_PARENT_FAMILIES: Final = frozenset(
+    {"meshgate_certificate_expiry_timestamp_seconds", "meshgate_certificate_rotations"}
+)
+
+
+@final
+class _Families(Collector):
+    """The families of `inner` named in `keep` (or not named in `drop`): one registry
+    must not expose a family twice."""
+
+    def __init__(
+        self,
+        inner: Collector,
+        keep: frozenset[str] | None = None,
+        drop: frozenset[str] = frozenset(),
+    ) -> None:
+        self._inner = inner
+        self._keep = keep
+        self._drop = drop
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._inner.collect():
+            if family.name in self._drop:
+                continue
+            if self._keep is None or family.name in self._keep:
+                yield family
 
 
 @final

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal, final
 
+from sidecar.edges import UNKNOWN, service_of, status_class
 from sidecar.metrics import SidecarMetrics
 
 __all__ = ["INCOMPLETE", "AccessRecord", "ConnectionReport", "Direction", "Observer", "trace_ids"]
@@ -136,14 +137,21 @@ class ConnectionReport:
 # Labelled children are looked up once per label set and kept (`labels()` costs a few µs a
 # call); label values are bounded by design, and past this many sets lookups go uncached.
 _CACHED_LABEL_SETS: Final = 10_000
+_DENIED: Final = frozenset({"deny", "audit_deny"})
 
 
 @final
 class Observer:
-    def __init__(self, metrics: SidecarMetrics | None = None, local_id: str = "") -> None:
+    def __init__(
+        self, metrics: SidecarMetrics | None = None, local_id: str = "", inbound_service: str = ""
+    ) -> None:
         self.metrics = metrics or SidecarMetrics()
         self.local_id = local_id
-        self._request_children: dict[tuple[object, ...], tuple[Any, Any]] = {}
+        # Edge labels (`sidecar.edges`): outbound requests come from our own service; an
+        # inbound handshake that fails is towards the `[inbound] service`.
+        self.local_service = service_of(local_id)
+        self.inbound_service = inbound_service or UNKNOWN
+        self._request_children: dict[tuple[object, ...], tuple[Any, Any, Any, Any, str]] = {}
         self._children: dict[tuple[object, ...], Any] = {}
 
     @staticmethod
@@ -163,6 +171,7 @@ class Observer:
             record.duration_seconds,
             record.bytes_in,
             record.bytes_out,
+            record.policies,
         )
         self.incomplete(record.direction, record.reason)
         if access_log.isEnabledFor(logging.INFO):  # off: skip building the line
@@ -179,36 +188,43 @@ class Observer:
         duration_seconds: float,
         bytes_in: int,
         bytes_out: int,
+        policies: Sequence[str] = (),
     ) -> None:
-        """The metrics of one request (what `request` counts, without the access line)."""
+        """The metrics of one request (what `request` counts, without the access line),
+        labelled by edge: `destination` is the listener's configured service; the source
+        service comes from the verified `peer_id` (inbound) or our own ID (outbound)."""
         key = (direction, peer_id, destination, method, status, decision)
         children = self._request_children.get(key)
         if children is None:
             m = self.metrics
-            source, target = (
-                (peer_id or "unknown", self.local_id)
-                if direction == "inbound"
-                else (self.local_id, peer_id or destination)
-            )
+            source = service_of(peer_id) if direction == "inbound" else self.local_service
             children = (
                 m.requests.labels(
                     direction,
                     source,
-                    target,
+                    destination,
                     method or "",
                     str(status) if status is not None else "",
+                    status_class(status),
                     decision,
                 ),
-                m.request_duration.labels(direction, method or ""),
+                m.request_duration.labels(direction, source, destination, method or ""),
+                m.bytes.labels(direction, source, destination, "received"),
+                m.bytes.labels(direction, source, destination, "sent"),
+                source,
             )
             if len(self._request_children) < _CACHED_LABEL_SETS:
                 self._request_children[key] = children
         children[0].inc()
         children[1].observe(duration_seconds)
         if bytes_in:
-            self._child(self.metrics.bytes, direction, "received").inc(bytes_in)
+            children[2].inc(bytes_in)
         if bytes_out:
-            self._child(self.metrics.bytes, direction, "sent").inc(bytes_out)
+            children[3].inc(bytes_out)
+        if decision in _DENIED:
+            denials = self.metrics.denials
+            for policy in policies or ("none",):
+                self._child(denials, children[4], destination, decision, policy).inc()
 
     def incomplete(self, direction: Direction, reason: str | None) -> None:
         """Count a response cut after its head (reason ``response_incomplete: <cause>``)."""
@@ -234,8 +250,18 @@ class Observer:
         for policy in policies:
             self._child(decisions, result, policy).inc()
 
-    def handshake(self, direction: Direction, ok: bool, reason: str = "") -> None:
+    def handshake(
+        self, direction: Direction, ok: bool, reason: str = "", service: str | None = None
+    ) -> None:
+        """Count one mesh handshake; `service` is the destination service of the edge
+        (default: ours for inbound). A failed inbound one has no verified source."""
         self.metrics.handshakes.labels(direction, "ok" if ok else "failed", reason).inc()
+        if not ok:
+            if direction == "inbound":
+                edge = (UNKNOWN, service or self.inbound_service)
+            else:
+                edge = (self.local_service, service or UNKNOWN)
+            self._child(self.metrics.handshake_failures, direction, *edge, reason).inc()
 
     def connection_opened(self, direction: Direction) -> None:
         self.metrics.connections.labels(direction).inc()

@@ -28,6 +28,7 @@ class LivePolicies:
         self.config = config
         self.store = PolicyStore()
         self._observer = observer
+        self._clock = clock
         self.watcher = PolicyWatcher(
             self.store,
             config.dir,
@@ -38,7 +39,7 @@ class LivePolicies:
 
     def _count(self, outcome: ReloadOutcome) -> None:
         metrics = self._observer.metrics
-        metrics.policy_reloads.labels(outcome.value).inc()
+        metrics.count_policy_reload(outcome.value, self._clock.now().timestamp())
         current = self.store.current
         if current is not None:
             metrics.set_policy_version(current.version)

@@ -306,7 +306,9 @@ class MeshPool:
                 timeout_seconds=rt.timeouts.handshake_timeout_seconds,
             )
         except MeshTlsError as exc:
-            rt.observer.handshake("outbound", ok=False, reason=str(exc.reason))
+            rt.observer.handshake(
+                "outbound", ok=False, reason=str(exc.reason), service=self.config.service
+            )
             if exc.reason is HandshakeFailure.NO_CREDENTIALS:
                 raise PoolError(503, "no_credentials", exc.detail) from exc
             status = 504 if exc.reason is HandshakeFailure.HANDSHAKE_TIMEOUT else 502

@@ -20,9 +20,17 @@ taken port is one line naming its key. It restarts a worker that exits while it 
 draining, unless the worker failed to start with a start-up exit code
 (`mesh_ca.exit_codes`): then the sidecar stops with that code. It forwards SIGTERM/SIGINT
 (drain: each worker drains its own connections; the parent exits 0 when every worker
-did) and SIGHUP (identity files and policies). Metrics: the parent's ``/metrics`` carries
-the identity metrics (expiry, rotations); data-path metrics live in each worker's own
-registry and are not aggregated yet (no worker exposes an admin port).
+did) and SIGHUP (identity files and policies).
+
+Metrics: the workers run prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``
+set to ``RUNTIME_DIR/metrics`` in their environment only): each value lives in an mmap'ed
+file per worker pid, and the parent's ``/metrics`` reads them all at scrape time and shows
+the sum over workers, beside its own identity metrics (expiry, rotations). Chosen over
+workers pushing snapshots to the parent because a scrape is exact (no push interval to
+wait out), a killed worker's counts stay in its files (the sum never goes backwards, so
+``rate()`` sees no false counter reset), and no channel between the processes is needed.
+Gauges say how they combine (`sidecar.metrics`: ``livesum`` open connections...); the
+parent drops a dead worker's live gauges (`mark_process_dead`).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -38,6 +47,7 @@ from pathlib import Path
 from typing import final
 
 import trio
+from prometheus_client.multiprocess import mark_process_dead
 
 from mesh_ca.clock import SystemClock
 from mesh_ca.exit_codes import ExitCode
@@ -56,6 +66,7 @@ __all__ = ["Supervisor", "main", "supervise"]
 
 log = logging.getLogger("sidecar.workers")
 _RESTART_DELAY_SECONDS = 0.5
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client at import
 # Exit codes of a worker that cannot start (`mesh_ca.exit_codes`): restarting cannot help.
 _STARTUP_FAILURES = frozenset(
     {ExitCode.FAILED, ExitCode.FILE, ExitCode.STATE, ExitCode.LISTEN, ExitCode.POLICY}
@@ -105,6 +116,8 @@ class Supervisor:
         self.failed = 0  # a worker's start-up exit code: the parent exits with it
         self._store = CredentialStore()
         self._ever_ready: set[int] = set()  # pids that wrote their ready file
+        self.metrics_dir = runtime_dir / "metrics"  # the workers' multiprocess files
+        self.metrics_dir.mkdir(mode=0o700, exist_ok=True)
 
     def _command(self) -> list[str]:
         return [
@@ -117,11 +130,13 @@ class Supervisor:
 
     async def _keep_worker(self, slot: int, started: trio.Event, drain: trio.Event) -> None:
         while True:
-            process = await trio.lowlevel.open_process(self._command())
+            env = {**os.environ, _MULTIPROC_ENV: str(self.metrics_dir)}
+            process = await trio.lowlevel.open_process(self._command(), env=env)
             self.processes[slot] = process
             event(log, "worker started", worker=slot, pid=process.pid)
             started.set()
             code = await process.wait()
+            mark_process_dead(process.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
             if self.draining:
                 event(log, "worker stopped", worker=slot, pid=process.pid, exit_code=code)
                 return
@@ -187,6 +202,7 @@ class Supervisor:
         store = self._store
         metrics = SidecarMetrics()
         metrics.watch_credentials(store)
+        metrics.aggregate_workers(self.metrics_dir)
         stats = IdentityStats()
         metrics.watch_identity(stats)
         reload = ReloadSignal()
@@ -270,9 +286,7 @@ def _absolute(path: Path | str) -> Path:
 
 
 def _remove_dir(directory: Path) -> None:
-    for path in directory.iterdir():
-        path.unlink(missing_ok=True)
-    directory.rmdir()
+    shutil.rmtree(directory)
 
 
 def _ready_pids(directory: Path) -> set[int]:

@@ -242,14 +242,19 @@ def test_metrics_after_demo_traffic_count_what_the_access_logs_show(
     assert _sum(orders, failed, direction="inbound", result="ok") >= 1
     payments = _metrics(demo, "payments")
     assert _sum(payments, decisions, result="deny", policy="") == 1  # web → payments
+    denials = "meshgate_denials_total"  # the same denial, per edge: no policy permitted it
+    web_payments = {"source_service": "web", "destination_service": "payments"}
+    assert _sum(payments, denials, **web_payments, decision="deny", policy="none") == 1
+    assert _sum(orders, denials, source_service="web", policy="no-delete") == 1
     requests_from_orders = _sum(
         payments,
         "meshgate_requests_total",
         direction="inbound",
-        source=_sid("orders"),
-        destination=_sid("payments"),
+        source_service="orders",
+        destination_service="payments",
         method="POST",
         status="200",
+        status_class="2xx",
         decision="allow",
     )
     assert requests_from_orders == _sum(

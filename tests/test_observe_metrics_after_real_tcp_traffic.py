@@ -99,21 +99,32 @@ async def test_metrics_and_access_log_after_tcp_traffic(tmp_path: Path) -> None:
             assert _value(b, "meshgate_tls_handshakes_total", **ok) == 1
             refused = {"direction": "inbound", "result": "failed", "reason": "no_client_cert"}
             assert _value(b, "meshgate_tls_handshakes_total", **refused) == 1
-            received = {"direction": "inbound", "flow": "received"}
-            sent = {"direction": "inbound", "flow": "sent"}
+            # Edges: source from the verified peer ID, destination the configured service.
+            edge = {"source_service": "frontend", "destination_service": "orders"}
+            received = {"direction": "inbound", "flow": "received", **edge}
+            sent = {"direction": "inbound", "flow": "sent", **edge}
             assert _value(b, "meshgate_bytes_total", **received) == len(PAYLOAD)
             assert _value(b, "meshgate_bytes_total", **sent) == len(PAYLOAD)
             allow = {"result": "allow", "policy": "config.inbound.allowed_ids"}
             assert _value(b, "meshgate_authz_decisions_total", **allow) == 1
             request = {
                 "direction": "inbound",
-                "source": str(pair.a_id),
-                "destination": str(pair.b_id),
+                **edge,
                 "method": "connect",
                 "status": "",
+                "status_class": "none",
                 "decision": "allow",
             }
             assert _value(b, "meshgate_requests_total", **request) == 1
+            timed = {"direction": "inbound", **edge, "method": "connect"}
+            assert _value(b, "meshgate_request_duration_seconds_count", **timed) == 1
+            failed = {
+                "direction": "inbound",
+                "source_service": "unknown",  # no verified peer
+                "destination_service": "orders",
+                "reason": "no_client_cert",
+            }
+            assert _value(b, "meshgate_handshake_failures_total", **failed) == 1
             leaf = x509.load_pem_x509_certificate((tmp_path / "b" / "svid.pem").read_bytes())
             expiry = _value(b, "meshgate_certificate_expiry_timestamp_seconds")
             assert expiry == leaf.not_valid_after_utc.timestamp()
@@ -123,7 +134,7 @@ async def test_metrics_and_access_log_after_tcp_traffic(tmp_path: Path) -> None:
             assert _value(a, "meshgate_connections_total", **outbound) == 1
             ok_out = {"direction": "outbound", "result": "ok", "reason": ""}
             assert _value(a, "meshgate_tls_handshakes_total", **ok_out) == 1
-            got = {"direction": "outbound", "flow": "received"}
+            got = {"direction": "outbound", "flow": "received", **edge}
             assert _value(a, "meshgate_bytes_total", **got) == len(PAYLOAD)
 
             # Every admin JSON view answers with its content type.

@@ -1,8 +1,10 @@
 """``mesh-ca serve``: load the CA directory, issue the server's own SVID, serve until a signal.
 
 Prints ``mesh-ca serving on HOST:PORT`` to stderr once listening (the real port when
-``--listen`` asks for port 0). Start-up failures are one line naming the flag or key and
-exit with a code of `mesh_ca.exit_codes`: 2 a bad ``--listen``, 3 an unusable CA
+``--listen`` asks for port 0), after ``mesh-ca admin on HOST:PORT`` when a plain-HTTP admin
+listener is configured (``--admin-listen`` / ``server.admin_listen``: ``/metrics`` and
+``/healthz``, loopback only unless allowed). Start-up failures are one line naming the
+flag or key and exit with a code of `mesh_ca.exit_codes`: 2 a bad ``--listen``, 3 an unusable CA
 directory, 4 the state store cannot be opened, 5 the listen address cannot be bound, 7 the
 PKCS#11 key store (``[keys]``: module, token, PIN or key) cannot be used.
 SIGINT/SIGTERM stop accepting, close idle keep-alive connections, give the others a few
@@ -26,9 +28,10 @@ import trio
 
 from mesh_ca.ca_dir import CaDirError, LoadedCa, load_ca_dir, read_passphrase
 from mesh_ca.clock import Clock, SystemClock
-from mesh_ca.config import parse_listen
+from mesh_ca.config import parse_admin_listen, parse_listen
 from mesh_ca.exit_codes import ExitCode, StartupError
 from mesh_ca.identity import SpiffeId
+from mesh_ca.server.admin import open_admin_listeners, serve_admin
 from mesh_ca.server.core import CaAuthority, CaService
 from mesh_ca.server.http import CaHttpServer, ServerLimits
 from mesh_ca.server.identity import issue_server_identity
@@ -87,6 +90,20 @@ def serve_main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         sys.stderr.write(f"mesh-ca serve: {listen_key}: {exc}\n")
         return ExitCode.USAGE
+    admin_flag = getattr(args, "admin_listen", None)
+    admin_text = admin_flag or ca.config.server.admin_listen
+    admin_key = "--admin-listen" if admin_flag else "server.admin_listen"
+    allow_remote = bool(getattr(args, "admin_allow_remote", False))
+    admin: tuple[str, str, int] | None = None
+    if admin_text:
+        try:
+            admin_host, admin_port = parse_admin_listen(
+                admin_text, allow_remote=allow_remote or ca.config.server.admin_allow_remote
+            )
+        except ValueError as exc:
+            sys.stderr.write(f"mesh-ca serve: {admin_key}: {exc}\n")
+            return ExitCode.USAGE
+        admin = (admin_key, admin_host, admin_port)
     try:
         store = ca.open_store()
     except StoreError as exc:
@@ -101,7 +118,9 @@ def serve_main(args: argparse.Namespace) -> int:
         if getattr(args, "threaded_handlers", False):
             threaded = True
         authority = authority_of(ca, str(getattr(args, "replica", "") or ""))
-        trio.run(_serve, ca, authority, store, (listen_key, host, port), SystemClock(), threaded)
+        trio.run(
+            _serve, ca, authority, store, (listen_key, host, port), SystemClock(), threaded, admin
+        )
     except StartupError as exc:
         sys.stderr.write(f"mesh-ca serve: {exc}\n")
         return exc.code
@@ -122,6 +141,7 @@ async def _serve(
     listen: tuple[str, str, int],
     clock: Clock,
     threaded: bool = True,
+    admin: tuple[str, str, int] | None = None,
 ) -> None:
     key, host, port = listen
     try:  # first, outside any nursery: a taken port is one line naming the flag or key
@@ -130,6 +150,7 @@ async def _serve(
         address = f"{host}:{port}"
         problem = f"cannot listen: {exc.strerror or exc}"
         raise StartupError(key, address, problem, ExitCode.LISTEN) from exc
+    admin_listeners = await open_admin_listeners(*admin) if admin else []
     metrics = CaMetrics()
     metrics.set_expiry("root", ca.root.not_valid_after_utc)
     metrics.set_expiry("intermediate", ca.signer.not_after)
@@ -152,7 +173,7 @@ async def _serve(
     )
     server = CaHttpServer(service, identity, clock, limits)
     try:
-        await _serve_until_signal(server, authority, store, clock, listeners)
+        await _serve_until_signal(server, authority, store, clock, listeners, admin_listeners)
     finally:
         server.access_log.flush()  # the lines still queued (drained connections' too)
 
@@ -163,6 +184,7 @@ async def _serve_until_signal(
     store: StateStore,
     clock: Clock,
     listeners: list[trio.SocketListener],
+    admin_listeners: list[trio.SocketListener] | None = None,
 ) -> None:
     async def handler(stream: trio.SocketStream) -> None:
         try:
@@ -179,9 +201,12 @@ async def _serve_until_signal(
                         trio.serve_listeners, handler, listeners, handler_nursery=connections
                     )
                 )
-                bound = listeners[0].socket.getsockname()
-                shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-                sys.stderr.write(f"mesh-ca serving on {shown}:{bound[1]}\n")
+                if admin_listeners:
+                    await accepting.start(
+                        functools.partial(serve_admin, admin_listeners, server.service.metrics)
+                    )
+                    sys.stderr.write(f"mesh-ca admin on {_shown(admin_listeners[0])}\n")
+                sys.stderr.write(f"mesh-ca serving on {_shown(listeners[0])}\n")
                 sys.stderr.flush()
                 accepting.start_soon(_rotate, server, authority, store, clock)
                 accepting.start_soon(server.access_log.run)
@@ -195,6 +220,12 @@ async def _serve_until_signal(
             # Stop accepting; idle keep-alive connections close at once, the others finish
             # the request at hand within a short drain, then are cancelled.
             connections.cancel_scope.deadline = trio.current_time() + DRAIN_SECONDS
+
+
+def _shown(listener: trio.SocketListener) -> str:
+    bound = listener.socket.getsockname()
+    host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    return f"{host}:{bound[1]}"
 
 
 async def _rotate(

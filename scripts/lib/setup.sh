@@ -17,6 +17,8 @@ ensure_debian_packages() {
     command -v callgrind_control >/dev/null || missing+=(valgrind)
     # SoftHSM2: the PKCS#11 token the HSM-key tests and `bench.py ca-hsm` keep CA keys in.
     command -v softhsm2-util >/dev/null || missing+=(softhsm2)
+    # promtool: tests check and unit-test the shipped alert rules (docs/monitoring/).
+    command -v promtool >/dev/null || missing+=(prometheus)
     # Benchmark peers: only scripts/bench.py asks for them (MESHGATE_WITH_PEERS=1).
     if [ "${MESHGATE_WITH_PEERS:-0}" = 1 ]; then
         [ -x /usr/sbin/nginx ] || missing+=(nginx)
@@ -38,6 +40,7 @@ ensure_debian_packages() {
         $sudo service nginx stop >/dev/null 2>&1 || true
         $sudo service haproxy stop >/dev/null 2>&1 || true
         $sudo service postgresql stop >/dev/null 2>&1 || true
+        $sudo service prometheus stop >/dev/null 2>&1 || true
     fi
 }
 

@@ -1,0 +1,92 @@
+"""The CA's plain-HTTP admin listener: ``GET /metrics`` and ``GET /healthz`` for a stock
+Prometheus, which cannot verify the CA's own certificate (an SVID with no DNS name).
+
+Loopback only unless the operator says otherwise (`mesh_ca.config.parse_admin_listen`):
+no TLS, no authentication, so it serves nothing but counts, durations and expiry times.
+One request per connection, a small head, a short deadline: a scraper needs no more, and
+a slow or hostile client ties up one of a few slots for seconds at most.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Final
+
+import trio
+
+from mesh_ca.exit_codes import ExitCode, StartupError
+from mesh_ca.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from mesh_ca.server.metrics import CaMetrics
+from mesh_ca.server.wire import WireError, parse_request_head, render_response
+
+__all__ = ["admin_response", "open_admin_listeners", "serve_admin"]
+
+_JSON: Final = "application/json"
+_MAX_HEAD_BYTES: Final = 8 * 1024
+_DEADLINE_SECONDS: Final = 5.0
+_MAX_CONNECTIONS: Final = 16
+
+
+def admin_response(method: str, path: str, metrics: CaMetrics) -> tuple[int, bytes, str]:
+    """(status, body, content type) of one admin request. Pure."""
+    if path not in ("/metrics", "/healthz"):
+        return 404, b'{"error":"not_found","detail":"try /metrics or /healthz"}', _JSON
+    if method not in ("GET", "HEAD"):
+        return 405, b'{"error":"method_not_allowed","detail":"use GET"}', _JSON
+    if path == "/metrics":
+        return 200, metrics.render(), METRICS_CONTENT_TYPE
+    return 200, b'{"status":"ok"}', _JSON
+
+
+async def open_admin_listeners(key: str, host: str, port: int) -> list[trio.SocketListener]:
+    """Bind the admin address; a taken port is one line naming `key` (flag or config key)."""
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        problem = f"cannot listen: {exc.strerror or exc}"
+        raise StartupError(key, f"{host}:{port}", problem, ExitCode.LISTEN) from exc
+
+
+async def _answer(metrics: CaMetrics, stream: trio.SocketStream) -> None:
+    buffer = bytearray()
+    with trio.move_on_after(_DEADLINE_SECONDS):
+        try:
+            while (head := parse_request_head(buffer, max_bytes=_MAX_HEAD_BYTES)) is None:
+                data = await stream.receive_some(4096)
+                if not data:
+                    return
+                buffer += data
+            status, body, content_type = admin_response(head.method, head.path, metrics)
+            if head.method == "HEAD":
+                body = b""
+        except WireError as exc:
+            status, body, content_type = exc.status, b'{"error":"bad_request"}', _JSON
+        await stream.send_all(render_response(status, body, content_type, close=True))
+
+
+async def _handle(
+    metrics: CaMetrics, slots: trio.CapacityLimiter, stream: trio.SocketStream
+) -> None:
+    async with stream:
+        try:
+            slots.acquire_nowait()
+        except trio.WouldBlock:
+            return  # all slots taken: close at once
+        try:
+            await _answer(metrics, stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away
+        finally:
+            slots.release()
+
+
+async def serve_admin(
+    listeners: list[trio.SocketListener],
+    metrics: CaMetrics,
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the admin endpoints on `listeners` until cancelled."""
+    slots = trio.CapacityLimiter(_MAX_CONNECTIONS)
+    handler = functools.partial(_handle, metrics, slots)
+    await trio.serve_listeners(handler, listeners, task_status=task_status)
