@@ -36,6 +36,7 @@ from mesh_ca.identity import SpiffeId
 from mesh_ca.store.base import (
     IdRevoked,
     IssuedRecord,
+    KeyBound,
     Revocation,
     StoreError,
     StoreUnavailable,
@@ -354,6 +355,7 @@ class PostgresStore:
             if revoked:
                 raise IdRevoked(outcome)  # rolls the consume back
             record = issue(outcome)
+            _bind_key(conn, record)
             conn.execute(_INSERT_ISSUED, _issued_params(record))
             return record
 
@@ -379,13 +381,15 @@ class PostgresStore:
         params = _issued_params(record)
 
         def run(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+            _bind_key(conn, record)
             conn.execute(_INSERT_ISSUED, params)
 
         with self._duplicate_is(f"serial {record.serial:x} is already in the ledger"):
             self._transaction(run)
 
     def record_renewal(self, record: IssuedRecord, current_serial: int) -> None:
-        """One conditional INSERT outside BEGIN/COMMIT (atomic on its own): one round trip.
+        """One conditional INSERT outside BEGIN/COMMIT (atomic on its own): one round trip;
+        with a key to bind, that INSERT and the binding in one transaction.
 
         A retry after a dropped connection may meet its own earlier row (the serial is
         unique): then it fails, never duplicates.
@@ -401,8 +405,14 @@ class PostgresStore:
                 params,
             ).rowcount
 
+        def run_and_bind(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
+            inserted = run(conn)
+            if inserted == 1:
+                _bind_key(conn, record)  # raising rolls the row back
+            return inserted
+
         with self._duplicate_is(f"serial {record.serial:x} is already in the ledger"):
-            inserted = self._read(run)
+            inserted = self._transaction(run_and_bind) if record.key_sha256 else self._read(run)
         if inserted != 1:
             raise IdRevoked(record.spiffe_id)
 
@@ -522,6 +532,23 @@ def _issued_params(record: IssuedRecord) -> tuple[Any, ...]:
         _aware(record.not_after),
         record.replica,
     )
+
+
+def _bind_key(conn: psycopg.Connection[tuple[Any, ...]], record: IssuedRecord) -> None:
+    """Bind the record's key to its ID, or raise `KeyBound` if another ID holds it. The
+    no-op update on conflict locks and returns the holding row, so a concurrent binder of
+    the same key waits for this transaction and then sees its ID."""
+    if not record.key_sha256:
+        return
+    row = conn.execute(
+        "INSERT INTO key_bindings (key_sha256, spiffe_id) VALUES (%s, %s)"
+        " ON CONFLICT (key_sha256) DO UPDATE SET spiffe_id = key_bindings.spiffe_id"
+        " RETURNING spiffe_id",
+        (record.key_sha256, str(record.spiffe_id)),
+    ).fetchone()
+    if row is None or row[0] != str(record.spiffe_id):
+        bound_to = SpiffeId.parse(row[0]) if row is not None else record.spiffe_id
+        raise KeyBound(record.spiffe_id, bound_to)
 
 
 def _consume(
