@@ -20,7 +20,7 @@ from mesh_ca.clock import Clock, SystemClock
 from sidecar.admin import AdminState, serve_admin
 from sidecar.authz import AllowList, Authorizer
 from sidecar.config import Address, SidecarConfig
-from sidecar.connections import ConnectionTracker
+from sidecar.connections import AdmissionLimits, ConnectionTracker
 from sidecar.http_inbound import HttpInbound
 from sidecar.http_outbound import HttpOutbound
 from sidecar.identity.credentials import CredentialStore
@@ -150,7 +150,15 @@ async def run(
     drain = drain if drain is not None else trio.Event()
     reload = ReloadSignal()
     store = store if store is not None else CredentialStore()
-    tracker = ConnectionTracker(config.limits.max_connections, store)
+    tracker = ConnectionTracker(
+        config.limits.max_connections,
+        store,
+        AdmissionLimits(
+            max_per_source=config.limits.max_connections_per_source,
+            max_handshaking=config.limits.max_handshaking_connections,
+            max_handshaking_per_source=config.limits.max_handshaking_per_source,
+        ),
+    )
     metrics = SidecarMetrics()
     metrics.watch_credentials(store)
     observer = Observer(metrics, str(config.identity.spiffe_id))
