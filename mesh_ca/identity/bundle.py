@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, final
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -56,7 +57,7 @@ def load_pem_certificates(data: bytes, *, what: str) -> list[x509.Certificate]:
     """Every certificate in a PEM blob; `what` names the source in errors."""
     try:
         certs = x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise BundleError(f"{what}: not a PEM certificate list ({exc})") from exc
     if not certs:
         raise BundleError(f"{what}: holds no certificate")
@@ -177,7 +178,8 @@ def _x509_authority(key: object, where: str) -> x509.Certificate | None:
     """The CA certificate of one JWK entry, or None when the spec says to ignore it."""
     if not isinstance(key, dict):
         raise BundleError(f"{where} is not a JSON object")
-    if key.get("use") != "x509-svid" or key.get("kty") not in _KNOWN_KTY:
+    kty = key.get("kty")
+    if key.get("use") != "x509-svid" or not isinstance(kty, str) or kty not in _KNOWN_KTY:
         return None  # JWT authorities, unknown uses and unknown key types are ignored
     x5c = key.get("x5c")
     if x5c is None or x5c == []:
@@ -186,9 +188,15 @@ def _x509_authority(key: object, where: str) -> x509.Certificate | None:
         raise BundleError(f"{where}.x5c must be a list of base64 strings")
     try:
         der = base64.b64decode(x5c[0], validate=True)  # only the first value counts
-        return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
+        cert = x509.load_der_x509_certificate(der)
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion: found by fuzzing
         raise BundleError(f"{where}.x5c[0] is not a base64 DER certificate") from exc
+    try:
+        cert.public_key()  # a trust anchor whose key cannot be read anchors nothing
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        # Found by fuzzing: such a root was accepted, then broke every later use of it.
+        raise BundleError(f"{where}.x5c[0] has an unusable public key ({exc})") from exc
+    return cert
 
 
 def bundle_sequence(roots: Sequence[x509.Certificate]) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -100,17 +101,22 @@ def parse_csr_key(
             if raw.lstrip().startswith(b"-----")
             else x509.load_der_x509_csr(raw)
         )
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion: found by fuzzing
         raise IssuanceError(f"CSR is not a PEM or DER certificate request: {exc}") from exc
     try:
         public = csr.public_key()
-    except (ValueError, x509.UnsupportedGeneralNameType) as exc:
+    except (ValueError, x509.UnsupportedGeneralNameType, UnsupportedAlgorithm) as exc:
+        # UnsupportedAlgorithm: an unknown key type OID (found by fuzzing: it was a 500).
         raise IssuanceError(f"CSR public key is unreadable: {exc}") from exc
     if not isinstance(public, ec.EllipticCurvePublicKey):
         raise IssuanceError(f"CSR key is {type(public).__name__}; only EC P-256/P-384 is accepted")
     if public.curve.name not in _ACCEPTED_CURVES:
         raise IssuanceError(f"CSR key curve {public.curve.name} is not P-256 or P-384")
-    if not csr.is_signature_valid:
+    try:
+        valid = csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise IssuanceError(f"CSR signature cannot be checked: {exc}") from exc
+    if not valid:
         raise IssuanceError("CSR signature does not verify (no proof of possession)")
     return csr, public
 
