@@ -91,9 +91,7 @@ async def test_the_ca_and_the_sidecar_refuse_the_same_ambiguous_heads(
         ):
             for name, data in AMBIGUOUS.items():
                 retargeted = data.replace(b"/v1/renew", b"/items/1").replace(b"/healthz", b"/i")
-                status = await trio.to_thread.run_sync(
-                    _sidecar_status, pair.a_outbound, retargeted
-                )
+                status = await trio.to_thread.run_sync(_sidecar_status, pair.a_outbound, retargeted)
                 assert status == 400, name
             ok = b"GET /items/1 HTTP/1.1\r\nHost: catalog\r\nConnection: close\r\n\r\n"
             assert await trio.to_thread.run_sync(_sidecar_status, pair.a_outbound, ok) == 200
