@@ -44,7 +44,9 @@ class BundleEndpoint:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_ssl_over_tcp_listeners(0, self.context, host="127.0.0.1")
-        self.port = listeners[0].transport_listener.socket.getsockname()[1]
+        transport = listeners[0].transport_listener
+        assert isinstance(transport, trio.SocketListener)
+        self.port = transport.socket.getsockname()[1]
         task_status.started()
         await trio.serve_listeners(self._answer, listeners)
 
