@@ -29,7 +29,7 @@ from sidecar.relay import abort
 from sidecar.runtime import Runtime
 from sidecar.tls import MeshTlsError
 
-__all__ = ["Admission", "admitted", "handshake_refused"]
+__all__ = ["Admission", "admitted", "handshake_refused", "source_of"]
 
 
 @final
@@ -117,9 +117,13 @@ def _refused(
 
 
 def _source_key(transport: trio.abc.Stream) -> str:
-    """The per-source key of the peer: its IPv4 address or IPv6 /64 (`source_key`)."""
-    address = peer_address(transport)
-    host = address.rsplit(":", 1)[0] if address.count(":") else address
+    return source_of(peer_address(transport))
+
+
+def source_of(address: str) -> str:
+    """The per-source key of a ``host:port`` / ``[v6]:port`` peer address: its IPv4
+    address or IPv6 /64 (`mesh_ca.server.ratelimit.source_key`, as the CA counts)."""
+    host = address.rsplit(":", 1)[0] if ":" in address else address
     return source_key(host.strip("[]"))
 
 

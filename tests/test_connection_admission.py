@@ -66,3 +66,14 @@ async def test_outbound_connections_have_no_source_and_are_never_pending() -> No
         assert isinstance(t.admit(trio.CancelScope(), "outbound"), int)
     assert t.pending == 0
     assert t.admit(trio.CancelScope(), "outbound") == Refused("max_connections")
+
+
+def test_sources_are_ipv4_addresses_and_ipv6_slash_64s() -> None:
+    from sidecar.admission import source_of
+
+    assert source_of("10.1.2.3:443") == "10.1.2.3"
+    assert source_of("[2001:db8:1:2:aaaa::1]:443") == source_of("[2001:db8:1:2:bbbb::9]:80")
+    assert source_of("[2001:db8:1:2::1]:443") == "2001:db8:1:2::/64"
+    assert source_of("[2001:db8:1:3::1]:443") != source_of("[2001:db8:1:2::1]:443")
+    assert source_of("[::ffff:10.1.2.3]:443") == "10.1.2.3"
+    assert source_of("in-memory") == "in-memory"
