@@ -91,7 +91,8 @@ def test_the_sequence_must_increase_when_the_roots_change() -> None:
     first = TrustBundle(TD, pki.bundle.roots, sequence=5)
     assert not check_bundle_update(first, TrustBundle(TD, pki.bundle.roots, sequence=5))
     assert check_bundle_update(first, TrustBundle(TD, other.bundle.roots, sequence=6))
-    assert check_bundle_update(first, TrustBundle(TD, pki.bundle.roots, sequence=6))
+    # A newer sequence over the same roots changes no trust (the caller records it).
+    assert not check_bundle_update(first, TrustBundle(TD, pki.bundle.roots, sequence=6))
     with pytest.raises(BundleError, match="went back from 5 to 4"):
         check_bundle_update(first, TrustBundle(TD, pki.bundle.roots, sequence=4))
     with pytest.raises(BundleError, match="stayed at 5"):

@@ -208,25 +208,22 @@ def bundle_sequence(roots: Sequence[x509.Certificate]) -> int:
 
 
 def check_bundle_update(known: TrustBundle | None, new: TrustBundle) -> bool:
-    """Whether `new` replaces `known` (False: nothing changed). Raises `BundleError` for a
-    rollback: a spiffe_sequence lower than the known one, or the same sequence with other
-    roots (spec 4.1.1: it increases whenever the contents change). Without a sequence on
-    either side, any change of roots is an update."""
+    """Whether `new` brings other roots than `known` (then trust must be rebuilt). Raises
+    `BundleError` for a rollback: a spiffe_sequence lower than the known one, or the same
+    sequence with other roots (spec 4.1.1: it increases whenever the contents change).
+    A higher sequence with the same roots is no change of trust (the caller records it)."""
     if known is None:
         return True
     same_roots = _fingerprints(known) == _fingerprints(new)
-    if known.sequence is None or new.sequence is None:
-        return not same_roots or new.sequence != known.sequence
-    what = f"SPIFFE bundle for {new.trust_domain}"
-    if new.sequence < known.sequence:
-        raise BundleError(
-            f"{what}: spiffe_sequence went back from {known.sequence} to {new.sequence}"
-        )
-    if new.sequence == known.sequence:
-        if not same_roots:
+    if known.sequence is not None and new.sequence is not None:
+        what = f"SPIFFE bundle for {new.trust_domain}"
+        if new.sequence < known.sequence:
+            raise BundleError(
+                f"{what}: spiffe_sequence went back from {known.sequence} to {new.sequence}"
+            )
+        if new.sequence == known.sequence and not same_roots:
             raise BundleError(f"{what}: roots changed but spiffe_sequence stayed at {new.sequence}")
-        return False
-    return True
+    return not same_roots
 
 
 def _fingerprints(bundle: TrustBundle) -> frozenset[bytes]:

@@ -491,6 +491,22 @@ class _Lifecycle:
             log.info("poll: the CA's bundle for %s has authorities again", domain)
             self._set_untrusted(revocations.untrusted_domains - {domain})
         if not changed:
+            if (
+                known is not None
+                and bundle.sequence is not None
+                and known.sequence != bundle.sequence
+            ):
+                # Same roots, a newer sequence: remember it (rollbacks are checked against
+                # it); trust is unchanged, so nothing is rebuilt or republished.
+                self.bundles = self.bundles.with_bundle(
+                    TrustBundle(
+                        domain,
+                        known.roots,
+                        known.intermediates,
+                        bundle.sequence,
+                        bundle.refresh_hint_seconds,
+                    )
+                )
             return False
         current = self.store.current
         bundles = self.bundles.with_bundle(bundle)
