@@ -59,6 +59,7 @@ from mesh_ca.keys import generate_key, private_key_pem
 from mesh_ca.store import IssuedRecord, StateStore, StoreError, open_store
 from mesh_ca.store.dbcli import add_db_parser, db_main
 from mesh_ca.tokens import new_token
+from mesh_ca.version import installed_version
 
 __all__ = ["add_serve_flags", "main"]
 
@@ -153,6 +154,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="The meshgate SPIFFE certificate authority."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:

@@ -6,6 +6,9 @@
     python scripts/bench.py ca-instructions [--seconds 3] [--concurrency 16]   (needs valgrind)
     python scripts/bench.py replicas [--seconds 3] [--concurrency 16] [--client-processes N]
     python scripts/bench.py http [--seconds 6] [--rounds 3] [--baseline REF] [--http-workers2]
+    python scripts/bench.py latency [--seconds 20] [--rounds 2] [--baseline REF]
+                                    [--latency-capacity-fraction 0.75]
+                                    [--latency-app nginx|two-sends]
     python scripts/bench.py datapath [--seconds 3]
     python scripts/bench.py memory
 
@@ -540,7 +543,8 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], Figures]] = {
     "ca-instructions": bench_ca_instructions,
 }
 
-# Data-path sections (http, datapath, memory) live in scripts/benchlib/datapath.py.
+# Data-path sections (http, datapath, memory) live in scripts/benchlib/datapath.py, latency
+# in scripts/benchlib/latency.py.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scripts.benchlib.ca_load import Target, run_load  # noqa: E402
 from scripts.benchlib.ca_requests import (  # noqa: E402
@@ -561,8 +565,10 @@ from scripts.benchlib.callgrind import (  # noqa: E402
 )
 from scripts.benchlib.datapath import SECTIONS as DATA_PATH_SECTIONS  # noqa: E402
 from scripts.benchlib.datapath import baseline_tree  # noqa: E402
+from scripts.benchlib.latency import bench_latency  # noqa: E402
 
 SECTIONS.update(DATA_PATH_SECTIONS)
+SECTIONS["latency"] = bench_latency
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -590,13 +596,14 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds",
         type=int,
         default=3,
-        help="ca, http: interleaved rounds (each phase or run gets seconds/rounds a round)",
+        help="ca, http, latency: interleaved rounds (each phase or run gets seconds/rounds a "
+        "round)",
     )
     parser.add_argument(
         "--baseline",
         metavar="REF",
         help="ca: also serve the CA of this git ref (e.g. HEAD~3); http: also measure its "
-        "meshgate pair; in the same run",
+        "meshgate pair (http, latency); in the same run",
     )
     parser.add_argument(
         "--http-workers2",
@@ -609,6 +616,20 @@ def main(argv: list[str] | None = None) -> int:
         default="default",
         help="http: each proxy's default access log (sidecar: stdout, a JSON line a request; "
         "nginx: access.log) or none",
+    )
+    parser.add_argument(
+        "--latency-capacity-fraction",
+        type=float,
+        default=0.75,
+        metavar="F",
+        help="latency: the third rate is F x the meshgate pair's closed-loop req/s",
+    )
+    parser.add_argument(
+        "--latency-app",
+        choices=("nginx", "two-sends"),
+        default="nginx",
+        help="latency: the app behind every target (two-sends: head and body in two sends, "
+        "Nagle on)",
     )
     parser.add_argument(
         "--only-default",

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Set up everything on a fresh machine and run every check: ruff, mypy, pytest.
+# Set up everything on a fresh machine and run every check: ruff, mypy, pytest with coverage
+# (a floor in pyproject.toml), the unit tests with the minimum dependency versions, and the
+# built wheel installed alone into a fresh virtualenv.
 # Usage: scripts/test.sh [pytest args...]
 set -euo pipefail
 source "$(dirname "$0")/lib/setup.sh"
@@ -12,6 +14,9 @@ ruff check .
 ruff format --check .
 say "mypy (strict)"
 mypy
-say "pytest"
+say "pytest (with coverage)"
 # -n 2: the machine has two cores; integration tests use free ports, so they run side by side.
-exec pytest -n 2 --dist loadfile "$@"
+rm -f .coverage .coverage.*
+pytest -n 2 --dist loadfile --cov --cov-report=term "$@"
+check_min_versions
+check_wheel

@@ -37,7 +37,10 @@ ENDPOINTS: Final[Mapping[str, str]] = {
     "/readyz": "readiness: an unexpired SVID (and a policy set, when configured) is loaded",
     "/metrics": "Prometheus metrics (text exposition format)",
     "/certificate": "current SVID: SPIFFE ID, serial, validity, next rotation, rotation results",
-    "/policies": "loaded policy set: version, files, loaded_at, last reload error",
+    "/policies": (
+        "loaded policy set: version, files, loaded_at, headers_read (sent at most once), "
+        "last reload error"
+    ),
     "/config": "effective configuration (file paths, never secrets)",
     "/upstreams": "outbound services, their endpoints and health",
 }

@@ -10,6 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from mesh_ca.version import installed_version
+
 __all__ = ["main"]
 
 EXIT_OK, EXIT_CONFIG, EXIT_USAGE = 0, 1, 2
@@ -23,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mesh-sidecar", description="meshgate sidecar: mTLS on every hop."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = commands.add_parser("run", help="run the sidecar")
     run.add_argument("--config", required=True, metavar="FILE.toml", help="sidecar config file")

@@ -307,6 +307,30 @@ class InboundConfig(_Model):
             )
         ),
     ] = ()
+    forwarded_headers: Annotated[
+        Literal["set", "strip", "append"],
+        Field(
+            description=(
+                "http mode: client-sent Forwarded, X-Forwarded-*, X-Real-IP, X-Envoy-*, l5d-*, "
+                'X-Original-URL and method-override headers. "set": drop them and set '
+                "X-Forwarded-For, X-Forwarded-Proto: https and Forwarded from the verified "
+                'connection; "strip": drop them, set nothing; "append": keep the client\'s '
+                "X-Forwarded-For and Forwarded chains and append this hop (only when every "
+                "peer is a proxy trusted to write them)"
+            )
+        ),
+    ] = "set"
+    path_match: Annotated[
+        Literal["exact", "case_insensitive"],
+        Field(
+            description=(
+                'http mode: "exact": context.path is the normalized path as sent, so a '
+                'policy on "/admin" does not match "/ADMIN"; "case_insensitive": policies see '
+                "the path lower-cased (write their paths in lower case) while the app still "
+                "gets it as sent. For apps that match routes case-insensitively"
+            )
+        ),
+    ] = "exact"
 
     @pydantic.field_validator("app")
     @classmethod
@@ -530,6 +554,28 @@ class TimeoutsConfig(_Model):
             )
         ),
     ] = 30.0
+    body_timeout_seconds: Annotated[
+        Seconds,
+        Field(
+            description=(
+                "http mode, both directions: a request body must be complete this many "
+                "seconds after it started, plus one second per body_min_rate_bytes_per_second "
+                "bytes received; a slower body is cut with 408 (counted in "
+                "meshgate_request_body_timeouts_total)"
+            )
+        ),
+    ] = 60.0
+    body_min_rate_bytes_per_second: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=1_000_000_000,
+            description=(
+                "http mode: the rate that earns a request body more time past "
+                "body_timeout_seconds; 0 makes body_timeout_seconds a hard total"
+            ),
+        ),
+    ] = 1024
 
 
 @final

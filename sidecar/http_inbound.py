@@ -3,19 +3,23 @@
 Pipeline per connection: admit (cap) → mesh handshake + SVID checks → for each request on
 the connection (keep-alive and pipelined requests each decided on their own): read the head
 strictly (`RequestReader`; malformed or ambiguous → the reader's status, ``connection:
-close``) → normalize the path once → decide (principal = verified peer, action = method,
-resource = our service, context = path, query, host, headers, source, TLS version, time) →
-403 with the request id, or forward exactly that request, rebuilt by the serializer, with
-hop-by-hop and client-supplied identity headers stripped and our `x-forwarded-client-cert`
-set → stream the body to the app and the response back. The app sees nothing of a request
-that was refused. Fails closed: only a Cedar Allow with no evaluation errors forwards
-(audit mode forwards what would be denied, once a policy set is live).
+close``) → normalize the path once, make the Host canonical and refuse copies of headers
+a policy reads (`InboundRules`) → decide (principal = verified peer, action = method,
+resource = our service, context = path, query, host, headers as the app will get them,
+source, TLS version, time) → 403 with the request id, or forward exactly that request,
+rebuilt by the serializer, with hop-by-hop and client-supplied identity headers stripped,
+our `x-forwarded-client-cert` and forwarding headers set (`inbound.forwarded_headers`) →
+stream the body to the app and the response back. The app sees nothing of a request that
+was refused. Fails closed: only a Cedar Allow with no evaluation errors forwards (audit
+mode forwards what would be denied, once a policy set is live).
 
 The connection never outlives the peer's SVID (or ours) and is cancelled when the peer is
 revoked (`ConnectionTracker`). Phases have their own timeouts: a head must be complete
 ``header_timeout_seconds`` after its first byte, a body may pause for
-``body_idle_timeout_seconds``, a kept-alive connection waits ``keepalive_idle_timeout_seconds``
-for its next request, and the app must start answering within ``response_timeout_seconds``.
+``body_idle_timeout_seconds`` and must keep the pace of ``body_timeout_seconds`` and
+``body_min_rate_bytes_per_second`` (else 408), a kept-alive connection waits
+``keepalive_idle_timeout_seconds`` for its next request, and the app must start answering
+within ``response_timeout_seconds``.
 """
 
 from __future__ import annotations
@@ -57,12 +61,14 @@ from sidecar.http import (
     serialize_request_head,
     serialize_response_head,
 )
+from sidecar.http.body_pace import BodyPace
 from sidecar.http.forwarding import ForwardedRequest, new_uuid, xfcc_value
+from sidecar.http.inbound_rules import InboundRules
 from sidecar.http_replies import reply
 from sidecar.lean_socket import TimedStream, lean, peer_address
 from sidecar.logs import event
 from sidecar.observe import AccessRecord
-from sidecar.policy import AccessRequest, PolicyStore
+from sidecar.policy import AccessRequest, DecisionReason, PolicyStore
 from sidecar.policy_authz import determining_policies, forwards, source_ip, verdict_result
 from sidecar.relay import abort
 from sidecar.runtime import Runtime
@@ -82,7 +88,7 @@ class _ClientGoneError(Exception):
 class _ClientTimeoutError(Exception):
     def __init__(self, phase: str) -> None:
         super().__init__(phase)
-        self.phase = phase  # "idle" (between requests), "head" or "body"
+        self.phase = phase  # "idle" (between requests), "head", "body" or "slow_body"
 
 
 class _StaleConnectionError(Exception):
@@ -93,10 +99,6 @@ def _body_free(framing: Framing) -> bool:
     return framing.kind is BodyKind.NONE or (
         framing.kind is BodyKind.LENGTH and framing.length == 0
     )
-
-
-def _first(headers: tuple[tuple[str, str], ...], name: str) -> str:
-    return next((value for key, value in headers if key == name), "")
 
 
 @final
@@ -167,6 +169,13 @@ class HttpInbound:
         self.limits = limits or HttpLimits()
         self.new_request_id = new_request_id
         self.draining = False
+        self.rules = InboundRules(
+            local_ports=frozenset({config.listen.port}),
+            forwarding=config.forwarded_headers,
+            path_match=config.path_match,
+        )
+        t = runtime.timeouts
+        self.body_pace = BodyPace(t.body_timeout_seconds, t.body_min_rate_bytes_per_second)
         self._idle_waits: set[TimedStream] = set()  # client transports between requests
         self.pool = AppPool(
             connect_app or self._connect_tcp,
@@ -347,8 +356,10 @@ class _Session:
 
     async def _serve_request(self, head: RequestHead, started: float, wall: datetime) -> _Outcome:
         inbound = self.inbound
+        snapshot = inbound.policies.current
         try:
             target = normalize_target(head.target)
+            host = inbound.rules.checked_host(head, snapshot.header_names if snapshot else ())
         except HttpError as exc:
             await self._refuse_unparsed(exc, started, wall, head)
             return _Outcome(keep_client=False)
@@ -359,6 +370,10 @@ class _Session:
             new_request_id=inbound.new_request_id,
             xfcc=self.xfcc,
         )
+        app_headers = inbound.rules.app_headers(
+            forwarded.headers, host=host, source_ip=self.source_ip
+        )
+        forwarded = ForwardedRequest(app_headers, forwarded.request_id, forwarded.traceparent)
         request_id = forwarded.request_id
         verdict = inbound.policies.decide(
             AccessRequest(
@@ -367,10 +382,10 @@ class _Session:
                 service=inbound.config.service,
                 source_address=self.source_ip,
                 now=self.rt.now(),
-                path=target.path,
+                path=inbound.rules.policy_path(target.path),
                 query=target.query or "",
-                host=_first(head.headers, "host"),
-                headers=head.headers,
+                host=host,
+                headers=app_headers,  # what the app will see: our XFCC and X-Forwarded-*
                 tls_version=self.tls_version,
             ),
             audit=inbound.audit,
@@ -379,6 +394,9 @@ class _Session:
         policies = determining_policies(verdict)
         self.rt.observer.decision(result, policies)
         extra = {"policy_version": verdict.version, "decision_reason": str(verdict.reason)}
+        if verdict.reason is DecisionReason.ENGINE_ERROR:
+            self.rt.observer.policy_engine_error()
+            extra["decision_reason"] = f"{verdict.reason}: {verdict.errors[0]}"
         if verdict.errored_policy_ids:
             extra["errored_policies"] = ",".join(verdict.errored_policy_ids)
         if not forwards(verdict):
@@ -642,11 +660,18 @@ class _Session:
         chunked = framing.kind is BodyKind.CHUNKED
         idle = self.timeouts.body_idle_timeout_seconds
         answer = self.timeouts.response_timeout_seconds
+        pace, began = self.inbound.body_pace, trio.current_time()
         try:
             while True:
                 ev = self.reader.next_event()
                 if ev is NEED_DATA:
-                    await self._read_client(trio.current_time() + idle, "body")
+                    # The nearer of the idle and the pace deadline; the phase says which.
+                    pause_ends = trio.current_time() + idle
+                    too_slow = pace.deadline(began, pump.bytes_in)
+                    if pause_ends <= too_slow:
+                        await self._read_client(pause_ends, "body")
+                    else:
+                        await self._read_client(too_slow, "slow_body")
                 elif isinstance(ev, Data):
                     pump.bytes_in += len(ev.data)
                     await app.stream.send_all(encode_chunk(ev.data) if chunked else ev.data)
@@ -664,8 +689,12 @@ class _Session:
         except HttpError as exc:
             pump.client_error = exc
             nursery.cancel_scope.cancel()
-        except _ClientTimeoutError:
-            pump.client_error = HttpError(408, "request body idle for too long")
+        except _ClientTimeoutError as exc:
+            slow = exc.phase == "slow_body"
+            self.rt.observer.body_timeout("inbound", "slow" if slow else "idle")
+            pump.client_error = HttpError(
+                408, "request body too slow" if slow else "request body idle for too long"
+            )
             nursery.cancel_scope.cancel()
         except _ClientGoneError:
             pump.client_gone = True

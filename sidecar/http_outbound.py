@@ -10,7 +10,9 @@ Errors the client sees, with a short text body and the request id:
 - 502: the destination refused or closed the connection, answered something malformed,
   or presented an identity other than the configured SPIFFE IDs (nothing was sent then);
 - 503: no healthy endpoint, or this sidecar has no usable SVID (fails closed);
-- 504: connect, handshake or response head timed out.
+- 504: connect, handshake or response head timed out;
+- 408: the request body paused longer than ``body_idle_timeout_seconds`` or fell behind the
+  pace of ``body_timeout_seconds`` + ``body_min_rate_bytes_per_second`` (`BodyPace`).
 A request that fails on a reused pooled connection before any response byte (a stale
 keep-alive) is retried once on a fresh connection when it is idempotent (GET, HEAD,
 OPTIONS, PUT, DELETE) and was complete in memory, so nothing of its body was lost.
@@ -51,6 +53,7 @@ from sidecar.http import (
     serialize_request_head,
     serialize_response_head,
 )
+from sidecar.http.body_pace import BodyPace
 from sidecar.http.forwarding import new_uuid
 from sidecar.http_replies import reply
 from sidecar.lean_socket import TimedStream, lean, peer_address
@@ -88,6 +91,15 @@ class _UpstreamError(Exception):
 
 class _ClientGoneError(Exception):
     """The local client disconnected or stalled; nothing more can be told to it."""
+
+
+class _SlowBodyError(Exception):
+    """The request body paused too long (`idle`) or came in under the minimum rate (`slow`):
+    the client gets 408 and the upstream connection is dropped."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
 
 
 @final
@@ -198,6 +210,16 @@ class HttpOutbound:
         keep = head.keep_alive
         try:
             keep = await self._forward(local, reader, head, wire_head, out) and keep
+        except _SlowBodyError as exc:
+            self.runtime.observer.body_timeout("outbound", exc.kind)
+            slow = exc.kind == "slow"
+            out.status = 408
+            out.reason = "slow_body" if slow else "body_idle"
+            message = "request body too slow" if slow else "request body idle for too long"
+            await self._send_quietly(
+                local, error_response(408, message, request_id, head_only=head.method == "HEAD")
+            )
+            keep = False
         except (PoolError, _UpstreamError) as exc:
             out.status, out.reason = exc.status, exc.reason
             event(
@@ -316,9 +338,15 @@ class HttpOutbound:
         out: _Exchange,
     ) -> None:
         chunked = head.framing.kind is BodyKind.CHUNKED
-        idle = self.runtime.timeouts.body_idle_timeout_seconds
+        timeouts = self.runtime.timeouts
+        idle = timeouts.body_idle_timeout_seconds
+        pace = BodyPace(timeouts.body_timeout_seconds, timeouts.body_min_rate_bytes_per_second)
+        began = trio.current_time()
         while True:
-            ev = await _next_event(local, reader, idle)
+            ev = reader.next_event()
+            if ev is NEED_DATA:
+                await self._read_body(local, reader, idle, pace.deadline(began, out.bytes_in))
+                continue
             if isinstance(ev, Data):
                 out.bytes_in += len(ev.data)
                 await conn.stream.send_all(encode_chunk(ev.data) if chunked else ev.data)
@@ -328,6 +356,21 @@ class HttpOutbound:
                 return
             else:
                 raise _ClientGoneError("client closed inside the request body")
+
+    async def _read_body(
+        self, local: TimedStream, reader: RequestReader, idle: float, too_slow: float
+    ) -> None:
+        """Feed `reader` from the client by the nearer of the idle and the pace deadline."""
+        pause_ends = trio.current_time() + idle
+        local.receive_deadline = min(pause_ends, too_slow)
+        try:
+            data = await local.receive_some(_READ)
+        except trio.TooSlowError:
+            raise _SlowBodyError("idle" if pause_ends <= too_slow else "slow") from None
+        if data:
+            reader.feed(bytes(data))
+        else:
+            reader.feed_eof()
 
     async def _respond(
         self, local: trio.abc.Stream, head: RequestHead, conn: PooledConnection, out: _Exchange

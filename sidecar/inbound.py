@@ -81,6 +81,8 @@ class Inbound:
         report.decision = decision.result
         report.policies = tuple(decision.policy_ids)
         rt.observer.decision(report.decision, report.policies)
+        if decision.reason.startswith(("engine-error", "authorizer error")):
+            rt.observer.policy_engine_error()
         fields: dict[str, Any] = {
             "direction": "inbound",
             "source": source,

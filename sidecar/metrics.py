@@ -108,6 +108,17 @@ class SidecarMetrics:
             ["direction", "reason"],
             registry=r,
         )
+        self.body_timeouts = Counter(
+            "meshgate_request_body_timeouts_total",
+            "Request bodies cut with 408: kind idle (a pause) or slow (under the minimum rate).",
+            ["direction", "kind"],
+            registry=r,
+        )
+        self.policy_engine_errors = Counter(
+            "meshgate_policy_engine_errors_total",
+            "Decisions where the policy engine raised; each was denied (403).",
+            registry=r,
+        )
         self._identity = _IdentityCollector()
         r.register(self._identity)
         self.policy_reloads = Counter(

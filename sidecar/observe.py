@@ -220,3 +220,12 @@ class Observer:
     def connection_refused(self, direction: Direction, reason: str) -> None:
         """A connection closed before any handshake (e.g. ``max_connections``)."""
         self.metrics.connections_refused.labels(direction, reason).inc()
+
+    def body_timeout(self, direction: Direction, kind: str) -> None:
+        """A request body cut with 408: ``idle`` (a pause too long) or ``slow`` (under the
+        minimum rate, `sidecar/http/body_pace.py`)."""
+        self.metrics.body_timeouts.labels(direction, kind).inc()
+
+    def policy_engine_error(self) -> None:
+        """The policy engine raised instead of deciding; the request was denied."""
+        self.metrics.policy_engine_errors.inc()

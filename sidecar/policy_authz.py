@@ -44,11 +44,15 @@ def source_ip(source: str) -> str:
         return source
 
 
+_NEVER_FORWARDED = frozenset({DecisionReason.NOT_LOADED, DecisionReason.ENGINE_ERROR})
+
+
 def forwards(verdict: PolicyDecision) -> bool:
-    """Whether the request goes on: allowed, or denied in audit mode once a set is live."""
+    """Whether the request goes on: allowed, or denied in audit mode once a set is live.
+    An engine fault is never forwarded, not even in audit mode: nothing was decided."""
     if verdict.allowed:
         return True
-    return verdict.audit and verdict.reason is not DecisionReason.NOT_LOADED
+    return verdict.audit and verdict.reason not in _NEVER_FORWARDED
 
 
 def verdict_result(verdict: PolicyDecision) -> str:
@@ -99,6 +103,8 @@ class CedarAuthorizer:
         verdict = self._store.decide(request, audit=self._audit)
         policies = determining_policies(verdict)
         reason = str(verdict.reason)
+        if verdict.reason is DecisionReason.ENGINE_ERROR:
+            reason = f"{reason}: {verdict.errors[0]}"
         if verdict.allowed:
             return Decision.allow(reason, policies)
         if forwards(verdict):

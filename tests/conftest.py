@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.pg_server import PgServer, running_postgres
+if TYPE_CHECKING:  # psycopg is the optional `postgres` extra; only its tests import it
+    from tests.pg_server import PgServer
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """One real PostgreSQL server per test session (per xdist worker), stopped at the end."""
+    from tests.pg_server import running_postgres
+
     with running_postgres() as server:
         yield server
 
@@ -28,3 +35,74 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
     name = pg_server.fresh_database()
     yield pg_server.url(name)
     pg_server.release_database(name)
+
+
+# Test kinds. Every test is exactly one of: `unit` (pure cores and in-memory components: no
+# processes, no sockets), `integration` (real processes or sockets on loopback), `interop`
+# (real outside peers: openssl, curl, py-spiffe) or `postgres` (a real PostgreSQL server).
+# A module says which with `pytestmark` (tests/integration/ and tests/security/ are
+# `integration` throughout); any other test that says nothing is `unit`, and the guard
+# below makes that true: a unit test that starts a process or binds or connects a socket
+# fails, naming the marker to add. So `pytest -m unit` is the fast, pure set.
+_KINDS = ("postgres", "interop", "integration")
+
+
+_PROCESS_FOLDERS = ("integration", "security")  # tests/<folder>/: real processes throughout
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in _KINDS):
+            continue
+        if item.path.parent.name in _PROCESS_FOLDERS:
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
+def _refuse(what: str) -> Callable[..., object]:
+    def refused(*_args: object, **_kwargs: object) -> object:
+        raise AssertionError(
+            f"a unit test may not {what}; mark the test or its module "
+            "pytest.mark.integration (or interop / postgres)"
+        )
+
+    return refused
+
+
+@contextmanager
+def _no_processes_or_sockets() -> Iterator[None]:
+    patches = [
+        (subprocess.Popen, "__init__", _refuse("start a process")),
+        (socket.socket, "bind", _refuse("bind a socket")),
+        (socket.socket, "connect", _refuse("connect a socket")),
+        (socket.socket, "connect_ex", _refuse("connect a socket")),
+    ]
+    # socket.socket inherits bind/connect from _socket.socket: shadow them, then unshadow.
+    saved = [(owner, name, owner.__dict__.get(name)) for owner, name, _ in patches]
+    for owner, name, replacement in patches:
+        setattr(owner, name, replacement)
+    try:
+        yield
+    finally:
+        for owner, name, original in saved:
+            if original is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    if item.get_closest_marker("unit") is None:
+        return (yield)
+    with _no_processes_or_sockets():
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    if item.get_closest_marker("unit") is None:
+        return (yield)
+    with _no_processes_or_sockets():
+        return (yield)

@@ -133,6 +133,7 @@ def test_policies_show_version_files_and_last_reload_error(tmp_path: Path, pki: 
     assert body["version"] == current.version
     assert body["files"] == list(current.files)
     assert body["loaded_at"] == t0.isoformat()
+    assert body["headers_read"] == sorted(current.header_names)
     assert body["last_reload_error"] is None
     (directory / "shop.cedar").write_text("permit(principal,action,resource) when { nope };")
     assert policies.try_reload(directory, t0 + timedelta(seconds=5)) is ReloadOutcome.FAILED

@@ -14,6 +14,8 @@ import pytest
 from scripts.benchlib import callgrind
 from scripts.benchlib.callgrind import CallgrindError
 
+pytestmark = pytest.mark.integration
+
 SCRIPT = Path(callgrind.__file__)
 
 

@@ -20,6 +20,8 @@ from mesh_ca.keys import generate_key, private_key_pem
 from mesh_ca.server.identity import server_context
 from tests.ca_server_process import TRUST_DOMAIN, CaServer, running_ca_server
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CaServer]:

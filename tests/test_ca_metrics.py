@@ -21,6 +21,8 @@ from mesh_ca.tls import client_context
 from mesh_ca.tokens import new_token
 from tests.ca_server_process import TRUST_DOMAIN, CaServer, https_request, serving_ca_dir
 
+pytestmark = pytest.mark.integration
+
 JSON = [("content-type", "application/json")]
 BURST = 6
 

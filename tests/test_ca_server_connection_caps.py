@@ -5,12 +5,15 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import pytest
 import trio
 
 from mesh_ca.server.http import CaHttpServer, ServerLimits
 from mesh_ca.tls import client_context
 from tests.ca_server_process import https_request, running_ca_server
 from tests.test_ca_server_shell import make_server
+
+pytestmark = pytest.mark.integration
 
 LIMITS = ServerLimits(max_connections=8, max_connections_per_source=4, threaded_handlers=False)
 

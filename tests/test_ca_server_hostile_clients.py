@@ -11,6 +11,8 @@ import trio
 from mesh_ca.tls import client_context
 from tests.ca_server_process import CaServer, running_ca_server
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CaServer]:

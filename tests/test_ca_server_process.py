@@ -22,6 +22,8 @@ from mesh_ca.keys import PrivateKey, generate_key, private_key_pem
 from mesh_ca.tls import client_context
 from tests.ca_server_process import TRUST_DOMAIN, CaServer, https_request, running_ca_server
 
+pytestmark = pytest.mark.integration
+
 ADMIN = SpiffeId.parse(f"spiffe://{TRUST_DOMAIN}/ops/admin")
 JSON = [("content-type", "application/json")]
 

@@ -20,6 +20,8 @@ from mesh_ca.duration import format_duration, parse_duration
 from mesh_ca.identity import SpiffeId
 from mesh_ca.tokens import TokenFormatError, parse_token
 
+pytestmark = pytest.mark.integration
+
 TD = "cli.example"
 SID = f"spiffe://{TD}/ns/default/svc/web"
 ROOT = Path(__file__).resolve().parent.parent

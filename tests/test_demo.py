@@ -25,6 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.demo_clone import installed_venv
 from tests.procs import ROOT
 
+pytestmark = pytest.mark.integration
+
 DEMO = ROOT / "scripts" / "demo.sh"
 SERVICES = ("web", "orders", "payments")
 ACCESS_FIELDS = {

@@ -15,6 +15,8 @@ import pytest
 import mesh_ca.config
 import sidecar.config
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gen_config_reference.py"
 REFERENCE = ROOT / "docs" / "configuration.md"

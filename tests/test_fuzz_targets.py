@@ -36,6 +36,7 @@ def test_hypothesis_inputs_pass_every_invariant(target: str) -> None:
     run()
 
 
+@pytest.mark.integration  # starts scripts/fuzz.py processes
 def test_a_short_coverage_guided_run_of_every_target_finds_nothing(tmp_path: Path) -> None:
     fuzz = ROOT / "scripts" / "fuzz.py"
     done = subprocess.run(

@@ -11,6 +11,8 @@ import trio.testing
 
 from sidecar.lean_socket import DeadlineStream, LeanSocketStream, lean
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 async def pair() -> AsyncIterator[tuple[LeanSocketStream, trio.SocketStream]]:
@@ -236,3 +238,15 @@ async def test_a_deadline_stream_gives_memory_streams_the_same_deadlines() -> No
     assert await right.receive_some(10) == b"back"
     await timed.send_eof()
     assert await right.receive_some(10) == b""
+
+
+async def test_a_taken_tcp_socket_sends_small_writes_at_once() -> None:
+    """`TCP_NODELAY` is set on every TCP socket taken, not only those trio made."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        raw = socket.create_connection(server.getsockname())
+        assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+        stream = LeanSocketStream(raw)
+        try:
+            assert stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        finally:
+            await stream.aclose()

@@ -19,6 +19,8 @@ from sidecar.policy import decide, load_snapshot
 from sidecar.policy.cases import load_cases, run_cases
 from sidecar.policy.cli import policy_main
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "policies.md"
 EXAMPLES = ROOT / "docs" / "examples" / "policies"

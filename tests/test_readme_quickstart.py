@@ -27,6 +27,8 @@ from sidecar.config import load_config
 from tests.demo_clone import installed_venv
 from tests.procs import ROOT, free_port
 
+pytestmark = pytest.mark.integration
+
 README = ROOT / "README.md"
 _FILE = re.compile(r"<!--\s*file:\s*(\S+)\s*-->")
 _FENCE = re.compile(r"^```(\w*)\s*$")

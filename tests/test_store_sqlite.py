@@ -43,6 +43,7 @@ def _consume_in_process(path: str, token_id: str, secret_hash: bytes, start: obj
     return True
 
 
+@pytest.mark.integration
 def test_concurrent_consumers_in_separate_processes_get_one_success(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     with SqliteStore(path) as store:
@@ -131,6 +132,7 @@ def test_garbage_file_is_unavailable(tmp_path: Path) -> None:
         SqliteStore(path)
 
 
+@pytest.mark.integration
 def test_a_read_only_directory_is_named_as_the_cause(tmp_path: Path) -> None:
     # WAL mode writes state.db-wal and -shm next to the database: on a read-only directory
     # the file is fine and the message must say so. Root ignores mode bits, so the

@@ -12,9 +12,12 @@ import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mesh_ca.config import CONFIG_FILE, ConfigError, StoreConfig
-from mesh_ca.store.postgres import PostgresStore
+
+if TYPE_CHECKING:
+    from mesh_ca.store.postgres import PostgresStore
 
 __all__ = ["open_postgres", "store_password"]
 
@@ -68,4 +71,14 @@ def open_postgres(
     """A `PostgresStore` for ``[store] kind = "postgres"``; migrates the schema by default."""
     if not store.url:
         raise ConfigError(f"{ca_dir / CONFIG_FILE}: store.url: kind = 'postgres' needs url")
+    try:
+        # psycopg is an optional extra: a CA on SQLite must not need it installed.
+        from mesh_ca.store.postgres import PostgresStore
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("psycopg"):
+            raise
+        raise ConfigError(
+            f"{ca_dir / CONFIG_FILE}: store.kind: 'postgres' needs the psycopg driver, "
+            "which is not installed; install meshgate[postgres] (pip install 'meshgate[postgres]')"
+        ) from exc
     return PostgresStore(store.url, store_password(store, ca_dir, environ), migrate=migrate)

@@ -11,6 +11,8 @@ and to direct.
 ``datapath``: the tcp-mode chain against a trio echo app, keep-alive and new connection
 per request (formerly scripts/bench_datapath.py).
 
+``latency`` (open-loop, fixed rates) lives in `scripts/benchlib/latency.py`.
+
 ``memory``: the sidecars' RSS idle and with 1,000 open idle client connections.
 """
 
@@ -387,9 +389,9 @@ def bench_http(args: argparse.Namespace) -> Figures:
                 meshgate_pair(pki, certs, tmp / "mg2", port, workers=2, access_log=sidecar_log)
             )
         nginx = functools.partial(nginx_pair, access_log=logged)
-        targets["nginx"] = stack.enter_context(_peer(nginx, "nginx", tmp, pki, certs, port))
+        targets["nginx"] = stack.enter_context(peer_pair(nginx, "nginx", tmp, pki, certs, port))
         targets["haproxy"] = stack.enter_context(
-            _peer(haproxy_pair, "haproxy", tmp, pki, certs, port)
+            peer_pair(haproxy_pair, "haproxy", tmp, pki, certs, port)
         )
         for entry, _, _ in targets.values():
             for _, close in SCENARIOS:  # warm up: pools, caches, imports
@@ -419,7 +421,7 @@ def bench_http(args: argparse.Namespace) -> Figures:
 
 
 @contextlib.contextmanager
-def _peer(
+def peer_pair(
     factory: Callable[..., Any], name: str, tmp: Path, pki: TestPki, certs: Certs, app_port: int
 ) -> Iterator[Target]:
     """A reference pair; yields (entry port, client-side pids, server-side pids)."""

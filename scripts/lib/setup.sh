@@ -53,3 +53,54 @@ ensure_venv() {
     fi
     export PATH="$VENV/bin:$PATH"
 }
+
+check_min_versions() {
+    # The unit tests against the lowest versions pyproject.toml allows, in a venv of their
+    # own, so the lower bounds are known to work. The project runs from the source tree.
+    local venv="$MESHGATE_ROOT/.venv-min"
+    local stamp="$venv/.meshgate-pins"
+    local pins
+    pins="$("$VENV/bin/python" "$MESHGATE_ROOT/scripts/lib/min_versions.py")"
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$pins" ]; then
+        say "installing the minimum versions into $venv"
+        rm -rf "$venv"
+        "$VENV/bin/python" -m venv "$venv"
+        # shellcheck disable=SC2086
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check $pins \
+            pytest pytest-trio pytest-timeout hypothesis
+        printf '%s' "$pins" > "$stamp"
+    fi
+    say "unit tests with the minimum versions: $(echo $pins | tr '\n' ' ')"
+    (cd "$MESHGATE_ROOT" && PYTHONPATH="$MESHGATE_ROOT" "$venv/bin/python" -m pytest -q \
+        -p no:cacheprovider -m unit)
+}
+
+check_wheel() {
+    # What a user installs: build the wheel, install it alone into a fresh venv, run the CLIs.
+    local work
+    work="$(mktemp -d)"
+    say "building the wheel and installing it into a fresh virtualenv"
+    "$VENV/bin/python" -m pip wheel -q --disable-pip-version-check --no-deps \
+        -w "$work/dist" "$MESHGATE_ROOT"
+    "$VENV/bin/python" -m venv "$work/venv"
+    "$work/venv/bin/python" -m pip install -q --disable-pip-version-check "$work"/dist/*.whl
+    (
+        set -e
+        cd "$work"
+        venv/bin/mesh-ca --help >/dev/null
+        venv/bin/mesh-ca --version
+        venv/bin/mesh-sidecar --version
+        venv/bin/mesh-sidecar policy init policies --service orders >/dev/null
+        venv/bin/mesh-sidecar policy validate policies
+        venv/bin/mesh-sidecar policy test policies >/dev/null
+        # Without the postgres extra, asking for PostgreSQL is one clear line, not a traceback.
+        if venv/bin/mesh-ca init --dir ca --trust-domain example.org --store postgres \
+            --db-url postgresql://localhost/none 2>err.txt; then
+            echo "mesh-ca init --store postgres worked without psycopg" >&2; exit 1
+        fi
+        grep -q "meshgate\[postgres\]" err.txt || { cat err.txt >&2; exit 1; }
+        [ "$(wc -l < err.txt)" -eq 1 ] || { cat err.txt >&2; exit 1; }
+    )
+    rm -rf "$work"
+    say "the wheel installs and runs"
+}

@@ -4,8 +4,9 @@ The reader finds the head's end (CRLF CRLF) and hands the bytes here. Every rule
 DESIGN.md is checked by our own code, whatever llhttp would tolerate: bare CR or LF,
 obs-fold, control bytes, header-name syntax, `#` and non-origin targets, CL with TE,
 duplicate CL, TE other than a single final `chunked`, TE on HTTP/1.0, caps, versions and
-methods. Then llhttp (httptools) parses the same bytes as a second opinion: the head is
-accepted only when both parsers accept it and agree on every field. Chosen by measurement,
+methods, and in requests `_` look-alikes of the headers we own (`header_names.py`).
+Then llhttp (httptools) parses the same bytes as a second opinion: the head is accepted
+only when both parsers accept it and agree on every field. Chosen by measurement,
 see docs/http-parser.md.
 """
 
@@ -28,6 +29,7 @@ from sidecar.http.events import (
     RequestHead,
     ResponseHead,
 )
+from sidecar.http.header_names import check_look_alikes
 
 __all__ = ["parse_request_head", "parse_response_head"]
 
@@ -219,6 +221,8 @@ def parse_request_head(head: bytes, limits: HttpLimits) -> RequestHead:
         raise _fail(501, f"method {method[:16]!r} is not supported")
     target = _check_target(raw_target, limits)
     headers = _parse_headers(block + "\r\n" if block else "", limits, 400)
+    if "_" in block:  # rare: only then can a name be a look-alike of one we own
+        check_look_alikes(headers)
     special = _special(headers)
     hosts = special.get("host", [])
     if len(hosts) > 1 or (version == "1.1" and not hosts):

@@ -1,4 +1,4 @@
-"""`mesh-sidecar policy validate|test|explain DIR`: the policy author's tools.
+"""`mesh-sidecar policy init|validate|test|explain DIR`: the policy author's tools.
 
 Exit codes: 0 valid / all tests pass / allowed; 1 invalid / a test failed / denied;
 2 bad usage (argparse) or, for `explain`, a policy directory that does not load.
@@ -12,12 +12,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from mesh_ca.identity import SpiffeId, SpiffeIdError
+from mesh_ca.identity import SpiffeId, SpiffeIdError, TrustDomain
 from sidecar.policy.cases import load_cases, run_cases
 from sidecar.policy.decision import AccessRequest, PolicyDecision, decide
 from sidecar.policy.loader import PolicyLoadError, load_snapshot
 from sidecar.policy.snapshot import PolicySnapshot
 from sidecar.policy.source import TESTS_FILE
+from sidecar.policy.starter import StarterError, write_starter
 
 __all__ = ["policy_main"]
 
@@ -27,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="mesh-sidecar policy", description="Validate, test and explain Cedar policies."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="start a policy directory: schema, example, tests")
+    init.add_argument("directory", type=Path, metavar="DIR")
+    init.add_argument("--service", required=True, help="the service these policies protect")
+    init.add_argument("--trust-domain", default="example.org", help="for the examples")
     validate = sub.add_parser("validate", help="parse and validate DIR against its schema")
     validate.add_argument("directory", type=Path, metavar="DIR")
     test = sub.add_parser("test", help=f"run the test cases of DIR ({TESTS_FILE})")
@@ -54,6 +59,8 @@ def policy_main(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | 
     err = stderr or sys.stderr
     args = _parser().parse_args(argv)
     directory: Path = args.directory
+    if args.command == "init":
+        return _init(directory, args.service, args.trust_domain, out, err)
     now = datetime.now(UTC)
     try:
         snapshot = load_snapshot(directory, now)
@@ -67,6 +74,22 @@ def policy_main(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | 
     if args.command == "test":
         return _test(snapshot, args.tests or directory / TESTS_FILE, out, err)
     return _explain(snapshot, args, out, err)
+
+
+def _init(directory: Path, service: str, trust_domain: str, out: TextIO, err: TextIO) -> int:
+    try:
+        written = write_starter(directory, TrustDomain.parse(trust_domain), service)
+    except SpiffeIdError as exc:
+        err.write(f"--trust-domain: {exc}\n")
+        return 1
+    except StarterError as exc:
+        err.write(f"{exc}\n")
+        return 1
+    for path in written:
+        out.write(f"wrote {path}\n")
+    out.write(f"next: mesh-sidecar policy validate {directory}\n")
+    out.write(f"      mesh-sidecar policy test {directory}\n")
+    return 0
 
 
 def _validate(snapshot: PolicySnapshot, out: TextIO, err: TextIO) -> int:

@@ -22,7 +22,14 @@ from sidecar.policy.context import request_context
 from sidecar.policy.loader import workload_entity
 from sidecar.policy.snapshot import PolicySnapshot
 
-__all__ = ["AccessRequest", "DecisionReason", "PolicyDecision", "decide", "deny_unloaded"]
+__all__ = [
+    "AccessRequest",
+    "DecisionReason",
+    "PolicyDecision",
+    "decide",
+    "deny_engine_error",
+    "deny_unloaded",
+]
 
 _ERRORED_POLICY_RE: Final = re.compile(r"error while evaluating policy `([^`]+)`")
 
@@ -34,6 +41,7 @@ class DecisionReason(StrEnum):
     EVALUATION_ERROR = "evaluation-error"  # some policy errored: never allow
     INVALID_REQUEST = "invalid-request"  # Cedar could not build the request (unknown action...)
     NOT_LOADED = "not-loaded"  # no policy set has gone live yet
+    ENGINE_ERROR = "engine-error"  # the engine raised instead of deciding
 
 
 @final
@@ -89,6 +97,19 @@ def deny_unloaded(*, audit: bool = False) -> PolicyDecision:
     verdict; the caller still decides whether audit mode forwards."""
     return PolicyDecision(
         allowed=False, reason=DecisionReason.NOT_LOADED, policy_ids=(), audit=audit
+    )
+
+
+def deny_engine_error(error: BaseException, version: str, *, audit: bool = False) -> PolicyDecision:
+    """The decision when the engine raised: deny (fails closed), naming the error."""
+    text = f"{type(error).__name__}: {error}"
+    return PolicyDecision(
+        allowed=False,
+        reason=DecisionReason.ENGINE_ERROR,
+        policy_ids=(),
+        errors=(text[:200],),
+        version=version,
+        audit=audit,
     )
 
 

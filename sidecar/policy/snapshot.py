@@ -315,4 +315,6 @@ class PolicySnapshot:
             "loaded_at": self.loaded_at.isoformat(),
             "policies": len(self.policies),
             "sliced_services": sorted(self.slices.services),
+            # Headers some policy reads: a request with two copies of one is refused (400).
+            "headers_read": sorted(self.header_names),
         }

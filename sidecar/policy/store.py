@@ -15,7 +15,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import final
 
-from sidecar.policy.decision import AccessRequest, PolicyDecision, decide, deny_unloaded
+from sidecar.policy.decision import (
+    AccessRequest,
+    PolicyDecision,
+    decide,
+    deny_engine_error,
+    deny_unloaded,
+)
 from sidecar.policy.loader import PolicyLoadError, load_snapshot
 from sidecar.policy.snapshot import PolicySnapshot
 from sidecar.policy.source import PolicyProblem
@@ -95,11 +101,17 @@ class PolicyStore:
             return outcome
 
     def decide(self, request: AccessRequest, *, audit: bool = False) -> PolicyDecision:
-        """Decide against the live snapshot; deny when none is live (fails closed)."""
+        """Decide against the live snapshot; deny when none is live (fails closed), and
+        deny when the engine raises (`DecisionReason.ENGINE_ERROR`, naming the error): a
+        fault in Cedar or in building its request must cost one request, not the
+        connection it came on."""
         snapshot = self._current
         if snapshot is None:
             return deny_unloaded(audit=audit)
-        return decide(snapshot, request, audit=audit)
+        try:
+            return decide(snapshot, request, audit=audit)
+        except Exception as exc:  # noqa: BLE001 - fails closed: any engine fault denies
+            return deny_engine_error(exc, snapshot.version, audit=audit)
 
     def status(self) -> dict[str, object]:
         """A JSON view for the admin endpoint: live version, files, last error, counters."""

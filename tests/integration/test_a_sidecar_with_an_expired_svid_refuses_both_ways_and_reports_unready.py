@@ -149,6 +149,13 @@ async def test_expired_svid_refuses_both_ways_is_unready_then_recovers_with_a_fr
                 )
 
                 with serving(ca, tmp_path / "ca-again.log", listen=server.address):
+
+                    async def asked_for_a_token() -> bool:
+                        # With the CA back and no token, B says what it needs before we give it.
+                        stats = (await admin(b, "/certificate"))[1]["bootstraps"]
+                        return bool(stats.get("no_token"))
+
+                    await wait_for("B asking for a token", asked_for_a_token, timeout=15)
                     write_token(ca, B_ID, Path(b_identity["token_file"]))
 
                     async def b_ready() -> bool:
