@@ -155,8 +155,15 @@ async def run(
         store,
         AdmissionLimits(
             max_per_source=config.limits.max_connections_per_source,
-            max_handshaking=config.limits.max_handshaking_connections,
-            max_handshaking_per_source=config.limits.max_handshaking_per_source,
+            # Never above the overall cap (a default of 128 with max_connections = 64).
+            max_handshaking=min(
+                config.limits.max_handshaking_connections, config.limits.max_connections
+            ),
+            max_handshaking_per_source=min(
+                config.limits.max_handshaking_per_source,
+                config.limits.max_handshaking_connections,
+                config.limits.max_connections,
+            ),
         ),
     )
     metrics = SidecarMetrics()

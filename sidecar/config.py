@@ -612,7 +612,8 @@ class LimitsConfig(_Model):
                 "inbound: connections still in their mesh handshake, all sources together, "
                 "per process; when full, the oldest pending one is closed to admit the new "
                 "one (reason handshake_evicted). Verified peers never count here, so "
-                "unauthenticated sockets cannot take their slots"
+                "unauthenticated sockets cannot take their slots. Capped at max_connections "
+                "(setting it higher explicitly is an error)"
             ),
         ),
     ] = 128
@@ -631,12 +632,20 @@ class LimitsConfig(_Model):
 
     @pydantic.model_validator(mode="after")
     def _budgets_fit(self) -> Self:
+        # Only limits set explicitly must fit: a default pending budget above a small
+        # max_connections is capped at it (`effective_*`), so older configs keep loading.
+        explicit = self.model_fields_set
+        if "max_handshaking_connections" not in explicit:
+            return self
         if self.max_handshaking_connections > self.max_connections:
             raise ValueError(
                 "max_handshaking_connections must not exceed max_connections "
                 f"({self.max_handshaking_connections} > {self.max_connections})"
             )
-        if self.max_handshaking_per_source > self.max_handshaking_connections:
+        if (
+            "max_handshaking_per_source" in explicit
+            and self.max_handshaking_per_source > self.max_handshaking_connections
+        ):
             raise ValueError(
                 "max_handshaking_per_source must not exceed max_handshaking_connections "
                 f"({self.max_handshaking_per_source} > {self.max_handshaking_connections})"
