@@ -3,13 +3,14 @@
     .venv/bin/python scripts/fuzz.py TARGET --seconds 60        # one target (atheris)
     .venv/bin/python scripts/fuzz.py all --seconds 5            # each target in turn
     .venv/bin/python scripts/fuzz.py all --seconds 5 --engine hypothesis
-    .venv/bin/python scripts/fuzz.py TARGET --merge             # fold new finds into the corpus
+    .venv/bin/python scripts/fuzz.py TARGET --merge --work DIR   # keep a run's finds
 
 Targets and their invariants are in tests/fuzz/targets.py (http_request, http_response,
 ca_request, path, spiffe_id, bundle, csr). The engine is atheris (libFuzzer for Python,
 a dev dependency), seeded from the committed corpus tests/fuzz/corpus/<target>/ and
-writing what it finds to a scratch directory (--work, default a temporary one), so a run
-never changes the committed corpus unless --merge is given. A crash or a broken
+writing what it finds to a scratch directory (--work DIR: DIR/<target>; default a
+temporary one), so a run never changes the committed corpus; --merge --work DIR/<target>
+copies that run's kept inputs into it. A crash or a broken
 invariant stops the run, leaves the input in the scratch directory (crash-*) and exits
 non-zero. `--engine hypothesis` runs the same targets from random and corpus-mutated
 inputs for the same budget (no coverage feedback), for machines without atheris.
@@ -34,7 +35,7 @@ TIMEOUT_SECONDS = 10
 MAX_LEN = 8192
 
 
-def _atheris_child(target: str, seconds: int, work: Path, merge: bool) -> int:
+def _atheris_child(target: str, seconds: int, work: Path) -> int:
     """Run one target under atheris in this process (the child)."""
     import atheris
 
@@ -42,25 +43,36 @@ def _atheris_child(target: str, seconds: int, work: Path, merge: bool) -> int:
     with atheris.instrument_imports(include=["sidecar", "mesh_ca", "tests.fuzz"]):
         from tests.fuzz.targets import TARGETS
     function = TARGETS[target]
-    corpus = CORPUS / target
     work.mkdir(parents=True, exist_ok=True)
-    if merge:
-        # Keep only the inputs that add coverage: the scratch finds folded into the corpus.
-        args = [sys.argv[0], "-merge=1", str(corpus), str(work)]
-    else:
-        args = [
-            sys.argv[0],
-            str(work),  # new finds go here (the first directory)
-            str(corpus),  # read only: seeds
-            f"-max_total_time={seconds}",
-            f"-timeout={TIMEOUT_SECONDS}",
-            f"-max_len={MAX_LEN}",
-            f"-artifact_prefix={work}/",
-            "-print_final_stats=1",
-        ]
+    args = [
+        sys.argv[0],
+        str(work),  # new finds go here (the first directory)
+        str(CORPUS / target),  # read only: seeds
+        f"-max_total_time={seconds}",
+        f"-timeout={TIMEOUT_SECONDS}",
+        f"-max_len={MAX_LEN}",
+        f"-artifact_prefix={work}/",
+        "-print_final_stats=1",
+    ]
     atheris.Setup(args, function)
     atheris.Fuzz()
     return 0  # atheris exits the process itself
+
+
+def _merge(target: str, work: Path) -> int:
+    """Copy the inputs a run kept (libFuzzer keeps only inputs that added coverage, and
+    names each by its content's SHA-1) into the committed corpus; crash, timeout and
+    leak artifacts are left for a person to look at."""
+    corpus = CORPUS / target
+    added = 0
+    for path in sorted(work.iterdir()):
+        if not path.is_file() or path.name.startswith(("crash-", "timeout-", "oom-", "leak-")):
+            continue
+        if not (corpus / path.name).exists():
+            (corpus / path.name).write_bytes(path.read_bytes())
+            added += 1
+    print(f"merge {target}: {added} inputs added to {corpus}", file=sys.stderr)
+    return 0
 
 
 def _hypothesis_child(target: str, seconds: int) -> int:
@@ -91,13 +103,11 @@ def _hypothesis_child(target: str, seconds: int) -> int:
     return 0
 
 
-def _run_one(target: str, seconds: int, engine: str, work: Path | None, merge: bool) -> int:
+def _run_one(target: str, seconds: int, engine: str, work: Path | None) -> int:
     """Run `target` in a child process; its exit status."""
     scratch = work / target if work else Path(tempfile.mkdtemp(prefix=f"meshgate-fuzz-{target}-"))
     argv = [sys.executable, __file__, target, "--seconds", str(seconds), "--engine", engine]
     argv += ["--work", str(scratch), "--child"]
-    if merge:
-        argv.append("--merge")
     started = time.monotonic()
     done = subprocess.run(argv, cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "0"}, check=False)
     took = time.monotonic() - started
@@ -118,13 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         if args.engine == "hypothesis":
             return _hypothesis_child(args.target, args.seconds)
-        return _atheris_child(args.target, args.seconds, args.work, args.merge)
-    if args.merge and (args.target == "all" or args.work is None):
-        parser.error("--merge needs one target and the --work directory of its run")
+        return _atheris_child(args.target, args.seconds, args.work)
     if args.merge:
-        args.work = args.work.parent  # _run_one adds the target's name again
+        if args.target == "all" or args.work is None:
+            parser.error("--merge needs one target and the --work directory of its run")
+        return _merge(args.target, args.work)
     targets = NAMES if args.target == "all" else (args.target,)
-    failed = [t for t in targets if _run_one(t, args.seconds, args.engine, args.work, args.merge)]
+    failed = [t for t in targets if _run_one(t, args.seconds, args.engine, args.work)]
     if failed:
         print(f"fuzz: failures in {', '.join(failed)}", file=sys.stderr)
         return 1
