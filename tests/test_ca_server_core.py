@@ -313,6 +313,7 @@ def test_a_key_issued_to_one_id_is_refused_for_another_but_may_renew_the_same_id
     )
     assert error(refused) == (409, "key_bound")
     assert alice not in json.loads(refused.body)["message"]  # the holder is not revealed
+    assert refused.log["bound_to"] == alice  # but the CA's access log names it
     bob_leaf = pki.leaf(bob, now=T0).cert
     assert error(api.handle(post("/v1/renew", {"csr": pem_csr(key)}, bob_leaf), T0, 0)) == (
         409,

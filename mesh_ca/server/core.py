@@ -117,13 +117,20 @@ class ApiError(Exception):
     """A refusal with an HTTP status, a short stable code and a message for the client."""
 
     def __init__(
-        self, status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: tuple[tuple[str, str], ...] = (),
+        *,
+        log: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers
+        self.log = dict(log or {})  # for the access log only, never sent to the client
 
 
 # A bug or an unforeseen error in a handler: answered, logged by the shell, never a crash.
@@ -197,7 +204,9 @@ def _json(model: BaseModel, **log: str) -> ApiResponse:
 
 def error_response(exc: ApiError, **log: str) -> ApiResponse:
     body = ErrorResponse(error=exc.code, message=exc.message[:1024]).model_dump_json().encode()
-    return ApiResponse(exc.status, body, headers=exc.headers, log={"error": exc.code, **log})
+    return ApiResponse(
+        exc.status, body, headers=exc.headers, log={"error": exc.code, **exc.log, **log}
+    )
 
 
 def _validation_summary(exc: ValidationError) -> str:
@@ -642,6 +651,7 @@ def _key_bound(exc: KeyBound) -> ApiError:
         "key_bound",
         f"the CSR's public key is already bound to another SPIFFE ID than {exc.spiffe_id}; "
         "generate a new key for this workload",
+        log={"bound_to": str(exc.bound_to)},
     )
 
 
