@@ -45,13 +45,19 @@ class _Wire(BaseModel):
 
 
 class BootstrapRequest(_Wire):
-    """A one-time join token and a CSR. The token's binding alone decides the SPIFFE ID."""
+    """A one-time join token and a CSR. The token's binding alone decides the SPIFFE ID;
+    `spiffe_id`, when sent, is the ID the client expects: if the token is bound to another,
+    the CA refuses (403 ``token_wrong_id``) and the token stays unused."""
 
     token: Annotated[str, Field(min_length=1, max_length=MAX_TOKEN_CHARS)]
     csr: CsrPem
+    spiffe_id: SpiffeIdText | None = None
 
     def __repr__(self) -> str:  # the token is a secret: never in a repr, log or traceback
-        return f"BootstrapRequest(token=<redacted>, csr=<{len(self.csr)} chars>)"
+        return (
+            f"BootstrapRequest(token=<redacted>, csr=<{len(self.csr)} chars>, "
+            f"spiffe_id={self.spiffe_id!r})"
+        )
 
     __str__ = __repr__
 

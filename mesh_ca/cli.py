@@ -1,7 +1,8 @@
 """``mesh-ca``: create and run the mesh CA, issue SVIDs offline, manage tokens and revocations.
 
 Every flag is validated before anything is written; usage errors name the flag and exit
-2, operational errors (a missing CA, a wrong passphrase, a database error) exit 1. Join
+2, operational errors (a missing CA, a wrong passphrase, a database error) exit 1;
+``serve``'s start-up failures have their own codes (`mesh_ca.exit_codes`, ``--help``). Join
 tokens go to stdout only, so scripts can capture them; nothing secret is ever logged.
 """
 
@@ -38,6 +39,7 @@ from mesh_ca.config import (
     load_config,
 )
 from mesh_ca.duration import format_duration, parse_duration
+from mesh_ca.exit_codes import EXIT_CODES_HELP
 from mesh_ca.files import write_atomic_set
 from mesh_ca.identity import (
     RESERVED_PATH_PREFIX,
@@ -152,7 +154,7 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="The meshgate SPIFFE certificate authority."
+        prog=PROG, description="The meshgate SPIFFE certificate authority.", epilog=EXIT_CODES_HELP
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -222,7 +224,17 @@ def _build_parser() -> argparse.ArgumentParser:
     add_dir(p)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--spiffe-id", type=_spiffe_id_arg)
-    which.add_argument("--serial", type=_serial_arg, help="hexadecimal serial number")
+    which.add_argument(
+        "--serial",
+        type=_serial_arg,
+        help="hexadecimal serial number of a certificate this CA issued (see --force)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="record a --serial revocation even though this CA's ledger has no such serial "
+        "(e.g. a certificate issued before the ledger was moved)",
+    )
     p.add_argument(
         "--reason",
         type=_reason_arg,
@@ -235,6 +247,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = add("serve", "Run the CA HTTPS server.")
+    p.epilog = EXIT_CODES_HELP
     add_dir(p)
     p.add_argument("--listen", help="HOST:PORT (default from ca.toml; port 0 picks one)")
     add_passphrase(p)
@@ -452,6 +465,12 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
             _check_member(args.spiffe_id, config.trust_domain_value)
             if args.spiffe_id.reserved:
                 raise UsageError("--spiffe-id", reserved_revocation(args.spiffe_id))
+        if args.serial is not None and not args.force and store.issued_serial(args.serial) is None:
+            raise OperationError(
+                f"--serial {args.serial:x}: this CA never issued a certificate with that serial "
+                "(a typo?); nothing was revoked. Check `mesh-ca status`, or pass --force to "
+                "record the revocation anyway"
+            )
         revocation = store.revoke(
             _now(), spiffe_id=args.spiffe_id, serial=args.serial, reason=args.reason
         )

@@ -162,11 +162,17 @@ class CaClient:
 
     # Public API
 
-    async def bootstrap(self, token: str, key: PrivateKey) -> IssuedSvid:
-        """Exchange a one-time join token and a CSR for an SVID. The CA chooses the ID."""
-        body = json.dumps({"token": token, "csr": _csr_pem(key)}).encode()
-        reply = await self._request("POST", "/v1/bootstrap", body)
-        return self._issued(reply, key, expected=None)
+    async def bootstrap(
+        self, token: str, key: PrivateKey, expected: SpiffeId | None = None
+    ) -> IssuedSvid:
+        """Exchange a one-time join token and a CSR for an SVID. The CA chooses the ID; with
+        `expected` it refuses a token bound to another ID without using it up
+        (`CaClientError` with code ``token_wrong_id``), and the answer must be for it."""
+        request: dict[str, str] = {"token": token, "csr": _csr_pem(key)}
+        if expected is not None:
+            request["spiffe_id"] = str(expected)
+        reply = await self._request("POST", "/v1/bootstrap", json.dumps(request).encode())
+        return self._issued(reply, key, expected=expected)
 
     async def renew(
         self, chain: Sequence[x509.Certificate], key: PrivateKey, new_key: PrivateKey

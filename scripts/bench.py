@@ -9,8 +9,10 @@
     python scripts/bench.py latency [--seconds 20] [--rounds 2] [--baseline REF]
                                     [--latency-capacity-fraction 0.75]
                                     [--latency-app nginx|two-sends]
+    python scripts/bench.py ledger [--seconds 10]       (CPU µs per step of one request)
     python scripts/bench.py datapath [--seconds 3]
     python scripts/bench.py memory
+    python scripts/bench.py soak [--minutes 10] [--leaf-ttl 30s] [--rate 100] [--workdir DIR]
 
 Sections register themselves in `SECTIONS` (name -> function taking the parsed args and
 returning a dict of figures, which is printed as JSON at the end). Runs are bounded in
@@ -566,9 +568,13 @@ from scripts.benchlib.callgrind import (  # noqa: E402
 from scripts.benchlib.datapath import SECTIONS as DATA_PATH_SECTIONS  # noqa: E402
 from scripts.benchlib.datapath import baseline_tree  # noqa: E402
 from scripts.benchlib.latency import bench_latency  # noqa: E402
+from scripts.benchlib.ledger import bench_ledger  # noqa: E402
+from scripts.benchlib.soak import SECTIONS as SOAK_SECTIONS  # noqa: E402
 
 SECTIONS.update(DATA_PATH_SECTIONS)
+SECTIONS.update(SOAK_SECTIONS)
 SECTIONS["latency"] = bench_latency
+SECTIONS["ledger"] = bench_ledger
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -647,6 +653,16 @@ def main(argv: list[str] | None = None) -> int:
         "--server-profile",
         type=Path,
         help="cProfile the CA server (inline handlers) into this file",
+    )
+    parser.add_argument("--minutes", type=float, default=10.0, help="soak: minutes of load")
+    parser.add_argument(
+        "--leaf-ttl", default="30s", help="soak: the CA's leaf TTL (mesh-ca init --leaf-ttl)"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=100.0, help="soak: requests/s through the chain"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="soak: keep the CA, configs and logs here (default: temp)"
     )
     args = parser.parse_args(argv)
     if args.client_processes < 1:

@@ -34,7 +34,8 @@ _READ_TIMEOUT_SECONDS = 5.0
 _JSON: Final = "application/json"
 ENDPOINTS: Final[Mapping[str, str]] = {
     "/healthz": "liveness: the process answers",
-    "/readyz": "readiness: an unexpired SVID (and a policy set, when configured) is loaded",
+    "/readyz": "readiness: an unexpired, unrevoked, saved SVID (and a policy set, when "
+    "configured); else 503 with the reason and its code",
     "/metrics": "Prometheus metrics (text exposition format)",
     "/certificate": "current SVID: SPIFFE ID, serial, validity, next rotation, rotation results",
     "/policies": (
@@ -69,6 +70,8 @@ class AdminState:
     policies: PolicyView | None = None  # None when no [policy] is configured
     # Endpoint health from the outbound pool: a JSON-able list, one item per service.
     upstreams: Callable[[], list[dict[str, Any]]] | None = None
+    # Why the data path is not serving yet (None: it is), e.g. workers still starting.
+    serving: Callable[[], str | None] | None = None
 
 
 @final
@@ -87,15 +90,36 @@ class AdminResponse:
         return json.loads(self.body)
 
 
-def _readiness(state: AdminState) -> tuple[bool, str]:
+def _readiness(state: AdminState) -> tuple[bool, str, str]:
+    """(ready, code, reason). Ready only with an unexpired SVID that is not revoked and is
+    saved to ``state_dir``, and a policy set when one is configured. `code` is stable for
+    alerts: ``starting``, ``waiting_for_token``, ``ca_unreachable``, ``token_refused``,
+    ``token_wrong_id``, ``svid_invalid``, ``svid_expired``, ``own_id_revoked``,
+    ``persist_failed``, ``no_policy_set``, ``workers_starting``, ``ready``."""
+    stats = state.identity_stats
+    blocked = stats.blocked if stats is not None else None
     current = state.store.current
     if current is None:
-        return False, "no SVID loaded yet"
+        if blocked is not None:
+            why = blocked.message.removeprefix("cannot get an SVID: ")
+            return False, blocked.code, f"no SVID yet: {why}"
+        return False, "starting", "no SVID loaded yet"
     if current.expired(state.now()):
-        return False, f"own SVID expired at {current.not_after.isoformat()}"
+        reason = f"own SVID expired at {current.not_after.isoformat()}"
+        return False, "svid_expired", reason + (f": {blocked.message}" if blocked else "")
+    revocations = state.store.revocations
+    if current.spiffe_id in revocations.spiffe_ids:
+        return False, "own_id_revoked", f"own SPIFFE ID {current.spiffe_id} is revoked"
+    if current.serial in revocations.serials:
+        return False, "own_id_revoked", f"own SVID serial {current.serial:x} is revoked"
+    if stats is not None and stats.persist_error is not None:
+        return False, "persist_failed", stats.persist_error
     if state.policies is not None and state.policies.current is None:
-        return False, "no policy set loaded yet"
-    return True, "SVID valid" + (" and policy set loaded" if state.policies else "")
+        return False, "no_policy_set", "no policy set loaded yet"
+    not_serving = state.serving() if state.serving is not None else None
+    if not_serving is not None:
+        return False, "workers_starting", not_serving
+    return True, "ready", "SVID valid" + (" and policy set loaded" if state.policies else "")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -104,9 +128,17 @@ def _iso(value: datetime | None) -> str | None:
 
 def _certificate(state: AdminState) -> AdminResponse:
     current = state.store.current
-    if current is None:
-        return AdminResponse.json(503, {"error": "no SVID loaded yet"})
     stats = state.identity_stats
+    if current is None:  # what the attempts so far said, for an operator waiting on it
+        return AdminResponse.json(
+            503,
+            {
+                "error": "no SVID loaded yet",
+                "bootstraps": stats.results("bootstrap") if stats else {},
+                "last_error": stats.last_error if stats else None,
+                "last_error_at": _iso(stats.last_error_at) if stats else None,
+            },
+        )
     rotation = state.next_rotation()
     if rotation is None and stats is not None:
         rotation = stats.next_rotation_at
@@ -186,8 +218,10 @@ def respond(method: str, path: str, state: AdminState) -> AdminResponse:
     if route == "/healthz":
         return AdminResponse.json(200, {"status": "ok"})
     if route == "/readyz":
-        ready, reason = _readiness(state)
-        return AdminResponse.json(200 if ready else 503, {"ready": ready, "reason": reason})
+        ready, code, reason = _readiness(state)
+        return AdminResponse.json(
+            200 if ready else 503, {"ready": ready, "reason": reason, "code": code}
+        )
     if route == "/metrics":
         if state.metrics is None:
             return AdminResponse.json(503, {"error": "metrics are not wired to this listener"})
@@ -247,12 +281,18 @@ async def _serve_one(stream: trio.SocketStream, state: AdminState) -> None:
 
 
 async def serve_admin(
-    listen: Address,
+    listen: Address | list[trio.SocketListener],
     state: AdminState,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
+    """Serve admin requests on `listen`: an address, or sockets the caller bound already
+    (so a taken port is reported at start-up, naming ``admin.listen``)."""
+    listeners = (
+        listen
+        if isinstance(listen, list)
+        else await trio.open_tcp_listeners(listen.port, host=listen.host)
+    )
 
     async def handler(stream: trio.SocketStream) -> None:
         async with stream:

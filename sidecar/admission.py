@@ -83,16 +83,16 @@ async def admitted(
         finally:
             slot = rt.tracker.slot(handle)
             evicted = slot is not None and slot.evicted
+            ended_by = rt.tracker.ended_by(handle)
             rt.tracker.release(handle)
             if evicted:
                 rt.observer.connection_refused(direction, "handshake_evicted")
             if opened:
                 rt.observer.connection_closed(direction)
                 if report is not None:
-                    if evicted:
-                        report.reason = "handshake_evicted"
-                    elif scope.cancel_called and report.reason is None:
-                        report.reason = "cancelled"  # revoked, expired or drained
+                    if scope.cancel_called and report.reason is None:
+                        # revoked, untrusted, drained or evicted (handshake_evicted)
+                        report.reason = ended_by or "cancelled"
                     rt.observer.request(report.record(trio.current_time()))
     if not yielded:  # evicted while it had not sent a byte yet
         event(log, "connection refused", direction=direction, **fields, reason="handshake_evicted")

@@ -1,8 +1,11 @@
 """Runs the sidecar: identity, admin, inbound and outbound listeners, signals, drain.
 
-SIGTERM/SIGINT drain: listeners close at once (no new connections), open connections
-may finish for up to ``drain_timeout_seconds``, the rest are cancelled, and `run`
-returns 0. SIGHUP reloads static identity files and the policy directory.
+Every socket is bound first (a taken port is a `StartupError` naming its key); the admin
+listener answers from then on, in every state. SIGTERM/SIGINT before the first SVID stop
+at once (exit 0); after it they drain: listeners close at once (no new connections),
+open connections may finish for up to ``drain_timeout_seconds`` (a second SIGTERM/SIGINT
+ends that wait at once), the rest are cancelled, and `run` returns 0. SIGHUP reloads
+static identity files and the policy directory.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 import trio
 
 from mesh_ca.clock import Clock, SystemClock
+from mesh_ca.exit_codes import ExitCode, StartupError
 from sidecar.admin import AdminState, serve_admin
 from sidecar.authz import AllowList, Authorizer
 from sidecar.config import Address, SidecarConfig
@@ -36,7 +40,7 @@ from sidecar.policy_runtime import LivePolicies
 from sidecar.pool import MeshPool
 from sidecar.runtime import Runtime
 
-__all__ = ["run"]
+__all__ = ["listen_on", "run"]
 
 log = logging.getLogger("sidecar.app")
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
@@ -74,12 +78,24 @@ async def _accept_loop(
             nursery.start_soon(loop, listener)
 
 
-async def _listen(address: Address, *, reuse_port: bool = False) -> list[trio.SocketListener]:
+async def listen_on(
+    key: str, address: Address, *, reuse_port: bool = False
+) -> list[trio.SocketListener]:
     """Listening sockets for `address`; with `reuse_port` (workers > 1) every worker binds
-    its own socket on the same port and the kernel spreads connections (SO_REUSEPORT)."""
+    its own socket on the same port and the kernel spreads connections (SO_REUSEPORT).
+    A bind failure is a `StartupError` naming the config `key` and the address."""
+    try:
+        return await _bind(address, reuse_port=reuse_port)
+    except OSError as exc:
+        raise StartupError(
+            key, address, f"cannot listen: {exc.strerror or exc}", ExitCode.LISTEN
+        ) from exc
+
+
+async def _bind(address: Address, *, reuse_port: bool) -> list[trio.SocketListener]:
     if not reuse_port:
         return await trio.open_tcp_listeners(address.port, host=address.host)
-    listeners = []
+    listeners: list[trio.SocketListener] = []
     for family, type_, proto, _, sockaddr in await trio.socket.getaddrinfo(
         address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     ):
@@ -91,6 +107,8 @@ async def _listen(address: Address, *, reuse_port: bool = False) -> list[trio.So
             sock.listen(4096)
         except OSError:
             sock.close()
+            for listener in listeners:
+                listener.socket.close()
             raise
         listeners.append(trio.SocketListener(sock))
     return listeners
@@ -101,18 +119,30 @@ def _pool_rows(pools: list[MeshPool]) -> Callable[[], list[dict[str, Any]]]:
 
 
 async def _signals(
-    drain: trio.Event, reload: ReloadSignal, policies: LivePolicies | None = None
+    drain: trio.Event,
+    reload: ReloadSignal,
+    policies: LivePolicies | None = None,
+    force: trio.Event | None = None,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
+            name = signal.Signals(signum).name
             if signum == signal.SIGHUP:
                 event(log, "SIGHUP: reloading identity files and policies")
                 reload.request()
                 if policies is not None:
                     policies.request_reload()
+            elif drain.is_set() and force is not None:
+                event(log, "second stop signal: closing open connections now", signal=name)
+                force.set()
             else:
-                event(log, "drain requested", signal=signal.Signals(signum).name)
+                event(log, "drain requested", signal=name)
                 drain.set()
+
+
+async def _cancel_when(drain: trio.Event, scope: trio.CancelScope) -> None:
+    await drain.wait()
+    scope.cancel()  # a no-op once start-up is over: the drain path takes it from there
 
 
 async def _start_identity(
@@ -121,11 +151,15 @@ async def _start_identity(
     clock: Clock,
     reload: ReloadSignal,
     nursery: trio.Nursery,
+    stats: IdentityStats | None = None,
 ) -> IdentityStats:
-    """Publish the first SVID (static files or CA bootstrap), keep it fresh in the background."""
+    """Publish the first SVID (static files or CA bootstrap), keep it fresh in the background.
+
+    Waits (forever, if need be) for the first SVID; `stats` says meanwhile why it has none.
+    """
     from sidecar.identity.lifecycle import run_identity  # the CA client, only when started
 
-    stats = IdentityStats()
+    stats = stats if stats is not None else IdentityStats()
     await nursery.start(
         functools.partial(run_identity, config, store, clock, stats=stats, reload=reload)
     )
@@ -143,11 +177,18 @@ async def run(
 ) -> int:
     """Serve until drained; returns the process exit code (0 after a graceful drain).
 
-    `store` and `on_started` (called once the listeners are bound) are for worker
-    processes (`sidecar.workers`), which are fed credentials by their parent.
+    Every socket is bound first (a taken port is a `StartupError` naming its key), and the
+    admin listener answers from then on, so ``/readyz`` can say why the sidecar is not
+    ready while it waits for its first SVID. The data listeners accept from the start too
+    and fail closed until then (no SVID: no mTLS either way, outbound answers 503). A drain
+    (SIGTERM/SIGINT) during start-up stops at once and returns 0.
+
+    `store` and `on_started` (called once the first SVID is live and the listeners serve)
+    are for worker processes (`sidecar.workers`), which are fed credentials by their parent.
     """
     clock = clock or SystemClock()
     drain = drain if drain is not None else trio.Event()
+    force = trio.Event()  # a second SIGTERM/SIGINT: stop draining, close what is open
     reload = ReloadSignal()
     store = store if store is not None else CredentialStore()
     tracker = ConnectionTracker(
@@ -165,23 +206,59 @@ async def run(
                 config.limits.max_connections,
             ),
         ),
+        now=clock.now,
+        lifetime=config.connection_lifetime.policy(),
     )
     metrics = SidecarMetrics()
     metrics.watch_credentials(store)
     observer = Observer(metrics, str(config.identity.spiffe_id))
     runtime = Runtime(store, clock.now, config.timeouts, tracker, observer)
     policies = LivePolicies(config.policy, clock, observer) if config.policy else None
+    stats = IdentityStats()
+    metrics.watch_identity(stats)
+    reuse = config.workers > 1  # sidecar.workers: each worker binds the same ports
+    admin_listeners = (
+        await listen_on("admin.listen", config.admin.listen) if config.admin is not None else []
+    )
+    bound: list[tuple[str, list[trio.SocketListener]]] = []
+    try:
+        if config.inbound is not None:
+            bound.append(
+                (
+                    "inbound",
+                    await listen_on("inbound.listen", config.inbound.listen, reuse_port=reuse),
+                )
+            )
+        for index, out in enumerate(config.outbound):
+            key = f"outbound[{index}].listen"
+            bound.append((f"outbound[{index}]", await listen_on(key, out.listen, reuse_port=reuse)))
+    except BaseException:
+        for listener in (*admin_listeners, *(ls for _, group in bound for ls in group)):
+            listener.socket.close()
+        raise
+    pools: list[MeshPool] = []
     async with trio.open_nursery() as nursery:
         if handle_signals:
-            nursery.start_soon(_signals, drain, reload, policies)
-        if policies is not None:  # before identity: an invalid set refuses to start at once
-            await policies.start(nursery)
-        stats = await _start_identity(config, store, clock, reload, nursery)
-        metrics.watch_identity(stats)
+            nursery.start_soon(_signals, drain, reload, policies, force)
+        if config.admin is not None:  # from the start: /healthz answers, /readyz says why not
+            state = AdminState(
+                config,
+                store,
+                clock.now,
+                lambda: stats.next_rotation_at,
+                metrics=metrics,
+                identity_stats=stats,
+                upstreams=(
+                    _pool_rows(pools)  # filled below as each pool starts
+                    if any(out.protocol == "http" for out in config.outbound)
+                    else None
+                ),
+                policies=policies.store if policies else None,
+            )
+            await nursery.start(serve_admin, admin_listeners, state)
         async with trio.open_nursery() as handlers:
             serving: list[tuple[str, list[trio.SocketListener], Handler]] = []
             http_inbound: HttpInbound | None = None
-            reuse = config.workers > 1  # sidecar.workers: each worker binds the same ports
             if config.inbound is not None:
                 handler: Handler
                 audit = config.policy is not None and config.policy.audit
@@ -196,10 +273,7 @@ async def run(
                         else AllowList(config.inbound.allowed_ids)
                     )
                     handler = Inbound(config.inbound, runtime, authorizer).handle
-                serving.append(
-                    ("inbound", await _listen(config.inbound.listen, reuse_port=reuse), handler)
-                )
-            pools: list[MeshPool] = []
+                serving.append(("inbound", bound.pop(0)[1], handler))
             for index, out in enumerate(config.outbound):
                 if out.protocol == "http":
                     pool = MeshPool(out, runtime)
@@ -208,37 +282,32 @@ async def run(
                     out_handler: Handler = HttpOutbound(out, runtime, pool).handle
                 else:
                     out_handler = Outbound(out, runtime).handle
-                serving.append(
-                    (f"outbound[{index}]", await _listen(out.listen, reuse_port=reuse), out_handler)
-                )
-            if config.admin is not None:  # after binding: ready means reachable
-                state = AdminState(
-                    config,
-                    store,
-                    clock.now,
-                    lambda: stats.next_rotation_at,
-                    metrics=metrics,
-                    identity_stats=stats,
-                    upstreams=_pool_rows(pools) if pools else None,
-                    policies=policies.store if policies else None,
-                )
-                await nursery.start(serve_admin, config.admin.listen, state)
+                serving.append((f"outbound[{index}]", bound.pop(0)[1], out_handler))
             with trio.CancelScope() as accepting:
                 async with trio.open_nursery() as acceptors:
+                    # Accept at once: before the first SVID every handshake fails closed.
                     for name, listeners, handler in serving:
                         acceptors.start_soon(_accept_loop, listeners, handler, handlers, name)
-                    listening: dict[str, Any] = {
-                        name: [str(ls.socket.getsockname()[:2]) for ls in listeners]
-                        for name, listeners, _ in serving
-                    }
-                    event(
-                        log,
-                        "sidecar started",
-                        listeners=listening,
-                        spiffe_id=str(config.identity.spiffe_id),
-                    )
-                    if on_started is not None:
-                        on_started()
+                    with trio.CancelScope() as starting:
+                        nursery.start_soon(_cancel_when, drain, starting)
+                        if policies is not None:  # an invalid set refuses to start at once
+                            await policies.start(nursery)
+                        await _start_identity(config, store, clock, reload, nursery, stats)
+                    if not starting.cancelled_caught:
+                        listening: dict[str, Any] = {
+                            name: [str(ls.socket.getsockname()[:2]) for ls in listeners]
+                            for name, listeners, _ in serving
+                        }
+                        event(
+                            log,
+                            "sidecar started",
+                            listeners=listening,
+                            spiffe_id=str(config.identity.spiffe_id),
+                        )
+                        if on_started is not None:
+                            on_started()
+                    else:
+                        event(log, "drained during start-up: stopping before the first SVID")
                     await drain.wait()
                     accepting.cancel()  # stop accepting: listening sockets close now
                     if http_inbound is not None:
@@ -250,14 +319,18 @@ async def run(
                 drain_timeout_seconds=config.timeouts.drain_timeout_seconds,
             )
             with trio.move_on_after(config.timeouts.drain_timeout_seconds) as waited:
+                nursery.start_soon(_cancel_when, force, waited)
                 await tracker.wait_idle()
             if waited.cancelled_caught:
                 event(
                     log,
-                    "drain timeout: closing remaining connections",
+                    "second stop signal: closing remaining connections"
+                    if force.is_set()
+                    else "drain timeout: closing remaining connections",
                     level=logging.WARNING,
                     open_connections=tracker.active,
                 )
+                tracker.cancel_all("drain_timeout")  # their access records say so
             handlers.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
     event(log, "sidecar stopped")

@@ -1,20 +1,26 @@
 """``mesh-sidecar``: run a sidecar, check its config, or work with policies.
 
-Exit codes: 0 ok, 1 config or identity error (the message names the file and key),
-2 usage error. Logs are JSON lines on stderr (text on a terminal), see ``[log]``.
+Exit codes (`mesh_ca.exit_codes`): 0 ok (also after a drain), 1 the config file does not
+load or validate, 2 usage, 3 a file named in the config is missing, unreadable or invalid,
+4 ``identity.state_dir`` unusable, 5 a listen address cannot be bound, 6 the policy
+directory does not load or validate. Every start-up failure is one line on stderr naming
+the config file, key and value. Logs are JSON lines on stderr (text on a terminal), see
+``[log]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
+from mesh_ca.exit_codes import EXIT_CODES_HELP, ExitCode, StartupError
 from mesh_ca.version import installed_version
 
-__all__ = ["main"]
+__all__ = ["main", "run_reporting_startup_errors"]
 
-EXIT_OK, EXIT_CONFIG, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_CONFIG, EXIT_USAGE = ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE
 
 
 def _say(message: str) -> None:
@@ -23,13 +29,21 @@ def _say(message: str) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mesh-sidecar", description="meshgate sidecar: mTLS on every hop."
+        prog="mesh-sidecar",
+        description="meshgate sidecar: mTLS on every hop.",
+        epilog=EXIT_CODES_HELP,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    run = commands.add_parser("run", help="run the sidecar")
+    run = commands.add_parser("run", help="run the sidecar", epilog=EXIT_CODES_HELP)
     run.add_argument("--config", required=True, metavar="FILE.toml", help="sidecar config file")
-    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config file and every file it names (identity files, key against "
+        "certificate, bundle, state_dir, policy directory) and exit; binds nothing, "
+        "contacts no CA",
+        epilog=EXIT_CODES_HELP,
+    )
     check.add_argument("file", metavar="FILE.toml")
     commands.add_parser(
         "policy", help="policy tools (see: mesh-sidecar policy --help)", add_help=False
@@ -38,13 +52,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(config_path: str) -> int:
+    from datetime import UTC, datetime
+
     import trio
 
     from sidecar.app import run
     from sidecar.config import ConfigError, load_config
-    from sidecar.identity.static_files import StaticIdentityError
     from sidecar.logs import LogSetupError, setup_logging
-    from sidecar.policy_runtime import PolicyStartError
+    from sidecar.preflight import preflight
 
     setup_logging()
     try:
@@ -53,24 +68,52 @@ def _run(config_path: str) -> int:
         _say(f"mesh-sidecar: {exc}")
         return EXIT_CONFIG
     try:
-        setup_logging(config.log)
-    except LogSetupError as exc:
-        _say(f"mesh-sidecar: {config_path}: {exc}")
-        return EXIT_CONFIG
+        preflight(config, datetime.now(UTC))  # the checks check-config makes, first
+    except StartupError as exc:
+        _say(f"mesh-sidecar: {config_path}: {' '.join(str(exc).split())}")
+        return int(exc.code)
     try:
+        setup_logging(config.log)
+    except LogSetupError as exc:  # checked above; a race with the file system
+        _say(f"mesh-sidecar: {config_path}: {exc}")
+        return ExitCode.FILE
+
+    def serve() -> int:
         if config.workers > 1:
             from sidecar.workers import supervise
 
             return trio.run(supervise, config, config_path)
         return trio.run(run, config)
-    except (StaticIdentityError, PolicyStartError, NotImplementedError, BaseExceptionGroup) as exc:
-        errors = _leaves(exc)
-        refusals = StaticIdentityError | PolicyStartError | NotImplementedError
-        if not all(isinstance(e, refusals) for e in errors):
-            raise
-        for error in errors:
-            _say(f"mesh-sidecar: {config_path}: {error}")
-        return EXIT_CONFIG
+
+    return run_reporting_startup_errors(serve, config_path)
+
+
+def run_reporting_startup_errors(serve: Callable[[], int], config_path: str | Path) -> int:
+    """`serve()`, but a start-up failure is one line on stderr (naming the key and value)
+    and its exit code, never a traceback. Anything else is a bug and keeps its traceback."""
+    from sidecar.identity.static_files import StaticIdentityError
+    from sidecar.policy_runtime import PolicyStartError
+
+    try:
+        return serve()
+    except KeyboardInterrupt:  # SIGINT before the signal handlers were installed
+        return 130
+    except BaseException as exc:
+        known: list[tuple[int, str]] = []
+        for error in _leaves(exc):
+            if isinstance(error, StartupError):
+                known.append((error.code, str(error)))
+            elif isinstance(error, StaticIdentityError):
+                known.append((ExitCode.FILE, str(error)))
+            elif isinstance(error, PolicyStartError):
+                known.append((ExitCode.POLICY, str(error)))
+            elif isinstance(error, NotImplementedError):
+                known.append((ExitCode.FAILED, str(error)))
+            elif not isinstance(error, KeyboardInterrupt):
+                raise
+        for _, message in dict.fromkeys(known):
+            _say(f"mesh-sidecar: {config_path}: {' '.join(message.split())}")
+        return known[0][0] if known else 130
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -80,17 +123,27 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 def _check(path: str) -> int:
+    from datetime import UTC, datetime
+
     from sidecar.config import ConfigError, load_config
+    from sidecar.preflight import preflight
 
     try:
         config = load_config(path)
     except ConfigError as exc:
         _say(f"mesh-sidecar: {exc}")
         return EXIT_CONFIG
+    try:
+        preflight(config, datetime.now(UTC))
+    except StartupError as exc:
+        _say(f"mesh-sidecar: {path}: {' '.join(str(exc).split())}")
+        return int(exc.code)
     mode = "static identity files" if config.identity.static else "bootstrap from the CA"
+    policy = f", policy set in {config.policy.dir}" if config.policy else ""
     sys.stdout.write(
         f"{path}: ok ({config.identity.spiffe_id}, {mode}, "
-        f"{'1 inbound' if config.inbound else 'no inbound'}, {len(config.outbound)} outbound)\n"
+        f"{'1 inbound' if config.inbound else 'no inbound'}, {len(config.outbound)} outbound"
+        f"{policy}); not checked: listen addresses and the CA\n"
     )
     return EXIT_OK
 

@@ -19,11 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidat
 
 from mesh_ca.config_file import read_toml, validation_message
 from mesh_ca.identity import SpiffeId, SpiffeIdError, TrustDomain
+from sidecar.lifetime import LifetimeMode, LifetimePolicy
 
 __all__ = [
     "Address",
     "AdminConfig",
     "ConfigError",
+    "ConnectionLifetimeConfig",
     "IdentityConfig",
     "InboundConfig",
     "LimitsConfig",
@@ -579,6 +581,51 @@ class TimeoutsConfig(_Model):
 
 
 @final
+class ConnectionLifetimeConfig(_Model):
+    """What bounds a mesh connection's life (see docs/security.md, "Connection lifetime")."""
+
+    mode: Annotated[
+        Literal["strict", "until_revoked"],
+        Field(
+            description=(
+                '"strict": a connection ends when the first of the two SVIDs of its handshake '
+                'expires, cutting any stream still open. "until_revoked": it lasts until the '
+                "peer is revoked, no longer chains to the trust bundle, this sidecar has no "
+                "unexpired SVID, or max_age_seconds pass, across any number of rotations "
+                "(for long downloads and tcp streams)"
+            )
+        ),
+    ] = "strict"
+    max_age_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=7 * 24 * 3600,
+            description='mode "until_revoked": seconds after its handshake a connection is cut',
+        ),
+    ] = 3600.0
+    retire_margin_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=3600,
+            description=(
+                "http mode: seconds before a connection's end that the outbound pool stops "
+                "putting requests on it and the inbound side answers connection: close, so "
+                "a rotation fails no request (the pool also stops as soon as the SVID it "
+                "presented was superseded). A request still running at the end is cut in "
+                'mode "strict": keep this above the longest response'
+            ),
+        ),
+    ] = 10.0
+
+    def policy(self) -> LifetimePolicy:
+        return LifetimePolicy(
+            LifetimeMode(self.mode), self.max_age_seconds, self.retire_margin_seconds
+        )
+
+
+@final
 class LimitsConfig(_Model):
     max_connections: Annotated[
         int,
@@ -697,6 +744,7 @@ class SidecarConfig(_Model):
     admin: AdminConfig | None = None
     policy: PolicyConfig | None = None
     timeouts: TimeoutsConfig = TimeoutsConfig()
+    connection_lifetime: ConnectionLifetimeConfig = ConnectionLifetimeConfig()
     limits: LimitsConfig = LimitsConfig()
     log: LogConfig = LogConfig()
     workers: Annotated[

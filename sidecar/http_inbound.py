@@ -13,13 +13,18 @@ stream the body to the app and the response back. The app sees nothing of a requ
 was refused. Fails closed: only a Cedar Allow with no evaluation errors forwards (audit
 mode forwards what would be denied, once a policy set is live).
 
-The connection never outlives the peer's SVID (or ours) and is cancelled when the peer is
-revoked (`ConnectionTracker`). Phases have their own timeouts: a head must be complete
-``header_timeout_seconds`` after its first byte, a body may pause for
-``body_idle_timeout_seconds`` and must keep the pace of ``body_timeout_seconds`` and
-``body_min_rate_bytes_per_second`` (else 408), a kept-alive connection waits
-``keepalive_idle_timeout_seconds`` for its next request, and the app must start answering
-within ``response_timeout_seconds``.
+The connection never outlives its bound (`sidecar.lifetime`: in ``strict`` mode the
+peer's SVID or ours; revocation or an untrusted peer in every mode), cancelled by the
+`ConnectionTracker`; from ``retire_margin_seconds`` before that end every response says
+``connection: close``, so a well-behaved client never has a request cut by a rotation. A
+request that was decided is reported exactly once, also when its connection is cut (the
+reason names why; ``response_incomplete`` when the head had gone out).
+
+Phases have their own timeouts: a head must be complete ``header_timeout_seconds`` after
+its first byte, a body may pause for ``body_idle_timeout_seconds`` and must keep the pace
+of ``body_timeout_seconds`` and ``body_min_rate_bytes_per_second`` (else 408), a kept-alive
+connection waits ``keepalive_idle_timeout_seconds`` for its next request, and the app
+must start answering within ``response_timeout_seconds``.
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ from sidecar.http_replies import reply
 from sidecar.lean_socket import TimedStream, lean, peer_address
 from sidecar.logs import event
 from sidecar.observe import AccessRecord
-from sidecar.policy import AccessRequest, DecisionReason, PolicyStore
+from sidecar.policy import AccessRequest, DecisionReason, PolicyDecision, PolicyStore
 from sidecar.policy_authz import determining_policies, forwards, source_ip, verdict_result
 from sidecar.relay import abort
 from sidecar.runtime import Runtime
@@ -147,6 +152,29 @@ class _Response:
 
 
 @final
+@dataclass(slots=True)
+class _Live:
+    """How far a decided request got, for its record if its connection is cut."""
+
+    pump: _Pump | None = None
+    response: _Response | None = None
+
+    def cut(self, cause: str) -> _Outcome:
+        """The outcome of a request cut by `cause` (revoked, svid_expired, drain_timeout…):
+        the status that went out, if any, and ``response_incomplete`` after a head."""
+        response, pump = self.response, self.pump
+        outcome = _Outcome(abort_client=True, reason=cause)
+        if pump is not None:
+            outcome.bytes_in = pump.bytes_in
+        if response is not None:
+            outcome.bytes_out = response.bytes_out
+            if response.started:
+                outcome.status = response.status
+                outcome.reason = f"response_incomplete: {cause}"
+        return outcome
+
+
+@final
 class HttpInbound:
     """The inbound proxy of ``protocol = "http"``; `handle` serves one accepted connection."""
 
@@ -212,11 +240,11 @@ class HttpInbound:
             handshake_refused(rt, "inbound", exc, log, source=source)
             return
         rt.observer.handshake("inbound", ok=True)
-        rt.tracker.identify(handle, conn.peer_id, conn.peer_serial)
-        session = _Session(self, conn, source, transport)
+        bound = rt.tracker.bind(handle, conn)
+        session = _Session(self, conn, source, transport, handle)
         clean = False
         try:
-            with trio.CancelScope(deadline=rt.trio_deadline(conn.expires_at)):
+            with bound:
                 clean = await session.run()
         except _ClientGoneError:
             clean = False
@@ -241,7 +269,12 @@ class _Session:
     """One client connection: its reader, its verified peer and the request loop."""
 
     def __init__(
-        self, inbound: HttpInbound, conn: MeshConnection, source: str, transport: TimedStream
+        self,
+        inbound: HttpInbound,
+        conn: MeshConnection,
+        source: str,
+        transport: TimedStream,
+        handle: int | None = None,
     ) -> None:
         self.inbound = inbound
         self.transport = transport  # under the TLS stream: its deadlines bound our reads
@@ -257,6 +290,20 @@ class _Session:
         self.our_id = conn.credentials.spiffe_id
         self.xfcc = xfcc_value(self.our_id, self.peer)  # the same for every request
         self.peer_id_text = str(conn.peer_id)
+        self.handle = handle  # the tracker's: why the connection was cut, when it is
+        tracker = inbound.runtime.tracker
+        hard_end = tracker.hard_end(handle) if handle is not None else None
+        # Both SVIDs valid, whatever the mode: a pool only sends where both are (see pool).
+        end = min(hard_end, conn.expires_at) if hard_end is not None else conn.expires_at
+        self.retire_at = tracker.lifetime.retire_at(end)
+
+    def _retiring(self) -> bool:
+        """Near the connection's end: answer ``connection: close`` from now on."""
+        return self.inbound.draining or self.rt.now() >= self.retire_at
+
+    def _cut_cause(self) -> str:
+        tracker = self.rt.tracker
+        return (tracker.ended_by(self.handle) if self.handle is not None else None) or "cancelled"
 
     # -- the request loop ------------------------------------------------------------
 
@@ -399,23 +446,24 @@ class _Session:
             extra["decision_reason"] = f"{verdict.reason}: {verdict.errors[0]}"
         if verdict.errored_policy_ids:
             extra["errored_policies"] = ",".join(verdict.errored_policy_ids)
-        if not forwards(verdict):
-            keep = head.keep_alive and _body_free(head.framing)
-            data = reply(
-                403,
-                "denied by policy",
-                request_id,
-                close=not keep,
-                head_only=head.method == "HEAD",
-                version=head.version,
+        live = _Live()
+        try:
+            outcome = await self._answer(head, target, forwarded, verdict, live)
+        except BaseException:
+            # Cut after the decision (revoked, expired, drain timeout): still one record.
+            self._report(
+                started,
+                wall,
+                head,
+                target,
+                live.cut(self._cut_cause()),
+                request_id=request_id,
+                decision=result,
+                policies=policies,
+                extra=extra,
+                traceparent=forwarded.traceparent,
             )
-            outcome = _Outcome(status=403, reason=str(verdict.reason), keep_client=keep)
-            try:
-                await self._send_client(data)
-            except _ClientGoneError:
-                outcome.abort_client = True
-        else:
-            outcome = await self._forward(head, target, forwarded)
+            raise
         self._report(
             started,
             wall,
@@ -429,6 +477,34 @@ class _Session:
             traceparent=forwarded.traceparent,
         )
         return outcome
+
+    async def _answer(
+        self,
+        head: RequestHead,
+        target: NormalizedTarget,
+        forwarded: ForwardedRequest,
+        verdict: PolicyDecision,
+        live: _Live,
+    ) -> _Outcome:
+        """403, or the app's response; `live` tracks how far it got."""
+        request_id = forwarded.request_id
+        if not forwards(verdict):
+            keep = head.keep_alive and _body_free(head.framing) and not self._retiring()
+            data = reply(
+                403,
+                "denied by policy",
+                request_id,
+                close=not keep,
+                head_only=head.method == "HEAD",
+                version=head.version,
+            )
+            outcome = _Outcome(status=403, reason=str(verdict.reason), keep_client=keep)
+            try:
+                await self._send_client(data)
+            except _ClientGoneError:
+                outcome.abort_client = True
+            return outcome
+        return await self._forward(head, target, forwarded, live)
 
     def _report(
         self,
@@ -459,6 +535,7 @@ class _Session:
                 outcome.bytes_in,
                 outcome.bytes_out,
             )
+            observer.incomplete("inbound", outcome.reason)
             return
         observer.request(
             AccessRecord(
@@ -486,7 +563,11 @@ class _Session:
     # -- forwarding ------------------------------------------------------------------
 
     async def _forward(
-        self, head: RequestHead, target: NormalizedTarget, forwarded: ForwardedRequest
+        self,
+        head: RequestHead,
+        target: NormalizedTarget,
+        forwarded: ForwardedRequest,
+        live: _Live,
     ) -> _Outcome:
         data = serialize_request_head(
             head.method, target.target, forwarded.headers, head.framing, head.version
@@ -496,7 +577,7 @@ class _Session:
             if isinstance(app, _Outcome):
                 return await self._app_refusal(app, head, forwarded.request_id)
             try:
-                return await self._exchange(app, head, data, forwarded.request_id)
+                return await self._exchange(app, head, data, forwarded.request_id, live)
             except _StaleConnectionError:
                 continue
         return await self._app_refusal(
@@ -562,7 +643,7 @@ class _Session:
         return outcome
 
     async def _exchange(
-        self, app: AppConnection, head: RequestHead, data: bytes, request_id: str
+        self, app: AppConnection, head: RequestHead, data: bytes, request_id: str, live: _Live
     ) -> _Outcome:
         """Send one request on `app`, stream the body and the response; release or discard
         `app` afterwards. Raises `_StaleConnectionError` only before anything was read from the
@@ -570,6 +651,7 @@ class _Session:
         pool = self.inbound.pool
         body_free = _body_free(head.framing)
         pump, response = _Pump(done=body_free), _Response()
+        live.pump, live.response = pump, response
         reuse = False
         try:
             app.reader.expect(head.method)
@@ -612,6 +694,7 @@ class _Session:
                 ) + f": {response.error}"
                 if response.started:
                     outcome.abort_client = True  # the response is cut short: say so by RST
+                    outcome.reason = f"response_incomplete: {outcome.reason}"
                     return outcome
                 outcome.status = response.error_status
                 keep = head.keep_alive and pump.done
@@ -789,7 +872,7 @@ class _Session:
             head_framing = _head_length(resp)
         # Decided now, since it goes into the head: an app that answers before the upload
         # ended leaves the rest of the body unread, so the connection cannot continue.
-        keep = head.keep_alive and not close_after and pump.done and not self.inbound.draining
+        keep = head.keep_alive and not close_after and pump.done and not self._retiring()
         response.keep_client = keep
         headers = forward_response_headers(resp.headers)
         if not keep:

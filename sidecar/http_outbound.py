@@ -6,6 +6,9 @@ forwarding header policy (hop-by-hop and identity headers dropped, `x-request-id
 when absent, a valid `traceparent` kept) → a pooled mTLS connection (`sidecar.pool`,
 secure naming checked at its handshake) → stream the body up and the response back.
 
+Every request read gets exactly one access record and one count; a response cut after
+its head went out keeps the status sent and the reason ``response_incomplete: <cause>``.
+
 Errors the client sees, with a short text body and the request id:
 - 502: the destination refused or closed the connection, answered something malformed,
   or presented an identity other than the configured SPIFFE IDs (nothing was sent then);
@@ -90,7 +93,9 @@ class _UpstreamError(Exception):
 
 
 class _ClientGoneError(Exception):
-    """The local client disconnected or stalled; nothing more can be told to it."""
+    """The exchange was cut (the local client went away or stalled, or the upstream broke
+    after the response head went out): nothing more can be told to the client. Its text is
+    a short code for the access record's reason."""
 
 
 class _SlowBodyError(Exception):
@@ -126,7 +131,7 @@ async def _next_event(stream: TimedStream, reader: RequestReader, timeout_second
         try:
             data = await stream.receive_some(_READ)
         except trio.TooSlowError:
-            raise _ClientGoneError("client idle") from None
+            raise _ClientGoneError("client_idle") from None
         if data:
             reader.feed(bytes(data))
         else:
@@ -237,6 +242,12 @@ class HttpOutbound:
             )
             await self._send_quietly(local, response)
             keep = False
+        except BaseException as exc:
+            # Cut (upstream broke or stalled, client gone, cancelled): never a clean status.
+            cause = str(exc) if isinstance(exc, _ClientGoneError) else "cancelled"
+            if out.reason is None:
+                out.reason = cause if out.status is None else f"response_incomplete: {cause}"
+            raise
         finally:
             self._record(
                 source,
@@ -283,7 +294,7 @@ class HttpOutbound:
         )
         conn = await self.pool.acquire()
         try:
-            return await self._exchange(local, reader, head, conn, first, complete, out)
+            return await self._cuttable(local, reader, head, conn, first, complete, out)
         except _UpstreamError as exc:
             if not (exc.before_response and conn.reused and replayable):
                 raise
@@ -296,7 +307,27 @@ class HttpOutbound:
                 reason=exc.reason,
             )
         conn = await self.pool.acquire(fresh=True)
-        return await self._exchange(local, reader, head, conn, first, complete, out)
+        return await self._cuttable(local, reader, head, conn, first, complete, out)
+
+    async def _cuttable(
+        self,
+        local: TimedStream,
+        reader: RequestReader,
+        head: RequestHead,
+        conn: PooledConnection,
+        first: bytes,
+        complete: bool,
+        out: _Exchange,
+    ) -> bool:
+        """`_exchange` inside the scope the pool cancels when the upstream is revoked."""
+        with conn.cut:
+            return await self._exchange(local, reader, head, conn, first, complete, out)
+        reason = conn.cut_reason or "cut"
+        if out.status is None:  # nothing of a response went out: the client gets our 502
+            raise _UpstreamError(
+                502, reason, f"{conn.endpoint}: {reason} during the request", before_response=False
+            )
+        raise _ClientGoneError(reason)
 
     async def _exchange(
         self,
@@ -355,7 +386,7 @@ class HttpOutbound:
                     await conn.stream.send_all(LAST_CHUNK)
                 return
             else:
-                raise _ClientGoneError("client closed inside the request body")
+                raise _ClientGoneError("client_closed_in_body")
 
     async def _read_body(
         self, local: TimedStream, reader: RequestReader, idle: float, too_slow: float
@@ -392,7 +423,7 @@ class HttpOutbound:
                     ev = upstream.next_event()
                 except HttpError as exc:
                     if sent_head:
-                        raise _ClientGoneError("upstream broke mid-response") from exc
+                        raise _ClientGoneError("upstream_broke") from exc
                     raise _UpstreamError(
                         502,
                         "bad_response",
@@ -455,7 +486,7 @@ class HttpOutbound:
             return bytes(await conn.stream.receive_some(_READ))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if sent_head:
-                raise _ClientGoneError("upstream broke mid-response") from exc
+                raise _ClientGoneError("upstream_broke") from exc
             raise _UpstreamError(
                 502,
                 "upstream_closed",
@@ -465,7 +496,7 @@ class HttpOutbound:
         except trio.TooSlowError:
             pass
         if sent_head:
-            raise _ClientGoneError("upstream stalled mid-response")
+            raise _ClientGoneError("upstream_stalled")
         raise _UpstreamError(
             504,
             "response_timeout",
@@ -477,7 +508,7 @@ class HttpOutbound:
         try:
             await local.send_all(pieces[0] if len(pieces) == 1 else b"".join(pieces))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise _ClientGoneError("client went away") from exc
+            raise _ClientGoneError("client_gone") from exc
 
     async def _send_quietly(self, local: trio.abc.Stream, data: bytes) -> None:
         with trio.move_on_after(1.0):
@@ -510,6 +541,7 @@ class HttpOutbound:
                 out.bytes_in if out else 0,
                 out.bytes_out if out else 0,
             )
+            observer.incomplete("outbound", reason)
             return
         observer.request(
             AccessRecord(

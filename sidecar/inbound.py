@@ -70,7 +70,7 @@ class Inbound:
             return
         rt.observer.handshake("inbound", ok=True)
         report.peer_id = str(conn.peer_id)
-        rt.tracker.identify(handle, conn.peer_id, conn.peer_serial)
+        bound = rt.tracker.bind(handle, conn)
         decision = authorize_safely(
             self.authorizer,
             conn.peer_id,
@@ -97,7 +97,7 @@ class Inbound:
             event(log, "connection denied", level=logging.WARNING, **fields)
             await conn.stream.aclose()
             return
-        with trio.CancelScope(deadline=rt.trio_deadline(conn.expires_at)):
+        with bound:
             app = await self._connect_app()
             if app is None:
                 report.reason = "app_unreachable"
@@ -112,9 +112,9 @@ class Inbound:
             report.bytes_in, report.bytes_out = result.bytes_a_to_b, result.bytes_b_to_a
             report.reason = None if result.outcome == "closed" else result.outcome
             return
-        report.reason = "svid_expired"
-        await abort(conn.stream)  # reached only when the SVID lifetime ran out
-        event(log, "connection closed", **fields, outcome="svid_expired")
+        report.reason = rt.tracker.ended_by(handle) or "cancelled"
+        await abort(conn.stream)  # reached only when the lifetime scope ran out
+        event(log, "connection closed", **fields, outcome=report.reason)
 
     async def _connect_app(self) -> trio.abc.HalfCloseableStream | None:
         app = self.config.app

@@ -66,6 +66,13 @@ class SidecarMetrics:
             ["direction", "source", "destination", "method", "status", "decision"],
             registry=r,
         )
+        self.requests_incomplete = Counter(
+            "meshgate_requests_incomplete_total",
+            "Requests whose response was cut after its head went out (also counted in "
+            "meshgate_requests_total with the status sent), by what cut it.",
+            ["direction", "cause"],
+            registry=r,
+        )
         self.request_duration = Histogram(
             "meshgate_request_duration_seconds",
             "Time from request head received to response end.",

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal, final
 
 from sidecar.metrics import SidecarMetrics
 
-__all__ = ["AccessRecord", "ConnectionReport", "Direction", "Observer", "trace_ids"]
+__all__ = ["INCOMPLETE", "AccessRecord", "ConnectionReport", "Direction", "Observer", "trace_ids"]
+
+INCOMPLETE: Final = "response_incomplete"  # reason prefix of a response cut after its head
 
 Direction = Literal["inbound", "outbound"]
 access_log = logging.getLogger("meshgate.access")
@@ -48,12 +50,29 @@ class AccessRecord:
     extra: dict[str, str] = field(default_factory=dict)
 
     def as_log(self) -> dict[str, object]:
-        line = asdict(self)
-        line["time"] = self.time.isoformat(timespec="milliseconds")
-        line["policies"] = list(self.policies)
-        line["duration_seconds"] = round(self.duration_seconds, 6)
-        extra = line.pop("extra")
-        line |= extra
+        # Written out, in field order: `dataclasses.asdict` deep-copies every value and
+        # cost ~20 µs a request here, a tenth of what a sidecar spent on its access line.
+        line: dict[str, object] = {
+            "time": self.time.isoformat(timespec="milliseconds"),
+            "direction": self.direction,
+            "protocol": self.protocol,
+            "peer_id": self.peer_id,
+            "source": self.source,
+            "destination": self.destination,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "decision": self.decision,
+            "policies": list(self.policies),
+            "reason": self.reason,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "duration_seconds": round(self.duration_seconds, 6),
+            "request_id": self.request_id,
+            "traceparent": self.traceparent,
+        }
+        if self.extra:
+            line |= self.extra
         return line
 
 
@@ -145,6 +164,7 @@ class Observer:
             record.bytes_in,
             record.bytes_out,
         )
+        self.incomplete(record.direction, record.reason)
         if access_log.isEnabledFor(logging.INFO):  # off: skip building the line
             access_log.info("access", extra={"access": record.as_log()})
 
@@ -189,6 +209,13 @@ class Observer:
             self._child(self.metrics.bytes, direction, "received").inc(bytes_in)
         if bytes_out:
             self._child(self.metrics.bytes, direction, "sent").inc(bytes_out)
+
+    def incomplete(self, direction: Direction, reason: str | None) -> None:
+        """Count a response cut after its head (reason ``response_incomplete: <cause>``)."""
+        if reason is not None and reason.startswith(INCOMPLETE):
+            # the cause's code only ("app_error: <text>" → "app_error"): bounded labels
+            cause = reason[len(INCOMPLETE) :].lstrip(": ").split(":", 1)[0] or "unknown"
+            self._child(self.metrics.requests_incomplete, direction, cause).inc()
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)  # the metrics live as long as this observer

@@ -121,15 +121,14 @@ class Outbound:
             return
         rt.observer.handshake("outbound", ok=True)
         report.peer_id = fields["peer"] = str(conn.peer_id)
-        rt.tracker.identify(handle, conn.peer_id, conn.peer_serial)
-        with trio.CancelScope(deadline=rt.trio_deadline(conn.expires_at)):
+        with rt.tracker.bind(handle, conn):
             result = await relay(
                 local, conn.stream, idle_timeout_seconds=rt.timeouts.idle_timeout_seconds
             )
             report.bytes_in, report.bytes_out = result.bytes_a_to_b, result.bytes_b_to_a
             report.reason = None if result.outcome == "closed" else result.outcome
             return
-        report.reason = "svid_expired"
+        report.reason = rt.tracker.ended_by(handle) or "cancelled"
         await abort(local)
         await abort(conn.stream)
-        event(log, "connection closed", **fields, outcome="svid_expired")
+        event(log, "connection closed", **fields, outcome=report.reason)

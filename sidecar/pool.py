@@ -4,9 +4,12 @@ A new client connection must not cost a new mTLS handshake when a pooled one is 
 `acquire` looks for an idle connection on every healthy endpoint (round robin start)
 before it dials. A connection goes back to the pool only after a complete exchange that
 both sides meant to keep alive (`release(..., reusable=True)`), and is reused only while:
-- the peer's SVID and the SVID we presented are both unexpired (`expires_at`); after our
-  own rotation new handshakes use the new context, existing connections serve on until
-  that instant;
+- the SVID we presented on it is still our current one: after a rotation no new request
+  goes on a connection made with the superseded SVID (it finishes what it carries, then
+  closes), so a rotation never fails a request;
+- it is more than ``retire_margin_seconds`` from the first notAfter of the two SVIDs of
+  its handshake (where a ``strict`` peer cuts it; `sidecar.lifetime`), and from its
+  maximum age in ``until_revoked`` mode;
 - neither the peer's SPIFFE ID nor its serial is revoked (revocations also close idle
   connections at once);
 - it was idle less than ``pool_idle_timeout_seconds`` and the socket shows no EOF or
@@ -14,12 +17,16 @@ both sides meant to keep alive (`release(..., reusable=True)`), and is reused on
 and at most ``pool_max_idle_per_endpoint`` idle connections are kept per endpoint.
 
 Endpoint health: a failed connect or handshake takes an endpoint out for
-``endpoint_backoff_seconds``. Fails closed: without usable own credentials, or when every
-endpoint is down, `acquire` raises `PoolError` (503), and nothing is sent in plaintext.
+``endpoint_backoff_seconds`` while other endpoints are healthy. When none is (a service
+with one endpoint, or all backing off), `acquire` does not refuse: it dials them anyway,
+soonest-back first, and retries refused connects with a short jittered backoff for up to
+a second, so a request succeeds as soon as a peer is back. Fails closed: without usable
+own credentials `acquire` raises `PoolError` (503), and nothing is sent in plaintext.
 """
 
 from __future__ import annotations
 
+import random
 import select
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,6 +47,11 @@ __all__ = ["EndpointState", "MeshPool", "PoolError", "PooledConnection", "Transp
 
 TransportConnector = Callable[[Address], Awaitable[trio.abc.Stream]]
 _RESPONSE_LIMITS = HttpLimits(max_body_bytes=None)
+# Redialling an endpoint that refused: first pause, longest pause, and how long in all.
+_REDIAL_FIRST_SECONDS = 0.05
+_REDIAL_MAX_SECONDS = 0.25
+_REDIAL_BUDGET_SECONDS = 1.0
+_REDIALLED = frozenset({"connect_failed", "peer_closed"})  # the peer is (re)starting
 
 
 class PoolError(Exception):
@@ -58,13 +70,17 @@ class PooledConnection:
     """One verified mTLS connection to an endpoint and the reader of its responses."""
 
     __slots__ = (
+        "cut",
+        "cut_reason",
         "endpoint",
         "expires_at",
         "idle_since",
+        "own_serial",
         "peer_id",
         "peer_id_text",
         "peer_serial",
         "reader",
+        "retire_at",
         "reused",
         "stream",
         "transport",
@@ -78,6 +94,9 @@ class PooledConnection:
         peer_serial: int,
         expires_at: datetime,
         transport: TimedStream,
+        *,
+        own_serial: int = 0,
+        retire_at: datetime | None = None,
     ) -> None:
         self.stream = stream
         self.transport = transport  # under the TLS stream: its deadlines bound our reads
@@ -85,9 +104,15 @@ class PooledConnection:
         self.peer_id = peer_id
         self.peer_id_text = str(peer_id)  # for each request's metrics and access line
         self.peer_serial = peer_serial
-        self.expires_at = expires_at
+        self.expires_at = expires_at  # the hard end (`sidecar.lifetime`)
+        self.retire_at = retire_at or expires_at  # no new request from then on
+        self.own_serial = own_serial  # of the SVID we presented: superseded → retire
         self.reader = ResponseReader(_RESPONSE_LIMITS)
         self.reused = False  # served a request before: may be a stale keep-alive
+        # The exchange in progress runs inside `cut` (a fresh scope per acquire), which the
+        # pool cancels when the upstream is revoked: a revoked peer is never served on.
+        self.cut = trio.CancelScope()
+        self.cut_reason: str | None = None
         self.idle_since = 0.0
 
 
@@ -160,12 +185,24 @@ class MeshPool:
         self._balancer = RoundRobin(config.endpoints)
         self._states = {endpoint: EndpointState(endpoint) for endpoint in config.endpoints}
         self._wake = trio.Event()
+        self._active: set[PooledConnection] = set()
         self.handshakes = 0
         self.reuses = 0
         runtime.store.subscribe(self._store_changed)
 
     def _store_changed(self) -> None:
         self._wake.set()  # the current event: `run` replaces it after each wake-up
+        revocations = self.runtime.store.revocations
+        for conn in self._active:
+            if revocations.refuses(conn.peer_id, conn.peer_serial):
+                conn.cut_reason = "upstream_revoked"
+                conn.cut.cancel()
+
+    def _lend(self, conn: PooledConnection) -> PooledConnection:
+        self._states[conn.endpoint].active += 1
+        conn.cut, conn.cut_reason = trio.CancelScope(), None
+        self._active.add(conn)
+        return conn
 
     # -- views -------------------------------------------------------------------------
 
@@ -178,9 +215,15 @@ class MeshPool:
 
     # -- acquire / release ---------------------------------------------------------------
 
+    def _current(self, conn: PooledConnection, now: datetime) -> bool:
+        """May `conn` take a new request? Not once the SVID we presented on it was
+        superseded, nor within the retire margin of its end."""
+        own = self.runtime.store.current
+        return own is not None and own.serial == conn.own_serial and now < conn.retire_at
+
     def _usable(self, conn: PooledConnection, now: datetime, tnow: float) -> bool:
         return (
-            now < conn.expires_at
+            self._current(conn, now)
             and not self.runtime.store.revocations.refuses(conn.peer_id, conn.peer_serial)
             and tnow - conn.idle_since < self.config.pool_idle_timeout_seconds
             and _socket_quiet(conn.stream)
@@ -201,32 +244,44 @@ class MeshPool:
                 while state.idle:
                     conn = state.idle.pop()  # most recent: the others stay evictable
                     if self._usable(conn, now, tnow):
-                        state.active += 1
                         self.reuses += 1
-                        return conn
+                        return self._lend(conn)
                     await _close(conn)
-        failures: list[PoolError] = []
-        for state in order:
-            if not state.healthy(trio.current_time()):
-                continue
-            try:
-                conn = await self._dial(state)
-            except PoolError as exc:
-                if exc.reason == "no_credentials":
-                    raise
-                state.down_until = trio.current_time() + self.config.endpoint_backoff_seconds
-                state.last_error = exc.detail
-                failures.append(exc)
-                continue
-            state.active += 1
-            return conn
-        service = self.config.service
-        if not failures:
-            raise PoolError(503, "no_healthy_endpoint", f"no healthy endpoint for {service}")
+        give_up = trio.current_time() + _REDIAL_BUDGET_SECONDS
+        pause = _REDIAL_FIRST_SECONDS
+        while True:
+            tnow = trio.current_time()
+            # Backing off only steers requests to the other endpoints: with none healthy,
+            # refusing would keep failing requests after the peer is back.
+            candidates = [s for s in order if s.healthy(tnow)] or sorted(
+                order, key=lambda s: s.down_until
+            )
+            failures: list[PoolError] = []
+            for state in candidates:
+                try:
+                    conn = await self._dial(state)
+                except PoolError as exc:
+                    if exc.reason == "no_credentials":
+                        raise
+                    state.down_until = trio.current_time() + self.config.endpoint_backoff_seconds
+                    state.last_error = exc.detail
+                    failures.append(exc)
+                    continue
+                return self._lend(conn)
+            if (
+                any(f.reason not in _REDIALLED for f in failures)
+                or trio.current_time() + pause > give_up
+            ):
+                raise self._failed(failures)
+            await trio.sleep(pause * random.uniform(0.5, 1.0))  # noqa: S311 (jitter only)
+            pause = min(pause * 2, _REDIAL_MAX_SECONDS)
+
+    @staticmethod
+    def _failed(failures: list[PoolError]) -> PoolError:
         if all(f.status == 504 for f in failures):
-            raise PoolError(504, failures[-1].reason, failures[-1].detail)
+            return PoolError(504, failures[-1].reason, failures[-1].detail)
         worst = next((f for f in failures if f.reason == "identity_mismatch"), failures[-1])
-        raise PoolError(502, worst.reason, worst.detail)
+        return PoolError(502, worst.reason, worst.detail)
 
     async def _dial(self, state: EndpointState) -> PooledConnection:
         rt, endpoint = self.runtime, state.endpoint
@@ -260,19 +315,33 @@ class MeshPool:
         self.handshakes += 1
         state.connects += 1
         state.last_error = None
+        state.down_until = 0.0  # it answered: healthy again for everyone
+        lifetime = rt.tracker.lifetime
+        hard_end = lifetime.hard_end(rt.now(), conn.peer.not_after, conn.credentials.not_after)
+        # Requests go only where both SVIDs are valid, whatever our mode: the peer may be
+        # strict and cut the connection at the first notAfter.
+        retire_at = lifetime.retire_at(min(hard_end, conn.expires_at))
         return PooledConnection(
-            conn.stream, endpoint, conn.peer_id, conn.peer_serial, conn.expires_at, transport
+            conn.stream,
+            endpoint,
+            conn.peer_id,
+            conn.peer_serial,
+            hard_end,
+            transport,
+            own_serial=conn.credentials.serial,
+            retire_at=retire_at,
         )
 
     async def release(self, conn: PooledConnection, *, reusable: bool) -> None:
         """Give a connection back after an exchange; anything not clean is closed."""
         state = self._states[conn.endpoint]
         state.active -= 1
+        self._active.discard(conn)
         if (
             reusable
             and conn.reader.buffered_bytes == 0
             and len(state.idle) < self.config.pool_max_idle_per_endpoint
-            and self.runtime.now() < conn.expires_at
+            and self._current(conn, self.runtime.now())
         ):
             conn.reused = True
             conn.idle_since = trio.current_time()

@@ -20,6 +20,8 @@ from mesh_ca.tls import PeerCertSource, peer_svid
 
 __all__ = ["VerifiedLeafCache"]
 
+_SWEEP_FLOOR = 16
+
 
 @final
 class VerifiedLeafCache:
@@ -27,6 +29,7 @@ class VerifiedLeafCache:
         if max_entries < 1:
             raise ValueError("max_entries must be positive")
         self.max_entries = max_entries
+        self._sweep_at = _SWEEP_FLOOR  # size that triggers a sweep of expired leaves
         self._entries: OrderedDict[bytes, tuple[BundleSet, VerifiedSvid]] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -51,7 +54,14 @@ class VerifiedLeafCache:
         self.misses += 1
         verified = peer_svid(tls, bundles, now)  # raises SvidError: nothing is remembered
         if isinstance(der, bytes) and der:
-            self._entries[der] = (bundles, verified)
-            if len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            entries = self._entries
+            if len(entries) >= self._sweep_at:
+                # Rotations bring new leaves (each pinning the bundle set of its day):
+                # drop the expired ones rather than keep them until the cap.
+                for old in [k for k, (_, v) in entries.items() if v.not_after < now]:
+                    del entries[old]
+                self._sweep_at = max(_SWEEP_FLOOR, 2 * len(entries))
+            entries[der] = (bundles, verified)
+            if len(entries) > self.max_entries:
+                entries.popitem(last=False)
         return verified

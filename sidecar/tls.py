@@ -85,7 +85,9 @@ class MeshConnection:
 
     @property
     def expires_at(self) -> datetime:
-        """No later than either SVID's notAfter: a connection never outlives its identities."""
+        """The earlier notAfter of the two SVIDs of the handshake: the end of the connection
+        in ``strict`` mode, and where both sides stop putting requests on it in every mode
+        (`sidecar.lifetime`)."""
         return min(self.peer.not_after, self.credentials.not_after)
 
 

@@ -13,7 +13,12 @@ itself, and writes ``ready-<pid>`` once bound. A worker whose parent died drains
 (PR_SET_PDEATHSIG is not used: it fires when the forking *thread* exits, and trio forks
 from a worker thread).
 
-The parent restarts a worker that exits while it is not draining, forwards SIGTERM/SIGINT
+The parent's admin listener answers from start (``/readyz`` also waits for every worker's
+ready file: ``workers_starting``), and SIGTERM/SIGINT stop it in every phase, also before
+the first SVID. Before starting workers it binds and closes every data listener, so a
+taken port is one line naming its key. It restarts a worker that exits while it is not
+draining, unless the worker failed to start with a start-up exit code
+(`mesh_ca.exit_codes`): then the sidecar stops with that code. It forwards SIGTERM/SIGINT
 (drain: each worker drains its own connections; the parent exits 0 when every worker
 did) and SIGHUP (identity files and policies). Metrics: the parent's ``/metrics`` carries
 the identity metrics (expiry, rotations); data-path metrics live in each worker's own
@@ -35,6 +40,7 @@ from typing import final
 import trio
 
 from mesh_ca.clock import SystemClock
+from mesh_ca.exit_codes import ExitCode
 from mesh_ca.files import write_atomic, write_atomic_set
 from mesh_ca.identity.bundle import pem_bundle
 from mesh_ca.keys import private_key_pem
@@ -42,6 +48,7 @@ from sidecar.admin import AdminState, serve_admin
 from sidecar.config import IdentityConfig, SidecarConfig, load_config
 from sidecar.identity.credentials import CredentialStore, Revocations
 from sidecar.identity.static_files import ReloadSignal
+from sidecar.identity.stats import IdentityStats
 from sidecar.logs import event
 from sidecar.metrics import SidecarMetrics
 
@@ -49,7 +56,10 @@ __all__ = ["Supervisor", "main", "supervise"]
 
 log = logging.getLogger("sidecar.workers")
 _RESTART_DELAY_SECONDS = 0.5
-_READY_TIMEOUT_SECONDS = 30.0
+# Exit codes of a worker that cannot start (`mesh_ca.exit_codes`): restarting cannot help.
+_STARTUP_FAILURES = frozenset(
+    {ExitCode.FAILED, ExitCode.FILE, ExitCode.STATE, ExitCode.LISTEN, ExitCode.POLICY}
+)
 
 
 def write_credentials(store: CredentialStore, directory: Path) -> bool:
@@ -93,7 +103,9 @@ class Supervisor:
         self.processes: dict[int, trio.Process] = {}  # slot → process
         self.draining = False
         self.restarts = 0
+        self.failed = 0  # a worker's start-up exit code: the parent exits with it
         self._store = CredentialStore()
+        self._ever_ready: set[int] = set()  # pids that wrote their ready file
 
     def _command(self) -> list[str]:
         return [
@@ -104,7 +116,7 @@ class Supervisor:
             str(self.runtime_dir),
         ]
 
-    async def _keep_worker(self, slot: int, started: trio.Event) -> None:
+    async def _keep_worker(self, slot: int, started: trio.Event, drain: trio.Event) -> None:
         while True:
             process = await trio.lowlevel.open_process(self._command())
             self.processes[slot] = process
@@ -113,6 +125,19 @@ class Supervisor:
             code = await process.wait()
             if self.draining:
                 event(log, "worker stopped", worker=slot, pid=process.pid, exit_code=code)
+                return
+            if code in _STARTUP_FAILURES and not self._was_ready(process.pid):
+                # It said why on stderr (one line); a restart would only say it again.
+                event(
+                    log,
+                    "worker failed to start; stopping",
+                    level=logging.ERROR,
+                    worker=slot,
+                    pid=process.pid,
+                    exit_code=code,
+                )
+                self.failed = self.failed or code
+                drain.set()
                 return
             self.restarts += 1
             event(
@@ -134,51 +159,86 @@ class Supervisor:
         if write_credentials(self._store, self.runtime_dir):
             self.signal_all(signal.SIGHUP)
 
-    async def _wait_ready(self, count: int) -> None:
-        with trio.fail_after(_READY_TIMEOUT_SECONDS):
-            while _ready_count(self.runtime_dir) < count:  # noqa: ASYNC110 - files of other processes
-                await trio.sleep(0.05)
+    def _was_ready(self, pid: int) -> bool:
+        return pid in self._ever_ready or (self.runtime_dir / f"ready-{pid}").exists()
+
+    def _not_serving(self) -> str | None:
+        """For /readyz: None once every worker has bound its listeners."""
+        ready = _ready_pids(self.runtime_dir)
+        self._ever_ready |= ready
+        if len(ready) >= self.config.workers:
+            return None
+        return f"{len(ready)} of {self.config.workers} workers ready"
+
+    async def _probe_listeners(self) -> None:
+        """Bind (SO_REUSEPORT) and close every data listener, so a taken port is one line
+        naming its key now, not a worker that fails again and again."""
+        from sidecar.app import listen_on
+
+        keys = [("inbound.listen", self.config.inbound.listen)] if self.config.inbound else []
+        keys += [(f"outbound[{i}].listen", o.listen) for i, o in enumerate(self.config.outbound)]
+        for key, address in keys:
+            for listener in await listen_on(key, address, reuse_port=True):
+                listener.socket.close()
 
     async def run(self) -> int:
-        from sidecar.app import _start_identity  # one identity lifecycle, as a single process
+        from sidecar.app import _cancel_when, _start_identity, listen_on
 
         clock = SystemClock()
         store = self._store
         metrics = SidecarMetrics()
         metrics.watch_credentials(store)
+        stats = IdentityStats()
+        metrics.watch_identity(stats)
         reload = ReloadSignal()
         drain = trio.Event()
+        admin = self.config.admin
+        admin_listeners = await listen_on("admin.listen", admin.listen) if admin else []
+        try:
+            await self._probe_listeners()
+        except BaseException:
+            for listener in admin_listeners:
+                listener.socket.close()
+            raise
+        codes: list[int | None] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._signals, drain, reload)
-            stats = await _start_identity(self.config, store, clock, reload, nursery)
-            metrics.watch_identity(stats)
-            if not write_credentials(store, self.runtime_dir):
-                raise RuntimeError("identity started without credentials")
-            store.subscribe(self._publish)
-            async with trio.open_nursery() as workers:
-                for slot in range(self.config.workers):
-                    started = trio.Event()
-                    workers.start_soon(self._keep_worker, slot, started)
-                    await started.wait()
-                await self._wait_ready(self.config.workers)
-                if self.config.admin is not None:
-                    state = AdminState(
-                        self.config,
-                        store,
-                        clock.now,
-                        lambda: stats.next_rotation_at,
-                        metrics=metrics,
-                        identity_stats=stats,
-                    )
-                    await nursery.start(serve_admin, self.config.admin.listen, state)
-                pids = [p.pid for p in self.processes.values()]
-                event(log, "workers started", workers=self.config.workers, pids=pids)
-                await drain.wait()
-                self.draining = True
-                self.signal_all(signal.SIGTERM)
-            codes = [p.returncode for p in self.processes.values()]
-            nursery.cancel_scope.cancel()
+            if admin is not None:  # from the start: /readyz says why the parent is not ready
+                state = AdminState(
+                    self.config,
+                    store,
+                    clock.now,
+                    lambda: stats.next_rotation_at,
+                    metrics=metrics,
+                    identity_stats=stats,
+                    serving=self._not_serving,
+                )
+                await nursery.start(serve_admin, admin_listeners, state)
+            with trio.CancelScope() as starting:  # one identity lifecycle, as a single process
+                nursery.start_soon(_cancel_when, drain, starting)
+                await _start_identity(self.config, store, clock, reload, nursery, stats)
+            if starting.cancelled_caught:
+                event(log, "drained during start-up: stopping before the first SVID")
+                nursery.cancel_scope.cancel()
+            else:
+                if not write_credentials(store, self.runtime_dir):
+                    raise RuntimeError("identity started without credentials")
+                store.subscribe(self._publish)
+                async with trio.open_nursery() as workers:
+                    for slot in range(self.config.workers):
+                        started = trio.Event()
+                        workers.start_soon(self._keep_worker, slot, started, drain)
+                        await started.wait()
+                    pids = [p.pid for p in self.processes.values()]
+                    event(log, "workers started", workers=self.config.workers, pids=pids)
+                    await drain.wait()
+                    self.draining = True
+                    self.signal_all(signal.SIGTERM)
+                codes = [p.returncode for p in self.processes.values()]
+                nursery.cancel_scope.cancel()
         event(log, "sidecar stopped", worker_exit_codes=codes)
+        if self.failed:
+            return self.failed
         # -SIGTERM: a worker still starting when the drain began had nothing to drain.
         return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1
 
@@ -189,6 +249,9 @@ class Supervisor:
                     event(log, "SIGHUP: reloading identity; forwarding to workers")
                     reload.request()
                     self.signal_all(signal.SIGHUP)
+                elif drain.is_set():  # a second one: the workers stop draining at once
+                    event(log, "second stop signal: forwarding", signal=signal.Signals(signum).name)
+                    self.signal_all(signal.SIGTERM)
                 else:
                     event(log, "drain requested", signal=signal.Signals(signum).name)
                     drain.set()
@@ -213,8 +276,8 @@ def _remove_dir(directory: Path) -> None:
     directory.rmdir()
 
 
-def _ready_count(directory: Path) -> int:
-    return len(list(directory.glob("ready-*")))
+def _ready_pids(directory: Path) -> set[int]:
+    return {int(path.name.removeprefix("ready-")) for path in directory.glob("ready-*")}
 
 
 def _mtime(path: Path) -> float:
@@ -302,10 +365,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args) != 2:
         sys.stderr.write("usage: python -m sidecar.workers CONFIG.toml RUNTIME_DIR\n")
         return 2
+    from sidecar.cli import run_reporting_startup_errors
+
     setup_logging()
     config = load_config(args[0])
     setup_logging(config.log)
-    return trio.run(run_worker, config, Path(args[1]))
+    return run_reporting_startup_errors(
+        lambda: trio.run(run_worker, config, Path(args[1])), args[0]
+    )
 
 
 if __name__ == "__main__":

@@ -189,7 +189,7 @@ class Harness:
         self.own_id = self.pki.spiffe_id("shop", "orders")
         own = self.pki.leaf(self.own_id)
         self.store: CredentialStore = store_for(own, bundle_with_intermediates(self.pki), NOW)
-        self.tracker = ConnectionTracker(100, self.store)
+        self.tracker = ConnectionTracker(100, self.store, now=self.clock.now)
         self.policy_dir = policy_dir
         self.policies = PolicyStore()
         assert self.policies.try_reload(policy_dir, NOW) is ReloadOutcome.LOADED

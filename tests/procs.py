@@ -129,6 +129,58 @@ def running_sidecar(config_path: Path, admin_port: int) -> Iterator[Sidecar]:
             process.wait(10)
 
 
+def wait_answering(sidecar: Sidecar, timeout: float = 15) -> None:
+    """Until the admin listener answers ``/healthz`` (ready or not)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sidecar.process.poll() is not None:
+            raise RuntimeError(f"sidecar exited {sidecar.process.returncode}:\n{sidecar.log()}")
+        try:
+            if sidecar.get("/healthz")[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"admin listener not answering after {timeout} s:\n{sidecar.log()}")
+
+
+@contextmanager
+def started_sidecar(config_path: Path, admin_port: int) -> Iterator[Sidecar]:
+    """Start `mesh-sidecar run --config` and wait only for its admin listener (not for
+    readiness); kill it at the end if a test left it running."""
+    log_path = config_path.with_suffix(".log")
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sidecar.cli", "run", "--config", str(config_path)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    sidecar = Sidecar(process, admin_port, log_path)
+    try:
+        wait_answering(sidecar)
+        yield sidecar
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def wait_readyz(sidecar: Sidecar, code: str, timeout: float = 30) -> dict[str, Any]:
+    """Until ``/readyz`` reports `code` (e.g. ``ca_unreachable``); its body."""
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        if sidecar.process.poll() is not None:
+            raise RuntimeError(f"sidecar exited {sidecar.process.returncode}:\n{sidecar.log()}")
+        _, body = sidecar.get("/readyz")
+        if body.get("code") == code:
+            return body
+        time.sleep(0.05)
+    raise TimeoutError(f"/readyz never said {code} in {timeout} s (last {body}):\n{sidecar.log()}")
+
+
 @dataclass
 class EchoApp:
     """A tiny trio echo app on 127.0.0.1 that counts the connections it saw."""

@@ -27,6 +27,7 @@ from mesh_ca.store import (
     StoreError,
     TokenError,
     TokenFailure,
+    TokenWrongId,
 )
 from mesh_ca.tokens import new_token, parse_token
 
@@ -199,6 +200,36 @@ class StoreConformance:
         assert called == []
         assert store.issued_count() == 0
         assert [t.token_id for t in store.outstanding_tokens(T0)] == [token_id]
+
+    def test_issued_serial_finds_a_ledger_row_and_none_for_a_serial_never_issued(
+        self, store: StateStore
+    ) -> None:
+        big = (1 << 158) + 12345  # the largest serials issuance makes are 159 bits
+        record = IssuedRecord(big, BOB, "bootstrap", T0, T0 + timedelta(hours=1), "r1")
+        store.record_issued(record)
+        assert store.issued_serial(big) == record
+        assert store.issued_serial(big + 1) is None
+        assert store.issued_serial(1) is None
+
+    def test_redeem_for_another_expected_id_leaves_the_token_unused_and_never_signs(
+        self, store: StateStore
+    ) -> None:
+        _, token_id, secret_hash = self._add(store, BOB)
+        called: list[SpiffeId] = []
+
+        def issue(spiffe_id: SpiffeId) -> IssuedRecord:
+            called.append(spiffe_id)
+            return self._row(8)(spiffe_id)
+
+        with pytest.raises(TokenWrongId) as info:
+            store.redeem_token(token_id, secret_hash, T0, issue, expected=ALICE)
+        assert (info.value.bound, info.value.expected) == (BOB, ALICE)
+        assert called == []
+        assert store.issued_count() == 0
+        assert [t.token_id for t in store.outstanding_tokens(T0)] == [token_id]
+        # The right redeemer still gets it, once.
+        assert store.redeem_token(token_id, secret_hash, T0, issue, expected=BOB).spiffe_id == BOB
+        assert store.outstanding_tokens(T0) == []
 
     def test_redeem_with_a_wrong_secret_or_late_is_refused_without_signing(
         self, store: StateStore

@@ -240,3 +240,19 @@ def test_json_format_is_forced_even_on_a_terminal() -> None:
         tty.close()
         os.close(leader)
     assert json.loads(lines[0])["path"] == "/orders/1"
+
+
+def test_the_access_line_holds_every_field_of_the_record_in_order() -> None:
+    """`as_log` is written out by hand (for speed): it must stay what `asdict` gave, with
+    every field, including one added to `AccessRecord` later."""
+    from dataclasses import asdict, fields
+
+    record = _record(extra={"upstream": "127.0.0.1:9"}, policies=("a", "b"), reason="x")
+    reference = asdict(record)
+    reference["time"] = record.time.isoformat(timespec="milliseconds")
+    reference["policies"] = ["a", "b"]
+    reference["duration_seconds"] = round(record.duration_seconds, 6)
+    reference |= reference.pop("extra")
+    line = record.as_log()
+    assert list(line.items()) == list(reference.items())
+    assert set(line) >= {f.name for f in fields(AccessRecord)} - {"extra"}

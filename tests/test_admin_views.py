@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.admin import ENDPOINTS, AdminResponse, AdminState, respond
 from sidecar.config import SidecarConfig, parse_config
-from sidecar.identity.credentials import CredentialStore
-from sidecar.identity.stats import IdentityStats
+from sidecar.identity.credentials import CredentialStore, Revocations
+from sidecar.identity.stats import Blocked, IdentityStats
 from sidecar.metrics import SidecarMetrics
 from sidecar.policy import PolicyStore, ReloadOutcome
 from tests.pki import TestPki as Pki
@@ -105,8 +105,87 @@ def test_certificate_shows_svid_rotation_results_and_last_error(tmp_path: Path, 
     assert body["source"] == "mesh CA"
 
 
-def test_certificate_before_any_svid_is_503(tmp_path: Path, pki: Pki) -> None:
-    assert _get(_state(tmp_path, pki), "/certificate") == (503, {"error": "no SVID loaded yet"})
+def test_certificate_before_any_svid_is_503_with_what_the_attempts_said(
+    tmp_path: Path, pki: Pki
+) -> None:
+    assert _get(_state(tmp_path, pki), "/certificate") == (
+        503,
+        {
+            "error": "no SVID loaded yet",
+            "bootstraps": {},
+            "last_error": None,
+            "last_error_at": None,
+        },
+    )
+    stats = IdentityStats()
+    stats.error("bootstrap", "ca_unavailable", "connection refused", pki.now)
+    status, body = _get(_state(tmp_path, pki, identity_stats=stats), "/certificate")
+    assert status == 503
+    assert body["bootstraps"] == {"ca_unavailable": 1}
+    assert body["last_error"] == "bootstrap: connection refused"
+
+
+def test_last_error_clears_when_the_same_kind_succeeds(pki: Pki) -> None:
+    stats = IdentityStats()
+    stats.error("bootstrap", "ca_unavailable", "connection refused", pki.now)
+    stats.error("poll", "ca_unavailable", "timeout", pki.now - timedelta(seconds=5))
+    assert stats.last_error == "bootstrap: connection refused"
+    stats.ok("bootstrap")
+    assert stats.last_error == "poll: timeout"  # a poll error still holds
+    stats.ok("poll")
+    assert stats.last_error is None
+    assert stats.last_error_at is None
+    assert stats.results("bootstrap") == {"ca_unavailable": 1, "ok": 1}
+
+
+@pytest.mark.parametrize(
+    ("setup", "code"),
+    [
+        ("nothing", "starting"),
+        ("blocked", "token_wrong_id"),
+        ("expired", "svid_expired"),
+        ("id_revoked", "own_id_revoked"),
+        ("serial_revoked", "own_id_revoked"),
+        ("persist", "persist_failed"),
+        ("workers", "workers_starting"),
+        ("ok", "ready"),
+    ],
+)
+def test_readyz_names_the_reason_with_a_stable_code(
+    tmp_path: Path, pki: Pki, setup: str, code: str
+) -> None:
+    stats = IdentityStats()
+    store = CredentialStore() if setup in ("nothing", "blocked") else _loaded_store(pki)
+    now = pki.now
+    extra: dict[str, Any] = {}
+    if setup == "blocked":
+        stats.blocked = Blocked("token_wrong_id", "the token is for another ID")
+    current = store.current
+    if setup == "expired":
+        assert current is not None
+        now = current.not_after + timedelta(seconds=1)
+    elif setup == "id_revoked":
+        assert current is not None
+        store.publish_revocations(Revocations(spiffe_ids=frozenset({current.spiffe_id})))
+    elif setup == "serial_revoked":
+        assert current is not None
+        store.publish_revocations(Revocations(serials=frozenset({current.serial})))
+    elif setup == "persist":
+        stats.persist_error = "cannot save the SVID to identity.state_dir /x: read-only"
+    elif setup == "workers":
+        extra["serving"] = lambda: "1 of 2 workers ready"
+    config = _config(tmp_path, pki, policy=False)
+    state = AdminState(config, store, lambda: now, lambda: None, identity_stats=stats, **extra)
+    status, body = _get(state, "/readyz")
+    assert (status, body["code"], body["ready"]) == (
+        200 if code == "ready" else 503,
+        code,
+        code == "ready",
+    )
+    if setup == "blocked":
+        assert body["reason"] == "no SVID yet: the token is for another ID"
+    if setup == "persist":
+        assert "identity.state_dir" in body["reason"]
 
 
 def test_policies_not_configured(tmp_path: Path, pki: Pki) -> None:
@@ -147,7 +226,10 @@ def test_policies_show_version_files_and_last_reload_error(tmp_path: Path, pki: 
 
 def test_readyz_waits_for_a_policy_set_when_one_is_configured(tmp_path: Path, pki: Pki) -> None:
     state = _state(tmp_path, pki, _loaded_store(pki), policies=PolicyStore())
-    assert _get(state, "/readyz") == (503, {"ready": False, "reason": "no policy set loaded yet"})
+    assert _get(state, "/readyz") == (
+        503,
+        {"ready": False, "reason": "no policy set loaded yet", "code": "no_policy_set"},
+    )
     assert _get(_state(tmp_path, pki, _loaded_store(pki)), "/readyz")[0] == 200
 
 

@@ -325,3 +325,14 @@ def test_a_key_issued_to_one_id_is_refused_for_another_but_may_renew_the_same_id
     assert [str(r.spiffe_id) for r in store.issued()] == [alice, alice]
     # Bob's token was rolled back: still usable.
     assert [t.spiffe_id for t in store.outstanding_tokens(T0)] == [SpiffeId.parse(bob)]
+
+
+def test_verified_client_svids_do_not_pile_up_across_renewals(pki: Pki, store: SqliteStore) -> None:
+    """Each renewal presents a new certificate; the verified-SVID memo kept every one until
+    it held 4,096 (~4 KB of CA memory per certificate issued). Expired ones now go."""
+    api = service(pki, store)
+    for i in range(300):
+        now = T0 + timedelta(minutes=10 * i)
+        leaf = pki.leaf("spiffe://example.org/ns/a/svc/b", ttl=timedelta(minutes=5), now=now)
+        assert api.handle(post("/v1/renew", {"csr": csr()}, leaf.cert), now, 0).status == 200
+        assert len(api._verified) <= 65  # the sweep floor, plus the one just verified

@@ -218,6 +218,7 @@ def outstanding(server: CaServer) -> set[str]:
     [
         ("malformed_csr", 400, "bad_csr"),
         ("unknown_field", 400, "bad_request"),
+        ("expects_another_id", 403, "token_wrong_id"),
         ("not_json", 400, "bad_request"),
         ("wrong_token", 401, "token_unknown"),
         ("token_garbage", 401, "token_invalid"),
@@ -237,6 +238,8 @@ async def test_bad_bootstrap_input_is_a_clear_error_and_changes_nothing(
             "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----"
         )
     elif case == "unknown_field":
+        fields["dns_names"] = ["ca.example.org"]
+    elif case == "expects_another_id":  # a client cannot pick its ID: refused, token kept
         fields["spiffe_id"] = f"spiffe://{TRUST_DOMAIN}/mesh/ca"
     elif case == "wrong_token":
         fields["token"] = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from sidecar.cli import main
 from sidecar.config import ConfigError, load_config
+from tests.pki import TestPki as Pki
+from tests.procs import ROOT, write_identity
 
 GOOD = """
 [identity]
@@ -159,7 +162,20 @@ def test_a_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
         load_config(path)
 
 
-def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture
+def pki() -> Pki:
+    return Pki()
+
+
+def _identity_files(pki: Pki, directory: Path) -> None:
+    """svid.pem, svid.key and bundle.pem for GOOD's identity, as check-config reads them."""
+    write_identity(pki, pki.leaf(pki.spiffe_id("shop", "orders")), directory)
+
+
+def test_check_config_exit_codes(
+    tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _identity_files(pki, tmp_path)
     good = _write(tmp_path, GOOD)
     assert main(["check-config", str(good)]) == 0
     assert "ok" in capsys.readouterr().out
@@ -182,3 +198,64 @@ def test_admission_limits_default_under_a_small_cap_and_refuse_an_explicit_overs
     over = GOOD + "\n[limits]\nmax_connections = 16\nmax_handshaking_connections = 32\n"
     with pytest.raises(ConfigError, match="max_handshaking_connections must not exceed"):
         load_config(_write(tmp_path, over))
+
+
+CA_MODE = GOOD.replace(
+    'cert_file = "svid.pem"\nkey_file = "svid.key"',
+    'ca_addresses = ["127.0.0.1:1"]\nstate_dir = "state"\ntoken_file = "token"',
+)
+
+
+@pytest.mark.parametrize(
+    ("breakage", "code", "key"),
+    [
+        ("no bundle", 3, "identity.bundle_file"),
+        ("no key", 3, "identity.key_file"),
+        ("garbage key", 3, "identity.key_file"),
+        ("key of another certificate", 3, "identity.key_file"),
+        ("no policy dir", 6, "policy.dir"),
+        ("policy dir that does not load", 6, "policy.dir"),
+    ],
+)
+def test_check_config_refuses_what_run_would_refuse(
+    tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str], breakage: str, code: int, key: str
+) -> None:
+    _identity_files(pki, tmp_path)
+    policies = tmp_path / "policies"
+    shutil.copytree(ROOT / "policies", policies)
+    text = GOOD + f'\n[policy]\ndir = "{policies}"\n'
+    if breakage == "no bundle":
+        (tmp_path / "bundle.pem").unlink()
+    elif breakage == "no key":
+        (tmp_path / "svid.key").unlink()
+    elif breakage == "garbage key":
+        (tmp_path / "svid.key").write_text("not a key\n")
+    elif breakage == "key of another certificate":
+        other = pki.leaf(pki.spiffe_id("shop", "orders"))
+        (tmp_path / "svid.key").write_bytes(other.key_pem())
+    elif breakage == "no policy dir":
+        shutil.rmtree(policies)
+    else:
+        next(policies.glob("*.cedar")).write_text("permit(principal, action, resource")
+    path = _write(tmp_path, text)
+    assert main(["check-config", str(path)]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"{key} = " in err
+
+
+def test_check_config_in_ca_mode_checks_bundle_and_state_dir(
+    tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write(tmp_path, CA_MODE)
+    assert main(["check-config", str(path)]) == 3  # no bundle file yet
+    assert "identity.bundle_file = " in capsys.readouterr().err
+    (tmp_path / "bundle.pem").write_bytes(pki.bundle_pem())
+    assert main(["check-config", str(path)]) == 0
+    (tmp_path / "state").write_text("a file where the directory should be")
+    assert main(["check-config", str(path)]) == 4
+    assert "identity.state_dir = " in capsys.readouterr().err
+    (tmp_path / "state").unlink()
+    logged = _write(tmp_path, CA_MODE + '\n[log]\naccess_log = "no-such-dir/access.log"\n')
+    assert main(["check-config", str(logged)]) == 3  # run would fail to open it
+    assert "log.access_log = " in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 import mesh_ca.config
 import sidecar.config
+from tests.pki import TestPki as Pki
 
 pytestmark = pytest.mark.integration
 
@@ -84,6 +86,9 @@ def test_sidecar_example_loads_http_mode_with_policy(tmp_path: Path) -> None:
     assert config.policy is not None
     assert config.policy.dir == tmp_path / "policies"
     assert [o.protocol for o in config.outbound] == ["http"]
+    # check-config also checks the files the example names: give it a bundle and policies.
+    (tmp_path / "bundle.pem").write_bytes(Pki().bundle_pem())
+    shutil.copytree(ROOT / "policies", tmp_path / "policies")
     done = subprocess.run(
         [sys.executable, "-m", "sidecar.cli", "check-config", str(path)],
         capture_output=True,

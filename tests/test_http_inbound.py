@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -258,4 +259,32 @@ async def test_an_idle_keep_alive_connection_is_closed(
         started = trio.current_time()
         assert await closed(stream)
         assert 7 <= trio.current_time() - started < 8
+        nursery.cancel_scope.cancel()
+
+
+async def test_near_the_end_of_the_peer_svid_responses_say_connection_close(
+    shop: Path, access_log: AccessLog, autojump_clock: object
+) -> None:
+    """From `retire_margin_seconds` (10 s) before the first notAfter of the two SVIDs the
+    inbound side closes after each response, so no client puts a request on a connection
+    that would be cut under it."""
+    async with trio.open_nursery() as nursery:
+        h = Harness(nursery, shop)
+        leaf = h.pki.raw_leaf([str(h.peer_id)], not_after=NOW + timedelta(minutes=5))
+        stream = await h.connect(leaf)
+        await stream.send_all(GET_ORDER)
+        [early] = await read_responses(stream, ["GET"])
+        assert early.status == 200
+        assert early.header("connection") is None  # kept alive
+        for _ in range(9):  # keep it busy (not idle) up to 4 min 30 s
+            await trio.sleep(30)
+            await stream.send_all(GET_ORDER)
+            [response] = await read_responses(stream, ["GET"])
+            assert response.header("connection") is None
+        await trio.sleep(25)  # 5 s before the peer's notAfter: inside the margin
+        await stream.send_all(GET_ORDER)
+        [late] = await read_responses(stream, ["GET"])
+        assert late.status == 200
+        assert late.header("connection") == "close"
+        assert await closed(stream)
         nursery.cancel_scope.cancel()

@@ -26,14 +26,13 @@ from sidecar.http import (
     ResponseReader,
 )
 from sidecar.http_outbound import HttpOutbound
-from sidecar.identity.credentials import CredentialStore, Revocations
+from sidecar.identity.credentials import Credentials, CredentialStore, Revocations
 from sidecar.pool import MeshPool
 from sidecar.runtime import Runtime
 from sidecar.tls import accept_mesh
 from tests.pki import TestPki as Pki
 from tests.sidecar_helpers import bundle_with_intermediates, store_for
 
-NOW = datetime.now(UTC)
 ENDPOINT = Address("127.0.0.1", 9001)
 Behaviour = Callable[[RequestHead, int], "Reply | None"]
 
@@ -119,14 +118,17 @@ class Harness:
         store: CredentialStore | None = None,
         response_timeout: float = 30.0,
     ) -> None:
-        self.pki = Pki(now=NOW)
-        self.clock = TrioWallClock(NOW)
+        # The wall time now, not at import: OpenSSL checks validity against the real clock,
+        # so a short-lived leaf made from an import-time `now` expires as the run goes on.
+        self.now = datetime.now(UTC)
+        self.pki = Pki(now=self.now)
+        self.clock = TrioWallClock(self.now)
         bundles = bundle_with_intermediates(self.pki)
         self.own_id = self.pki.spiffe_id("shop", "frontend")
         self.orders_id = self.pki.spiffe_id("shop", "orders")
-        self.store = store or store_for(self.pki.leaf(self.own_id), bundles, NOW)
+        self.store = store or store_for(self.pki.leaf(self.own_id), bundles, self.now)
         dest_leaf = self.pki.leaf(self.pki.spiffe_id("shop", destination_service))
-        self.destination = Destination(store_for(dest_leaf, bundles, NOW), self.clock, nursery)
+        self.destination = Destination(store_for(dest_leaf, bundles, self.now), self.clock, nursery)
         self.config = OutboundConfig.model_validate(
             {
                 "listen": "127.0.0.1:1",
@@ -138,7 +140,10 @@ class Harness:
         )
         timeouts = TimeoutsConfig(response_timeout_seconds=response_timeout)
         self.runtime = Runtime(
-            self.store, self.clock.now, timeouts, ConnectionTracker(100, self.store)
+            self.store,
+            self.clock.now,
+            timeouts,
+            ConnectionTracker(100, self.store, now=self.clock.now),
         )
         self.pool = MeshPool(self.config, self.runtime, self.destination.connect)
         self.outbound = HttpOutbound(self.config, self.runtime, self.pool)
@@ -252,7 +257,7 @@ async def test_a_post_is_not_retried_after_a_stale_pooled_connection(
         nursery.cancel_scope.cancel()
 
 
-async def test_a_refused_endpoint_is_502_then_503_while_it_is_down(
+async def test_a_lone_refused_endpoint_is_502_and_is_used_again_as_soon_as_it_is_back(
     autojump_clock: object,
 ) -> None:
     async with trio.open_nursery() as nursery:
@@ -263,16 +268,15 @@ async def test_a_refused_endpoint_is_502_then_503_while_it_is_down(
         assert b"refused the connection" in body
         assert headers["x-request-id"]
         assert b"request id: " in body
-        status, body, _ = status_and_body(await roundtrip(await h.client(), GET))
-        assert status == 503
-        assert b"no healthy endpoint for orders" in body
         row = h.pool.upstreams()[0]
         assert row["healthy"] is False
         assert "refused" in row["last_error"]
+        # Backing off would only steer requests elsewhere: with no other endpoint the next
+        # request dials it at once instead of being refused for endpoint_backoff_seconds.
         h.destination.refuse = False
-        await trio.sleep(h.config.endpoint_backoff_seconds)
         status, _, _ = status_and_body(await roundtrip(await h.client(), GET))
         assert status == 200
+        assert h.pool.upstreams()[0]["healthy"] is True
         nursery.cancel_scope.cancel()
 
 
@@ -382,9 +386,9 @@ async def test_pooled_connections_are_not_reused_after_the_peer_svid_expires(
     async with trio.open_nursery() as nursery:
         h = Harness(nursery)
         h.destination.store = store_for(
-            h.pki.raw_leaf([str(h.orders_id)], not_after=NOW + timedelta(minutes=1)),
+            h.pki.raw_leaf([str(h.orders_id)], not_after=h.now + timedelta(minutes=1)),
             bundle_with_intermediates(h.pki),
-            NOW,
+            h.now,
         )
         await roundtrip(await h.client(), GET)
         await trio.sleep(30)
@@ -392,4 +396,68 @@ async def test_pooled_connections_are_not_reused_after_the_peer_svid_expires(
         assert h.destination.handshakes == 1
         await trio.sleep(31)  # past the destination's notAfter
         assert h.pool.upstreams()[0]["idle"] == 0  # evicted
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_rotation_moves_new_requests_to_a_fresh_connection(autojump_clock: object) -> None:
+    """Once our SVID is superseded, the pooled connection made with it takes no new request
+    (it would be cut at that SVID's notAfter): the next one gets a fresh handshake."""
+    async with trio.open_nursery() as nursery:
+        h = Harness(nursery)
+        client = await h.client()
+        assert status_and_body(await roundtrip(client, GET))[0] == 200
+        assert status_and_body(await roundtrip(client, GET))[0] == 200
+        assert h.destination.handshakes == 1
+        renewed = h.pki.leaf(h.own_id, now=h.clock.now())
+        bundles = bundle_with_intermediates(h.pki)
+        chain = (renewed.cert, *renewed.chain)
+        h.store.publish(Credentials.build(chain, renewed.key, bundles, h.clock.now()))
+        assert status_and_body(await roundtrip(client, GET))[0] == 200
+        assert h.destination.handshakes == 2
+        assert status_and_body(await roundtrip(client, GET))[0] == 200
+        assert h.destination.handshakes == 2  # the fresh one is reused
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_request_goes_on_a_connection_within_the_margin_of_an_svid_expiry(
+    autojump_clock: object,
+) -> None:
+    """The destination's SVID ends in 1 h: from 10 s before (the default margin) requests
+    use a fresh connection, where the destination would be presenting its renewed SVID."""
+    async with trio.open_nursery() as nursery:
+        h = Harness(nursery)
+        client = await h.client()
+        for _ in range(119):  # a request every 30 s up to 30 s before: always reused
+            await trio.sleep(30)
+            assert status_and_body(await roundtrip(client, GET))[0] == 200
+        assert h.destination.handshakes == 1
+        await trio.sleep(25)  # 5 s before: inside the margin
+        renewed = h.pki.leaf(h.orders_id, ttl=timedelta(hours=2))  # (OpenSSL: real time)
+        bundles = bundle_with_intermediates(h.pki)
+        chain = (renewed.cert, *renewed.chain)
+        h.destination.store.publish(Credentials.build(chain, renewed.key, bundles, h.clock.now()))
+        assert status_and_body(await roundtrip(client, GET))[0] == 200
+        assert h.destination.handshakes == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_upstream_revoked_during_a_request_is_cut_at_once(autojump_clock: object) -> None:
+    """A revoked peer is never served on: the exchange in progress on its pooled
+    connection is cut when the revocation arrives, not when the response ends."""
+    async with trio.open_nursery() as nursery:
+        h = Harness(nursery, response_timeout=3600)
+        h.destination.behaviour = lambda head, n: Reply(hang=True)
+        client = await h.client()
+
+        async def revoke_once_sent() -> None:
+            while not h.destination.requests:
+                await trio.sleep(0.01)
+            h.store.publish_revocations(Revocations(spiffe_ids=frozenset({h.orders_id})))
+
+        nursery.start_soon(revoke_once_sent)
+        started = trio.current_time()
+        status, body, _ = status_and_body(await roundtrip(client, GET))
+        assert status == 502
+        assert b"upstream_revoked" in body
+        assert trio.current_time() - started < 1
         nursery.cancel_scope.cancel()

@@ -77,7 +77,7 @@ async def test_data_already_there_is_returned_whatever_the_deadline(
 ) -> None:
     stream, peer = pair
     await peer.send_all(b"ready")
-    await trio.sleep(0.05)
+    await trio.lowlevel.wait_readable(stream.socket)  # the bytes are there
     stream.receive_deadline = trio.current_time() - 1  # already past
     assert await stream.receive_some(10) == b"ready"
 
@@ -95,13 +95,15 @@ async def test_extending_the_deadline_reaches_a_receive_that_waits(
     pair: tuple[LeanSocketStream, trio.SocketStream],
 ) -> None:
     stream, peer = pair
-    stream.receive_deadline = trio.current_time() + 0.1
+    first_deadline = trio.current_time() + 1
+    stream.receive_deadline = first_deadline
     async with trio.open_nursery() as nursery:
 
         async def extend_then_send() -> None:
-            await trio.sleep(0.05)
-            stream.extend_receive_deadline(trio.current_time() + 5)
-            await trio.sleep(0.2)  # past the first deadline
+            while stream._receive_wait is None:  # the receive below is waiting
+                await trio.sleep(0.001)
+            stream.extend_receive_deadline(trio.current_time() + 30)
+            await trio.sleep_until(first_deadline + 0.1)  # past the first deadline
             await peer.send_all(b"after")
 
         nursery.start_soon(extend_then_send)

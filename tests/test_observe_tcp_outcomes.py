@@ -103,7 +103,7 @@ async def test_revocation_and_svid_expiry_are_reasons(
         assert await _closed(revoked)
         assert await _closed(expiring)
         await _settled()
-        assert sorted(line["reason"] for line in access) == ["cancelled", "svid_expired"]
+        assert sorted(line["reason"] for line in access) == ["revoked", "svid_expired"]
         nursery.cancel_scope.cancel()
 
 

@@ -74,3 +74,14 @@ def test_cache_is_bounded() -> None:
         cache.verify(peer, bundles, NOW)
     cache.verify(peers[0], bundles, NOW)  # evicted by the third
     assert (cache.misses, cache.hits) == (4, 0)
+
+
+def test_expired_leaves_are_swept_instead_of_kept_until_the_cap() -> None:
+    """Every rotation brings a new peer leaf; the expired ones (and the old bundle sets they
+    pin) used to stay until 256 were held."""
+    cache = VerifiedLeafCache()
+    for i in range(100):
+        now = NOW + timedelta(minutes=10 * i)
+        pki = Pki(now=now)
+        cache.verify(_presented(pki, ttl=timedelta(minutes=5)), bundle_with_intermediates(pki), now)
+        assert len(cache._entries) <= 17  # the sweep floor, plus the leaf just verified

@@ -3,8 +3,9 @@
 The blocks between ``<!-- quickstart:begin -->`` and ``<!-- quickstart:end -->`` are
 extracted: each fenced ``bash`` block is run (all in one bash process, as a reader's one
 terminal, so ``cd``, ``export`` and background jobs carry over), and each block preceded by
-``<!-- file: PATH -->`` is written to PATH at that point (sidecar configs are then checked
-with ``mesh-sidecar check-config``). The run happens in a temporary "clone" (symlinks to
+``<!-- file: PATH -->`` is written to PATH at that point (sidecar configs are checked with
+``mesh-sidecar check-config`` before the first ``mesh-sidecar run``: it reads every file
+they name, policies included). The run happens in a temporary "clone" (symlinks to
 ``scripts``, ``policies`` and the test's virtualenv), and every ``127.0.0.1:PORT`` of the
 README is replaced by a free port, so nothing lands in the repository and no fixed port is
 used. Each command's output is checked against what the README says it shows.
@@ -43,14 +44,14 @@ EXPECT: list[tuple[str, str]] = [
     ("token create --dir ca --spiffe-id spiffe://example.org/ns/shop/svc/orders", r"valid until"),
     ("token create --dir ca --spiffe-id spiffe://example.org/ns/shop/svc/web", r"valid until"),
     ("mesh-ca status --dir ca", r"tokens\s+2 outstanding"),
-    ("check-config orders.toml", r"orders\.toml: ok \(spiffe://example\.org/ns/shop/svc/orders"),
-    ("check-config web.toml", r"web\.toml: ok \(spiffe://example\.org/ns/shop/svc/web"),
     ("mkdir -p policies", r"^$"),
     ("cp ../policies/mesh.cedarschema", r"^$"),
     ("entities.json", r"^$"),
     ("policy validate policies", r"(?i)ok|valid"),
     ("policy test policies", r"(?i)2 passed|passed: 2|2/2"),
     ("policy explain policies", r"(?s)DENY.*no-delete.*exit status 1: deny"),
+    ("check-config orders.toml", r"orders\.toml: ok \(spiffe://example\.org/ns/shop/svc/orders"),
+    ("check-config web.toml", r"web\.toml: ok \(spiffe://example\.org/ns/shop/svc/web"),
     ("mkdir -p site/orders", r"^$"),
     ("http.server", r"^$"),
     ("run --config orders.toml", r"^$"),
@@ -116,6 +117,7 @@ def script(blocks: list[Block]) -> str:
     """One bash script: a marker before each command, file blocks as quoted heredocs."""
     out = ["set -euo pipefail", "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT"]
     n = 0
+    configs: list[str] = []  # checked before the first run: check-config reads every file
     for block in blocks:
         if block.file:
             out += [
@@ -124,10 +126,13 @@ def script(blocks: list[Block]) -> str:
                 "QUICKSTART_EOF",
             ]
             if block.kind == "toml" and "[identity]" in block.text:
-                out.append(f"mesh-sidecar check-config {block.file} > /dev/null")
+                configs.append(block.file)
             continue
         assert block.kind == "bash", f"a {block.kind!r} block without <!-- file: ... -->"
         for command in commands(block):
+            if "mesh-sidecar run" in command:
+                out += [f"mesh-sidecar check-config {c} > /dev/null" for c in configs]
+                configs = []
             out += [f"echo '@@cmd {n}@@'", command]
             n += 1
     return "\n".join(out) + "\n"

@@ -81,9 +81,14 @@ class FakeClient:
     def __init__(self, ca: FakeCa) -> None:
         self.ca = ca
 
-    async def bootstrap(self, token: str, key: PrivateKey) -> IssuedSvid:
+    async def bootstrap(
+        self, token: str, key: PrivateKey, expected: SpiffeId | None = None
+    ) -> IssuedSvid:
         await trio.lowlevel.checkpoint()
         self.ca.check_up()
+        bound = self.ca.tokens.get(token)
+        if bound is not None and expected is not None and bound != expected:
+            raise CaClientError(403, "token_wrong_id", f"token bound to {bound}, not {expected}")
         spiffe_id = self.ca.tokens.pop(token, None)
         if spiffe_id is None:
             raise CaClientError(401, "token_refused", "join token refused: unknown or used")
@@ -494,3 +499,25 @@ async def test_a_refused_token_is_not_sent_again(
     assert attempts == [1]
     assert "the CA refused join token" in caplog.text
     assert web.store.current is None
+
+
+async def test_a_token_for_another_id_is_refused_once_kept_unspent_and_reported(
+    tmp_path: Path, pki: Pki, clock: TrioWallClock, autojump_clock: trio.testing.MockClock
+) -> None:
+    ca = FakeCa(pki, clock, timedelta(hours=1))
+    web = Sidecar(tmp_path, pki, ca, "web")
+    other = pki.spiffe_id("shop", "orders")
+    web.token_file.write_text(ca.token(other))  # made for orders, given to web
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(web.run, clock)
+        await trio.sleep(10 * 60)
+        nursery.cancel_scope.cancel()
+    assert web.store.current is None
+    assert web.stats.results("bootstrap") == {"wrong_id": 1}, "sent once, not again"
+    blocked = web.stats.blocked
+    assert blocked is not None
+    assert blocked.code == "token_wrong_id"
+    assert str(other) in blocked.message
+    assert str(web.spiffe_id) in blocked.message
+    assert other in ca.tokens.values(), "the CA kept the token for its own ID"
+    assert not (web.dir / "state" / "token.used").exists(), "not recorded as spent"

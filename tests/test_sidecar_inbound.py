@@ -14,8 +14,9 @@ from mesh_ca.tls import mesh_context
 from sidecar.authz import AllowList
 from sidecar.config import InboundConfig, TimeoutsConfig
 from sidecar.connections import ConnectionTracker
-from sidecar.identity.credentials import CredentialStore, Revocations
+from sidecar.identity.credentials import Credentials, CredentialStore, Revocations
 from sidecar.inbound import Inbound
+from sidecar.lifetime import LifetimeMode, LifetimePolicy
 from sidecar.runtime import Runtime
 from sidecar.tls_stream import TlsError, TlsStream
 from tests.pki import Leaf
@@ -55,13 +56,16 @@ class Harness:
         peer_ttl: timedelta = timedelta(hours=1),
         idle_seconds: float = 3600,
         max_connections: int = 10,
+        lifetime: LifetimePolicy | None = None,
     ) -> None:
         self.pki = Pki(now=NOW)
         self.clock = TrioWallClock(NOW)
         self.peer_id = self.pki.spiffe_id("shop", "frontend")
         own = self.pki.leaf(self.pki.spiffe_id("shop", "orders"))
         self.store: CredentialStore = store_for(own, bundle_with_intermediates(self.pki), NOW)
-        self.tracker = ConnectionTracker(max_connections, self.store)
+        self.tracker = ConnectionTracker(
+            max_connections, self.store, now=self.clock.now, lifetime=lifetime
+        )
         self.app = MemoryApp(nursery)
         config = InboundConfig.model_validate(
             {
@@ -164,4 +168,78 @@ async def test_the_connection_cap_refuses_the_excess(autojump_clock: object) -> 
         assert h.tracker.refused_over_capacity == 1
         await first.send_all(b"still here")
         assert await first.receive_some() == b"still here"
+        nursery.cancel_scope.cancel()
+
+
+UNTIL_REVOKED = LifetimePolicy(LifetimeMode.UNTIL_REVOKED, max_age_seconds=30 * 60)
+
+
+async def _lifetime(stream: TlsStream) -> float:
+    """Seconds until the sidecar drops `stream`, echoing a byte now and then."""
+    started = trio.current_time()
+    while True:
+        with trio.move_on_after(60):
+            if await _closed(stream):
+                return trio.current_time() - started
+        try:
+            await stream.send_all(b"x")
+        except trio.BrokenResourceError:
+            return trio.current_time() - started
+        if await stream.receive_some() != b"x":
+            return trio.current_time() - started
+
+
+async def test_until_revoked_outlives_the_peer_svid_up_to_the_max_age(
+    autojump_clock: object,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        h = Harness(nursery, peer_ttl=timedelta(minutes=10), lifetime=UNTIL_REVOKED)
+        lived = await _lifetime(await h.connect())
+        assert 29 * 60 < lived <= 30 * 60 + 1  # max age, far past the peer's 10 min SVID
+        nursery.cancel_scope.cancel()
+
+
+async def test_until_revoked_ends_with_our_own_svid_unless_a_successor_arrives(
+    autojump_clock: object,
+) -> None:
+    policy = LifetimePolicy(LifetimeMode.UNTIL_REVOKED, max_age_seconds=3 * 3600)
+    async with trio.open_nursery() as nursery:
+        h = Harness(nursery, lifetime=policy)
+        lived = await _lifetime(await h.connect())
+        assert 59 * 60 < lived <= 60 * 60 + 1  # our 1 h SVID expired: fail closed
+        nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery:
+        h = Harness(nursery, lifetime=policy)
+        stream = await h.connect()
+
+        async def rotate() -> None:
+            await trio.sleep(45 * 60)
+            own = h.pki.leaf(h.pki.spiffe_id("shop", "orders"), ttl=timedelta(hours=4))
+            bundles = bundle_with_intermediates(h.pki)
+            h.store.publish(
+                Credentials.build((own.cert, *own.chain), own.key, bundles, h.clock.now())
+            )
+
+        nursery.start_soon(rotate)
+        lived = await _lifetime(stream)
+        assert 3 * 3600 - 60 < lived <= 3 * 3600 + 1  # the successor carried it to max age
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_outside_the_new_trust_bundle_is_cut_at_once(autojump_clock: object) -> None:
+    async with trio.open_nursery() as nursery:
+        h = Harness(nursery, lifetime=UNTIL_REVOKED)
+        stream = await h.connect()
+        await stream.send_all(b"ping")
+        assert await stream.receive_some() == b"ping"
+        other = Pki(now=NOW)  # the trust domain's CA was replaced: the peer's CA is gone
+        own = other.leaf(other.spiffe_id("shop", "orders"))
+        h.store.publish(
+            Credentials.build(
+                (own.cert, *own.chain), own.key, bundle_with_intermediates(other), h.clock.now()
+            )
+        )
+        with trio.fail_after(1):
+            assert await _closed(stream)
+        assert h.tracker.closed_as_untrusted == 1
         nursery.cancel_scope.cancel()

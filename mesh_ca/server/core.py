@@ -84,6 +84,7 @@ from mesh_ca.store import (
     StoreUnavailable,
     TokenError,
     TokenFailure,
+    TokenWrongId,
 )
 from mesh_ca.tokens import TokenFormatError, new_token, parse_token
 
@@ -105,6 +106,7 @@ PEM: Final = "application/x-pem-file"
 _M = TypeVar("_M", bound=BaseModel)
 _T = TypeVar("_T")
 _VERIFIED_CACHE_SIZE: Final = 4096
+_VERIFIED_PRUNE_FLOOR: Final = 64
 _STORE_RETRY_SECONDS: Final = 5
 
 
@@ -122,7 +124,6 @@ class ApiError(Exception):
         code: str,
         message: str,
         headers: tuple[tuple[str, str], ...] = (),
-        *,
         log: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(f"{status} {code}: {message}")
@@ -130,7 +131,7 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers = headers
-        self.log = dict(log or {})  # for the access log only, never sent to the client
+        self.log = dict(log or {})  # public facts for the access log line
 
 
 # A bug or an unforeseen error in a handler: answered, logged by the shell, never a crash.
@@ -239,6 +240,7 @@ class CaService:
         self._limiter = limiter
         self._limiter_lock = threading.Lock()
         self._verified: dict[x509.Certificate, VerifiedSvid] = {}
+        self._prune_verified_at = _VERIFIED_PRUNE_FLOOR  # size that triggers a sweep
         # Keys no workload may present: the signer, its chain and every root of the bundle.
         self._ca_keys = authority.signer.ca_public_keys | {
             public_key_der(root.public_key()) for root in authority.bundle.roots
@@ -427,9 +429,16 @@ class CaService:
             code = "svid_expired" if exc.reason is SvidFailure.EXPIRED else "svid_invalid"
             raise ApiError(403, code, str(exc)) from None
         with self._limiter_lock:
-            if len(self._verified) >= _VERIFIED_CACHE_SIZE:
-                self._verified.clear()
-            self._verified[cert] = svid
+            verified = self._verified
+            if len(verified) >= self._prune_verified_at:
+                # Every renewal brings a new certificate and each stayed until the cache
+                # was full (~4 KB a certificate issued): drop the expired ones as we go.
+                for old in [c for c, v in verified.items() if v.not_after < now]:
+                    del verified[old]
+                if len(verified) >= _VERIFIED_CACHE_SIZE:
+                    verified.clear()
+                self._prune_verified_at = max(_VERIFIED_PRUNE_FLOOR, 2 * len(verified))
+            verified[cert] = svid
         return svid
 
     def _sign(
@@ -541,6 +550,7 @@ class CaService:
             self.metrics.token_failures.labels("malformed").inc()
             raise ApiError(401, "token_invalid", str(exc)) from None
         csr = self._csr(body.csr)  # before the store is touched: bad input changes nothing
+        expected = _parse_id(body.spiffe_id, "spiffe_id") if body.spiffe_id else None
 
         def redeem() -> ApiResponse:
             signed: list[x509.Certificate] = []
@@ -552,7 +562,9 @@ class CaService:
                 return record
 
             try:
-                record = self.store.redeem_token(token_id, secret_hash, now, issue)
+                record = self.store.redeem_token(
+                    token_id, secret_hash, now, issue, expected=expected
+                )
             except TokenError as exc:
                 self.metrics.token_failures.labels(exc.reason.value).inc()
                 status, code = {
@@ -562,6 +574,20 @@ class CaService:
                 }[exc.reason]
                 raise ApiError(
                     status, code, f"join token {token_id} refused: {exc.reason}"
+                ) from None
+            except TokenWrongId as exc:
+                # Refused before anything is signed; the token stays usable by its own ID.
+                self.metrics.token_failures.labels("wrong_id").inc()
+                raise ApiError(
+                    403,
+                    "token_wrong_id",
+                    f"join token {token_id} is bound to {exc.bound}, but the request expects "
+                    f"{exc.expected}; the token was not used",
+                    log={
+                        "token_id": token_id,
+                        "spiffe_id": str(exc.bound),
+                        "expected_id": str(exc.expected),
+                    },
                 ) from None
             except IdRevoked as exc:
                 raise ApiError(403, "revoked", f"{exc.spiffe_id} is revoked") from None

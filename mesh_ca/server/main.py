@@ -1,10 +1,12 @@
 """``mesh-ca serve``: load the CA directory, issue the server's own SVID, serve until a signal.
 
 Prints ``mesh-ca serving on HOST:PORT`` to stderr once listening (the real port when
-``--listen`` asks for port 0). SIGINT/SIGTERM stop accepting, close idle keep-alive
-connections, give the others a few seconds to finish their request, then exit 0. The
-server SVID is re-issued at half its lifetime; a failed rotation is logged and retried
-while the current one still serves.
+``--listen`` asks for port 0). Start-up failures are one line naming the flag or key and
+exit with a code of `mesh_ca.exit_codes`: 2 a bad ``--listen``, 3 an unusable CA
+directory, 4 the state store cannot be opened, 5 the listen address cannot be bound.
+SIGINT/SIGTERM stop accepting, close idle keep-alive connections, give the others a few
+seconds to finish their request, then exit 0. The server SVID is re-issued at half its
+lifetime; a failed rotation is logged and retried while the current one still serves.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import trio
 from mesh_ca.ca_dir import CaDirError, LoadedCa, load_ca_dir, read_passphrase
 from mesh_ca.clock import Clock, SystemClock
 from mesh_ca.config import parse_listen
+from mesh_ca.exit_codes import ExitCode, StartupError
 from mesh_ca.identity import SpiffeId
 from mesh_ca.server.core import CaAuthority, CaService
 from mesh_ca.server.http import CaHttpServer, ServerLimits
@@ -71,19 +74,20 @@ def serve_main(args: argparse.Namespace) -> int:
     try:
         ca = load_ca_dir(Path(args.dir), read_passphrase(getattr(args, "passphrase_file", None)))
     except CaDirError as exc:
-        sys.stderr.write(f"mesh-ca serve: {exc}\n")
-        return 1
+        sys.stderr.write(f"mesh-ca serve: --dir {args.dir}: {exc}\n")
+        return ExitCode.FILE
     listen = getattr(args, "listen", None) or ca.config.server.listen
+    listen_key = "--listen" if getattr(args, "listen", None) else "server.listen"
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:
-        sys.stderr.write(f"mesh-ca serve: --listen: {exc}\n")
-        return 2
+        sys.stderr.write(f"mesh-ca serve: {listen_key}: {exc}\n")
+        return ExitCode.USAGE
     try:
         store = ca.open_store()
     except StoreError as exc:
-        sys.stderr.write(f"mesh-ca serve: state store: {exc}\n")
-        return 1
+        sys.stderr.write(f"mesh-ca serve: store: {exc}\n")
+        return ExitCode.STATE
     try:
         # SQLite calls are local and sub-millisecond: inline they skip a thread hop per
         # request; PostgreSQL round trips must not stall the event loop.
@@ -93,13 +97,15 @@ def serve_main(args: argparse.Namespace) -> int:
         if getattr(args, "threaded_handlers", False):
             threaded = True
         authority = authority_of(ca, str(getattr(args, "replica", "") or ""))
-        trio.run(_serve, ca, authority, store, host, port, SystemClock(), threaded)
+        trio.run(_serve, ca, authority, store, (listen_key, host, port), SystemClock(), threaded)
+    except StartupError as exc:
+        sys.stderr.write(f"mesh-ca serve: {exc}\n")
+        return exc.code
     except StoreError as exc:
-        sys.stderr.write(f"mesh-ca serve: state store: {exc}\n")
-        return 1
-    except OSError as exc:
-        sys.stderr.write(f"mesh-ca serve: cannot listen on {listen}: {exc.strerror or exc}\n")
-        return 1
+        sys.stderr.write(f"mesh-ca serve: store: {exc}\n")
+        return ExitCode.STATE
+    except KeyboardInterrupt:  # SIGINT before the signal handlers were installed
+        return 130
     finally:
         store.close()
     return 0
@@ -109,11 +115,17 @@ async def _serve(
     ca: LoadedCa,
     authority: CaAuthority,
     store: StateStore,
-    host: str,
-    port: int,
+    listen: tuple[str, str, int],
     clock: Clock,
     threaded: bool = True,
 ) -> None:
+    key, host, port = listen
+    try:  # first, outside any nursery: a taken port is one line naming the flag or key
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        address = f"{host}:{port}"
+        problem = f"cannot listen: {exc.strerror or exc}"
+        raise StartupError(key, address, problem, ExitCode.LISTEN) from exc
     metrics = CaMetrics()
     metrics.set_expiry("root", ca.root.not_valid_after_utc)
     metrics.set_expiry("intermediate", ca.signer.not_after)
@@ -136,7 +148,7 @@ async def _serve(
     )
     server = CaHttpServer(service, identity, clock, limits)
     try:
-        await _serve_until_signal(server, authority, store, clock, host, port)
+        await _serve_until_signal(server, authority, store, clock, listeners)
     finally:
         server.access_log.flush()  # the lines still queued (drained connections' too)
 
@@ -146,8 +158,7 @@ async def _serve_until_signal(
     authority: CaAuthority,
     store: StateStore,
     clock: Clock,
-    host: str,
-    port: int,
+    listeners: list[trio.SocketListener],
 ) -> None:
     async def handler(stream: trio.SocketStream) -> None:
         try:
@@ -159,9 +170,9 @@ async def _serve_until_signal(
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as accepting:
-                listeners = await accepting.start(
+                await accepting.start(
                     functools.partial(
-                        trio.serve_tcp, handler, port, host=host, handler_nursery=connections
+                        trio.serve_listeners, handler, listeners, handler_nursery=connections
                     )
                 )
                 bound = listeners[0].socket.getsockname()

@@ -17,6 +17,7 @@ from mesh_ca.store.base import (
     TokenError,
     TokenFailure,
     TokenRecord,
+    TokenWrongId,
 )
 from mesh_ca.store.sqlite import SqliteStore
 
@@ -33,6 +34,7 @@ __all__ = [
     "TokenError",
     "TokenFailure",
     "TokenRecord",
+    "TokenWrongId",
     "open_store",
 ]
 

@@ -46,6 +46,7 @@ __all__ = [
     "TokenError",
     "TokenFailure",
     "TokenRecord",
+    "TokenWrongId",
     "check_revoke_target",
     "token_refusal",
 ]
@@ -71,6 +72,18 @@ class TokenError(StoreError):
     def __init__(self, reason: TokenFailure) -> None:
         super().__init__(f"join token refused: {reason}")
         self.reason = reason
+
+
+class TokenWrongId(StoreError):  # noqa: N818 - reads as the fact it reports
+    """The token is bound to another SPIFFE ID than the redeemer expects; it stays unused.
+
+    Raised only after the secret matched, so only the token's holder learns its binding.
+    """
+
+    def __init__(self, bound: SpiffeId, expected: SpiffeId) -> None:
+        super().__init__(f"join token is bound to {bound}, not to the expected {expected}")
+        self.bound = bound
+        self.expected = expected
 
 
 def token_refusal(row: Sequence[Any] | None, secret_hash: bytes, now: Any) -> TokenFailure | None:
@@ -171,15 +184,19 @@ class StateStore(Protocol):
         secret_hash: bytes,
         now: datetime,
         issue: Callable[[SpiffeId], IssuedRecord],
+        *,
+        expected: SpiffeId | None = None,
     ) -> IssuedRecord:
-        """Bootstrap in one transaction: consume the token, refuse a revoked bound ID
-        (`IdRevoked`), call `issue(bound_id)` (it signs) and record the row it returns.
+        """Bootstrap in one transaction: consume the token, refuse a bound ID other than
+        `expected` (`TokenWrongId`, when given) or a revoked one (`IdRevoked`), call
+        `issue(bound_id)` (it signs) and record the row it returns.
 
-        Whole or nothing: if `issue` raises, the ID is revoked or the row cannot be written,
-        the token stays unused and nothing is recorded. Of concurrent redeemers of one token
-        exactly one gets past the consume step (`TokenError` for the others). `issue` may be
-        called again if the backend retries a transaction that never reached the database.
-        A record whose `key_sha256` is bound to another ID raises `KeyBound`, whole.
+        Whole or nothing: if `issue` raises, the ID is not the expected one or is revoked,
+        or the row cannot be written, the token stays unused and nothing is recorded. Of
+        concurrent redeemers of one token exactly one gets past the consume step
+        (`TokenError` for the others). `issue` may be called again if the backend retries
+        a transaction that never reached the database. A record whose `key_sha256` is bound
+        to another ID raises `KeyBound`, whole.
         """
         ...
 
@@ -196,6 +213,10 @@ class StateStore(Protocol):
 
     def issued(self, spiffe_id: SpiffeId | None = None, limit: int = 100) -> Sequence[IssuedRecord]:
         """Most recent first."""
+        ...
+
+    def issued_serial(self, serial: int) -> IssuedRecord | None:
+        """The ledger row of the certificate with `serial`, or None if this CA never issued it."""
         ...
 
     def issued_count(self) -> int: ...

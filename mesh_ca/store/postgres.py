@@ -43,6 +43,7 @@ from mesh_ca.store.base import (
     TokenError,
     TokenFailure,
     TokenRecord,
+    TokenWrongId,
     check_revoke_target,
     token_refusal,
 )
@@ -339,8 +340,11 @@ class PostgresStore:
         secret_hash: bytes,
         now: datetime,
         issue: Callable[[SpiffeId], IssuedRecord],
+        *,
+        expected: SpiffeId | None = None,
     ) -> IssuedRecord:
-        """Consume, check revocation, sign (`issue`) and record in one transaction. Fails closed.
+        """Consume, check the bound ID and its revocation, sign (`issue`) and record in one
+        transaction. Fails closed.
 
         The token's row stays locked by the UPDATE until COMMIT, so a concurrent redeemer on
         another replica waits and then finds it used.
@@ -352,6 +356,8 @@ class PostgresStore:
             if isinstance(consumed, TokenFailure):
                 return consumed  # nothing was changed; COMMIT of nothing
             outcome, revoked = consumed
+            if expected is not None and outcome != expected:
+                raise TokenWrongId(outcome, expected)  # rolls the consume back
             if revoked:
                 raise IdRevoked(outcome)  # rolls the consume back
             record = issue(outcome)
@@ -432,6 +438,19 @@ class PostgresStore:
             raise KeyBound(record.spiffe_id, SpiffeId.parse(bound_to))
         if inserted != 1:
             raise IdRevoked(record.spiffe_id)
+
+    def issued_serial(self, serial: int) -> IssuedRecord | None:
+        row = self._read(
+            lambda conn: conn.execute(
+                "SELECT serial, spiffe_id, kind, issued_at, not_after, replica"
+                " FROM issued_certificates WHERE serial = %s",
+                (_serial(serial),),
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        r = row
+        return IssuedRecord(int(r[0]), SpiffeId.parse(r[1]), r[2], _utc(r[3]), _utc(r[4]), r[5])
 
     def issued(self, spiffe_id: SpiffeId | None = None, limit: int = 100) -> Sequence[IssuedRecord]:
         """Most recent first."""

@@ -36,6 +36,7 @@ from mesh_ca.store.base import (
     TokenError,
     TokenFailure,
     TokenRecord,
+    TokenWrongId,
     check_revoke_target,
     token_refusal,
 )
@@ -343,11 +344,16 @@ class SqliteStore:
         secret_hash: bytes,
         now: datetime,
         issue: Callable[[SpiffeId], IssuedRecord],
+        *,
+        expected: SpiffeId | None = None,
     ) -> IssuedRecord:
-        """Consume, check revocation, sign (`issue`) and record in one transaction. Fails closed."""
+        """Consume, check the bound ID and its revocation, sign (`issue`) and record in one
+        transaction. Fails closed."""
         at = _micros(now)
         with self._transaction() as cur:
             spiffe_id, revoked = _consume(cur, token_id, secret_hash, at)
+            if expected is not None and spiffe_id != expected:
+                raise TokenWrongId(spiffe_id, expected)  # rolls the consume back
             if revoked:
                 raise IdRevoked(spiffe_id)  # rolls the consume back
             record = issue(spiffe_id)
@@ -374,6 +380,19 @@ class SqliteStore:
             if cur.rowcount != 1:
                 raise IdRevoked(record.spiffe_id)
             _bind_key(cur, record)  # raising rolls the row back
+
+    def issued_serial(self, serial: int) -> IssuedRecord | None:
+        with self._transaction(write=False) as cur:
+            r = cur.execute(
+                "SELECT serial, spiffe_id, kind, issued_at, not_after, replica FROM issued"
+                " WHERE serial = ?",
+                (_serial_text(serial),),
+            ).fetchone()
+        if r is None:
+            return None
+        return IssuedRecord(
+            int(r[0], 16), SpiffeId.parse(r[1]), r[2], _from_micros(r[3]), _from_micros(r[4]), r[5]
+        )
 
     def issued(self, spiffe_id: SpiffeId | None = None, limit: int = 100) -> Sequence[IssuedRecord]:
         """Most recent first."""

@@ -13,7 +13,8 @@ per request (formerly scripts/bench_datapath.py).
 
 ``latency`` (open-loop, fixed rates) lives in `scripts/benchlib/latency.py`.
 
-``memory``: the sidecars' RSS idle and with 1,000 open idle client connections.
+``memory``: the sidecars' RSS idle, with 1,000 open idle client connections (outbound) and
+1,000 idle mTLS connections (inbound), and per idle pooled mTLS connection between them.
 """
 
 from __future__ import annotations
@@ -21,15 +22,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 import os
 import re
 import resource
 import socket
+import socketserver
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +75,16 @@ def rss_mb(pids: list[int]) -> float:
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
     return round(total / 1024, 1)
+
+
+def rss_kb(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
 
 
 def children(pid: int) -> list[int]:
@@ -141,13 +156,16 @@ def run_wrk(port: int, seconds: float, connections: int, close: bool, pids: list
 
 
 @contextlib.contextmanager
-def _sidecar(config_path: Path, admin_port: int, root: Path) -> Iterator[Sidecar]:
+def _sidecar(
+    config_path: Path, admin_port: int, root: Path, module: str = "sidecar.cli"
+) -> Iterator[Sidecar]:
     """`python -m sidecar.cli run` from the source tree `root` (this checkout, or a baseline
-    exported by `baseline_tree`); waits for /readyz, kills it afterwards."""
+    exported by `baseline_tree`); waits for /readyz, kills it afterwards. `module` may be a
+    wrapper with the same command line (the ledger's sampler)."""
     log_path = config_path.with_suffix(".log")
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sidecar.cli", "run", "--config", str(config_path)],
+            [sys.executable, "-m", module, "run", "--config", str(config_path)],
             cwd=root,
             stdout=log,
             stderr=log,
@@ -219,6 +237,7 @@ def meshgate_pair(
     workers: int = 1,
     access_log: str = "off",
     root: Path = ROOT,
+    module: str = "sidecar.cli",
 ) -> Iterator[tuple[int, list[int], list[int]]]:
     """Start B (inbound) and A (outbound) from the sources in `root`; yields (entry port,
     A pids, B pids)."""
@@ -265,8 +284,8 @@ def meshgate_pair(
     b_path = write_config(tmp / "b.toml", b)
     a_path = write_config(tmp / "a.toml", a)
     with (
-        _sidecar(b_path, ports["b_admin"], root) as b_proc,
-        _sidecar(a_path, ports["a_admin"], root) as a_proc,
+        _sidecar(b_path, ports["b_admin"], root, module) as b_proc,
+        _sidecar(a_path, ports["a_admin"], root, module) as a_proc,
     ):
         wait_port(ports["a_out"])
 
@@ -450,14 +469,16 @@ _SETTLE_SECONDS = 12.0
 def bench_memory(args: argparse.Namespace) -> Figures:
     """RSS of each sidecar idle (right after a warm-up and after 12 s without traffic),
     then with 1,000 idle client connections open to A's outbound listener and 1,000 idle
-    mTLS connections open to B's inbound listener."""
+    mTLS connections open to B's inbound listener; then, on a second pair, 64 idle pooled
+    mTLS connections between A and B (the outbound side's and the inbound side's cost of
+    one idle connection of the mesh itself)."""
     count = 1000
     resource.setrlimit(
         resource.RLIMIT_NOFILE, (20000, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     )
     pki = TestPki()
     certs = bench_certs(pki)
-    figures: Figures = {"connections": count}
+    figures: Figures = {"connections": count, "load_average_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp_name:
         tmp = Path(tmp_name)
         app = nginx_app(tmp, free_port())
@@ -487,15 +508,85 @@ def bench_memory(args: argparse.Namespace) -> Figures:
                     conn.close()
         finally:
             app.stop()
+        figures["pooled"] = _pooled_mtls_memory(pki, certs, tmp / "pooled")
     figures["outbound_delta_mb"] = round(
         figures["outbound_with_idle_connections_mb"] - figures["outbound_idle_mb"], 1
     )
     figures["inbound_delta_mb"] = round(
         figures["inbound_with_idle_mtls_connections_mb"] - figures["inbound_idle_mb"], 1
     )
+    figures["outbound_kb_per_client_connection"] = round(
+        figures["outbound_delta_mb"] * 1024 / count, 1
+    )
     figures["inbound_kb_per_connection"] = round(figures["inbound_delta_mb"] * 1024 / count, 1)
-    figures["targets"] = {"idle_mb": "< 60", "delta_mb": "< 20"}
+    figures["load_average_after"] = os.getloadavg()[0]
+    figures["targets"] = {"idle_mb": "<= 45", "kb_per_idle_mtls_connection": "<= 15"}
     return figures
+
+
+_POOLED = 64  # the outbound's default pool_max_idle_per_endpoint: all stay pooled
+
+
+def _pooled_mtls_memory(pki: TestPki, certs: Certs, tmp: Path) -> Figures:
+    """`_POOLED` requests held at once by an app that answers only when all have arrived,
+    so A must dial `_POOLED` mTLS connections to B; once answered they idle in A's pool and
+    in B's keep-alive wait. RSS of A and B before and after (client connections closed)."""
+    barrier = threading.Barrier(_POOLED, timeout=60)
+
+    class Held(socketserver.StreamRequestHandler):
+        disable_nagle_algorithm = True
+
+        def handle(self) -> None:
+            while self.rfile.readline():
+                while self.rfile.readline() not in (b"\r\n", b""):
+                    pass
+                barrier.wait()
+                self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    class App(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+
+    app = App(("127.0.0.1", 0), Held)
+    threading.Thread(target=app.serve_forever, daemon=True).start()
+    out: Figures = {"connections": _POOLED}
+    try:
+        with meshgate_pair(pki, certs, tmp, app.server_address[1]) as (port, a_pids, b_pids):
+            time.sleep(_SETTLE_SECONDS)
+            a0, b0 = rss_kb(a_pids), rss_kb(b_pids)
+            progress(f"memory: {_POOLED} requests at once, then {_POOLED} pooled mTLS connections")
+            clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(_POOLED)]
+            for sock in clients:
+                sock.sendall(b"GET / HTTP/1.1\r\nhost: catalog\r\n\r\n")
+            for sock in clients:
+                sock.settimeout(60)
+                if not sock.recv(4096).startswith(b"HTTP/1.1 200 "):
+                    raise RuntimeError("pooled memory phase: a held request failed")
+                sock.close()
+            time.sleep(1.0)
+            a1, b1 = rss_kb(a_pids), rss_kb(b_pids)
+            admin = f"http://127.0.0.1:{_admin_port(tmp / 'a.toml')}/upstreams"
+            with urllib.request.urlopen(admin, timeout=5) as reply:
+                pool = json.loads(reply.read())
+    finally:
+        app.shutdown()
+        app.server_close()
+    out.update(
+        {
+            "outbound_idle_mb": round(a0 / 1024, 1),
+            "inbound_idle_mb": round(b0 / 1024, 1),
+            "outbound_kb_per_pooled_mtls_connection": round((a1 - a0) / _POOLED, 1),
+            "inbound_kb_per_idle_mtls_connection": round((b1 - b0) / _POOLED, 1),
+            "outbound_pool": pool,
+        }
+    )
+    return out
+
+
+def _admin_port(config: Path) -> int:
+    m = re.search(r'\[admin\]\nlisten = "127\.0\.0\.1:(\d+)"', config.read_text())
+    if m is None:
+        raise RuntimeError("no admin listen in the bench config")
+    return int(m.group(1))
 
 
 def _inbound_port(config: Path) -> int:

@@ -8,7 +8,10 @@ keeps serving and renewal is retried with backoff; once it has expired the store
 `usable(now)` is None, so the data path refuses mTLS both ways and readiness is false
 (fails closed). It recovers by itself: renewal when the CA returns in time, otherwise a
 bootstrap as soon as a fresh join token is in the token file. Background loops log, count
-and carry on.
+and carry on. What blocks a new SVID (no token, CA unreachable, a refused token, a token
+for another ID) and a failed save to ``state_dir`` are kept in `IdentityStats` for
+``/readyz``. A bootstrap names the expected SPIFFE ID, so the CA refuses a token bound to
+another one without consuming it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from cryptography.hazmat.primitives import hashes
 
 from mesh_ca.client import CaClientError, CaUnavailable
 from mesh_ca.clock import Clock
+from mesh_ca.exit_codes import ExitCode, StartupError
 from mesh_ca.identity import (
     BundleError,
     BundleSet,
@@ -46,7 +50,7 @@ from sidecar.identity.state import (
     read_join_token,
 )
 from sidecar.identity.static_files import ReloadSignal, run_static_identity
-from sidecar.identity.stats import IdentityStats
+from sidecar.identity.stats import Blocked, IdentityStats
 
 __all__ = ["CaClientLike", "ClientFactory", "IssuedLike", "run_identity"]
 
@@ -70,7 +74,9 @@ class IssuedLike(Protocol):
 class CaClientLike(Protocol):
     """The part of `mesh_ca.client.CaClient` the lifecycle uses; tests pass a fake."""
 
-    async def bootstrap(self, token: str, key: PrivateKey) -> IssuedLike: ...
+    async def bootstrap(
+        self, token: str, key: PrivateKey, expected: SpiffeId | None = None
+    ) -> IssuedLike: ...
     async def renew(
         self, chain: Sequence[x509.Certificate], key: PrivateKey, new_key: PrivateKey
     ) -> IssuedLike: ...
@@ -184,12 +190,26 @@ class _Lifecycle:
         self._persist_lock = trio.Lock()
         self._wake = trio.Event()  # set to renew early (own SVID revoked)
         self._expired_at: datetime | None = None  # of the stored SVID, for error messages
+        # The CA's refusal of the token now in the token file: still the reason while it is.
+        self._refusal: tuple[str, Blocked] | None = None
 
     # -- start-up ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.run_blocking(self.state.ensure)
-        self.bundles = await self.run_blocking(self._initial_bundles)
+        """Publish the stored SVID or bootstrap one (waiting as long as that takes).
+        A state directory or bundle file it cannot use is a `StartupError` naming the key."""
+        try:
+            await self.run_blocking(self.state.ensure)
+        except StateError as exc:
+            raise StartupError(
+                "identity.state_dir", self.state.path, str(exc), ExitCode.STATE
+            ) from exc
+        try:
+            self.bundles = await self.run_blocking(self._initial_bundles)
+        except StateError as exc:
+            raise StartupError(
+                "identity.bundle_file", self.settings.bundle_file, str(exc), ExitCode.FILE
+            ) from exc
         now = self.clock.now()
         stored = await self.run_blocking(self.state.load_svid, self.spiffe_id, self.bundles, now)
         if stored.credentials is not None:
@@ -202,6 +222,7 @@ class _Lifecycle:
             )
             self.store.publish(creds)
             self.stats.count("start", "stored")
+            await self._persist()  # proves state_dir still takes a save (readiness says so)
             return
         log.info("stored SVID not usable (%s): bootstrapping with a join token", stored.reason)
         self._expired_at = stored.expired_at
@@ -268,6 +289,7 @@ class _Lifecycle:
                     left = f"SVID expired at {not_after.isoformat()}: mTLS refused until renewed"
                 log.warning("%s: CA unavailable (%s); %s; retrying", kind, exc, left)
                 self.stats.error(kind, "ca_unavailable", str(exc), now)
+                self.stats.blocked = Blocked("ca_unreachable", f"CA unreachable: {exc}")
                 creds = None
             except CaClientError as exc:
                 self._report_refusal(action, token, exc, now)
@@ -278,10 +300,12 @@ class _Lifecycle:
                     "%s: the CA's answer was refused, keeping the current SVID: %s", kind, exc
                 )
                 self.stats.error(kind, "invalid", str(exc), now)
+                self.stats.blocked = Blocked("svid_invalid", f"the CA's answer was refused: {exc}")
                 creds = None
             if creds is not None:
                 self.store.publish(creds)
-                self.stats.count(kind, "ok")
+                self.stats.ok(kind)
+                self.stats.blocked = None
                 self.stats.last_rotation_at = now
                 self._expired_at = None
                 log.info(
@@ -317,10 +341,13 @@ class _Lifecycle:
         key = generate_key()
         log.info("bootstrap: sending a CSR with join token %s to the CA", token.public_id)
         try:
-            issued = await (await self.client()).bootstrap(token.text, key)
+            issued = await (await self.client()).bootstrap(token.text, key, self.spiffe_id)
         except CaClientError as exc:
-            if not isinstance(exc, CaUnavailable):
-                await self._mark_spent(token)  # refused: sending it again cannot help
+            # Refused: sending it again cannot help. A token for another ID is not spent at
+            # the CA, so it is only skipped in this process (`_refusal`), not recorded: after
+            # identity.spiffe_id is corrected and the sidecar restarted, it is used.
+            if not isinstance(exc, CaUnavailable) and exc.code != "token_wrong_id":
+                await self._mark_spent(token)
             raise
         await self._mark_spent(token)  # consumed by the CA, whatever happens next
         return self._build(issued, key)
@@ -349,12 +376,17 @@ class _Lifecycle:
     def _fresh_token(self) -> JoinToken | None:
         try:
             token = read_join_token(self.settings.token_file)
-            if token is None or self.state.token_spent(token):
+            if token is None or not self._unused(token):
                 return None
         except StateError as exc:
             log.error("join token: %s", exc)
             return None
         return token
+
+    def _unused(self, token: JoinToken) -> bool:
+        """Not yet sent (on disk), and not the token the CA just refused (in memory)."""
+        refused = self._refusal is not None and self._refusal[0] == token.digest
+        return not refused and not self.state.token_spent(token)
 
     async def _sleep_until_token(self, at: datetime) -> None:
         """Sleep until `at`, or only until a fresh join token is in the token file.
@@ -366,7 +398,7 @@ class _Lifecycle:
             await trio.sleep(min(left, _TOKEN_CHECK_SECONDS))
             try:
                 token = read_join_token(self.settings.token_file)
-                if token is not None and not self.state.token_spent(token):
+                if token is not None and self._unused(token):
                     return
             except StateError:
                 pass  # the next attempt reports it (once per attempt, not every second)
@@ -394,6 +426,10 @@ class _Lifecycle:
                 token, hint = None, f"and the token file is unreadable ({exc})"
             else:
                 hint = f"and there is no join token in {path}"
+            if token is not None and self._refusal and self._refusal[0] == token.digest:
+                self.stats.blocked = self._refusal[1]  # the CA's reason, not "already used"
+                log.error("cannot get an SVID: %s", self._refusal[1].message)
+                return
             if token is not None:
                 hint = (
                     f"and the join token in {path} (id {token.public_id}) was already used; "
@@ -406,11 +442,23 @@ class _Lifecycle:
         )
         log.error("%s", message)
         self.stats.error("bootstrap", "no_token", message, now)
+        self.stats.blocked = Blocked("waiting_for_token", message)
 
     def _report_refusal(
         self, action: RenewalAction, token: JoinToken | None, exc: CaClientError, now: datetime
     ) -> None:
-        if action is RenewalAction.BOOTSTRAP and token is not None:
+        if action is RenewalAction.BOOTSTRAP and token is not None and exc.code == "token_wrong_id":
+            message = (
+                f"the join token in {self.settings.token_file} (id {token.public_id}) is for "
+                f"another SPIFFE ID, not this sidecar's identity.spiffe_id {self.spiffe_id}: "
+                f"{exc}. The CA kept the token for the ID it names; write a token created "
+                f"for {self.spiffe_id} to {self.settings.token_file}"
+            )
+            log.error("bootstrap: %s", message)
+            self.stats.error("bootstrap", "wrong_id", message, now)
+            self.stats.blocked = Blocked("token_wrong_id", message)
+            self._refusal = (token.digest, self.stats.blocked)
+        elif action is RenewalAction.BOOTSTRAP and token is not None:
             log.error(
                 "bootstrap: the CA refused join token %s (%s %s: %s); it will not be sent again: "
                 "write a fresh token to %s",
@@ -421,6 +469,12 @@ class _Lifecycle:
                 self.settings.token_file,
             )
             self.stats.error("bootstrap", "refused", str(exc), now)
+            self.stats.blocked = Blocked(
+                "token_refused",
+                f"the CA refused the join token in {self.settings.token_file} "
+                f"(id {token.public_id}): {exc}; write a fresh token there",
+            )
+            self._refusal = (token.digest, self.stats.blocked)
         else:
             log.error(
                 "rotation: the CA refused to renew (%s %s: %s); retrying, and bootstrapping "
@@ -452,6 +506,7 @@ class _Lifecycle:
             log.warning("poll: the CA refused (%s %s: %s)", exc.status, exc.code, exc)
             self.stats.error("poll", "refused", str(exc), now)
             return
+        self.stats.ok("poll")
         self._apply_revocations(
             Revocations(spiffe_ids, serials, self.store.revocations.untrusted_domains), now
         )
@@ -521,7 +576,7 @@ class _Lifecycle:
                 return False
             self.store.publish(creds)
         self.bundles = bundles
-        self.stats.count("bundle", "updated")
+        self.stats.ok("bundle", "updated")
         log.info("poll: trust bundle for %s updated (%d roots)", domain, len(bundle.roots))
         return True
 
@@ -557,9 +612,16 @@ class _Lifecycle:
             try:
                 await self.run_blocking(self.state.save, creds)
             except (OSError, StateError) as exc:
-                # Serving goes on; only a restart would need a token.
-                log.error("cannot save the SVID to %s: %s", self.state.path, exc)
-                self.stats.error("persist", "failed", str(exc), self.clock.now())
+                # Serving goes on, but unready: a restart now would need a new join token.
+                message = f"cannot save the SVID to identity.state_dir {self.state.path}: {exc}"
+                log.error("%s", message)
+                self.stats.error("persist", "failed", message, self.clock.now())
+                self.stats.persist_error = message
+                return
+            if self.stats.persist_error is not None:
+                log.info("SVID saved to %s again", self.state.path)
+            self.stats.persist_error = None
+            self.stats.ok("persist")
 
     async def _sleep_until(self, at: datetime, *, wake: bool = False) -> bool:
         """Sleep until wall time `at`; with `wake`, return True early if woken."""

@@ -143,7 +143,7 @@ async def run_static_identity(
     stamp = file_stamp(paths)
     creds = await run(load_static_credentials, settings, clock.now())
     store.publish(creds)
-    stats.count("reload", "ok")
+    stats.ok("reload")
     log.info("static SVID %s serial %x loaded from %s", creds.spiffe_id, creds.serial, paths[0])
     task_status.started()
     while True:
@@ -159,7 +159,7 @@ async def run_static_identity(
             log.error("static SVID reload refused, keeping the current one: %s", exc)
             stats.error("reload", "invalid", str(exc), now)
             continue
-        stats.count("reload", "ok")
+        stats.ok("reload")
         if fresh.serial == creds.serial and fresh.bundles == creds.bundles:
             continue
         creds = fresh

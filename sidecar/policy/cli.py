@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TextIO
 
 from mesh_ca.identity import SpiffeId, SpiffeIdError, TrustDomain
+from sidecar.http.errors import HttpError
+from sidecar.http.path import normalize_target
 from sidecar.policy.cases import load_cases, run_cases
 from sidecar.policy.decision import AccessRequest, PolicyDecision, decide
 from sidecar.policy.loader import PolicyLoadError, load_snapshot
@@ -42,8 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--principal", required=True, help="peer SPIFFE ID")
     explain.add_argument("--action", required=True, help="HTTP method, or connect")
     explain.add_argument("--resource", required=True, help="destination service name")
-    explain.add_argument("--path", default="", help="normalized request path")
-    explain.add_argument("--query", default="")
+    explain.add_argument(
+        "--path",
+        default="",
+        help="request path as a client sends it (may carry ?query); normalized exactly as "
+        "the sidecar does before deciding (empty: tcp mode, no path)",
+    )
+    explain.add_argument("--query", default="", help="query string (or give it in --path)")
     explain.add_argument("--host", default="")
     explain.add_argument(
         "--header", action="append", default=[], metavar="NAME=VALUE", help="repeatable"
@@ -153,14 +160,32 @@ def _explain(snapshot: PolicySnapshot, args: argparse.Namespace, out: TextIO, er
         if now.tzinfo is None:
             err.write("--time: needs an offset, e.g. 2024-01-01T02:00:00+00:00\n")
             return 2
+    path, query = args.path, args.query
+    if path:
+        # The live sidecar's own normalization (sidecar.http.path): what it would decide on.
+        target = path if "?" in path or not query else f"{path}?{query}"
+        try:
+            normalized = normalize_target(target)
+        except HttpError as exc:
+            out.write(
+                f"decision: DENY (rejected request)\npath: {target!r} is rejected before any "
+                f"policy is asked: {exc.status_hint} {exc.reason}\n"
+            )
+            return 1
+        path, query = normalized.path, normalized.query or ""
+        sent = target.partition("?")[0]
+        note = "" if normalized.path == sent else f" (normalized from {sent})"
+        path_line = f"path: {normalized.path}{note}\n"
+    else:
+        path_line = ""
     request = AccessRequest(
         principal=principal,
         action=args.action,
         service=args.resource,
         source_address=args.source_address,
         now=now,
-        path=args.path,
-        query=args.query,
+        path=path,
+        query=query,
         host=args.host,
         headers=tuple(headers),
         tls_version=args.tls_version,
@@ -168,6 +193,7 @@ def _explain(snapshot: PolicySnapshot, args: argparse.Namespace, out: TextIO, er
     decision = decide(snapshot, request)
     verdict = "ALLOW" if decision.allowed else "DENY"
     out.write(f"decision: {verdict} ({decision.reason}), policy set {decision.version}\n")
+    out.write(path_line)
     _write_reasons(snapshot, decision, out, indent="")
     return 0 if decision.allowed else 1
 

@@ -148,6 +148,15 @@ async def test_expired_svid_refuses_both_ways_is_unready_then_recovers_with_a_fr
                     "B's access records of both refusals", both_refusals_logged, timeout=5
                 )
 
+                async def b_asks_for_a_token() -> bool:
+                    body = (await admin(b, "/readyz"))[1]
+                    return bool(
+                        body.get("code") == "svid_expired" and "join token" in body["reason"]
+                    )
+
+                # /readyz says what it needs (the next attempt after expiry finds no token).
+                await wait_for("B's /readyz asking for a token", b_asks_for_a_token, timeout=15)
+
                 with serving(ca, tmp_path / "ca-again.log", listen=server.address):
 
                     async def asked_for_a_token() -> bool:
