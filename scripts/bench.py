@@ -13,6 +13,7 @@
     python scripts/bench.py datapath [--seconds 3]
     python scripts/bench.py memory
     python scripts/bench.py soak [--minutes 10] [--leaf-ttl 30s] [--rate 100] [--workdir DIR]
+    python scripts/bench.py tracing [--seconds 3]       (CPU µs per span, needs [tracing] extra)
 
 Sections register themselves in `SECTIONS` (name -> function taking the parsed args and
 returning a dict of figures, which is printed as JSON at the end). Runs are bounded in
@@ -575,6 +576,15 @@ SECTIONS.update(DATA_PATH_SECTIONS)
 SECTIONS.update(SOAK_SECTIONS)
 SECTIONS["latency"] = bench_latency
 SECTIONS["ledger"] = bench_ledger
+
+
+def bench_tracing(args: argparse.Namespace) -> Figures:
+    from scripts.benchlib.tracing import bench_tracing as run  # the SDK only for this section
+
+    return run(args)
+
+
+SECTIONS["tracing"] = bench_tracing
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,7 @@ _VALIDATED_NAMES: Final = {
     "_loopback": '"host:port" string, loopback only (127.0.0.1, ::1, localhost)',
     "_spiffe_id": '"spiffe://..." string',
     "_access_log": '"stdout", "stderr", "off" or a file path',
+    "_otlp_endpoint": '"http(s)://host:port/path" URL',
 }
 _CLASS_NAMES: Final = {
     sidecar.config.Address: '"host:port" string',

@@ -39,11 +39,13 @@ from sidecar.policy_authz import CedarAuthorizer
 from sidecar.policy_runtime import LivePolicies
 from sidecar.pool import MeshPool
 from sidecar.runtime import Runtime
+from sidecar.tracing import Tracer, default_service_name
 
 __all__ = ["listen_on", "run"]
 
 log = logging.getLogger("sidecar.app")
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
+_SPAN_FLUSH_SECONDS = 2.0  # after the drain, how long queued spans may take to leave
 
 
 async def _accept_loop(
@@ -166,6 +168,25 @@ async def _start_identity(
     return stats
 
 
+def _tracer(config: SidecarConfig) -> Tracer | None:
+    """The span exporter of ``[tracing]``; None (and no SDK import) without it."""
+    if config.tracing is None:
+        return None
+    from sidecar.tracing_otel import OtelTracer
+
+    name = config.tracing.service_name or default_service_name(config.identity.spiffe_id)
+    return OtelTracer(config.tracing, name)
+
+
+async def _stop_tracer(tracer: Tracer, config: SidecarConfig) -> None:
+    """Send the spans still queued, waiting at most `_SPAN_FLUSH_SECONDS` (or the export
+    timeout, if shorter): a hung collector must not hold up a stop. The exporting thread is
+    left behind after that; it is a daemon and the process is exiting."""
+    assert config.tracing is not None
+    with trio.move_on_after(min(_SPAN_FLUSH_SECONDS, config.tracing.export_timeout_seconds)):
+        await trio.to_thread.run_sync(tracer.shutdown, abandon_on_cancel=True)
+
+
 async def run(
     config: SidecarConfig,
     *,
@@ -212,7 +233,8 @@ async def run(
     metrics = SidecarMetrics()
     metrics.watch_credentials(store)
     observer = Observer(metrics, str(config.identity.spiffe_id))
-    runtime = Runtime(store, clock.now, config.timeouts, tracker, observer)
+    tracer = _tracer(config)
+    runtime = Runtime(store, clock.now, config.timeouts, tracker, observer, tracer=tracer)
     policies = LivePolicies(config.policy, clock, observer) if config.policy else None
     stats = IdentityStats()
     metrics.watch_identity(stats)
@@ -333,5 +355,7 @@ async def run(
                 tracker.cancel_all("drain_timeout")  # their access records say so
             handlers.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
+    if tracer is not None:
+        await _stop_tracer(tracer, config)
     event(log, "sidecar stopped")
     return 0

@@ -13,6 +13,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, final
+from urllib.parse import urlsplit, urlunsplit
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator
@@ -34,6 +35,7 @@ __all__ = [
     "PolicyConfig",
     "SidecarConfig",
     "TimeoutsConfig",
+    "TracingConfig",
     "load_config",
     "parse_config",
 ]
@@ -736,6 +738,81 @@ class LogConfig(_Model):
     ] = "info"
 
 
+def _otlp_endpoint(value: object) -> str:
+    """An OTLP/HTTP traces URL; a bare ``http://host:port`` gets the standard /v1/traces."""
+    if not isinstance(value, str):
+        raise ValueError('must be an "http://host:port/v1/traces" string')
+    parsed = urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
+    if parsed.username is not None or parsed.password is not None:
+        raise ValueError("credentials in the URL would be shown in /config and logs")
+    if parsed.query or parsed.fragment:
+        raise ValueError(f"{value!r}: no query or fragment")
+    try:
+        parsed.port  # noqa: B018 - raises ValueError for a port outside 0..65535
+    except ValueError as exc:
+        raise ValueError(f"{value!r}: {exc}") from None
+    if parsed.path in ("", "/"):
+        return urlunsplit((parsed.scheme, parsed.netloc, "/v1/traces", "", ""))
+    return value
+
+
+@final
+class TracingConfig(_Model):
+    """A span for every http-mode request, each hop (inbound and outbound) one span, sent to
+    an OpenTelemetry collector over OTLP/HTTP, with W3C `traceparent` passed on to the next
+    hop and the app. Off when the section is absent; needs ``pip install 'meshgate[tracing]'``
+    (a sidecar without it refuses to start, naming ``tracing.endpoint``)."""
+
+    endpoint: Annotated[
+        str,
+        PlainValidator(_otlp_endpoint),
+        Field(
+            description=(
+                "the OTLP/HTTP traces URL of a collector (protobuf body), e.g. "
+                '"http://127.0.0.1:4318/v1/traces"; a URL without a path gets /v1/traces. '
+                "Spans are sent from a background thread: a slow or absent collector never "
+                "delays or fails a request (spans are dropped when the queue is full)"
+            )
+        ),
+    ]
+    service_name: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=255,
+            description=(
+                "the service.name resource attribute of the spans; default: the SERVICE of "
+                "identity.spiffe_id (spiffe://TD/ns/NS/svc/SERVICE), else its last path segment"
+            ),
+        ),
+    ] = None
+    sample_ratio: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1,
+            description=(
+                "share of new traces recorded (by trace id, so every hop agrees). A request "
+                "that arrives with a traceparent follows its sampled flag instead"
+            ),
+        ),
+    ] = 1.0
+    export_delay_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=60,
+            description="seconds between batch exports (a full batch goes at once)",
+        ),
+    ] = 5.0
+    export_timeout_seconds: Annotated[
+        float,
+        Field(gt=0, le=60, description="seconds one export may take before it is abandoned"),
+    ] = 10.0
+
+
 @final
 class SidecarConfig(_Model):
     identity: IdentityConfig
@@ -747,6 +824,7 @@ class SidecarConfig(_Model):
     connection_lifetime: ConnectionLifetimeConfig = ConnectionLifetimeConfig()
     limits: LimitsConfig = LimitsConfig()
     log: LogConfig = LogConfig()
+    tracing: TracingConfig | None = None
     workers: Annotated[
         int,
         Field(

@@ -8,7 +8,8 @@ a policy reads (`InboundRules`) → decide (principal = verified peer, action = 
 resource = our service, context = path, query, host, headers as the app will get them,
 source, TLS version, time) → 403 with the request id, or forward exactly that request,
 rebuilt by the serializer, with hop-by-hop and client-supplied identity headers stripped,
-our `x-forwarded-client-cert` and forwarding headers set (`inbound.forwarded_headers`) →
+our `x-forwarded-client-cert` and forwarding headers set (`inbound.forwarded_headers`)
+and, with ``[tracing]``, a `traceparent` naming this hop's server span →
 stream the body to the app and the response back. The app sees nothing of a request that
 was refused. Fails closed: only a Cedar Allow with no evaluation errors forwards (audit
 mode forwards what would be denied, once a policy set is live).
@@ -78,6 +79,7 @@ from sidecar.policy_authz import determining_policies, forwards, source_ip, verd
 from sidecar.relay import abort
 from sidecar.runtime import Runtime
 from sidecar.tls import MeshConnection, MeshTlsError, accept_mesh
+from sidecar.tracing import Span
 
 __all__ = ["HttpInbound"]
 
@@ -417,6 +419,8 @@ class _Session:
             new_request_id=inbound.new_request_id,
             xfcc=self.xfcc,
         )
+        span = self._start_span(head.method, forwarded)
+        forwarded = forwarded if span is None else span.forwarded  # our span: the app's parent
         app_headers = inbound.rules.app_headers(
             forwarded.headers, host=host, source_ip=self.source_ip
         )
@@ -451,18 +455,20 @@ class _Session:
             outcome = await self._answer(head, target, forwarded, verdict, live)
         except BaseException:
             # Cut after the decision (revoked, expired, drain timeout): still one record.
+            cut = live.cut(self._cut_cause())
             self._report(
                 started,
                 wall,
                 head,
                 target,
-                live.cut(self._cut_cause()),
+                cut,
                 request_id=request_id,
                 decision=result,
                 policies=policies,
                 extra=extra,
                 traceparent=forwarded.traceparent,
             )
+            self._finish_span(span, target, cut, result, policies)
             raise
         self._report(
             started,
@@ -476,6 +482,7 @@ class _Session:
             extra=extra,
             traceparent=forwarded.traceparent,
         )
+        self._finish_span(span, target, outcome, result, policies)
         return outcome
 
     async def _answer(
@@ -505,6 +512,30 @@ class _Session:
                 outcome.abort_client = True
             return outcome
         return await self._forward(head, target, forwarded, live)
+
+    def _start_span(self, method: str, forwarded: ForwardedRequest) -> Span | None:
+        """The server span of one request when ``[tracing]`` is on (no work when off)."""
+        tracer = self.rt.tracer
+        service = self.inbound.config.service
+        return None if tracer is None else tracer.start("inbound", method, service, forwarded)
+
+    def _finish_span(
+        self,
+        span: Span | None,
+        target: NormalizedTarget,
+        outcome: _Outcome,
+        decision: str,
+        policies: tuple[str, ...],
+    ) -> None:
+        if span is not None:
+            span.finish(
+                path=target.path,
+                status=outcome.status,
+                peer_id=self.peer_id_text,
+                decision=decision,
+                policies=policies,
+                reason=outcome.reason,
+            )
 
     def _report(
         self,

@@ -3,7 +3,8 @@
 Pipeline per client connection: admit (cap) → for each request: strict `RequestReader`
 (same rejection rules as inbound) → normalize the target once → rebuild the head with the
 forwarding header policy (hop-by-hop and identity headers dropped, `x-request-id` added
-when absent, a valid `traceparent` kept) → a pooled mTLS connection (`sidecar.pool`,
+when absent, a valid `traceparent` kept, or with ``[tracing]`` replaced by one naming our
+client span) → a pooled mTLS connection (`sidecar.pool`,
 secure naming checked at its handshake) → stream the body up and the response back.
 
 Every request read gets exactly one access record and one count; a response cut after
@@ -57,7 +58,7 @@ from sidecar.http import (
     serialize_response_head,
 )
 from sidecar.http.body_pace import BodyPace
-from sidecar.http.forwarding import new_uuid
+from sidecar.http.forwarding import ForwardedRequest, new_uuid
 from sidecar.http_replies import reply
 from sidecar.lean_socket import TimedStream, lean, peer_address
 from sidecar.logs import event
@@ -65,6 +66,7 @@ from sidecar.observe import AccessRecord
 from sidecar.pool import MeshPool, PooledConnection, PoolError
 from sidecar.relay import abort
 from sidecar.runtime import Runtime
+from sidecar.tracing import Span
 
 __all__ = ["IDEMPOTENT_METHODS", "HttpOutbound", "error_response"]
 
@@ -202,12 +204,14 @@ class HttpOutbound:
         """One request/response; True when the client connection may carry another."""
         started = time.monotonic()
         wall = self.runtime.now()
+        target = normalize_target(head.target)  # HttpError → 400, before anything is sent
         forwarded = forward_request_headers(
             head.headers, our_id=None, peer=None, new_request_id=self.new_request_id
         )
+        span = self._start_span(head.method, forwarded)
+        forwarded = span.forwarded if span is not None else forwarded  # our span: the parent
         request_id = forwarded.request_id
         traceparent = forwarded.traceparent
-        target = normalize_target(head.target)  # HttpError → 400, before anything is sent
         out = _Exchange()
         wire_head = serialize_request_head(
             head.method, target.target, forwarded.headers, head.framing
@@ -261,7 +265,20 @@ class HttpOutbound:
                 wall,
                 time.monotonic() - started,
             )
+            if span is not None:
+                span.finish(
+                    path=target.path, status=out.status, peer_id=out.peer_id, reason=out.reason
+                )
         return keep
+
+    def _start_span(self, method: str, forwarded: ForwardedRequest) -> Span | None:
+        """The client span of one request when ``[tracing]`` is on (no work when off)."""
+        tracer = self.runtime.tracer
+        return (
+            None
+            if tracer is None
+            else tracer.start("outbound", method, self.config.service, forwarded)
+        )
 
     async def _forward(
         self,

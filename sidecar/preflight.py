@@ -11,11 +11,13 @@ code of its cause. Synchronous file I/O (start-up only).
 - CA mode: ``bundle_file`` holds roots, ``state_dir`` can be created or written,
   ``token_file`` (when present) is readable;
 - ``[policy] dir`` loads and validates against its schema;
-- ``log.access_log``, a file, can be appended to (or created).
+- ``log.access_log``, a file, can be appended to (or created);
+- ``[tracing]``: the OpenTelemetry packages (``meshgate[tracing]``) are installed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +41,24 @@ def preflight(config: SidecarConfig, now: datetime) -> None:
     if config.policy is not None:
         _check_policy(config.policy.dir, now)
     _check_access_log(config.log.access_log)
+    if config.tracing is not None:
+        _check_tracing(config.tracing.endpoint)
+
+
+def _check_tracing(endpoint: str) -> None:
+    """``[tracing]`` needs the optional OpenTelemetry packages (``meshgate[tracing]``)."""
+    for module in ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # a parent package is missing
+            found = False
+        if not found:
+            raise StartupError(
+                "tracing.endpoint",
+                endpoint,
+                f"tracing needs {module.rsplit('.', 1)[0]}: pip install 'meshgate[tracing]'",
+                ExitCode.FAILED,
+            )
 
 
 def _check_static(settings: IdentitySettings, now: datetime) -> None:

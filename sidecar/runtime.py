@@ -13,6 +13,7 @@ from sidecar.config import TimeoutsConfig
 from sidecar.connections import ConnectionTracker
 from sidecar.identity.credentials import CredentialStore
 from sidecar.observe import Observer
+from sidecar.tracing import Tracer
 
 __all__ = ["Runtime"]
 
@@ -25,6 +26,7 @@ class Runtime:
     timeouts: TimeoutsConfig
     tracker: ConnectionTracker
     observer: Observer = field(default_factory=Observer)
+    tracer: Tracer | None = None  # [tracing]: None when off, and the data path skips it
 
     def trio_deadline(self, not_after: datetime) -> float:
         """The trio-clock deadline for a wall-clock instant (e.g. an SVID's notAfter)."""

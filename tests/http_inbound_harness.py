@@ -41,6 +41,7 @@ from sidecar.observe import AccessRecord, Observer
 from sidecar.policy import PolicyStore, ReloadOutcome
 from sidecar.runtime import Runtime
 from sidecar.tls_stream import TlsStream
+from sidecar.tracing import Tracer
 from tests.pki import Leaf
 from tests.pki import TestPki as Pki
 from tests.sidecar_helpers import bundle_with_intermediates, store_for
@@ -181,6 +182,7 @@ class Harness:
         audit: bool = False,
         timeouts: TimeoutsConfig | None = None,
         peer: SpiffeId | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.nursery = nursery
         self.pki = Pki(now=NOW)
@@ -199,7 +201,12 @@ class Harness:
             {"listen": "127.0.0.1:1", "app": "127.0.0.1:2", "service": "orders", "protocol": "http"}
         )
         runtime = Runtime(
-            self.store, self.clock.now, timeouts or TimeoutsConfig(), self.tracker, self.observer
+            self.store,
+            self.clock.now,
+            timeouts or TimeoutsConfig(),
+            self.tracker,
+            self.observer,
+            tracer=tracer,
         )
         self.inbound = HttpInbound(
             config, runtime, self.policies, audit=audit, connect_app=self.app.connect

@@ -29,6 +29,7 @@ PURE_CORES = (
     "sidecar/authz.py",
     "sidecar/policy_authz.py",
     "sidecar/svid_cache.py",
+    "sidecar/tracing.py",
 )
 _PATH_RE = re.compile(r"`((?:mesh_ca|sidecar|scripts|tests|policies)/[A-Za-z0-9_./-]*)`")
 _METRIC_RE = re.compile(r"`(meshgate_[a-z_]+)")

@@ -18,8 +18,10 @@ _LOWER = re.compile(r"^\s*([A-Za-z0-9_.-]+(?:\[[^\]]+\])?)\s*>=\s*([^,;\s]+)")
 def pins(pyproject: Path) -> list[str]:
     project = tomllib.loads(pyproject.read_text("utf-8"))["project"]
     out = []
-    # The core dependencies and the `postgres` extra (its tests are collected with the rest).
-    for requirement in [*project["dependencies"], *project["optional-dependencies"]["postgres"]]:
+    # The core dependencies and the `postgres` and `tracing` extras (their tests are
+    # collected with the rest).
+    extras = project["optional-dependencies"]
+    for requirement in [*project["dependencies"], *extras["postgres"], *extras["tracing"]]:
         match = _LOWER.match(requirement)
         if match is None:
             raise SystemExit(f"{pyproject}: dependency {requirement!r} has no >= lower bound")
