@@ -35,7 +35,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from mesh_ca.config import CONFIG_FILE, CaConfig, ConfigError, load_config, write_config
-from mesh_ca.identity import BundleError, TrustBundle, TrustDomain, load_pem_certificates
+from mesh_ca.identity import (
+    BundleError,
+    TrustBundle,
+    TrustDomain,
+    bundle_sequence,
+    load_pem_certificates,
+)
 from mesh_ca.issuance import Signer, make_intermediate, make_root
 from mesh_ca.keys import (
     KeyFileError,
@@ -152,7 +158,7 @@ def init_ca_dir(
         with new_ca_keys(config.keys, path) as (root_key, inter_key):
             root = make_root(td, root_key, now)
             intermediate = make_intermediate(td, inter_key, root, root_key, now)
-            bundle = TrustBundle(td, (root,), (intermediate,))
+            bundle = TrustBundle(td, (root,), (intermediate,), bundle_sequence((root,)))
             write_config(staging / CONFIG_FILE, config)
             (staging / ROOT_CERT).write_bytes(_pem(root))
             (staging / INTERMEDIATE_CERT).write_bytes(_pem(intermediate))
@@ -242,7 +248,7 @@ def load_ca_dir(path: Path, passphrase: bytes | None = None) -> LoadedCa:
                 f"{file}: is a CA for {', '.join(named) or 'no trust domain'}, but "
                 f"{path / CONFIG_FILE} says trust_domain = {td.name!r}"
             )
-    bundle = TrustBundle(td, tuple(roots), (intermediate,))
+    bundle = TrustBundle(td, tuple(roots), (intermediate,), bundle_sequence(roots))
     return LoadedCa(path, config, td, root, Signer(intermediate, key), bundle)
 
 

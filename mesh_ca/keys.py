@@ -6,10 +6,12 @@ written atomically so a crash never leaves half a key.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from mesh_ca.files import write_atomic
 
@@ -19,6 +21,8 @@ __all__ = [
     "generate_key",
     "load_private_key",
     "private_key_pem",
+    "public_key_der",
+    "public_key_sha256",
     "write_private_file",
 ]
 
@@ -31,6 +35,18 @@ class KeyFileError(ValueError):
 
 def generate_key() -> PrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
+
+
+def public_key_der(public: PublicKeyTypes) -> bytes:
+    """The key as DER SubjectPublicKeyInfo: one canonical form to compare keys by."""
+    return public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def public_key_sha256(public: PublicKeyTypes) -> bytes:
+    """SHA-256 of `public_key_der`: what the CA store binds to one SPIFFE ID."""
+    return hashlib.sha256(public_key_der(public)).digest()
 
 
 def private_key_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:

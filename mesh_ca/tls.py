@@ -117,6 +117,6 @@ def peer_svid(tls: PeerCertSource, bundles: BundleSet, now: datetime) -> Verifie
         raise SvidError(SvidFailure.MALFORMED, "peer presented no certificate")
     try:
         leaf = x509.load_der_x509_certificate(der)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise SvidError(SvidFailure.MALFORMED, f"peer certificate is not DER X.509: {exc}") from exc
     return verify_svid(leaf, (), bundles, now)

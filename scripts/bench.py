@@ -337,7 +337,7 @@ def bench_ca(args: argparse.Namespace) -> Figures:
         contexts: dict[str, list[Any]] = {}
         for name, server in servers.items():
             progress(f"[{name}] creating {n_tokens} join tokens ...")
-            bodies[name] = bootstrap_bodies(add_tokens(server.ca, n_tokens), csrs)
+            bodies[name] = bootstrap_bodies(add_tokens(server.ca, n_tokens))
             contexts[name] = renew_contexts(server.ca, concurrency)
         renewals = renew_bodies(csrs)
         shell_bodies = itertools.repeat(b"{}")
@@ -435,7 +435,7 @@ def bench_ca_instructions(args: argparse.Namespace) -> Figures:
             anonymous = [client_context(BundleSet.of(ca.bundle))] * concurrency
             bodies = {
                 "/v1/renew": renew_bodies(csrs),
-                "/v1/bootstrap": bootstrap_bodies(tokens, csrs),
+                "/v1/bootstrap": bootstrap_bodies(tokens),
                 "/healthz": itertools.repeat(b"{}"),
             }
             phases = (
@@ -504,17 +504,16 @@ def bench_replicas(args: argparse.Namespace) -> Figures:
         figures["raw_signing_per_cpu_second"] = round(raw, 1)
         anonymous = client_context(BundleSet.of(pg_ca.bundle))
         contexts = [anonymous] * concurrency
-        csrs = csr_pems()
         with ca_server(base / "sqlite", args.log_level, flags) as sqlite_server:
             tokens = add_tokens(sqlite_server.ca, tokens_per_phase, "sqlite")
-            bodies = bootstrap_bodies(tokens, csrs)
+            bodies = bootstrap_bodies(tokens)
             progress(f"SQLite, one process: {concurrency} connections, {seconds} s")
             own = [client_context(BundleSet.of(sqlite_server.ca.bundle))] * concurrency
             figures["sqlite_one"] = spread_phase(
                 [sqlite_server], "/v1/bootstrap", own, bodies, seconds, **load
             )
         with serve_ca(pg_ca, base / "a.log", args.log_level, [*flags, "--replica", "a"], env) as a:
-            bodies = bootstrap_bodies(add_tokens(pg_ca, tokens_per_phase, "one"), csrs)
+            bodies = bootstrap_bodies(add_tokens(pg_ca, tokens_per_phase, "one"))
             progress(f"PostgreSQL, one replica: {concurrency} connections, {seconds} s")
             figures["postgres_one"] = spread_phase(
                 [a], "/v1/bootstrap", contexts, bodies, seconds, **load
@@ -522,7 +521,7 @@ def bench_replicas(args: argparse.Namespace) -> Figures:
             with serve_ca(
                 pg_ca_b, base / "b.log", args.log_level, [*flags, "--replica", "b"], env
             ) as b:
-                bodies = bootstrap_bodies(add_tokens(pg_ca, tokens_per_phase * 2, "two"), csrs)
+                bodies = bootstrap_bodies(add_tokens(pg_ca, tokens_per_phase * 2, "two"))
                 progress(
                     f"PostgreSQL, two replicas: {concurrency} connections over both, {seconds} s"
                 )

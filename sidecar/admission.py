@@ -1,5 +1,10 @@
-"""What every listener does around one connection: admit it under the cap, keep the
+"""What every listener does around one connection: admit it under the caps, keep the
 open/closed metrics, report its access record, and report a refused mesh handshake.
+
+Inbound connections are admitted per source and as *pending* until their handshake is
+done (`ConnectionTracker`); before the handler starts, a pending connection must send its
+first byte within ``client_hello_timeout_seconds``, so a socket that never speaks holds a
+pending slot for seconds, not for the whole handshake timeout.
 
 Shared by the tcp and http shells so each refusal and each cancellation is reported the
 same way whichever mode served it. Runs once per connection, never per request.
@@ -15,13 +20,16 @@ from typing import Any, final
 
 import trio
 
+from mesh_ca.server.ratelimit import source_key
+from sidecar.connections import Refused
+from sidecar.lean_socket import LeanSocketStream, peer_address
 from sidecar.logs import event
 from sidecar.observe import ConnectionReport, Direction
 from sidecar.relay import abort
 from sidecar.runtime import Runtime
 from sidecar.tls import MeshTlsError
 
-__all__ = ["Admission", "admitted", "handshake_refused"]
+__all__ = ["Admission", "admitted", "handshake_refused", "source_of"]
 
 
 @final
@@ -42,47 +50,93 @@ async def admitted(
     report: ConnectionReport | None = None,
     **fields: Any,
 ) -> AsyncIterator[Admission | None]:
-    """Admit one connection, or refuse it: None (the transport already aborted) when the
-    cap is reached, so the caller just returns.
+    """Admit one connection, or refuse it: None (the transport already aborted) when a
+    cap is reached or an inbound peer sent nothing in time, so the caller just returns.
 
     The body runs inside a cancel scope the tracker cancels on revocation, expiry or drain;
     such a cancellation ends the body quietly and is logged as "connection closed". When
     given, `report` gets reason ``cancelled`` then and is recorded whatever the outcome.
     `fields` (``source=`` or ``service=``) name the connection in the log events.
     """
+    yielded = evicted = False
     with trio.CancelScope() as scope:
-        handle = rt.tracker.admit(scope, direction)
-        if handle is None:
-            event(
-                log,
-                "connection refused",
-                direction=direction,
-                **fields,
-                reason="max_connections",
-            )
-            rt.observer.connection_refused(direction, "max_connections")
+        source = _source_key(transport) if direction == "inbound" else None
+        handle = rt.tracker.admit(scope, direction, source)
+        if isinstance(handle, Refused):
+            _refused(rt, direction, handle.reason, log, fields)
             await abort(transport)
+            yielded = True
             yield None
             return
-        rt.observer.connection_opened(direction)
+        opened = False
         try:
+            if source is not None and not await _first_byte(transport, rt):
+                _refused(rt, direction, "client_hello_timeout", log, fields)
+                await abort(transport)
+                yielded = True
+                yield None
+                return
+            rt.observer.connection_opened(direction)
+            opened = True
+            yielded = True
             yield Admission(handle, scope)
         finally:
+            slot = rt.tracker.slot(handle)
+            evicted = slot is not None and slot.evicted
             ended_by = rt.tracker.ended_by(handle)
             rt.tracker.release(handle)
-            rt.observer.connection_closed(direction)
-            if report is not None:
-                if scope.cancel_called and report.reason is None:
-                    report.reason = ended_by or "cancelled"  # revoked, untrusted or drained
-                rt.observer.request(report.record(trio.current_time()))
+            if evicted:
+                rt.observer.connection_refused(direction, "handshake_evicted")
+            if opened:
+                rt.observer.connection_closed(direction)
+                if report is not None:
+                    if scope.cancel_called and report.reason is None:
+                        # revoked, untrusted, drained or evicted (handshake_evicted)
+                        report.reason = ended_by or "cancelled"
+                    rt.observer.request(report.record(trio.current_time()))
+    if not yielded:  # evicted while it had not sent a byte yet
+        event(log, "connection refused", direction=direction, **fields, reason="handshake_evicted")
+        with trio.CancelScope(shield=True):
+            await abort(transport)
+        yield None
+        return
     if scope.cancelled_caught:
-        event(
-            log,
-            "connection closed",
-            direction=direction,
-            **fields,
-            outcome="cancelled (revoked, expired or drained)",
+        outcome = (
+            "handshake_evicted (pending handshake budget full)"
+            if evicted
+            else "cancelled (revoked, expired or drained)"
         )
+        event(log, "connection closed", direction=direction, **fields, outcome=outcome)
+
+
+def _refused(
+    rt: Runtime, direction: Direction, reason: str, log: logging.Logger, fields: dict[str, Any]
+) -> None:
+    event(log, "connection refused", direction=direction, **fields, reason=reason)
+    rt.observer.connection_refused(direction, reason)
+
+
+def _source_key(transport: trio.abc.Stream) -> str:
+    return source_of(peer_address(transport))
+
+
+def source_of(address: str) -> str:
+    """The per-source key of a ``host:port`` / ``[v6]:port`` peer address: its IPv4
+    address or IPv6 /64 (`mesh_ca.server.ratelimit.source_key`, as the CA counts)."""
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    return source_key(host.strip("[]"))
+
+
+async def _first_byte(transport: trio.abc.Stream, rt: Runtime) -> bool:
+    """Wait until the peer has sent something (its ClientHello), without reading it;
+    False if it stayed silent for ``client_hello_timeout_seconds``."""
+    sock = getattr(transport, "socket", None)
+    if not isinstance(transport, trio.SocketStream | LeanSocketStream) or sock is None:
+        return True  # in-memory streams (tests): nothing to wait on
+    with trio.move_on_after(rt.timeouts.client_hello_timeout_seconds):
+        await trio.lowlevel.wait_readable(sock.fileno())
+        return True
+    return False
 
 
 def handshake_refused(

@@ -24,7 +24,7 @@ from mesh_ca.exit_codes import ExitCode, StartupError
 from sidecar.admin import AdminState, serve_admin
 from sidecar.authz import AllowList, Authorizer
 from sidecar.config import Address, SidecarConfig
-from sidecar.connections import ConnectionTracker
+from sidecar.connections import AdmissionLimits, ConnectionTracker
 from sidecar.http_inbound import HttpInbound
 from sidecar.http_outbound import HttpOutbound
 from sidecar.identity.credentials import CredentialStore
@@ -215,6 +215,18 @@ async def run(
     tracker = ConnectionTracker(
         config.limits.max_connections,
         store,
+        AdmissionLimits(
+            max_per_source=config.limits.max_connections_per_source,
+            # Never above the overall cap (a default of 128 with max_connections = 64).
+            max_handshaking=min(
+                config.limits.max_handshaking_connections, config.limits.max_connections
+            ),
+            max_handshaking_per_source=min(
+                config.limits.max_handshaking_per_source,
+                config.limits.max_handshaking_connections,
+                config.limits.max_connections,
+            ),
+        ),
         now=clock.now,
         lifetime=config.connection_lifetime.policy(),
     )

@@ -500,6 +500,16 @@ class TimeoutsConfig(_Model):
             )
         ),
     ] = 10.0
+    client_hello_timeout_seconds: Annotated[
+        Seconds,
+        Field(
+            description=(
+                "inbound: seconds a new connection may stay silent before its first "
+                "handshake byte; a silent one is closed (counted by reason "
+                "client_hello_timeout), so idle sockets hold a pending slot only this long"
+            )
+        ),
+    ] = 3.0
     idle_timeout_seconds: Annotated[
         Seconds,
         Field(
@@ -630,6 +640,66 @@ class LimitsConfig(_Model):
             ),
         ),
     ] = 1024
+    max_connections_per_source: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1_000_000,
+            description=(
+                "inbound: open connections from one source (an IPv4 address, or an IPv6 /64) "
+                "per process; one more is closed before its handshake (reason "
+                "max_connections_per_source)"
+            ),
+        ),
+    ] = 256
+    max_handshaking_connections: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1_000_000,
+            description=(
+                "inbound: connections still in their mesh handshake, all sources together, "
+                "per process; when full, the oldest pending one is closed to admit the new "
+                "one (reason handshake_evicted). Verified peers never count here, so "
+                "unauthenticated sockets cannot take their slots. Capped at max_connections "
+                "(setting it higher explicitly is an error)"
+            ),
+        ),
+    ] = 128
+    max_handshaking_per_source: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1_000_000,
+            description=(
+                "inbound: connections still in their mesh handshake from one source (an IPv4 "
+                "address, or an IPv6 /64); one more is closed at once (reason "
+                "max_handshaking_per_source)"
+            ),
+        ),
+    ] = 32
+
+    @pydantic.model_validator(mode="after")
+    def _budgets_fit(self) -> Self:
+        # Only limits set explicitly must fit: a default pending budget above a small
+        # max_connections is capped at it (`effective_*`), so older configs keep loading.
+        explicit = self.model_fields_set
+        if "max_handshaking_connections" not in explicit:
+            return self
+        if self.max_handshaking_connections > self.max_connections:
+            raise ValueError(
+                "max_handshaking_connections must not exceed max_connections "
+                f"({self.max_handshaking_connections} > {self.max_connections})"
+            )
+        if (
+            "max_handshaking_per_source" in explicit
+            and self.max_handshaking_per_source > self.max_handshaking_connections
+        ):
+            raise ValueError(
+                "max_handshaking_per_source must not exceed max_handshaking_connections "
+                f"({self.max_handshaking_per_source} > {self.max_handshaking_connections})"
+            )
+        return self
 
 
 def _access_log(value: object) -> str:

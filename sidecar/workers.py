@@ -96,6 +96,7 @@ def write_credentials(store: CredentialStore, directory: Path) -> bool:
             {
                 "spiffe_ids": sorted(str(s) for s in revoked.spiffe_ids),
                 "serials": sorted(revoked.serials),
+                "untrusted_domains": sorted(d.name for d in revoked.untrusted_domains),
             }
         ).encode(),
     )
@@ -316,13 +317,14 @@ def worker_config(config: SidecarConfig, runtime_dir: Path) -> SidecarConfig:
 
 
 def _read_revocations(path: Path) -> Revocations | None:
-    from mesh_ca.identity import SpiffeId
+    from mesh_ca.identity import SpiffeId, TrustDomain
 
     try:
         data = json.loads(path.read_bytes())
         return Revocations(
             frozenset(SpiffeId.parse(s) for s in data["spiffe_ids"]),
             frozenset(int(n) for n in data["serials"]),
+            frozenset(TrustDomain.parse(d) for d in data["untrusted_domains"]),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         event(

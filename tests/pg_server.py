@@ -20,7 +20,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,6 +30,8 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+
+from tests.procs import free_port
 
 __all__ = ["PgServer", "find_pg_bin", "running_postgres"]
 
@@ -65,12 +66,6 @@ def _die_with_parent() -> list[str]:
     """
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "QUIT", "--"] if setpriv else []
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _run_as() -> pwd.struct_passwd | None:
@@ -157,7 +152,7 @@ class PgServer:
         if self._proc is not None and self._proc.poll() is None:
             return
         for _attempt in range(3):
-            port = self.port or _free_port()
+            port = self.port or free_port()
             log = self.log_path.open("ab")
             argv = [
                 str(self.bin_dir / "postgres"),

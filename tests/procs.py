@@ -1,12 +1,14 @@
 """Process helpers for integration tests: free ports, sidecar processes, tiny apps.
 
-Real processes on 127.0.0.1 only; every port comes from the kernel (bind port 0).
+Real processes on 127.0.0.1 only. Ports come from `free_port`: below the kernel's ephemeral
+range, a disjoint block per xdist worker, handed out in turn and checked by binding.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,10 +29,41 @@ from tests.pki import TestPki as Pki
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Port 0 gave ports from the ephemeral range, where every outgoing connection of every test
+# also takes its local port, and the two xdist workers could be handed the same just-freed
+# port: a sidecar then failed to bind ("Address already in use") now and then. Ports here
+# come from below that range (32768+ on Linux), from a block per worker, each at most once
+# per session; a random start keeps two concurrent runs on one machine apart too.
+_PORT_BLOCK = 2500
+_PORT_BASE = 20000
+
+
+def _worker_index() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    digits = worker.removeprefix("gw")
+    return int(digits) % 4 if digits.isdigit() else 0
+
+
+def _port_sequence() -> Iterator[int]:
+    first = _PORT_BASE + _worker_index() * _PORT_BLOCK
+    start = random.randrange(_PORT_BLOCK)
+    for offset in range(_PORT_BLOCK):
+        yield first + (start + offset) % _PORT_BLOCK
+
+
+_ports = _port_sequence()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback TCP port nobody listens on, never handed out before in this session."""
+    for port in _ports:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port left in this worker's block of {_PORT_BLOCK}")
 
 
 def write_identity(pki: Pki, leaf: Leaf, directory: Path) -> dict[str, str]:

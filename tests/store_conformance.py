@@ -22,6 +22,7 @@ from mesh_ca.identity import SpiffeId
 from mesh_ca.store import (
     IdRevoked,
     IssuedRecord,
+    KeyBound,
     StateStore,
     StoreError,
     TokenError,
@@ -309,6 +310,65 @@ class StoreConformance:
                 IssuedRecord(31, ALICE, "renew", T0, T0 + timedelta(hours=1)), current_serial=1
             )
         assert store.issued_count() == 1
+
+    # Key bindings: one SPIFFE ID per public key
+
+    def test_a_key_bound_to_one_id_is_refused_for_another_on_every_write_path(
+        self, store: StateStore
+    ) -> None:
+        key = b"k" * 32
+        hour = timedelta(hours=1)
+        store.record_issued(IssuedRecord(41, ALICE, "offline", T0, T0 + hour, "", key))
+        # The same ID may keep its key (a renewal that does not rotate the key).
+        store.record_renewal(IssuedRecord(42, ALICE, "renew", T0, T0 + hour, "", key), 41)
+        with pytest.raises(KeyBound) as info:
+            store.record_issued(IssuedRecord(43, BOB, "offline", T0, T0 + hour, "", key))
+        assert (info.value.spiffe_id, info.value.bound_to) == (BOB, ALICE)
+        with pytest.raises(KeyBound):
+            store.record_renewal(IssuedRecord(44, BOB, "renew", T0, T0 + hour, "", key), 1)
+        _, token_id, secret_hash = self._add(store, BOB)
+
+        def issue(spiffe_id: SpiffeId) -> IssuedRecord:
+            return IssuedRecord(45, spiffe_id, "bootstrap", T0, T0 + hour, "", key)
+
+        with pytest.raises(KeyBound):
+            store.redeem_token(token_id, secret_hash, T0, issue)
+        # Refused whole: no row, and the token is still unused.
+        assert [r.serial for r in store.issued()] == [42, 41]
+        assert [t.token_id for t in store.outstanding_tokens(T0)] == [token_id]
+        # Another key for BOB is fine.
+        other = IssuedRecord(46, BOB, "offline", T0, T0 + hour, "", b"o" * 32)
+        store.record_issued(other)
+
+    def test_concurrent_issuance_of_one_key_to_two_ids_binds_it_to_one(
+        self, store_factory: StoreFactory
+    ) -> None:
+        handles = [store_factory() for _ in range(8)]
+        barrier = threading.Barrier(16)
+        key = b"c" * 32
+
+        def issue(index: int) -> str:
+            store = handles[index % len(handles)]
+            sid = ALICE if index % 2 else BOB
+            barrier.wait()
+            try:
+                store.record_issued(
+                    IssuedRecord(500 + index, sid, "offline", T0, T0 + timedelta(hours=1), "", key)
+                )
+            except KeyBound:
+                return "bound"
+            return str(sid)
+
+        try:
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                results = list(pool.map(issue, range(16)))
+            winners = {r for r in results if r != "bound"}
+            assert len(winners) == 1
+            assert results.count("bound") == 8
+            assert handles[0].issued_count() == 8
+        finally:
+            for handle in handles:
+                handle.close()
 
     # Ledger
 

@@ -31,7 +31,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CaServer]:
 
 
 def _bootstrap_bodies(server: CaServer, count: int) -> Iterator[bytes]:
-    return bootstrap_bodies(add_tokens(server.ca, count, "load"), csr_pems(1))
+    return bootstrap_bodies(add_tokens(server.ca, count, "load"))
 
 
 def _anonymous(server: CaServer, count: int) -> list[Target]:

@@ -268,6 +268,65 @@ def test_an_unavailable_store_is_503_and_readyz_says_so(pki: Pki) -> None:
     assert api.handle(ApiRequest("GET", "/healthz", None, b"", "x"), T0, 0).status == 200
 
 
+def pem_csr(key: object) -> str:
+    return make_csr(key).public_bytes(serialization.Encoding.PEM).decode()  # type: ignore[arg-type]
+
+
+def test_a_csr_over_the_cas_own_intermediate_or_root_key_is_refused(
+    pki: Pki, store: SqliteStore
+) -> None:
+    api = service(pki, store)
+    sid = "spiffe://example.org/ns/a/svc/b"
+    for ca_key in (pki.signer_key, pki.root_key):
+        request = post("/v1/bootstrap", {"token": token_for(store, sid), "csr": pem_csr(ca_key)})
+        response = api.handle(request, T0, 0)
+        assert error(response) == (400, "ca_key")
+        assert "CA's own keys" in json.loads(response.body)["message"]
+        leaf = pki.leaf(sid, now=T0).cert
+        assert error(api.handle(post("/v1/renew", {"csr": pem_csr(ca_key)}, leaf), T0, 0)) == (
+            400,
+            "ca_key",
+        )
+    assert store.issued_count() == 0
+    assert len(store.outstanding_tokens(T0)) == 2  # refused before any token was consumed
+
+
+def test_issue_leaf_itself_refuses_the_signers_key(pki: Pki) -> None:
+    from mesh_ca.issuance import CaKeyReuse, issue_leaf
+
+    with pytest.raises(CaKeyReuse):
+        issue_leaf(make_csr(pki.signer_key), pki.spiffe_id(), pki.signer, T0)
+
+
+def test_a_key_issued_to_one_id_is_refused_for_another_but_may_renew_the_same_id(
+    pki: Pki, store: SqliteStore
+) -> None:
+    api = service(pki, store)
+    alice, bob = "spiffe://example.org/ns/a/svc/alice", "spiffe://example.org/ns/a/svc/bob"
+    key = generate_key()
+    first = api.handle(
+        post("/v1/bootstrap", {"token": token_for(store, alice), "csr": pem_csr(key)}), T0, 0
+    )
+    assert first.status == 200
+    refused = api.handle(
+        post("/v1/bootstrap", {"token": token_for(store, bob), "csr": pem_csr(key)}), T0, 0
+    )
+    assert error(refused) == (409, "key_bound")
+    assert alice not in json.loads(refused.body)["message"]  # the holder is not revealed
+    assert refused.log["bound_to"] == alice  # but the CA's access log names it
+    bob_leaf = pki.leaf(bob, now=T0).cert
+    assert error(api.handle(post("/v1/renew", {"csr": pem_csr(key)}, bob_leaf), T0, 0)) == (
+        409,
+        "key_bound",
+    )
+    # Alice renewing with the key she already holds is allowed (documented in security.md).
+    alice_leaf = x509.load_pem_x509_certificates(json.loads(first.body)["chain_pem"].encode())[0]
+    assert api.handle(post("/v1/renew", {"csr": pem_csr(key)}, alice_leaf), T0, 0).status == 200
+    assert [str(r.spiffe_id) for r in store.issued()] == [alice, alice]
+    # Bob's token was rolled back: still usable.
+    assert [t.spiffe_id for t in store.outstanding_tokens(T0)] == [SpiffeId.parse(bob)]
+
+
 def test_verified_client_svids_do_not_pile_up_across_renewals(pki: Pki, store: SqliteStore) -> None:
     """Each renewal presents a new certificate; the verified-SVID memo kept every one until
     it held 4,096 (~4 KB of CA memory per certificate issued). Expired ones now go."""

@@ -189,6 +189,17 @@ def test_check_config_exit_codes(
     assert main(["--help"]) == 0
 
 
+def test_admission_limits_default_under_a_small_cap_and_refuse_an_explicit_overshoot(
+    tmp_path: Path,
+) -> None:
+    small = load_config(_write(tmp_path, GOOD + "\n[limits]\nmax_connections = 16\n"))
+    assert small.limits.max_connections == 16  # the default pending budget is capped later
+    assert small.timeouts.client_hello_timeout_seconds == 3
+    over = GOOD + "\n[limits]\nmax_connections = 16\nmax_handshaking_connections = 32\n"
+    with pytest.raises(ConfigError, match="max_handshaking_connections must not exceed"):
+        load_config(_write(tmp_path, over))
+
+
 CA_MODE = GOOD.replace(
     'cert_file = "svid.pem"\nkey_file = "svid.key"',
     'ca_addresses = ["127.0.0.1:1"]\nstate_dir = "state"\ntoken_file = "token"',

@@ -389,6 +389,47 @@ async def test_a_bundle_that_drops_our_root_is_refused_and_the_old_one_kept(
         nursery.cancel_scope.cancel()
 
 
+async def test_an_empty_bundle_makes_the_domain_untrusted_until_authorities_return(
+    tmp_path: Path, pki: Pki, clock: TrioWallClock, autojump_clock: trio.testing.MockClock
+) -> None:
+    # SPIFFE X509-SVID spec 6.2: no x509-svid entry means the trust domain has no X.509
+    # authority; its SVIDs are refused, the previous bundle is not kept in force.
+    ca = FakeCa(pki, clock, timedelta(hours=1))
+    web = Sidecar(tmp_path, pki, ca, "web")
+    peer = pki.spiffe_id("shop", "api")
+    async with trio.open_nursery() as nursery:
+        await web.start(nursery, clock)
+        assert not web.store.revocations.refuses(peer, 1)
+        ca.bundle = TrustBundle.from_spiffe_json(pki.trust_domain, b'{"keys": []}')
+        await trio.sleep(31)
+        assert web.store.revocations.refuses(peer, 1)
+        assert web.store.revocations.untrusted_domains == frozenset({pki.trust_domain})
+        assert web.stats.results("bundle") == {"untrusted": 1}
+        ca.bundle = pki.bundle
+        await trio.sleep(31)
+        assert not web.store.revocations.refuses(peer, 1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_bundle_whose_sequence_goes_back_is_refused(
+    tmp_path: Path, pki: Pki, clock: TrioWallClock, autojump_clock: trio.testing.MockClock
+) -> None:
+    ca = FakeCa(pki, clock, timedelta(hours=1))
+    web = Sidecar(tmp_path, pki, ca, "web")
+    new_root = make_root(pki.trust_domain, generate_key(), pki.now)
+    async with trio.open_nursery() as nursery:
+        await web.start(nursery, clock)
+        ca.bundle = TrustBundle(pki.trust_domain, (pki.root, new_root), sequence=7)
+        await trio.sleep(31)
+        assert web.live(clock.now()).bundles[pki.trust_domain].sequence == 7
+        # A replay of an older bundle (without the new root) is a rollback: refused.
+        ca.bundle = TrustBundle(pki.trust_domain, (pki.root,), sequence=6)
+        await trio.sleep(31)
+        assert web.live(clock.now()).bundles[pki.trust_domain].roots == (pki.root, new_root)
+        assert web.stats.results("bundle") == {"updated": 1, "rollback": 1}
+        nursery.cancel_scope.cancel()
+
+
 async def test_restart_with_a_valid_stored_svid_needs_no_token(
     tmp_path: Path, pki: Pki, clock: TrioWallClock, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 
 import pytest
 
 from mesh_ca.identity import TrustDomain
-from mesh_ca.identity.bundle import BundleError, TrustBundle
+from mesh_ca.identity.bundle import (
+    BundleError,
+    TrustBundle,
+    bundle_sequence,
+    check_bundle_update,
+)
 from tests.pki import TestPki as Pki
 
 TD = TrustDomain.parse("example.org")
@@ -27,9 +33,19 @@ def test_a_bundle_survives_its_own_json() -> None:
         ("not json", "not JSON"),
         ("[]", "no 'keys' list"),
         ('{"keys": 3}', "no 'keys' list"),
-        ('{"keys": [{"use": "x509-svid", "x5c": []}]}', "keys[0].x5c must hold exactly one"),
-        ('{"keys": [{"use": "x509-svid", "x5c": ["bm90IGEgY2VydA=="]}]}', "not a certificate"),
-        ('{"keys": [], "spiffe_sequence": "1"}', "must be integers"),
+        ('{"keys": [{"use": "x509-svid", "kty": "EC", "x5c": 3}]}', "x5c must be a list"),
+        (
+            '{"keys": [{"use": "x509-svid", "kty": "EC", "x5c": ["bm90IGEgY2VydA=="]}]}',
+            "x5c[0] is not a base64 DER certificate",
+        ),
+        ('{"keys": [{"use": "x509-svid", "kty": "EC", "x5c": ["!!"]}]}', "not a base64"),
+        ('{"keys": [], "spiffe_sequence": "1"}', "spiffe_sequence must be a non-negative"),
+        ('{"keys": [], "spiffe_sequence": true}', "spiffe_sequence must be a non-negative"),
+        ('{"keys": [], "spiffe_sequence": -1}', "spiffe_sequence must be a non-negative"),
+        ('{"keys": [], "spiffe_refresh_hint": 1.5}', "spiffe_refresh_hint must be"),
+        ('{"keys": [3]}', "keys[0] is not a JSON object"),
+        ('{"keys": [], "keys": []}', "duplicate JSON member 'keys'"),
+        ('{"keys": [{"use": "jwt-svid", "use": "x509-svid"}]}', "duplicate JSON member 'use'"),
         ("[" * 200_000 + "]" * 200_000, "nested too deeply"),
     ],
 )
@@ -37,3 +53,62 @@ def test_malformed_bundles_are_refused_with_a_reason(document: str, says: str) -
     with pytest.raises(BundleError, match=re.escape(says)) as info:
         TrustBundle.from_spiffe_json(TD, document)
     assert "SPIFFE bundle for example.org" in str(info.value)
+
+
+def _doc(bundle: TrustBundle, **changes: object) -> dict[str, object]:
+    return {**bundle.to_spiffe_json(), **changes}
+
+
+def test_entries_the_spec_says_to_ignore_are_ignored_and_x5c_uses_its_first_value() -> None:
+    pki, other = Pki(), Pki()
+    document = _doc(pki.bundle)
+    entry = document["keys"][0]  # type: ignore[index]
+    extra = other.bundle.to_spiffe_json()["keys"][0]["x5c"][0]
+    document["keys"] = [
+        {**entry, "x5c": [*entry["x5c"], extra]},  # first counts, the rest ignored
+        {**entry, "use": "jwt-svid", "x5c": [extra]},  # unknown use
+        {**entry, "kty": "XYZ", "x5c": [extra]},  # unknown key type
+        {"use": "x509-svid", "x5c": [extra]},  # no kty
+        {**entry, "x5c": []},  # no certificate
+        {k: v for k, v in entry.items() if k != "x5c"},
+    ]
+    bundle = TrustBundle.from_spiffe_json(TD, json.dumps(document))
+    assert bundle.roots == pki.bundle.roots
+
+
+def test_an_empty_key_set_is_an_untrusted_domain_not_an_error() -> None:
+    for keys in ([], [{"use": "jwt-svid", "kty": "EC"}]):
+        bundle = TrustBundle.from_spiffe_json(TD, json.dumps({"keys": keys}))
+        assert bundle.untrusted
+        assert bundle.roots == ()
+    assert not Pki().bundle.untrusted
+    with pytest.raises(BundleError, match="no root"):
+        TrustBundle(TD, ())
+
+
+def test_the_sequence_must_increase_when_the_roots_change() -> None:
+    pki, other = Pki(), Pki()
+    first = TrustBundle(TD, pki.bundle.roots, sequence=5)
+    assert not check_bundle_update(first, TrustBundle(TD, pki.bundle.roots, sequence=5))
+    assert check_bundle_update(first, TrustBundle(TD, other.bundle.roots, sequence=6))
+    # A newer sequence over the same roots changes no trust (the caller records it).
+    assert not check_bundle_update(first, TrustBundle(TD, pki.bundle.roots, sequence=6))
+    with pytest.raises(BundleError, match="went back from 5 to 4"):
+        check_bundle_update(first, TrustBundle(TD, pki.bundle.roots, sequence=4))
+    with pytest.raises(BundleError, match="stayed at 5"):
+        check_bundle_update(first, TrustBundle(TD, other.bundle.roots, sequence=5))
+    # Without a sequence on one side, only the roots decide.
+    unknown = TrustBundle(TD, pki.bundle.roots)
+    assert check_bundle_update(unknown, TrustBundle(TD, other.bundle.roots))
+    assert not check_bundle_update(unknown, TrustBundle(TD, pki.bundle.roots))
+    assert check_bundle_update(None, first)
+
+
+def test_the_ca_publishes_a_sequence_that_grows_with_each_rotation_step() -> None:
+    old, new = Pki(now=datetime(2030, 1, 1, tzinfo=UTC)), Pki(now=datetime(2031, 1, 1, tzinfo=UTC))
+    only_old = bundle_sequence(old.bundle.roots)
+    both = bundle_sequence((*old.bundle.roots, *new.bundle.roots))
+    only_new = bundle_sequence(new.bundle.roots)
+    assert only_old < both < only_new
+    published = TrustBundle(TD, old.bundle.roots, sequence=only_old).to_spiffe_json()
+    assert published["spiffe_sequence"] == only_old

@@ -4,6 +4,8 @@ from mesh_ca.identity.bundle import (
     BundleError,
     BundleSet,
     TrustBundle,
+    bundle_sequence,
+    check_bundle_update,
     load_pem_certificates,
     pem_bundle,
 )
@@ -35,6 +37,8 @@ __all__ = [
     "TrustBundle",
     "TrustDomain",
     "VerifiedSvid",
+    "bundle_sequence",
+    "check_bundle_update",
     "check_leaf_profile",
     "load_pem_certificates",
     "pem_bundle",

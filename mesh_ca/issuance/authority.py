@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from mesh_ca.identity import TrustDomain
-from mesh_ca.keys import PrivateKey
+from mesh_ca.keys import PrivateKey, public_key_der
 
 __all__ = [
     "DEFAULT_INTERMEDIATE_TTL",
@@ -39,9 +39,17 @@ class Signer:
     authority_key_id: x509.Extension[x509.AuthorityKeyIdentifier] = field(
         init=False, repr=False, compare=False
     )
+    # The CA's own public keys (signer and chain, as DER SubjectPublicKeyInfo): a CSR over
+    # one of them is refused, so no leaf ever shares a key with a CA certificate.
+    ca_public_keys: frozenset[bytes] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key())
+        object.__setattr__(
+            self,
+            "ca_public_keys",
+            frozenset(public_key_der(c.public_key()) for c in (self.cert, *self.chain)),
+        )
         object.__setattr__(self, "not_after", self.cert.not_valid_after_utc)
         object.__setattr__(
             self, "authority_key_id", x509.Extension(aki.oid, critical=False, value=aki)

@@ -11,13 +11,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mesh_ca.identity import SpiffeId
 from mesh_ca.issuance.authority import Signer
-from mesh_ca.keys import PrivateKey
+from mesh_ca.keys import PrivateKey, public_key_der
 
 __all__ = [
     "BACKDATE",
@@ -25,7 +26,9 @@ __all__ = [
     "FLOOR_LEAF_TTL",
     "MAX_LEAF_TTL",
     "MIN_LEAF_TTL",
+    "CaKeyReuse",
     "IssuanceError",
+    "check_not_ca_key",
     "issue_leaf",
     "make_csr",
     "parse_csr",
@@ -76,6 +79,10 @@ class IssuanceError(ValueError):
     """The request cannot be signed (bad CSR, bad TTL, signer expired); message says why."""
 
 
+class CaKeyReuse(IssuanceError):  # noqa: N818 - reads as the fact it reports
+    """The CSR's public key is one of the CA's own keys: the requester's fault, never signed."""
+
+
 def parse_csr(data: bytes | str) -> x509.CertificateSigningRequest:
     """A PEM (or DER) CSR with a valid self-signature over an accepted EC key."""
     return parse_csr_key(data)[0]
@@ -94,19 +101,35 @@ def parse_csr_key(
             if raw.lstrip().startswith(b"-----")
             else x509.load_der_x509_csr(raw)
         )
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion: found by fuzzing
         raise IssuanceError(f"CSR is not a PEM or DER certificate request: {exc}") from exc
     try:
         public = csr.public_key()
-    except (ValueError, x509.UnsupportedGeneralNameType) as exc:
+    except (ValueError, x509.UnsupportedGeneralNameType, UnsupportedAlgorithm) as exc:
+        # UnsupportedAlgorithm: an unknown key type OID (found by fuzzing: it was a 500).
         raise IssuanceError(f"CSR public key is unreadable: {exc}") from exc
     if not isinstance(public, ec.EllipticCurvePublicKey):
         raise IssuanceError(f"CSR key is {type(public).__name__}; only EC P-256/P-384 is accepted")
     if public.curve.name not in _ACCEPTED_CURVES:
         raise IssuanceError(f"CSR key curve {public.curve.name} is not P-256 or P-384")
-    if not csr.is_signature_valid:
+    try:
+        valid = csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise IssuanceError(f"CSR signature cannot be checked: {exc}") from exc
+    if not valid:
         raise IssuanceError("CSR signature does not verify (no proof of possession)")
     return csr, public
+
+
+def check_not_ca_key(public: ec.EllipticCurvePublicKey, ca_keys: frozenset[bytes]) -> None:
+    """Refuse a CSR over one of the CA's own keys (`ca_keys`: DER SubjectPublicKeyInfo of
+    the root(s), intermediate and chain). Whoever holds such a key already holds the CA; a
+    leaf sharing it would let a CA key act as a workload and blur which key signs what."""
+    if public_key_der(public) in ca_keys:
+        raise CaKeyReuse(
+            "CSR public key is one of the CA's own keys (root or intermediate); "
+            "a workload must generate its own key"
+        )
 
 
 def make_csr(key: PrivateKey) -> x509.CertificateSigningRequest:
@@ -163,6 +186,7 @@ def issue_leaf(
     public = public_key if public_key is not None and csr_verified else csr.public_key()
     if not isinstance(public, ec.EllipticCurvePublicKey):
         raise IssuanceError("CSR key is not an EC key")
+    check_not_ca_key(public, signer.ca_public_keys)
     not_after = min(now + ttl, signer.not_after)
     san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(spiffe_id))])
     ski = x509.SubjectKeyIdentifier.from_public_key(public)

@@ -63,11 +63,14 @@ from mesh_ca.identity import (
 from mesh_ca.issuance import (
     MAX_LEAF_TTL,
     MIN_LEAF_TTL,
+    CaKeyReuse,
     IssuanceError,
     Signer,
+    check_not_ca_key,
     issue_leaf,
     parse_csr_key,
 )
+from mesh_ca.keys import public_key_der, public_key_sha256
 from mesh_ca.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mesh_ca.server.metrics import CaMetrics
 from mesh_ca.server.ratelimit import RateLimiter, source_key
@@ -75,6 +78,7 @@ from mesh_ca.store import (
     GroupingStore,
     IdRevoked,
     IssuedRecord,
+    KeyBound,
     StateStore,
     StoreError,
     StoreUnavailable,
@@ -237,6 +241,10 @@ class CaService:
         self._limiter_lock = threading.Lock()
         self._verified: dict[x509.Certificate, VerifiedSvid] = {}
         self._prune_verified_at = _VERIFIED_PRUNE_FLOOR  # size that triggers a sweep
+        # Keys no workload may present: the signer, its chain and every root of the bundle.
+        self._ca_keys = authority.signer.ca_public_keys | {
+            public_key_der(root.public_key()) for root in authority.bundle.roots
+        }
         self._store_up = True  # what metrics.store_up says; set only when it changes
         self._chain_tail_pem = b"".join(
             c.public_bytes(serialization.Encoding.PEM)
@@ -455,7 +463,13 @@ class CaService:
         except IssuanceError as exc:
             raise ApiError(503, "signing_failed", f"the CA cannot sign: {exc}") from None
         record = IssuedRecord(
-            serial, spiffe_id, kind, now, leaf.not_valid_after_utc, self.authority.replica
+            serial,
+            spiffe_id,
+            kind,
+            now,
+            leaf.not_valid_after_utc,
+            self.authority.replica,
+            public_key_sha256(csr[1]),
         )
         return leaf, record
 
@@ -484,12 +498,16 @@ class CaService:
         )
         return ApiResponse(200, body, log={"spiffe_id": spiffe_id, "serial": serial, **log})
 
-    @staticmethod
-    def _csr(text: str) -> _Csr:
+    def _csr(self, text: str) -> _Csr:
+        """The parsed CSR; refused (400) if bad or over one of the CA's own keys."""
         try:
-            return parse_csr_key(text)
+            csr = parse_csr_key(text)
+            check_not_ca_key(csr[1], self._ca_keys)
+        except CaKeyReuse as exc:
+            raise ApiError(400, "ca_key", str(exc)) from None
         except IssuanceError as exc:
             raise ApiError(400, "bad_csr", str(exc)) from None
+        return csr
 
     # Handlers
 
@@ -573,6 +591,8 @@ class CaService:
                 ) from None
             except IdRevoked as exc:
                 raise ApiError(403, "revoked", f"{exc.spiffe_id} is revoked") from None
+            except KeyBound as exc:
+                raise _key_bound(exc) from None
             return self._svid_response(signed[-1], record, token_id=token_id)
 
         return StoreStep(redeem, durable=True)
@@ -594,6 +614,8 @@ class CaService:
                 raise ApiError(
                     403, "revoked", f"{svid.spiffe_id} (or its certificate) is revoked"
                 ) from None
+            except KeyBound as exc:
+                raise _key_bound(exc) from None
             return self._svid_response(
                 leaf,
                 record,
@@ -645,6 +667,18 @@ class CaService:
             reason=revocation.reason,
         )
         return _json(response, peer=str(admin), revoked=body.spiffe_id or body.serial or "")
+
+
+def _key_bound(exc: KeyBound) -> ApiError:
+    """The refusal for a key bound to another ID. The other ID is not named: the requester
+    only learns the key is taken (the CA's log has both, through the store error)."""
+    return ApiError(
+        409,
+        "key_bound",
+        f"the CSR's public key is already bound to another SPIFFE ID than {exc.spiffe_id}; "
+        "generate a new key for this workload",
+        log={"bound_to": str(exc.bound_to)},
+    )
 
 
 def _utc_text(when: datetime) -> str:

@@ -4,15 +4,18 @@ values out; no trio, no sockets.
 The CA API needs much less than a general HTTP server: small JSON bodies framed by
 Content-Length, keep-alive, a handful of headers. h11 did the same job at ~90 µs a request;
 this reader does it in a few µs, and refuses everything it does not need rather than
-interpreting it (the sidecar has its own, fuller parser; `mesh_ca` never imports it):
+interpreting it. It applies the same rules as the sidecar's reader (`mesh_ca.http_rules`,
+which both import; `mesh_ca` never imports `sidecar`) and refuses more:
 
-- the request line is ``METHOD SP origin-form-target SP HTTP/1.1`` (or ``HTTP/1.0``);
+- the request line is ``METHOD SP origin-form-target SP HTTP/1.1`` (or ``HTTP/1.0``), the
+  method upper-case letters only;
 - lines end in CRLF: a bare LF or CR is an error, obs-fold (a line starting with SP or HTAB)
   is an error, a header name is a token and a value holds no control bytes but HTAB;
-- the body is framed by Content-Length only: Transfer-Encoding is refused (501), several
-  different Content-Lengths or a non-decimal one are refused (400);
+- the body is framed by Content-Length only: Transfer-Encoding is refused (501), a second
+  Content-Length (even an equal one) or a non-decimal one is refused (400);
+- exactly one Host (HTTP/1.1), at most one Content-Type;
 - the header block and the header count have their own caps (431), independent of how
-  many bytes a read returns; an HTTP/1.1 request needs a Host header.
+  many bytes a read returns.
 
 Errors are `WireError` with the status the peer should get.
 """
@@ -23,12 +26,17 @@ import re
 from dataclasses import dataclass
 from typing import Final, final
 
+from mesh_ca import http_rules as rules
+from mesh_ca.http_rules import HttpRuleError
+
 __all__ = ["RequestHead", "WireError", "parse_request_head", "render_response"]
 
-# Origin-form targets only, printable ASCII without "#" (a fragment never goes on the wire).
-_REQUEST_LINE: Final = re.compile(rb"([A-Z]{1,16}) (/[!-\x22\x24-~]*) HTTP/1\.([01])")
-_TOKEN: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_BAD_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# The target is checked by the shared rules (origin-form, RFC 3986 characters).
+_REQUEST_LINE: Final = re.compile(rb"([A-Z]{1,16}) ([!-~]+) HTTP/1\.([01])")
+_TOKEN: Final = re.compile(rules.TOKEN)
+# Headers whose every copy is looked at: a second Host, Content-Length or Content-Type is
+# refused rather than letting the last one win.
+_SPECIAL: Final = frozenset({"host", "content-length", "content-type", "connection"})
 _REASONS: Final = {
     200: "OK",
     400: "Bad Request",
@@ -79,54 +87,46 @@ def parse_request_head(
         if len(buffer) > max_bytes:
             raise WireError(431, f"request head larger than {max_bytes} bytes")
         return None
-    lines = bytes(buffer[:end]).split(b"\r\n")
+    try:
+        return _parse(bytes(buffer[:end]), end + 4, max_bytes, max_headers)
+    except HttpRuleError as exc:
+        raise WireError(exc.status, exc.reason) from None
+
+
+def _parse(raw: bytes, size: int, max_bytes: int, max_headers: int) -> RequestHead:
+    rules.check_line_endings(raw)
+    lines = raw.split(b"\r\n")
     match = _REQUEST_LINE.fullmatch(lines[0])
     if match is None:
-        if b"\n" in lines[0] or b"\r" in lines[0]:
-            raise WireError(400, "bare LF or CR in the request line")
         raise WireError(400, "request line is not 'METHOD /path HTTP/1.1'")
+    target = rules.check_origin_target(match.group(2).decode("ascii"), max_bytes)
     if len(lines) - 1 > max_headers:
         raise WireError(431, f"more than {max_headers} header fields")
     headers: dict[str, str] = {}
-    lengths: set[bytes] = set()
+    special: dict[str, list[str]] = {}
     for line in lines[1:]:
         if line[:1] in (b" ", b"\t"):
             raise WireError(400, "obsolete line folding in the header block")
-        if b"\n" in line or b"\r" in line:
-            raise WireError(400, "bare LF or CR in the header block")
         name, colon, value = line.partition(b":")
         if not colon or _TOKEN.fullmatch(name) is None:
             raise WireError(400, f"malformed header line {line[:40]!r}")
-        value = value.strip(b" \t")
-        if _BAD_VALUE.search(value):
-            raise WireError(400, f"control byte in the {name.decode()} header")
         key = name.decode("ascii").lower()
-        if key == "content-length":
-            lengths.add(value)
-        headers[key] = value.decode("latin-1")
+        text = value.strip(b" \t").decode("latin-1")
+        rules.check_field_value(key, text)
+        if key in _SPECIAL:
+            special.setdefault(key, []).append(text)
+        headers[key] = text
     if "transfer-encoding" in headers:
         raise WireError(501, "transfer-encoding is not supported; send Content-Length")
-    length = 0
-    if lengths:
-        if len(lengths) > 1:
-            raise WireError(400, "conflicting Content-Length headers")
-        text = lengths.pop()
-        if not text.isdigit() or len(text) > 12:
-            raise WireError(400, "Content-Length is not a decimal number")
-        length = int(text)
+    if len(special.get("content-type", ())) > 1:
+        raise WireError(400, "more than one Content-Type")
     minor = match.group(3)
-    if minor == b"1" and "host" not in headers:
-        raise WireError(400, "HTTP/1.1 request without a Host header")
-    connection = headers.get("connection", "").lower()
-    keep_alive = "close" not in connection if minor == b"1" else "keep-alive" in connection
-    return RequestHead(
-        match.group(1).decode("ascii"),
-        match.group(2).decode("ascii"),
-        headers,
-        length,
-        keep_alive,
-        end + 4,
-    )
+    version = "1.1" if minor == b"1" else "1.0"
+    rules.single_host(special.get("host", []), version)
+    length = rules.content_length(special.get("content-length", [])) or 0
+    tokens = {item.strip().lower() for v in special.get("connection", ()) for item in v.split(",")}
+    keep_alive = "close" not in tokens if minor == b"1" else "keep-alive" in tokens
+    return RequestHead(match.group(1).decode("ascii"), target, headers, length, keep_alive, size)
 
 
 def render_response(

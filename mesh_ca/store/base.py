@@ -13,6 +13,11 @@ Rules every backend keeps:
 - Issuance takes one store step each: `redeem_token` (bootstrap: consume the token, check
   revocation, record the ledger row, all in one transaction) and `record_renewal` (one
   conditional insert). Half the commits of separate calls, and nothing half-written.
+- A public key is bound to the first SPIFFE ID it is issued for (`key_bindings`, keyed by
+  the SHA-256 of its SubjectPublicKeyInfo): an issuance that would put that key under a
+  second ID raises `KeyBound` and writes nothing. Issuing it again for the same ID (a
+  renewal that keeps its key) is allowed. The binding is a unique key in the database, so
+  two concurrent issuances of one key for two IDs give one success, on any replica.
 - A backend may also offer `group()` (`GroupingStore`): the steps of several concurrent
   requests in one transaction and one commit, each step still whole or not at all.
 """
@@ -33,6 +38,7 @@ __all__ = [
     "GroupingStore",
     "IdRevoked",
     "IssuedRecord",
+    "KeyBound",
     "Revocation",
     "StateStore",
     "StoreError",
@@ -111,6 +117,18 @@ class IdRevoked(StoreError):  # noqa: N818 - reads as the fact it reports
         self.spiffe_id = spiffe_id
 
 
+class KeyBound(StoreError):  # noqa: N818 - reads as the fact it reports
+    """The certificate's public key is already bound to another SPIFFE ID; nothing written.
+
+    `bound_to` is the other ID: for the CA's log, not for the requester (who learns only
+    that the key is taken)."""
+
+    def __init__(self, spiffe_id: SpiffeId, bound_to: SpiffeId) -> None:
+        super().__init__(f"public key for {spiffe_id} is already bound to {bound_to}")
+        self.spiffe_id = spiffe_id
+        self.bound_to = bound_to
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class TokenRecord:
@@ -130,6 +148,9 @@ class IssuedRecord:
     issued_at: datetime
     not_after: datetime
     replica: str = ""
+    # SHA-256 of the leaf's SubjectPublicKeyInfo (`mesh_ca.keys.public_key_sha256`); empty
+    # for rows written before key binding existed. Not read back by `issued()`.
+    key_sha256: bytes = b""
 
 
 @final
@@ -174,17 +195,21 @@ class StateStore(Protocol):
         or the row cannot be written, the token stays unused and nothing is recorded. Of
         concurrent redeemers of one token exactly one gets past the consume step
         (`TokenError` for the others). `issue` may be called again if the backend retries
-        a transaction that never reached the database.
+        a transaction that never reached the database. A record whose `key_sha256` is bound
+        to another ID raises `KeyBound`, whole.
         """
         ...
 
     def record_renewal(self, record: IssuedRecord, current_serial: int) -> None:
         """Record a renewal's row unless `record.spiffe_id` or `current_serial` (the
         certificate that authenticated the renewal) is revoked: then raise `IdRevoked` and
-        write nothing. Check and write are one atomic step."""
+        write nothing; `KeyBound` likewise if its key is bound to another ID. Check and
+        write are one atomic step."""
         ...
 
-    def record_issued(self, record: IssuedRecord) -> None: ...
+    def record_issued(self, record: IssuedRecord) -> None:
+        """Record a row (offline issuance, the CA's own SVID); `KeyBound` as above."""
+        ...
 
     def issued(self, spiffe_id: SpiffeId | None = None, limit: int = 100) -> Sequence[IssuedRecord]:
         """Most recent first."""

@@ -93,6 +93,16 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             )""",
         ),
     ),
+    Migration(
+        2,
+        "public key bindings: one SPIFFE ID per key",
+        (
+            """CREATE TABLE key_bindings (
+                key_sha256  bytea PRIMARY KEY CHECK (length(key_sha256) = 32),
+                spiffe_id   text NOT NULL
+            )""",
+        ),
+    ),
 )
 
 LATEST_VERSION: Final = len(MIGRATIONS)

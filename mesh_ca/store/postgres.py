@@ -36,6 +36,7 @@ from mesh_ca.identity import SpiffeId
 from mesh_ca.store.base import (
     IdRevoked,
     IssuedRecord,
+    KeyBound,
     Revocation,
     StoreError,
     StoreUnavailable,
@@ -360,6 +361,7 @@ class PostgresStore:
             if revoked:
                 raise IdRevoked(outcome)  # rolls the consume back
             record = issue(outcome)
+            _bind_key(conn, record)
             conn.execute(_INSERT_ISSUED, _issued_params(record))
             return record
 
@@ -385,30 +387,55 @@ class PostgresStore:
         params = _issued_params(record)
 
         def run(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+            _bind_key(conn, record)
             conn.execute(_INSERT_ISSUED, params)
 
         with self._duplicate_is(f"serial {record.serial:x} is already in the ledger"):
             self._transaction(run)
 
     def record_renewal(self, record: IssuedRecord, current_serial: int) -> None:
-        """One conditional INSERT outside BEGIN/COMMIT (atomic on its own): one round trip.
+        """One conditional INSERT outside BEGIN/COMMIT (atomic on its own): one round trip,
+        the key binding included (a data-modifying CTE: the row is written only if the key
+        is bound to this ID; a revoked renewal may leave the key bound to its own ID, which
+        already held it).
 
         A retry after a dropped connection may meet its own earlier row (the serial is
         unique): then it fails, never duplicates.
         """
         params = (*_issued_params(record), str(record.spiffe_id), _serial(current_serial))
 
-        def run(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
-            return conn.execute(
-                "INSERT INTO issued_certificates"
+        def run(conn: psycopg.Connection[tuple[Any, ...]]) -> tuple[int, str | None]:
+            if not record.key_sha256:
+                inserted = conn.execute(
+                    "INSERT INTO issued_certificates"
+                    " (serial, spiffe_id, kind, issued_at, not_after, replica)"
+                    " SELECT %s, %s, %s, %s, %s, %s WHERE NOT EXISTS"
+                    " (SELECT 1 FROM revocations WHERE spiffe_id = %s OR serial = %s)",
+                    params,
+                ).rowcount
+                return inserted, None
+            row = conn.execute(
+                "WITH bind AS ("
+                " INSERT INTO key_bindings (key_sha256, spiffe_id) VALUES (%s, %s)"
+                " ON CONFLICT (key_sha256) DO UPDATE SET spiffe_id = key_bindings.spiffe_id"
+                " RETURNING spiffe_id),"
+                " ins AS ("
+                " INSERT INTO issued_certificates"
                 " (serial, spiffe_id, kind, issued_at, not_after, replica)"
                 " SELECT %s, %s, %s, %s, %s, %s WHERE NOT EXISTS"
-                " (SELECT 1 FROM revocations WHERE spiffe_id = %s OR serial = %s)",
-                params,
-            ).rowcount
+                " (SELECT 1 FROM revocations WHERE spiffe_id = %s OR serial = %s)"
+                " AND (SELECT spiffe_id FROM bind) = %s"
+                " RETURNING 1)"
+                " SELECT (SELECT count(*) FROM ins), (SELECT spiffe_id FROM bind)",
+                (record.key_sha256, str(record.spiffe_id), *params, str(record.spiffe_id)),
+            ).fetchone()
+            assert row is not None
+            return int(row[0]), row[1]
 
         with self._duplicate_is(f"serial {record.serial:x} is already in the ledger"):
-            inserted = self._read(run)
+            inserted, bound_to = self._read(run)
+        if bound_to is not None and bound_to != str(record.spiffe_id):
+            raise KeyBound(record.spiffe_id, SpiffeId.parse(bound_to))
         if inserted != 1:
             raise IdRevoked(record.spiffe_id)
 
@@ -541,6 +568,23 @@ def _issued_params(record: IssuedRecord) -> tuple[Any, ...]:
         _aware(record.not_after),
         record.replica,
     )
+
+
+def _bind_key(conn: psycopg.Connection[tuple[Any, ...]], record: IssuedRecord) -> None:
+    """Bind the record's key to its ID, or raise `KeyBound` if another ID holds it. The
+    no-op update on conflict locks and returns the holding row, so a concurrent binder of
+    the same key waits for this transaction and then sees its ID."""
+    if not record.key_sha256:
+        return
+    row = conn.execute(
+        "INSERT INTO key_bindings (key_sha256, spiffe_id) VALUES (%s, %s)"
+        " ON CONFLICT (key_sha256) DO UPDATE SET spiffe_id = key_bindings.spiffe_id"
+        " RETURNING spiffe_id",
+        (record.key_sha256, str(record.spiffe_id)),
+    ).fetchone()
+    if row is None or row[0] != str(record.spiffe_id):
+        bound_to = SpiffeId.parse(row[0]) if row is not None else record.spiffe_id
+        raise KeyBound(record.spiffe_id, bound_to)
 
 
 def _consume(

@@ -29,6 +29,7 @@ from mesh_ca.identity import SpiffeId
 from mesh_ca.store.base import (
     IdRevoked,
     IssuedRecord,
+    KeyBound,
     Revocation,
     StoreError,
     StoreUnavailable,
@@ -42,7 +43,7 @@ from mesh_ca.store.base import (
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2  # 2: key_bindings
 BUSY_TIMEOUT_SECONDS: Final = 10.0
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -72,6 +73,10 @@ CREATE TABLE IF NOT EXISTS revocations (
     revoked_at  INTEGER NOT NULL,
     reason      TEXT NOT NULL DEFAULT '',
     CHECK ((spiffe_id IS NULL) <> (serial IS NULL))
+);
+CREATE TABLE IF NOT EXISTS key_bindings (
+    key_sha256  BLOB PRIMARY KEY,
+    spiffe_id   TEXT NOT NULL
 );
 """
 
@@ -160,6 +165,8 @@ class SqliteStore:
                     f"understands ({SCHEMA_VERSION})"
                 )
             if version < SCHEMA_VERSION:
+                # Every statement is IF NOT EXISTS: version 1 gains key_bindings, an empty
+                # file gets the whole schema.
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         cur.execute(statement)
@@ -350,6 +357,7 @@ class SqliteStore:
             if revoked:
                 raise IdRevoked(spiffe_id)  # rolls the consume back
             record = issue(spiffe_id)
+            _bind_key(cur, record)
             cur.execute(_INSERT_ISSUED, _issued_row(record))
         return record
 
@@ -357,6 +365,7 @@ class SqliteStore:
 
     def record_issued(self, record: IssuedRecord) -> None:
         with self._transaction(durable=False) as cur:
+            _bind_key(cur, record)
             cur.execute(_INSERT_ISSUED, _issued_row(record))
 
     def record_renewal(self, record: IssuedRecord, current_serial: int) -> None:
@@ -370,6 +379,7 @@ class SqliteStore:
             )
             if cur.rowcount != 1:
                 raise IdRevoked(record.spiffe_id)
+            _bind_key(cur, record)  # raising rolls the row back
 
     def issued_serial(self, serial: int) -> IssuedRecord | None:
         with self._transaction(write=False) as cur:
@@ -494,6 +504,22 @@ def _issued_row(record: IssuedRecord) -> tuple[str, str, str, int, int, str]:
         _micros(record.not_after),
         record.replica,
     )
+
+
+def _bind_key(cur: sqlite3.Cursor, record: IssuedRecord) -> None:
+    """Bind the record's key to its ID, or raise `KeyBound` if another ID holds it. Runs in
+    the caller's write transaction (BEGIN IMMEDIATE: no other writer in between)."""
+    if not record.key_sha256:
+        return
+    # A no-op update on conflict returns the row that holds the key: one statement.
+    row = cur.execute(
+        "INSERT INTO key_bindings (key_sha256, spiffe_id) VALUES (?, ?)"
+        " ON CONFLICT (key_sha256) DO UPDATE SET spiffe_id = key_bindings.spiffe_id"
+        " RETURNING spiffe_id",
+        (record.key_sha256, str(record.spiffe_id)),
+    ).fetchone()
+    if row[0] != str(record.spiffe_id):
+        raise KeyBound(record.spiffe_id, SpiffeId.parse(row[0]))
 
 
 # The bootstrap fast path in one statement: consume the token if it is unused and unexpired,

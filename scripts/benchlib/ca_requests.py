@@ -51,28 +51,35 @@ def csr_pems(count: int = 64) -> list[str]:
     ]
 
 
-def bootstrap_bodies(tokens: list[str], csrs: list[str]) -> Iterator[bytes]:
-    """One `/v1/bootstrap` body per join token (each usable once)."""
+def bootstrap_bodies(tokens: list[str]) -> Iterator[bytes]:
+    """One `/v1/bootstrap` body per join token (each usable once), each with a CSR over a
+    key of its own: the CA binds a key to the first ID it is issued for and refuses it for
+    any other (409 key_bound), so CSRs cannot be cycled across tokens for different IDs."""
+    csrs = csr_pems(len(tokens))
     return iter(
         [
-            json.dumps({"token": token, "csr": csrs[i % len(csrs)]}).encode()
-            for i, token in enumerate(tokens)
+            json.dumps({"token": token, "csr": csr}).encode()
+            for token, csr in zip(tokens, csrs, strict=True)
         ]
     )
 
 
 def renew_bodies(csrs: list[str]) -> Iterator[bytes]:
-    """`/v1/renew` bodies, endlessly."""
+    """`/v1/renew` bodies, endlessly. The CSRs are cycled over every renewing connection,
+    which is fine because `renew_contexts` gives them all one SPIFFE ID (a key may renew
+    the ID it is bound to); do not reuse these CSRs for bootstrap bodies."""
     return (json.dumps({"csr": csrs[i % len(csrs)]}).encode() for i in itertools.count())
 
 
 def renew_contexts(ca: LoadedCa, count: int) -> list[ssl.SSLContext]:
-    """`count` mTLS client contexts (one per connection), each with an SVID of its own."""
+    """`count` mTLS client contexts (one per connection), each with an SVID of its own, all
+    for one SPIFFE ID (``bench/renew``): renewals cycle one set of CSRs, and the CA binds
+    each key to one ID."""
     bundles = BundleSet.of(ca.bundle)
     contexts = []
-    for index in range(count):
+    sid = SpiffeId.workload(ca.trust_domain, "bench", "renew")
+    for _ in range(count):
         key = generate_key()
-        sid = SpiffeId.workload(ca.trust_domain, "bench", f"renew{index}")
         leaf = issue_leaf(make_csr(key), sid, ca.signer, datetime.now(UTC))
         chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, ca.signer.cert))
         contexts.append(client_context(bundles, chain, private_key_pem(key)))

@@ -17,6 +17,7 @@ from typing import Final
 
 import httptools
 
+from mesh_ca import http_rules as rules
 from sidecar.http.errors import HttpError
 from sidecar.http.events import (
     NO_BODY,
@@ -32,8 +33,9 @@ from sidecar.http.header_names import check_look_alikes
 
 __all__ = ["parse_request_head", "parse_response_head"]
 
-_TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_TOKEN_STR_RE: Final = re.compile(_TOKEN.decode())
+# Character-level rules shared with the CA's reader (mesh_ca/http_rules.py).
+_TOKEN: Final = rules.TOKEN
+_TOKEN_STR_RE: Final = rules.TOKEN_RE
 _REQUEST_LINE_RE: Final = re.compile(
     "(" + _TOKEN.decode() + r") ([\x21-\x7e\x80-\xff]+) HTTP/([0-9])\.([0-9])"
 )
@@ -51,13 +53,9 @@ _HEADER_PAIR_RE: Final = re.compile(
     "(" + _TOKEN.decode() + r"):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*\r\n"
 )
 _SPECIAL_NAMES: Final = frozenset({"host", "content-length", "transfer-encoding", "connection"})
-# RFC 3986 characters of an origin-form target (path-abempty ["?" query]).
-_TARGET_RE: Final = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
-_BAD_PERCENT_RE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_HOST_RE: Final = re.compile(
-    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?"
-)
-_CONTENT_LENGTH_RE: Final = re.compile(r"[0-9]{1,18}")
+_TARGET_RE: Final = rules.ORIGIN_TARGET_RE
+_HOST_RE: Final = rules.HOST_RE
+_CONTENT_LENGTH_RE: Final = rules.CONTENT_LENGTH_RE
 _RESPONSE_ERROR: Final = 502
 # Framing is immutable: small lengths (most messages) share one instance each.
 _CACHED_LENGTHS: Final = 4096
@@ -70,11 +68,10 @@ def _fail(status: int, reason: str) -> HttpError:
 
 def _check_line_endings(head: bytes, status: int, what: str) -> None:
     """Every CR and LF in `head` (without the final CRLF CRLF) must pair up as CRLF."""
-    crlf = head.count(b"\r\n")
-    if head.count(b"\n") != crlf:
-        raise _fail(status, f"bare LF in the {what} head")
-    if head.count(b"\r") != crlf:
-        raise _fail(status, f"bare CR in the {what} head")
+    try:
+        rules.check_line_endings(head, what)
+    except rules.HttpRuleError as exc:
+        raise _fail(status, exc.reason) from None
 
 
 def _diagnose_header_line(line: str, index: int, status: int) -> HttpError:
@@ -199,21 +196,10 @@ def _second_opinion(head: bytes, *, request: bool, status: int) -> _Collector:
 
 
 def _check_target(raw: str, limits: HttpLimits) -> str:
-    if len(raw) > limits.max_request_line_bytes:
-        raise _fail(414, f"target longer than {limits.max_request_line_bytes} bytes")
-    if "#" in raw:
-        raise _fail(400, "'#' (fragment) in the target")
-    if not raw.startswith("/"):
-        if raw == "*":
-            raise _fail(400, "asterisk-form target is not supported")
-        if "://" in raw:
-            raise _fail(400, "absolute-form target is not accepted; send origin-form")
-        raise _fail(400, "target is not origin-form")
-    if not _TARGET_RE.fullmatch(raw):
-        raise _fail(400, "character not allowed in the target")
-    if _BAD_PERCENT_RE.search(raw):
-        raise _fail(400, "malformed percent-encoding in the target")
-    return raw
+    try:
+        return rules.check_origin_target(raw, limits.max_request_line_bytes)
+    except rules.HttpRuleError as exc:
+        raise _fail(exc.status, exc.reason) from None
 
 
 def parse_request_head(head: bytes, limits: HttpLimits) -> RequestHead:

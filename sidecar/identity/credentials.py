@@ -17,7 +17,14 @@ from typing import final
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from mesh_ca.identity import BundleSet, SpiffeId, SvidError, TrustBundle, check_leaf_profile
+from mesh_ca.identity import (
+    BundleSet,
+    SpiffeId,
+    SvidError,
+    TrustBundle,
+    TrustDomain,
+    check_leaf_profile,
+)
 from mesh_ca.identity.bundle import pem_bundle
 from mesh_ca.keys import PrivateKey, private_key_pem
 from mesh_ca.tls import mesh_context
@@ -44,9 +51,16 @@ def _spki(public: object) -> bytes:
 class Revocations:
     spiffe_ids: frozenset[SpiffeId] = frozenset()
     serials: frozenset[int] = frozenset()
+    # Trust domains whose SPIFFE bundle has no X.509 authority: every SVID of theirs is
+    # refused (SPIFFE X509-SVID spec 6.2), and open connections with them are cut.
+    untrusted_domains: frozenset[TrustDomain] = frozenset()
 
     def refuses(self, spiffe_id: SpiffeId, serial: int) -> bool:
-        return spiffe_id in self.spiffe_ids or serial in self.serials
+        return (
+            spiffe_id in self.spiffe_ids
+            or serial in self.serials
+            or (bool(self.untrusted_domains) and spiffe_id.trust_domain in self.untrusted_domains)
+        )
 
 
 @final

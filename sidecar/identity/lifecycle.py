@@ -24,11 +24,19 @@ from typing import Any, Protocol
 
 import trio
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from mesh_ca.client import CaClientError, CaUnavailable
 from mesh_ca.clock import Clock
 from mesh_ca.exit_codes import ExitCode, StartupError
-from mesh_ca.identity import BundleSet, SpiffeId, TrustBundle
+from mesh_ca.identity import (
+    BundleError,
+    BundleSet,
+    SpiffeId,
+    TrustBundle,
+    TrustDomain,
+    check_bundle_update,
+)
 from mesh_ca.keys import PrivateKey, generate_key
 from sidecar.identity.blocking import BlockingRunner, in_thread
 from sidecar.identity.credentials import CredentialError, Credentials, CredentialStore, Revocations
@@ -47,6 +55,7 @@ from sidecar.identity.stats import Blocked, IdentityStats
 __all__ = ["CaClientLike", "ClientFactory", "IssuedLike", "run_identity"]
 
 log = logging.getLogger("sidecar.identity")
+_SHA256 = hashes.SHA256()
 
 _TOKEN_CHECK_SECONDS = 1.0  # how often the token file is read while waiting for a token
 
@@ -349,7 +358,13 @@ class _Lifecycle:
             raise CredentialError(
                 f"CA issued {issued.spiffe_id}, but this sidecar is {self.spiffe_id}"
             )
-        bundles = self.bundles.with_bundle(issued.bundle)
+        known = self.bundles.get(issued.bundle.trust_domain)
+        # The SVID response carries roots only (no spiffe_sequence): keep the known bundle,
+        # and with it the sequence that rollbacks are checked against, when roots agree.
+        same = known is not None and {r.fingerprint(_SHA256) for r in known.roots} == {
+            r.fingerprint(_SHA256) for r in issued.bundle.roots
+        }
+        bundles = self.bundles if same else self.bundles.with_bundle(issued.bundle)
         creds = Credentials.build(
             issued.chain, key, bundles, self.clock.now(), expected_id=self.spiffe_id
         )
@@ -492,12 +507,19 @@ class _Lifecycle:
             self.stats.error("poll", "refused", str(exc), now)
             return
         self.stats.ok("poll")
-        self._apply_revocations(Revocations(spiffe_ids, serials), now)
+        self._apply_revocations(
+            Revocations(spiffe_ids, serials, self.store.revocations.untrusted_domains), now
+        )
         if bundle_changed:
             await self._persist()
 
     def _apply_bundle(self, bundle: TrustBundle, now: datetime) -> bool:
-        """Publish credentials rebuilt with a changed bundle; False if unchanged or refused."""
+        """Publish credentials rebuilt with a changed bundle; False if unchanged or refused.
+
+        Per the SPIFFE bundle spec: a bundle with no X.509 authority makes its trust domain
+        untrusted (every SVID of it refused, open connections cut) rather than keeping the
+        previous roots; a spiffe_sequence that goes back is refused (the old bundle stays).
+        """
         domain = self.spiffe_id.trust_domain
         if bundle.trust_domain != domain:
             log.warning(
@@ -506,7 +528,40 @@ class _Lifecycle:
             self.stats.error("bundle", "invalid", f"bundle for {bundle.trust_domain}", now)
             return False
         known = self.bundles.get(domain)
-        if known is not None and _fingerprints(known) == _fingerprints(bundle):
+        try:
+            changed = check_bundle_update(known, bundle)
+        except BundleError as exc:
+            log.error("poll: trust bundle refused, keeping the old one: %s", exc)
+            self.stats.error("bundle", "rollback", str(exc), now)
+            return False
+        revocations = self.store.revocations
+        if bundle.untrusted:
+            if domain not in revocations.untrusted_domains:
+                message = f"the CA's bundle for {domain} has no X.509 authority"
+                log.error("poll: %s: every SVID of %s is refused until it has one", message, domain)
+                self.stats.error("bundle", "untrusted", message, now)
+                self._set_untrusted(revocations.untrusted_domains | {domain})
+            return False
+        if domain in revocations.untrusted_domains:
+            log.info("poll: the CA's bundle for %s has authorities again", domain)
+            self._set_untrusted(revocations.untrusted_domains - {domain})
+        if not changed:
+            if (
+                known is not None
+                and bundle.sequence is not None
+                and known.sequence != bundle.sequence
+            ):
+                # Same roots, a newer sequence: remember it (rollbacks are checked against
+                # it); trust is unchanged, so nothing is rebuilt or republished.
+                self.bundles = self.bundles.with_bundle(
+                    TrustBundle(
+                        domain,
+                        known.roots,
+                        known.intermediates,
+                        bundle.sequence,
+                        bundle.refresh_hint_seconds,
+                    )
+                )
             return False
         current = self.store.current
         bundles = self.bundles.with_bundle(bundle)
@@ -524,6 +579,10 @@ class _Lifecycle:
         self.stats.ok("bundle", "updated")
         log.info("poll: trust bundle for %s updated (%d roots)", domain, len(bundle.roots))
         return True
+
+    def _set_untrusted(self, domains: frozenset[TrustDomain]) -> None:
+        current = self.store.revocations
+        self.store.publish_revocations(Revocations(current.spiffe_ids, current.serials, domains))
 
     def _apply_revocations(self, revocations: Revocations, now: datetime) -> None:
         if revocations == self.store.revocations:
@@ -575,9 +634,3 @@ class _Lifecycle:
             self._wake = trio.Event()
             return True
         return False
-
-
-def _fingerprints(bundle: TrustBundle) -> frozenset[bytes]:
-    from cryptography.hazmat.primitives import hashes
-
-    return frozenset(root.fingerprint(hashes.SHA256()) for root in bundle.roots)

@@ -1,0 +1,145 @@
+"""Coverage-guided fuzzing of meshgate's parsers, with a time budget.
+
+    .venv/bin/python scripts/fuzz.py TARGET --seconds 60        # one target (atheris)
+    .venv/bin/python scripts/fuzz.py all --seconds 5            # each target in turn
+    .venv/bin/python scripts/fuzz.py all --seconds 5 --engine hypothesis
+    .venv/bin/python scripts/fuzz.py TARGET --merge --work DIR   # keep a run's finds
+
+Targets and their invariants are in tests/fuzz/targets.py (http_request, http_response,
+ca_request, path, spiffe_id, bundle, csr). The engine is atheris (libFuzzer for Python,
+a dev dependency), seeded from the committed corpus tests/fuzz/corpus/<target>/ and
+writing what it finds to a scratch directory (--work DIR: DIR/<target>; default a
+temporary one), so a run never changes the committed corpus; --merge --work DIR/<target>
+copies that run's kept inputs into it. A crash or a broken
+invariant stops the run, leaves the input in the scratch directory (crash-*) and exits
+non-zero. `--engine hypothesis` runs the same targets from random and corpus-mutated
+inputs for the same budget (no coverage feedback), for machines without atheris.
+Each target runs in its own process, so one target's instrumentation cannot slow another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "tests" / "fuzz" / "corpus"
+NAMES = ("http_request", "http_response", "ca_request", "path", "spiffe_id", "bundle", "csr")
+# Per-input limits: an input that takes longer is a hang, bigger ones are not interesting.
+TIMEOUT_SECONDS = 10
+MAX_LEN = 8192
+
+
+def _atheris_child(target: str, seconds: int, work: Path) -> int:
+    """Run one target under atheris in this process (the child)."""
+    import atheris
+
+    sys.path.insert(0, str(ROOT))
+    with atheris.instrument_imports(include=["sidecar", "mesh_ca", "tests.fuzz"]):
+        from tests.fuzz.targets import TARGETS
+    function = TARGETS[target]
+    work.mkdir(parents=True, exist_ok=True)
+    args = [
+        sys.argv[0],
+        str(work),  # new finds go here (the first directory)
+        str(CORPUS / target),  # read only: seeds
+        f"-max_total_time={seconds}",
+        f"-timeout={TIMEOUT_SECONDS}",
+        f"-max_len={MAX_LEN}",
+        f"-artifact_prefix={work}/",
+        "-print_final_stats=1",
+    ]
+    atheris.Setup(args, function)
+    atheris.Fuzz()
+    return 0  # atheris exits the process itself
+
+
+def _merge(target: str, work: Path) -> int:
+    """Copy the inputs a run kept (libFuzzer keeps only inputs that added coverage, and
+    names each by its content's SHA-1) into the committed corpus; crash, timeout and
+    leak artifacts are left for a person to look at."""
+    corpus = CORPUS / target
+    added = 0
+    for path in sorted(work.iterdir()):
+        if not path.is_file() or path.name.startswith(("crash-", "timeout-", "oom-", "leak-")):
+            continue
+        if not (corpus / path.name).exists():
+            (corpus / path.name).write_bytes(path.read_bytes())
+            added += 1
+    print(f"merge {target}: {added} inputs added to {corpus}", file=sys.stderr)
+    return 0
+
+
+def _hypothesis_child(target: str, seconds: int) -> int:
+    """The same target from hypothesis-made inputs for `seconds` (no coverage feedback)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    sys.path.insert(0, str(ROOT))
+    from tests.fuzz.strategies import inputs_for
+    from tests.fuzz.targets import TARGETS
+
+    function = TARGETS[target]
+    runs = 0
+
+    @settings(
+        max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(st.data())
+    def run(data: st.DataObject) -> None:
+        nonlocal runs
+        runs += 1
+        function(data.draw(inputs_for(target)))
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:  # fresh random batches until the budget is spent
+        run()
+    print(f"{target}: {runs} inputs in {seconds} s, no failure", file=sys.stderr)
+    return 0
+
+
+def _run_one(target: str, seconds: int, engine: str, work: Path | None) -> int:
+    """Run `target` in a child process; its exit status."""
+    scratch = work / target if work else Path(tempfile.mkdtemp(prefix=f"meshgate-fuzz-{target}-"))
+    argv = [sys.executable, __file__, target, "--seconds", str(seconds), "--engine", engine]
+    argv += ["--work", str(scratch), "--child"]
+    started = time.monotonic()
+    done = subprocess.run(argv, cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "0"}, check=False)
+    took = time.monotonic() - started
+    outcome = "ok" if done.returncode == 0 else f"FAILED (exit {done.returncode})"
+    print(f"fuzz {target}: {outcome} after {took:.0f} s; scratch {scratch}", file=sys.stderr)
+    return done.returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("target", choices=(*NAMES, "all"))
+    parser.add_argument("--seconds", type=int, default=60, help="time budget per target")
+    parser.add_argument("--engine", choices=("atheris", "hypothesis"), default="atheris")
+    parser.add_argument("--work", type=Path, help="scratch directory for finds and crashes")
+    parser.add_argument("--merge", action="store_true", help="fold --work finds into the corpus")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        if args.engine == "hypothesis":
+            return _hypothesis_child(args.target, args.seconds)
+        return _atheris_child(args.target, args.seconds, args.work)
+    if args.merge:
+        if args.target == "all" or args.work is None:
+            parser.error("--merge needs one target and the --work directory of its run")
+        return _merge(args.target, args.work)
+    targets = NAMES if args.target == "all" else (args.target,)
+    failed = [t for t in targets if _run_one(t, args.seconds, args.engine, args.work)]
+    if failed:
+        print(f"fuzz: failures in {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
