@@ -34,7 +34,7 @@ from mesh_ca.keys import generate_key
 from mesh_ca.keys_config import KeysConfig
 from mesh_ca.tls import client_context
 from scripts.benchlib.ca_load import Target, run_load
-from scripts.benchlib.ca_requests import add_tokens, bootstrap_bodies, csr_pems
+from scripts.benchlib.ca_requests import add_tokens, bootstrap_bodies
 from tests.ca_server_process import CaServer, serving_ca_dir
 from tests.softhsm import PIN_ENV, softhsm_token
 
@@ -158,14 +158,13 @@ def bench_ca_hsm(args: argparse.Namespace) -> Figures:
         }
         estimate = _raw(cas["file"], 0.5)
         n_tokens = int(estimate[0] / estimate[1] * share * 1.5) + 200
-        csrs = csr_pems()
         raw: dict[str, list[tuple[int, float]]] = {name: [] for name in _BACKENDS}
         api: dict[str, list[Figures]] = {name: [] for name in _BACKENDS}
         for index in range(rounds):
             for name in _BACKENDS:
                 _progress(f"round {index + 1}/{rounds} [{name} keys] raw signing, bootstrap")
                 raw[name].append(_raw(cas[name], share))
-                bodies = bootstrap_bodies(add_tokens(cas[name], n_tokens, f"r{index}"), csrs)
+                bodies = bootstrap_bodies(add_tokens(cas[name], n_tokens, f"r{index}"))
                 api[name].append(
                     _bootstrap(servers[name], bodies, share, concurrency, args.client_processes)
                 )
