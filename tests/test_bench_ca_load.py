@@ -53,11 +53,12 @@ def test_bootstrap_and_renewal_issue_with_no_failures(server: CaServer) -> None:
 
 
 def test_forked_workers_never_reuse_a_join_token_across_phases(server: CaServer) -> None:
-    # The first phase runs 0.2 s, far too short to use 2,000 tokens at ~1,000 SVIDs/s: the
-    # second phase must find tokens left (with 400, a quiet machine used them all).
-    bodies = _bootstrap_bodies(server, 2000)
-    first = run_load(_anonymous(server, 4), "/v1/bootstrap", bodies, 0.2, processes=2)
-    second = run_load(_anonymous(server, 4), "/v1/bootstrap", bodies, 0.2, processes=2)
+    # Each phase runs 1 s; 5,000 tokens outlast the first at this CA's ~1,000 SVIDs/s, so the
+    # second finds tokens left (400 did not on a quiet machine), and 1 s is long enough for
+    # forked workers to issue something on a loaded one (0.2 s was not).
+    bodies = _bootstrap_bodies(server, 5000)
+    first = run_load(_anonymous(server, 4), "/v1/bootstrap", bodies, 1.0, processes=2)
+    second = run_load(_anonymous(server, 4), "/v1/bootstrap", bodies, 1.0, processes=2)
     assert first.ok > 0
     assert second.ok > 0
     assert (first.failed, second.failed) == (0, 0)

@@ -6,6 +6,7 @@ same token file) the sidecar bootstraps with that very token."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +66,18 @@ def test_a_token_for_another_id_is_refused_and_stays_usable(tmp_path: Path) -> N
             assert f"identity.spiffe_id {ORDERS}" in body["reason"]
             assert "token_wrong_id" in orders.log()
             assert orders.stop() == 0
-        refusals = [
-            json.loads(line)
-            for line in server.log().splitlines()
-            if line.startswith("{") and "token_wrong_id" in line
-        ]
+
+        def logged_refusals() -> list[dict[str, object]]:
+            return [
+                json.loads(line)
+                for line in server.log().splitlines()
+                if line.startswith("{") and "token_wrong_id" in line
+            ]
+
+        # The CA writes its access log in batches: wait for the line, with a deadline.
+        deadline = time.monotonic() + 10
+        while not (refusals := logged_refusals()) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert len(refusals) == 1, server.log()
         assert refusals[0]["status"] == 403
         assert refusals[0]["spiffe_id"] == str(PAYMENTS)
