@@ -1,1 +1,1 @@
-"""meshgate's certificate authority: SPIFFE identity, issuance, state, API and CLI."""
+"""meshgate's certificate authority: issuance, state store, API, server and CLI."""

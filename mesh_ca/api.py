@@ -11,7 +11,7 @@ from typing import Annotated, Final
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mesh_ca.identity import MAX_SPIFFE_ID_BYTES, SpiffeId
+from meshgate.identity import MAX_SPIFFE_ID_BYTES, SpiffeId
 
 __all__ = [
     "MAX_CSR_CHARS",

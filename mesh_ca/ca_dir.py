@@ -35,22 +35,22 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from mesh_ca.config import CONFIG_FILE, CaConfig, ConfigError, load_config, write_config
-from mesh_ca.identity import (
+from mesh_ca.issuance import Signer, make_intermediate, make_root
+from mesh_ca.keystore import intermediate_signing_key, new_ca_keys
+from mesh_ca.store import StateStore, open_store
+from meshgate.identity import (
     BundleError,
     TrustBundle,
     TrustDomain,
     bundle_sequence,
     load_pem_certificates,
 )
-from mesh_ca.issuance import Signer, make_intermediate, make_root
-from mesh_ca.keys import (
+from meshgate.keys import (
     KeyFileError,
     load_private_key,
     private_key_pem,
     write_private_file,
 )
-from mesh_ca.keystore import intermediate_signing_key, new_ca_keys
-from mesh_ca.store import StateStore, open_store
 
 __all__ = [
     "BUNDLE_PEM",

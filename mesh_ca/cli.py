@@ -2,7 +2,7 @@
 
 Every flag is validated before anything is written; usage errors name the flag and exit
 2, operational errors (a missing CA, a wrong passphrase, a database error) exit 1;
-``serve``'s start-up failures have their own codes (`mesh_ca.exit_codes`, ``--help``), and
+``serve``'s start-up failures have their own codes (`meshgate.exit_codes`, ``--help``), and
 so does an unusable PKCS#11 key store in any command (7, naming the ``keys.*`` key). Join
 tokens go to stdout only, so scripts can capture them; nothing secret is ever logged.
 """
@@ -40,16 +40,6 @@ from mesh_ca.config import (
     load_config,
 )
 from mesh_ca.duration import format_duration, parse_duration
-from mesh_ca.exit_codes import EXIT_CODES_HELP, StartupError
-from mesh_ca.files import write_atomic_set
-from mesh_ca.identity import (
-    RESERVED_PATH_PREFIX,
-    BundleError,
-    SpiffeId,
-    SpiffeIdError,
-    TrustDomain,
-    load_pem_certificates,
-)
 from mesh_ca.issuance import (
     FLOOR_LEAF_TTL,
     MAX_LEAF_TTL,
@@ -58,12 +48,22 @@ from mesh_ca.issuance import (
     issue_leaf,
     make_csr,
 )
-from mesh_ca.keys import generate_key, private_key_pem
 from mesh_ca.keys_cli import add_keys_flags, keys_config
 from mesh_ca.store import IssuedRecord, StateStore, StoreError, open_store
 from mesh_ca.store.dbcli import add_db_parser, db_main
 from mesh_ca.tokens import new_token
-from mesh_ca.version import installed_version
+from meshgate.exit_codes import EXIT_CODES_HELP, StartupError
+from meshgate.files import write_atomic_set
+from meshgate.identity import (
+    RESERVED_PATH_PREFIX,
+    BundleError,
+    SpiffeId,
+    SpiffeIdError,
+    TrustDomain,
+    load_pem_certificates,
+)
+from meshgate.keys import generate_key, private_key_pem
+from meshgate.version import installed_version
 
 __all__ = ["add_serve_flags", "main"]
 

@@ -31,8 +31,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from pydantic import ValidationError
 
 from mesh_ca.api import ErrorResponse, RevocationsResponse, SvidResponse
-from mesh_ca.clock import Clock, SystemClock
-from mesh_ca.identity import (
+from mesh_ca.issuance import make_csr
+from meshgate.clock import Clock, SystemClock
+from meshgate.identity import (
     BundleError,
     BundleSet,
     SpiffeId,
@@ -46,9 +47,8 @@ from mesh_ca.identity import (
     spiffe_id_of,
     verify_svid,
 )
-from mesh_ca.issuance import make_csr
-from mesh_ca.keys import PrivateKey, private_key_pem
-from mesh_ca.tls import client_context, peer_svid
+from meshgate.keys import PrivateKey, private_key_pem
+from meshgate.transport.mtls import client_context, peer_svid
 
 __all__ = ["CaClient", "CaClientError", "CaUnavailable", "IssuedSvid"]
 

@@ -15,10 +15,10 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mesh_ca.config_file import read_toml, validation_message
-from mesh_ca.identity import SpiffeId, SpiffeIdError, TrustDomain
 from mesh_ca.issuance.leaf import FLOOR_LEAF_TTL, MAX_LEAF_TTL, MIN_LEAF_TTL
 from mesh_ca.keys_config import KeysConfig
+from meshgate.config_file import read_toml, validation_message
+from meshgate.identity import SpiffeId, SpiffeIdError, TrustDomain
 
 __all__ = [
     "CONFIG_FILE",

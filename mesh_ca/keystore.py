@@ -19,9 +19,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mesh_ca.exit_codes import ExitCode, StartupError
-from mesh_ca.keys import PrivateKey, generate_key
 from mesh_ca.keys_config import KeysConfig
+from meshgate.exit_codes import ExitCode, StartupError
+from meshgate.keys import PrivateKey, generate_key
 
 if TYPE_CHECKING:
     from mesh_ca.pkcs11_token import Pkcs11Token

@@ -26,8 +26,8 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11err
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
-from mesh_ca.exit_codes import ExitCode, StartupError
 from mesh_ca.issuance.token_key import TokenSigningKey
+from meshgate.exit_codes import ExitCode, StartupError
 
 if TYPE_CHECKING:
     from pkcs11._pkcs11 import lib as Pkcs11Library  # noqa: N812 - a class

@@ -43,10 +43,10 @@ from typing import Any
 
 from mesh_ca.ca_dir import LoadedCa, init_ca_dir, load_ca_dir
 from mesh_ca.config import CaConfig, ServerConfig, StoreConfig
-from mesh_ca.identity import BundleSet, SpiffeId
 from mesh_ca.issuance import issue_leaf, make_csr
-from mesh_ca.keys import generate_key
-from mesh_ca.tls import client_context
+from meshgate.identity import BundleSet, SpiffeId
+from meshgate.keys import generate_key
+from meshgate.transport.mtls import client_context
 
 Figures = dict[str, Any]
 

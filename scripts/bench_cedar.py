@@ -24,7 +24,7 @@ from pathlib import Path
 
 import cedarpy
 
-from mesh_ca.identity import SpiffeId
+from meshgate.identity import SpiffeId
 from sidecar.policy import AccessRequest, decide, load_snapshot
 from sidecar.policy.decision import cedar_request
 from sidecar.policy.loader import workload_entity

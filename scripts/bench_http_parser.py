@@ -23,7 +23,7 @@ from importlib.metadata import version
 import h11
 import httptools
 
-from sidecar.http import Data, EndOfMessage, RequestHead, RequestReader
+from meshgate.http import Data, EndOfMessage, RequestHead, RequestReader
 
 HEAD = (
     b"GET /api/v1/orders/12345?expand=items&limit=20 HTTP/1.1\r\n"

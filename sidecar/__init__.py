@@ -1,1 +1,1 @@
-"""The meshgate sidecar: identity lifecycle, mTLS proxies, HTTP handling, Cedar enforcement."""
+"""The meshgate sidecar, by role; the process wiring (app, workers, cli) on top."""

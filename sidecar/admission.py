@@ -21,13 +21,13 @@ from typing import Any, final
 import trio
 
 from mesh_ca.server.ratelimit import source_key
+from meshgate.transport.socket_stream import LeanSocketStream, peer_address
 from sidecar.connections import Refused
-from sidecar.lean_socket import LeanSocketStream, peer_address
-from sidecar.logs import event
-from sidecar.observe import ConnectionReport, Direction
-from sidecar.relay import abort
+from sidecar.observe.access import ConnectionReport, Direction
+from sidecar.observe.logs import event
 from sidecar.runtime import Runtime
-from sidecar.tls import MeshTlsError
+from sidecar.transport.mesh_tls import MeshTlsError
+from sidecar.transport.relay import abort
 
 __all__ = ["Admission", "admitted", "handshake_refused", "source_of"]
 

@@ -19,27 +19,27 @@ from typing import Any
 
 import trio
 
-from mesh_ca.clock import Clock, SystemClock
-from mesh_ca.exit_codes import ExitCode, StartupError
-from sidecar.admin import AdminState, serve_admin
-from sidecar.authz import AllowList, Authorizer
+from meshgate.clock import Clock, SystemClock
+from meshgate.exit_codes import ExitCode, StartupError
+from sidecar.authz.allow_list import AllowList, Authorizer
+from sidecar.authz.cedar import CedarAuthorizer
 from sidecar.config import Address, SidecarConfig
 from sidecar.connections import AdmissionLimits, ConnectionTracker
-from sidecar.http_inbound import HttpInbound
-from sidecar.http_outbound import HttpOutbound
 from sidecar.identity.credentials import CredentialStore
 from sidecar.identity.static_files import ReloadSignal
 from sidecar.identity.stats import IdentityStats
-from sidecar.inbound import Inbound
-from sidecar.logs import event
-from sidecar.metrics import SidecarMetrics
-from sidecar.observe import Observer
-from sidecar.outbound import Outbound
-from sidecar.policy_authz import CedarAuthorizer
-from sidecar.policy_runtime import LivePolicies
-from sidecar.pool import MeshPool
+from sidecar.inbound.http import HttpInbound
+from sidecar.inbound.tcp import Inbound
+from sidecar.observe.access import Observer
+from sidecar.observe.admin import AdminState, serve_admin
+from sidecar.observe.logs import event
+from sidecar.observe.metrics import SidecarMetrics
+from sidecar.observe.tracing import Tracer, default_service_name
+from sidecar.outbound.http import HttpOutbound
+from sidecar.outbound.mesh_pool import MeshPool
+from sidecar.outbound.tcp import Outbound
+from sidecar.policy.live import LivePolicies
 from sidecar.runtime import Runtime
-from sidecar.tracing import Tracer, default_service_name
 
 __all__ = ["listen_on", "run"]
 
@@ -172,7 +172,7 @@ def _tracer(config: SidecarConfig) -> Tracer | None:
     """The span exporter of ``[tracing]``; None (and no SDK import) without it."""
     if config.tracing is None:
         return None
-    from sidecar.tracing_otel import OtelTracer
+    from sidecar.observe.tracing_otel import OtelTracer
 
     name = config.tracing.service_name or default_service_name(config.identity.spiffe_id)
     return OtelTracer(config.tracing, name)

@@ -1,6 +1,6 @@
 """``mesh-sidecar``: run a sidecar, check its config, or work with policies.
 
-Exit codes (`mesh_ca.exit_codes`): 0 ok (also after a drain), 1 the config file does not
+Exit codes (`meshgate.exit_codes`): 0 ok (also after a drain), 1 the config file does not
 load or validate, 2 usage, 3 a file named in the config is missing, unreadable or invalid,
 4 ``identity.state_dir`` unusable, 5 a listen address cannot be bound, 6 the policy
 directory does not load or validate. Every start-up failure is one line on stderr naming
@@ -15,8 +15,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mesh_ca.exit_codes import EXIT_CODES_HELP, ExitCode, StartupError
-from mesh_ca.version import installed_version
+from meshgate.exit_codes import EXIT_CODES_HELP, ExitCode, StartupError
+from meshgate.version import installed_version
 
 __all__ = ["main", "run_reporting_startup_errors"]
 
@@ -58,7 +58,7 @@ def _run(config_path: str) -> int:
 
     from sidecar.app import run
     from sidecar.config import ConfigError, load_config
-    from sidecar.logs import LogSetupError, setup_logging
+    from sidecar.observe.logs import LogSetupError, setup_logging
     from sidecar.preflight import preflight
 
     setup_logging()
@@ -92,7 +92,7 @@ def run_reporting_startup_errors(serve: Callable[[], int], config_path: str | Pa
     """`serve()`, but a start-up failure is one line on stderr (naming the key and value)
     and its exit code, never a traceback. Anything else is a bug and keeps its traceback."""
     from sidecar.identity.static_files import StaticIdentityError
-    from sidecar.policy_runtime import PolicyStartError
+    from sidecar.policy.live import PolicyStartError
 
     try:
         return serve()

@@ -18,9 +18,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator
 
-from mesh_ca.config_file import read_toml, validation_message
-from mesh_ca.identity import SpiffeId, SpiffeIdError, TrustDomain
-from sidecar.lifetime import LifetimeMode, LifetimePolicy
+from meshgate.config_file import read_toml, validation_message
+from meshgate.identity import SpiffeId, SpiffeIdError, TrustDomain
+from sidecar.transport.lifetime import LifetimeMode, LifetimePolicy
 
 __all__ = [
     "Address",

@@ -2,7 +2,7 @@
 
 Every proxied connection runs inside a cancel scope registered here with its peer's
 SPIFFE ID and serial, and, once its handshake is done, inside a second scope that
-`bind` returns: its deadline is the connection's bound (`sidecar.lifetime`). When the
+`bind` returns: its deadline is the connection's bound (`sidecar.transport.lifetime`). When the
 credential store publishes a change, every connection from or to a revoked ID or serial,
 and every connection whose peer no longer chains to the new trust bundle, is cancelled at
 once (closed, not drained); in ``until_revoked`` mode the bound follows our own current
@@ -35,10 +35,10 @@ from typing import final
 import trio
 from cryptography import x509
 
-from mesh_ca.identity import BundleSet, SpiffeId, SvidError, verify_svid
+from meshgate.identity import BundleSet, SpiffeId, SvidError, verify_svid
 from sidecar.identity.credentials import CredentialStore
-from sidecar.lifetime import LifetimeMode, LifetimePolicy
-from sidecar.tls import MeshConnection
+from sidecar.transport.lifetime import LifetimeMode, LifetimePolicy
+from sidecar.transport.mesh_tls import MeshConnection
 
 __all__ = ["AdmissionLimits", "ConnectionTracker", "Refused", "Slot"]
 

@@ -22,7 +22,7 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from mesh_ca.exit_codes import ExitCode, StartupError
+from meshgate.exit_codes import ExitCode, StartupError
 from sidecar.config import SidecarConfig
 from sidecar.identity.settings import IdentitySettings
 from sidecar.identity.state import StateError, load_bundle_file, read_join_token

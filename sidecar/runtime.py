@@ -12,8 +12,8 @@ import trio
 from sidecar.config import TimeoutsConfig
 from sidecar.connections import ConnectionTracker
 from sidecar.identity.credentials import CredentialStore
-from sidecar.observe import Observer
-from sidecar.tracing import Tracer
+from sidecar.observe.access import Observer
+from sidecar.observe.tracing import Tracer
 
 __all__ = ["Runtime"]
 

@@ -18,7 +18,7 @@ ready file: ``workers_starting``), and SIGTERM/SIGINT stop it in every phase, al
 the first SVID. Before starting workers it binds and closes every data listener, so a
 taken port is one line naming its key. It restarts a worker that exits while it is not
 draining, unless the worker failed to start with a start-up exit code
-(`mesh_ca.exit_codes`): then the sidecar stops with that code. It forwards SIGTERM/SIGINT
+(`meshgate.exit_codes`): then the sidecar stops with that code. It forwards SIGTERM/SIGINT
 (drain: each worker drains its own connections; the parent exits 0 when every worker
 did) and SIGHUP (identity files and policies).
 
@@ -29,7 +29,7 @@ the sum over workers, beside its own identity metrics (expiry, rotations). Chose
 workers pushing snapshots to the parent because a scrape is exact (no push interval to
 wait out), a killed worker's counts stay in its files (the sum never goes backwards, so
 ``rate()`` sees no false counter reset), and no channel between the processes is needed.
-Gauges say how they combine (`sidecar.metrics`: ``livesum`` open connections...); the
+Gauges say how they combine (`sidecar.observe.metrics`: ``livesum`` open connections...); the
 parent drops a dead worker's live gauges (`mark_process_dead`).
 """
 
@@ -49,25 +49,25 @@ from typing import final
 import trio
 from prometheus_client.multiprocess import mark_process_dead
 
-from mesh_ca.clock import SystemClock
-from mesh_ca.exit_codes import ExitCode
-from mesh_ca.files import write_atomic, write_atomic_set
-from mesh_ca.identity.bundle import pem_bundle
-from mesh_ca.keys import private_key_pem
-from sidecar.admin import AdminState, serve_admin
+from meshgate.clock import SystemClock
+from meshgate.exit_codes import ExitCode
+from meshgate.files import write_atomic, write_atomic_set
+from meshgate.identity.bundle import pem_bundle
+from meshgate.keys import private_key_pem
 from sidecar.config import IdentityConfig, SidecarConfig, load_config
 from sidecar.identity.credentials import CredentialStore, Revocations
 from sidecar.identity.static_files import ReloadSignal
 from sidecar.identity.stats import IdentityStats
-from sidecar.logs import event
-from sidecar.metrics import SidecarMetrics
+from sidecar.observe.admin import AdminState, serve_admin
+from sidecar.observe.logs import event
+from sidecar.observe.metrics import SidecarMetrics
 
 __all__ = ["Supervisor", "main", "supervise"]
 
 log = logging.getLogger("sidecar.workers")
 _RESTART_DELAY_SECONDS = 0.5
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client at import
-# Exit codes of a worker that cannot start (`mesh_ca.exit_codes`): restarting cannot help.
+# Exit codes of a worker that cannot start (`meshgate.exit_codes`): restarting cannot help.
 _STARTUP_FAILURES = frozenset(
     {ExitCode.FAILED, ExitCode.FILE, ExitCode.STATE, ExitCode.LISTEN, ExitCode.POLICY}
 )
@@ -317,7 +317,7 @@ def worker_config(config: SidecarConfig, runtime_dir: Path) -> SidecarConfig:
 
 
 def _read_revocations(path: Path) -> Revocations | None:
-    from mesh_ca.identity import SpiffeId, TrustDomain
+    from meshgate.identity import SpiffeId, TrustDomain
 
     try:
         data = json.loads(path.read_bytes())
@@ -373,7 +373,7 @@ async def run_worker(config: SidecarConfig, runtime_dir: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from sidecar.logs import setup_logging
+    from sidecar.observe.logs import setup_logging
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 2:

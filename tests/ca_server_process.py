@@ -26,10 +26,10 @@ import trio
 
 from mesh_ca.ca_dir import LoadedCa, init_ca_dir
 from mesh_ca.config import CaConfig, ServerConfig
-from mesh_ca.identity import BundleSet, SpiffeId
 from mesh_ca.store import StateStore
-from mesh_ca.tls import client_context
 from mesh_ca.tokens import new_token
+from meshgate.identity import BundleSet, SpiffeId
+from meshgate.transport.mtls import client_context
 
 TRUST_DOMAIN = "example.org"
 _SERVING = re.compile(r"mesh-ca serving on (\S+):(\d+)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.http import CONNECTION_CLOSED, NEED_DATA, Data, Event, RequestReader, ResponseReader
+from meshgate.http import CONNECTION_CLOSED, NEED_DATA, Data, Event, RequestReader, ResponseReader
 
 
 def drain(reader: RequestReader | ResponseReader) -> list[Event]:

@@ -19,12 +19,8 @@ import trio
 import trio.testing
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from mesh_ca.clock import TrioWallClock
-from mesh_ca.identity import SpiffeId
-from mesh_ca.tls import mesh_context
-from sidecar.config import InboundConfig, TimeoutsConfig
-from sidecar.connections import ConnectionTracker
-from sidecar.http import (
+from meshgate.clock import TrioWallClock
+from meshgate.http import (
     CONNECTION_CLOSED,
     NEED_DATA,
     Data,
@@ -35,13 +31,17 @@ from sidecar.http import (
     ResponseHead,
     ResponseReader,
 )
-from sidecar.http_inbound import HttpInbound
+from meshgate.identity import SpiffeId
+from meshgate.transport.mtls import mesh_context
+from meshgate.transport.tls_stream import TlsStream
+from sidecar.config import InboundConfig, TimeoutsConfig
+from sidecar.connections import ConnectionTracker
 from sidecar.identity.credentials import CredentialStore
-from sidecar.observe import AccessRecord, Observer
+from sidecar.inbound.http import HttpInbound
+from sidecar.observe.access import AccessRecord, Observer
+from sidecar.observe.tracing import Tracer
 from sidecar.policy import PolicyStore, ReloadOutcome
 from sidecar.runtime import Runtime
-from sidecar.tls_stream import TlsStream
-from sidecar.tracing import Tracer
 from tests.pki import Leaf
 from tests.pki import TestPki as Pki
 from tests.sidecar_helpers import bundle_with_intermediates, store_for

@@ -14,9 +14,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from mesh_ca.identity import BundleSet, SpiffeId, TrustBundle, TrustDomain
 from mesh_ca.issuance import Signer, issue_leaf, make_csr, make_intermediate, make_root
-from mesh_ca.keys import PrivateKey, generate_key, private_key_pem, write_private_file
+from meshgate.identity import BundleSet, SpiffeId, TrustBundle, TrustDomain
+from meshgate.keys import PrivateKey, generate_key, private_key_pem, write_private_file
 
 
 @dataclass

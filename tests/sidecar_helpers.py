@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from mesh_ca.identity import BundleSet, TrustBundle
+from meshgate.identity import BundleSet, TrustBundle
 from sidecar.identity.credentials import Credentials, CredentialStore
 from tests.pki import Leaf
 from tests.pki import TestPki as Pki

@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mesh_ca.identity import SpiffeId
 from mesh_ca.store import (
     IdRevoked,
     IssuedRecord,
@@ -30,6 +29,7 @@ from mesh_ca.store import (
     TokenWrongId,
 )
 from mesh_ca.tokens import new_token, parse_token
+from meshgate.identity import SpiffeId
 
 StoreFactory = Callable[[], StateStore]
 

@@ -14,9 +14,9 @@ from typing import TextIO
 import pytest
 
 from sidecar.config import LogConfig, parse_config
-from sidecar.logs import LogSetupError, access_text, event, setup_logging
-from sidecar.metrics import SidecarMetrics
-from sidecar.observe import AccessRecord, Observer
+from sidecar.observe.access import AccessRecord, Observer
+from sidecar.observe.logs import LogSetupError, access_text, event, setup_logging
+from sidecar.observe.metrics import SidecarMetrics
 
 T0 = datetime(2024, 5, 1, 12, 30, 15, 123000, tzinfo=UTC)
 PEER = "spiffe://example.org/ns/shop/svc/web"
@@ -216,7 +216,9 @@ def test_auto_format_on_a_terminal_is_human_readable() -> None:
     try:
         setup_logging(LogConfig(access_log="stdout", format="auto"), stdout=tty, stderr=tty)
         _observe(_record())
-        event(logging.getLogger("sidecar.inbound"), "handshake refused", reason="no_client_cert")
+        event(
+            logging.getLogger("sidecar.inbound.tcp"), "handshake refused", reason="no_client_cert"
+        )
         tty.flush()
         lines = _read_all(leader).splitlines()
     finally:
@@ -226,7 +228,7 @@ def test_auto_format_on_a_terminal_is_human_readable() -> None:
     access, app = lines
     assert not access.startswith("{")
     assert "GET /orders/1" in access
-    assert "INFO  sidecar.inbound  handshake refused  reason=no_client_cert" in app
+    assert "INFO  sidecar.inbound.tcp  handshake refused  reason=no_client_cert" in app
 
 
 def test_json_format_is_forced_even_on_a_terminal() -> None:

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.admin import ENDPOINTS, AdminResponse, AdminState, respond
 from sidecar.config import SidecarConfig, parse_config
 from sidecar.identity.credentials import CredentialStore, Revocations
 from sidecar.identity.stats import Blocked, IdentityStats
-from sidecar.metrics import SidecarMetrics
+from sidecar.observe.admin import ENDPOINTS, AdminResponse, AdminState, respond
+from sidecar.observe.metrics import SidecarMetrics
 from sidecar.policy import PolicyStore, ReloadOutcome
 from tests.pki import TestPki as Pki
 from tests.sidecar_helpers import bundle_with_intermediates, store_for

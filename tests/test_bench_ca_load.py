@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mesh_ca.tls import client_context
+from meshgate.transport.mtls import client_context
 from scripts.benchlib.ca_load import ResponseError, ResponseReader, Target, run_load
 from scripts.benchlib.ca_requests import (
     add_tokens,

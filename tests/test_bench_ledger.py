@@ -12,16 +12,16 @@ SITE = "/venv/lib/python3.11/site-packages"
 def test_ssl_called_by_the_tls_stream_is_tls() -> None:
     stack = [
         ("/usr/lib/python3.11/ssl.py", "read"),
-        ("/work/sidecar/tls_stream.py", "receive_some"),
-        ("/work/sidecar/http_inbound.py", "serve"),
+        ("/work/meshgate/transport/tls_stream.py", "receive_some"),
+        ("/work/sidecar/inbound/http.py", "serve"),
     ]
     assert step_of(stack) == "TLS read and write (ssl record layer)"
 
 
 def test_a_socket_call_made_for_the_tls_stream_is_a_socket_call() -> None:
     stack = [
-        ("/work/sidecar/lean_socket.py", "send_all"),
-        ("/work/sidecar/tls_stream.py", "send_all"),
+        ("/work/meshgate/transport/socket_stream.py", "send_all"),
+        ("/work/meshgate/transport/tls_stream.py", "send_all"),
     ]
     assert step_of(stack) == "socket calls and trio waits"
 
@@ -30,7 +30,7 @@ def test_the_logging_library_counts_for_the_access_log() -> None:
     stack = [
         ("/usr/lib/python3.11/json/encoder.py", "encode"),
         ("/usr/lib/python3.11/logging/__init__.py", "emit"),
-        ("/work/sidecar/observe.py", "request_done"),
+        ("/work/sidecar/observe/access.py", "request_done"),
     ]
     assert step_of(stack) == "the access log and the observer (observe.py, logging)"
     assert step_of([(f"{SITE}/prometheus_client/metrics.py", "inc"), *stack[1:]]).startswith(
@@ -46,4 +46,7 @@ def test_cedar_counts_for_the_decision_and_unknown_code_for_other() -> None:
 def test_trio_counts_only_for_what_no_step_of_the_sidecar_called() -> None:
     trio = f"{SITE}/trio/_core/_run.py"
     assert step_of([(trio, "unrolled_run")]) == "trio's scheduler and run loop"
-    assert step_of([("/work/sidecar/tls.py", "peer_id"), (trio, "unrolled_run")]) == OTHER
+    assert (
+        step_of([("/work/sidecar/transport/mesh_tls.py", "peer_id"), (trio, "unrolled_run")])
+        == OTHER
+    )

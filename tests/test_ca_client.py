@@ -14,10 +14,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from mesh_ca.client import CaClient, CaUnavailable
-from mesh_ca.identity import SpiffeId, TrustDomain
 from mesh_ca.issuance import issue_leaf, make_csr
-from mesh_ca.keys import generate_key, private_key_pem
 from mesh_ca.server.identity import server_context
+from meshgate.identity import SpiffeId, TrustDomain
+from meshgate.keys import generate_key, private_key_pem
 from tests.ca_server_process import TRUST_DOMAIN, CaServer, running_ca_server
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,6 @@ import pytest
 import trio
 from prometheus_client import CollectorRegistry
 
-from mesh_ca.identity import SpiffeId
 from mesh_ca.server.core import ApiResponse, CaService, StoreStep
 from mesh_ca.server.group_commit import GroupCommit
 from mesh_ca.store import (
@@ -29,6 +28,7 @@ from mesh_ca.store import (
     TokenError,
 )
 from mesh_ca.tokens import new_token
+from meshgate.identity import SpiffeId
 from tests.pki import TestPki as Pki
 from tests.test_ca_server_core import T0, csr, error, post, service, token_for
 

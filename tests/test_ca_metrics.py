@@ -14,11 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mesh_ca.ca_dir import init_ca_dir
 from mesh_ca.config import CaConfig, IssuanceConfig, ServerConfig
-from mesh_ca.identity import SpiffeId
 from mesh_ca.issuance import make_csr
-from mesh_ca.keys import generate_key, private_key_pem
-from mesh_ca.tls import client_context
 from mesh_ca.tokens import new_token
+from meshgate.identity import SpiffeId
+from meshgate.keys import generate_key, private_key_pem
+from meshgate.transport.mtls import client_context
 from tests.ca_server_process import TRUST_DOMAIN, CaServer, https_request, serving_ca_dir
 
 pytestmark = pytest.mark.integration

@@ -20,11 +20,11 @@ from cryptography.hazmat.primitives import serialization
 from mesh_ca.ca_dir import load_ca_dir
 from mesh_ca.cli import main as mesh_ca_main
 from mesh_ca.client import CaClient, CaClientError, CaUnavailable, IssuedSvid
-from mesh_ca.identity import SpiffeId, TrustDomain
 from mesh_ca.issuance import issue_leaf, make_csr
-from mesh_ca.keys import PrivateKey, generate_key, private_key_pem
 from mesh_ca.store import StateStore
-from mesh_ca.tls import client_context
+from meshgate.identity import SpiffeId, TrustDomain
+from meshgate.keys import PrivateKey, generate_key, private_key_pem
+from meshgate.transport.mtls import client_context
 from tests.ca_server_process import CaServer, https_request, serving_ca_dir
 from tests.pg_server import PgServer, running_postgres
 

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from mesh_ca.server.http import CaHttpServer, ServerLimits
-from mesh_ca.tls import client_context
+from meshgate.transport.mtls import client_context
 from tests.ca_server_process import https_request, running_ca_server
 from tests.test_ca_server_shell import make_server
 

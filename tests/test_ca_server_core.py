@@ -12,13 +12,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from mesh_ca.api import SvidResponse
-from mesh_ca.identity import SpiffeId
 from mesh_ca.issuance import make_csr
-from mesh_ca.keys import generate_key
 from mesh_ca.server.core import ApiRequest, ApiResponse, CaAuthority, CaService
 from mesh_ca.server.ratelimit import RateLimiter, source_key
 from mesh_ca.store import SqliteStore, StoreUnavailable
 from mesh_ca.tokens import new_token
+from meshgate.identity import SpiffeId
+from meshgate.keys import generate_key
 from tests.pki import TestPki as Pki
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)

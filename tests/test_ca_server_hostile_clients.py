@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import trio
 
-from mesh_ca.tls import client_context
+from meshgate.transport.mtls import client_context
 from tests.ca_server_process import CaServer, running_ca_server
 
 pytestmark = pytest.mark.integration

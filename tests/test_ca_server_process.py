@@ -16,10 +16,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from mesh_ca.client import CaClient, CaClientError, IssuedSvid
-from mesh_ca.identity import SpiffeId, TrustDomain, check_leaf_profile
 from mesh_ca.issuance import issue_leaf, make_csr
-from mesh_ca.keys import PrivateKey, generate_key, private_key_pem
-from mesh_ca.tls import client_context
+from meshgate.identity import SpiffeId, TrustDomain, check_leaf_profile
+from meshgate.keys import PrivateKey, generate_key, private_key_pem
+from meshgate.transport.mtls import client_context
 from tests.ca_server_process import TRUST_DOMAIN, CaServer, https_request, running_ca_server
 
 pytestmark = pytest.mark.integration

@@ -11,15 +11,15 @@ import trio
 import trio.testing
 
 from mesh_ca.ca_dir import init_ca_dir
-from mesh_ca.clock import SystemClock
 from mesh_ca.config import CaConfig
-from mesh_ca.identity import BundleSet
 from mesh_ca.server.core import ApiRequest, ApiResponse, CaService, StoreStep
 from mesh_ca.server.http import CaHttpServer, ServerLimits
 from mesh_ca.server.identity import issue_server_identity
 from mesh_ca.server.main import authority_of
 from mesh_ca.server.ratelimit import RateLimiter
-from mesh_ca.tls import client_context
+from meshgate.clock import SystemClock
+from meshgate.identity import BundleSet
+from meshgate.transport.mtls import client_context
 
 TD = "shell.example"
 LIMITS = ServerLimits(

@@ -32,7 +32,7 @@ def test_an_incomplete_head_needs_more_bytes() -> None:
         (GOOD + b"X-A: 1\r\n  folded\r\n\r\n", 400, "folding"),
         (GOOD + b"Transfer-Encoding: chunked\r\n\r\n", 501, "transfer-encoding"),
         (GOOD + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n", 400, "more than one"),
-        # The same rules as the sidecar (mesh_ca/http_rules.py): no merging of equal copies,
+        # The same rules as the sidecar (meshgate/http/rules.py): no merging of equal copies,
         # no second Host (the last one used to win), Host syntax, RFC 3986 targets.
         (GOOD + b"Content-Length: 2\r\nContent-Length: 2\r\n\r\n", 400, "more than one"),
         (GOOD + b"Host: evil\r\n\r\n", 400, "exactly one Host"),

@@ -17,8 +17,8 @@ from mesh_ca.ca_dir import load_ca_dir
 from mesh_ca.cli import main
 from mesh_ca.config import ConfigError, load_config
 from mesh_ca.duration import format_duration, parse_duration
-from mesh_ca.identity import SpiffeId
 from mesh_ca.tokens import TokenFormatError, parse_token
+from meshgate.identity import SpiffeId
 
 pytestmark = pytest.mark.integration
 

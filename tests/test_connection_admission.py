@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from mesh_ca.identity import SpiffeId
+from meshgate.identity import SpiffeId
 from sidecar.connections import AdmissionLimits, ConnectionTracker, Refused
 from sidecar.identity.credentials import CredentialStore
 

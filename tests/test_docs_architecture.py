@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ("architecture.md", "operations.md", "security.md")
 PURE_CORES = (
-    "mesh_ca/identity",
+    "meshgate/identity",
     "mesh_ca/issuance",
     "mesh_ca/tokens.py",
     "mesh_ca/server/core.py",
@@ -21,17 +21,17 @@ PURE_CORES = (
     "sidecar/identity/rotation.py",
     "sidecar/identity/credentials.py",
     "sidecar/identity/state.py",
-    "sidecar/http",
+    "meshgate/http",
     "sidecar/policy/decision.py",
     "sidecar/policy/loader.py",
     "sidecar/policy/store.py",
     "sidecar/policy/snapshot.py",
-    "sidecar/authz.py",
-    "sidecar/policy_authz.py",
-    "sidecar/svid_cache.py",
-    "sidecar/tracing.py",
+    "sidecar/authz/allow_list.py",
+    "sidecar/authz/cedar.py",
+    "sidecar/transport/svid_cache.py",
+    "sidecar/observe/tracing.py",
 )
-_PATH_RE = re.compile(r"`((?:mesh_ca|sidecar|scripts|tests|policies)/[A-Za-z0-9_./-]*)`")
+_PATH_RE = re.compile(r"`((?:meshgate|mesh_ca|sidecar|scripts|tests|policies)/[A-Za-z0-9_./-]*)`")
 _METRIC_RE = re.compile(r"`(meshgate_[a-z_]+)")
 
 

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.edges import OTHER, UNKNOWN, service_of, status_class
-from sidecar.metrics import SidecarMetrics
-from sidecar.observe import Observer
+from sidecar.observe.access import Observer
+from sidecar.observe.edges import OTHER, UNKNOWN, service_of, status_class
+from sidecar.observe.metrics import SidecarMetrics
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

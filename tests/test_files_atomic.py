@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mesh_ca.files import write_atomic, write_atomic_set
-from mesh_ca.keys import write_private_file
+from meshgate.files import write_atomic, write_atomic_set
+from meshgate.keys import write_private_file
 from sidecar.identity.state import write_public_file
 
 

@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives import serialization
 
 from mesh_ca.ca_dir import load_ca_dir
 from mesh_ca.client import CaClient, IssuedSvid
-from mesh_ca.exit_codes import ExitCode
-from mesh_ca.identity import SpiffeId, TrustDomain, check_leaf_profile, verify_svid
-from mesh_ca.keys import generate_key, private_key_pem
+from meshgate.exit_codes import ExitCode
+from meshgate.identity import SpiffeId, TrustDomain, check_leaf_profile, verify_svid
+from meshgate.keys import generate_key, private_key_pem
 from tests.ca_server_process import CaServer, serving_ca_dir
 from tests.softhsm import PIN_ENV, SoftToken
 

@@ -13,8 +13,8 @@ import pytest
 import trio
 import trio.testing
 
-from sidecar.metrics import SidecarMetrics
-from sidecar.tls_stream import TlsError
+from meshgate.transport.tls_stream import TlsError
+from sidecar.observe.metrics import SidecarMetrics
 from tests.http_inbound_harness import AccessLog, capture_access_log, closed, copy_policies
 from tests.http_inbound_harness import Harness as InboundHarness
 from tests.test_http_outbound import GET, Reply, roundtrip, status_and_body

@@ -6,8 +6,7 @@ import hashlib
 
 import pytest
 
-from mesh_ca.identity import SpiffeId
-from sidecar.http import (
+from meshgate.http import (
     PeerCertificate,
     context_headers,
     forward_request_headers,
@@ -15,6 +14,7 @@ from sidecar.http import (
     is_valid_traceparent,
     xfcc_value,
 )
+from meshgate.identity import SpiffeId
 
 US = SpiffeId.parse("spiffe://example.org/ns/shop/svc/orders")
 PEER = PeerCertificate(SpiffeId.parse("spiffe://example.org/ns/shop/svc/web"), b"leaf-der")

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.http import HttpError, HttpLimits
-from sidecar.http.body_pace import BodyPace
-from sidecar.http.head import parse_request_head
-from sidecar.http.header_names import check_look_alikes, check_policy_headers
-from sidecar.http.host import canonical_host
-from sidecar.http.inbound_rules import InboundRules
-from sidecar.http.proxy_headers import inbound_proxy_headers
+from meshgate.http import HttpError, HttpLimits
+from meshgate.http.body_pace import BodyPace
+from meshgate.http.head import parse_request_head
+from meshgate.http.header_names import check_look_alikes, check_policy_headers
+from meshgate.http.host import canonical_host
+from meshgate.http.inbound_rules import InboundRules
+from meshgate.http.proxy_headers import inbound_proxy_headers
 
 CANONICAL = [
     ("internal.svc", "internal.svc"),

@@ -12,10 +12,8 @@ import pytest
 import trio
 import trio.testing
 
-from mesh_ca.clock import TrioWallClock
-from sidecar.config import Address, OutboundConfig, TimeoutsConfig
-from sidecar.connections import ConnectionTracker
-from sidecar.http import (
+from meshgate.clock import TrioWallClock
+from meshgate.http import (
     NEED_DATA,
     Data,
     EndOfMessage,
@@ -25,11 +23,13 @@ from sidecar.http import (
     ResponseHead,
     ResponseReader,
 )
-from sidecar.http_outbound import HttpOutbound
+from sidecar.config import Address, OutboundConfig, TimeoutsConfig
+from sidecar.connections import ConnectionTracker
 from sidecar.identity.credentials import Credentials, CredentialStore, Revocations
-from sidecar.pool import MeshPool
+from sidecar.outbound.http import HttpOutbound
+from sidecar.outbound.mesh_pool import MeshPool
 from sidecar.runtime import Runtime
-from sidecar.tls import accept_mesh
+from sidecar.transport.mesh_tls import accept_mesh
 from tests.pki import TestPki as Pki
 from tests.sidecar_helpers import bundle_with_intermediates, store_for
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.http import HttpError, NormalizedTarget, normalize_target
+from meshgate.http import HttpError, NormalizedTarget, normalize_target
 
 NORMALIZED: list[tuple[str, str, str | None]] = [
     ("/", "/", None),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.http import (
+from meshgate.http import (
     CONNECTION_CLOSED,
     LAST_CHUNK,
     NEED_DATA,

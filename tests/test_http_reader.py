@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.http import (
+from meshgate.http import (
     CONNECTION_CLOSED,
     LAST_CHUNK,
     NEED_DATA,

@@ -1,16 +1,16 @@
 """One strict HTTP reader: the CA's reader and the sidecar's take their request rules from
-mesh_ca/http_rules.py (mesh_ca never imports sidecar), and refuse the same heads."""
+meshgate/http/rules.py (mesh_ca never imports sidecar), and refuse the same heads."""
 
 from __future__ import annotations
 
 import pytest
 
-from mesh_ca import http_rules
 from mesh_ca.server.wire import WireError
 from mesh_ca.server.wire import parse_request_head as ca_parse
-from sidecar.http import HttpError, HttpLimits
-from sidecar.http import head as sidecar_head
-from sidecar.http.head import parse_request_head as sidecar_parse
+from meshgate.http import HttpError, HttpLimits
+from meshgate.http import head as sidecar_head
+from meshgate.http import rules as http_rules
+from meshgate.http.head import parse_request_head as sidecar_parse
 
 
 def test_the_sidecar_uses_the_shared_rules_not_copies() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.http import BodyKind, EndOfMessage, Framing, HttpError, RequestHead, RequestReader
+from meshgate.http import BodyKind, EndOfMessage, Framing, HttpError, RequestHead, RequestReader
 
 GOOD = b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n"
 FIRST = RequestHead(

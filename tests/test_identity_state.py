@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mesh_ca.identity import SpiffeId
 from mesh_ca.tokens import new_token
+from meshgate.identity import SpiffeId
 from sidecar.identity.credentials import Credentials
 from sidecar.identity.state import (
     JoinToken,
@@ -98,7 +98,7 @@ def test_a_key_that_does_not_match_the_certificate_is_ignored(tmp_path: Path) ->
     state = StateDir(tmp_path)
     state.save(_creds(pki, sid))
     newer = _creds(pki, sid)
-    from mesh_ca.keys import private_key_pem, write_private_file
+    from meshgate.keys import private_key_pem, write_private_file
 
     write_private_file(state.key_path, private_key_pem(newer.key))
     stored = state.load_svid(sid, pki.bundles, pki.now)

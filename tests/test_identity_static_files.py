@@ -13,7 +13,7 @@ import trio
 import trio.testing
 from cryptography.hazmat.primitives import serialization
 
-from mesh_ca.clock import SystemClock
+from meshgate.clock import SystemClock
 from sidecar.app import _signals
 from sidecar.identity.credentials import CredentialError, CredentialStore
 from sidecar.identity.lifecycle import run_identity

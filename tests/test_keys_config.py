@@ -10,9 +10,9 @@ import pytest
 
 from mesh_ca.cli import main
 from mesh_ca.config import CaConfig, ConfigError, config_from_mapping, load_config, render_config
-from mesh_ca.exit_codes import ExitCode, StartupError
 from mesh_ca.keys_config import KeysConfig
 from mesh_ca.keystore import read_pin
+from meshgate.exit_codes import ExitCode, StartupError
 
 TOKEN_KEYS: dict[str, Any] = {
     "backend": "pkcs11",

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from sidecar.lean_socket import DeadlineStream, LeanSocketStream, lean
+from meshgate.transport.socket_stream import DeadlineStream, LeanSocketStream, lean
 
 pytestmark = pytest.mark.integration
 

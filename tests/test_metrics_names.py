@@ -9,8 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.identity.stats import IdentityStats
-from sidecar.metrics import SidecarMetrics
-from sidecar.observe import AccessRecord, Observer
+from sidecar.observe.access import AccessRecord, Observer
+from sidecar.observe.metrics import SidecarMetrics
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 _LABEL = re.compile(r"[a-z][a-z0-9_]*")

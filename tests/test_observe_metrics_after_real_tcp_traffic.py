@@ -16,7 +16,7 @@ import trio
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
-from mesh_ca.tls import client_context
+from meshgate.transport.mtls import client_context
 from tests.integration.mesh import sidecar_pair
 from tests.pki import TestPki as Pki
 from tests.procs import EchoApp, exchange, running_sidecar

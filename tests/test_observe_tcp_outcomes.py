@@ -12,9 +12,9 @@ import pytest
 import trio
 import trio.testing
 
+from meshgate.transport.tls_stream import TlsError
 from sidecar.identity.credentials import Revocations
-from sidecar.metrics import SidecarMetrics
-from sidecar.tls_stream import TlsError
+from sidecar.observe.metrics import SidecarMetrics
 from tests.test_sidecar_inbound import Harness, _closed
 
 ALLOW_LIST = "config.inbound.allowed_ids"

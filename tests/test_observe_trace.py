@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from mesh_ca.identity import SpiffeId
-from sidecar.http.forwarding import PeerCertificate, forward_request_headers
-from sidecar.observe import AccessRecord, trace_ids
+from meshgate.http.forwarding import PeerCertificate, forward_request_headers
+from meshgate.identity import SpiffeId
+from sidecar.observe.access import AccessRecord, trace_ids
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 ORDERS = SpiffeId.parse("spiffe://example.org/ns/shop/svc/orders")

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from mesh_ca.identity import SpiffeId
-from sidecar.authz import authorize_safely
+from meshgate.identity import SpiffeId
+from sidecar.authz.allow_list import authorize_safely
+from sidecar.authz.cedar import CedarAuthorizer, source_ip
 from sidecar.config import ConfigError, load_config
 from sidecar.policy import PolicyStore, ReloadOutcome
-from sidecar.policy_authz import CedarAuthorizer, source_ip
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
 T0 = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)

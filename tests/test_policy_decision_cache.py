@@ -14,7 +14,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mesh_ca.identity import SpiffeId
+from meshgate.identity import SpiffeId
 from sidecar.policy import AccessRequest, PolicySnapshot, decide, load_snapshot
 from sidecar.policy import snapshot as snapshot_module
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh_ca.identity import SpiffeId
+from meshgate.identity import SpiffeId
 from sidecar.policy import (
     AccessRequest,
     DecisionReason,

@@ -11,9 +11,9 @@ from typing import Any
 import cedarpy
 import pytest
 
-from mesh_ca.identity import SpiffeId
+from meshgate.identity import SpiffeId
+from sidecar.authz.cedar import CedarAuthorizer, forwards, verdict_result
 from sidecar.policy import AccessRequest, DecisionReason, PolicyStore
-from sidecar.policy_authz import CedarAuthorizer, forwards, verdict_result
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
 

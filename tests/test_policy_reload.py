@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from mesh_ca.clock import SystemClock
-from mesh_ca.identity import SpiffeId
+from meshgate.clock import SystemClock
+from meshgate.identity import SpiffeId
 from sidecar.policy import AccessRequest, PolicyStore, ReloadOutcome
 from sidecar.policy.watch import PolicyWatcher
 

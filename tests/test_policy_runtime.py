@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from mesh_ca.clock import SystemClock
+from meshgate.clock import SystemClock
 from sidecar.config import PolicyConfig
-from sidecar.observe import Observer
-from sidecar.policy_runtime import LivePolicies, PolicyStartError
+from sidecar.observe.access import Observer
+from sidecar.policy.live import LivePolicies, PolicyStartError
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from mesh_ca.identity import SvidError, SvidFailure
-from sidecar.svid_cache import VerifiedLeafCache
+from meshgate.identity import SvidError, SvidFailure
+from sidecar.transport.svid_cache import VerifiedLeafCache
 from tests.pki import TestPki as Pki
 from tests.sidecar_helpers import bundle_with_intermediates
 

@@ -22,12 +22,12 @@ import trio.testing
 from cryptography import x509
 
 from mesh_ca.client import CaClientError, CaUnavailable, IssuedSvid
-from mesh_ca.clock import TrioWallClock
-from mesh_ca.identity import BundleSet, SpiffeId, TrustBundle, spiffe_id_of
 from mesh_ca.issuance import issue_leaf, make_csr, make_root
-from mesh_ca.keys import PrivateKey, generate_key
-from mesh_ca.tls import peer_svid
 from mesh_ca.tokens import new_token
+from meshgate.clock import TrioWallClock
+from meshgate.identity import BundleSet, SpiffeId, TrustBundle, spiffe_id_of
+from meshgate.keys import PrivateKey, generate_key
+from meshgate.transport.mtls import peer_svid
 from sidecar.identity.blocking import inline
 from sidecar.identity.credentials import Credentials, CredentialStore
 from sidecar.identity.lifecycle import CaClientLike, run_identity

@@ -9,16 +9,16 @@ import pytest
 import trio
 import trio.testing
 
-from mesh_ca.clock import TrioWallClock
-from mesh_ca.tls import mesh_context
-from sidecar.authz import AllowList
+from meshgate.clock import TrioWallClock
+from meshgate.transport.mtls import mesh_context
+from meshgate.transport.tls_stream import TlsError, TlsStream
+from sidecar.authz.allow_list import AllowList
 from sidecar.config import InboundConfig, TimeoutsConfig
 from sidecar.connections import ConnectionTracker
 from sidecar.identity.credentials import Credentials, CredentialStore, Revocations
-from sidecar.inbound import Inbound
-from sidecar.lifetime import LifetimeMode, LifetimePolicy
+from sidecar.inbound.tcp import Inbound
 from sidecar.runtime import Runtime
-from sidecar.tls_stream import TlsError, TlsStream
+from sidecar.transport.lifetime import LifetimeMode, LifetimePolicy
 from tests.pki import Leaf
 from tests.pki import TestPki as Pki
 from tests.sidecar_helpers import bundle_with_intermediates, store_for

@@ -11,18 +11,18 @@ import trio
 import trio.testing
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from mesh_ca.clock import TrioWallClock
-from mesh_ca.identity import SpiffeId, TrustDomain
-from mesh_ca.tls import client_context, mesh_context
+from meshgate.clock import TrioWallClock
+from meshgate.identity import SpiffeId, TrustDomain
+from meshgate.transport.mtls import client_context, mesh_context
+from meshgate.transport.tls_stream import TlsStream
 from sidecar.identity.credentials import CredentialStore, Revocations
-from sidecar.tls import (
+from sidecar.transport.mesh_tls import (
     HandshakeFailure,
     MeshConnection,
     MeshTlsError,
     accept_mesh,
     connect_mesh,
 )
-from sidecar.tls_stream import TlsStream
 from tests.pki import Leaf
 from tests.pki import TestPki as Pki
 from tests.sidecar_helpers import bundle_with_intermediates, store_for
@@ -66,7 +66,7 @@ async def _run_both(
 
 
 async def _plain_peer(stream: TlsStream) -> TlsStream:
-    from sidecar.tls_stream import TlsError
+    from meshgate.transport.tls_stream import TlsError
 
     try:
         await stream.do_handshake()

@@ -8,8 +8,8 @@ import pytest
 import trio
 import trio.testing
 
-from mesh_ca.tls import mesh_context
-from sidecar.tls_stream import TlsError, TlsStream
+from meshgate.transport.mtls import mesh_context
+from meshgate.transport.tls_stream import TlsError, TlsStream
 from tests.pki import TestPki as Pki
 
 

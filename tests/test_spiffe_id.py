@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh_ca.identity import MAX_SPIFFE_ID_BYTES, SpiffeId, SpiffeIdError, TrustDomain
+from meshgate.identity import MAX_SPIFFE_ID_BYTES, SpiffeId, SpiffeIdError, TrustDomain
 
 TD_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.-_"
 SEGMENT_CHARS = TD_CHARS + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"

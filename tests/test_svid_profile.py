@@ -9,15 +9,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mesh_ca.identity import (
-    BundleSet,
-    SpiffeId,
-    SvidError,
-    SvidFailure,
-    TrustBundle,
-    TrustDomain,
-    verify_svid,
-)
 from mesh_ca.issuance import (
     BACKDATE,
     IssuanceError,
@@ -27,7 +18,16 @@ from mesh_ca.issuance import (
     make_intermediate,
     parse_csr,
 )
-from mesh_ca.keys import generate_key
+from meshgate.identity import (
+    BundleSet,
+    SpiffeId,
+    SvidError,
+    SvidFailure,
+    TrustBundle,
+    TrustDomain,
+    verify_svid,
+)
+from meshgate.keys import generate_key
 from tests.pki import Leaf
 from tests.pki import TestPki as Pki  # aliased: pytest would try to collect "Test*"
 

@@ -12,10 +12,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from mesh_ca.identity import BundleSet, SpiffeId, TrustBundle, TrustDomain, verify_svid
 from mesh_ca.issuance import Signer, issue_leaf, make_csr, make_intermediate, make_root
 from mesh_ca.issuance.token_key import TokenKeyError, TokenSigningKey
-from mesh_ca.keys import generate_key
+from meshgate.identity import BundleSet, SpiffeId, TrustBundle, TrustDomain, verify_svid
+from meshgate.keys import generate_key
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 TD = TrustDomain("example.org")

@@ -1,4 +1,4 @@
-"""W3C trace context on the data path: the pure core (`sidecar.tracing`) and `[tracing]`."""
+"""W3C trace context on the data path: the pure core (`sidecar.observe.tracing`) and `[tracing]`."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from mesh_ca.exit_codes import ExitCode, StartupError
-from mesh_ca.identity import SpiffeId
+from meshgate.exit_codes import ExitCode, StartupError
+from meshgate.http.forwarding import forward_request_headers
+from meshgate.identity import SpiffeId
 from sidecar.config import ConfigError, load_config, parse_config
-from sidecar.http.forwarding import forward_request_headers
-from sidecar.preflight import _check_tracing
-from sidecar.tracing import (
+from sidecar.observe.tracing import (
     TraceParent,
     default_service_name,
     is_error,
@@ -22,6 +21,7 @@ from sidecar.tracing import (
     trace_headers,
     with_traceparent,
 )
+from sidecar.preflight import _check_tracing
 from tests.procs import ROOT
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -285,11 +285,11 @@ def test_no_sidecar_module_but_the_exporter_loads_opentelemetry_when_tracing_is_
         path.relative_to(ROOT).as_posix()
         for path in (ROOT / "sidecar").rglob("*.py")
         if any(
-            name.startswith("opentelemetry") or name == "sidecar.tracing_otel"
+            name.startswith("opentelemetry") or name == "sidecar.observe.tracing_otel"
             for name in _module_imports(path)
         )
     }
-    assert loaders == {"sidecar/tracing_otel.py"}
+    assert loaders == {"sidecar/observe/tracing_otel.py"}
 
 
 def test_tracing_without_the_opentelemetry_packages_is_a_start_up_error_naming_the_key(

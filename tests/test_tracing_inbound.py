@@ -15,8 +15,8 @@ from opentelemetry.trace import SpanKind
 
 from sidecar.config import TracingConfig
 from sidecar.identity.credentials import Revocations
-from sidecar.tracing import TraceParent
-from sidecar.tracing_otel import OtelTracer
+from sidecar.observe.tracing import TraceParent
+from sidecar.observe.tracing_otel import OtelTracer
 from tests.http_inbound_harness import Harness, closed, copy_policies, read_responses
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

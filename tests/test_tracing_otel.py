@@ -12,10 +12,10 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from meshgate.http.forwarding import ForwardedRequest, forward_request_headers
 from sidecar.config import TracingConfig
-from sidecar.http.forwarding import ForwardedRequest, forward_request_headers
-from sidecar.tracing import TraceParent
-from sidecar.tracing_otel import OtelTracer
+from sidecar.observe.tracing import TraceParent
+from sidecar.observe.tracing_otel import OtelTracer
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 INCOMING = f"00-{TRACE}-00f067aa0ba902b7-01"

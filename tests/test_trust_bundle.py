@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from mesh_ca.identity import TrustDomain
-from mesh_ca.identity.bundle import (
+from meshgate.identity import TrustDomain
+from meshgate.identity.bundle import (
     BundleError,
     TrustBundle,
     bundle_sequence,

@@ -10,8 +10,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
-from mesh_ca.identity import TrustDomain
-from mesh_ca.keys import PrivateKey, public_key_der
+from meshgate.identity import TrustDomain
+from meshgate.keys import PrivateKey, public_key_der
 
 __all__ = [
     "DEFAULT_INTERMEDIATE_TTL",

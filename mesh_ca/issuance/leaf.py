@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from mesh_ca.identity import SpiffeId
 from mesh_ca.issuance.authority import Signer
-from mesh_ca.keys import PrivateKey, public_key_der
+from meshgate.identity import SpiffeId
+from meshgate.keys import PrivateKey, public_key_der
 
 __all__ = [
     "BACKDATE",

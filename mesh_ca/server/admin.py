@@ -14,10 +14,10 @@ from typing import Final
 
 import trio
 
-from mesh_ca.exit_codes import ExitCode, StartupError
 from mesh_ca.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mesh_ca.server.metrics import CaMetrics
 from mesh_ca.server.wire import WireError, parse_request_head, render_response
+from meshgate.exit_codes import ExitCode, StartupError
 
 __all__ = ["admin_response", "open_admin_listeners", "serve_admin"]
 

@@ -49,17 +49,6 @@ from mesh_ca.api import (
     TokenCreateResponse,
     reserved_revocation,
 )
-from mesh_ca.identity import (
-    BundleSet,
-    SpiffeId,
-    SpiffeIdError,
-    SvidError,
-    SvidFailure,
-    TrustBundle,
-    TrustDomain,
-    VerifiedSvid,
-    verify_svid,
-)
 from mesh_ca.issuance import (
     MAX_LEAF_TTL,
     MIN_LEAF_TTL,
@@ -70,7 +59,6 @@ from mesh_ca.issuance import (
     issue_leaf,
     parse_csr_key,
 )
-from mesh_ca.keys import public_key_der, public_key_sha256
 from mesh_ca.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mesh_ca.server.metrics import CaMetrics
 from mesh_ca.server.ratelimit import RateLimiter, source_key
@@ -87,6 +75,18 @@ from mesh_ca.store import (
     TokenWrongId,
 )
 from mesh_ca.tokens import TokenFormatError, new_token, parse_token
+from meshgate.identity import (
+    BundleSet,
+    SpiffeId,
+    SpiffeIdError,
+    SvidError,
+    SvidFailure,
+    TrustBundle,
+    TrustDomain,
+    VerifiedSvid,
+    verify_svid,
+)
+from meshgate.keys import public_key_der, public_key_sha256
 
 __all__ = [
     "CA_SERVER_PATH",

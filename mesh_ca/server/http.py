@@ -22,7 +22,6 @@ from typing import Final, NoReturn, final
 import trio
 from cryptography import x509
 
-from mesh_ca.clock import Clock
 from mesh_ca.server.access_log import AccessLog
 from mesh_ca.server.core import (
     INTERNAL_ERROR,
@@ -38,6 +37,7 @@ from mesh_ca.server.identity import ServerIdentity
 from mesh_ca.server.ratelimit import source_key
 from mesh_ca.server.tlsconn import ServerTls
 from mesh_ca.server.wire import RequestHead, WireError, parse_request_head, render_response
+from meshgate.clock import Clock
 
 __all__ = ["CaHttpServer", "ServerLimits", "endpoint_label"]
 

@@ -18,12 +18,12 @@ from typing import final
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from mesh_ca.identity import BundleSet
 from mesh_ca.issuance import issue_leaf, make_csr
-from mesh_ca.keys import generate_key, private_key_pem
 from mesh_ca.server.core import CaAuthority, ca_server_id
 from mesh_ca.store import IssuedRecord, StateStore
-from mesh_ca.tls import mesh_context
+from meshgate.identity import BundleSet
+from meshgate.keys import generate_key, private_key_pem
+from meshgate.transport.mtls import mesh_context
 
 __all__ = ["ServerIdentity", "issue_server_identity", "server_context"]
 

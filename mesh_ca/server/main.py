@@ -4,7 +4,7 @@ Prints ``mesh-ca serving on HOST:PORT`` to stderr once listening (the real port 
 ``--listen`` asks for port 0), after ``mesh-ca admin on HOST:PORT`` when a plain-HTTP admin
 listener is configured (``--admin-listen`` / ``server.admin_listen``: ``/metrics`` and
 ``/healthz``, loopback only unless allowed). Start-up failures are one line naming the
-flag or key and exit with a code of `mesh_ca.exit_codes`: 2 a bad ``--listen``, 3 an unusable CA
+flag or key and exit with a code of `meshgate.exit_codes`: 2 a bad ``--listen``, 3 an unusable CA
 directory, 4 the state store cannot be opened, 5 the listen address cannot be bound, 7 the
 PKCS#11 key store (``[keys]``: module, token, PIN or key) cannot be used.
 SIGINT/SIGTERM stop accepting, close idle keep-alive connections, give the others a few
@@ -27,10 +27,7 @@ from typing import Final
 import trio
 
 from mesh_ca.ca_dir import CaDirError, LoadedCa, load_ca_dir, read_passphrase
-from mesh_ca.clock import Clock, SystemClock
 from mesh_ca.config import parse_admin_listen, parse_listen
-from mesh_ca.exit_codes import ExitCode, StartupError
-from mesh_ca.identity import SpiffeId
 from mesh_ca.server.admin import open_admin_listeners, serve_admin
 from mesh_ca.server.core import CaAuthority, CaService
 from mesh_ca.server.http import CaHttpServer, ServerLimits
@@ -38,6 +35,9 @@ from mesh_ca.server.identity import issue_server_identity
 from mesh_ca.server.metrics import CaMetrics
 from mesh_ca.server.ratelimit import RateLimiter
 from mesh_ca.store import StateStore, StoreError
+from meshgate.clock import Clock, SystemClock
+from meshgate.exit_codes import ExitCode, StartupError
+from meshgate.identity import SpiffeId
 
 __all__ = ["authority_of", "serve_main"]
 

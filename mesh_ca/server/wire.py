@@ -4,7 +4,7 @@ values out; no trio, no sockets.
 The CA API needs much less than a general HTTP server: small JSON bodies framed by
 Content-Length, keep-alive, a handful of headers. h11 did the same job at ~90 µs a request;
 this reader does it in a few µs, and refuses everything it does not need rather than
-interpreting it. It applies the same rules as the sidecar's reader (`mesh_ca.http_rules`,
+interpreting it. It applies the same rules as the sidecar's reader (`meshgate.http.rules`,
 which both import; `mesh_ca` never imports `sidecar`) and refuses more:
 
 - the request line is ``METHOD SP origin-form-target SP HTTP/1.1`` (or ``HTTP/1.0``), the
@@ -26,8 +26,8 @@ import re
 from dataclasses import dataclass
 from typing import Final, final
 
-from mesh_ca import http_rules as rules
-from mesh_ca.http_rules import HttpRuleError
+from meshgate.http import rules
+from meshgate.http.rules import HttpRuleError
 
 __all__ = ["RequestHead", "WireError", "parse_request_head", "render_response"]
 

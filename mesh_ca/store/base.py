@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, final, runtime_checkable
 
-from mesh_ca.identity import SpiffeId
+from meshgate.identity import SpiffeId
 
 __all__ = [
     "GroupingStore",
@@ -148,7 +148,7 @@ class IssuedRecord:
     issued_at: datetime
     not_after: datetime
     replica: str = ""
-    # SHA-256 of the leaf's SubjectPublicKeyInfo (`mesh_ca.keys.public_key_sha256`); empty
+    # SHA-256 of the leaf's SubjectPublicKeyInfo (`meshgate.keys.public_key_sha256`); empty
     # for rows written before key binding existed. Not read back by `issued()`.
     key_sha256: bytes = b""
 

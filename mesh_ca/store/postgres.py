@@ -32,7 +32,6 @@ import psycopg.errors
 from psycopg import conninfo as pg_conninfo
 from psycopg.pq import TransactionStatus
 
-from mesh_ca.identity import SpiffeId
 from mesh_ca.store.base import (
     IdRevoked,
     IssuedRecord,
@@ -49,6 +48,7 @@ from mesh_ca.store.base import (
 )
 from mesh_ca.store.migrations import MigrationResult, check_version
 from mesh_ca.store.migrations import migrate as migrate_schema
+from meshgate.identity import SpiffeId
 
 __all__ = ["PostgresStore", "describe_url"]
 

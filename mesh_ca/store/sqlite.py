@@ -25,7 +25,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, final
 
-from mesh_ca.identity import SpiffeId
 from mesh_ca.store.base import (
     IdRevoked,
     IssuedRecord,
@@ -40,6 +39,7 @@ from mesh_ca.store.base import (
     check_revoke_target,
     token_refusal,
 )
+from meshgate.identity import SpiffeId
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 

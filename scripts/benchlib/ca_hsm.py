@@ -28,11 +28,11 @@ from typing import Any
 
 from mesh_ca.ca_dir import LoadedCa, init_ca_dir
 from mesh_ca.config import CaConfig, ServerConfig
-from mesh_ca.identity import BundleSet, SpiffeId
 from mesh_ca.issuance import issue_leaf, make_csr
-from mesh_ca.keys import generate_key
 from mesh_ca.keys_config import KeysConfig
-from mesh_ca.tls import client_context
+from meshgate.identity import BundleSet, SpiffeId
+from meshgate.keys import generate_key
+from meshgate.transport.mtls import client_context
 from scripts.benchlib.ca_load import Target, run_load
 from scripts.benchlib.ca_requests import add_tokens, bootstrap_bodies
 from tests.ca_server_process import CaServer, serving_ca_dir

@@ -17,11 +17,11 @@ from datetime import UTC, datetime, timedelta
 from cryptography.hazmat.primitives import serialization
 
 from mesh_ca.ca_dir import LoadedCa
-from mesh_ca.identity import BundleSet, SpiffeId
 from mesh_ca.issuance import issue_leaf, make_csr
-from mesh_ca.keys import generate_key, private_key_pem
-from mesh_ca.tls import client_context
 from mesh_ca.tokens import new_token
+from meshgate.identity import BundleSet, SpiffeId
+from meshgate.keys import generate_key, private_key_pem
+from meshgate.transport.mtls import client_context
 
 __all__ = ["add_tokens", "bootstrap_bodies", "csr_pems", "renew_bodies", "renew_contexts"]
 

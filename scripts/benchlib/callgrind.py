@@ -120,9 +120,9 @@ def _loop(kind: str, count: int) -> None:
     from cryptography.hazmat.primitives import serialization
 
     from mesh_ca.ca_dir import init_ca_dir
-    from mesh_ca.identity import SpiffeId
     from mesh_ca.issuance import issue_leaf, make_csr, parse_csr_key
-    from mesh_ca.keys import generate_key
+    from meshgate.identity import SpiffeId
+    from meshgate.keys import generate_key
 
     now = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="meshgate-callgrind-ca-") as tmp:

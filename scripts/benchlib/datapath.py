@@ -599,7 +599,7 @@ def _inbound_port(config: Path) -> int:
 def _mtls_connections(pki: TestPki, certs: Certs, port: int, count: int) -> list[Any]:
     import ssl
 
-    from mesh_ca.tls import mesh_context
+    from meshgate.transport.mtls import mesh_context
 
     context = mesh_context("client", certs.client.chain_pem(), certs.client.key_pem(), pki.bundles)
     out = []

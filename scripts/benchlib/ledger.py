@@ -6,9 +6,9 @@ process's CPU time); wrk sends keep-alive requests over one connection (`-c1`: o
 in flight, so every step is the request's own and not contention's) for ``--seconds``.
 Each sidecar's CPU per request comes from /proc (utime + stime) around the run; each
 sample is put in the first step that one of its frames belongs to, leaf first (so
-`ssl.py` called from `sidecar/tls_stream.py` is TLS, and a `socket.send` made by
-`sidecar/lean_socket.py` is a socket call); the step's share of the samples times the CPU
-per request is its µs. The decision is also measured alone, cached and uncached
+`ssl.py` called from `meshgate/transport/tls_stream.py` is TLS, and a `socket.send` made by
+`meshgate/transport/socket_stream.py` is a socket call); the step's share of the samples times the
+CPU per request is its µs. The decision is also measured alone, cached and uncached
 (`decide(cache=False)`), on the same policy set with the same request.
 """
 
@@ -25,7 +25,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mesh_ca.identity import SpiffeId
+from meshgate.identity import SpiffeId
 from scripts.benchlib.datapath import (
     Figures,
     bench_certs,
@@ -45,42 +45,42 @@ __all__ = ["STEPS", "bench_ledger", "step_of"]
 
 # (step, path fragments of the files that belong to it), in the order a stack is matched.
 STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("TLS read and write (ssl record layer)", ("sidecar/tls_stream.py", "/ssl.py")),
+    ("TLS read and write (ssl record layer)", ("meshgate/transport/tls_stream.py", "/ssl.py")),
     (
         "socket calls and trio waits",
         (
-            "sidecar/lean_socket.py",
+            "meshgate/transport/socket_stream.py",
             "trio/_core/_io_epoll.py",
             "trio/_socket.py",
             "trio/_highlevel_socket.py",
-            "sidecar/one_at_a_time.py",
+            "meshgate/transport/one_at_a_time.py",
         ),
     ),
     (
         "request and response head parsing",
-        ("sidecar/http/reader.py", "sidecar/http/head.py", "sidecar/http/events.py"),
+        ("meshgate/http/reader.py", "meshgate/http/head.py", "meshgate/http/events.py"),
     ),
-    ("path and Host normalization", ("sidecar/http/path.py",)),
+    ("path and Host normalization", ("meshgate/http/path.py",)),
     (
         "header filtering and rebuilding",
-        ("sidecar/http/forwarding.py", "sidecar/http/serialize.py", "/uuid.py"),
+        ("meshgate/http/forwarding.py", "meshgate/http/serialize.py", "/uuid.py"),
     ),
     (
         "the decision (cached here)",
-        ("sidecar/policy/", "sidecar/policy_authz.py", "sidecar/authz.py", "cedarpy"),
+        ("sidecar/policy/", "sidecar/authz/cedar.py", "sidecar/authz/allow_list.py", "cedarpy"),
     ),
-    ("metrics (prometheus_client)", ("sidecar/metrics.py", "prometheus_client")),
+    ("metrics (prometheus_client)", ("sidecar/observe/metrics.py", "prometheus_client")),
     (
         "the access log and the observer (observe.py, logging)",
-        ("sidecar/logs.py", "sidecar/observe.py", "/logging/"),
+        ("sidecar/observe/logs.py", "sidecar/observe/access.py", "/logging/"),
     ),
-    ("pool bookkeeping", ("sidecar/pool.py", "sidecar/app_pool.py")),
+    ("pool bookkeeping", ("sidecar/outbound/mesh_pool.py", "sidecar/inbound/app_pool.py")),
     (
         "the handlers' own code (http_inbound/outbound, admission)",
         (
-            "sidecar/http_inbound.py",
-            "sidecar/http_outbound.py",
-            "sidecar/http_replies.py",
+            "sidecar/inbound/http.py",
+            "sidecar/outbound/http.py",
+            "meshgate/http/replies.py",
             "sidecar/admission.py",
             "sidecar/connections.py",
         ),
@@ -98,14 +98,14 @@ def step_of(stack: list[tuple[str, str]]) -> str:
         for step, fragments in STEPS:
             if any(fragment in filename for fragment in fragments):
                 return step
-        if "/sidecar/" in filename or "/mesh_ca/" in filename:
+        if "/sidecar/" in filename or "/mesh_ca/" in filename or "/meshgate/" in filename:
             return OTHER
     return OTHER
 
 
 def _other_file(stack: list[tuple[str, str]]) -> str:
     for filename, name in stack:
-        if "/sidecar/" in filename or "/mesh_ca/" in filename:
+        if "/sidecar/" in filename or "/mesh_ca/" in filename or "/meshgate/" in filename:
             return f"{filename.rsplit('/', 2)[-2]}/{filename.rsplit('/', 1)[-1]}:{name}"
     return f"{stack[0][0].rsplit('/', 1)[-1]}:{stack[0][1]}" if stack else "?"
 

@@ -39,8 +39,7 @@ from typing import Any
 
 import trio
 
-from mesh_ca.identity import SpiffeId
-from sidecar.http import (
+from meshgate.http import (
     NEED_DATA,
     Data,
     EndOfMessage,
@@ -50,6 +49,7 @@ from sidecar.http import (
     ResponseHead,
     ResponseReader,
 )
+from meshgate.identity import SpiffeId
 from tests.ca_server_process import TRUST_DOMAIN
 from tests.integration.ca_mesh import bootstrap_identity, init_ca, serving
 from tests.integration.http_mesh import POLICIES

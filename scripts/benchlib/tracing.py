@@ -18,10 +18,10 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from meshgate.http.forwarding import ForwardedRequest, forward_request_headers
 from sidecar.config import TracingConfig
-from sidecar.http.forwarding import ForwardedRequest, forward_request_headers
-from sidecar.tracing import Tracer
-from sidecar.tracing_otel import OtelTracer
+from sidecar.observe.tracing import Tracer
+from sidecar.observe.tracing_otel import OtelTracer
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 HEADERS = (("host", "orders"), ("accept", "*/*"), ("user-agent", "bench"))

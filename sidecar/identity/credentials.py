@@ -17,7 +17,7 @@ from typing import final
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from mesh_ca.identity import (
+from meshgate.identity import (
     BundleSet,
     SpiffeId,
     SvidError,
@@ -25,9 +25,9 @@ from mesh_ca.identity import (
     TrustDomain,
     check_leaf_profile,
 )
-from mesh_ca.identity.bundle import pem_bundle
-from mesh_ca.keys import PrivateKey, private_key_pem
-from mesh_ca.tls import mesh_context
+from meshgate.identity.bundle import pem_bundle
+from meshgate.keys import PrivateKey, private_key_pem
+from meshgate.transport.mtls import mesh_context
 
 __all__ = ["CredentialError", "CredentialStore", "Credentials", "Revocations"]
 
@@ -103,7 +103,7 @@ class Credentials:
         expected_id: SpiffeId | None = None,
     ) -> Credentials:
         """Check the SVID against its own bundle and build both TLS contexts; fails closed."""
-        from mesh_ca.identity import verify_svid
+        from meshgate.identity import verify_svid
 
         if not chain:
             raise CredentialError("empty certificate chain")
@@ -138,7 +138,7 @@ def _learn_intermediates(bundles: BundleSet, chain: tuple[x509.Certificate, ...]
     """
     if len(chain) < 2:
         return bundles
-    from mesh_ca.identity import spiffe_id_of
+    from meshgate.identity import spiffe_id_of
 
     domain = spiffe_id_of(chain[0]).trust_domain
     bundle = bundles[domain]

@@ -27,9 +27,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from mesh_ca.client import CaClientError, CaUnavailable
-from mesh_ca.clock import Clock
-from mesh_ca.exit_codes import ExitCode, StartupError
-from mesh_ca.identity import (
+from meshgate.clock import Clock
+from meshgate.exit_codes import ExitCode, StartupError
+from meshgate.identity import (
     BundleError,
     BundleSet,
     SpiffeId,
@@ -37,7 +37,7 @@ from mesh_ca.identity import (
     TrustDomain,
     check_bundle_update,
 )
-from mesh_ca.keys import PrivateKey, generate_key
+from meshgate.keys import PrivateKey, generate_key
 from sidecar.identity.blocking import BlockingRunner, in_thread
 from sidecar.identity.credentials import CredentialError, Credentials, CredentialStore, Revocations
 from sidecar.identity.rotation import RenewalAction, next_rotation, renewal_action, retry_at

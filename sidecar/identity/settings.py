@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, final
 
-from mesh_ca.identity import SpiffeId
+from meshgate.identity import SpiffeId
 
 __all__ = ["IdentitySettings"]
 

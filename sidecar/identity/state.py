@@ -23,8 +23,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final, final
 
-from mesh_ca.files import write_atomic, write_atomic_set
-from mesh_ca.identity import (
+from mesh_ca.tokens import TokenFormatError, parse_token
+from meshgate.files import write_atomic, write_atomic_set
+from meshgate.identity import (
     BundleError,
     BundleSet,
     SpiffeId,
@@ -33,8 +34,7 @@ from mesh_ca.identity import (
     load_pem_certificates,
     pem_bundle,
 )
-from mesh_ca.keys import KeyFileError, load_private_key, private_key_pem, write_private_file
-from mesh_ca.tokens import TokenFormatError, parse_token
+from meshgate.keys import KeyFileError, load_private_key, private_key_pem, write_private_file
 from sidecar.identity.credentials import CredentialError, Credentials
 
 __all__ = [

@@ -22,9 +22,9 @@ from typing import final
 import trio
 from cryptography import x509
 
-from mesh_ca.clock import Clock
-from mesh_ca.identity import BundleError, BundleSet, TrustBundle, load_pem_certificates
-from mesh_ca.keys import KeyFileError, load_private_key
+from meshgate.clock import Clock
+from meshgate.identity import BundleError, BundleSet, TrustBundle, load_pem_certificates
+from meshgate.keys import KeyFileError, load_private_key
 from sidecar.identity.blocking import BlockingRunner, in_thread
 from sidecar.identity.credentials import CredentialError, Credentials, CredentialStore
 from sidecar.identity.settings import IdentitySettings

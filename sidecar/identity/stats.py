@@ -6,7 +6,7 @@ metrics code decides names and labels. Events are ``(kind, result)`` pairs, for 
 
 Errors are kept per kind and a success clears its kinds (`ok`), so ``last_error`` is the
 newest error that still holds, never a stale one. Two conditions feed readiness
-(`sidecar.admin`): `blocked`, why there is no usable SVID and what the last attempt to get
+(`sidecar.observe.admin`): `blocked`, why there is no usable SVID and what the last attempt to get
 one said, and `persist_error`, why the live SVID could not be saved to ``state_dir``.
 """
 

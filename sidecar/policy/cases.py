@@ -25,7 +25,7 @@ from typing import Literal, final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mesh_ca.identity import SpiffeId, SpiffeIdError
+from meshgate.identity import SpiffeId, SpiffeIdError
 from sidecar.policy.decision import AccessRequest, PolicyDecision, decide
 from sidecar.policy.snapshot import PolicySnapshot
 from sidecar.policy.source import PolicyProblem

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from mesh_ca.identity import SpiffeId, SpiffeIdError, TrustDomain
-from sidecar.http.errors import HttpError
-from sidecar.http.path import normalize_target
+from meshgate.http.errors import HttpError
+from meshgate.http.path import normalize_target
+from meshgate.identity import SpiffeId, SpiffeIdError, TrustDomain
 from sidecar.policy.cases import load_cases, run_cases
 from sidecar.policy.decision import AccessRequest, PolicyDecision, decide
 from sidecar.policy.loader import PolicyLoadError, load_snapshot
@@ -162,7 +162,7 @@ def _explain(snapshot: PolicySnapshot, args: argparse.Namespace, out: TextIO, er
             return 2
     path, query = args.path, args.query
     if path:
-        # The live sidecar's own normalization (sidecar.http.path): what it would decide on.
+        # The live sidecar's own normalization (meshgate.http.path): what it would decide on.
         target = path if "?" in path or not query else f"{path}?{query}"
         try:
             normalized = normalize_target(target)

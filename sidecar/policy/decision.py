@@ -17,7 +17,7 @@ from typing import Any, Final, final
 
 import cedarpy
 
-from mesh_ca.identity import SpiffeId
+from meshgate.identity import SpiffeId
 from sidecar.policy.context import request_context
 from sidecar.policy.loader import workload_entity
 from sidecar.policy.snapshot import PolicySnapshot

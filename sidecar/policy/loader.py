@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import cedarpy
 
-from mesh_ca.identity import SpiffeId, SpiffeIdError
+from meshgate.identity import SpiffeId, SpiffeIdError
 from sidecar.policy.context import (
     CONTEXT_FIELDS,
     context_reads,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import cedarpy
 
-from mesh_ca.identity import SpiffeId
+from meshgate.identity import SpiffeId
 from sidecar.policy.context import context_reads
 
 if TYPE_CHECKING:

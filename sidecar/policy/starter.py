@@ -14,7 +14,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from mesh_ca.identity import SpiffeId, TrustDomain
+from meshgate.identity import SpiffeId, TrustDomain
 from sidecar.policy.source import ENTITIES_FILE, SCHEMA_SUFFIX, TESTS_FILE
 
 __all__ = ["SCHEMA_NAME", "StarterError", "shipped_schema", "write_starter"]

@@ -14,7 +14,7 @@ from typing import final
 
 import trio
 
-from mesh_ca.clock import Clock
+from meshgate.clock import Clock
 from sidecar.policy.source import directory_fingerprint
 from sidecar.policy.store import PolicyStore, ReloadOutcome
 

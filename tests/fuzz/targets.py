@@ -26,14 +26,11 @@ from typing import Any, Final
 
 import httptools
 
-from mesh_ca.http_rules import HttpRuleError, check_line_endings
-from mesh_ca.identity import BundleError, SpiffeId, SpiffeIdError, TrustBundle, TrustDomain
-from mesh_ca.identity.svid import check_leaf_profile, spiffe_id_of
 from mesh_ca.issuance import IssuanceError, Signer, issue_leaf, parse_csr_key
 from mesh_ca.server.wire import RequestHead as CaHead
 from mesh_ca.server.wire import WireError
 from mesh_ca.server.wire import parse_request_head as ca_parse
-from sidecar.http import (
+from meshgate.http import (
     NEED_DATA,
     Data,
     EndOfMessage,
@@ -46,6 +43,9 @@ from sidecar.http import (
     ResponseReader,
     normalize_target,
 )
+from meshgate.http.rules import HttpRuleError, check_line_endings
+from meshgate.identity import BundleError, SpiffeId, SpiffeIdError, TrustBundle, TrustDomain
+from meshgate.identity.svid import check_leaf_profile, spiffe_id_of
 
 __all__ = ["TARGETS"]
 
@@ -64,7 +64,7 @@ _FIELD: Final = re.compile(f"({_TCHAR}+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*"
 
 def _strict_request_head(head: bytes) -> tuple[str, str, dict[str, list[str]]]:
     """(method, target, lower-cased header values) of a head that keeps every rule of
-    mesh_ca/http_rules.py and sidecar/http/head.py; AssertionError naming the broken one."""
+    meshgate/http/rules.py and meshgate/http/head.py; AssertionError naming the broken one."""
     assert head.count(b"\r") == head.count(b"\n") == head.count(b"\r\n"), "bare CR or LF"
     text = head.decode("latin-1")
     line, *fields = text.split("\r\n")

@@ -21,7 +21,7 @@ from typing import Any
 import trio
 
 from mesh_ca.ca_dir import LoadedCa, load_ca_dir
-from mesh_ca.identity import SpiffeId
+from meshgate.identity import SpiffeId
 from tests.ca_server_process import TRUST_DOMAIN, CaServer, serving_ca_dir
 from tests.integration.mesh import Pair, pair_configs
 from tests.procs import ROOT, Sidecar

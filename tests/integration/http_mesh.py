@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mesh_ca.identity import SpiffeId
+from meshgate.identity import SpiffeId
 from tests.pki import TestPki as Pki
 from tests.procs import ROOT, free_port, write_config, write_identity
 

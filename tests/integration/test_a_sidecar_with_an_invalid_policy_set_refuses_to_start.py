@@ -31,7 +31,7 @@ def test_a_sidecar_with_an_invalid_policy_set_refuses_to_start(tmp_path: Path) -
         timeout=30,
         check=False,
     )
-    assert done.returncode == 6, done.stderr  # the policy directory (mesh_ca.exit_codes)
+    assert done.returncode == 6, done.stderr  # the policy directory (meshgate.exit_codes)
     assert "policy.dir = " in done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
     assert "catalog.cedar" in done.stderr

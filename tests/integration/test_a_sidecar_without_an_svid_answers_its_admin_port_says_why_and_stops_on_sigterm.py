@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from mesh_ca.identity import SpiffeId
 from mesh_ca.tokens import new_token
+from meshgate.identity import SpiffeId
 from tests.ca_server_process import TRUST_DOMAIN, CaServer, make_ca, serving_ca_dir
 from tests.procs import free_port, started_sidecar, wait_readyz, write_config
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from mesh_ca.identity import SpiffeId
 from mesh_ca.tokens import parse_token
+from meshgate.identity import SpiffeId
 from tests.ca_server_process import TRUST_DOMAIN, make_ca
 from tests.integration.ca_mesh import mesh_ca, serving
 from tests.procs import free_port, running_sidecar, started_sidecar, wait_readyz, write_config

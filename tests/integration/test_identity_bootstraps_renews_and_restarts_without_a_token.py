@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from mesh_ca.clock import SystemClock
-from mesh_ca.identity import SpiffeId
-from mesh_ca.identity.bundle import pem_bundle
+from meshgate.clock import SystemClock
+from meshgate.identity import SpiffeId
+from meshgate.identity.bundle import pem_bundle
 from sidecar.identity.blocking import in_thread
 from sidecar.identity.credentials import CredentialStore
 from sidecar.identity.lifecycle import _default_factory, _Lifecycle, run_identity

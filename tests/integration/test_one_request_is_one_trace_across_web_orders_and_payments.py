@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from sidecar.tracing import TraceParent
+from sidecar.observe.tracing import TraceParent
 from tests.integration.otlp_receiver import ReceivedSpan, otlp_receiver
 from tests.pki import TestPki as Pki
 from tests.procs import ROOT, free_port, running_sidecar, write_config, write_identity

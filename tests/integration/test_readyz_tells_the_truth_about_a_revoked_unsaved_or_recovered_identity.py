@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mesh_ca.identity import SpiffeId
+from meshgate.identity import SpiffeId
 from tests.ca_server_process import TRUST_DOMAIN, CaServer, make_ca, serving_ca_dir
 from tests.integration.ca_mesh import mesh_ca
 from tests.procs import (

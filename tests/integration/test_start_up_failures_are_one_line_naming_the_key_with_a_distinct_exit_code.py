@@ -1,6 +1,6 @@
 """Every start-up failure of ``mesh-sidecar run`` and ``mesh-ca serve`` is one line on stderr
 naming the config key (or flag) and its value, with the exit code of its cause
-(`mesh_ca.exit_codes`): never a traceback."""
+(`meshgate.exit_codes`): never a traceback."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from mesh_ca.exit_codes import ExitCode
+from meshgate.exit_codes import ExitCode
 from tests.integration.ca_mesh import init_ca
 from tests.pki import TestPki as Pki
 from tests.procs import ROOT, free_port, write_config, write_identity

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from mesh_ca.tls import client_context, mesh_context
+from meshgate.transport.mtls import client_context, mesh_context
 from tests.integration.mesh import sidecar_pair
 from tests.pki import TestPki as Pki
 from tests.procs import EchoApp, running_sidecar

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from mesh_ca.tls import mesh_context
+from meshgate.transport.mtls import mesh_context
 from tests.integration.http_mesh import POLICIES, HttpPair, http_sidecar_pair
 from tests.pki import TestPki as Pki
 from tests.procs import ROOT, Sidecar, running_sidecar, write_config

@@ -22,10 +22,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from mesh_ca.identity import SpiffeId
 from mesh_ca.issuance import make_csr
-from mesh_ca.keys import PrivateKey, generate_key, load_private_key, private_key_pem
-from mesh_ca.tls import client_context
+from meshgate.identity import SpiffeId
+from meshgate.keys import PrivateKey, generate_key, load_private_key, private_key_pem
+from meshgate.transport.mtls import client_context
 from tests.ca_server_process import TRUST_DOMAIN, CaServer, https_request, running_ca_server
 
 JSON = [("content-type", "application/json")]

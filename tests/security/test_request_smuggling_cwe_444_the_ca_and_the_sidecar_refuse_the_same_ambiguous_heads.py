@@ -4,7 +4,7 @@ Advisory: CWE-444 (Inconsistent Interpretation of HTTP Requests). Two readers th
 resolve a duplicated Content-Length or Host differently (one merges or takes the last,
 the other refuses) disagree on where a request ends or whom it is for. The CA's reader
 took two identical Content-Lengths and two Hosts (the last one winning) where the
-sidecar's refused them; both now apply mesh_ca/http_rules.py.
+sidecar's refused them; both now apply meshgate/http/rules.py.
 
 Against real processes: the same ambiguous heads sent to a `mesh_ca.server` (over TLS)
 and to a sidecar's http outbound listener are refused by both (400; the CA answers
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from mesh_ca.tls import client_context
+from meshgate.transport.mtls import client_context
 from tests.ca_server_process import CaServer, running_ca_server
 from tests.integration.http_mesh import http_sidecar_pair
 from tests.integration.recording_app import recording_app

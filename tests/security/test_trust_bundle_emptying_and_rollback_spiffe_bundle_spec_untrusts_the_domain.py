@@ -25,7 +25,7 @@ import pytest
 import trio
 
 from mesh_ca.server.identity import server_context
-from mesh_ca.tls import mesh_context
+from meshgate.transport.mtls import mesh_context
 from tests.pki import TestPki as Pki
 from tests.procs import EchoApp, free_port, running_sidecar, write_config
 

@@ -1,0 +1,1 @@
+"""What mesh_ca and sidecar both use; imports neither of them."""

@@ -1,0 +1,1 @@
+"""Byte streams: the lean socket stream, the TLS stream, mTLS contexts."""

@@ -1,0 +1,1 @@
+"""The authorization step: an allow list (tcp) or Cedar, one protocol."""

@@ -1,0 +1,1 @@
+"""What the sidecar reports: access log, metrics, logs, traces, admin port."""

@@ -1,0 +1,581 @@
+"""Outbound (http mode): HTTP/1.1 from the local app → pooled mTLS to the service's sidecars.
+
+Pipeline per client connection: admit (cap) → for each request: strict `RequestReader`
+(same rejection rules as inbound) → normalize the target once → rebuild the head with the
+forwarding header policy (hop-by-hop and identity headers dropped, `x-request-id` added
+when absent, a valid `traceparent` kept, or with ``[tracing]`` replaced by one naming our
+client span) → a pooled mTLS connection (`sidecar.outbound.mesh_pool`,
+secure naming checked at its handshake) → stream the body up and the response back.
+
+Every request read gets exactly one access record and one count; a response cut after
+its head went out keeps the status sent and the reason ``response_incomplete: <cause>``.
+
+Errors the client sees, with a short text body and the request id:
+- 502: the destination refused or closed the connection, answered something malformed,
+  or presented an identity other than the configured SPIFFE IDs (nothing was sent then);
+- 503: no healthy endpoint, or this sidecar has no usable SVID (fails closed);
+- 504: connect, handshake or response head timed out;
+- 408: the request body paused longer than ``body_idle_timeout_seconds`` or fell behind the
+  pace of ``body_timeout_seconds`` + ``body_min_rate_bytes_per_second`` (`BodyPace`).
+A request that fails on a reused pooled connection before any response byte (a stale
+keep-alive) is retried once on a fresh connection when it is idempotent (GET, HEAD,
+OPTIONS, PUT, DELETE) and was complete in memory, so nothing of its body was lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Final, final
+
+import trio
+
+from meshgate.http import (
+    CONNECTION_CLOSED,
+    LAST_CHUNK,
+    NEED_DATA,
+    BodyKind,
+    Data,
+    EndOfMessage,
+    Event,
+    Framing,
+    HttpError,
+    HttpLimits,
+    InterimResponse,
+    RequestHead,
+    RequestReader,
+    ResponseHead,
+    encode_chunk,
+    forward_request_headers,
+    forward_response_headers,
+    normalize_target,
+    serialize_request_head,
+    serialize_response_head,
+)
+from meshgate.http.body_pace import BodyPace
+from meshgate.http.forwarding import ForwardedRequest, new_uuid
+from meshgate.http.replies import reply
+from meshgate.transport.socket_stream import TimedStream, lean, peer_address
+from sidecar.admission import admitted
+from sidecar.config import OutboundConfig
+from sidecar.observe.access import AccessRecord
+from sidecar.observe.logs import event
+from sidecar.observe.tracing import Span
+from sidecar.outbound.mesh_pool import MeshPool, PooledConnection, PoolError
+from sidecar.runtime import Runtime
+from sidecar.transport.relay import abort
+
+__all__ = ["IDEMPOTENT_METHODS", "HttpOutbound", "error_response"]
+
+log = logging.getLogger("sidecar.outbound.http")
+
+IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_READ: Final = 64 * 1024
+_REPLAYABLE_BYTES: Final = 64 * 1024  # a complete request up to this size may be resent
+_NO_BODY: Final = Framing(BodyKind.NONE)
+
+
+def error_response(status: int, message: str, request_id: str, *, head_only: bool) -> bytes:
+    """A complete error response that closes the connection: ``<status> <phrase>: ...``."""
+    return reply(status, message, request_id, close=True, head_only=head_only)
+
+
+class _UpstreamError(Exception):
+    """The exchange failed on the upstream side; `before_response` tells if a retry is safe."""
+
+    def __init__(self, status: int, reason: str, detail: str, *, before_response: bool) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+        self.before_response = before_response
+
+
+class _ClientGoneError(Exception):
+    """The exchange was cut (the local client went away or stalled, or the upstream broke
+    after the response head went out): nothing more can be told to the client. Its text is
+    a short code for the access record's reason."""
+
+
+class _SlowBodyError(Exception):
+    """The request body paused too long (`idle`) or came in under the minimum rate (`slow`):
+    the client gets 408 and the upstream connection is dropped."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+@final
+class _Exchange:
+    """What one request did, for its access record."""
+
+    __slots__ = ("bytes_in", "bytes_out", "peer_id", "reason", "status")
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.reason: str | None = None
+        self.peer_id: str | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+
+async def _next_event(stream: TimedStream, reader: RequestReader, timeout_seconds: float) -> Event:
+    """The next request event, reading from the client as needed (HttpError propagates)."""
+    while True:
+        ev = reader.next_event()
+        if ev is not NEED_DATA:
+            return ev
+        stream.receive_deadline = trio.current_time() + timeout_seconds
+        try:
+            data = await stream.receive_some(_READ)
+        except trio.TooSlowError:
+            raise _ClientGoneError("client_idle") from None
+        if data:
+            reader.feed(bytes(data))
+        else:
+            reader.feed_eof()
+
+
+@final
+class HttpOutbound:
+    """One ``[[outbound]]`` listener in http mode. `pool.run` must run alongside."""
+
+    def __init__(
+        self,
+        config: OutboundConfig,
+        runtime: Runtime,
+        pool: MeshPool | None = None,
+        *,
+        limits: HttpLimits | None = None,
+        new_request_id: Callable[[], str] = new_uuid,
+    ) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.pool = pool or MeshPool(config, runtime)
+        self.limits = limits or HttpLimits()
+        self.new_request_id = new_request_id
+        self.retries = 0
+
+    async def handle(self, local: trio.abc.Stream) -> None:
+        """Serve one local client connection; never raises for a peer's fault."""
+        source = peer_address(local)
+        timed = lean(local)
+        clean = False  # a cancelled connection (revoked, expired, drained) is aborted
+        service = self.config.service
+        async with admitted(self.runtime, "outbound", timed, log, service=service) as slot:
+            if slot is None:
+                return
+            clean = await self._serve(timed, source)
+        with trio.CancelScope(shield=True):
+            if clean and not slot.scope.cancelled_caught:
+                await trio.aclose_forcefully(timed)
+            else:
+                await abort(timed)
+
+    async def _serve(self, local: TimedStream, source: str) -> bool:
+        """Requests one after another until the client closes; True for a clean end."""
+        timeouts = self.runtime.timeouts
+        reader = RequestReader(self.limits)
+        try:
+            while True:
+                first = await _next_event(local, reader, timeouts.keepalive_idle_timeout_seconds)
+                if first is CONNECTION_CLOSED:
+                    return True
+                assert isinstance(first, RequestHead)
+                if not await self._request(local, reader, first, source):
+                    return True
+        except HttpError as exc:
+            request_id = self.new_request_id()
+            self._record(source, None, None, exc.status_hint, "bad_request", request_id, None)
+            await self._send_quietly(
+                local, error_response(exc.status_hint, exc.reason, request_id, head_only=False)
+            )
+            return True
+        except (_ClientGoneError, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+
+    async def _request(
+        self, local: TimedStream, reader: RequestReader, head: RequestHead, source: str
+    ) -> bool:
+        """One request/response; True when the client connection may carry another."""
+        started = time.monotonic()
+        wall = self.runtime.now()
+        target = normalize_target(head.target)  # HttpError → 400, before anything is sent
+        forwarded = forward_request_headers(
+            head.headers, our_id=None, peer=None, new_request_id=self.new_request_id
+        )
+        span = self._start_span(head.method, forwarded)
+        forwarded = span.forwarded if span is not None else forwarded  # our span: the parent
+        request_id = forwarded.request_id
+        traceparent = forwarded.traceparent
+        out = _Exchange()
+        wire_head = serialize_request_head(
+            head.method, target.target, forwarded.headers, head.framing
+        )
+        keep = head.keep_alive
+        try:
+            keep = await self._forward(local, reader, head, wire_head, out) and keep
+        except _SlowBodyError as exc:
+            self.runtime.observer.body_timeout("outbound", exc.kind)
+            slow = exc.kind == "slow"
+            out.status = 408
+            out.reason = "slow_body" if slow else "body_idle"
+            message = "request body too slow" if slow else "request body idle for too long"
+            await self._send_quietly(
+                local, error_response(408, message, request_id, head_only=head.method == "HEAD")
+            )
+            keep = False
+        except (PoolError, _UpstreamError) as exc:
+            out.status, out.reason = exc.status, exc.reason
+            event(
+                log,
+                "upstream failed",
+                level=logging.WARNING,
+                service=self.config.service,
+                status=exc.status,
+                reason=exc.reason,
+                detail=exc.detail,
+                request_id=request_id,
+            )
+            response = error_response(
+                exc.status, exc.detail, request_id, head_only=head.method == "HEAD"
+            )
+            await self._send_quietly(local, response)
+            keep = False
+        except BaseException as exc:
+            # Cut (upstream broke or stalled, client gone, cancelled): never a clean status.
+            cause = str(exc) if isinstance(exc, _ClientGoneError) else "cancelled"
+            if out.reason is None:
+                out.reason = cause if out.status is None else f"response_incomplete: {cause}"
+            raise
+        finally:
+            self._record(
+                source,
+                head.method,
+                target.path,
+                out.status,
+                out.reason,
+                request_id,
+                traceparent,
+                out,
+                wall,
+                time.monotonic() - started,
+            )
+            if span is not None:
+                span.finish(
+                    path=target.path, status=out.status, peer_id=out.peer_id, reason=out.reason
+                )
+        return keep
+
+    def _start_span(self, method: str, forwarded: ForwardedRequest) -> Span | None:
+        """The client span of one request when ``[tracing]`` is on (no work when off)."""
+        tracer = self.runtime.tracer
+        return (
+            None
+            if tracer is None
+            else tracer.start("outbound", method, self.config.service, forwarded)
+        )
+
+    async def _forward(
+        self,
+        local: TimedStream,
+        reader: RequestReader,
+        head: RequestHead,
+        wire_head: bytes,
+        out: _Exchange,
+    ) -> bool:
+        """Send the request upstream and the response back; True if the client may go on."""
+        # Whatever of the body is already buffered goes out with the head, in one write.
+        pieces = [wire_head]
+        chunked = head.framing.kind is BodyKind.CHUNKED
+        complete = False
+        while True:
+            ev = reader.next_event()
+            if isinstance(ev, Data):
+                out.bytes_in += len(ev.data)
+                pieces.append(encode_chunk(ev.data) if chunked else ev.data)
+            elif isinstance(ev, EndOfMessage):
+                if chunked:
+                    pieces.append(LAST_CHUNK)
+                complete = True
+                break
+            else:
+                break
+        first = b"".join(pieces)
+        replayable = (
+            complete and head.method in IDEMPOTENT_METHODS and len(first) <= _REPLAYABLE_BYTES
+        )
+        conn = await self.pool.acquire()
+        try:
+            return await self._cuttable(local, reader, head, conn, first, complete, out)
+        except _UpstreamError as exc:
+            if not (exc.before_response and conn.reused and replayable):
+                raise
+            self.retries += 1
+            event(
+                log,
+                "retrying on a fresh connection",
+                service=self.config.service,
+                endpoint=str(conn.endpoint),
+                reason=exc.reason,
+            )
+        conn = await self.pool.acquire(fresh=True)
+        return await self._cuttable(local, reader, head, conn, first, complete, out)
+
+    async def _cuttable(
+        self,
+        local: TimedStream,
+        reader: RequestReader,
+        head: RequestHead,
+        conn: PooledConnection,
+        first: bytes,
+        complete: bool,
+        out: _Exchange,
+    ) -> bool:
+        """`_exchange` inside the scope the pool cancels when the upstream is revoked."""
+        with conn.cut:
+            return await self._exchange(local, reader, head, conn, first, complete, out)
+        reason = conn.cut_reason or "cut"
+        if out.status is None:  # nothing of a response went out: the client gets our 502
+            raise _UpstreamError(
+                502, reason, f"{conn.endpoint}: {reason} during the request", before_response=False
+            )
+        raise _ClientGoneError(reason)
+
+    async def _exchange(
+        self,
+        local: TimedStream,
+        reader: RequestReader,
+        head: RequestHead,
+        conn: PooledConnection,
+        first: bytes,
+        complete: bool,
+        out: _Exchange,
+    ) -> bool:
+        """One request on `conn`; always gives `conn` back to the pool (reusable or not)."""
+        reusable = False
+        try:
+            out.peer_id = conn.peer_id_text
+            conn.reader.expect(head.method)
+            try:
+                await conn.stream.send_all(first)
+                if not complete:
+                    await self._stream_body(local, reader, head, conn, out)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise _UpstreamError(
+                    502,
+                    "upstream_closed",
+                    f"{conn.endpoint} closed the connection",
+                    before_response=True,
+                ) from exc
+            keep_client, reusable = await self._respond(local, head, conn, out)
+            return keep_client
+        finally:
+            await self.pool.release(conn, reusable=reusable)
+
+    async def _stream_body(
+        self,
+        local: TimedStream,
+        reader: RequestReader,
+        head: RequestHead,
+        conn: PooledConnection,
+        out: _Exchange,
+    ) -> None:
+        chunked = head.framing.kind is BodyKind.CHUNKED
+        timeouts = self.runtime.timeouts
+        idle = timeouts.body_idle_timeout_seconds
+        pace = BodyPace(timeouts.body_timeout_seconds, timeouts.body_min_rate_bytes_per_second)
+        began = trio.current_time()
+        while True:
+            ev = reader.next_event()
+            if ev is NEED_DATA:
+                await self._read_body(local, reader, idle, pace.deadline(began, out.bytes_in))
+                continue
+            if isinstance(ev, Data):
+                out.bytes_in += len(ev.data)
+                await conn.stream.send_all(encode_chunk(ev.data) if chunked else ev.data)
+            elif isinstance(ev, EndOfMessage):
+                if chunked:
+                    await conn.stream.send_all(LAST_CHUNK)
+                return
+            else:
+                raise _ClientGoneError("client_closed_in_body")
+
+    async def _read_body(
+        self, local: TimedStream, reader: RequestReader, idle: float, too_slow: float
+    ) -> None:
+        """Feed `reader` from the client by the nearer of the idle and the pace deadline."""
+        pause_ends = trio.current_time() + idle
+        local.receive_deadline = min(pause_ends, too_slow)
+        try:
+            data = await local.receive_some(_READ)
+        except trio.TooSlowError:
+            raise _SlowBodyError("idle" if pause_ends <= too_slow else "slow") from None
+        if data:
+            reader.feed(bytes(data))
+        else:
+            reader.feed_eof()
+
+    async def _respond(
+        self, local: trio.abc.Stream, head: RequestHead, conn: PooledConnection, out: _Exchange
+    ) -> tuple[bool, bool]:
+        """Relay the response; returns (client may continue, upstream reusable)."""
+        timeouts = self.runtime.timeouts
+        client_11 = head.version == "1.1"
+        upstream = conn.reader
+        got_any = False
+        to_chunk = False
+        keep_client = head.keep_alive and client_11
+        keep_upstream = False
+        sent_head = False
+        wait = timeouts.response_timeout_seconds
+        while True:
+            pieces: list[bytes] = []
+            while True:
+                try:
+                    ev = upstream.next_event()
+                except HttpError as exc:
+                    if sent_head:
+                        raise _ClientGoneError("upstream_broke") from exc
+                    raise _UpstreamError(
+                        502,
+                        "bad_response",
+                        f"{conn.endpoint}: {exc.reason}",
+                        before_response=False,
+                    ) from exc
+                if ev is NEED_DATA:
+                    break
+                if isinstance(ev, ResponseHead):
+                    sent_head = True
+                    out.status = ev.status
+                    keep_upstream = ev.keep_alive
+                    framing = ev.framing
+                    if framing.kind in (BodyKind.CHUNKED, BodyKind.UNTIL_CLOSE):
+                        if client_11:
+                            framing, to_chunk = Framing(BodyKind.CHUNKED), True
+                        else:
+                            framing, keep_client = Framing(BodyKind.UNTIL_CLOSE), False
+                    headers = forward_response_headers(ev.headers)
+                    if not keep_client:
+                        headers = (*headers, ("connection", "close"))
+                    pieces.append(serialize_response_head(ev.status, ev.reason, headers, framing))
+                    wait = timeouts.body_idle_timeout_seconds
+                elif isinstance(ev, Data):
+                    out.bytes_out += len(ev.data)
+                    pieces.append(encode_chunk(ev.data) if to_chunk else ev.data)
+                elif isinstance(ev, EndOfMessage):
+                    if to_chunk:
+                        pieces.append(LAST_CHUNK)
+                    await self._to_client(local, pieces)
+                    return keep_client, keep_upstream
+                elif isinstance(ev, InterimResponse):
+                    if client_11:
+                        pieces.append(
+                            serialize_response_head(ev.status, ev.reason, ev.headers, _NO_BODY)
+                        )
+                else:  # CONNECTION_CLOSED before a response
+                    break
+            if pieces:
+                await self._to_client(local, pieces)
+            data = await self._receive(conn, wait, got_any=got_any, sent_head=sent_head)
+            if data:
+                got_any = True
+                upstream.feed(data)
+            else:
+                upstream.feed_eof()
+                if not got_any:
+                    raise _UpstreamError(
+                        502,
+                        "upstream_closed",
+                        f"{conn.endpoint} closed the connection",
+                        before_response=True,
+                    )
+
+    async def _receive(
+        self, conn: PooledConnection, wait: float, *, got_any: bool, sent_head: bool
+    ) -> bytes:
+        conn.transport.receive_deadline = trio.current_time() + wait
+        try:
+            return bytes(await conn.stream.receive_some(_READ))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if sent_head:
+                raise _ClientGoneError("upstream_broke") from exc
+            raise _UpstreamError(
+                502,
+                "upstream_closed",
+                f"{conn.endpoint} reset the connection",
+                before_response=not got_any,
+            ) from exc
+        except trio.TooSlowError:
+            pass
+        if sent_head:
+            raise _ClientGoneError("upstream_stalled")
+        raise _UpstreamError(
+            504,
+            "response_timeout",
+            f"{conn.endpoint} sent no response within {wait:g} s",
+            before_response=False,
+        )
+
+    async def _to_client(self, local: trio.abc.Stream, pieces: list[bytes]) -> None:
+        try:
+            await local.send_all(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise _ClientGoneError("client_gone") from exc
+
+    async def _send_quietly(self, local: trio.abc.Stream, data: bytes) -> None:
+        with trio.move_on_after(1.0):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await local.send_all(data)
+
+    def _record(
+        self,
+        source: str,
+        method: str | None,
+        path: str | None,
+        status: int | None,
+        reason: str | None,
+        request_id: str,
+        traceparent: str | None,
+        out: _Exchange | None = None,
+        wall: datetime | None = None,
+        duration: float = 0.0,
+    ) -> None:
+        observer = self.runtime.observer
+        if not observer.access_logged():  # metrics only: no record to build
+            observer.count_request(
+                "outbound",
+                out.peer_id if out else None,
+                self.config.service,
+                method,
+                status,
+                "none",
+                duration,
+                out.bytes_in if out else 0,
+                out.bytes_out if out else 0,
+            )
+            observer.incomplete("outbound", reason)
+            return
+        observer.request(
+            AccessRecord(
+                time=wall or self.runtime.now(),
+                direction="outbound",
+                protocol="http",
+                peer_id=out.peer_id if out else None,
+                source=source,
+                destination=self.config.service,
+                method=method,
+                path=path,
+                status=status,
+                reason=reason,
+                bytes_in=out.bytes_in if out else 0,
+                bytes_out=out.bytes_out if out else 0,
+                duration_seconds=duration,
+                request_id=request_id,
+                traceparent=traceparent,
+            )
+        )

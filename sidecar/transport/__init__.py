@@ -1,0 +1,1 @@
+"""Mesh connections: handshake and peer checks, relay, lifetime."""
