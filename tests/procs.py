@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,23 +126,34 @@ class Sidecar:
         return self.process.wait(timeout)
 
 
-def wait_ready(sidecar: Sidecar, timeout: float = 15) -> None:
+def _wait_admin(sidecar: Sidecar, path: str, what: str, timeout: float) -> None:
+    """Until the admin listener answers `path` with 200; raises if the sidecar exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if sidecar.process.poll() is not None:
             raise RuntimeError(f"sidecar exited {sidecar.process.returncode}:\n{sidecar.log()}")
         try:
-            if sidecar.get("/readyz")[0] == 200:
+            if sidecar.get(path)[0] == 200:
                 return
         except OSError:
             pass
         time.sleep(0.05)
-    raise TimeoutError(f"sidecar not ready after {timeout} s:\n{sidecar.log()}")
+    raise TimeoutError(f"{what} after {timeout} s:\n{sidecar.log()}")
+
+
+def wait_ready(sidecar: Sidecar, timeout: float = 15) -> None:
+    _wait_admin(sidecar, "/readyz", "sidecar not ready", timeout)
+
+
+def wait_answering(sidecar: Sidecar, timeout: float = 15) -> None:
+    """Until the admin listener answers ``/healthz`` (ready or not)."""
+    _wait_admin(sidecar, "/healthz", "admin listener not answering", timeout)
 
 
 @contextmanager
-def running_sidecar(config_path: Path, admin_port: int) -> Iterator[Sidecar]:
-    """Start `mesh-sidecar run --config`, wait for /readyz, stop it (SIGKILL if stuck)."""
+def _sidecar_process(
+    config_path: Path, admin_port: int, wait: Callable[[Sidecar], None]
+) -> Iterator[Sidecar]:
     log_path = config_path.with_suffix(".log")
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -154,7 +165,7 @@ def running_sidecar(config_path: Path, admin_port: int) -> Iterator[Sidecar]:
         )
     sidecar = Sidecar(process, admin_port, log_path)
     try:
-        wait_ready(sidecar)
+        wait(sidecar)
         yield sidecar
     finally:
         if process.poll() is None:
@@ -162,42 +173,19 @@ def running_sidecar(config_path: Path, admin_port: int) -> Iterator[Sidecar]:
             process.wait(10)
 
 
-def wait_answering(sidecar: Sidecar, timeout: float = 15) -> None:
-    """Until the admin listener answers ``/healthz`` (ready or not)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sidecar.process.poll() is not None:
-            raise RuntimeError(f"sidecar exited {sidecar.process.returncode}:\n{sidecar.log()}")
-        try:
-            if sidecar.get("/healthz")[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"admin listener not answering after {timeout} s:\n{sidecar.log()}")
+@contextmanager
+def running_sidecar(config_path: Path, admin_port: int) -> Iterator[Sidecar]:
+    """Start `mesh-sidecar run --config`, wait for /readyz, stop it (SIGKILL if stuck)."""
+    with _sidecar_process(config_path, admin_port, wait_ready) as sidecar:
+        yield sidecar
 
 
 @contextmanager
 def started_sidecar(config_path: Path, admin_port: int) -> Iterator[Sidecar]:
     """Start `mesh-sidecar run --config` and wait only for its admin listener (not for
     readiness); kill it at the end if a test left it running."""
-    log_path = config_path.with_suffix(".log")
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "sidecar.cli", "run", "--config", str(config_path)],
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    sidecar = Sidecar(process, admin_port, log_path)
-    try:
-        wait_answering(sidecar)
+    with _sidecar_process(config_path, admin_port, wait_answering) as sidecar:
         yield sidecar
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
 
 
 def wait_readyz(sidecar: Sidecar, code: str, timeout: float = 30) -> dict[str, Any]:
