@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, final
@@ -155,9 +155,12 @@ class CaClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        pools, self._idle = self._idle, {}
-        for pool in pools.values():
-            for conn in pool:
+        await self._close_idle(lambda _key: True)
+
+    async def _close_idle(self, which: Callable[[tuple[int, bytes]], bool]) -> None:
+        """Close and forget the idle connections of the pools `which` picks."""
+        for key in [key for key in self._idle if which(key)]:
+            for conn in self._idle.pop(key):
                 await trio.aclose_forcefully(conn.stream)
 
     # Public API
@@ -196,6 +199,9 @@ class CaClient:
             if len(self._contexts) >= _MAX_CLIENT_CONTEXTS:
                 self._contexts.pop(next(iter(self._contexts)))
             self._contexts[fingerprint] = context
+            # A new SVID supersedes the ones before it: their kept-alive connections would
+            # never be used again, so close them (they once piled up, one per rotation).
+            await self._close_idle(lambda key: key[1] not in (b"", fingerprint))
         body = json.dumps({"csr": _csr_pem(new_key)}).encode()
         reply = await self._request("POST", "/v1/renew", body, context, fingerprint)
         return self._issued(reply, new_key, expected=current)

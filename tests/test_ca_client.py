@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
@@ -96,6 +97,39 @@ async def test_the_client_keeps_connections_alive_between_calls(server: CaServer
         conn = pools[0][0]
         await client.fetch_revocations()
         assert client._idle[(0, b"")] == [conn]
+
+
+def _open_sockets() -> int:
+    return sum(
+        os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        for fd in os.listdir("/proc/self/fd")
+        if os.path.exists(f"/proc/self/fd/{fd}")
+    )
+
+
+async def test_renewing_again_and_again_keeps_no_connection_of_a_superseded_svid(
+    server: CaServer,
+) -> None:
+    """A kept-alive mTLS connection belongs to the SVID it was opened with; once a renewal
+    supersedes that SVID nothing uses it again. It used to stay in the idle pool forever
+    (one socket per rotation, CLOSE-WAIT once the CA dropped it: ~4 fds a minute at 30 s
+    SVIDs in the soak)."""
+    sid = SpiffeId.parse(f"spiffe://{TRUST_DOMAIN}/ns/shop/svc/rotating")
+    key = generate_key()
+    leaf = issue_leaf(make_csr(key), sid, server.ca.signer, datetime.now(UTC))
+    chain: tuple[x509.Certificate, ...] = (leaf, server.ca.signer.cert)
+    async with CaClient([server.address], TrustDomain(TRUST_DOMAIN), server.bundles) as client:
+        new_key = generate_key()
+        issued = await client.renew(chain, key, new_key)
+        chain, key = issued.chain, new_key
+        before = _open_sockets()
+        for _ in range(6):
+            new_key = generate_key()
+            issued = await client.renew(chain, key, new_key)
+            chain, key = issued.chain, new_key
+        assert issued.spiffe_id == sid
+        assert _open_sockets() <= before  # one kept-alive connection, for the newest SVID
+        assert sum(len(pool) for pool in client._idle.values()) == 1
 
 
 # A CA that answers badly: the CA's own SVID (so the client talks to it), canned replies.
