@@ -41,7 +41,6 @@ from meshgate.http import (
     Data,
     EndOfMessage,
     Event,
-    Framing,
     HttpError,
     HttpLimits,
     InterimResponse,
@@ -50,13 +49,12 @@ from meshgate.http import (
     ResponseHead,
     encode_chunk,
     forward_request_headers,
-    forward_response_headers,
     normalize_target,
     serialize_request_head,
-    serialize_response_head,
 )
 from meshgate.http.body_pace import BodyPace
 from meshgate.http.forwarding import ForwardedRequest, new_uuid
+from meshgate.http.relay import relay_interim, relay_response_head
 from meshgate.http.replies import reply
 from meshgate.transport.socket_stream import TimedStream, lean, peer_address
 from sidecar.admission import admitted
@@ -75,7 +73,6 @@ log = logging.getLogger("sidecar.outbound.http")
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _READ: Final = 64 * 1024
 _REPLAYABLE_BYTES: Final = 64 * 1024  # a complete request up to this size may be resent
-_NO_BODY: Final = Framing(BodyKind.NONE)
 
 
 def error_response(status: int, message: str, request_id: str, *, head_only: bool) -> bytes:
@@ -425,11 +422,10 @@ class HttpOutbound:
     ) -> tuple[bool, bool]:
         """Relay the response; returns (client may continue, upstream reusable)."""
         timeouts = self.runtime.timeouts
-        client_11 = head.version == "1.1"
         upstream = conn.reader
         got_any = False
         to_chunk = False
-        keep_client = head.keep_alive and client_11
+        keep_client = head.keep_alive
         keep_upstream = False
         sent_head = False
         wait = timeouts.response_timeout_seconds
@@ -453,16 +449,12 @@ class HttpOutbound:
                     sent_head = True
                     out.status = ev.status
                     keep_upstream = ev.keep_alive
-                    framing = ev.framing
-                    if framing.kind in (BodyKind.CHUNKED, BodyKind.UNTIL_CLOSE):
-                        if client_11:
-                            framing, to_chunk = Framing(BodyKind.CHUNKED), True
-                        else:
-                            framing, keep_client = Framing(BodyKind.UNTIL_CLOSE), False
-                    headers = forward_response_headers(ev.headers)
-                    if not keep_client:
-                        headers = (*headers, ("connection", "close"))
-                    pieces.append(serialize_response_head(ev.status, ev.reason, headers, framing))
+                    relayed = relay_response_head(
+                        ev, method=head.method, client_version=head.version, keep_client=keep_client
+                    )
+                    keep_client = relayed.keep_client
+                    to_chunk = relayed.framing.kind is BodyKind.CHUNKED
+                    pieces.append(relayed.wire)
                     wait = timeouts.body_idle_timeout_seconds
                 elif isinstance(ev, Data):
                     out.bytes_out += len(ev.data)
@@ -473,10 +465,9 @@ class HttpOutbound:
                     await self._to_client(local, pieces)
                     return keep_client, keep_upstream
                 elif isinstance(ev, InterimResponse):
-                    if client_11:
-                        pieces.append(
-                            serialize_response_head(ev.status, ev.reason, ev.headers, _NO_BODY)
-                        )
+                    interim = relay_interim(ev, head.version)
+                    if interim is not None:
+                        pieces.append(interim)
                 else:  # CONNECTION_CLOSED before a response
                     break
             if pieces:
