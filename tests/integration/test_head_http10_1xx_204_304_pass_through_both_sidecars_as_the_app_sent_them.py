@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import socketserver
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -279,6 +280,53 @@ def test_103_early_hints_arrive_without_hop_by_hop_headers(outbound_port: int) -
         resp = c.response()
         assert resp.status == 200
         assert resp.body == b"hinted"
+
+
+class _RawUpstreamHandler(socketserver.StreamRequestHandler):
+    """Stands in for B's inbound sidecar (B's SVID, TLS 1.3) and answers a 103 carrying
+    hop-by-hop headers: the inbound sidecar strips them, so only a raw upstream shows
+    whether the outbound strips them too."""
+
+    def setup(self) -> None:
+        context: ssl.SSLContext = self.server.context  # type: ignore[attr-defined]
+        self.request = context.wrap_socket(self.request, server_side=True)
+        super().setup()
+
+    def handle(self) -> None:
+        while self.rfile.readline():
+            while self.rfile.readline() not in (b"\r\n", b""):
+                pass
+            self.wfile.write(EARLY_HINTS + _length_response(b"hinted"))
+            self.wfile.flush()
+
+    def finish(self) -> None:
+        super().finish()
+        self.request.close()  # the TLS socket; the server closes only the one it accepted
+
+
+def test_the_outbound_strips_hop_by_hop_headers_from_a_1xx_it_relays(tmp_path: Path) -> None:
+    pki = Pki()
+    pair = http_sidecar_pair(pki, tmp_path, 9)  # the app is never reached here
+    b_dir = tmp_path / "b"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(b_dir / "svid.pem", b_dir / "svid.key")
+    upstream = _App(("127.0.0.1", pair.b_inbound), _RawUpstreamHandler)
+    upstream.context = context  # type: ignore[attr-defined]
+    thread = threading.Thread(target=upstream.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with running_sidecar(pair.a_config, pair.a_admin), _client(pair.a_outbound) as c:
+            c.send(_get("/hints"))
+            interim = c.head()
+            assert interim.status_line == b"HTTP/1.1 103 Early Hints"
+            assert interim.values("link") == ["</style.css>; rel=preload"]
+            names = {n for n, _ in interim.headers}
+            assert not names & {"connection", "x-hop", "keep-alive"}, interim.headers
+            assert c.response().body == b"hinted"
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
 
 
 def test_an_http10_client_gets_no_1xx(outbound_port: int) -> None:
