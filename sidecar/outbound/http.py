@@ -107,6 +107,20 @@ class _SlowBodyError(Exception):
 
 
 @final
+class _Upload:
+    """A request body streamed up beside the response (`Expect: 100-continue`)."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+
+def _expects_continue(head: RequestHead) -> bool:
+    return any(n == "expect" and v.lower() == "100-continue" for n, v in head.headers)
+
+
+@final
 class _Exchange:
     """What one request did, for its access record."""
 
@@ -358,9 +372,12 @@ class HttpOutbound:
         try:
             out.peer_id = conn.peer_id_text
             conn.reader.expect(head.method)
+            # A client that sent `Expect: 100-continue` holds its body back until the 100
+            # (or its own wait) comes: the body goes up while the response is relayed.
+            beside = not complete and _expects_continue(head)
             try:
                 await conn.stream.send_all(first)
-                if not complete:
+                if not complete and not beside:
                     await self._stream_body(local, reader, head, conn, out)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise _UpstreamError(
@@ -369,10 +386,54 @@ class HttpOutbound:
                     f"{conn.endpoint} closed the connection",
                     before_response=True,
                 ) from exc
-            keep_client, reusable = await self._respond(local, head, conn, out)
+            if beside:
+                keep_client, reusable = await self._respond_during_upload(
+                    local, reader, head, conn, out
+                )
+            else:
+                keep_client, reusable = await self._respond(local, head, conn, out)
             return keep_client
         finally:
             await self.pool.release(conn, reusable=reusable)
+
+    async def _respond_during_upload(
+        self,
+        local: TimedStream,
+        reader: RequestReader,
+        head: RequestHead,
+        conn: PooledConnection,
+        out: _Exchange,
+    ) -> tuple[bool, bool]:
+        """`_respond` with the body streamed up beside it. A final answer before the body
+        ended leaves the rest unread: neither connection goes on then."""
+        upload = _Upload()
+        failure: BaseException | None = None
+        result = (False, False)
+
+        async def send_body() -> None:
+            nonlocal failure
+            try:
+                await self._stream_body(local, reader, head, conn, out, upload)
+                upload.done = True
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the upstream stopped reading (it answered early): its response tells
+            except (_SlowBodyError, _ClientGoneError) as exc:
+                failure = exc
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_body)
+            try:
+                result = await self._respond(local, head, conn, out, upload)
+            except (_UpstreamError, _ClientGoneError) as exc:
+                failure = exc
+            nursery.cancel_scope.cancel()  # an early answer ends the upload
+        if failure is not None:
+            if isinstance(failure, _SlowBodyError) and out.status is not None:
+                raise _ClientGoneError(f"body_{failure.kind}")  # too late for a 408
+            raise failure
+        keep_client, reusable = result
+        return keep_client and upload.done, reusable and upload.done
 
     async def _stream_body(
         self,
@@ -381,6 +442,7 @@ class HttpOutbound:
         head: RequestHead,
         conn: PooledConnection,
         out: _Exchange,
+        upload: _Upload | None = None,
     ) -> None:
         chunked = head.framing.kind is BodyKind.CHUNKED
         timeouts = self.runtime.timeouts
@@ -395,6 +457,11 @@ class HttpOutbound:
             if isinstance(ev, Data):
                 out.bytes_in += len(ev.data)
                 await conn.stream.send_all(encode_chunk(ev.data) if chunked else ev.data)
+                if upload is not None and out.status is None:
+                    # The upstream answers after the body: each piece sent restarts its wait.
+                    conn.transport.extend_receive_deadline(
+                        trio.current_time() + timeouts.response_timeout_seconds
+                    )
             elif isinstance(ev, EndOfMessage):
                 if chunked:
                     await conn.stream.send_all(LAST_CHUNK)
@@ -418,9 +485,15 @@ class HttpOutbound:
             reader.feed_eof()
 
     async def _respond(
-        self, local: trio.abc.Stream, head: RequestHead, conn: PooledConnection, out: _Exchange
+        self,
+        local: trio.abc.Stream,
+        head: RequestHead,
+        conn: PooledConnection,
+        out: _Exchange,
+        upload: _Upload | None = None,
     ) -> tuple[bool, bool]:
-        """Relay the response; returns (client may continue, upstream reusable)."""
+        """Relay the response; returns (client may continue, upstream reusable). `upload`:
+        the body still going up beside it (the head says close unless it is done)."""
         timeouts = self.runtime.timeouts
         upstream = conn.reader
         got_any = False
@@ -449,6 +522,8 @@ class HttpOutbound:
                     sent_head = True
                     out.status = ev.status
                     keep_upstream = ev.keep_alive
+                    if upload is not None and not upload.done:
+                        keep_client = False
                     relayed = relay_response_head(
                         ev, method=head.method, client_version=head.version, keep_client=keep_client
                     )

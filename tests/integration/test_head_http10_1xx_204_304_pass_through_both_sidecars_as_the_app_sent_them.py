@@ -10,6 +10,7 @@ Before the shared response relay (`meshgate/http/relay.py`) the outbound sidecar
 
 from __future__ import annotations
 
+import shutil
 import socket
 import socketserver
 import ssl
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.http_mesh import http_sidecar_pair
+from tests.integration.http_mesh import POLICIES, http_sidecar_pair
 from tests.pki import TestPki as Pki
 from tests.procs import running_sidecar
 
@@ -56,6 +57,9 @@ class _AppHandler(socketserver.StreamRequestHandler):
                 headers[name.strip().lower()] = value.strip()
             send = self.connection.sendall
             length = int(headers.get("content-length", "0"))
+            if path == "/refuse":  # a final answer instead of the 100; the body stays unread
+                send(b"HTTP/1.1 417 Expectation Failed\r\ncontent-length: 0\r\n\r\n")
+                return
             if path == "/continue":
                 if headers.get("expect", "").lower() == "100-continue":
                     send(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -100,6 +104,12 @@ def _app() -> Iterator[_App]:
 def outbound_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A's outbound port of one pair shared by the tests here (starting sidecars is slow)."""
     tmp: Path = tmp_path_factory.mktemp("pair")
+    # The example set lets shop read the catalog; the 100-continue test needs a POST too.
+    shutil.copytree(POLICIES, tmp / "policies")
+    (tmp / "policies" / "shop-writes.cedar").write_text(
+        '@id("shop-writes-catalog")\n'
+        'permit (principal in Namespace::"shop", action, resource == Service::"catalog");\n'
+    )
     with _app() as app:
         pair = http_sidecar_pair(Pki(), tmp, app.server_address[1])
         with (
@@ -267,6 +277,38 @@ def test_a_chunked_answer_to_an_http10_client_is_sent_until_close(outbound_port:
         assert resp.status == 200
         assert resp.values("transfer-encoding") == []  # HTTP/1.0 knows no chunking
         assert resp.body == b"hello"  # read until the sidecar closed
+
+
+def test_100_continue_reaches_a_client_that_waits_for_it_before_its_body(
+    outbound_port: int,
+) -> None:
+    with _client(outbound_port) as c:
+        c.send(
+            b"POST /continue HTTP/1.1\r\nhost: catalog\r\nexpect: 100-continue\r\n"
+            b"content-length: 4\r\n\r\n"
+        )
+        interim = c.head()  # the client sends its body only after this
+        assert interim.status_line == b"HTTP/1.1 100 Continue"
+        c.send(b"body")
+        resp = c.response()
+        assert resp.status == 200
+        assert resp.body == b"got body"
+        c.send(_get("/after-continue"))
+        assert c.response().body == b"hello"
+
+
+def test_a_final_answer_instead_of_100_continue_reaches_the_client_and_closes(
+    outbound_port: int,
+) -> None:
+    with _client(outbound_port) as c:
+        c.send(
+            b"POST /refuse HTTP/1.1\r\nhost: catalog\r\nexpect: 100-continue\r\n"
+            b"content-length: 4\r\n\r\n"
+        )
+        resp = c.response()
+        assert resp.status_line == b"HTTP/1.1 417 Expectation Failed"
+        assert resp.values("connection") == ["close"]  # the body it announced was never read
+        assert c.closed_by_peer()
 
 
 def test_103_early_hints_arrive_without_hop_by_hop_headers(outbound_port: int) -> None:
