@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.http_mesh import POLICIES, http_sidecar_pair
+from tests.integration.http_mesh import POLICIES, HttpPair, http_sidecar_pair
 from tests.pki import TestPki as Pki
 from tests.procs import running_sidecar
 
@@ -101,8 +101,8 @@ def _app() -> Iterator[_App]:
 
 
 @pytest.fixture(scope="module")
-def outbound_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """A's outbound port of one pair shared by the tests here (starting sidecars is slow)."""
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HttpPair, Path]]:
+    """One pair shared by the tests here (starting sidecars is slow), and its directory."""
     tmp: Path = tmp_path_factory.mktemp("pair")
     # The example set lets shop read the catalog; the 100-continue test needs a POST too.
     shutil.copytree(POLICIES, tmp / "policies")
@@ -116,7 +116,12 @@ def outbound_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
             running_sidecar(pair.b_config, pair.b_admin),
             running_sidecar(pair.a_config, pair.a_admin),
         ):
-            yield pair.a_outbound
+            yield pair, tmp
+
+
+@pytest.fixture
+def outbound_port(mesh: tuple[HttpPair, Path]) -> int:
+    return mesh[0].a_outbound
 
 
 @dataclass
@@ -136,8 +141,10 @@ class _Response:
 class _Client:
     """A raw socket to the outbound sidecar that reads responses byte-exactly."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, tls: ssl.SSLContext | None = None) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+        if tls is not None:  # straight to B's inbound, as A's sidecar would come
+            self.sock = tls.wrap_socket(self.sock)
         self.buf = b""
 
     def close(self) -> None:
@@ -201,7 +208,7 @@ class _Client:
         """True when the sidecar closes the connection with nothing more to say."""
         try:
             return self.buf == b"" and self._more() == b""
-        except ConnectionResetError:
+        except (ConnectionResetError, ssl.SSLEOFError):
             return True
 
     def still_open(self) -> bool:
@@ -217,8 +224,8 @@ class _Client:
 
 
 @contextmanager
-def _client(port: int) -> Iterator[_Client]:
-    client = _Client(port)
+def _client(port: int, tls: ssl.SSLContext | None = None) -> Iterator[_Client]:
+    client = _Client(port, tls)
     try:
         yield client
     finally:
@@ -403,3 +410,44 @@ def test_204_and_304_carry_no_body_or_framing_and_the_connection_goes_on(
         assert after.status_line == b"HTTP/1.1 200 OK"
         assert after.body == b"hello"
         assert c.buf == b""
+
+
+def _as_sidecar_a(directory: Path) -> ssl.SSLContext:
+    """A TLS 1.3 client context with A's SVID, trusting the mesh bundle."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = False  # SPIFFE: the SVID names no host
+    context.load_verify_locations(directory / "bundle.pem")
+    context.load_cert_chain(directory / "svid.pem", directory / "svid.key")
+    return context
+
+
+def test_the_inbound_keeps_an_http10_client_alive_and_head_lengths_and_strips_1xx(
+    mesh: tuple[HttpPair, Path],
+) -> None:
+    """The other direction alone: an HTTP/1.0 mesh client straight to B's inbound (the
+    outbound always speaks HTTP/1.1 upstream, so the pair never shows this)."""
+    pair, tmp = mesh
+    with _client(pair.b_inbound, _as_sidecar_a(tmp / "a")) as c:
+        c.send(b"HEAD /thing HTTP/1.0\r\nhost: catalog\r\nconnection: keep-alive\r\n\r\n")
+        head = c.response(head_request=True)
+        assert head.status == 200
+        assert head.values("content-length") == ["5"]
+        assert head.values("connection") == ["keep-alive"]
+        for i in range(2):
+            c.send(_get(f"/ten/{i}", "1.0", "connection: keep-alive"))
+            resp = c.response()
+            assert resp.body == b"hello"
+            assert resp.values("connection") == ["keep-alive"]
+        c.send(_get("/hints", "1.0"))  # no keep-alive asked: the answer, no 103, then a close
+        resp = c.response()
+        assert resp.status == 200
+        assert resp.body == b"hinted"
+        assert resp.values("connection") == ["close"]
+        assert c.closed_by_peer()
+    with _client(pair.b_inbound, _as_sidecar_a(tmp / "a")) as c:
+        c.send(_get("/hints"))
+        interim = c.head()
+        assert interim.status_line == b"HTTP/1.1 103 Early Hints"
+        assert not {n for n, _ in interim.headers} & {"connection", "x-hop", "keep-alive"}
+        assert c.response().body == b"hinted"
