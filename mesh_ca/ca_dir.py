@@ -10,6 +10,9 @@ Layout::
     bundle.spiffe.json    the same as a SPIFFE bundle (JWKS)
     state.db              the SQLite state store (tokens, ledger, revocations)
 
+With ``[keys] backend = "pkcs11"`` there are no key files: both keys are made in, and
+used from, a PKCS#11 token (`mesh_ca.keystore`).
+
 `init_ca_dir` builds everything in a private temporary directory next to the target and
 renames it into place, so a failure never leaves half a CA behind.
 """
@@ -33,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 
 from mesh_ca.config import CONFIG_FILE, CaConfig, ConfigError, load_config, write_config
 from mesh_ca.issuance import Signer, make_intermediate, make_root
+from mesh_ca.keystore import intermediate_signing_key, new_ca_keys
 from mesh_ca.store import StateStore, open_store
 from meshgate.identity import (
     BundleError,
@@ -43,7 +47,6 @@ from meshgate.identity import (
 )
 from meshgate.keys import (
     KeyFileError,
-    generate_key,
     load_private_key,
     private_key_pem,
     write_private_file,
@@ -151,22 +154,24 @@ def init_ca_dir(
 
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.init-", dir=path.parent))
     try:
-        root_key = generate_key()
-        root = make_root(td, root_key, now)
-        inter_key = generate_key()
-        intermediate = make_intermediate(td, inter_key, root, root_key, now)
-        bundle = TrustBundle(td, (root,), (intermediate,), bundle_sequence((root,)))
-        write_config(staging / CONFIG_FILE, config)
-        (staging / ROOT_CERT).write_bytes(_pem(root))
-        write_private_file(staging / ROOT_KEY, private_key_pem(root_key, passphrase))
-        (staging / INTERMEDIATE_CERT).write_bytes(_pem(intermediate))
-        write_private_file(staging / INTERMEDIATE_KEY, private_key_pem(inter_key, passphrase))
-        (staging / BUNDLE_PEM).write_bytes(bundle.roots_pem())
-        (staging / BUNDLE_SPIFFE).write_text(
-            json.dumps(bundle.to_spiffe_json(), indent=2) + "\n", encoding="utf-8"
-        )
-        open_store(config, staging).close()  # creates the schema
-        _swap_into_place(staging, path)
+        # backend pkcs11: both keys made in the token (and destroyed again on failure).
+        with new_ca_keys(config.keys, path) as (root_key, inter_key):
+            root = make_root(td, root_key, now)
+            intermediate = make_intermediate(td, inter_key, root, root_key, now)
+            bundle = TrustBundle(td, (root,), (intermediate,), bundle_sequence((root,)))
+            write_config(staging / CONFIG_FILE, config)
+            (staging / ROOT_CERT).write_bytes(_pem(root))
+            (staging / INTERMEDIATE_CERT).write_bytes(_pem(intermediate))
+            if config.keys.backend == "file":
+                write_private_file(staging / ROOT_KEY, private_key_pem(root_key, passphrase))
+                inter_pem = private_key_pem(inter_key, passphrase)
+                write_private_file(staging / INTERMEDIATE_KEY, inter_pem)
+            (staging / BUNDLE_PEM).write_bytes(bundle.roots_pem())
+            (staging / BUNDLE_SPIFFE).write_text(
+                json.dumps(bundle.to_spiffe_json(), indent=2) + "\n", encoding="utf-8"
+            )
+            open_store(config, staging).close()  # creates the schema
+            _swap_into_place(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -213,7 +218,11 @@ def load_ca_dir(path: Path, passphrase: bytes | None = None) -> LoadedCa:
         root = _one_cert(path / ROOT_CERT)
         intermediate = _one_cert(path / INTERMEDIATE_CERT)
         roots = load_pem_certificates(_read(path / BUNDLE_PEM), what=str(path / BUNDLE_PEM))
-        key = load_private_key(path / INTERMEDIATE_KEY, passphrase)
+        key = (
+            load_private_key(path / INTERMEDIATE_KEY, passphrase)
+            if config.keys.backend == "file"
+            else intermediate_signing_key(config.keys, path, f"{path / CONFIG_FILE}: ")
+        )
     except (BundleError, KeyFileError) as exc:
         message = str(exc)
         if "encrypted" in message:

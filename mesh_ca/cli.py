@@ -2,7 +2,8 @@
 
 Every flag is validated before anything is written; usage errors name the flag and exit
 2, operational errors (a missing CA, a wrong passphrase, a database error) exit 1;
-``serve``'s start-up failures have their own codes (`meshgate.exit_codes`, ``--help``). Join
+``serve``'s start-up failures have their own codes (`meshgate.exit_codes`, ``--help``), and
+so does an unusable PKCS#11 key store in any command (7, naming the ``keys.*`` key). Join
 tokens go to stdout only, so scripts can capture them; nothing secret is ever logged.
 """
 
@@ -47,10 +48,11 @@ from mesh_ca.issuance import (
     issue_leaf,
     make_csr,
 )
+from mesh_ca.keys_cli import add_keys_flags, keys_config
 from mesh_ca.store import IssuedRecord, StateStore, StoreError, open_store
 from mesh_ca.store.dbcli import add_db_parser, db_main
 from mesh_ca.tokens import new_token
-from meshgate.exit_codes import EXIT_CODES_HELP
+from meshgate.exit_codes import EXIT_CODES_HELP, StartupError
 from meshgate.files import write_atomic_set
 from meshgate.identity import (
     RESERVED_PATH_PREFIX,
@@ -213,6 +215,8 @@ def _build_parser() -> argparse.ArgumentParser:
         help="postgres: file (mode 0600) whose first line is the password",
     )
 
+    add_keys_flags(p)
+
     p = add("issue", "Issue an X509-SVID offline (the key is made here).")
     add_dir(p)
     p.add_argument("--spiffe-id", type=_spiffe_id_arg, required=True)
@@ -374,7 +378,10 @@ def _cmd_init(args: argparse.Namespace) -> int:
     issuance = _issuance_config(args.leaf_ttl)
     passphrase = read_passphrase(args.passphrase_file)
     config = CaConfig(
-        trust_domain=args.trust_domain.name, issuance=issuance, store=_store_config(args)
+        trust_domain=args.trust_domain.name,
+        issuance=issuance,
+        store=_store_config(args),
+        keys=keys_config(args, UsageError),
     )
     ca = init_ca_dir(
         args.dir, args.trust_domain, _now(), passphrase=passphrase, force=args.force, config=config
@@ -382,7 +389,11 @@ def _cmd_init(args: argparse.Namespace) -> int:
     _out(f"created CA for trust domain {ca.trust_domain} in {ca.path}")
     _out(f"  root          {_iso(ca.root.not_valid_after_utc)} (notAfter)")
     _out(f"  intermediate  {_iso(ca.signer.not_after)} (notAfter)")
-    _out(f"  keys          {'passphrase-encrypted' if passphrase else 'unencrypted'}, mode 0600")
+    if config.keys.backend == "file":
+        kind = "passphrase-encrypted" if passphrase else "unencrypted"
+        _out(f"  keys          {kind}, mode 0600")
+    else:
+        _out(f"  keys          {config.keys.describe()}")
     if config.store.kind == "postgres":
         from mesh_ca.store.postgres import describe_url
 
@@ -543,6 +554,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
             for r in revocations
         ],
         "issued_count": issued,
+        "keys": config.keys.model_dump(exclude_none=True),
     }
     if args.json:
         _out(json.dumps(status, indent=2))
@@ -551,6 +563,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     _out(f"directory      {status['dir']}")
     _out(f"root           notAfter {root['not_after']}  ({root['subject']})")
     _out(f"intermediate   notAfter {intermediate['not_after']}  ({intermediate['subject']})")
+    _out(f"keys           {config.keys.describe()}")
     _out(f"issued         {issued} certificate(s)")
     _out(f"tokens         {len(tokens)} outstanding")
     for token in status["outstanding_tokens"]:
@@ -600,6 +613,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(args)
     except UsageError as exc:
         return _fail(str(exc), 2)
+    except StartupError as exc:  # the PKCS#11 key store: one line naming the keys.* key
+        return _fail(str(exc), exc.code)
     except (
         OperationError,
         CaDirError,

@@ -16,6 +16,7 @@ from typing import Annotated, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mesh_ca.issuance.leaf import FLOOR_LEAF_TTL, MAX_LEAF_TTL, MIN_LEAF_TTL
+from mesh_ca.keys_config import KeysConfig
 from meshgate.config_file import read_toml, validation_message
 from meshgate.identity import SpiffeId, SpiffeIdError, TrustDomain
 
@@ -24,6 +25,7 @@ __all__ = [
     "CaConfig",
     "ConfigError",
     "IssuanceConfig",
+    "KeysConfig",
     "ServerConfig",
     "StoreConfig",
     "config_from_mapping",
@@ -302,6 +304,7 @@ class CaConfig(_Model):
     issuance: IssuanceConfig = IssuanceConfig()
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
+    keys: KeysConfig = KeysConfig()
 
     @field_validator("trust_domain")
     @classmethod
@@ -347,7 +350,11 @@ def render_config(config: CaConfig) -> str:
         "# meshgate CA configuration (mesh-ca). Unknown keys are errors.",
         f"trust_domain = {_toml_value(config.trust_domain)}",
     ]
-    for section in ("issuance", "server", "store"):
+    # [keys] only when not the default, so a file-key CA's ca.toml stays as it was.
+    sections = ["issuance", "server", "store"]
+    if config.keys.backend != "file":
+        sections.append("keys")
+    for section in sections:
         model: BaseModel = getattr(config, section)
         lines += ["", f"[{section}]"]
         for key, value in model.model_dump().items():

@@ -12,6 +12,7 @@ apart without reading the log:
 4  the state cannot be used (``identity.state_dir`` of a sidecar, the CA's state store)
 5  a listen address cannot be bound (in use, not a local address, no permission)
 6  the policy directory does not load or validate
+7  the CA's key store cannot be used (PKCS#11 module, token, PIN or key: ``keys.*``)
 == ==========================================================================
 """
 
@@ -31,13 +32,15 @@ class ExitCode(enum.IntEnum):
     STATE = 4
     LISTEN = 5
     POLICY = 6
+    KEYS = 7
 
 
 EXIT_CODES_HELP: Final = (
     "exit codes: 0 ok (also after a drain), 1 failed (mesh-sidecar: invalid config file), "
     "2 usage, 3 a file or directory named by the config or a flag is missing, unreadable or "
     "invalid, 4 state_dir or the CA's state store unusable, 5 a listen address cannot be "
-    "bound, 6 the policy directory does not load or validate"
+    "bound, 6 the policy directory does not load or validate, 7 the CA's PKCS#11 key store "
+    "(module, token, PIN or key) cannot be used"
 )
 
 

@@ -4,6 +4,7 @@
     python scripts/bench.py ca [--seconds 3] [--concurrency 16] [--only-default] [--baseline REF]
                                [--client-processes N]
     python scripts/bench.py ca-instructions [--seconds 3] [--concurrency 16]   (needs valgrind)
+    python scripts/bench.py ca-hsm [--seconds 6] [--rounds 3]   (CA keys in SoftHSM2 vs files)
     python scripts/bench.py replicas [--seconds 3] [--concurrency 16] [--client-processes N]
     python scripts/bench.py http [--seconds 6] [--rounds 3] [--baseline REF] [--http-workers2]
     python scripts/bench.py latency [--seconds 20] [--rounds 2] [--baseline REF]
@@ -549,6 +550,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], Figures]] = {
 # Data-path sections (http, datapath, memory) live in scripts/benchlib/datapath.py, latency
 # in scripts/benchlib/latency.py.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from scripts.benchlib.ca_hsm import bench_ca_hsm  # noqa: E402
 from scripts.benchlib.ca_load import Target, run_load  # noqa: E402
 from scripts.benchlib.ca_requests import (  # noqa: E402
     add_tokens,
@@ -576,6 +578,7 @@ SECTIONS.update(DATA_PATH_SECTIONS)
 SECTIONS.update(SOAK_SECTIONS)
 SECTIONS["latency"] = bench_latency
 SECTIONS["ledger"] = bench_ledger
+SECTIONS["ca-hsm"] = bench_ca_hsm
 
 
 def bench_tracing(args: argparse.Namespace) -> Figures:

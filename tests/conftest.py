@@ -12,6 +12,7 @@ import pytest
 
 if TYPE_CHECKING:  # psycopg is the optional `postgres` extra; only its tests import it
     from tests.pg_server import PgServer
+    from tests.softhsm import SoftToken
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +36,16 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
     name = pg_server.fresh_database()
     yield pg_server.url(name)
     pg_server.release_database(name)
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftToken]:
+    """One SoftHSM2 token per test session (per xdist worker), for the HSM-key tests:
+    SoftHSM2 reads its config once per process, so every test in a worker shares it."""
+    from tests.softhsm import softhsm_token
+
+    with softhsm_token(tmp_path_factory.mktemp("softhsm")) as token:
+        yield token
 
 
 # Test kinds. Every test is exactly one of: `unit` (pure cores and in-memory components: no

@@ -5,7 +5,8 @@ Prints ``mesh-ca serving on HOST:PORT`` to stderr once listening (the real port 
 listener is configured (``--admin-listen`` / ``server.admin_listen``: ``/metrics`` and
 ``/healthz``, loopback only unless allowed). Start-up failures are one line naming the
 flag or key and exit with a code of `meshgate.exit_codes`: 2 a bad ``--listen``, 3 an unusable CA
-directory, 4 the state store cannot be opened, 5 the listen address cannot be bound.
+directory, 4 the state store cannot be opened, 5 the listen address cannot be bound, 7 the
+PKCS#11 key store (``[keys]``: module, token, PIN or key) cannot be used.
 SIGINT/SIGTERM stop accepting, close idle keep-alive connections, give the others a few
 seconds to finish their request, then exit 0. The server SVID is re-issued at half its
 lifetime; a failed rotation is logged and retried while the current one still serves.
@@ -79,6 +80,9 @@ def serve_main(args: argparse.Namespace) -> int:
     except CaDirError as exc:
         sys.stderr.write(f"mesh-ca serve: --dir {args.dir}: {exc}\n")
         return ExitCode.FILE
+    except StartupError as exc:  # the PKCS#11 key store ([keys]): module, token, PIN, key
+        sys.stderr.write(f"mesh-ca serve: {exc}\n")
+        return exc.code
     listen = getattr(args, "listen", None) or ca.config.server.listen
     listen_key = "--listen" if getattr(args, "listen", None) else "server.listen"
     try:

@@ -15,6 +15,8 @@ ensure_debian_packages() {
     command -v curl >/dev/null || missing+=(curl)
     # callgrind: bench.py ca-instructions and its test count instructions under valgrind.
     command -v callgrind_control >/dev/null || missing+=(valgrind)
+    # SoftHSM2: the PKCS#11 token the HSM-key tests and `bench.py ca-hsm` keep CA keys in.
+    command -v softhsm2-util >/dev/null || missing+=(softhsm2)
     # promtool: tests check and unit-test the shipped alert rules (docs/monitoring/).
     command -v promtool >/dev/null || missing+=(prometheus)
     # Benchmark peers: only scripts/bench.py asks for them (MESHGATE_WITH_PEERS=1).
@@ -102,6 +104,14 @@ check_wheel() {
             echo "mesh-ca init --store postgres worked without psycopg" >&2; exit 1
         fi
         grep -q "meshgate\[postgres\]" err.txt || { cat err.txt >&2; exit 1; }
+        [ "$(wc -l < err.txt)" -eq 1 ] || { cat err.txt >&2; exit 1; }
+        # Likewise CA keys in a PKCS#11 token without the pkcs11 extra: one line, exit 7.
+        rc=0
+        MESH_CA_HSM_PIN=0000 venv/bin/mesh-ca init --dir ca-hsm --trust-domain example.org \
+            --keys pkcs11 --pkcs11-module libsofthsm2.so --token-label none \
+            --pin-env MESH_CA_HSM_PIN 2>err.txt || rc=$?
+        [ "$rc" -eq 7 ] || { echo "init --keys pkcs11 without python-pkcs11 exited $rc" >&2; cat err.txt >&2; exit 1; }
+        grep -q "meshgate\[pkcs11\]" err.txt || { cat err.txt >&2; exit 1; }
         [ "$(wc -l < err.txt)" -eq 1 ] || { cat err.txt >&2; exit 1; }
     )
     rm -rf "$work"
