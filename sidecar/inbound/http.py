@@ -59,14 +59,13 @@ from meshgate.http import (
     ResponseHead,
     encode_chunk,
     forward_request_headers,
-    forward_response_headers,
     normalize_target,
     serialize_request_head,
-    serialize_response_head,
 )
 from meshgate.http.body_pace import BodyPace
 from meshgate.http.forwarding import ForwardedRequest, new_uuid, xfcc_value
 from meshgate.http.inbound_rules import InboundRules
+from meshgate.http.relay import relay_interim, relay_response_head
 from meshgate.http.replies import reply
 from meshgate.transport.socket_stream import TimedStream, lean, peer_address
 from sidecar.admission import admitted, handshake_refused
@@ -85,7 +84,6 @@ __all__ = ["HttpInbound"]
 
 log = logging.getLogger("sidecar.inbound.http")
 _READ: Final = 64 * 1024
-_NO_BODY: Final = Framing(BodyKind.NONE)
 
 
 class _ClientGoneError(Exception):
@@ -864,12 +862,9 @@ class _Session:
                     response.fail(502, "the local app closed the connection without a response")
                     return None
                 elif isinstance(ev, InterimResponse):
-                    if head.version == "1.1":  # HTTP/1.0 clients do not know 1xx
-                        await self._send_client(
-                            serialize_response_head(
-                                ev.status, ev.reason, forward_response_headers(ev.headers), _NO_BODY
-                            )
-                        )
+                    interim = relay_interim(ev, head.version)
+                    if interim is not None:
+                        await self._send_client(interim)
                 elif isinstance(ev, ResponseHead):
                     return ev
                 else:
@@ -890,32 +885,20 @@ class _Session:
         response: _Response,
     ) -> None:
         response.status = resp.status
-        kind = resp.framing.kind
-        close_after = False
-        if kind is BodyKind.UNTIL_CLOSE and head.version == "1.1":
-            framing = Framing(BodyKind.CHUNKED)  # keep the client connection: chunk it
-        elif kind is BodyKind.CHUNKED and head.version == "1.0":
-            framing, close_after = Framing(BodyKind.UNTIL_CLOSE), True
-        else:
-            framing = resp.framing
-            close_after = kind is BodyKind.UNTIL_CLOSE
-        head_framing = framing
-        if head.method == "HEAD":
-            head_framing = _head_length(resp)
         # Decided now, since it goes into the head: an app that answers before the upload
         # ended leaves the rest of the body unread, so the connection cannot continue.
-        keep = head.keep_alive and not close_after and pump.done and not self._retiring()
-        response.keep_client = keep
-        headers = forward_response_headers(resp.headers)
-        if not keep:
-            headers += (("connection", "close"),)
-        elif head.version == "1.0":
-            headers += (("connection", "keep-alive"),)
+        relayed = relay_response_head(
+            resp,
+            method=head.method,
+            client_version=head.version,
+            keep_client=head.keep_alive and pump.done and not self._retiring(),
+        )
+        response.keep_client = relayed.keep_client
         # The head goes out with whatever of the body is already here: one write, one TLS
         # record. Pending pieces are flushed before any wait and before a failure is recorded.
-        pieces = [serialize_response_head(resp.status, resp.reason, headers, head_framing)]
+        pieces = [relayed.wire]
         response.started = True
-        chunked = framing.kind is BodyKind.CHUNKED
+        chunked = relayed.framing.kind is BodyKind.CHUNKED
         idle = self.timeouts.body_idle_timeout_seconds
         while True:
             try:
@@ -951,12 +934,3 @@ class _Session:
     async def _send_pieces(self, pieces: list[bytes]) -> None:
         if pieces:
             await self._send_client(pieces[0] if len(pieces) == 1 else b"".join(pieces))
-
-
-def _head_length(resp: ResponseHead) -> Framing:
-    """A response to HEAD has no body, but keeps the app's Content-Length when it is one
-    plain number: clients use it to learn the size."""
-    lengths = [value for name, value in resp.headers if name == "content-length"]
-    if len(lengths) == 1 and lengths[0].isdigit() and len(lengths[0]) <= 18:
-        return Framing(BodyKind.LENGTH, int(lengths[0]))
-    return _NO_BODY

@@ -41,7 +41,6 @@ from meshgate.http import (
     Data,
     EndOfMessage,
     Event,
-    Framing,
     HttpError,
     HttpLimits,
     InterimResponse,
@@ -50,13 +49,12 @@ from meshgate.http import (
     ResponseHead,
     encode_chunk,
     forward_request_headers,
-    forward_response_headers,
     normalize_target,
     serialize_request_head,
-    serialize_response_head,
 )
 from meshgate.http.body_pace import BodyPace
 from meshgate.http.forwarding import ForwardedRequest, new_uuid
+from meshgate.http.relay import relay_interim, relay_response_head
 from meshgate.http.replies import reply
 from meshgate.transport.socket_stream import TimedStream, lean, peer_address
 from sidecar.admission import admitted
@@ -75,7 +73,6 @@ log = logging.getLogger("sidecar.outbound.http")
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _READ: Final = 64 * 1024
 _REPLAYABLE_BYTES: Final = 64 * 1024  # a complete request up to this size may be resent
-_NO_BODY: Final = Framing(BodyKind.NONE)
 
 
 def error_response(status: int, message: str, request_id: str, *, head_only: bool) -> bytes:
@@ -107,6 +104,20 @@ class _SlowBodyError(Exception):
     def __init__(self, kind: str) -> None:
         super().__init__(kind)
         self.kind = kind
+
+
+@final
+class _Upload:
+    """A request body streamed up beside the response (`Expect: 100-continue`)."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+
+def _expects_continue(head: RequestHead) -> bool:
+    return any(n == "expect" and v.lower() == "100-continue" for n, v in head.headers)
 
 
 @final
@@ -361,9 +372,12 @@ class HttpOutbound:
         try:
             out.peer_id = conn.peer_id_text
             conn.reader.expect(head.method)
+            # A client that sent `Expect: 100-continue` holds its body back until the 100
+            # (or its own wait) comes: the body goes up while the response is relayed.
+            beside = not complete and _expects_continue(head)
             try:
                 await conn.stream.send_all(first)
-                if not complete:
+                if not complete and not beside:
                     await self._stream_body(local, reader, head, conn, out)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise _UpstreamError(
@@ -372,10 +386,54 @@ class HttpOutbound:
                     f"{conn.endpoint} closed the connection",
                     before_response=True,
                 ) from exc
-            keep_client, reusable = await self._respond(local, head, conn, out)
+            if beside:
+                keep_client, reusable = await self._respond_during_upload(
+                    local, reader, head, conn, out
+                )
+            else:
+                keep_client, reusable = await self._respond(local, head, conn, out)
             return keep_client
         finally:
             await self.pool.release(conn, reusable=reusable)
+
+    async def _respond_during_upload(
+        self,
+        local: TimedStream,
+        reader: RequestReader,
+        head: RequestHead,
+        conn: PooledConnection,
+        out: _Exchange,
+    ) -> tuple[bool, bool]:
+        """`_respond` with the body streamed up beside it. A final answer before the body
+        ended leaves the rest unread: neither connection goes on then."""
+        upload = _Upload()
+        failure: BaseException | None = None
+        result = (False, False)
+
+        async def send_body() -> None:
+            nonlocal failure
+            try:
+                await self._stream_body(local, reader, head, conn, out, upload)
+                upload.done = True
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the upstream stopped reading (it answered early): its response tells
+            except (_SlowBodyError, _ClientGoneError) as exc:
+                failure = exc
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_body)
+            try:
+                result = await self._respond(local, head, conn, out, upload)
+            except (_UpstreamError, _ClientGoneError) as exc:
+                failure = exc
+            nursery.cancel_scope.cancel()  # an early answer ends the upload
+        if failure is not None:
+            if isinstance(failure, _SlowBodyError) and out.status is not None:
+                raise _ClientGoneError(f"body_{failure.kind}")  # too late for a 408
+            raise failure
+        keep_client, reusable = result
+        return keep_client and upload.done, reusable and upload.done
 
     async def _stream_body(
         self,
@@ -384,6 +442,7 @@ class HttpOutbound:
         head: RequestHead,
         conn: PooledConnection,
         out: _Exchange,
+        upload: _Upload | None = None,
     ) -> None:
         chunked = head.framing.kind is BodyKind.CHUNKED
         timeouts = self.runtime.timeouts
@@ -398,6 +457,11 @@ class HttpOutbound:
             if isinstance(ev, Data):
                 out.bytes_in += len(ev.data)
                 await conn.stream.send_all(encode_chunk(ev.data) if chunked else ev.data)
+                if upload is not None and out.status is None:
+                    # The upstream answers after the body: each piece sent restarts its wait.
+                    conn.transport.extend_receive_deadline(
+                        trio.current_time() + timeouts.response_timeout_seconds
+                    )
             elif isinstance(ev, EndOfMessage):
                 if chunked:
                     await conn.stream.send_all(LAST_CHUNK)
@@ -421,15 +485,20 @@ class HttpOutbound:
             reader.feed_eof()
 
     async def _respond(
-        self, local: trio.abc.Stream, head: RequestHead, conn: PooledConnection, out: _Exchange
+        self,
+        local: trio.abc.Stream,
+        head: RequestHead,
+        conn: PooledConnection,
+        out: _Exchange,
+        upload: _Upload | None = None,
     ) -> tuple[bool, bool]:
-        """Relay the response; returns (client may continue, upstream reusable)."""
+        """Relay the response; returns (client may continue, upstream reusable). `upload`:
+        the body still going up beside it (the head says close unless it is done)."""
         timeouts = self.runtime.timeouts
-        client_11 = head.version == "1.1"
         upstream = conn.reader
         got_any = False
         to_chunk = False
-        keep_client = head.keep_alive and client_11
+        keep_client = head.keep_alive
         keep_upstream = False
         sent_head = False
         wait = timeouts.response_timeout_seconds
@@ -453,16 +522,14 @@ class HttpOutbound:
                     sent_head = True
                     out.status = ev.status
                     keep_upstream = ev.keep_alive
-                    framing = ev.framing
-                    if framing.kind in (BodyKind.CHUNKED, BodyKind.UNTIL_CLOSE):
-                        if client_11:
-                            framing, to_chunk = Framing(BodyKind.CHUNKED), True
-                        else:
-                            framing, keep_client = Framing(BodyKind.UNTIL_CLOSE), False
-                    headers = forward_response_headers(ev.headers)
-                    if not keep_client:
-                        headers = (*headers, ("connection", "close"))
-                    pieces.append(serialize_response_head(ev.status, ev.reason, headers, framing))
+                    if upload is not None and not upload.done:
+                        keep_client = False
+                    relayed = relay_response_head(
+                        ev, method=head.method, client_version=head.version, keep_client=keep_client
+                    )
+                    keep_client = relayed.keep_client
+                    to_chunk = relayed.framing.kind is BodyKind.CHUNKED
+                    pieces.append(relayed.wire)
                     wait = timeouts.body_idle_timeout_seconds
                 elif isinstance(ev, Data):
                     out.bytes_out += len(ev.data)
@@ -473,10 +540,9 @@ class HttpOutbound:
                     await self._to_client(local, pieces)
                     return keep_client, keep_upstream
                 elif isinstance(ev, InterimResponse):
-                    if client_11:
-                        pieces.append(
-                            serialize_response_head(ev.status, ev.reason, ev.headers, _NO_BODY)
-                        )
+                    interim = relay_interim(ev, head.version)
+                    if interim is not None:
+                        pieces.append(interim)
                 else:  # CONNECTION_CLOSED before a response
                     break
             if pieces:
