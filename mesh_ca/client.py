@@ -4,7 +4,8 @@ The CA server is authenticated by its SPIFFE ID (``spiffe://TD/mesh/ca``) with `
 against the bundle this client was given, never by hostname. Addresses are tried in
 order; the next one is tried when one cannot be reached, fails TLS, presents the wrong
 identity, or answers anything but 200 or 4xx (5xx, a redirect, garbage). Connections are
-kept alive and reused (one pool per address and client certificate). Every issued SVID is
+kept alive and reused (one pool per address and client certificate, closed once a renewal
+supersedes that certificate). Every issued SVID is
 verified before it is returned: the leaf holds the public key we sent, carries the expected
 SPIFFE ID, and chains to the returned bundle.
 
@@ -159,9 +160,10 @@ class CaClient:
 
     async def _close_idle(self, which: Callable[[tuple[int, bytes]], bool]) -> None:
         """Close and forget the idle connections of the pools `which` picks."""
-        for key in [key for key in self._idle if which(key)]:
-            for conn in self._idle.pop(key):
-                await trio.aclose_forcefully(conn.stream)
+        # Take them all out first: closing yields, and other tasks use the pools meanwhile.
+        taken = [conn for key in list(self._idle) if which(key) for conn in self._idle.pop(key)]
+        for conn in taken:
+            await trio.aclose_forcefully(conn.stream)
 
     # Public API
 
@@ -199,12 +201,14 @@ class CaClient:
             if len(self._contexts) >= _MAX_CLIENT_CONTEXTS:
                 self._contexts.pop(next(iter(self._contexts)))
             self._contexts[fingerprint] = context
-            # A new SVID supersedes the ones before it: their kept-alive connections would
-            # never be used again, so close them (they once piled up, one per rotation).
-            await self._close_idle(lambda key: key[1] not in (b"", fingerprint))
         body = json.dumps({"csr": _csr_pem(new_key)}).encode()
         reply = await self._request("POST", "/v1/renew", body, context, fingerprint)
-        return self._issued(reply, new_key, expected=current)
+        issued = self._issued(reply, new_key, expected=current)
+        # The new SVID supersedes this one: nothing authenticates with it again, so its
+        # kept-alive connection goes now (they once piled up in CLOSE-WAIT, one a rotation).
+        self._contexts.pop(fingerprint, None)
+        await self._close_idle(lambda key: key[1] == fingerprint)
+        return issued
 
     async def fetch_bundle(self) -> TrustBundle:
         reply = await self._request("GET", "/v1/bundle", None)
