@@ -151,13 +151,17 @@ def wait_answering(sidecar: Sidecar, timeout: float = 15) -> None:
 
 
 @contextmanager
-def _sidecar_process(
-    config_path: Path, admin_port: int, wait: Callable[[Sidecar], None]
+def sidecar_process(
+    config_path: Path,
+    admin_port: int,
+    wait: Callable[[Sidecar], None],
+    module: str = "sidecar.cli",
 ) -> Iterator[Sidecar]:
+    """Run ``python -m MODULE run --config``, wait as told, kill it at the end if still up."""
     log_path = config_path.with_suffix(".log")
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sidecar.cli", "run", "--config", str(config_path)],
+            [sys.executable, "-m", module, "run", "--config", str(config_path)],
             cwd=ROOT,
             stdout=log,
             stderr=log,
@@ -176,7 +180,7 @@ def _sidecar_process(
 @contextmanager
 def running_sidecar(config_path: Path, admin_port: int) -> Iterator[Sidecar]:
     """Start `mesh-sidecar run --config`, wait for /readyz, stop it (SIGKILL if stuck)."""
-    with _sidecar_process(config_path, admin_port, wait_ready) as sidecar:
+    with sidecar_process(config_path, admin_port, wait_ready) as sidecar:
         yield sidecar
 
 
@@ -184,7 +188,7 @@ def running_sidecar(config_path: Path, admin_port: int) -> Iterator[Sidecar]:
 def started_sidecar(config_path: Path, admin_port: int) -> Iterator[Sidecar]:
     """Start `mesh-sidecar run --config` and wait only for its admin listener (not for
     readiness); kill it at the end if a test left it running."""
-    with _sidecar_process(config_path, admin_port, wait_answering) as sidecar:
+    with sidecar_process(config_path, admin_port, wait_answering) as sidecar:
         yield sidecar
 
 

@@ -14,7 +14,6 @@ import http.server
 import shutil
 import socket
 import ssl
-import sys
 import threading
 import tomllib
 import urllib.request
@@ -27,7 +26,7 @@ from typing import Any, BinaryIO
 from meshgate.transport.mtls import mesh_context
 from tests.integration.http_mesh import POLICIES, HttpPair, http_sidecar_pair
 from tests.pki import TestPki as Pki
-from tests.procs import ROOT, Sidecar, running_sidecar, write_config
+from tests.procs import Sidecar, running_sidecar, sidecar_process, wait_ready, write_config
 
 __all__ = [
     "Client",
@@ -254,32 +253,9 @@ def metric_value(admin_port: int, sample: str) -> float:
 
 @contextmanager
 def _sidecar_process(config: Path, admin_port: int, module: str | None) -> Iterator[Sidecar]:
-    if module is None:
-        with running_sidecar(config, admin_port) as sidecar:
-            yield sidecar
-        return
-    import os
-    import subprocess
-
-    from tests.procs import wait_ready
-
-    log_path = config.with_suffix(".log")
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", module, "run", "--config", str(config)],
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    sidecar = Sidecar(process, admin_port, log_path)
-    try:
-        wait_ready(sidecar)
+    """The real sidecar, or a stand-in module with the same CLI (e.g. a faulty engine)."""
+    with sidecar_process(config, admin_port, wait_ready, module or "sidecar.cli") as sidecar:
         yield sidecar
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
 
 
 @contextmanager
