@@ -43,9 +43,7 @@ from typing import Any
 
 from mesh_ca.ca_dir import LoadedCa, init_ca_dir, load_ca_dir
 from mesh_ca.config import CaConfig, ServerConfig, StoreConfig
-from mesh_ca.issuance import issue_leaf, make_csr
-from meshgate.identity import BundleSet, SpiffeId
-from meshgate.keys import generate_key
+from meshgate.identity import BundleSet
 from meshgate.transport.mtls import client_context
 
 Figures = dict[str, Any]
@@ -180,19 +178,6 @@ def serve_ca(
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=15 if not prefix else 120)
-
-
-def raw_signing(ca: LoadedCa, seconds: float) -> tuple[int, float]:
-    """issue_leaf from pre-made CSRs for `seconds`: (leaves, CPU seconds of this process)."""
-    csrs = [make_csr(generate_key()) for _ in range(64)]
-    sid = SpiffeId.workload(ca.trust_domain, "bench", "raw")
-    now = datetime.now(UTC)
-    count, started, cpu_started = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - started < seconds:
-        for csr in csrs:
-            issue_leaf(csr, sid, ca.signer, now)
-        count += len(csrs)
-    return count, time.process_time() - cpu_started
 
 
 def raw_signing_rate(ca: LoadedCa, seconds: float) -> float:
@@ -556,6 +541,7 @@ from scripts.benchlib.ca_requests import (  # noqa: E402
     add_tokens,
     bootstrap_bodies,
     csr_pems,
+    raw_signing,
     renew_bodies,
     renew_contexts,
 )

@@ -20,21 +20,18 @@ import argparse
 import contextlib
 import os
 import tempfile
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mesh_ca.ca_dir import LoadedCa, init_ca_dir
+from mesh_ca.ca_dir import init_ca_dir
 from mesh_ca.config import CaConfig, ServerConfig
-from mesh_ca.issuance import issue_leaf, make_csr
 from mesh_ca.keys_config import KeysConfig
-from meshgate.identity import BundleSet, SpiffeId
-from meshgate.keys import generate_key
+from meshgate.identity import BundleSet
 from meshgate.transport.mtls import client_context
 from scripts.benchlib.ca_load import Target, run_load
-from scripts.benchlib.ca_requests import add_tokens, bootstrap_bodies
+from scripts.benchlib.ca_requests import add_tokens, bootstrap_bodies, raw_signing
 from tests.ca_server_process import CaServer, serving_ca_dir
 from tests.softhsm import PIN_ENV, softhsm_token
 
@@ -62,19 +59,6 @@ def _config(keys: KeysConfig) -> CaConfig:
         server=ServerConfig(rate_limit_per_second=1e9, rate_limit_burst=10**9),
         keys=keys,
     )
-
-
-def _raw(ca: LoadedCa, seconds: float) -> tuple[int, float]:
-    """(leaves, CPU seconds of this process) of `issue_leaf` for `seconds`."""
-    csrs = [make_csr(generate_key()) for _ in range(32)]
-    sid = SpiffeId.workload(ca.trust_domain, "bench", "raw")
-    now = datetime.now(UTC)
-    count, started, cpu_started = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - started < seconds:
-        for csr in csrs:
-            issue_leaf(csr, sid, ca.signer, now)
-        count += len(csrs)
-    return count, time.process_time() - cpu_started
 
 
 def _bootstrap(
@@ -156,14 +140,14 @@ def bench_ca_hsm(args: argparse.Namespace) -> Figures:
             )
             for name in _BACKENDS
         }
-        estimate = _raw(cas["file"], 0.5)
+        estimate = raw_signing(cas["file"], 0.5, csr_count=32)
         n_tokens = int(estimate[0] / estimate[1] * share * 1.5) + 200
         raw: dict[str, list[tuple[int, float]]] = {name: [] for name in _BACKENDS}
         api: dict[str, list[Figures]] = {name: [] for name in _BACKENDS}
         for index in range(rounds):
             for name in _BACKENDS:
                 _progress(f"round {index + 1}/{rounds} [{name} keys] raw signing, bootstrap")
-                raw[name].append(_raw(cas[name], share))
+                raw[name].append(raw_signing(cas[name], share, csr_count=32))
                 bodies = bootstrap_bodies(add_tokens(cas[name], n_tokens, f"r{index}"))
                 api[name].append(
                     _bootstrap(servers[name], bodies, share, concurrency, args.client_processes)
