@@ -1,0 +1,38 @@
+"""Handlers of what sidecars poll to decide whom to trust: the bundle (SPIFFE JSON and PEM)
+and the revocation list. Pure."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from mesh_ca.api import RevocationsResponse
+from mesh_ca.server.messages import PEM, ApiRequest, ApiResponse, json_response
+
+if TYPE_CHECKING:
+    from mesh_ca.server.core import CaService
+
+__all__ = ["bundle", "bundle_pem", "revocations"]
+
+
+def bundle(service: CaService, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
+    return ApiResponse(200, service.bundle_json)
+
+
+def bundle_pem(
+    service: CaService, request: ApiRequest, now: datetime, monotonic: float
+) -> ApiResponse:
+    return ApiResponse(200, service.bundle_pem, content_type=PEM)
+
+
+def revocations(
+    service: CaService, request: ApiRequest, now: datetime, monotonic: float
+) -> ApiResponse:
+    revoked = service.store.revocations()
+    body = RevocationsResponse(
+        spiffe_ids=tuple(str(r.spiffe_id) for r in revoked if r.spiffe_id is not None),
+        serials=tuple(format(r.serial, "x") for r in revoked if r.serial is not None),
+        sequence=len(revoked),
+        updated_at=max((r.revoked_at for r in revoked), default=None),
+    )
+    return json_response(body)
