@@ -1,4 +1,5 @@
-"""The CA server's trio shell: TLS (`ServerTls`), HTTP/1.1 keep-alive (`wire`), limits, logs.
+"""The CA server's trio shell: TLS (the shared `TlsStream` over the shared `LeanSocketStream`,
+as the sidecar's), HTTP/1.1 keep-alive (`wire`), limits, logs.
 
 Everything the API decides is in `mesh_ca.server.core`; this module only moves bytes:
 handshake, read a request head and its body under size caps and per-phase timeouts, hand
@@ -8,6 +9,10 @@ grouped with those of concurrent requests by `GroupCommit`), write the response 
 observe its duration and queue one JSON access-log line (`AccessLog`). Tokens and keys are
 never logged: the log holds only the method, path, status, peer and the public facts the
 core chose (`ApiResponse.log`).
+
+A connection ends gracefully (the peer closed, keep-alive idle, shutdown, a refusal) with
+close_notify, so a client can tell the end from a truncation; a TLS error or a cancelled
+write ends it without one.
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ from mesh_ca.server.core import (
 from mesh_ca.server.group_commit import GroupCommit
 from mesh_ca.server.identity import ServerIdentity
 from mesh_ca.server.ratelimit import source_key
-from mesh_ca.server.tlsconn import ServerTls
 from mesh_ca.server.wire import RequestHead, WireError, parse_request_head, render_response
 from meshgate.clock import Clock
+from meshgate.transport.socket_stream import LeanSocketStream
+from meshgate.transport.tls_stream import TlsError, TlsStream
 
 __all__ = ["CaHttpServer", "ServerLimits", "endpoint_label"]
 
@@ -47,6 +53,7 @@ _DEADLINE_SLACK_SECONDS: Final = 1.0
 # the close (which is then a reset). 16 MiB is the largest body the config allows.
 _LINGER_SECONDS: Final = 2.0
 _LINGER_BYTES: Final = 16 * 1024 * 1024
+_READ_SIZE: Final = 65536
 
 _ENDPOINTS: Final = frozenset(
     (
@@ -140,14 +147,20 @@ class CaHttpServer:
             return
         self.connections += 1
         self.connections_per_source[key] = held + 1
-        tls = ServerTls(stream, self.identity.context)
+        # A socket is read and written directly (`LeanSocketStream`: no scheduler round
+        # for a call the kernel completes at once); other streams (tests) as they are.
+        transport = (
+            LeanSocketStream.take(stream) if isinstance(stream, trio.SocketStream) else stream
+        )
+        tls = TlsStream(transport, self.identity.context, server_side=True)
         try:
             with trio.fail_after(self.limits.handshake_timeout_seconds):
                 await tls.do_handshake()
-            der = tls.getpeercert()
-            peer = x509.load_der_x509_certificate(der) if der else None
+            der = tls.getpeercert(binary_form=True)
+            peer = x509.load_der_x509_certificate(der) if isinstance(der, bytes) else None
             await self._serve_requests(tls, source, peer)
         except (
+            TlsError,
             trio.TooSlowError,
             trio.BrokenResourceError,
             trio.ClosedResourceError,
@@ -166,7 +179,7 @@ class CaHttpServer:
             await tls.aclose()
 
     async def _serve_requests(
-        self, tls: ServerTls, source: str, peer: x509.Certificate | None
+        self, tls: TlsStream, source: str, peer: x509.Certificate | None
     ) -> None:
         # One cancel scope for the connection whose deadline moves with each phase: a new
         # `fail_after` per read cost ~5 % of the server's CPU per request.
@@ -175,7 +188,7 @@ class CaHttpServer:
 
     async def _request_loop(
         self,
-        tls: ServerTls,
+        tls: TlsStream,
         source: str,
         peer: x509.Certificate | None,
         deadline: trio.CancelScope,
@@ -250,7 +263,7 @@ class CaHttpServer:
             if not head.keep_alive:
                 return
 
-    async def _read_head(self, tls: ServerTls, buffer: bytearray) -> RequestHead | None:
+    async def _read_head(self, tls: TlsStream, buffer: bytearray) -> RequestHead | None:
         """The next request head; None when the peer closed cleanly between requests."""
         while True:
             head = parse_request_head(
@@ -300,7 +313,7 @@ class CaHttpServer:
 
     async def _refuse(
         self,
-        tls: ServerTls,
+        tls: TlsStream,
         error: ApiError,
         source: str,
         *,
@@ -319,7 +332,7 @@ class CaHttpServer:
                 await tls.send_all(data)
             finally:
                 self._log(method, path, response, None, source, started or time.perf_counter())
-            await tls.discard_incoming(_LINGER_BYTES)
+            await _linger(tls, _LINGER_BYTES)
         raise _CloseConnection
 
     def _log(
@@ -345,3 +358,20 @@ class CaHttpServer:
                     **response.log,
                 }
             )
+
+
+async def _linger(tls: TlsStream, max_bytes: int) -> None:
+    """End our direction (close_notify, then a TCP half-close), then read and drop what the
+    peer still sends, undecrypted, until it closes or `max_bytes` came; the caller bounds
+    the time. Closing a socket with unread bytes makes the kernel send a reset, and a client
+    still sending its body would see that instead of the error response already written."""
+    await tls.send_eof()
+    transport = tls.transport
+    if isinstance(transport, trio.abc.HalfCloseableStream):
+        await transport.send_eof()
+    received = 0
+    while received < max_bytes:
+        data = await transport.receive_some(_READ_SIZE)
+        if not data:
+            return
+        received += len(data)
