@@ -1,5 +1,6 @@
 """The CA server's trio shell: TLS (the shared `TlsStream` over the shared `LeanSocketStream`,
-as the sidecar's), HTTP/1.1 keep-alive (`wire`), limits, logs.
+as the sidecar's), HTTP/1.1 keep-alive (the sidecar's `RequestReader` with the CA's extra
+rules, `wire`), limits, logs.
 
 Everything the API decides is in `mesh_ca.server.core`; this module only moves bytes:
 handshake, read a request head and its body under size caps and per-phase timeouts, hand
@@ -40,8 +41,10 @@ from mesh_ca.server.core import (
 from mesh_ca.server.group_commit import GroupCommit
 from mesh_ca.server.identity import ServerIdentity
 from mesh_ca.server.ratelimit import source_key
-from mesh_ca.server.wire import RequestHead, WireError, parse_request_head, render_response
+from mesh_ca.server.wire import RequestHead, WireError, ca_head, ca_limits, render_response
 from meshgate.clock import Clock
+from meshgate.http import CONNECTION_CLOSED, Data, EndOfMessage, HttpError, RequestReader
+from meshgate.http import RequestHead as HttpRequestHead
 from meshgate.transport.socket_stream import LeanSocketStream
 from meshgate.transport.tls_stream import TlsError, TlsStream
 
@@ -194,7 +197,10 @@ class CaHttpServer:
         deadline: trio.CancelScope,
     ) -> None:
         limits = self.limits
-        buffer = bytearray()
+        # The sidecar's strict reader, one per connection: pipelined requests stay in it.
+        reader = RequestReader(
+            ca_limits(max_head_bytes=limits.max_header_bytes, max_headers=limits.max_headers)
+        )
         timeout = limits.header_timeout_seconds
         while not self._closing:
             # Phase deadlines are kept to within a second: moving a cancel scope's deadline
@@ -203,11 +209,11 @@ class CaHttpServer:
             wanted = trio.current_time() + timeout
             if abs(deadline.deadline - wanted) > _DEADLINE_SLACK_SECONDS:
                 deadline.deadline = wanted
-            idle = not buffer  # between requests: `close_idle` may end the connection now
+            idle = not reader.buffered_bytes  # between requests: `close_idle` may end it now
             if idle:
                 self._idle.add(deadline)
             try:
-                head = await self._read_head(tls, buffer)
+                head = await self._read_head(tls, reader)
             except WireError as exc:
                 await self._refuse(tls, ApiError(exc.status, "bad_http", str(exc)), source)
             finally:
@@ -227,19 +233,8 @@ class CaHttpServer:
                 await self._refuse(
                     tls, error, source, method=head.method, path=path, started=started
                 )
-            end = head.size + head.content_length
-            if len(buffer) < end:  # usually the body came with the head: no new deadline
-                deadline.deadline = trio.current_time() + limits.body_timeout_seconds
-            while len(buffer) < end:
-                data = await tls.receive_some()
-                if not data:
-                    raise _CloseConnection
-                buffer += data
-            body = bytes(buffer[head.size : end])
-            del buffer[:end]  # a pipelined next request stays for the next round
-            request = ApiRequest(
-                head.method, path, head.headers.get("content-type"), body, source, peer
-            )
+            body = await self._read_body(tls, reader, deadline)
+            request = ApiRequest(head.method, path, head.content_type, body, source, peer)
             if limits.threaded_handlers:
                 deadline.deadline = math.inf  # the handler is ours: no peer to wait for
                 response = await self._dispatch(request)
@@ -263,20 +258,45 @@ class CaHttpServer:
             if not head.keep_alive:
                 return
 
-    async def _read_head(self, tls: TlsStream, buffer: bytearray) -> RequestHead | None:
+    async def _read_head(self, tls: TlsStream, reader: RequestReader) -> RequestHead | None:
         """The next request head; None when the peer closed cleanly between requests."""
         while True:
-            head = parse_request_head(
-                buffer, max_bytes=self.limits.max_header_bytes, max_headers=self.limits.max_headers
-            )
-            if head is not None:
-                return head
+            try:
+                event = reader.next_event()
+            except HttpError as exc:
+                raise WireError.of(exc) from None
+            if isinstance(event, HttpRequestHead):
+                return ca_head(event)
+            if event is CONNECTION_CLOSED:
+                return None
             data = await tls.receive_some()
             if not data:
-                if buffer:
+                if reader.buffered_bytes:
                     raise _CloseConnection  # a truncated request: nothing to answer
                 return None
-            buffer += data
+            reader.feed(data)
+
+    async def _read_body(
+        self, tls: TlsStream, reader: RequestReader, deadline: trio.CancelScope
+    ) -> bytes:
+        """The body of the head just read (Content-Length framed, at most max_body_bytes).
+        Usually it came with the head: then no new deadline is set."""
+        parts: list[bytes] = []
+        waited = False
+        while True:
+            event = reader.next_event()  # a Content-Length body cannot be malformed
+            if isinstance(event, Data):
+                parts.append(event.data)
+                continue
+            if isinstance(event, EndOfMessage):
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            if not waited:
+                deadline.deadline = trio.current_time() + self.limits.body_timeout_seconds
+                waited = True
+            data = await tls.receive_some()
+            if not data:
+                raise _CloseConnection  # a truncated body: nothing to answer
+            reader.feed(data)
 
     async def _dispatch(self, request: ApiRequest) -> ApiResponse:
         """The core's response. An unexpected error in a handler (a bug) is logged and
