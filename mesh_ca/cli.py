@@ -52,6 +52,7 @@ from mesh_ca.keys_cli import add_keys_flags, keys_config
 from mesh_ca.store import IssuedRecord, StateStore, StoreError, open_store
 from mesh_ca.store.dbcli import add_db_parser, db_main
 from mesh_ca.tokens import new_token
+from meshgate.errors import MeshgateError
 from meshgate.exit_codes import EXIT_CODES_HELP, StartupError
 from meshgate.files import write_atomic_set
 from meshgate.identity import (
@@ -70,14 +71,14 @@ __all__ = ["add_serve_flags", "main"]
 PROG = "mesh-ca"
 
 
-class UsageError(Exception):
+class UsageError(MeshgateError):
     """A flag value is wrong; exit 2. The message starts with the flag."""
 
     def __init__(self, flag: str, message: str) -> None:
         super().__init__(f"{flag}: {message}")
 
 
-class OperationError(Exception):
+class OperationError(MeshgateError):
     """The command could not be carried out; exit 1."""
 
 

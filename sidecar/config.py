@@ -18,7 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator
 
-from meshgate.config_file import read_toml, validation_message
+from meshgate.config_file import config_error, read_toml
+from meshgate.errors import ConfigError
 from meshgate.identity import SpiffeId, SpiffeIdError, TrustDomain
 from sidecar.transport.lifetime import LifetimeMode, LifetimePolicy
 
@@ -39,10 +40,6 @@ __all__ = [
     "load_config",
     "parse_config",
 ]
-
-
-class ConfigError(ValueError):
-    """The config file is unreadable or invalid; the message names the file and key."""
 
 
 @final
@@ -893,11 +890,11 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path | None = None)
     try:
         return SidecarConfig.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise ConfigError(validation_message(source, exc)) from None
+        raise config_error(source, exc) from None
 
 
 def load_config(path: Path | str) -> SidecarConfig:
     """Read and validate a sidecar TOML file. `ConfigError` names the file and key."""
     path = Path(path)
-    data = read_toml(path, ConfigError)
+    data = read_toml(path)
     return parse_config(data, source=str(path), base=path.parent)

@@ -48,6 +48,7 @@ from mesh_ca.store.base import (
 )
 from mesh_ca.store.migrations import MigrationResult, check_version
 from mesh_ca.store.migrations import migrate as migrate_schema
+from meshgate.errors import StaleConnectionError
 from meshgate.identity import SpiffeId
 
 __all__ = ["PostgresStore", "describe_url"]
@@ -88,10 +89,6 @@ def _serial(serial: int) -> Decimal:
 def _utc(value: Any) -> datetime:
     assert isinstance(value, datetime)
     return value.astimezone(UTC)
-
-
-class _StaleConnectionError(Exception):
-    """A reused connection died before anything was committed; safe to retry once."""
 
 
 @final
@@ -234,7 +231,7 @@ class PostgresStore:
         """Run `fn` in one transaction: whole or not at all. Driver errors are translated."""
         try:
             return self._with_connection(lambda conn: self._attempt(conn, fn, first=True))
-        except _StaleConnectionError:
+        except StaleConnectionError:
             return self._with_connection(lambda conn: self._attempt(conn, fn, first=False))
 
     def _read(self, fn: Callable[[psycopg.Connection[tuple[Any, ...]]], T]) -> T:
@@ -245,7 +242,7 @@ class PostgresStore:
         """
         try:
             return self._with_connection(lambda conn: self._attempt_read(conn, fn, first=True))
-        except _StaleConnectionError:
+        except StaleConnectionError:
             return self._with_connection(lambda conn: self._attempt_read(conn, fn, first=False))
 
     @contextmanager
@@ -263,7 +260,7 @@ class PostgresStore:
         """`conn` died under us: drop it and the idle ones, and let the caller retry once."""
         conn.close()
         self._drop_idle()
-        raise _StaleConnectionError from exc
+        raise StaleConnectionError from exc
 
     def _attempt(
         self,

@@ -41,6 +41,7 @@ from typing import Final, final
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from meshgate.errors import StaleConnectionError, TransportError
 from meshgate.http import (
     CONNECTION_CLOSED,
     LAST_CHUNK,
@@ -86,18 +87,14 @@ log = logging.getLogger("sidecar.inbound.http")
 _READ: Final = 64 * 1024
 
 
-class _ClientGoneError(Exception):
+class _ClientGoneError(TransportError):
     """The client reset or truncated the connection: nothing more can be sent to it."""
 
 
-class _ClientTimeoutError(Exception):
+class _ClientTimeoutError(TransportError):
     def __init__(self, phase: str) -> None:
         super().__init__(phase)
         self.phase = phase  # "idle" (between requests), "head", "body" or "slow_body"
-
-
-class _StaleConnectionError(Exception):
-    """A reused app connection failed before any response byte: retry on a fresh one."""
 
 
 def _body_free(framing: Framing) -> bool:
@@ -608,7 +605,7 @@ class _Session:
                 return await self._app_refusal(app, head, forwarded.request_id)
             try:
                 return await self._exchange(app, head, data, forwarded.request_id, live)
-            except _StaleConnectionError:
+            except StaleConnectionError:
                 continue
         return await self._app_refusal(
             _Outcome(status=502, reason="app_error: app closed the connection"),
@@ -676,7 +673,7 @@ class _Session:
         self, app: AppConnection, head: RequestHead, data: bytes, request_id: str, live: _Live
     ) -> _Outcome:
         """Send one request on `app`, stream the body and the response; release or discard
-        `app` afterwards. Raises `_StaleConnectionError` only before anything was read from the
+        `app` afterwards. Raises `StaleConnectionError` only before anything was read from the
         client's body and before any response byte."""
         pool = self.inbound.pool
         body_free = _body_free(head.framing)
@@ -689,7 +686,7 @@ class _Session:
                 await app.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 if app.reused and body_free:
-                    raise _StaleConnectionError from exc
+                    raise StaleConnectionError from exc
                 response.fail(502, "the local app closed the connection")
             else:
                 app.stream.receive_deadline = (
@@ -718,7 +715,7 @@ class _Session:
             if response.error is not None:
                 assert response.error_status is not None
                 if not response.received and app.reused and body_free:
-                    raise _StaleConnectionError
+                    raise StaleConnectionError
                 outcome.reason = (
                     "app_timeout" if response.error_status == 504 else "app_error"
                 ) + f": {response.error}"
