@@ -70,13 +70,13 @@ from meshgate.http.relay import relay_interim, relay_response_head
 from meshgate.http.replies import reply
 from meshgate.transport.socket_stream import TimedStream, lean, peer_address
 from sidecar.admission import admitted, handshake_refused
-from sidecar.authz.cedar import determining_policies, forwards, source_ip, verdict_result
+from sidecar.authz.cedar import source_ip
 from sidecar.config import InboundConfig
 from sidecar.inbound.app_pool import AppConnection, AppConnector, AppPool
 from sidecar.observe.access import AccessRecord
 from sidecar.observe.logs import event
 from sidecar.observe.tracing import Span
-from sidecar.policy import AccessRequest, DecisionReason, PolicyDecision, PolicyStore
+from sidecar.policy import AccessRequest, Decision, DecisionReason, PolicyStore
 from sidecar.runtime import Runtime
 from sidecar.transport.mesh_tls import MeshConnection, MeshTlsError, accept_mesh
 from sidecar.transport.relay import abort
@@ -436,13 +436,12 @@ class _Session:
             ),
             audit=inbound.audit,
         )
-        result = verdict_result(verdict)
-        policies = determining_policies(verdict)
+        result = verdict.result
+        policies = verdict.determining_policy_ids
         self.rt.observer.decision(result, policies)
-        extra = {"policy_version": verdict.version, "decision_reason": str(verdict.reason)}
+        extra = {"policy_version": verdict.version, "decision_reason": verdict.detail}
         if verdict.reason is DecisionReason.ENGINE_ERROR:
             self.rt.observer.policy_engine_error()
-            extra["decision_reason"] = f"{verdict.reason}: {verdict.errors[0]}"
         if verdict.errored_policy_ids:
             extra["errored_policies"] = ",".join(verdict.errored_policy_ids)
         live = _Live()
@@ -485,12 +484,12 @@ class _Session:
         head: RequestHead,
         target: NormalizedTarget,
         forwarded: ForwardedRequest,
-        verdict: PolicyDecision,
+        verdict: Decision,
         live: _Live,
     ) -> _Outcome:
         """403, or the app's response; `live` tracks how far it got."""
         request_id = forwarded.request_id
-        if not forwards(verdict):
+        if not verdict.forward:
             keep = head.keep_alive and _body_free(head.framing) and not self._retiring()
             data = reply(
                 403,
