@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,3 +120,13 @@ def test_sidecar_config_error_names_the_file_and_the_key(tmp_path: Path) -> None
     assert caught.value.file == str(path)
     assert caught.value.key is not None
     assert f"{path}: {caught.value.key}: " in str(caught.value)
+
+
+def test_docs_architecture_lists_every_exception() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text.split("## Errors", 1)[1].split("\n## ", 1)[0]
+    missing = sorted(
+        {cls.__qualname__ for cls in _exception_classes()}
+        - set(re.findall(r"\b_?[A-Z][A-Za-z]+\b", section))
+    )
+    assert missing == [], f"add these to the tree in docs/architecture.md: {missing}"
