@@ -5,6 +5,12 @@ Every flag is validated before anything is written; usage errors name the flag a
 ``serve``'s start-up failures have their own codes (`meshgate.exit_codes`, ``--help``), and
 so does an unusable PKCS#11 key store in any command (7, naming the ``keys.*`` key). Join
 tokens go to stdout only, so scripts can capture them; nothing secret is ever logged.
+
+Why one module: it is the one `argparse` tree of ``mesh-ca`` with one short
+``_cmd_*`` function per subcommand and the flag checks they share; the work behind each
+command lives in its own module (`ca_dir`, `issuance`, `store`, `keys_cli`, `server`).
+Reading the whole command surface in one file is the point; a subcommand that grows
+beyond parsing and printing belongs in a module of its own.
 """
 
 from __future__ import annotations

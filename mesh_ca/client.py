@@ -13,6 +13,11 @@ Errors: `CaClientError` when the CA refused the request (4xx; retrying the same 
 will not help), `CaUnavailable` (a subclass) when it could not be reached or failed
 (connect, TLS, timeout, 5xx, any other status but 200, an unusable answer): retry with
 backoff. Nothing else escapes: an answer that breaks a parser is an unusable answer.
+
+Why one module: `CaClient` is one pool of kept-alive connections and one request loop
+(address failover, stale-connection retry, SPIFFE-ID check of the server) that every call
+goes through; the calls themselves are a few lines each. Split, the pool state would have
+to be shared across files.
 """
 
 from __future__ import annotations

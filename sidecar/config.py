@@ -5,6 +5,11 @@ Unknown keys are errors, and every error names the file and the key path
 config file's directory. Listeners that accept plaintext (outbound, admin) must be on
 loopback: a plaintext listener on a routable address would bypass mTLS. So must the
 inbound app (the plaintext hop after mTLS), unless ``inbound.allow_non_loopback_app``.
+
+Why one module: it is the one pydantic model tree of the sidecar's TOML; the
+cross-section checks in `SidecarConfig` need every section, and
+`scripts/gen_config_reference.py` walks this tree to write docs/configuration.md. Each
+section is a small class; the file is long because every key carries its description.
 """
 
 from __future__ import annotations

@@ -16,6 +16,12 @@ number of replicas exactly one consumer succeeds.
 Every driver error becomes `StoreUnavailable` (cannot reach the database) or `StoreError`.
 The password is passed to libpq apart from the URL, never kept in a message or repr, and
 scrubbed from any driver text that might echo it.
+
+Why one module: it is one implementation of the `StateStore` interface
+(`mesh_ca/store/base.py`): the connection pool, the retry-once rule and the password
+scrubbing wrap every operation, so the operations and the pool live together, beside
+`sqlite.py` and read against it. The configuration side (password, driver check) is
+already apart in `postgres_config.py`.
 """
 
 from __future__ import annotations

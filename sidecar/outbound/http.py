@@ -20,6 +20,11 @@ Errors the client sees, with a short text body and the request id:
 A request that fails on a reused pooled connection before any response byte (a stale
 keep-alive) is retried once on a fresh connection when it is idempotent (GET, HEAD,
 OPTIONS, PUT, DELETE) and was complete in memory, so nothing of its body was lost.
+
+Why one module: `HttpOutbound` is one request pipeline whose stages share one
+client connection, one pooled upstream and one access record per request (read, forward,
+stream the body, relay, record); the pure parts are already in `meshgate/http/` and the
+pool in `mesh_pool.py`.
 """
 
 from __future__ import annotations
