@@ -43,6 +43,7 @@ from mesh_ca.server.identity import ServerIdentity
 from mesh_ca.server.ratelimit import source_key
 from mesh_ca.server.wire import RequestHead, WireError, ca_head, ca_limits, render_response
 from meshgate.clock import Clock
+from meshgate.errors import TransportError
 from meshgate.http import CONNECTION_CLOSED, Data, EndOfMessage, HttpError, RequestReader
 from meshgate.http import RequestHead as HttpRequestHead
 from meshgate.transport.socket_stream import LeanSocketStream
@@ -97,7 +98,7 @@ class ServerLimits:
     threaded_handlers: bool = True
 
 
-class _CloseConnection(Exception):  # noqa: N818 - control flow, not an error
+class _CloseConnection(TransportError):  # noqa: N818 - control flow, not an error
     """End this connection quietly (peer gone, timeout, protocol error already answered)."""
 
 

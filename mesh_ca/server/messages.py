@@ -11,6 +11,7 @@ from cryptography import x509
 from pydantic import BaseModel
 
 from mesh_ca.api import ErrorResponse
+from meshgate.errors import ProtocolError
 
 __all__ = [
     "INTERNAL_ERROR",
@@ -28,7 +29,7 @@ JSON: Final = "application/json"
 PEM: Final = "application/x-pem-file"
 
 
-class ApiError(Exception):
+class ApiError(ProtocolError):
     """A refusal with an HTTP status, a short stable code and a message for the client."""
 
     def __init__(

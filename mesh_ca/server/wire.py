@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, final
 
+from meshgate.errors import ProtocolError
 from meshgate.http import (
     NEED_DATA,
     BodyKind,
@@ -63,7 +64,7 @@ _REASONS: Final = {
 }
 
 
-class WireError(ValueError):
+class WireError(ProtocolError, ValueError):
     """The peer sent bytes we refuse; `status` is the response it gets (then the close)."""
 
     def __init__(self, status: int, message: str) -> None:
