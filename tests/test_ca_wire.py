@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mesh_ca.server.wire import WireError, parse_request_head, render_response
+from mesh_ca.server.wire import _REASONS, WireError, parse_request_head, render_response
+from meshgate.http import BodyKind, Framing, serialize_response_head
 
 GOOD = b"POST /v1/renew?x=1 HTTP/1.1\r\nHost: ca\r\nContent-Type: application/json\r\n"
 
@@ -92,3 +93,33 @@ def test_a_response_is_one_buffer_with_length_and_close() -> None:
     assert b"retry-after: 3" in head
     assert b"\r\nconnection: close\r\n" in head + b"\r\n"
     assert body == b"{}"
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "close"),
+    [(200, (), False), (429, (("retry-after", "3"),), True), (405, (("allow", "POST"),), False)],
+)
+def test_a_response_is_byte_for_byte_the_shared_serializers_also_from_the_head_cache(
+    status: int, headers: tuple[tuple[str, str], ...], close: bool
+) -> None:
+    body = b'{"status":"ok"}'
+    expected = (
+        serialize_response_head(
+            status,
+            _REASONS[status],
+            (
+                ("content-type", "application/json"),
+                ("server", "meshgate-ca"),
+                ("cache-control", "no-store"),
+                *headers,
+                *((("connection", "close"),) if close else ()),
+            ),
+            Framing(BodyKind.LENGTH, len(body)),
+        )
+        + body
+    )
+    for _ in range(2):  # the second answer comes from the cached head
+        assert render_response(status, body, "application/json", headers, close=close) == expected
+    assert render_response(status, b"", "application/json", headers, close=close).endswith(
+        b"content-length: 0\r\n\r\n"
+    )

@@ -43,6 +43,10 @@ __all__ = [
 _MAX_REQUEST_LINE_BYTES: Final = 8 * 1024
 _SERVER_HEADERS: Final = (("server", "meshgate-ca"), ("cache-control", "no-store"))
 _CLOSE: Final = (("connection", "close"),)
+_NO_LENGTH: Final = Framing(BodyKind.NONE)
+# Heads without their Content-Length line, by (status, content type, headers, close).
+_HEADS: dict[tuple[int, str, tuple[tuple[str, str], ...], bool], bytes] = {}
+_MAX_HEADS: Final = 256
 _REASONS: Final = {
     200: "OK",
     400: "Bad Request",
@@ -149,11 +153,25 @@ def render_response(
     *,
     close: bool = False,
 ) -> bytes:
-    """A complete response (head and body) as one buffer: one TLS write, one send."""
-    head = serialize_response_head(
-        status,
-        _REASONS.get(status, "Error"),
-        (("content-type", content_type), *_SERVER_HEADERS, *headers, *(_CLOSE if close else ())),
-        Framing(BodyKind.LENGTH, len(body)),
-    )
-    return head + body
+    """A complete response (head and body) as one buffer: one TLS write, one send.
+
+    The shared serializer writes every distinct head once: the CA answers with a handful
+    of them (status, content type, Retry-After, close), so each is kept without its
+    Content-Length line, which the serializer writes last, just before the blank line."""
+    key = (status, content_type, headers, close)
+    prefix = _HEADS.get(key)
+    if prefix is None:
+        prefix = serialize_response_head(
+            status,
+            _REASONS.get(status, "Error"),
+            (
+                ("content-type", content_type),
+                *_SERVER_HEADERS,
+                *headers,
+                *(_CLOSE if close else ()),
+            ),
+            _NO_LENGTH,
+        )[:-2]  # without the blank line
+        if len(_HEADS) < _MAX_HEADS:
+            _HEADS[key] = prefix
+    return b"%bcontent-length: %d\r\n\r\n%b" % (prefix, len(body), body)
