@@ -77,6 +77,7 @@ class Slot:
     bound: trio.CancelScope | None = None  # the lifetime scope of `bind`
     hard_end: datetime | None = None
     leaf: x509.Certificate | None = None
+    intermediates: tuple[x509.Certificate, ...] = ()  # what the peer sent with `leaf`
     bundles: BundleSet | None = None  # the trust `leaf` was last verified against
 
 
@@ -84,12 +85,18 @@ def _wall_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _still_trusted(leaf: x509.Certificate, bundles: BundleSet, now: datetime) -> bool:
+def _still_trusted(
+    leaf: x509.Certificate,
+    intermediates: tuple[x509.Certificate, ...],
+    bundles: BundleSet,
+    now: datetime,
+) -> bool:
     """Does `leaf` still chain to `bundles`? Checked at a time inside its validity: its
-    expiry is the lifetime's business, not trust's."""
+    expiry is the lifetime's business, not trust's. A federated peer's leaf needs the
+    intermediates it sent; one whose trust domain left the bundles is no longer trusted."""
     at = min(max(now, leaf.not_valid_before_utc), leaf.not_valid_after_utc)
     try:
-        verify_svid(leaf, (), bundles, at)
+        verify_svid(leaf, intermediates, bundles, at)
     except SvidError:
         return False
     return True
@@ -184,6 +191,7 @@ class ConnectionTracker:
         now = self._now()
         slot.hard_end = self.lifetime.hard_end(now, conn.peer.not_after, conn.credentials.not_after)
         slot.leaf, slot.bundles = conn.peer.leaf, conn.credentials.bundles
+        slot.intermediates = conn.peer.intermediates
         slot.bound = trio.CancelScope(deadline=self._deadline(slot, now))
         return slot.bound
 
@@ -270,7 +278,9 @@ class ConnectionTracker:
             if leaf is not None and current is not None and current.bundles != slot.bundles:
                 ok = trusted.get(id(leaf))
                 if ok is None:
-                    ok = trusted[id(leaf)] = _still_trusted(leaf, current.bundles, now)
+                    ok = trusted[id(leaf)] = _still_trusted(
+                        leaf, slot.intermediates, current.bundles, now
+                    )
                 if not ok:
                     self.closed_as_untrusted += 1
                     slot.reason = "untrusted"
