@@ -181,7 +181,8 @@ class FederationLoop:
                     endpoint_bundle,
                     now,
                 )
-                if self._accept(relationship, bundle, "endpoint"):
+                first = relationship.source != "endpoint"
+                if self._accept(relationship, bundle, "endpoint") or first:
                     await self._persist(td, bundle)
         except (OSError, BundleError, BundleFetchError) as exc:
             message = str(exc) if not isinstance(exc, OSError) else f"{exc.strerror}: {exc}"
