@@ -85,7 +85,7 @@ def _wall_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _still_trusted(
+def still_trusted(
     leaf: x509.Certificate,
     intermediates: tuple[x509.Certificate, ...],
     bundles: BundleSet,
@@ -278,7 +278,7 @@ class ConnectionTracker:
             if leaf is not None and current is not None and current.bundles != slot.bundles:
                 ok = trusted.get(id(leaf))
                 if ok is None:
-                    ok = trusted[id(leaf)] = _still_trusted(
+                    ok = trusted[id(leaf)] = still_trusted(
                         leaf, slot.intermediates, current.bundles, now
                     )
                 if not ok:

@@ -12,6 +12,9 @@ both sides meant to keep alive (`release(..., reusable=True)`), and is reused on
   maximum age in ``until_revoked`` mode;
 - neither the peer's SPIFFE ID nor its serial is revoked (revocations also close idle
   connections at once);
+- the peer still chains to the current bundles (a federated trust domain that was dropped,
+  or a CA that left the bundle: checked again when the bundles change, and an exchange in
+  progress is cut, ``upstream_untrusted``);
 - it was idle less than ``pool_idle_timeout_seconds`` and the socket shows no EOF or
   stray bytes (one `poll` with timeout 0);
 and at most ``pool_max_idle_per_endpoint`` idle connections are kept per endpoint.
@@ -36,9 +39,10 @@ from typing import Any, final
 import trio
 
 from meshgate.http import HttpLimits, ResponseReader
-from meshgate.identity import SpiffeId
+from meshgate.identity import BundleSet, SpiffeId, VerifiedSvid
 from meshgate.transport.socket_stream import TimedStream, lean
 from sidecar.config import Address, OutboundConfig
+from sidecar.connections import still_trusted
 from sidecar.outbound.tcp import RoundRobin
 from sidecar.runtime import Runtime
 from sidecar.transport.mesh_tls import HandshakeFailure, MeshTlsError, connect_mesh
@@ -70,12 +74,14 @@ class PooledConnection:
     """One verified mTLS connection to an endpoint and the reader of its responses."""
 
     __slots__ = (
+        "bundles",
         "cut",
         "cut_reason",
         "endpoint",
         "expires_at",
         "idle_since",
         "own_serial",
+        "peer",
         "peer_id",
         "peer_id_text",
         "peer_serial",
@@ -97,6 +103,8 @@ class PooledConnection:
         *,
         own_serial: int = 0,
         retire_at: datetime | None = None,
+        peer: VerifiedSvid | None = None,
+        bundles: BundleSet | None = None,
     ) -> None:
         self.stream = stream
         self.transport = transport  # under the TLS stream: its deadlines bound our reads
@@ -114,6 +122,8 @@ class PooledConnection:
         self.cut = trio.CancelScope()
         self.cut_reason: str | None = None
         self.idle_since = 0.0
+        self.peer = peer  # the verified SVID, to re-check it when the bundles change
+        self.bundles = bundles  # the trust `peer` was last verified against
 
 
 @final
@@ -197,6 +207,22 @@ class MeshPool:
             if revocations.refuses(conn.peer_id, conn.peer_serial):
                 conn.cut_reason = "upstream_revoked"
                 conn.cut.cancel()
+            elif not self._trusted(conn):
+                conn.cut_reason = "upstream_untrusted"
+                conn.cut.cancel()
+
+    def _trusted(self, conn: PooledConnection) -> bool:
+        """Does the peer still chain to the current bundles? Re-verified only when they
+        changed since it was last checked (a federation dropped, a root retired)."""
+        own = self.runtime.store.current
+        if own is None or conn.peer is None or own.bundles is conn.bundles:
+            return True  # no credentials: `_current` refuses it anyway
+        if not still_trusted(
+            conn.peer.leaf, conn.peer.intermediates, own.bundles, self.runtime.now()
+        ):
+            return False
+        conn.bundles = own.bundles
+        return True
 
     def _lend(self, conn: PooledConnection) -> PooledConnection:
         self._states[conn.endpoint].active += 1
@@ -225,6 +251,7 @@ class MeshPool:
         return (
             self._current(conn, now)
             and not self.runtime.store.revocations.refuses(conn.peer_id, conn.peer_serial)
+            and self._trusted(conn)
             and tnow - conn.idle_since < self.config.pool_idle_timeout_seconds
             and _socket_quiet(conn.stream)
         )
@@ -332,6 +359,8 @@ class MeshPool:
             transport,
             own_serial=conn.credentials.serial,
             retire_at=retire_at,
+            peer=conn.peer,
+            bundles=conn.credentials.bundles,
         )
 
     async def release(self, conn: PooledConnection, *, reusable: bool) -> None:

@@ -131,7 +131,7 @@ def test_web_in_a_calls_orders_in_b_c_is_refused_and_removing_the_federation_cut
         web_c_config = caller("web-c", ca_c, server_c, WEB_C, "c_out", "c_adm")
         with (
             running_sidecar(orders_config, ports["b_adm"]) as orders,
-            running_sidecar(web_config, ports["a_adm"]),
+            running_sidecar(web_config, ports["a_adm"]) as web,
             running_sidecar(web_c_config, ports["c_adm"]),
         ):
             # 1. Federated both ways: A's web reaches B's orders, allowed by B's policy.
@@ -187,10 +187,35 @@ def test_web_in_a_calls_orders_in_b_c_is_refused_and_removing_the_federation_cut
             )
             assert all(r.get("peer_id") != str(WEB_C) for r in _records(orders))
 
-            # 3. Remove the federation in B: a kept-alive connection is cut and new ones
-            # are refused within one refresh (B's CA check + B's sidecar poll).
+            # 3. A stops trusting b.example. B still trusts A, so only A can stop the
+            # traffic: its pooled connection to orders is not used again and a new
+            # handshake fails at A (it no longer knows B's roots).
             kept = http.client.HTTPConnection("127.0.0.1", ports["web_out"], timeout=10)
             assert get(ports["web_out"], "/orders/4", kept)[0] == 200
+            federate(ca_a)  # an empty [federation]
+            until(
+                "web to drop b.example",
+                lambda: "no longer trusts b.example" in web.log(),
+                timeout=20,
+            )
+            status, body = get(ports["web_out"], "/orders/5", kept)
+            assert status != 200, body
+            served = [r.get("path") for r in _records(orders) if r.get("peer_id") == str(WEB_A)]
+            assert "/orders/5" not in served
+
+            # 4. A federates again: traffic flows again once its CA serves the bundle and
+            # web has polled.
+            federate(ca_a, (ca_b, port_b), refresh_seconds=1)
+            until(
+                "web to reach orders again",
+                lambda: get(ports["web_out"], "/orders/6")[0] == 200,
+                timeout=30,
+            )
+
+            # 5. Remove the federation in B: a kept-alive connection is cut and new ones
+            # are refused within one refresh (B's CA check + B's sidecar poll).
+            kept = http.client.HTTPConnection("127.0.0.1", ports["web_out"], timeout=10)
+            assert get(ports["web_out"], "/orders/7", kept)[0] == 200
             removed_at = time.monotonic()
             federate(ca_b)  # an empty [federation]
             until(
@@ -199,9 +224,9 @@ def test_web_in_a_calls_orders_in_b_c_is_refused_and_removing_the_federation_cut
                 timeout=20,
             )
             cut_after = time.monotonic() - removed_at
-            status, body = get(ports["web_out"], "/orders/5", kept)
+            status, body = get(ports["web_out"], "/orders/8", kept)
             assert status != 200, body
-            assert get(ports["web_out"], "/orders/6")[0] != 200
+            assert get(ports["web_out"], "/orders/9")[0] != 200
             # The kept-alive connection from A's sidecar was cut as untrusted, not drained.
             assert any(
                 r.get("msg") == "connection closed" and r.get("outcome") == "cancelled (untrusted)"
