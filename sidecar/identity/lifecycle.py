@@ -235,9 +235,11 @@ class _Lifecycle:
         """The bundle last fetched from the CA if stored, else the configured bundle file."""
         domain = self.spiffe_id.trust_domain
         stored = self.state.load_bundle(domain)
-        if stored is not None:
-            return BundleSet.of(stored)
-        return BundleSet.of(load_bundle_file(self.settings.bundle_file, domain))
+        own = BundleSet.of(
+            stored if stored is not None else load_bundle_file(self.settings.bundle_file, domain)
+        )
+        # The federated trust domains held before a restart, until the CA says otherwise.
+        return apply_federated(own, domain, self.state.load_federated(domain)).bundles
 
     # -- the CA client ---------------------------------------------------------------------
 
@@ -528,16 +530,18 @@ class _Lifecycle:
             log.warning("poll: federated bundles not updated (%s); keeping the held ones", exc)
             self.stats.error("federation", kind, str(exc), self.clock.now())
             return
-        self._publish_bundles(
+        if self._publish_bundles(
             apply_federated(self.bundles, self.spiffe_id.trust_domain, federated),
             self.clock.now(),
-        )
+        ):
+            await self._persist()
 
-    def _publish_bundles(self, update: FederationUpdate, now: datetime) -> None:
+    def _publish_bundles(self, update: FederationUpdate, now: datetime) -> bool:
         """Rebuild the credentials with `update.bundles` when trust changed (validate, then
-        publish: open connections whose peer lost its trust domain are cut by the tracker)."""
+        publish: open connections whose peer lost its trust domain are cut by the tracker).
+        True if it did."""
         if not update.changed:
-            return
+            return False
         current = self.store.current
         if current is not None:
             try:
@@ -547,11 +551,12 @@ class _Lifecycle:
             except CredentialError as exc:
                 log.error("poll: federated bundles refused, keeping the old ones: %s", exc)
                 self.stats.error("federation", "invalid", str(exc), now)
-                return
+                return False
             self.store.publish(creds)
         self.bundles = update.bundles
         self.stats.ok("federation", "updated")
         log.info("poll: federation: %s", update.describe())
+        return True
 
     def _apply_bundle(self, bundle: TrustBundle, now: datetime) -> bool:
         """Publish credentials rebuilt with a changed bundle; False if unchanged or refused.
