@@ -322,11 +322,28 @@ class CaConfig(_Model):
 
     @model_validator(mode="after")
     def _not_federated_with_itself(self) -> CaConfig:
+        listed = {entry.trust_domain for entry in self.federation.trust_domains}
         for entry in self.federation.trust_domains:
             if entry.trust_domain == self.trust_domain:
                 raise ValueError(
                     f"federation.trust_domains: {entry.trust_domain} is this CA's own trust "
                     "domain (its bundle is this CA's, never fetched)"
+                )
+            endpoint = entry.endpoint_id
+            if endpoint is None:
+                continue
+            held = endpoint.trust_domain.name
+            if held == entry.trust_domain and entry.bundle_file is None:
+                raise ValueError(
+                    f"federation.trust_domains: {entry.trust_domain}: a self-serving bundle "
+                    f"endpoint ({endpoint}) needs bundle_file, the bundle that authenticates "
+                    "its first fetch"
+                )
+            if held != self.trust_domain and held not in listed:
+                raise ValueError(
+                    f"federation.trust_domains: {entry.trust_domain}: endpoint_spiffe_id "
+                    f"{endpoint} is in {held}, for which this CA holds no bundle (its own "
+                    "trust domain, the fetched one, or another federated one)"
                 )
         return self
 

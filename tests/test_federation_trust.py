@@ -263,3 +263,28 @@ def test_config_refuses_federating_with_itself_or_twice() -> None:
                 },
             }
         )
+
+
+def test_config_needs_a_bundle_to_authenticate_each_endpoint() -> None:
+    def config(**entry: object) -> None:
+        config_from_mapping(
+            {
+                "trust_domain": "b.example",
+                "federation": {
+                    "trust_domains": [
+                        {
+                            "trust_domain": "a.example",
+                            "bundle_endpoint_url": "https://h/",
+                            **entry,
+                        }
+                    ]
+                },
+            }
+        )
+
+    with pytest.raises(ConfigError, match="needs bundle_file"):
+        config(endpoint_spiffe_id="spiffe://a.example/mesh/ca")
+    with pytest.raises(ConfigError, match="holds no bundle"):
+        config(endpoint_spiffe_id="spiffe://c.example/bundles", bundle_file="a.json")
+    config(endpoint_spiffe_id="spiffe://a.example/mesh/ca", bundle_file="a.json")
+    config(endpoint_spiffe_id="spiffe://b.example/mesh/ca")  # served by our own domain
