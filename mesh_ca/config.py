@@ -15,10 +15,11 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mesh_ca.federation.config import FederationConfig
+from mesh_ca.federation.config import FederationConfig, check_federation
 from mesh_ca.issuance.leaf import FLOOR_LEAF_TTL, MAX_LEAF_TTL, MIN_LEAF_TTL
 from mesh_ca.keys_config import KeysConfig
-from meshgate.config_file import read_toml, validation_message
+from meshgate.config_file import config_error, read_toml
+from meshgate.errors import ConfigError
 from meshgate.identity import SpiffeId, SpiffeIdError, TrustDomain
 
 __all__ = [
@@ -42,10 +43,6 @@ CONFIG_FILE: Final = "ca.toml"
 _MIN_TTL_S: Final = int(MIN_LEAF_TTL.total_seconds())
 _FLOOR_TTL_S: Final = int(FLOOR_LEAF_TTL.total_seconds())
 _MAX_TTL_S: Final = int(MAX_LEAF_TTL.total_seconds())
-
-
-class ConfigError(ValueError):
-    """The CA configuration is missing or invalid; the message names file and key."""
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -321,30 +318,8 @@ class CaConfig(_Model):
         return TrustDomain(self.trust_domain)
 
     @model_validator(mode="after")
-    def _not_federated_with_itself(self) -> CaConfig:
-        listed = {entry.trust_domain for entry in self.federation.trust_domains}
-        for entry in self.federation.trust_domains:
-            if entry.trust_domain == self.trust_domain:
-                raise ValueError(
-                    f"federation.trust_domains: {entry.trust_domain} is this CA's own trust "
-                    "domain (its bundle is this CA's, never fetched)"
-                )
-            endpoint = entry.endpoint_id
-            if endpoint is None:
-                continue
-            held = endpoint.trust_domain.name
-            if held == entry.trust_domain and entry.bundle_file is None:
-                raise ValueError(
-                    f"federation.trust_domains: {entry.trust_domain}: a self-serving bundle "
-                    f"endpoint ({endpoint}) needs bundle_file, the bundle that authenticates "
-                    "its first fetch"
-                )
-            if held != self.trust_domain and held not in listed:
-                raise ValueError(
-                    f"federation.trust_domains: {entry.trust_domain}: endpoint_spiffe_id "
-                    f"{endpoint} is in {held}, for which this CA holds no bundle (its own "
-                    "trust domain, the fetched one, or another federated one)"
-                )
+    def _federation_authenticable(self) -> CaConfig:
+        check_federation(self.trust_domain, self.federation)
         return self
 
 
@@ -352,12 +327,12 @@ def config_from_mapping(data: dict[str, object], *, source: str = CONFIG_FILE) -
     try:
         return CaConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(validation_message(source, exc)) from exc
+        raise config_error(source, exc) from exc
 
 
 def load_config(path: Path) -> CaConfig:
     """Read and validate a ``ca.toml``; raises `ConfigError` naming the file and key."""
-    return config_from_mapping(read_toml(path, ConfigError), source=str(path))
+    return config_from_mapping(read_toml(path), source=str(path))
 
 
 def _toml_value(value: object) -> str:

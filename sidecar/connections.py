@@ -35,10 +35,11 @@ from typing import final
 import trio
 from cryptography import x509
 
-from meshgate.identity import BundleSet, SpiffeId, SvidError, verify_svid
+from meshgate.identity import BundleSet, SpiffeId
 from sidecar.identity.credentials import CredentialStore
 from sidecar.transport.lifetime import LifetimeMode, LifetimePolicy
 from sidecar.transport.mesh_tls import MeshConnection
+from sidecar.transport.peer_trust import still_trusted
 
 __all__ = ["AdmissionLimits", "ConnectionTracker", "Refused", "Slot"]
 
@@ -83,23 +84,6 @@ class Slot:
 
 def _wall_now() -> datetime:
     return datetime.now(UTC)
-
-
-def still_trusted(
-    leaf: x509.Certificate,
-    intermediates: tuple[x509.Certificate, ...],
-    bundles: BundleSet,
-    now: datetime,
-) -> bool:
-    """Does `leaf` still chain to `bundles`? Checked at a time inside its validity: its
-    expiry is the lifetime's business, not trust's. A federated peer's leaf needs the
-    intermediates it sent; one whose trust domain left the bundles is no longer trusted."""
-    at = min(max(now, leaf.not_valid_before_utc), leaf.not_valid_after_utc)
-    try:
-        verify_svid(leaf, intermediates, bundles, at)
-    except SvidError:
-        return False
-    return True
 
 
 @final

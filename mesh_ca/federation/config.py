@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from meshgate.identity import SpiffeId, SpiffeIdError, TrustDomain
 from meshgate.identity.federation import FederationError, parse_endpoint_url
 
-__all__ = ["FederatedDomainConfig", "FederationConfig"]
+__all__ = ["FederatedDomainConfig", "FederationConfig", "check_federation"]
 
 
 class _Model(BaseModel):
@@ -148,3 +148,30 @@ class FederationConfig(_Model):
                 raise ValueError(f"trust domain {entry.trust_domain} is listed twice")
             seen.add(entry.trust_domain)
         return self
+
+
+def check_federation(own: str, federation: FederationConfig) -> None:
+    """Raise `ValueError` unless every relationship is with another trust domain and its
+    bundle endpoint can be authenticated: a self-serving endpoint needs ``bundle_file`` (for
+    the first fetch), any other endpoint ID must be in `own` or another federated domain."""
+    listed = {entry.trust_domain for entry in federation.trust_domains}
+    for entry in federation.trust_domains:
+        where = f"federation.trust_domains: {entry.trust_domain}"
+        if entry.trust_domain == own:
+            raise ValueError(
+                f"{where} is this CA's own trust domain (its bundle is this CA's, never fetched)"
+            )
+        endpoint = entry.endpoint_id
+        if endpoint is None:
+            continue
+        held = endpoint.trust_domain.name
+        if held == entry.trust_domain and entry.bundle_file is None:
+            raise ValueError(
+                f"{where}: a self-serving bundle endpoint ({endpoint}) needs bundle_file, the "
+                "bundle that authenticates its first fetch"
+            )
+        if held != own and held not in listed:
+            raise ValueError(
+                f"{where}: endpoint_spiffe_id {endpoint} is in {held}, for which this CA holds "
+                "no bundle (its own trust domain, the fetched one, or another federated one)"
+            )

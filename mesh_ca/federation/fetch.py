@@ -19,6 +19,7 @@ from typing import Final
 import h11
 import trio
 
+from meshgate.errors import TransportError
 from meshgate.identity import (
     BundleError,
     BundleSet,
@@ -37,7 +38,7 @@ __all__ = ["BundleFetchError", "fetch_bundle"]
 _MAX_BODY_BYTES: Final = 1024 * 1024
 
 
-class BundleFetchError(Exception):
+class BundleFetchError(TransportError):
     """The bundle could not be fetched or was refused; the message names the endpoint."""
 
 

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import hashes
 
+from meshgate.errors import IdentityError
 from meshgate.identity.bundle import BundleError, BundleSet, TrustBundle
 from meshgate.identity.spiffe_id import SpiffeIdError, TrustDomain
 
@@ -41,7 +42,7 @@ _MIN_REFRESH_SECONDS: Final = 1
 _MAX_REFRESH_SECONDS: Final = 24 * 3600
 
 
-class FederationError(ValueError):
+class FederationError(IdentityError, ValueError):
     """A federation parameter or document is unusable; the message says what and where."""
 
 

@@ -28,6 +28,7 @@ from typing import final
 
 import trio
 
+from meshgate.errors import TransportError
 from meshgate.transport.one_at_a_time import OneAtATime
 from meshgate.transport.socket_stream import LeanSocketStream
 
@@ -55,7 +56,7 @@ def peer_chain_der(ssl_object: ssl.SSLObject) -> list[bytes]:
     ]
 
 
-class TlsError(Exception):
+class TlsError(TransportError):
     """The TLS handshake failed; `__cause__` is the `ssl.SSLError` (verify code, alert)."""
 
 

@@ -12,9 +12,8 @@ both sides meant to keep alive (`release(..., reusable=True)`), and is reused on
   maximum age in ``until_revoked`` mode;
 - neither the peer's SPIFFE ID nor its serial is revoked (revocations also close idle
   connections at once);
-- the peer still chains to the current bundles (a federated trust domain that was dropped,
-  or a CA that left the bundle: checked again when the bundles change, and an exchange in
-  progress is cut, ``upstream_untrusted``);
+- the peer still chains to the current bundles (`PeerTrust`; else in-flight exchanges are
+  cut, ``upstream_untrusted``);
 - it was idle less than ``pool_idle_timeout_seconds`` and the socket shows no EOF or
   stray bytes (one `poll` with timeout 0);
 and at most ``pool_max_idle_per_endpoint`` idle connections are kept per endpoint.
@@ -25,6 +24,10 @@ with one endpoint, or all backing off), `acquire` does not refuse: it dials them
 soonest-back first, and retries refused connects with a short jittered backoff for up to
 a second, so a request succeeds as soon as a peer is back. Fails closed: without usable
 own credentials `acquire` raises `PoolError` (503), and nothing is sent in plaintext.
+
+Why one module: what may carry a request (the list above) is one invariant over one
+pool's state (idle lists, endpoint health, lent connections); split, each rule would
+need that state passed around, and the rules would drift apart.
 """
 
 from __future__ import annotations
@@ -38,14 +41,15 @@ from typing import Any, final
 
 import trio
 
+from meshgate.errors import TransportError
 from meshgate.http import HttpLimits, ResponseReader
-from meshgate.identity import BundleSet, SpiffeId, VerifiedSvid
+from meshgate.identity import SpiffeId
 from meshgate.transport.socket_stream import TimedStream, lean
 from sidecar.config import Address, OutboundConfig
-from sidecar.connections import still_trusted
 from sidecar.outbound.tcp import RoundRobin
 from sidecar.runtime import Runtime
 from sidecar.transport.mesh_tls import HandshakeFailure, MeshTlsError, connect_mesh
+from sidecar.transport.peer_trust import PeerTrust
 
 __all__ = ["EndpointState", "MeshPool", "PoolError", "PooledConnection", "TransportConnector"]
 
@@ -58,7 +62,7 @@ _REDIAL_BUDGET_SECONDS = 1.0
 _REDIALLED = frozenset({"connect_failed", "peer_closed"})  # the peer is (re)starting
 
 
-class PoolError(Exception):
+class PoolError(TransportError):
     """No usable upstream connection. `status` is what the client is told (502/503/504);
     `reason` a short stable code for logs and metrics."""
 
@@ -74,14 +78,12 @@ class PooledConnection:
     """One verified mTLS connection to an endpoint and the reader of its responses."""
 
     __slots__ = (
-        "bundles",
         "cut",
         "cut_reason",
         "endpoint",
         "expires_at",
         "idle_since",
         "own_serial",
-        "peer",
         "peer_id",
         "peer_id_text",
         "peer_serial",
@@ -90,6 +92,7 @@ class PooledConnection:
         "reused",
         "stream",
         "transport",
+        "trust",
     )
 
     def __init__(
@@ -103,8 +106,7 @@ class PooledConnection:
         *,
         own_serial: int = 0,
         retire_at: datetime | None = None,
-        peer: VerifiedSvid | None = None,
-        bundles: BundleSet | None = None,
+        trust: PeerTrust | None = None,
     ) -> None:
         self.stream = stream
         self.transport = transport  # under the TLS stream: its deadlines bound our reads
@@ -122,8 +124,7 @@ class PooledConnection:
         self.cut = trio.CancelScope()
         self.cut_reason: str | None = None
         self.idle_since = 0.0
-        self.peer = peer  # the verified SVID, to re-check it when the bundles change
-        self.bundles = bundles  # the trust `peer` was last verified against
+        self.trust = trust  # re-checked when the bundles change
 
 
 @final
@@ -212,17 +213,10 @@ class MeshPool:
                 conn.cut.cancel()
 
     def _trusted(self, conn: PooledConnection) -> bool:
-        """Does the peer still chain to the current bundles? Re-verified only when they
-        changed since it was last checked (a federation dropped, a root retired)."""
-        own = self.runtime.store.current
-        if own is None or conn.peer is None or own.bundles is conn.bundles:
-            return True  # no credentials: `_current` refuses it anyway
-        if not still_trusted(
-            conn.peer.leaf, conn.peer.intermediates, own.bundles, self.runtime.now()
-        ):
-            return False
-        conn.bundles = own.bundles
-        return True
+        own = self.runtime.store.current  # None: `_current` refuses the connection anyway
+        return (
+            own is None or conn.trust is None or conn.trust.holds(own.bundles, self.runtime.now())
+        )
 
     def _lend(self, conn: PooledConnection) -> PooledConnection:
         self._states[conn.endpoint].active += 1
@@ -359,8 +353,7 @@ class MeshPool:
             transport,
             own_serial=conn.credentials.serial,
             retire_at=retire_at,
-            peer=conn.peer,
-            bundles=conn.credentials.bundles,
+            trust=PeerTrust(conn.peer, conn.credentials.bundles),
         )
 
     async def release(self, conn: PooledConnection, *, reusable: bool) -> None:
