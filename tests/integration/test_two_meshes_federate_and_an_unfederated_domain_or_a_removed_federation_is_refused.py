@@ -24,7 +24,7 @@ import pytest
 from mesh_ca.ca_dir import LoadedCa
 from meshgate.identity import SpiffeId
 from tests.ca_server_process import CaServer
-from tests.integration.ca_mesh import serving
+from tests.integration.ca_mesh import mesh_ca, serving
 from tests.integration.federation_mesh import (
     federate,
     get,
@@ -158,6 +158,10 @@ def test_web_in_a_calls_orders_in_b_c_is_refused_and_removing_the_federation_cut
                 (ca_a.path / "federation" / "b.example.json").exists,
                 timeout=30,
             )
+            status = json.loads(mesh_ca("status", "--dir", str(ca_a.path), "--json"))
+            (row,) = status["federation"]
+            assert row["trust_domain"] == "b.example"
+            assert row["fetched"]["roots"] == 1
             until(
                 "B's CA to serve /v1/bundle to A's CA at least twice (refreshes)",
                 lambda: server_b.log().count('"/v1/bundle"') >= 2,
