@@ -240,6 +240,10 @@ def test_the_state_adds_removes_refreshes_and_refuses_a_rollback(a: Pki, b: Pki)
     state.failed(due, "down", NOW)
     assert due.next_at == NOW + timedelta(seconds=30)  # retried before the 60 s hint
     assert json.loads(state.document())["trust_domains"].keys() == {"b.example"}
+    edited = entry.model_copy(update={"refresh_seconds": 5})
+    assert state.configure((edited,), None) == ([], [])  # edited: neither added nor removed
+    (due,) = state.due(NOW)  # refreshed at once, with the bundle it had
+    assert due.bundle is stored
     assert state.configure((), None) == ([], [B])
     assert json.loads(state.document()) == {"trust_domains": {}}
 

@@ -2,10 +2,11 @@
 
 `FederationState.configure` takes the ``[federation]`` entries as they are now: a new
 trust domain starts with its persisted latest bundle or its bundle file, a removed one is
-dropped at once (Federation 6.3: terminating a relationship deletes the local copy), a
-changed one starts over. `due` says which to fetch or re-read, `accept` records a new
-bundle (refusing a spiffe_sequence rollback, `check_bundle_update`), `failed` schedules the
-retry. `document` is what sidecars fetch: only the trust domains configured now.
+dropped at once (Federation 6.3: terminating a relationship deletes the local copy), an
+edited one keeps its latest bundle and is refreshed at once. `due` says which to fetch or
+re-read, `accept` records a new bundle (refusing a spiffe_sequence rollback,
+`check_bundle_update`), `failed` schedules the retry. `document` is what sidecars fetch:
+only the trust domains configured now.
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ class FederationState:
             known = self.relationships.get(td)
             if known is not None and known.config == entry:
                 continue
-            relationship = Relationship(entry)
-            if known is None and stored and td in stored:
+            relationship = Relationship(entry)  # due at once
+            if known is not None:  # edited (another URL, file, interval): same trust so far
+                relationship.bundle, relationship.source = known.bundle, known.source
+            elif stored and td in stored:
                 relationship.bundle, relationship.source = stored[td], "stored"
             self.relationships[td] = relationship
             if known is None:
