@@ -143,13 +143,18 @@ def test_web_in_a_calls_orders_in_b_c_is_refused_and_removing_the_federation_cut
             status, body = get(ports["web_out"], "/orders/2")
             assert status == 200, body
             assert f"URI={WEB_A}" in body  # the XFCC the app got names the foreign caller
-            allowed = [
-                r
-                for r in _records(orders)
-                if r.get("peer_id") == str(WEB_A) and r.get("decision") == "allow"
-            ]
-            assert allowed, orders.log()
-            assert "web-of-a-reads-orders" in json.dumps(allowed[-1])
+            # B's access line names the foreign caller and the policy that allowed it
+            # (written after the response went out: wait for it).
+            until(
+                "orders to log the allowed request from a.example",
+                lambda: any(
+                    r.get("peer_id") == str(WEB_A)
+                    and r.get("decision") == "allow"
+                    and r.get("policies") == ["web-of-a-reads-orders"]
+                    for r in _records(orders)
+                ),
+                timeout=15,
+            )
 
             # A's CA fetched B's bundle from B's endpoint (https_spiffe), refreshing at the
             # configured 1 s, and keeps the latest in its CA directory.
@@ -232,8 +237,13 @@ def test_web_in_a_calls_orders_in_b_c_is_refused_and_removing_the_federation_cut
             assert status != 200, body
             assert get(ports["web_out"], "/orders/9")[0] != 200
             # The kept-alive connection from A's sidecar was cut as untrusted, not drained.
-            assert any(
-                r.get("msg") == "connection closed" and r.get("outcome") == "cancelled (untrusted)"
-                for r in _records(orders)
-            ), "\n".join(orders.log().splitlines()[-12:])
+            until(
+                "orders to log the kept-alive connection from A cut as untrusted",
+                lambda: any(
+                    r.get("msg") == "connection closed"
+                    and r.get("outcome") == "cancelled (untrusted)"
+                    for r in _records(orders)
+                ),
+                timeout=15,
+            )
             print(f"federation removal took effect after {cut_after:.1f} s")
