@@ -107,6 +107,12 @@ class CaService:
         self.steps = StoreSteps(store, self.metrics)
         self.bundle_pem = authority.bundle.roots_pem()
         self.bundle_json = json.dumps(authority.bundle.to_spiffe_json()).encode()
+        # The foreign trust domains' bundles (`mesh_ca.federation`), replaced whole.
+        self.federated_json = b'{"trust_domains": {}}'
+
+    def publish_federated(self, document: bytes) -> None:
+        """Serve `document` at /v1/federation/bundles from now on (one reference swap)."""
+        self.federated_json = document
 
     # Routing
 
@@ -174,6 +180,7 @@ _ROUTES: Final[dict[str, Route]] = {
     "/readyz": ("GET", status.readyz, True),
     "/v1/bundle": ("GET", trust.bundle, False),
     "/v1/bundle.pem": ("GET", trust.bundle_pem, False),
+    "/v1/federation/bundles": ("GET", trust.federated_bundles, False),
     "/v1/revocations": ("GET", trust.revocations, True),
     "/v1/bootstrap": ("POST", bootstrap.bootstrap, True),
     "/v1/renew": ("POST", renew.renew, True),

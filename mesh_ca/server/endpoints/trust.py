@@ -1,5 +1,5 @@
-"""Handlers of what sidecars poll to decide whom to trust: the bundle (SPIFFE JSON and PEM)
-and the revocation list. Pure."""
+"""Handlers of what sidecars poll to decide whom to trust: the bundle (SPIFFE JSON and PEM),
+the federated trust domains' bundles and the revocation list. Pure."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from mesh_ca.server.messages import PEM, ApiRequest, ApiResponse, json_response
 if TYPE_CHECKING:
     from mesh_ca.server.core import CaService
 
-__all__ = ["bundle", "bundle_pem", "revocations"]
+__all__ = ["bundle", "bundle_pem", "federated_bundles", "revocations"]
 
 
 def bundle(service: CaService, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
@@ -23,6 +23,14 @@ def bundle_pem(
     service: CaService, request: ApiRequest, now: datetime, monotonic: float
 ) -> ApiResponse:
     return ApiResponse(200, service.bundle_pem, content_type=PEM)
+
+
+def federated_bundles(
+    service: CaService, request: ApiRequest, now: datetime, monotonic: float
+) -> ApiResponse:
+    """The bundles of the trust domains this mesh federates with, each under its name:
+    what sidecars add to their own bundle. Public, like the bundle itself."""
+    return ApiResponse(200, service.federated_json)
 
 
 def revocations(
