@@ -153,10 +153,12 @@ class CaHttpServer:
         self.connections += 1
         self.connections_per_source[key] = held + 1
         # A socket is read and written directly (`LeanSocketStream`: no scheduler round
-        # for a call the kernel completes at once); other streams (tests) as they are.
-        transport = (
-            LeanSocketStream.take(stream) if isinstance(stream, trio.SocketStream) else stream
-        )
+        # for a call the kernel completes at once); other streams (tests) as they are. No
+        # quick ACKs: clients send a request in one write and the response carries the ACK
+        # (an extra ACK packet a request is CPU; ServerTls never sent one either).
+        transport: trio.abc.Stream = stream
+        if isinstance(stream, trio.SocketStream):
+            transport = LeanSocketStream.take(stream, quickack=False)
         tls = TlsStream(transport, self.identity.context, server_side=True)
         try:
             with trio.fail_after(self.limits.handshake_timeout_seconds):

@@ -85,6 +85,7 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
         "_closed",
         "_eof_sent",
         "_fast",
+        "_quickack",
         "_receiving",
         "_sending",
         "_tcp",
@@ -93,7 +94,9 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
         "socket",
     )
 
-    def __init__(self, sock: socket.socket, *, checkpoint_every: int = _FAIR_EVERY) -> None:
+    def __init__(
+        self, sock: socket.socket, *, checkpoint_every: int = _FAIR_EVERY, quickack: bool = True
+    ) -> None:
         sock.setblocking(False)  # noqa: FBT003 - the stdlib signature
         self.socket = sock
         # A call the kernel completes at once yields to the scheduler every this many
@@ -104,6 +107,9 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
         )
         if self._tcp:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Quick ACKs before each receive wait (see the module docstring); a server whose
+        # clients send each request in one write (the CA) saves the extra ACK packet.
+        self._quickack = quickack and self._tcp and _QUICKACK is not None
         self.receive_deadline = math.inf  # trio time; a wait past it raises TooSlowError
         self.send_deadline = math.inf
         self._fast = 0
@@ -115,18 +121,23 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
 
     @classmethod
     def take(
-        cls, stream: trio.SocketStream, *, checkpoint_every: int = _FAIR_EVERY
+        cls,
+        stream: trio.SocketStream,
+        *,
+        checkpoint_every: int = _FAIR_EVERY,
+        quickack: bool = True,
     ) -> LeanSocketStream:
         """Take over the socket of `stream`; `stream` must not be used afterwards (its
         socket is detached, so closing it is a no-op)."""
-        return cls(socket.socket(fileno=stream.socket.detach()), checkpoint_every=checkpoint_every)
+        sock = socket.socket(fileno=stream.socket.detach())
+        return cls(sock, checkpoint_every=checkpoint_every, quickack=quickack)
 
     def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
         self.socket.setsockopt(level, option, value)
 
     async def _wait_readable(self) -> None:
         self._fast = 0
-        if self._tcp and _QUICKACK is not None:
+        if self._quickack and _QUICKACK is not None:
             # ACK now what was read: a peer's Nagle may hold its next bytes until then.
             # Linux clears quick-ACK mode as it goes, so it is set before every wait.
             with contextlib.suppress(OSError):  # the receive after the wait reports it
