@@ -60,6 +60,7 @@ _ENDPOINTS: Final = frozenset(
         "/v1/renew",
         "/v1/admin/tokens",
         "/v1/admin/revoke",
+        "/v1/control/report",
     )
 )
 

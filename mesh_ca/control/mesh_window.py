@@ -1,0 +1,254 @@
+"""The rolling window of sidecar reports: per instance and per edge, 15 minutes. Pure.
+
+`MeshWindow.add` takes one accepted `Report` (with what the CA verified: the caller's
+SPIFFE ID, its SVID's notAfter, its address) at CA time `now`; `MeshWindow.totals` sums
+what arrived in the last 1, 5 or 15 minutes. Reports are kept as they came (one entry per
+report and instance; a sidecar sends every ~5 s, so at most ~180 entries per instance) and
+dropped once older than the longest window. Nothing here does I/O or reads a clock; the
+caller holds no lock (`MeshWindow` has its own: reports arrive on the event loop, views
+are read from the admin listener, maybe from a thread).
+
+Bounded: at most `max_instances` instances (and `max_instances_per_id` per SPIFFE ID); an
+instance silent for the longest window is forgotten.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Final, final
+
+from mesh_ca.control.histogram import Histogram
+from mesh_ca.control.report_wire import DenialSample, EdgeReport, Report, SidecarStatus
+
+__all__ = [
+    "WINDOWS",
+    "EdgeKey",
+    "EdgeTotals",
+    "InstanceState",
+    "MeshWindow",
+    "TooManyInstances",
+    "parse_window",
+]
+
+# The windows the views offer, by name; the longest is what is kept.
+WINDOWS: Final[dict[str, timedelta]] = {
+    "1m": timedelta(minutes=1),
+    "5m": timedelta(minutes=5),
+    "15m": timedelta(minutes=15),
+}
+_KEPT: Final = max(WINDOWS.values())
+_SAMPLES_PER_INSTANCE: Final = 32
+
+# (direction, source service, destination service)
+EdgeKey = tuple[str, str, str]
+
+
+def parse_window(text: str) -> timedelta:
+    """``1m``, ``5m`` or ``15m``; ValueError naming the choices otherwise."""
+    try:
+        return WINDOWS[text]
+    except KeyError:
+        raise ValueError(f"window {text!r}: use one of {', '.join(WINDOWS)}") from None
+
+
+class TooManyInstances(Exception):  # noqa: N818 - a refusal, answered 429
+    """The window holds as many instances (in all, or of this SPIFFE ID) as it may."""
+
+
+@final
+@dataclass(slots=True)
+class EdgeTotals:
+    """Summed deltas of one edge seen from one direction. `outcomes` is keyed by
+    (status class, decision, protocol); `denials` by (decision, policy)."""
+
+    outcomes: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    latency: Histogram | None = None
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    denials: Counter[tuple[str, str]] = field(default_factory=Counter)
+    handshake_failures: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def requests(self) -> int:
+        return sum(self.outcomes.values())
+
+    @property
+    def successes(self) -> int:
+        """HTTP answers of class 1xx-4xx (a 403 denial is an answer: denials are counted
+        apart), tcp connections not denied; never a 5xx or a request left unanswered."""
+        ok = 0
+        for (status_class, decision, protocol), n in self.outcomes.items():
+            if protocol == "tcp":
+                ok += n if decision != "deny" else 0
+            elif status_class in ("1xx", "2xx", "3xx", "4xx"):
+                ok += n
+        return ok
+
+    def add_report(self, edge: EdgeReport) -> None:
+        for row in edge.outcomes:
+            self.outcomes[(row.status_class, row.decision, row.protocol)] += row.count
+        if edge.latency is not None:
+            if self.latency is None:
+                self.latency = Histogram.empty(edge.latency.bounds)
+            self.latency.add(edge.latency.bounds, edge.latency.counts, edge.latency.sum_seconds)
+        self.bytes_received += edge.bytes_received
+        self.bytes_sent += edge.bytes_sent
+        for denial in edge.denials:
+            self.denials[(denial.decision, denial.policy)] += denial.count
+        self.handshake_failures.update(edge.handshake_failures)
+
+    def merge(self, other: EdgeTotals) -> None:
+        self.outcomes.update(other.outcomes)
+        if other.latency is not None:
+            if self.latency is None:
+                self.latency = Histogram.empty(other.latency.bounds)
+            self.latency.add(other.latency.bounds, other.latency.counts, other.latency.sum_seconds)
+        self.bytes_received += other.bytes_received
+        self.bytes_sent += other.bytes_sent
+        self.denials.update(other.denials)
+        self.handshake_failures.update(other.handshake_failures)
+
+
+@final
+@dataclass(slots=True)
+class InstanceState:
+    """One reporting sidecar process: (verified SPIFFE ID, its instance name)."""
+
+    spiffe_id: str
+    instance: str
+    address: str
+    status: SidecarStatus
+    svid_not_after: datetime
+    first_seen: datetime
+    last_seen: datetime
+    clock_skew_seconds: float  # sidecar clock minus CA clock at receipt (+ transit time)
+    interval_seconds: float
+    reports: deque[tuple[datetime, tuple[EdgeReport, ...]]] = field(default_factory=deque)
+    samples: deque[tuple[datetime, DenialSample]] = field(
+        default_factory=lambda: deque(maxlen=_SAMPLES_PER_INSTANCE)
+    )
+    reports_received: int = 0
+    truncated_edges: int = 0
+
+
+@final
+class MeshWindow:
+    def __init__(self, *, max_instances: int = 10_000, max_instances_per_id: int = 64) -> None:
+        self.max_instances = max_instances
+        self.max_instances_per_id = max_instances_per_id
+        self._instances: dict[tuple[str, str], InstanceState] = {}
+        self._per_id: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self.first_report_at: datetime | None = None
+
+    def add(
+        self,
+        spiffe_id: str,
+        address: str,
+        svid_not_after: datetime,
+        report: Report,
+        now: datetime,
+    ) -> InstanceState:
+        """Record one accepted report; `TooManyInstances` for a new instance over a cap."""
+        key = (spiffe_id, report.status.instance)
+        with self._lock:
+            self._prune(now)
+            state = self._instances.get(key)
+            if state is None:
+                if len(self._instances) >= self.max_instances:
+                    raise TooManyInstances(f"the CA tracks {self.max_instances} instances")
+                if self._per_id[spiffe_id] >= self.max_instances_per_id:
+                    raise TooManyInstances(
+                        f"{spiffe_id} already reports as {self.max_instances_per_id} instances"
+                    )
+                state = InstanceState(
+                    spiffe_id,
+                    report.status.instance,
+                    address,
+                    report.status,
+                    svid_not_after,
+                    first_seen=now,
+                    last_seen=now,
+                    clock_skew_seconds=0.0,
+                    interval_seconds=report.interval_seconds,
+                )
+                self._instances[key] = state
+                self._per_id[spiffe_id] += 1
+            state.address = address
+            state.status = report.status
+            state.svid_not_after = svid_not_after
+            state.last_seen = now
+            state.clock_skew_seconds = (report.sent_at - now).total_seconds()
+            state.interval_seconds = report.interval_seconds
+            state.reports_received += 1
+            state.truncated_edges = report.truncated_edges
+            if report.edges:
+                state.reports.append((now, tuple(report.edges)))
+            for sample in report.denial_samples:
+                state.samples.append((now, sample))
+            if self.first_report_at is None:
+                self.first_report_at = now
+            return state
+
+    def instances(self, now: datetime) -> list[InstanceState]:
+        """Every instance heard from within the longest window, by SPIFFE ID, instance."""
+        with self._lock:
+            self._prune(now)
+            return sorted(self._instances.values(), key=lambda s: (s.spiffe_id, s.instance))
+
+    def totals(
+        self, window: timedelta, now: datetime
+    ) -> dict[EdgeKey, dict[tuple[str, str], EdgeTotals]]:
+        """Per edge and direction, per instance ((SPIFFE ID, instance)): the sum of the
+        deltas received in (now - window, now]."""
+        since = now - window
+        out: dict[EdgeKey, dict[tuple[str, str], EdgeTotals]] = {}
+        with self._lock:
+            self._prune(now)
+            for key, state in self._instances.items():
+                for at, edges in reversed(state.reports):
+                    if at <= since:
+                        break
+                    for edge in edges:
+                        edge_key = (edge.direction, edge.source, edge.destination)
+                        per = out.setdefault(edge_key, {})
+                        totals = per.get(key)
+                        if totals is None:
+                            totals = per[key] = EdgeTotals()
+                        totals.add_report(edge)
+        return out
+
+    def samples(self, window: timedelta, now: datetime) -> list[tuple[InstanceState, DenialSample]]:
+        """Denial samples received within the window, newest first."""
+        since = now - window
+        found: list[tuple[datetime, InstanceState, DenialSample]] = []
+        with self._lock:
+            for state in self._instances.values():
+                found.extend((at, state, s) for at, s in state.samples if at > since)
+        found.sort(key=lambda item: (item[0], item[2].time), reverse=True)
+        return [(state, sample) for _, state, sample in found]
+
+    def _prune(self, now: datetime) -> None:
+        """Forget deltas older than the longest window and instances silent that long."""
+        oldest = now - _KEPT
+        for key, state in list(self._instances.items()):
+            if state.last_seen <= oldest:
+                del self._instances[key]
+                self._per_id[state.spiffe_id] -= 1
+                if self._per_id[state.spiffe_id] <= 0:
+                    del self._per_id[state.spiffe_id]
+                continue
+            reports = state.reports
+            while reports and reports[0][0] <= oldest:
+                reports.popleft()
+
+
+def merged(parts: Iterable[EdgeTotals]) -> EdgeTotals:
+    total = EdgeTotals()
+    for part in parts:
+        total.merge(part)
+    return total
