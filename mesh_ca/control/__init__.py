@@ -1,1 +1,1 @@
-"""The control plane beside the CA: what sidecars register, watch and report over mTLS."""
+"""The control plane inside `mesh-ca serve`: registration, discovery and central policies."""
