@@ -168,6 +168,52 @@ async def _start_identity(
     return stats
 
 
+def _start_reporter(
+    config: SidecarConfig,
+    store: CredentialStore,
+    clock: Clock,
+    metrics: SidecarMetrics,
+    stats: IdentityStats,
+    policies: LivePolicies | None,
+    nursery: trio.Nursery,
+    observer: Observer | None = None,
+    serving: Callable[[], str | None] | None = None,
+) -> None:
+    """Report to the control plane in the background (`sidecar.observe.reporter`), when
+    there is a CA to report to."""
+    from sidecar.observe.reporter import (
+        Reporter,
+        ca_client_factory,
+        instance_name,
+        sidecar_status,
+        wants_reporter,
+    )
+
+    if not wants_reporter(config):
+        return
+    state = AdminState(
+        config,
+        store,
+        clock.now,
+        metrics=metrics,
+        identity_stats=stats,
+        policies=policies.store if policies else None,
+        serving=serving,
+    )
+    instance, started = instance_name(), clock.now()
+    view = policies.store if policies else None
+    reporter = Reporter(
+        config,
+        store,
+        metrics,
+        lambda: sidecar_status(config, state, metrics, instance, started, view),
+        clock,
+        ca_client_factory(config, clock),
+        samples=observer.take_denial_samples if observer is not None else None,
+    )
+    nursery.start_soon(reporter.run)
+
+
 def _tracer(config: SidecarConfig) -> Tracer | None:
     """The span exporter of ``[tracing]``; None (and no SDK import) without it."""
     if config.tracing is None:
@@ -317,6 +363,9 @@ async def run(
                             await policies.start(nursery)
                         await _start_identity(config, store, clock, reload, nursery, stats)
                     if not starting.cancelled_caught:
+                        _start_reporter(
+                            config, store, clock, metrics, stats, policies, nursery, observer
+                        )
                         listening: dict[str, Any] = {
                             name: [str(ls.socket.getsockname()[:2]) for ls in listeners]
                             for name, listeners, _ in serving

@@ -197,7 +197,7 @@ class Supervisor:
                 listener.socket.close()
 
     async def run(self) -> int:
-        from sidecar.app import _cancel_when, _start_identity, listen_on
+        from sidecar.app import _cancel_when, _start_identity, _start_reporter, listen_on
 
         clock = SystemClock()
         store = self._store
@@ -240,6 +240,18 @@ class Supervisor:
                 if not write_credentials(store, self.runtime_dir):
                     raise RuntimeError("identity started without credentials")
                 store.subscribe(self._publish)
+                # Reports read the workers' summed metrics; denial samples stay in the
+                # workers (not sent with workers > 1 yet).
+                _start_reporter(
+                    self.config,
+                    store,
+                    clock,
+                    metrics,
+                    stats,
+                    None,
+                    nursery,
+                    serving=self._not_serving,
+                )
                 async with trio.open_nursery() as workers:
                     for slot in range(self.config.workers):
                         started = trio.Event()

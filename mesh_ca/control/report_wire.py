@@ -43,9 +43,11 @@ _MAX_COUNT: Final = 2**53  # JSON numbers stay exact in every reader
 # A service name as the per-edge labels hold it (`sidecar.observe.edges`): a SPIFFE path
 # segment, or one of the fixed values `unknown` / `other`.
 ServiceName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+\z")]
-Code = Annotated[str, Field(max_length=128, pattern=r"^[A-Za-z0-9._:@/ -]*\z")]
-Count = Annotated[int, Field(ge=0, le=_MAX_COUNT)]
 _PRINTABLE: Final = r"^[^\x00-\x1f\x7f-\x9f]*\z"
+# A label value the sidecar chose (a reason code, a policy's @id): printable, capped.
+Code = Annotated[str, Field(max_length=128, pattern=_PRINTABLE)]
+Decision = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z_]+\z")]
+Count = Annotated[int, Field(ge=0, le=_MAX_COUNT)]
 
 
 class _Wire(BaseModel):
@@ -56,7 +58,7 @@ class OutcomeCount(_Wire):
     """Requests (tcp: connections) of one status class and decision."""
 
     status_class: Literal["1xx", "2xx", "3xx", "4xx", "5xx", "none", "other"]
-    decision: Literal["allow", "deny", "audit_deny", "none"]
+    decision: Decision  # allow, deny, audit_deny, none (outbound, or never decided)
     protocol: Literal["http", "tcp"] = "http"
     count: Count
 

@@ -1,0 +1,308 @@
+"""Sends the control plane a report every few seconds: per-edge deltas and our status.
+
+The trio shell around `sidecar.observe.report`: every ``report.interval_seconds`` it reads
+the metrics registry that ``/metrics`` serves (with workers, their sum), subtracts the
+baseline of the last report the CA accepted, adds the status (readiness, policy version,
+SVID, trust bundle, version, clock) and recent denial samples, and POSTs it with
+`mesh_ca.client.CaClient.report` as the current SVID. Only a 200 moves the baseline: a
+report the CA did not take (down, refused, rate-limited) is sent again, summed, with the
+next one, so the control plane's counts match the sidecar's own in the end.
+
+Runs where the identity lifecycle runs (the single process, or the workers' parent), only
+with a CA. A failing report never affects traffic; it is logged when the outcome changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any, Final, Protocol, final
+
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from pydantic import ValidationError
+
+from mesh_ca.client import CaClientError
+from mesh_ca.control.report_wire import MAX_DENIAL_SAMPLES, MAX_EDGES, DenialSample, Report
+from meshgate.clock import Clock
+from meshgate.identity import BundleSet
+from meshgate.keys import PrivateKey
+from meshgate.version import installed_version
+from sidecar.config import SidecarConfig
+from sidecar.identity.credentials import CredentialStore
+from sidecar.observe.admin import AdminState, PolicyView, readiness
+from sidecar.observe.logs import event
+from sidecar.observe.metrics import SidecarMetrics
+from sidecar.observe.report import Cumulative, EdgeKey, deltas, edge_totals, sent_keys
+
+__all__ = [
+    "ReportClient",
+    "Reporter",
+    "ca_client_factory",
+    "instance_name",
+    "sidecar_status",
+    "wants_reporter",
+]
+
+log = logging.getLogger("sidecar.observe.reporter")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class ReportClient(Protocol):
+    """The part of `mesh_ca.client.CaClient` the reporter uses; tests pass a fake."""
+
+    async def report(
+        self, body: bytes, chain: tuple[x509.Certificate, ...], key: PrivateKey
+    ) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+ClientFactory = Callable[[BundleSet], ReportClient]
+
+
+def ca_client_factory(config: SidecarConfig, clock: Clock) -> ClientFactory:
+    """Clients of the configured CA addresses that recognise the CA by `bundles`."""
+    from mesh_ca.client import CaClient
+
+    def make(bundles: BundleSet) -> ReportClient:
+        return CaClient(
+            [str(address) for address in config.identity.ca_addresses],
+            config.identity.spiffe_id.trust_domain,
+            bundles,
+            timeout_seconds=min(10.0, config.report.interval_seconds * 2),
+            clock=clock,
+        )
+
+    return make
+
+
+def wants_reporter(config: SidecarConfig) -> bool:
+    """Reports go to the CA: only with one (not with static identity files)."""
+    return config.report.enabled and bool(config.identity.ca_addresses)
+
+
+def instance_name() -> str:
+    """This process among the instances of one SPIFFE ID: ``host:pid``."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:100] or "host"
+    return f"{host}:{os.getpid()}"
+
+
+def _text(value: object, limit: int) -> str:
+    """Printable text of at most `limit` characters (the wire refuses control bytes)."""
+    return _CONTROL.sub(" ", str(value))[:limit]
+
+
+def _bundle_facts(bundles: BundleSet, config: SidecarConfig) -> tuple[int | None, str]:
+    domain = config.identity.spiffe_id.trust_domain
+    bundle = bundles.get(domain)
+    if bundle is None:
+        return None, ""
+    digest = hashlib.sha256()
+    for der in sorted(r.public_bytes(serialization.Encoding.DER) for r in bundle.roots):
+        digest.update(hashlib.sha256(der).digest())
+    return bundle.sequence, digest.hexdigest()
+
+
+def _policy_from_metrics(metrics: SidecarMetrics) -> tuple[str | None, bool]:
+    """(loaded version, last reload failed) as the metrics say: with workers, the parent
+    loads no policies itself and knows them only from the workers' series."""
+    version: str | None = None
+    failed = False
+    for family in metrics.families():
+        for sample in family.samples:
+            if sample.name == "meshgate_policy_set_info" and sample.value >= 1:
+                version = sample.labels.get("version") or version
+            elif sample.name == "meshgate_policy_last_reload_failed" and sample.value >= 1:
+                failed = True
+    return version, failed
+
+
+def sidecar_status(
+    config: SidecarConfig,
+    state: AdminState,
+    metrics: SidecarMetrics,
+    instance: str,
+    started_at: datetime,
+    policies: PolicyView | None = None,
+) -> dict[str, Any]:
+    """The ``status`` of a report (`mesh_ca.control.report_wire.SidecarStatus`)."""
+    ready, code, reason = readiness(state)
+    current = state.store.current
+    sequence, fingerprint = _bundle_facts(current.bundles, config) if current else (None, "")
+    status: dict[str, Any] = {
+        "instance": instance,
+        "service": config.inbound.service if config.inbound else None,
+        "version": _text(installed_version(), 64),
+        "ready": ready,
+        "ready_code": _text(code, 128),
+        "ready_reason": _text(reason, 512),
+        "started_at": started_at.isoformat(),
+        "bundle_sequence": sequence,
+        "bundle_fingerprint": fingerprint,
+        "workers": config.workers,
+        "outbound_services": sorted({out.service for out in config.outbound}),
+        "policy_version": None,
+        "policy_source": "",
+        "policy_dir": None,
+        "policy_error": None,
+        "policy_loaded_at": None,
+    }
+    if config.policy is None:
+        return status
+    status["policy_source"] = str(getattr(config.policy, "source", "files"))
+    status["policy_dir"] = _text(config.policy.dir, 1024)
+    if policies is not None:
+        view = policies.status()
+        loaded = view.get("loaded")
+        if isinstance(loaded, dict):
+            status["policy_version"] = _text(loaded.get("version"), 128)
+            status["policy_loaded_at"] = loaded.get("loaded_at")
+        error = view.get("last_error")
+        if isinstance(error, dict):
+            problems = error.get("problems") or []
+            text = "; ".join(
+                f"{p.get('file') or '-'}:{p.get('line') or '-'}: {p.get('message')}"
+                for p in problems
+                if isinstance(p, dict)
+            )
+            status["policy_error"] = _text(text or "reload failed", 1024)
+    else:
+        version, failed = _policy_from_metrics(metrics)
+        status["policy_version"] = _text(version, 128) if version else None
+        if failed:
+            status["policy_error"] = "the last policy reload failed (see the workers' logs)"
+    return status
+
+
+def _valid_samples(samples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The samples the CA will take (a request's method or path may be anything)."""
+    kept = []
+    for sample in samples:
+        try:
+            DenialSample.model_validate_json(json.dumps(sample))
+        except (ValidationError, TypeError, ValueError):
+            continue
+        kept.append(sample)
+    return kept[-MAX_DENIAL_SAMPLES:]
+
+
+@final
+class Reporter:
+    def __init__(
+        self,
+        config: SidecarConfig,
+        store: CredentialStore,
+        metrics: SidecarMetrics,
+        status: Callable[[], dict[str, Any]],
+        clock: Clock,
+        client_factory: ClientFactory,
+        samples: Callable[[], list[dict[str, Any]]] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.status = status
+        self.clock = clock
+        self.interval_seconds = config.report.interval_seconds
+        self._factory = client_factory
+        self._samples_source = samples
+        self._pending_samples: list[dict[str, Any]] = []
+        self._baseline: dict[EdgeKey, Cumulative] = {}
+        self._current: dict[EdgeKey, Cumulative] = {}
+        self._client: ReportClient | None = None
+        self._client_bundles: BundleSet | None = None
+        self._last_sent = clock.now()
+        self._last_outcome = ""
+        self.sent = 0
+        self.failed = 0
+
+    async def run(self) -> None:
+        """Report now and every interval, until cancelled."""
+        try:
+            while True:
+                await self.report_once()
+                await trio.sleep(self.interval_seconds)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._close_client()
+
+    def body(self, now: datetime) -> tuple[bytes, set[EdgeKey]]:
+        """The next report's body and the edges it carries (whose baseline a 200 moves)."""
+        current = edge_totals(self.metrics.families())
+        edges, truncated = deltas(current, self._baseline, MAX_EDGES)
+        if self._samples_source is not None:
+            fresh = _valid_samples(self._samples_source())
+            self._pending_samples = (self._pending_samples + fresh)[-MAX_DENIAL_SAMPLES:]
+        report = {
+            "sent_at": now.isoformat(),
+            "interval_seconds": round(max(0.0, (now - self._last_sent).total_seconds()), 3),
+            "status": self.status(),
+            "edges": edges,
+            "truncated_edges": truncated,
+            "denial_samples": self._pending_samples,
+        }
+        text = json.dumps(report).encode()
+        Report.model_validate_json(text)  # what the CA would refuse, refused here first
+        self._current = current
+        return text, sent_keys(edges)
+
+    async def report_once(self) -> bool:
+        """Send one report; True when the CA took it."""
+        creds = self.store.current
+        now = self.clock.now()
+        if creds is None or creds.expired(now):
+            return False  # no SVID to authenticate with: the CA would not know us
+        try:
+            body, keys = self.body(now)
+        except ValidationError as exc:  # a bug: say so, send the next one
+            self._outcome("invalid", f"report refused locally: {exc.errors()[:2]}")
+            return False
+        try:
+            client = await self._client_for(creds.bundles)
+            await client.report(body, creds.chain, creds.key)
+        except CaClientError as exc:
+            self.failed += 1
+            self._outcome(exc.code, str(exc))
+            return False
+        for key in keys:
+            self._baseline[key] = self._current[key]
+        self._pending_samples = []
+        self._last_sent = now
+        self.sent += 1
+        self._outcome("ok", "")
+        return True
+
+    def _outcome(self, code: str, message: str) -> None:
+        """Log a change of outcome once (not every interval while the CA is down)."""
+        if code == self._last_outcome:
+            return
+        self._last_outcome = code
+        if code == "ok":
+            event(log, "reporting to the control plane", interval_seconds=self.interval_seconds)
+        else:
+            event(
+                log,
+                "report not accepted; its deltas go with the next one",
+                level=logging.WARNING,
+                code=code,
+                error=message[:300],
+            )
+
+    async def _client_for(self, bundles: BundleSet) -> ReportClient:
+        if self._client is None or self._client_bundles is not bundles:
+            await self._close_client()
+            self._client, self._client_bundles = self._factory(bundles), bundles
+        return self._client
+
+    async def _close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
