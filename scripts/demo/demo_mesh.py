@@ -28,6 +28,9 @@ SERVICES = ("web", "orders", "payments")
 # Who calls whom through its outbound sidecar (web → payments is there to be refused).
 CALLS = {"web": ("orders", "payments"), "orders": ("payments",), "payments": ()}
 _SERVING = re.compile(r"mesh-ca serving on (\S+):(\d+)")
+# Sidecars report to the CA this often (`[report]`); the CA's admin listener serves the
+# mesh view (`mesh-ca mesh stat`, `mesh-ca check`) from these reports.
+REPORT_INTERVAL_SECONDS = 1
 
 
 def spiffe_id(service: str) -> str:
@@ -134,6 +137,9 @@ def sidecar_toml(svc: Service, services: dict[str, Service], ca_address: str, wo
         "",
         "[timeouts]",
         "drain_timeout_seconds = 2",
+        "",
+        "[report]",
+        f"interval_seconds = {REPORT_INTERVAL_SECONDS}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -144,6 +150,7 @@ class Mesh:
     services: dict[str, Service] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ca_address: str = ""
+    ca_admin_port: int = field(default_factory=free_port)  # /metrics, /v1/mesh (plain HTTP)
 
     def __post_init__(self) -> None:
         for name in SERVICES:
@@ -151,6 +158,11 @@ class Mesh:
             svc.outbound_ports = {target: free_port() for target in CALLS[name]}
             self.services[name] = svc
         (self.work / "logs").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def ca_admin(self) -> str:
+        """HOST:PORT of the CA's loopback admin listener (`mesh-ca mesh --admin`)."""
+        return f"127.0.0.1:{self.ca_admin_port}"
 
     def log_path(self, name: str) -> Path:
         return self.work / "logs" / f"{name}.log"
@@ -177,6 +189,7 @@ class Mesh:
 
     def start_ca(self, timeout: float = 30) -> str:
         argv = [*tool("mesh-ca"), "serve", "--dir", "ca", "--listen", "127.0.0.1:0"]
+        argv += ["--admin-listen", self.ca_admin]
         process = self._spawn("ca", argv)
         deadline = time.monotonic() + timeout
         while not (match := _SERVING.search(self.log_path("ca").read_text(errors="replace"))):

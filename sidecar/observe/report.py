@@ -23,9 +23,9 @@ from prometheus_client.core import Metric
 __all__ = ["Cumulative", "EdgeKey", "deltas", "edge_totals", "sent_keys"]
 
 EdgeKey = tuple[str, str, str]  # (direction, source service, destination service)
-_MAX_EDGES: Final = 256
+_MAX_EDGES: Final = 256  # mesh_ca.control.report_wire.MAX_EDGES
 _K = TypeVar("_K")
-_DURATION: Final = "meshgate_request_duration_seconds"  # a histogram: _bucket, _sum samples  # mesh_ca.control.report_wire.MAX_EDGES
+_DURATION: Final = "meshgate_request_duration_seconds"  # a histogram: _bucket, _sum samples
 
 
 @final
