@@ -49,6 +49,7 @@ from mesh_ca.issuance import (
     make_csr,
 )
 from mesh_ca.keys_cli import add_keys_flags, keys_config
+from mesh_ca.mesh_cli import add_mesh_parsers, check_main, guarded, mesh_main
 from mesh_ca.store import IssuedRecord, StateStore, StoreError, open_store
 from mesh_ca.store.dbcli import add_db_parser, db_main
 from mesh_ca.tokens import new_token
@@ -269,6 +270,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_serve_flags(p)
 
     add_db_parser(sub)
+    add_mesh_parsers(sub)
     return parser
 
 
@@ -594,6 +596,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _cmd_serve,
     "token": _cmd_token_create,  # "create" is its only action so far
     "db": db_main,
+    "mesh": guarded(mesh_main),
+    "check": guarded(check_main),
 }
 
 

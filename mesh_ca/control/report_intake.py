@@ -1,7 +1,7 @@
 """``POST /v1/control/report``: check a sidecar's report and put it in the window. Pure.
 
 The CA's API core (`mesh_ca.server.core`) verifies the caller's client SVID and hands the
-verified SPIFFE ID, the SVID's notAfter, the body and the times here. Refusals are
+verified SPIFFE ID, the SVID's validity, the body and the times here. Refusals are
 `ReportRefused` with a status and a stable code:
 
 - 413 ``report_too_large``: the body is over `MAX_REPORT_BYTES`;
@@ -71,7 +71,7 @@ class ReportIntake:
     def accept(
         self,
         spiffe_id: str,
-        svid_not_after: datetime,
+        svid_validity: tuple[datetime, datetime],
         address: str,
         body: bytes,
         now: datetime,
@@ -101,7 +101,7 @@ class ReportIntake:
         except ValidationError as exc:
             raise ReportRefused(400, "bad_request", _summary(exc)) from None
         try:
-            self.window.add(spiffe_id, address, svid_not_after, report, now)
+            self.window.add(spiffe_id, address, svid_validity, report, now)
         except TooManyInstances as exc:
             raise ReportRefused(
                 429, "too_many_instances", str(exc), (("retry-after", "60"),)

@@ -643,8 +643,9 @@ class CaService:
             )
         caller = str(svid.spiffe_id)
         try:
+            validity = (svid.leaf.not_valid_before_utc, svid.not_after)
             body = self.reports.accept(
-                caller, svid.not_after, request.source, request.body, now, monotonic
+                caller, validity, request.source, request.body, now, monotonic
             )
         except ReportRefused as exc:
             peer = {"peer": caller}

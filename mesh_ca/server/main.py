@@ -241,7 +241,6 @@ def _mesh_json(server: CaHttpServer, clock: Clock, window: str) -> dict[str, Any
         "intermediate_not_after": authority.signer.not_after.isoformat(),
         "server_svid_not_after": server.identity.not_after.isoformat(),
         "store_up": server.service.metrics.store_is_up(),
-        "report_interval_seconds": server.service.reports.interval_seconds,
     }
     return server.service.reports.view(window, now, ca)
 
