@@ -140,7 +140,7 @@ def edge_counts_from_metrics(
 def wait_until(what: str, probe: Callable[[], _T | None], *, timeout: float = 30.0) -> _T:
     """`probe()`'s first truthy value, polled until `timeout`; fails naming `what`."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: _T | None = None
     while time.monotonic() < deadline:
         last = probe()
         if last:
