@@ -33,6 +33,7 @@ __all__ = [
     "edge_counts_from_metrics",
     "mesh_ca_cli",
     "mesh_view",
+    "reporting",
     "running_mesh",
     "send",
     "wait_until",
@@ -48,14 +49,8 @@ def running_mesh(
     """The three-service mesh in `work`; `ca_server` sets keys of ca.toml's [server]
     (TOML values as text)."""
     mesh = Mesh(work)
-    run_tool("mesh-ca", "init", "--trust-domain", TRUST_DOMAIN, "--dir", "ca", cwd=work)
-    if leaf_ttl != "1h":
-        shutil.rmtree(work / "ca")
-        run_tool(
-            "mesh-ca",
-            *("init", "--trust-domain", TRUST_DOMAIN, "--dir", "ca", "--leaf-ttl", leaf_ttl),
-            cwd=work,
-        )
+    init = ("init", "--trust-domain", TRUST_DOMAIN, "--dir", "ca", "--leaf-ttl", leaf_ttl)
+    run_tool("mesh-ca", *init, cwd=work)
     config = work / "ca" / "ca.toml"
     for key, value in (ca_server or {}).items():
         text, found = re.subn(rf"^{key} = .*$", f"{key} = {value}", config.read_text(), flags=re.M)
@@ -96,6 +91,13 @@ def send(port: int, method: str, path: str) -> int:
     except urllib.error.HTTPError as exc:
         exc.read()
         return int(exc.code)
+
+
+def reporting(mesh: Mesh) -> dict[str, Any] | None:
+    """The mesh view once every sidecar of the mesh has reported, else None."""
+    view = mesh_view(mesh)
+    ids = {i["spiffe_id"] for i in view["instances"] if not i["stale"]}
+    return view if ids == {spiffe_id(name) for name in SERVICES} else None
 
 
 def mesh_view(mesh: Mesh, window: str = "1m") -> dict[str, Any]:
