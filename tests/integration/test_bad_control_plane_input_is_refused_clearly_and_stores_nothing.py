@@ -94,7 +94,8 @@ async def test_a_thousand_registrations_from_one_id_stop_at_its_limit(server: Ca
 
     async def register_range(start: int) -> None:
         for port in range(start, start + 125):
-            statuses.append((await orders.register("orders", f"127.0.0.1:{port}")).status)
+            reply = await orders.register("orders", f"127.0.0.1:{port}")
+            statuses.append(reply.status)
 
     async with trio.open_nursery() as nursery:
         for worker in range(8):
