@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from pydantic import ValidationError
 
 from mesh_ca.api import ErrorResponse, RevocationsResponse, SvidResponse
+from mesh_ca.control.report_wire import REPORT_PATH
 from mesh_ca.issuance import make_csr
 from meshgate.clock import Clock, SystemClock
 from meshgate.identity import (
@@ -221,7 +222,7 @@ class CaClient:
             raise ValueError("report needs the current certificate chain")
         context, fingerprint = self._context_for(chain, key)
         await self.close_superseded()
-        reply = await self._request("POST", "/v1/control/report", body, context, fingerprint)
+        reply = await self._request("POST", REPORT_PATH, body, context, fingerprint)
         self._check_ok(reply)
         return reply.body
 

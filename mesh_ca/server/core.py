@@ -51,6 +51,7 @@ from mesh_ca.api import (
 )
 from mesh_ca.control.mesh_window import MeshWindow
 from mesh_ca.control.report_intake import ReportIntake, ReportRefused
+from mesh_ca.control.report_wire import REPORT_PATH
 from mesh_ca.issuance import (
     MAX_LEAF_TTL,
     MIN_LEAF_TTL,
@@ -732,6 +733,6 @@ _ROUTES: Final[dict[str, tuple[str, _Handler, bool]]] = {
     "/v1/renew": ("POST", CaService._renew, True),
     "/v1/admin/tokens": ("POST", CaService._create_token, True),
     "/v1/admin/revoke": ("POST", CaService._revoke, True),
-    "/v1/control/report": ("POST", CaService._report, False),
+    REPORT_PATH: ("POST", CaService._report, False),
 }
 _ISSUANCE_KINDS: Final = {"/v1/bootstrap": "bootstrap", "/v1/renew": "renew"}
