@@ -42,43 +42,54 @@ __all__ = [
 _T = TypeVar("_T")
 
 
+_ATTEMPTS = 3  # free ports are picked before they are bound: another test may take one
+
+
 @contextmanager
 def running_mesh(
     work: Path, *, leaf_ttl: str = "1h", ca_server: dict[str, str] | None = None
 ) -> Iterator[Mesh]:
-    """The three-service mesh in `work`; `ca_server` sets keys of ca.toml's [server]
-    (TOML values as text)."""
-    mesh = Mesh(work)
+    """The three-service mesh under `work` (in `mesh.work`); `ca_server` sets keys of
+    ca.toml's [server] (TOML values as text). A start that fails because a picked port was
+    taken meanwhile (exit 5) starts again on other ports."""
+    for attempt in range(1, _ATTEMPTS + 1):
+        mesh = Mesh(work / f"mesh-{attempt}")
+        try:
+            _start(mesh, leaf_ttl, ca_server or {})
+        except RuntimeError as exc:
+            mesh.stop()
+            taken = "exited 5" in str(exc) or "did not start" in str(exc)
+            if not taken or attempt == _ATTEMPTS:
+                raise
+            continue
+        try:
+            yield mesh
+        finally:
+            mesh.stop()
+        return
+
+
+def _start(mesh: Mesh, leaf_ttl: str, ca_server: dict[str, str]) -> None:
+    work = mesh.work
     init = ("init", "--trust-domain", TRUST_DOMAIN, "--dir", "ca", "--leaf-ttl", leaf_ttl)
     run_tool("mesh-ca", *init, cwd=work)
     config = work / "ca" / "ca.toml"
-    for key, value in (ca_server or {}).items():
+    for key, value in ca_server.items():
         text, found = re.subn(rf"^{key} = .*$", f"{key} = {value}", config.read_text(), flags=re.M)
         assert found == 1, f"ca.toml has no [server] {key}"
         config.write_text(text)
     shutil.copytree(ROOT / "policies", work / "policies")
-    try:
-        mesh.start_ca()
-        for name in SERVICES:
-            mesh.start_app(name)
-        for name in SERVICES:
-            token = run_tool(
-                "mesh-ca",
-                "token",
-                "create",
-                "--dir",
-                "ca",
-                "--spiffe-id",
-                spiffe_id(name),
-                cwd=work,
-            )
-            mesh.write_sidecar_config(name, token)
-        for name in SERVICES:
-            mesh.start_sidecar(name)
-        mesh.wait_ready(timeout=60)
-        yield mesh
-    finally:
-        mesh.stop()
+    mesh.start_ca()
+    for name in SERVICES:
+        mesh.start_app(name)
+    for name in SERVICES:
+        token = run_tool(
+            "mesh-ca", "token", "create", "--dir", "ca", "--spiffe-id", spiffe_id(name), cwd=work
+        )
+        mesh.write_sidecar_config(name, token)
+    for name in SERVICES:
+        mesh.start_sidecar(name)
+    mesh.wait_ready(timeout=60)
 
 
 def send(port: int, method: str, path: str) -> int:
