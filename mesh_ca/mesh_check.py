@@ -133,7 +133,9 @@ def _sidecar_checks(
     expiring = []
     for i in live:
         issued, expires = _time(i["svid_issued_at"]), _time(i["svid_expires_at"])
-        left = expires - now
+        # As of its last report: a renewal since then shows with the next one (an SVID
+        # that did expire makes the sidecar unready, `sidecars_ready`).
+        left = expires - _time(i["last_report_at"])
         warn = limits.svid_warn or (expires - issued) * _SVID_LEFT_SHARE
         if left < warn:
             expiring.append(f"{_who(i)}: SVID expires in {_human(left)} ({i['svid_expires_at']})")

@@ -25,6 +25,7 @@ def instance(**changes: Any) -> dict[str, Any]:
         "ready_reason": "SVID valid",
         "stale": False,
         "last_report_age_seconds": 1.0,
+        "last_report_at": (NOW - timedelta(seconds=1)).isoformat(),
         "clock_skew_seconds": 0.2,
         "svid_issued_at": (NOW - timedelta(minutes=10)).isoformat(),
         "svid_expires_at": (NOW + timedelta(minutes=50)).isoformat(),
