@@ -260,7 +260,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = add("status", "Show the CA, certificate expiry, outstanding tokens and revocations.")
     add_dir(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="the same as --output json")
+    p.add_argument("--output", choices=["table", "json"], default="table")
 
     p = add("serve", "Run the CA HTTPS server.")
     p.epilog = EXIT_CODES_HELP
@@ -558,7 +559,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         "issued_count": issued,
         "keys": config.keys.model_dump(exclude_none=True),
     }
-    if args.json:
+    if args.json or args.output == "json":
         _out(json.dumps(status, indent=2))
         return 0
     _out(f"trust domain   {config.trust_domain}")
