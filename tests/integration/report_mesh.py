@@ -47,15 +47,19 @@ _ATTEMPTS = 3  # free ports are picked before they are bound: another test may t
 
 @contextmanager
 def running_mesh(
-    work: Path, *, leaf_ttl: str = "1h", ca_server: dict[str, str] | None = None
+    work: Path,
+    *,
+    leaf_ttl: str = "1h",
+    ca_server: dict[str, str] | None = None,
+    workers: dict[str, int] | None = None,
 ) -> Iterator[Mesh]:
     """The three-service mesh under `work` (in `mesh.work`); `ca_server` sets keys of
-    ca.toml's [server] (TOML values as text). A start that fails because a picked port was
-    taken meanwhile (exit 5) starts again on other ports."""
+    ca.toml's [server] (TOML values as text), `workers` the sidecars' ``workers``. A start
+    that fails because a picked port was taken meanwhile (exit 5) starts again elsewhere."""
     for attempt in range(1, _ATTEMPTS + 1):
         mesh = Mesh(work / f"mesh-{attempt}")
         try:
-            _start(mesh, leaf_ttl, ca_server or {})
+            _start(mesh, leaf_ttl, ca_server or {}, workers or {})
         except RuntimeError as exc:
             mesh.stop()
             taken = "exited 5" in str(exc) or "did not start" in str(exc)
@@ -69,7 +73,7 @@ def running_mesh(
         return
 
 
-def _start(mesh: Mesh, leaf_ttl: str, ca_server: dict[str, str]) -> None:
+def _start(mesh: Mesh, leaf_ttl: str, ca_server: dict[str, str], workers: dict[str, int]) -> None:
     work = mesh.work
     init = ("init", "--trust-domain", TRUST_DOMAIN, "--dir", "ca", "--leaf-ttl", leaf_ttl)
     run_tool("mesh-ca", *init, cwd=work)
@@ -86,7 +90,9 @@ def _start(mesh: Mesh, leaf_ttl: str, ca_server: dict[str, str]) -> None:
         token = run_tool(
             "mesh-ca", "token", "create", "--dir", "ca", "--spiffe-id", spiffe_id(name), cwd=work
         )
-        mesh.write_sidecar_config(name, token)
+        config_file = mesh.write_sidecar_config(name, token)
+        if name in workers:  # a top-level key: before the first table
+            config_file.write_text(f"workers = {workers[name]}\n" + config_file.read_text())
     for name in SERVICES:
         mesh.start_sidecar(name)
     mesh.wait_ready(timeout=60)
