@@ -15,6 +15,7 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -178,6 +179,7 @@ def _start_reporter(
     nursery: trio.Nursery,
     observer: Observer | None = None,
     serving: Callable[[], str | None] | None = None,
+    samples: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> None:
     """Report to the control plane in the background (`sidecar.observe.reporter`), when
     there is a CA to report to."""
@@ -209,7 +211,7 @@ def _start_reporter(
         lambda: sidecar_status(config, state, metrics, instance, started, view),
         clock,
         ca_client_factory(config, clock),
-        samples=observer.take_denial_samples if observer is not None else None,
+        samples=samples or (observer.take_denial_samples if observer is not None else None),
     )
     nursery.start_soon(reporter.run)
 
@@ -241,6 +243,7 @@ async def run(
     drain: trio.Event | None = None,
     store: CredentialStore | None = None,
     on_started: Callable[[], None] | None = None,
+    samples_dir: Path | None = None,
 ) -> int:
     """Serve until drained; returns the process exit code (0 after a graceful drain).
 
@@ -251,7 +254,8 @@ async def run(
     (SIGTERM/SIGINT) during start-up stops at once and returns 0.
 
     `store` and `on_started` (called once the first SVID is live and the listeners serve)
-    are for worker processes (`sidecar.workers`), which are fed credentials by their parent.
+    are for worker processes (`sidecar.workers`), which are fed credentials by their parent;
+    `samples_dir` is where a worker leaves its denial samples for the parent's report.
     """
     clock = clock or SystemClock()
     drain = drain if drain is not None else trio.Event()
@@ -376,6 +380,12 @@ async def run(
                             listeners=listening,
                             spiffe_id=str(config.identity.spiffe_id),
                         )
+                        if samples_dir is not None:
+                            from sidecar.observe.reporter import write_samples_forever
+
+                            nursery.start_soon(
+                                write_samples_forever, observer.take_denial_samples, samples_dir
+                            )
                         if on_started is not None:
                             on_started()
                     else:

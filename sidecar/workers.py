@@ -35,6 +35,7 @@ parent drops a dead worker's live gauges (`mark_process_dead`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -61,6 +62,7 @@ from sidecar.identity.stats import IdentityStats
 from sidecar.observe.admin import AdminState, serve_admin
 from sidecar.observe.logs import event
 from sidecar.observe.metrics import SidecarMetrics
+from sidecar.observe.reporter import read_sample_files, wants_reporter
 
 __all__ = ["Supervisor", "main", "supervise"]
 
@@ -240,8 +242,8 @@ class Supervisor:
                 if not write_credentials(store, self.runtime_dir):
                     raise RuntimeError("identity started without credentials")
                 store.subscribe(self._publish)
-                # Reports read the workers' summed metrics; denial samples stay in the
-                # workers (not sent with workers > 1 yet).
+                # Reports read the workers' summed metrics; the workers leave their denial
+                # samples in the runtime directory (`reporter.write_samples_forever`).
                 _start_reporter(
                     self.config,
                     store,
@@ -251,6 +253,7 @@ class Supervisor:
                     None,
                     nursery,
                     serving=self._not_serving,
+                    samples=functools.partial(read_sample_files, self.runtime_dir),
                 )
                 async with trio.open_nursery() as workers:
                     for slot in range(self.config.workers):
@@ -377,7 +380,12 @@ async def run_worker(config: SidecarConfig, runtime_dir: Path) -> int:
         nursery.start_soon(_follow_revocations, store, runtime_dir / "revocations.json")
         nursery.start_soon(_drain_when_orphaned, os.getppid(), drain)
         code = await run(
-            worker_config(config, runtime_dir), store=store, on_started=ready.touch, drain=drain
+            worker_config(config, runtime_dir),
+            store=store,
+            on_started=ready.touch,
+            drain=drain,
+            # Only when the parent reports (and so reads and removes them).
+            samples_dir=runtime_dir if wants_reporter(config) else None,
         )
         nursery.cancel_scope.cancel()
     ready.unlink(missing_ok=True)

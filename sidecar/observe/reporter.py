@@ -22,6 +22,7 @@ import re
 import socket
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Final, Protocol, final
 
 import trio
@@ -47,8 +48,10 @@ __all__ = [
     "Reporter",
     "ca_client_factory",
     "instance_name",
+    "read_sample_files",
     "sidecar_status",
     "wants_reporter",
+    "write_samples_forever",
 ]
 
 log = logging.getLogger("sidecar.observe.reporter")
@@ -180,6 +183,46 @@ def sidecar_status(
         if failed:
             status["policy_error"] = "the last policy reload failed (see the workers' logs)"
     return status
+
+
+_SAMPLE_FILES: Final = "denials-*.json"
+
+
+async def write_samples_forever(
+    take: Callable[[], list[dict[str, Any]]], directory: Path, every_seconds: float = 1.0
+) -> None:
+    """A worker's half of the denial-sample relay (``workers > 1``): every second, the
+    samples taken since are written to a new file in the runtime directory
+    (``denials-PID-N.json``, atomically), which the parent reads and removes
+    (`read_sample_files`). One file per write: no file is ever written twice."""
+    from meshgate.files import write_atomic
+
+    sequence = 0
+    while True:
+        await trio.sleep(every_seconds)
+        samples = take()
+        if samples:
+            sequence += 1
+            path = directory / f"denials-{os.getpid()}-{sequence}.json"
+            try:
+                write_atomic(path, json.dumps(samples).encode(), 0o600)
+            except OSError as exc:
+                event(log, "cannot relay denial samples", level=logging.WARNING, error=str(exc))
+
+
+def read_sample_files(directory: Path) -> list[dict[str, Any]]:
+    """The parent's half: the samples the workers wrote since the last call (files removed),
+    oldest first; at most the newest `MAX_DENIAL_SAMPLES`."""
+    samples: list[dict[str, Any]] = []
+    for path in sorted(directory.glob(_SAMPLE_FILES), key=lambda p: p.stat().st_mtime):
+        try:
+            loaded = json.loads(path.read_bytes())
+            path.unlink()
+        except (OSError, ValueError):
+            continue
+        if isinstance(loaded, list):
+            samples.extend(s for s in loaded if isinstance(s, dict))
+    return samples[-MAX_DENIAL_SAMPLES:]
 
 
 def _valid_samples(samples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
