@@ -25,6 +25,7 @@ from mesh_ca.config import ConfigError, load_config
 from mesh_ca.control.mesh_window import WINDOWS
 from mesh_ca.duration import parse_duration
 from mesh_ca.mesh_check import Check, Thresholds, run_checks
+from meshgate.errors import MeshgateError
 
 __all__ = ["add_mesh_parsers", "check_main", "mesh_main"]
 
@@ -33,7 +34,7 @@ _TIMEOUT_SECONDS: Final = 5.0
 _DEFAULTS: Final = Thresholds()
 
 
-class MeshCliError(Exception):
+class MeshCliError(MeshgateError):
     """Why the command could not run; `code` is its exit code (1, or 2 for usage)."""
 
     def __init__(self, message: str, code: int = 1) -> None:

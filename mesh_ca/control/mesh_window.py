@@ -23,6 +23,7 @@ from typing import Final, final
 
 from mesh_ca.control.histogram import Histogram
 from mesh_ca.control.report_wire import DenialSample, EdgeReport, Report, SidecarStatus
+from meshgate.errors import MeshgateError
 
 __all__ = [
     "WINDOWS",
@@ -55,7 +56,7 @@ def parse_window(text: str) -> timedelta:
         raise ValueError(f"window {text!r}: use one of {', '.join(WINDOWS)}") from None
 
 
-class TooManyInstances(Exception):  # noqa: N818 - a refusal, answered 429
+class TooManyInstances(MeshgateError):  # noqa: N818 - a refusal, answered 429
     """The window holds as many instances (in all, or of this SPIFFE ID) as it may."""
 
 

@@ -28,13 +28,14 @@ from mesh_ca.control.mesh_view import mesh_view
 from mesh_ca.control.mesh_window import MeshWindow, TooManyInstances, parse_window
 from mesh_ca.control.report_wire import MAX_REPORT_BYTES, Report, ReportAccepted
 from mesh_ca.server.ratelimit import RateLimiter
+from meshgate.errors import ProtocolError
 
 __all__ = ["DEFAULT_INTERVAL_SECONDS", "ReportIntake", "ReportRefused"]
 
 DEFAULT_INTERVAL_SECONDS: Final = 5.0
 
 
-class ReportRefused(Exception):  # noqa: N818 - a refusal, answered with `status`
+class ReportRefused(ProtocolError):  # noqa: N818 - a refusal, answered with `status`
     def __init__(
         self, status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()
     ) -> None:

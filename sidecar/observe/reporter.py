@@ -14,6 +14,7 @@ with a CA. A failing report never affects traffic; it is logged when the outcome
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -38,6 +39,7 @@ from meshgate.keys import PrivateKey
 from meshgate.version import installed_version
 from sidecar.config import SidecarConfig
 from sidecar.identity.credentials import CredentialStore
+from sidecar.identity.stats import IdentityStats
 from sidecar.observe.admin import AdminState, PolicyView, readiness
 from sidecar.observe.logs import event
 from sidecar.observe.metrics import SidecarMetrics
@@ -50,6 +52,7 @@ __all__ = [
     "instance_name",
     "read_sample_files",
     "sidecar_status",
+    "start_reporter",
     "wants_reporter",
     "write_samples_forever",
 ]
@@ -349,3 +352,45 @@ class Reporter:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+
+
+def start_reporter(
+    nursery: trio.Nursery,
+    config: SidecarConfig,
+    store: CredentialStore,
+    clock: Clock,
+    metrics: SidecarMetrics,
+    stats: IdentityStats,
+    *,
+    policies: PolicyView | None = None,
+    samples: Callable[[], list[dict[str, Any]]] | None = None,
+    samples_dir: Path | None = None,
+    serving: Callable[[], str | None] | None = None,
+) -> None:
+    """Report to the control plane in the background, when there is a CA to report to.
+    Denial samples come from `samples` (the Observer), or from the files the workers leave
+    in `samples_dir` (``workers > 1``)."""
+    if not wants_reporter(config):
+        return
+    state = AdminState(
+        config,
+        store,
+        clock.now,
+        metrics=metrics,
+        identity_stats=stats,
+        policies=policies,
+        serving=serving,
+    )
+    instance, started = instance_name(), clock.now()
+    if samples_dir is not None:
+        samples = functools.partial(read_sample_files, samples_dir)
+    reporter = Reporter(
+        config,
+        store,
+        metrics,
+        lambda: sidecar_status(config, state, metrics, instance, started, policies),
+        clock,
+        ca_client_factory(config, clock),
+        samples=samples,
+    )
+    nursery.start_soon(reporter.run)
