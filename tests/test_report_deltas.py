@@ -93,7 +93,7 @@ class _Clock:
         return datetime.now(UTC)
 
 
-async def test_a_report_the_ca_did_not_take_is_sent_again_summed() -> None:
+def _reporter() -> tuple[Reporter, Observer, FlakyCa]:
     pki = TestPki()
     leaf = pki.leaf("spiffe://example.org/ns/shop/svc/orders")
     config = parse_config(
@@ -129,6 +129,11 @@ async def test_a_report_the_ca_did_not_take_is_sent_again_summed() -> None:
         lambda bundles: ca,
         samples=observer.take_denial_samples,
     )
+    return reporter, observer, ca
+
+
+async def test_a_report_the_ca_did_not_take_is_sent_again_summed() -> None:
+    reporter, observer, ca = _reporter()
     request(observer, 200)
     request(observer, 403, "deny")
     assert not await reporter.report_once()
@@ -146,3 +151,26 @@ async def test_a_report_the_ca_did_not_take_is_sent_again_summed() -> None:
 
 def test_refusals_are_client_errors() -> None:
     assert issubclass(CaUnavailable, CaClientError)
+
+
+async def test_a_report_too_large_for_the_ca_sends_the_busiest_edges_that_fit() -> None:
+    from mesh_ca.control.report_wire import MAX_REPORT_BYTES
+
+    reporter, observer, ca = _reporter()
+    for index in range(200):  # 200 edges with many outcome rows: well over 64 KiB
+        for status in (200, 201, 204, 301, 302, 400, 404, 500, 502, 503):
+            for _ in range(1 + (index == 7)):
+                observer.count_request(
+                    "outbound", None, f"svc{index}", "GET", status, "none", 0.01, 1, 1
+                )
+    ca.down = False
+    assert await reporter.report_once()
+    [sent] = ca.bodies
+    assert len(json.dumps(sent)) <= MAX_REPORT_BYTES
+    assert sent["edges"][0]["destination"] == "svc7"  # the busiest first
+    assert sent["truncated_edges"] == 200 - len(sent["edges"]) > 0
+    assert await reporter.report_once()  # the rest go next
+    first = {e["destination"] for e in sent["edges"]}
+    second = {e["destination"] for e in ca.bodies[1]["edges"]}
+    assert not first & second  # the edges sent once are not sent again
+    assert len(first) + len(second) + ca.bodies[1]["truncated_edges"] == 200

@@ -32,7 +32,13 @@ from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
 from mesh_ca.client import CaClientError
-from mesh_ca.control.report_wire import MAX_DENIAL_SAMPLES, MAX_EDGES, DenialSample, Report
+from mesh_ca.control.report_wire import (
+    MAX_DENIAL_SAMPLES,
+    MAX_EDGES,
+    MAX_REPORT_BYTES,
+    DenialSample,
+    Report,
+)
 from meshgate.clock import Clock
 from meshgate.identity import BundleSet
 from meshgate.keys import PrivateKey
@@ -283,19 +289,25 @@ class Reporter:
     def body(self, now: datetime) -> tuple[bytes, set[EdgeKey]]:
         """The next report's body and the edges it carries (whose baseline a 200 moves)."""
         current = edge_totals(self.metrics.families())
-        edges, truncated = deltas(current, self._baseline, MAX_EDGES)
         if self._samples_source is not None:
             fresh = _valid_samples(self._samples_source())
             self._pending_samples = (self._pending_samples + fresh)[-MAX_DENIAL_SAMPLES:]
-        report = {
-            "sent_at": now.isoformat(),
-            "interval_seconds": round(max(0.0, (now - self._last_sent).total_seconds()), 3),
-            "status": self.status(),
-            "edges": edges,
-            "truncated_edges": truncated,
-            "denial_samples": self._pending_samples,
-        }
-        text = json.dumps(report).encode()
+        status = self.status()
+        limit = MAX_EDGES
+        while True:  # the busiest edges that fit the CA's size cap; the rest wait
+            edges, truncated = deltas(current, self._baseline, limit)
+            report = {
+                "sent_at": now.isoformat(),
+                "interval_seconds": round(max(0.0, (now - self._last_sent).total_seconds()), 3),
+                "status": status,
+                "edges": edges,
+                "truncated_edges": truncated,
+                "denial_samples": self._pending_samples,
+            }
+            text = json.dumps(report).encode()
+            if len(text) <= MAX_REPORT_BYTES or limit == 0:
+                break
+            limit //= 2
         Report.model_validate_json(text)  # what the CA would refuse, refused here first
         self._current = current
         return text, sent_keys(edges)
