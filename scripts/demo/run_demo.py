@@ -582,6 +582,7 @@ class Demo:
             print(f"  {name:8} access log  {self.mesh.access_log(name)}")
             print(f"  {'':8} metrics     {svc.admin_url('/metrics')}")
         print(f"  {'logs':8} {'':11} {self.work / 'logs'} (sidecars, apps, CA)")
+        print(f"  {'mesh':8} {'':11} http://{self.mesh.ca_admin}/v1/mesh (CA admin, JSON)")
         print(f"  {'report':8} {'':11} {self.work / 'report.json'}")
 
     def poke(self) -> None:
@@ -606,6 +607,9 @@ class Demo:
                 f"curl -sSk https://127.0.0.1:{orders.inbound_port}/orders/1",
                 "no client certificate: TLS alert",
             ),
+            (f"mesh-ca mesh stat --admin {self.mesh.ca_admin}", "the mesh as the CA sees it"),
+            (f"mesh-ca mesh edges --admin {self.mesh.ca_admin}", "per edge: req/s, p99, denials"),
+            (f"mesh-ca check --admin {self.mesh.ca_admin}", "the doctor: ✔/✘ with hints"),
             (f"curl -s {orders.admin_url('/certificate')}", "orders' SVID (serial, notAfter)"),
             (f"curl -s {orders.admin_url('/policies')}", "loaded policy set"),
             (f"curl -s {orders.admin_url('/metrics')} | grep meshgate_authz", "decisions"),
