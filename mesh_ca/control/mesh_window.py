@@ -2,11 +2,16 @@
 
 `MeshWindow.add` takes one accepted `Report` (with what the CA verified: the caller's
 SPIFFE ID, its SVID's validity, its address) at CA time `now`; `MeshWindow.totals` sums
-what arrived in the last 1, 5 or 15 minutes. Reports are kept as they came (one entry per
-report and instance; a sidecar sends every ~5 s, so at most ~180 entries per instance) and
-dropped once older than the longest window. Nothing here does I/O or reads a clock; the
-caller holds no lock (`MeshWindow` has its own: reports arrive on the event loop, views
-are read from the admin listener, maybe from a thread).
+what arrived in the last 1, 5 or 15 minutes. Nothing here does I/O or reads a clock;
+`MeshWindow` has its own lock (reports arrive on the event loop, views are read from the
+admin listener, maybe from a thread).
+
+Sums are differences of running totals, so a view costs one subtraction per instance and
+edge whatever the window: each instance keeps its running totals per edge since it was
+first heard, and before each report with edges a mark (the receive time and the totals
+so far; copy-on-write, so only the edges that report touches are new objects). The sum
+over (now - window, now] is the running total minus the mark of the first report received
+after now - window: exact to the report. Marks older than the longest window are dropped.
 
 Bounded: at most `max_instances` instances (and `max_instances_per_id` per SPIFFE ID); an
 instance silent for the longest window is forgotten.
@@ -14,6 +19,7 @@ instance silent for the longest window is forgotten.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import Counter, deque
 from collections.abc import Iterable
@@ -102,6 +108,48 @@ class EdgeTotals:
             self.denials[(denial.decision, denial.policy)] += denial.count
         self.handshake_failures.update(edge.handshake_failures)
 
+    def copy(self) -> EdgeTotals:
+        latency = self.latency
+        return EdgeTotals(
+            Counter(self.outcomes),
+            Histogram(latency.bounds, list(latency.counts), latency.sum_seconds)
+            if latency is not None
+            else None,
+            self.bytes_received,
+            self.bytes_sent,
+            Counter(self.denials),
+            Counter(self.handshake_failures),
+        )
+
+    def minus(self, earlier: EdgeTotals | None) -> EdgeTotals:
+        """What was added since `earlier`, a copy of these running totals taken before."""
+        if earlier is None:
+            return self
+        latency = self.latency
+        if latency is not None and earlier.latency is not None:
+            latency = Histogram(
+                latency.bounds,
+                [a - b for a, b in zip(latency.counts, earlier.latency.counts, strict=True)],
+                latency.sum_seconds - earlier.latency.sum_seconds,
+            )
+        return EdgeTotals(
+            self.outcomes - earlier.outcomes,
+            latency,
+            self.bytes_received - earlier.bytes_received,
+            self.bytes_sent - earlier.bytes_sent,
+            self.denials - earlier.denials,
+            self.handshake_failures - earlier.handshake_failures,
+        )
+
+    def empty(self) -> bool:
+        return not (
+            self.requests
+            or self.bytes_received
+            or self.bytes_sent
+            or self.denials.total()
+            or self.handshake_failures.total()
+        )
+
     def merge(self, other: EdgeTotals) -> None:
         self.outcomes.update(other.outcomes)
         if other.latency is not None:
@@ -129,7 +177,10 @@ class InstanceState:
     last_seen: datetime
     clock_skew_seconds: float  # sidecar clock minus CA clock at receipt (+ transit time)
     interval_seconds: float
-    reports: deque[tuple[datetime, tuple[EdgeReport, ...]]] = field(default_factory=deque)
+    # Running totals per edge since first heard, and the marks before each report.
+    running: dict[EdgeKey, EdgeTotals] = field(default_factory=dict)
+    mark_times: list[datetime] = field(default_factory=list)
+    marks: list[dict[EdgeKey, EdgeTotals]] = field(default_factory=list)
     samples: deque[tuple[datetime, DenialSample]] = field(
         default_factory=lambda: deque(maxlen=_SAMPLES_PER_INSTANCE)
     )
@@ -189,7 +240,7 @@ class MeshWindow:
             state.reports_received += 1
             state.truncated_edges = report.truncated_edges
             if report.edges:
-                state.reports.append((now, tuple(report.edges)))
+                _apply(state, report.edges, now)
             for sample in report.denial_samples:
                 state.samples.append((now, sample))
             if self.first_report_at is None:
@@ -212,16 +263,14 @@ class MeshWindow:
         with self._lock:
             self._prune(now)
             for key, state in self._instances.items():
-                for at, edges in reversed(state.reports):
-                    if at <= since:
-                        break
-                    for edge in edges:
-                        edge_key = (edge.direction, edge.source, edge.destination)
-                        per = out.setdefault(edge_key, {})
-                        totals = per.get(key)
-                        if totals is None:
-                            totals = per[key] = EdgeTotals()
-                        totals.add_report(edge)
+                first = bisect.bisect_right(state.mark_times, since)
+                if first == len(state.marks):
+                    continue  # no report with edges in the window
+                before = state.marks[first]
+                for edge_key, running in state.running.items():
+                    totals = running.minus(before.get(edge_key))
+                    if not totals.empty():
+                        out.setdefault(edge_key, {})[key] = totals
         return out
 
     def samples(self, window: timedelta, now: datetime) -> list[tuple[InstanceState, DenialSample]]:
@@ -244,9 +293,22 @@ class MeshWindow:
                 if self._per_id[state.spiffe_id] <= 0:
                     del self._per_id[state.spiffe_id]
                 continue
-            reports = state.reports
-            while reports and reports[0][0] <= oldest:
-                reports.popleft()
+            drop = bisect.bisect_right(state.mark_times, oldest)
+            if drop:
+                del state.mark_times[:drop], state.marks[:drop]
+
+
+def _apply(state: InstanceState, edges: Iterable[EdgeReport], now: datetime) -> None:
+    """Mark the running totals as they are before this report, then add it (copy-on-
+    write: the mark keeps the old objects of the edges the report touches)."""
+    state.mark_times.append(now)
+    state.marks.append(dict(state.running))
+    for edge in edges:
+        key = (edge.direction, edge.source, edge.destination)
+        old = state.running.get(key)
+        fresh = old.copy() if old is not None else EdgeTotals()
+        fresh.add_report(edge)
+        state.running[key] = fresh
 
 
 def merged(parts: Iterable[EdgeTotals]) -> EdgeTotals:
