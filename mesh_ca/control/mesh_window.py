@@ -259,18 +259,19 @@ class MeshWindow:
         """Per edge and direction, per instance ((SPIFFE ID, instance)): the sum of the
         deltas received in (now - window, now]."""
         since = now - window
-        out: dict[EdgeKey, dict[tuple[str, str], EdgeTotals]] = {}
-        with self._lock:
+        taken = []
+        with self._lock:  # only references: running totals are never changed once stored
             self._prune(now)
             for key, state in self._instances.items():
                 first = bisect.bisect_right(state.mark_times, since)
-                if first == len(state.marks):
-                    continue  # no report with edges in the window
-                before = state.marks[first]
-                for edge_key, running in state.running.items():
-                    totals = running.minus(before.get(edge_key))
-                    if not totals.empty():
-                        out.setdefault(edge_key, {})[key] = totals
+                if first < len(state.marks):  # else no report with edges in the window
+                    taken.append((key, dict(state.running), state.marks[first]))
+        out: dict[EdgeKey, dict[tuple[str, str], EdgeTotals]] = {}
+        for key, running, before in taken:
+            for edge_key, totals in running.items():
+                added = totals.minus(before.get(edge_key))
+                if not added.empty():
+                    out.setdefault(edge_key, {})[key] = added
         return out
 
     def samples(self, window: timedelta, now: datetime) -> list[tuple[InstanceState, DenialSample]]:
