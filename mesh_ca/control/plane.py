@@ -48,7 +48,7 @@ from mesh_ca.control.wire import (
     files_sha256,
 )
 from mesh_ca.server.core import ApiError, ApiRequest, ApiResponse, error_response
-from mesh_ca.store import StateStore, StoreError, StoreUnavailable
+from mesh_ca.store import SqliteStore, StateStore, StoreError, StoreUnavailable
 from mesh_ca.store.control import (
     ControlStore,
     Registration,
@@ -65,6 +65,8 @@ CONTROL_PREFIX: Final = "/v1/control/"
 _JSON: Final = "application/json"
 # An unchanged enforcement report is written at most this often per (ID, service).
 _ENFORCEMENT_REFRESH_SECONDS: Final = 15.0
+_REVOCATION_CACHE_SECONDS: Final = 2.0
+_REVOCATION_CACHE_SIZE: Final = 16_384
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -78,6 +80,8 @@ class ControlPlane:
         clock: Clock,
         verify_client: Callable[[ApiRequest, datetime], VerifiedSvid],
         is_revoked: Callable[[SpiffeId, int], bool],
+        *,
+        inline_store: bool = False,
     ) -> None:
         self.store = store
         self.config = config
@@ -85,7 +89,7 @@ class ControlPlane:
         self.view = RegistryView()
         self._verify_client = verify_client
         self._is_revoked = is_revoked
-        self._threads = Threads()
+        self._threads = Threads(inline=inline_store)
         self.publisher = PolicyPublisher(
             store, clock, self._threads, policy_dir, config.policy_poll_seconds
         )
@@ -94,6 +98,7 @@ class ControlPlane:
         )
         self._enforced: dict[tuple[str, str], tuple[int, float]] = {}
         self._closing = False
+        self._not_revoked: dict[tuple[str, int], float] = {}  # (ID, serial) -> checked at
 
     # Requests
 
@@ -132,15 +137,27 @@ class ControlPlane:
         self.sync.close()
         self.publisher.close()
 
-    async def _caller(self, request: ApiRequest, now: datetime) -> VerifiedSvid:
+    async def _caller(self, request: ApiRequest, now: datetime, *, fresh: bool) -> VerifiedSvid:
+        """The verified, unrevoked caller. A watch (`fresh` false) may rely on a check made
+        up to `_REVOCATION_CACHE_SECONDS` ago: one change wakes every watcher of a service
+        at once, and a store read each would be most of the fan-out's cost. A registration
+        always asks the store."""
         svid = self._verify_client(request, now)  # 401/403 without a valid client SVID
-        if await self._threads.run(self._is_revoked, svid.spiffe_id, svid.leaf.serial_number):
-            raise ApiError(403, "revoked", f"{svid.spiffe_id} (or its certificate) is revoked")
+        key = (str(svid.spiffe_id), svid.leaf.serial_number)
+        moment = time.monotonic()
+        checked = self._not_revoked.get(key)
+        if fresh or checked is None or moment - checked > _REVOCATION_CACHE_SECONDS:
+            if await self._threads.run(self._is_revoked, svid.spiffe_id, key[1]):
+                self._not_revoked.pop(key, None)
+                raise ApiError(403, "revoked", f"{svid.spiffe_id} (or its certificate) is revoked")
+            if len(self._not_revoked) >= _REVOCATION_CACHE_SIZE:
+                self._not_revoked.clear()
+            self._not_revoked[key] = moment
         return svid
 
     async def _register(self, request: ApiRequest) -> ApiResponse:
         now = self.clock.now()
-        svid = await self._caller(request, now)
+        svid = await self._caller(request, now, fresh=True)
         body = _parse(request, RegisterRequest)
         peer = str(svid.spiffe_id)
         loaded = self.policy.loaded
@@ -209,7 +226,7 @@ class ControlPlane:
 
     async def _deregister(self, request: ApiRequest) -> ApiResponse:
         now = self.clock.now()
-        svid = await self._caller(request, now)
+        svid = await self._caller(request, now, fresh=True)
         body = _parse(request, RegisterRequest)
         peer = str(svid.spiffe_id)
         version = await self._threads.run(self.store.deregister, body.service, peer, body.address)
@@ -219,19 +236,21 @@ class ControlPlane:
 
     async def _endpoints(self, request: ApiRequest) -> ApiResponse:
         now = self.clock.now()
-        svid = await self._caller(request, now)
+        svid = await self._caller(request, now, fresh=False)
         body = _parse(request, EndpointsWatch)
         deadline = trio.current_time() + body.wait_ms / 1000
         while self.view.get(body.service).version == body.after:
             if trio.current_time() >= deadline or self._closing:
                 break
             await self.sync.wait(body.service, deadline)
-        answer = self.view.endpoint_set(body.service)
-        return _json(answer, peer=str(svid.spiffe_id), service=body.service)
+        answer = self.view.endpoint_set_json(body.service)
+        return ApiResponse(
+            200, answer, _JSON, log={"peer": str(svid.spiffe_id), "service": body.service}
+        )
 
     async def _policies(self, request: ApiRequest) -> ApiResponse:
         now = self.clock.now()
-        svid = await self._caller(request, now)
+        svid = await self._caller(request, now, fresh=False)
         body = _parse(request, PoliciesWatch)
         peer = str(svid.spiffe_id)
         if not self._may_serve(svid.spiffe_id, body.service, request.source, now):
@@ -374,5 +393,11 @@ def control_plane_for(
         policy_dir = Path(config.policy_dir)
         policy_dir = policy_dir if policy_dir.is_absolute() else ca_dir / policy_dir
     return ControlPlane(
-        control_store(store), config, policy_dir, clock, verify_client, store.is_revoked
+        control_store(store),
+        config,
+        policy_dir,
+        clock,
+        verify_client,
+        store.is_revoked,
+        inline_store=isinstance(store, SqliteStore),  # local, sub-millisecond calls
     )
