@@ -66,6 +66,13 @@ _JSON: Final = "application/json"
 # An unchanged enforcement report is written at most this often per (ID, service).
 _ENFORCEMENT_REFRESH_SECONDS: Final = 15.0
 _REVOCATION_CACHE_SECONDS: Final = 2.0
+_NO_POLICY_SET: Final = ApiError(
+    503,
+    "no_policy_set",
+    "the control plane has not published a policy set yet ([control] policy_dir unset, or "
+    "never valid); retry later",
+    (("retry-after", "5"),),
+)
 _REVOCATION_CACHE_SIZE: Final = 16_384
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -253,6 +260,8 @@ class ControlPlane:
         svid = await self._caller(request, now, fresh=False)
         body = _parse(request, PoliciesWatch)
         peer = str(svid.spiffe_id)
+        if self.policy.loaded is None:
+            raise _NO_POLICY_SET
         if not self._may_serve(svid.spiffe_id, body.service, request.source, now):
             raise ApiError(
                 403,
@@ -268,12 +277,7 @@ class ControlPlane:
             await self.publisher.wait_changed(deadline)
         state = self.policy
         if state.loaded is None or state.published_at is None:
-            raise ApiError(
-                503,
-                "no_policy_set",
-                "the control plane has not published a policy set yet",
-                (("retry-after", "5"),),
-            )
+            raise _NO_POLICY_SET
         files = state.loaded.slice_for(body.service)
         answer = PolicySet(
             version=state.version,
