@@ -19,11 +19,11 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Final, TypeVar, final
+from typing import Final, final
 
 import trio
-from pydantic import BaseModel, ValidationError
 
+from mesh_ca.control.bodies import JSON, json_response, parse_body
 from mesh_ca.control.config import ControlConfig
 from mesh_ca.control.publisher import PolicyPublisher, PolicyState
 from mesh_ca.control.registry import (
@@ -62,7 +62,6 @@ __all__ = ["CONTROL_PREFIX", "ControlPlane", "PolicyState", "control_plane_for"]
 
 log = logging.getLogger("mesh_ca.control")
 CONTROL_PREFIX: Final = "/v1/control/"
-_JSON: Final = "application/json"
 # An unchanged enforcement report is written at most this often per (ID, service).
 _ENFORCEMENT_REFRESH_SECONDS: Final = 15.0
 _REVOCATION_CACHE_SECONDS: Final = 2.0
@@ -74,7 +73,6 @@ _NO_POLICY_SET: Final = ApiError(
     (("retry-after", "5"),),
 )
 _REVOCATION_CACHE_SIZE: Final = 16_384
-_M = TypeVar("_M", bound=BaseModel)
 
 
 @final
@@ -165,7 +163,7 @@ class ControlPlane:
     async def _register(self, request: ApiRequest) -> ApiResponse:
         now = self.clock.now()
         svid = await self._caller(request, now, fresh=True)
-        body = _parse(request, RegisterRequest)
+        body = parse_body(request, RegisterRequest)
         peer = str(svid.spiffe_id)
         loaded = self.policy.loaded
         if loaded is None:
@@ -229,22 +227,24 @@ class ControlPlane:
             renew_seconds=self.config.renew_seconds,
             expires_at=registration.expires_at,
         )
-        return _json(lease, peer=peer, service=body.service, address=body.address)
+        return json_response(lease, peer=peer, service=body.service, address=body.address)
 
     async def _deregister(self, request: ApiRequest) -> ApiResponse:
         now = self.clock.now()
         svid = await self._caller(request, now, fresh=True)
-        body = _parse(request, RegisterRequest)
+        body = parse_body(request, RegisterRequest)
         peer = str(svid.spiffe_id)
         version = await self._threads.run(self.store.deregister, body.service, peer, body.address)
         if version is not None:
             await self.sync.refresh(body.service)
-        return _json(Deregistered(removed=version is not None), peer=peer, service=body.service)
+        return json_response(
+            Deregistered(removed=version is not None), peer=peer, service=body.service
+        )
 
     async def _endpoints(self, request: ApiRequest) -> ApiResponse:
         now = self.clock.now()
         svid = await self._caller(request, now, fresh=False)
-        body = _parse(request, EndpointsWatch)
+        body = parse_body(request, EndpointsWatch)
         deadline = trio.current_time() + body.wait_ms / 1000
         while self.view.get(body.service).version == body.after:
             if trio.current_time() >= deadline or self._closing:
@@ -252,13 +252,13 @@ class ControlPlane:
             await self.sync.wait(body.service, deadline)
         answer = self.view.endpoint_set_json(body.service)
         return ApiResponse(
-            200, answer, _JSON, log={"peer": str(svid.spiffe_id), "service": body.service}
+            200, answer, JSON, log={"peer": str(svid.spiffe_id), "service": body.service}
         )
 
     async def _policies(self, request: ApiRequest) -> ApiResponse:
         now = self.clock.now()
         svid = await self._caller(request, now, fresh=False)
-        body = _parse(request, PoliciesWatch)
+        body = parse_body(request, PoliciesWatch)
         peer = str(svid.spiffe_id)
         if self.policy.loaded is None:
             raise _NO_POLICY_SET
@@ -286,7 +286,7 @@ class ControlPlane:
             files=files,
             published_at=state.published_at,
         )
-        return _json(answer, peer=peer, service=body.service, version=str(state.version))
+        return json_response(answer, peer=peer, service=body.service, version=str(state.version))
 
     def _may_serve(self, spiffe_id: SpiffeId, service: str, source: str, now: datetime) -> bool:
         """A caller gets a service's policies if it holds a registration for it, or if
@@ -350,29 +350,6 @@ class ControlPlane:
             nursery.start_soon(self.sync.run)
             nursery.start_soon(self.publisher.watch)
             task_status.started()
-
-
-def _json(model: BaseModel, **log_fields: str) -> ApiResponse:
-    return ApiResponse(200, model.model_dump_json().encode(), _JSON, log=log_fields)
-
-
-def _parse(request: ApiRequest, model: type[_M]) -> _M:
-    content_type = (request.content_type or "").split(";")[0].strip().lower()
-    if content_type != _JSON:
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"content-type must be {_JSON}, not {request.content_type or 'missing'}",
-        )
-    try:
-        return model.model_validate_json(request.body)
-    except ValidationError as exc:
-        parts = []
-        for error in exc.errors()[:5]:
-            where = ".".join(str(p) for p in error["loc"]) or "body"
-            message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
-            parts.append(f"{where}: {message}")
-        raise ApiError(400, "bad_request", "; ".join(parts)) from None
 
 
 _Handler = Callable[[ControlPlane, ApiRequest], Awaitable[ApiResponse]]

@@ -98,8 +98,9 @@ class PolicyPublisher:
         directory = self.directory
         now = self.clock.now()
         try:
-            files = await self._threads.run(read_policy_files, directory)
-            loaded = await self._threads.run(load_policy_set, files)
+            # Parsing and validating take tens of ms: always off the event loop.
+            files = await trio.to_thread.run_sync(read_policy_files, directory)
+            loaded = await trio.to_thread.run_sync(load_policy_set, files)
         except PolicySetError as exc:
             self._refused(f"{directory}: {exc}", now)
             log.error(
@@ -134,7 +135,7 @@ class PolicyPublisher:
         if latest is None or latest.version <= self.state.version:
             return
         try:
-            loaded = await self._threads.run(load_policy_set, latest.files)
+            loaded = await trio.to_thread.run_sync(load_policy_set, latest.files)
         except PolicySetError as exc:  # published by a newer or broken replica: keep ours
             log.error(json.dumps({"event": "published_policy_unusable", "error": str(exc)}))
             return
