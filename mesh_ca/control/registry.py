@@ -16,7 +16,14 @@ from typing import Final, final
 from mesh_ca.control.wire import Endpoint, EndpointSet
 from mesh_ca.store.control import Enforcement, Registration, ServiceEndpoints
 
-__all__ = ["SILENT_AFTER", "PolicyStatusRow", "RegistryView", "endpoints_report", "policy_status"]
+__all__ = [
+    "SILENT_AFTER",
+    "PolicyStatusRow",
+    "RegistryView",
+    "endpoints_report",
+    "policy_status",
+    "status_document",
+]
 
 # A sidecar that has not asked for policies for this long is shown as silent (stale): its
 # long-poll asks at least every 30 s.
@@ -27,6 +34,9 @@ SILENT_AFTER: Final = timedelta(seconds=90)
 class RegistryView:
     def __init__(self) -> None:
         self._services: dict[str, ServiceEndpoints] = {}
+        # The answer's JSON per service, made once for all its watchers (a change wakes
+        # every one of them with the same set); dropped whenever the set changes.
+        self._bodies: dict[str, bytes] = {}
 
     def get(self, service: str) -> ServiceEndpoints:
         return self._services.get(service) or ServiceEndpoints(service, 0, ())
@@ -37,6 +47,7 @@ class RegistryView:
         if known is not None and current.version < known.version:
             return False
         self._services[current.service] = current
+        self._bodies.pop(current.service, None)
         return known is None or current.version != known.version
 
     def renewed(self, registration: Registration) -> None:
@@ -49,6 +60,7 @@ class RegistryView:
             registration if (r.spiffe_id, r.address) == key else r for r in known.registrations
         )
         self._services[registration.service] = replace(known, registrations=fresh)
+        self._bodies.pop(registration.service, None)
 
     def holds(self, service: str, spiffe_id: str) -> bool:
         return any(r.spiffe_id == spiffe_id for r in self.get(service).registrations)
@@ -61,6 +73,16 @@ class RegistryView:
 
     def services(self) -> list[ServiceEndpoints]:
         return [self._services[name] for name in sorted(self._services)]
+
+    def endpoint_set_json(self, service: str) -> bytes:
+        """`endpoint_set(service)` as JSON bytes, cached until the set changes. A service
+        nobody registered is answered but not cached (any name may be asked for)."""
+        body = self._bodies.get(service)
+        if body is None:
+            body = self.endpoint_set(service).model_dump_json().encode()
+            if service in self._services:
+                self._bodies[service] = body
+        return body
 
     def endpoint_set(self, service: str) -> EndpointSet:
         current = self.get(service)
@@ -132,3 +154,33 @@ def policy_status(
             )
         )
     return out
+
+
+def status_document(
+    version: int,
+    sha256: str | None,
+    published_at: datetime | None,
+    error: str | None,
+    rows: Sequence[PolicyStatusRow],
+) -> dict[str, object]:
+    """The policy status as JSON (admin view and `mesh-ca policy status --output json`)."""
+    return {
+        "published": {
+            "version": version,
+            "sha256": sha256,
+            "published_at": published_at.isoformat() if published_at else None,
+        },
+        "last_error": error,
+        "sidecars": [
+            {
+                "spiffe_id": r.spiffe_id,
+                "service": r.service,
+                "enforced_version": r.enforced_version,
+                "latest_version": r.latest_version,
+                "seen_at": r.seen_at.isoformat(),
+                "state": r.state,
+                "stale": r.stale,
+            }
+            for r in rows
+        ],
+    }
