@@ -52,7 +52,10 @@ def _matches(mesh: Mesh) -> dict[tuple[str, str], dict[str, Any]] | None:
     edges = _view_edges(mesh, "edges")
     for edge, counted in own.items():
         shown = edges.get(edge)
-        if shown is None or shown["requests"] != counted["requests"]:
+        # The destination's own report must be in (until then the edge is the source's view).
+        if shown is None or shown["inbound"] is None or shown["measured_by"] != "inbound":
+            return None
+        if shown["requests"] != counted["requests"]:
             return None
         if shown["success_rate"] != round(counted["successes"] / counted["requests"], 4):
             return None
