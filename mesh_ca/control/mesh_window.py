@@ -9,9 +9,10 @@ admin listener, maybe from a thread).
 Sums are differences of running totals, so a view costs one subtraction per instance and
 edge whatever the window: each instance keeps its running totals per edge since it was
 first heard, and before each report with edges a mark (the receive time and the totals
-so far; copy-on-write, so only the edges that report touches are new objects). The sum
-over (now - window, now] is the running total minus the mark of the first report received
-after now - window: exact to the report. Marks older than the longest window are dropped.
+so far; copy-on-write, so only the edges that report touches are new objects), at most one
+every 10 s. The sum over (now - window, now] is the running total minus the first mark
+after now - window: what arrived in the window, less at most 10 s at its start. Marks
+older than the longest window are dropped.
 
 Bounded: at most `max_instances` instances (and `max_instances_per_id` per SPIFFE ID); an
 instance silent for the longest window is forgotten.
@@ -49,6 +50,9 @@ WINDOWS: Final[dict[str, timedelta]] = {
 }
 _KEPT: Final = max(WINDOWS.values())
 _SAMPLES_PER_INSTANCE: Final = 32
+# A window starts at the first mark inside it: its start is exact to this many seconds
+# (fewer marks, less memory: each holds a copy of the edges the next report touched).
+_MARK_SECONDS: Final = 10.0
 
 # (direction, source service, destination service)
 EdgeKey = tuple[str, str, str]
@@ -300,10 +304,13 @@ class MeshWindow:
 
 
 def _apply(state: InstanceState, edges: Iterable[EdgeReport], now: datetime) -> None:
-    """Mark the running totals as they are before this report, then add it (copy-on-
-    write: the mark keeps the old objects of the edges the report touches)."""
-    state.mark_times.append(now)
-    state.marks.append(dict(state.running))
+    """Mark the running totals as they are before this report (at most one mark every
+    `_MARK_SECONDS`), then add it (copy-on-write: the mark keeps the old objects of the
+    edges the report touches)."""
+    times = state.mark_times
+    if not times or (now - times[-1]).total_seconds() >= _MARK_SECONDS:
+        times.append(now)
+        state.marks.append(dict(state.running))
     for edge in edges:
         key = (edge.direction, edge.source, edge.destination)
         old = state.running.get(key)
