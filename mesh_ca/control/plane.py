@@ -25,6 +25,7 @@ import trio
 
 from mesh_ca.control.bodies import JSON, json_response, parse_body
 from mesh_ca.control.config import ControlConfig
+from mesh_ca.control.metrics import ControlMetrics
 from mesh_ca.control.publisher import PolicyPublisher, PolicyState
 from mesh_ca.control.registry import (
     RegistryView,
@@ -48,17 +49,12 @@ from mesh_ca.control.wire import (
     files_sha256,
 )
 from mesh_ca.server.core import ApiError, ApiRequest, ApiResponse, error_response
-from mesh_ca.store import SqliteStore, StateStore, StoreError, StoreUnavailable
-from mesh_ca.store.control import (
-    ControlStore,
-    Registration,
-    TooManyRegistrations,
-    control_store,
-)
+from mesh_ca.store import StoreError, StoreUnavailable
+from mesh_ca.store.control import ControlStore, Registration, TooManyRegistrations
 from meshgate.clock import Clock
 from meshgate.identity import SpiffeId, VerifiedSvid
 
-__all__ = ["CONTROL_PREFIX", "ControlPlane", "PolicyState", "control_plane_for"]
+__all__ = ["CONTROL_PREFIX", "ControlPlane", "PolicyState"]
 
 log = logging.getLogger("mesh_ca.control")
 CONTROL_PREFIX: Final = "/v1/control/"
@@ -87,8 +83,10 @@ class ControlPlane:
         is_revoked: Callable[[SpiffeId, int], bool],
         *,
         inline_store: bool = False,
+        metrics: ControlMetrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or ControlMetrics()
         self.config = config
         self.clock = clock
         self.view = RegistryView()
@@ -96,13 +94,15 @@ class ControlPlane:
         self._is_revoked = is_revoked
         self._threads = Threads(inline=inline_store)
         self.publisher = PolicyPublisher(
-            store, clock, self._threads, policy_dir, config.policy_poll_seconds
+            store, clock, self._threads, policy_dir, config.policy_poll_seconds, self.metrics
         )
         self.sync = RegistrySync(
             store, clock, self._threads, self.view, self.publisher.adopt_latest
         )
         self._enforced: dict[tuple[str, str], tuple[int, float]] = {}
         self._closing = False
+        self.metrics.endpoints.set_function(self.view.endpoint_count)
+        self.metrics.policy_version.set_function(lambda: self.publisher.state.version)
         self._not_revoked: dict[tuple[str, int], float] = {}  # (ID, serial) -> checked at
 
     # Requests
@@ -120,8 +120,10 @@ class ControlPlane:
                     f"{request.path} takes POST, not {request.method}",
                     (("allow", "POST"),),
                 )
-            return await handler(self, request)
+            response = await handler(self, request)
         except ApiError as exc:
+            if request.path == REGISTER_PATH:
+                self.metrics.registrations.labels(exc.code).inc()
             return error_response(exc)
         except StoreUnavailable as exc:
             error = ApiError(
@@ -131,6 +133,9 @@ class ControlPlane:
                 (("retry-after", "5"),),
             )
             return error_response(error, detail=str(exc)[:300])
+        if request.path == REGISTER_PATH:
+            self.metrics.registrations.labels(response.log.get("registration", "ok")).inc()
+        return response
 
     @property
     def policy(self) -> PolicyState:
@@ -214,6 +219,7 @@ class ControlPlane:
                 "deregister one or wait for its lease to end",
                 log={"peer": peer, "service": body.service},
             ) from None
+        kind = "renewed" if version is None else "new"
         if version is None:
             self.view.renewed(registration)
         else:
@@ -227,7 +233,9 @@ class ControlPlane:
             renew_seconds=self.config.renew_seconds,
             expires_at=registration.expires_at,
         )
-        return json_response(lease, peer=peer, service=body.service, address=body.address)
+        return json_response(
+            lease, peer=peer, service=body.service, address=body.address, registration=kind
+        )
 
     async def _deregister(self, request: ApiRequest) -> ApiResponse:
         now = self.clock.now()
@@ -249,7 +257,8 @@ class ControlPlane:
         while self.view.get(body.service).version == body.after:
             if trio.current_time() >= deadline or self._closing:
                 break
-            await self.sync.wait(body.service, deadline)
+            with self.metrics.watchers.track_inprogress():
+                await self.sync.wait(body.service, deadline)
         answer = self.view.endpoint_set_json(body.service)
         return ApiResponse(
             200, answer, JSON, log={"peer": str(svid.spiffe_id), "service": body.service}
@@ -274,7 +283,8 @@ class ControlPlane:
         while self.policy.version == body.after:
             if trio.current_time() >= deadline or self._closing:
                 break
-            await self.publisher.wait_changed(deadline)
+            with self.metrics.watchers.track_inprogress():
+                await self.publisher.wait_changed(deadline)
         state = self.policy
         if state.loaded is None or state.published_at is None:
             raise _NO_POLICY_SET
@@ -359,26 +369,3 @@ _ROUTES: Final[dict[str, _Handler]] = {
     ENDPOINTS_PATH: ControlPlane._endpoints,
     POLICIES_PATH: ControlPlane._policies,
 }
-
-
-def control_plane_for(
-    ca_dir: Path,
-    config: ControlConfig,
-    store: StateStore,
-    clock: Clock,
-    verify_client: Callable[[ApiRequest, datetime], VerifiedSvid],
-) -> ControlPlane:
-    """The control plane of a CA directory: its store, `[control]` and policy directory."""
-    policy_dir = None
-    if config.policy_dir is not None:
-        policy_dir = Path(config.policy_dir)
-        policy_dir = policy_dir if policy_dir.is_absolute() else ca_dir / policy_dir
-    return ControlPlane(
-        control_store(store),
-        config,
-        policy_dir,
-        clock,
-        verify_client,
-        store.is_revoked,
-        inline_store=isinstance(store, SqliteStore),  # local, sub-millisecond calls
-    )

@@ -62,6 +62,9 @@ class RegistryView:
         self._services[registration.service] = replace(known, registrations=fresh)
         self._bodies.pop(registration.service, None)
 
+    def endpoint_count(self) -> int:
+        return sum(len(s.registrations) for s in self._services.values())
+
     def holds(self, service: str, spiffe_id: str) -> bool:
         return any(r.spiffe_id == spiffe_id for r in self.get(service).registrations)
 
