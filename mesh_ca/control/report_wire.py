@@ -156,7 +156,8 @@ class Report(_Wire):
 
 
 class ReportAccepted(_Wire):
-    """The CA's answer: its clock and how often it wants reports (a sidecar may follow)."""
+    """The CA's answer: its clock and the default report interval (informative: sidecars
+    keep their own ``report.interval_seconds``)."""
 
     accepted: bool
     received_at: datetime
