@@ -45,6 +45,7 @@ from mesh_ca.config import (
     StoreConfig,
     load_config,
 )
+from mesh_ca.control.cli import add_control_parsers, endpoints_main, policy_main
 from mesh_ca.duration import format_duration, parse_duration
 from mesh_ca.federation.status import federation_lines, federation_status
 from mesh_ca.issuance import (
@@ -277,6 +278,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_serve_flags(p)
 
     add_db_parser(sub)
+    add_control_parsers(sub)
     return parser
 
 
@@ -605,6 +607,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _cmd_serve,
     "token": _cmd_token_create,  # "create" is its only action so far
     "db": db_main,
+    "endpoints": endpoints_main,
+    "policy": policy_main,
 }
 
 
