@@ -8,7 +8,7 @@ CA's ``generated_at``), so the checks judge the mesh as the CA saw it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, final
@@ -220,10 +220,36 @@ def _policy_versions(live: list[Mapping[str, Any]]) -> dict[str, list[str]]:
     return {svc: sorted(vs) for svc, vs in sorted(versions.items()) if len(vs) > 1}
 
 
+def _registered_check(
+    registrations: Sequence[Mapping[str, Any]], instances: list[Mapping[str, Any]]
+) -> Check:
+    """Every endpoint registered with the control plane has a sidecar reporting under its
+    SPIFFE ID (a registration outlives its sidecar until the lease runs out)."""
+    live = {i["spiffe_id"] for i in instances if not i["stale"]}
+    silent = [r for r in registrations if r.get("spiffe_id") not in live]
+    return Check(
+        "sidecars_registered",
+        not silent,
+        f"{len(silent)} registered endpoint(s) without a reporting sidecar"
+        if silent
+        else f"{len(registrations)} registered endpoint(s), each with a reporting sidecar",
+        "the sidecar stopped (its lease runs out at expires_at) or does not report "
+        "([report] enabled); with replicas it may report to another replica"
+        if silent
+        else "",
+        [f"{r.get('service')} {r.get('address')}: {r.get('spiffe_id')}" for r in silent],
+    )
+
+
 def run_checks(
-    view: Mapping[str, Any] | None, unreachable: str | None, admin: str, limits: Thresholds
+    view: Mapping[str, Any] | None,
+    unreachable: str | None,
+    admin: str,
+    limits: Thresholds,
+    registrations: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[Check]:
-    """Every check; `view` is the ``/v1/mesh`` JSON, or None with `unreachable` saying why."""
+    """Every check; `view` is the ``/v1/mesh`` JSON, or None with `unreachable` saying why;
+    `registrations` the control plane's endpoints (None: not available, no check)."""
     if view is None:
         return [
             Check(
@@ -246,4 +272,6 @@ def run_checks(
     ]
     checks += _ca_checks(ca, now, limits)
     checks += _sidecar_checks(view["instances"], ca, now, limits)
+    if registrations is not None:
+        checks.insert(5, _registered_check(registrations, view["instances"]))
     return checks

@@ -258,7 +258,8 @@ def check_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     except MeshCliError as exc:
         view, why = None, str(exc)
     limits = Thresholds(args.ca_expiry_warn, args.svid_warn, args.max_clock_skew)
-    checks = run_checks(view, why, admin, limits)
+    registrations = _registrations(admin) if view is not None else None
+    checks = run_checks(view, why, admin, limits, registrations)
     ok = all(c.ok for c in checks)
     if args.output == "json":
         document = {"ok": ok, "admin": admin, "checks": [c.as_json() for c in checks]}
@@ -267,6 +268,19 @@ def check_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
         _print_checks(checks, out)
         out.write("\nall checks passed\n" if ok else "\nsome checks failed\n")
     return 0 if ok else 1
+
+
+def _registrations(admin: str) -> list[dict[str, Any]] | None:
+    """The control plane's registered endpoints (``/control/endpoints``), or None when this
+    admin listener does not serve them."""
+    url = f"http://{admin}/control/endpoints"
+    try:
+        with urllib.request.urlopen(url, timeout=_TIMEOUT_SECONDS) as response:
+            document = json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+    rows = document.get("endpoints") if isinstance(document, dict) else None
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else None
 
 
 def _print_checks(checks: Sequence[Check], out: TextIO) -> None:

@@ -100,3 +100,17 @@ def test_an_unreachable_ca_is_one_failed_check_naming_the_address() -> None:
 def test_no_reporting_sidecar_fails_and_says_how_they_report() -> None:
     found = failed(view())
     assert "[report]" in found["sidecars_reporting"].hint
+
+
+def test_a_registered_endpoint_without_a_reporting_sidecar_fails() -> None:
+    registrations = [
+        {"service": "orders", "address": "10.0.0.1:9443", "spiffe_id": instance()["spiffe_id"]},
+        {"service": "pay", "address": "10.0.0.2:9443", "spiffe_id": "spiffe://example.org/x"},
+    ]
+    checks = run_checks(view(instance()), None, "127.0.0.1:9", Thresholds(), registrations)
+    [check] = [c for c in checks if c.name == "sidecars_registered"]
+    assert not check.ok
+    assert check.details == ["pay 10.0.0.2:9443: spiffe://example.org/x"]
+    assert "lease" in check.hint
+    ok = run_checks(view(instance()), None, "127.0.0.1:9", Thresholds(), registrations[:1])
+    assert all(c.ok for c in ok)
