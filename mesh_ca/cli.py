@@ -39,6 +39,7 @@ from mesh_ca.config import (
     StoreConfig,
     load_config,
 )
+from mesh_ca.dashboard.cli import add_dashboard_parser, dashboard_main
 from mesh_ca.duration import format_duration, parse_duration
 from mesh_ca.issuance import (
     FLOOR_LEAF_TTL,
@@ -216,6 +217,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     add_keys_flags(p)
+
+    p = add("dashboard", "Serve the live mesh dashboard (a web page) on loopback.")
+    add_dashboard_parser(p)
 
     p = add("issue", "Issue an X509-SVID offline (the key is made here).")
     add_dir(p)
@@ -594,6 +598,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _cmd_serve,
     "token": _cmd_token_create,  # "create" is its only action so far
     "db": db_main,
+    "dashboard": dashboard_main,
 }
 
 
