@@ -32,6 +32,7 @@ _TYPES: Final = {
     "index.html": "text/html; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 
 

@@ -42,13 +42,27 @@ function duration(seconds) {
   return (s / 3600).toFixed(1) + " h";
 }
 
+// The edges to draw: those with traffic in the window, plus the calls each sidecar is
+// configured to make (its outbound services), drawn idle, so the graph keeps its shape.
+function graphEdges(mesh) {
+  const edges = [...mesh.edges];
+  const seen = new Set(edges.map(edgeKey));
+  for (const i of mesh.instances) {
+    for (const destination of i.outbound_services || []) {
+      const idle = { source: i.service, destination, requests: 0, rps: 0, success_rate: null, latency_ms: {}, idle: true };
+      if (!seen.has(edgeKey(idle))) { seen.add(edgeKey(idle)); edges.push(idle); }
+    }
+  }
+  return edges;
+}
+
 // Layered layout: a service's column is the length of the longest call chain into it.
-function layout(mesh) {
+function layout(mesh, edges) {
   const names = new Set(mesh.services.map((s) => s.name));
-  for (const e of mesh.edges) { names.add(e.source); names.add(e.destination); }
+  for (const e of edges) { names.add(e.source); names.add(e.destination); }
   const depth = new Map([...names].map((n) => [n, 0]));
   for (let round = 0; round < names.size; round++) {
-    for (const e of mesh.edges) {
+    for (const e of edges) {
       if (e.source !== e.destination && depth.get(e.destination) < depth.get(e.source) + 1) {
         depth.set(e.destination, Math.min(depth.get(e.source) + 1, names.size));
       }
@@ -63,30 +77,39 @@ function layout(mesh) {
   const pos = new Map();
   const rows = Math.max(1, ...[...columns.values()].map((c) => c.length));
   for (const [d, members] of columns) {
-    members.forEach((name, i) => pos.set(name, { x: 90 + d * 260, y: 60 + (i + (rows - members.length) / 2) * 110 }));
+    members.forEach((name, i) => pos.set(name, { x: 90 + d * 320, y: 60 + (i + (rows - members.length) / 2) * 110 }));
   }
-  const width = 180 + Math.max(0, ...depth.values()) * 260;
+  const width = 180 + Math.max(0, ...depth.values()) * 320;
   return { pos, width, height: 120 + (rows - 1) * 110 };
 }
 
 function drawGraph(mesh) {
   const svg = document.getElementById("graph");
-  const { pos, width, height } = layout(mesh);
-  svg.setAttribute("viewBox", `0 0 ${Math.max(width, 400)} ${height}`);
+  const edges = graphEdges(mesh);
+  const { pos, width, height } = layout(mesh, edges);
+  const w = Math.max(width, 400), h = height + 80;
+  svg.setAttribute("viewBox", `0 -40 ${w} ${h}`);
+  svg.setAttribute("width", w);
+  svg.setAttribute("height", h);
   const defs = el("svg:defs", {}, el("svg:marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" }, el("svg:path", { d: "M 0 0 L 10 5 L 0 10 z", fill: "context-stroke" })));
   const parts = [defs];
   const health = new Map(mesh.services.map((s) => [s.name, s.health]));
-  for (const e of mesh.edges) {
+  for (const e of edges) {
     const a = pos.get(e.source), b = pos.get(e.destination);
-    if (!a || !b) continue;
+    if (!a || !b || a === b) continue;
     const dx = b.x - a.x, dy = b.y - a.y, len = Math.hypot(dx, dy) || 1;
     const ux = dx / len, uy = dy / len;
-    const x1 = a.x + ux * 70, y1 = a.y + uy * 24, x2 = b.x - ux * 72, y2 = b.y - uy * 26;
-    const label = `${num(e.rps, 1)} req/s · p99 ${num(e.latency_ms.p99, 1)} ms`;
-    const g = el("svg:g", { class: "edge" + (edgeKey(e) === selectedEdge ? " selected" : ""), "data-source": e.source, "data-destination": e.destination, "data-rps": e.rps, "data-p99": e.latency_ms.p99 ?? "", "data-success-rate": e.success_rate ?? "" },
+    const x1 = a.x + ux * 72, y1 = a.y + uy * 26, x2 = b.x - ux * 74, y2 = b.y - uy * 28;
+    // An edge that skips a column bends around the services between its ends.
+    const skips = Math.abs(dx) > 360 || Math.abs(dx) < 1;
+    const bend = skips ? Math.max(90, len * 0.22) : 0;
+    const cx = (x1 + x2) / 2 + uy * bend, cy = (y1 + y2) / 2 - ux * bend;
+    const mx = (x1 + 2 * cx + x2) / 4, my = (y1 + 2 * cy + y2) / 4; // the curve's middle
+    const label = e.idle ? "no requests" : `${num(e.rps, 1)} req/s · p99 ${num(e.latency_ms.p99, 1)} ms`;
+    const g = el("svg:g", { class: "edge" + (e.idle ? " idle" : "") + (edgeKey(e) === selectedEdge ? " selected" : ""), "data-source": e.source, "data-destination": e.destination, "data-requests": e.requests, "data-p99": e.latency_ms.p99 ?? "", "data-success-rate": e.success_rate ?? "" },
       el("svg:title", {}, `${e.source} → ${e.destination}: ${label}, success ${pct(e.success_rate)}`),
-      el("svg:line", { x1, y1, x2, y2, stroke: colour(e), "marker-end": "url(#arrow)" }),
-      el("svg:text", { x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 8, class: "edge-label" }, label));
+      el("svg:path", { d: `M ${x1} ${y1} Q ${cx} ${cy} ${x2} ${y2}`, stroke: colour(e), fill: "none", "marker-end": "url(#arrow)" }),
+      el("svg:text", { x: mx + uy * 14, y: my - ux * 14 - 4, class: "edge-label" }, label));
     g.addEventListener("click", () => select(edgeKey(e)));
     parts.push(g);
   }
