@@ -307,7 +307,7 @@ def test_the_dashboard_draws_the_mesh_its_numbers_and_a_new_denial_in_a_real_bro
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    from tests.integration.dashboard_browser import chromium
+    from tests.integration.dashboard_browser import chromium, page_state
 
     url = re.search(r"Dashboard: (http://\S+/)", demo["stdout"])
     assert url is not None, demo["stdout"][-2000:]
@@ -325,27 +325,19 @@ def test_the_dashboard_draws_the_mesh_its_numbers_and_a_new_denial_in_a_real_bro
         Select(browser.find_element(By.ID, "window")).select_by_value("15m")
 
         # The three services and the two edges with traffic are drawn.
-        def drawn() -> list[str] | None:
-            nodes = browser.find_elements(By.CSS_SELECTOR, "#graph g.node")
-            names = sorted(n.get_attribute("data-service") or "" for n in nodes)
-            return names if {"web", "orders", "payments"} <= set(names) else None
+        def drawn() -> dict[str, Any] | None:
+            state = page_state(browser)
+            busy = {(e["source"], e["destination"]) for e in state["edges"] if not e["idle"]}
+            want = {("web", "orders"), ("orders", "payments")}
+            ok = {"web", "orders", "payments"} <= set(state["nodes"]) and want <= busy
+            return state if ok and state["window"] == "15m" else None
 
-        _until("web, orders and payments in the graph", drawn)
-        for source, destination in (("web", "orders"), ("orders", "payments")):
-            edge = f'#graph g.edge[data-source="{source}"][data-destination="{destination}"]'
-
-            def busy(edge: str = edge) -> list[Any] | None:
-                return browser.find_elements(By.CSS_SELECTOR, f"{edge}:not(.idle)") or None
-
-            _until(f"{source} → {destination} drawn with traffic", busy)
+        _until("web, orders, payments and their two edges in the graph", drawn)
 
         # The denial appears, with the policy that decided it and the command to replay it.
         def denial() -> list[str] | None:
-            for row in browser.find_elements(By.CSS_SELECTOR, "#denials tbody tr"):
-                cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
-                if path in cells:
-                    return cells
-            return None
+            rows = page_state(browser)["tables"]["denials"]
+            return next((cells for cells in rows if path in cells), None)
 
         cells = _until(f"the denial of DELETE {path}", denial)
         assert cells[2] == "DELETE", cells
@@ -354,25 +346,25 @@ def test_the_dashboard_draws_the_mesh_its_numbers_and_a_new_denial_in_a_real_bro
         assert path in cells[7], cells
 
         # web → orders in the edge table and on the graph agrees with the JSON API.
-        def agrees() -> tuple[list[str], dict[str, Any]] | None:
-            row = browser.find_element(
-                By.CSS_SELECTOR, '#edges tr[data-source="web"][data-destination="orders"]'
-            )
-            shown = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+        def agrees() -> tuple[dict[str, Any], dict[str, Any]] | None:
+            state = page_state(browser)
             api = _edge(_mesh_json(dashboard, "15m"), "web", "orders")
-            same = (
-                shown[6] == str(api["requests"]) and shown[5] == f"{api['latency_ms']['p99']:.2f}"
+            row = next(r for r in state["tables"]["edges"] if r[:2] == ["web", "orders"])
+            edge = next(
+                e for e in state["edges"] if (e["source"], e["destination"]) == ("web", "orders")
             )
-            return (shown, api) if same else None
+            p99 = api["latency_ms"]["p99"]
+            same = (
+                row[6] == str(api["requests"])
+                and row[5] == f"{p99:.2f}"
+                and row[7] == str(api["denials"])
+                and edge["requests"] == str(api["requests"])
+                and f"p99 {p99:.1f} ms" in edge["label"]
+            )
+            return (state, api) if same else None
 
-        shown, api = _until("the web → orders row to match /api/mesh", agrees)
+        _, api = _until("the web → orders row and arrow to match /api/mesh", agrees)
         assert api["denials"] >= 1, api
-        assert shown[7] == str(api["denials"]), (shown, api)
-        graph_edge = browser.find_element(
-            By.CSS_SELECTOR, '#graph g.edge[data-source="web"][data-destination="orders"]'
-        )
-        assert graph_edge.get_attribute("data-requests") == str(api["requests"])
-        assert f"p99 {api['latency_ms']['p99']:.1f} ms" in graph_edge.text
 
         shot = tmp_path / "dashboard.png"
         assert browser.save_screenshot(str(shot))

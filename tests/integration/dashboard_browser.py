@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
@@ -40,3 +41,27 @@ def chromium(profile: Path) -> Iterator[webdriver.Chrome]:
         yield driver
     finally:
         driver.quit()
+
+
+# One snapshot of what the page shows, read in one script run: the page redraws every two
+# seconds, so element handles kept across calls would go stale mid-read.
+_STATE_SCRIPT = """
+const cells = (sel) => Array.from(document.querySelectorAll(sel)).map(
+  (row) => Array.from(row.querySelectorAll("td")).map((c) => c.textContent));
+return {
+  window: document.getElementById("window").value,
+  nodes: Array.from(document.querySelectorAll("#graph g.node")).map((n) => n.dataset.service),
+  edges: Array.from(document.querySelectorAll("#graph g.edge")).map((e) => ({
+    source: e.dataset.source, destination: e.dataset.destination,
+    requests: e.dataset.requests, idle: e.classList.contains("idle"),
+    label: e.querySelector("text").textContent})),
+  tables: {
+    services: cells("#services tbody tr"), edges: cells("#edges tbody tr"),
+    denials: cells("#denials tbody tr"), workloads: cells("#workloads tbody tr")},
+};
+"""
+
+
+def page_state(driver: webdriver.Chrome) -> dict[str, Any]:
+    state: dict[str, Any] = driver.execute_script(_STATE_SCRIPT)
+    return state
