@@ -330,7 +330,7 @@ def test_the_dashboard_draws_the_mesh_its_numbers_and_a_new_denial_in_a_real_bro
             busy = {(e["source"], e["destination"]) for e in state["edges"] if not e["idle"]}
             want = {("web", "orders"), ("orders", "payments")}
             ok = {"web", "orders", "payments"} <= set(state["nodes"]) and want <= busy
-            return state if ok and state["window"] == "15m" else None
+            return state if ok and state["shown_window"] == "15m" else None
 
         _until("web, orders, payments and their two edges in the graph", drawn)
 
@@ -348,6 +348,8 @@ def test_the_dashboard_draws_the_mesh_its_numbers_and_a_new_denial_in_a_real_bro
         # web → orders in the edge table and on the graph agrees with the JSON API.
         def agrees() -> tuple[dict[str, Any], dict[str, Any]] | None:
             state = page_state(browser)
+            if state["shown_window"] != "15m":
+                return None
             api = _edge(_mesh_json(dashboard, "15m"), "web", "orders")
             row = next(r for r in state["tables"]["edges"] if r[:2] == ["web", "orders"])
             edge = next(

@@ -50,6 +50,7 @@ const cells = (sel) => Array.from(document.querySelectorAll(sel)).map(
   (row) => Array.from(row.querySelectorAll("td")).map((c) => c.textContent));
 return {
   window: document.getElementById("window").value,
+  shown_window: document.body.dataset.window,
   nodes: Array.from(document.querySelectorAll("#graph g.node")).map((n) => n.dataset.service),
   edges: Array.from(document.querySelectorAll("#graph g.edge")).map((e) => ({
     source: e.dataset.source, destination: e.dataset.destination,

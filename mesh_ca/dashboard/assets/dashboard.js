@@ -7,6 +7,8 @@ const POLL_MS = 2000;
 const SVG = "http://www.w3.org/2000/svg";
 let selectedEdge = null; // "source→destination"
 let last = null;
+let asked = 0; // polls sent; an answer older than the last one drawn is dropped
+let drawn = 0;
 
 function el(tag, attrs, ...children) {
   const node = tag.startsWith("svg:") ? document.createElementNS(SVG, tag.slice(4)) : document.createElement(tag);
@@ -173,6 +175,7 @@ function drawWorkloads(mesh) {
 
 function draw(mesh) {
   last = mesh;
+  document.body.dataset.window = mesh.window;
   document.getElementById("trust-domain").textContent = mesh.ca && mesh.ca.trust_domain ? mesh.ca.trust_domain : "";
   drawGraph(mesh);
   drawServices(mesh);
@@ -190,10 +193,14 @@ function select(key) {
 async function poll() {
   const problem = document.getElementById("problem");
   const window_ = document.getElementById("window").value;
+  const ticket = ++asked;
   try {
     const response = await fetch("api/mesh?window=" + encodeURIComponent(window_), { cache: "no-store" });
     const body = await response.json();
     if (!response.ok) throw new Error(body.detail || response.statusText);
+    // Answers can arrive out of order (a slow one for the window shown before a change).
+    if (ticket < drawn || window_ !== document.getElementById("window").value) return;
+    drawn = ticket;
     draw(body);
     problem.hidden = true;
   } catch (error) {
