@@ -5,6 +5,12 @@ Every flag is validated before anything is written; usage errors name the flag a
 ``serve``'s start-up failures have their own codes (`meshgate.exit_codes`, ``--help``), and
 so does an unusable PKCS#11 key store in any command (7, naming the ``keys.*`` key). Join
 tokens go to stdout only, so scripts can capture them; nothing secret is ever logged.
+
+Why one module: it is the one `argparse` tree of ``mesh-ca`` with one short
+``_cmd_*`` function per subcommand and the flag checks they share; the work behind each
+command lives in its own module (`ca_dir`, `issuance`, `store`, `keys_cli`, `server`).
+Reading the whole command surface in one file is the point; a subcommand that grows
+beyond parsing and printing belongs in a module of its own.
 """
 
 from __future__ import annotations
@@ -50,9 +56,11 @@ from mesh_ca.issuance import (
     make_csr,
 )
 from mesh_ca.keys_cli import add_keys_flags, keys_config
+from mesh_ca.mesh_cli import add_mesh_parsers, check_main, guarded, mesh_main
 from mesh_ca.store import IssuedRecord, StateStore, StoreError, open_store
 from mesh_ca.store.dbcli import add_db_parser, db_main
 from mesh_ca.tokens import new_token
+from meshgate.errors import MeshgateError
 from meshgate.exit_codes import EXIT_CODES_HELP, StartupError
 from meshgate.files import write_atomic_set
 from meshgate.identity import (
@@ -71,14 +79,14 @@ __all__ = ["add_serve_flags", "main"]
 PROG = "mesh-ca"
 
 
-class UsageError(Exception):
+class UsageError(MeshgateError):
     """A flag value is wrong; exit 2. The message starts with the flag."""
 
     def __init__(self, flag: str, message: str) -> None:
         super().__init__(f"{flag}: {message}")
 
 
-class OperationError(Exception):
+class OperationError(MeshgateError):
     """The command could not be carried out; exit 1."""
 
 
@@ -263,7 +271,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = add("status", "Show the CA, certificate expiry, outstanding tokens and revocations.")
     add_dir(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="the same as --output json")
+    p.add_argument("--output", choices=["table", "json"], default="table")
 
     p = add("serve", "Run the CA HTTPS server.")
     p.epilog = EXIT_CODES_HELP
@@ -273,6 +282,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_serve_flags(p)
 
     add_db_parser(sub)
+    add_mesh_parsers(sub)
     return parser
 
 
@@ -560,7 +570,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         "issued_count": issued,
         "keys": config.keys.model_dump(exclude_none=True),
     }
-    if args.json:
+    if args.json or args.output == "json":
         _out(json.dumps(status, indent=2))
         return 0
     _out(f"trust domain   {config.trust_domain}")
@@ -598,7 +608,9 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _cmd_serve,
     "token": _cmd_token_create,  # "create" is its only action so far
     "db": db_main,
-    "dashboard": dashboard_main,
+    "dashboard": guarded(dashboard_main),
+    "mesh": guarded(mesh_main),
+    "check": guarded(check_main),
 }
 
 

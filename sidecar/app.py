@@ -15,6 +15,7 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -34,6 +35,7 @@ from sidecar.observe.access import Observer
 from sidecar.observe.admin import AdminState, serve_admin
 from sidecar.observe.logs import event
 from sidecar.observe.metrics import SidecarMetrics
+from sidecar.observe.reporter import start_reporter, write_samples_forever
 from sidecar.observe.tracing import Tracer, default_service_name
 from sidecar.outbound.http import HttpOutbound
 from sidecar.outbound.mesh_pool import MeshPool
@@ -168,52 +170,6 @@ async def _start_identity(
     return stats
 
 
-def _start_reporter(
-    config: SidecarConfig,
-    store: CredentialStore,
-    clock: Clock,
-    metrics: SidecarMetrics,
-    stats: IdentityStats,
-    policies: LivePolicies | None,
-    nursery: trio.Nursery,
-    observer: Observer | None = None,
-    serving: Callable[[], str | None] | None = None,
-) -> None:
-    """Report to the control plane in the background (`sidecar.observe.reporter`), when
-    there is a CA to report to."""
-    from sidecar.observe.reporter import (
-        Reporter,
-        ca_client_factory,
-        instance_name,
-        sidecar_status,
-        wants_reporter,
-    )
-
-    if not wants_reporter(config):
-        return
-    state = AdminState(
-        config,
-        store,
-        clock.now,
-        metrics=metrics,
-        identity_stats=stats,
-        policies=policies.store if policies else None,
-        serving=serving,
-    )
-    instance, started = instance_name(), clock.now()
-    view = policies.store if policies else None
-    reporter = Reporter(
-        config,
-        store,
-        metrics,
-        lambda: sidecar_status(config, state, metrics, instance, started, view),
-        clock,
-        ca_client_factory(config, clock),
-        samples=observer.take_denial_samples if observer is not None else None,
-    )
-    nursery.start_soon(reporter.run)
-
-
 def _tracer(config: SidecarConfig) -> Tracer | None:
     """The span exporter of ``[tracing]``; None (and no SDK import) without it."""
     if config.tracing is None:
@@ -241,6 +197,7 @@ async def run(
     drain: trio.Event | None = None,
     store: CredentialStore | None = None,
     on_started: Callable[[], None] | None = None,
+    relay: Path | None = None,
 ) -> int:
     """Serve until drained; returns the process exit code (0 after a graceful drain).
 
@@ -251,7 +208,8 @@ async def run(
     (SIGTERM/SIGINT) during start-up stops at once and returns 0.
 
     `store` and `on_started` (called once the first SVID is live and the listeners serve)
-    are for worker processes (`sidecar.workers`), which are fed credentials by their parent.
+    are for worker processes (`sidecar.workers`), which are fed credentials by their parent;
+    `relay` is where a worker leaves its denial samples for the parent's report.
     """
     clock = clock or SystemClock()
     drain = drain if drain is not None else trio.Event()
@@ -363,9 +321,10 @@ async def run(
                             await policies.start(nursery)
                         await _start_identity(config, store, clock, reload, nursery, stats)
                     if not starting.cancelled_caught:
-                        _start_reporter(
-                            config, store, clock, metrics, stats, policies, nursery, observer
-                        )
+                        view = policies.store if policies else None
+                        take = observer.take_denial_samples
+                        report = (nursery, config, store, clock, metrics, stats)
+                        start_reporter(*report, policies=view, samples=take)
                         listening: dict[str, Any] = {
                             name: [str(ls.socket.getsockname()[:2]) for ls in listeners]
                             for name, listeners, _ in serving
@@ -376,6 +335,8 @@ async def run(
                             listeners=listening,
                             spiffe_id=str(config.identity.spiffe_id),
                         )
+                        if relay is not None:  # a worker: its parent sends the samples
+                            nursery.start_soon(write_samples_forever, take, relay)
                         if on_started is not None:
                             on_started()
                     else:

@@ -113,6 +113,7 @@ def _instance(state: InstanceState, now: datetime) -> dict[str, Any]:
         "reports_received": state.reports_received,
         "truncated_edges": state.truncated_edges,
         "clock_skew_seconds": round(state.clock_skew_seconds, 3),
+        "svid_issued_at": state.svid_not_before.isoformat(),
         "svid_expires_at": state.svid_not_after.isoformat(),
         "svid_expires_in_seconds": round((state.svid_not_after - now).total_seconds(), 3),
         "bundle_sequence": status.bundle_sequence,

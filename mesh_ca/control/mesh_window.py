@@ -1,7 +1,7 @@
 """The rolling window of sidecar reports: per instance and per edge, 15 minutes. Pure.
 
 `MeshWindow.add` takes one accepted `Report` (with what the CA verified: the caller's
-SPIFFE ID, its SVID's notAfter, its address) at CA time `now`; `MeshWindow.totals` sums
+SPIFFE ID, its SVID's validity, its address) at CA time `now`; `MeshWindow.totals` sums
 what arrived in the last 1, 5 or 15 minutes. Reports are kept as they came (one entry per
 report and instance; a sidecar sends every ~5 s, so at most ~180 entries per instance) and
 dropped once older than the longest window. Nothing here does I/O or reads a clock; the
@@ -23,6 +23,7 @@ from typing import Final, final
 
 from mesh_ca.control.histogram import Histogram
 from mesh_ca.control.report_wire import DenialSample, EdgeReport, Report, SidecarStatus
+from meshgate.errors import MeshgateError
 
 __all__ = [
     "WINDOWS",
@@ -55,7 +56,7 @@ def parse_window(text: str) -> timedelta:
         raise ValueError(f"window {text!r}: use one of {', '.join(WINDOWS)}") from None
 
 
-class TooManyInstances(Exception):  # noqa: N818 - a refusal, answered 429
+class TooManyInstances(MeshgateError):  # noqa: N818 - a refusal, answered 429
     """The window holds as many instances (in all, or of this SPIFFE ID) as it may."""
 
 
@@ -122,6 +123,7 @@ class InstanceState:
     instance: str
     address: str
     status: SidecarStatus
+    svid_not_before: datetime
     svid_not_after: datetime
     first_seen: datetime
     last_seen: datetime
@@ -149,7 +151,7 @@ class MeshWindow:
         self,
         spiffe_id: str,
         address: str,
-        svid_not_after: datetime,
+        svid_validity: tuple[datetime, datetime],
         report: Report,
         now: datetime,
     ) -> InstanceState:
@@ -170,7 +172,7 @@ class MeshWindow:
                     report.status.instance,
                     address,
                     report.status,
-                    svid_not_after,
+                    *svid_validity,
                     first_seen=now,
                     last_seen=now,
                     clock_skew_seconds=0.0,
@@ -180,7 +182,7 @@ class MeshWindow:
                 self._per_id[spiffe_id] += 1
             state.address = address
             state.status = report.status
-            state.svid_not_after = svid_not_after
+            state.svid_not_before, state.svid_not_after = svid_validity
             state.last_seen = now
             state.clock_skew_seconds = (report.sent_at - now).total_seconds()
             state.interval_seconds = report.interval_seconds

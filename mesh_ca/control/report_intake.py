@@ -1,7 +1,7 @@
 """``POST /v1/control/report``: check a sidecar's report and put it in the window. Pure.
 
 The CA's API core (`mesh_ca.server.core`) verifies the caller's client SVID and hands the
-verified SPIFFE ID, the SVID's notAfter, the body and the times here. Refusals are
+verified SPIFFE ID, the SVID's validity, the body and the times here. Refusals are
 `ReportRefused` with a status and a stable code:
 
 - 413 ``report_too_large``: the body is over `MAX_REPORT_BYTES`;
@@ -28,13 +28,14 @@ from mesh_ca.control.mesh_view import mesh_view
 from mesh_ca.control.mesh_window import MeshWindow, TooManyInstances, parse_window
 from mesh_ca.control.report_wire import MAX_REPORT_BYTES, Report, ReportAccepted
 from mesh_ca.server.ratelimit import RateLimiter
+from meshgate.errors import ProtocolError
 
 __all__ = ["DEFAULT_INTERVAL_SECONDS", "ReportIntake", "ReportRefused"]
 
 DEFAULT_INTERVAL_SECONDS: Final = 5.0
 
 
-class ReportRefused(Exception):  # noqa: N818 - a refusal, answered with `status`
+class ReportRefused(ProtocolError):  # noqa: N818 - a refusal, answered with `status`
     def __init__(
         self, status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()
     ) -> None:
@@ -71,7 +72,7 @@ class ReportIntake:
     def accept(
         self,
         spiffe_id: str,
-        svid_not_after: datetime,
+        svid_validity: tuple[datetime, datetime],
         address: str,
         body: bytes,
         now: datetime,
@@ -101,7 +102,7 @@ class ReportIntake:
         except ValidationError as exc:
             raise ReportRefused(400, "bad_request", _summary(exc)) from None
         try:
-            self.window.add(spiffe_id, address, svid_not_after, report, now)
+            self.window.add(spiffe_id, address, svid_validity, report, now)
         except TooManyInstances as exc:
             raise ReportRefused(
                 429, "too_many_instances", str(exc), (("retry-after", "60"),)

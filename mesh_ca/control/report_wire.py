@@ -23,6 +23,7 @@ __all__ = [
     "MAX_DENIAL_SAMPLES",
     "MAX_EDGES",
     "MAX_REPORT_BYTES",
+    "REPORT_PATH",
     "DenialSample",
     "EdgeReport",
     "LatencyHistogram",
@@ -33,6 +34,7 @@ __all__ = [
     "SidecarStatus",
 ]
 
+REPORT_PATH: Final = "/v1/control/report"
 MAX_REPORT_BYTES: Final = 64 * 1024  # the CA refuses a larger body (413)
 MAX_EDGES: Final = 256  # edges in one report; a sidecar with more sends the busiest
 MAX_BUCKETS: Final = 32

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mesh_ca.config import load_config, parse_admin_listen, parse_listen
+from mesh_ca.config import parse_admin_listen, parse_listen
+from mesh_ca.mesh_cli import admin_address
 from meshgate.exit_codes import ExitCode, StartupError
 
 if TYPE_CHECKING:
@@ -31,11 +32,12 @@ def add_dashboard_parser(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let --listen bind a non-loopback address (no TLS, no authentication)",
     )
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--admin",
         metavar="HOST:PORT",
-        help="the CA's plain-HTTP admin listener (`mesh-ca serve --admin-listen`)",
+        help="the CA's plain-HTTP admin listener (`mesh-ca serve --admin-listen`; default "
+        "$MESH_CA_ADMIN, else server.admin_listen of --dir)",
     )
     source.add_argument(
         "--dir", type=Path, help="a CA directory whose ca.toml sets server.admin_listen"
@@ -43,20 +45,11 @@ def add_dashboard_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _admin_address(args: argparse.Namespace) -> tuple[str, int]:
-    if args.admin is not None:
-        try:
-            return parse_listen(args.admin)
-        except ValueError as exc:
-            raise StartupError("--admin", args.admin, str(exc), ExitCode.USAGE) from None
-    config = load_config(args.dir / "ca.toml")
-    if not config.server.admin_listen:
-        raise StartupError(
-            "server.admin_listen",
-            str(args.dir / "ca.toml"),
-            "is not set, so the CA serves no mesh JSON: set it (or pass --admin HOST:PORT)",
-            ExitCode.USAGE,
-        )
-    return parse_listen(config.server.admin_listen)
+    text = admin_address(args)  # as `mesh-ca mesh` finds it
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise StartupError("--admin", text, str(exc), ExitCode.USAGE) from None
 
 
 def dashboard_main(args: argparse.Namespace) -> int:

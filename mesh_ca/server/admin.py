@@ -7,6 +7,10 @@ Loopback only unless the operator says otherwise (`mesh_ca.config.parse_admin_li
 no TLS, no authentication, so it serves nothing but counts, durations and expiry times.
 One request per connection, a small head, a short deadline: a scraper needs no more, and
 a slow or hostile client ties up one of a few slots for seconds at most.
+
+With the control plane: ``GET /control/endpoints[?service=S]`` (every registered endpoint)
+and ``GET /control/policy`` (the published policy version, the last refused edit, which
+version each sidecar enforces and which are stale), as JSON.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import parse_qs
 
 import trio
@@ -22,6 +26,7 @@ import trio
 from mesh_ca.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mesh_ca.server.metrics import CaMetrics
 from mesh_ca.server.wire import WireError, parse_request_head, render_response
+from mesh_ca.store import StoreError
 from meshgate.exit_codes import ExitCode, StartupError
 
 __all__ = ["admin_response", "open_admin_listeners", "serve_admin"]
@@ -34,6 +39,29 @@ _MAX_CONNECTIONS: Final = 16
 
 # The mesh JSON for a window name (ValueError for an unknown one); None: not served.
 MeshSource = Callable[[str], dict[str, Any]]
+
+
+class ControlViews(Protocol):
+    """What the admin listener shows of the control plane (`mesh_ca.control.plane`)."""
+
+    def endpoints_json(self, service: str | None = None) -> bytes: ...
+
+    async def policy_status_json(self) -> bytes: ...
+
+
+async def _control_view(control: ControlViews, method: str, target: str) -> tuple[int, bytes]:
+    path, _, query = target.partition("?")
+    if method not in ("GET", "HEAD"):
+        return 405, b'{"error":"method_not_allowed","detail":"use GET"}'
+    if path == "/control/endpoints":
+        service = parse_qs(query).get("service", [None])[0]
+        return 200, control.endpoints_json(service)
+    if path == "/control/policy":
+        try:
+            return 200, await control.policy_status_json()
+        except StoreError:
+            return 503, b'{"error":"store_unavailable","detail":"the CA state store is down"}'
+    return 404, b'{"error":"not_found","detail":"try /control/endpoints or /control/policy"}'
 
 
 def admin_response(
@@ -76,7 +104,12 @@ async def open_admin_listeners(key: str, host: str, port: int) -> list[trio.Sock
         raise StartupError(key, f"{host}:{port}", problem, ExitCode.LISTEN) from exc
 
 
-async def _answer(metrics: CaMetrics, mesh: MeshSource | None, stream: trio.SocketStream) -> None:
+async def _answer(
+    metrics: CaMetrics,
+    control: ControlViews | None,
+    mesh: MeshSource | None,
+    stream: trio.SocketStream,
+) -> None:
     buffer = bytearray()
     with trio.move_on_after(_DEADLINE_SECONDS):
         try:
@@ -85,7 +118,11 @@ async def _answer(metrics: CaMetrics, mesh: MeshSource | None, stream: trio.Sock
                 if not data:
                     return
                 buffer += data
-            status, body, content_type = admin_response(head.method, head.target, metrics, mesh)
+            if control is not None and head.path.startswith("/control/"):
+                status, body = await _control_view(control, head.method, head.target)
+                content_type = _JSON
+            else:
+                status, body, content_type = admin_response(head.method, head.target, metrics, mesh)
             if head.method == "HEAD":
                 body = b""
         except WireError as exc:
@@ -95,6 +132,7 @@ async def _answer(metrics: CaMetrics, mesh: MeshSource | None, stream: trio.Sock
 
 async def _handle(
     metrics: CaMetrics,
+    control: ControlViews | None,
     mesh: MeshSource | None,
     slots: trio.CapacityLimiter,
     stream: trio.SocketStream,
@@ -105,7 +143,7 @@ async def _handle(
         except trio.WouldBlock:
             return  # all slots taken: close at once
         try:
-            await _answer(metrics, mesh, stream)
+            await _answer(metrics, control, mesh, stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
         finally:
@@ -115,11 +153,12 @@ async def _handle(
 async def serve_admin(
     listeners: list[trio.SocketListener],
     metrics: CaMetrics,
+    control: ControlViews | None = None,
     mesh: MeshSource | None = None,
     *,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the admin endpoints on `listeners` until cancelled."""
     slots = trio.CapacityLimiter(_MAX_CONNECTIONS)
-    handler = functools.partial(_handle, metrics, mesh, slots)
+    handler = functools.partial(_handle, metrics, control, mesh, slots)
     await trio.serve_listeners(handler, listeners, task_status=task_status)

@@ -51,6 +51,7 @@ from mesh_ca.api import (
 )
 from mesh_ca.control.mesh_window import MeshWindow
 from mesh_ca.control.report_intake import ReportIntake, ReportRefused
+from mesh_ca.control.report_wire import REPORT_PATH
 from mesh_ca.issuance import (
     MAX_LEAF_TTL,
     MIN_LEAF_TTL,
@@ -77,6 +78,7 @@ from mesh_ca.store import (
     TokenWrongId,
 )
 from mesh_ca.tokens import TokenFormatError, new_token, parse_token
+from meshgate.errors import ProtocolError
 from meshgate.identity import (
     BundleSet,
     SpiffeId,
@@ -117,7 +119,7 @@ def ca_server_id(trust_domain: TrustDomain) -> SpiffeId:
     return SpiffeId(trust_domain, CA_SERVER_PATH)
 
 
-class ApiError(Exception):
+class ApiError(ProtocolError):
     """A refusal with an HTTP status, a short stable code and a message for the client."""
 
     def __init__(
@@ -643,8 +645,9 @@ class CaService:
             )
         caller = str(svid.spiffe_id)
         try:
+            validity = (svid.leaf.not_valid_before_utc, svid.not_after)
             body = self.reports.accept(
-                caller, svid.not_after, request.source, request.body, now, monotonic
+                caller, validity, request.source, request.body, now, monotonic
             )
         except ReportRefused as exc:
             peer = {"peer": caller}
@@ -731,6 +734,6 @@ _ROUTES: Final[dict[str, tuple[str, _Handler, bool]]] = {
     "/v1/renew": ("POST", CaService._renew, True),
     "/v1/admin/tokens": ("POST", CaService._create_token, True),
     "/v1/admin/revoke": ("POST", CaService._revoke, True),
-    "/v1/control/report": ("POST", CaService._report, False),
+    REPORT_PATH: ("POST", CaService._report, False),
 }
 _ISSUANCE_KINDS: Final = {"/v1/bootstrap": "bootstrap", "/v1/renew": "renew"}

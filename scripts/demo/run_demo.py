@@ -12,6 +12,9 @@ certificate is refused. Then a summary table, where the logs and metrics are, an
 Exits 1 naming every step that did not behave as described; 2 when the mesh did not start.
 Everything started is stopped on exit, on Ctrl-C and on failure, unless ``--keep`` (and the
 run got to the end): then the mesh stays up and the curl commands to poke it are printed.
+
+Why one module: the demo is one script, read top to bottom as the story it
+tells: `Demo` holds the running mesh and one method per step, in the order they run.
 """
 
 from __future__ import annotations
@@ -506,7 +509,22 @@ class Demo:
 
     # -- the end ----------------------------------------------------------------------------
 
+    def settle_logs(self, quiet: float = 0.3, timeout: float = 5) -> None:
+        """Wait until the access logs stop growing: a sidecar writes a request's line after
+        the response went out, so the last requests' lines may land after the client saw
+        the answer (a summary read at once missed them on a busy machine)."""
+        paths = [self.mesh.access_log(name) for name in SERVICES]
+        deadline = time.monotonic() + timeout
+        sizes = None
+        while time.monotonic() < deadline:
+            now = [p.stat().st_size if p.exists() else 0 for p in paths]
+            if now == sizes:
+                return
+            sizes = now
+            time.sleep(quiet)
+
     def rows(self) -> list[HopRow]:
+        self.settle_logs()
         lines = []
         for name in SERVICES:
             lines += read_json_lines(self.mesh.access_log(name))
@@ -564,6 +582,7 @@ class Demo:
             print(f"  {name:8} access log  {self.mesh.access_log(name)}")
             print(f"  {'':8} metrics     {svc.admin_url('/metrics')}")
         print(f"  {'logs':8} {'':11} {self.work / 'logs'} (sidecars, apps, CA)")
+        print(f"  {'mesh':8} {'':11} http://{self.mesh.ca_admin}/v1/mesh (CA admin, JSON)")
         print(f"  {'report':8} {'':11} {self.work / 'report.json'}")
 
     def poke(self) -> None:
@@ -593,6 +612,9 @@ class Demo:
                 f"curl -sSk https://127.0.0.1:{orders.inbound_port}/orders/1",
                 "no client certificate: TLS alert",
             ),
+            (f"mesh-ca mesh stat --admin {self.mesh.ca_admin}", "the mesh as the CA sees it"),
+            (f"mesh-ca mesh edges --admin {self.mesh.ca_admin}", "per edge: req/s, p99, denials"),
+            (f"mesh-ca check --admin {self.mesh.ca_admin}", "the doctor: ✔/✘ with hints"),
             (f"curl -s {orders.admin_url('/certificate')}", "orders' SVID (serial, notAfter)"),
             (f"curl -s {orders.admin_url('/policies')}", "loaded policy set"),
             (f"curl -s {orders.admin_url('/metrics')} | grep meshgate_authz", "decisions"),

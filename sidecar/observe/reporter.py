@@ -14,6 +14,7 @@ with a CA. A failing report never affects traffic; it is logged when the outcome
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ import re
 import socket
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Final, Protocol, final
 
 import trio
@@ -30,13 +32,20 @@ from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
 from mesh_ca.client import CaClientError
-from mesh_ca.control.report_wire import MAX_DENIAL_SAMPLES, MAX_EDGES, DenialSample, Report
+from mesh_ca.control.report_wire import (
+    MAX_DENIAL_SAMPLES,
+    MAX_EDGES,
+    MAX_REPORT_BYTES,
+    DenialSample,
+    Report,
+)
 from meshgate.clock import Clock
 from meshgate.identity import BundleSet
 from meshgate.keys import PrivateKey
 from meshgate.version import installed_version
 from sidecar.config import SidecarConfig
 from sidecar.identity.credentials import CredentialStore
+from sidecar.identity.stats import IdentityStats
 from sidecar.observe.admin import AdminState, PolicyView, readiness
 from sidecar.observe.logs import event
 from sidecar.observe.metrics import SidecarMetrics
@@ -47,8 +56,11 @@ __all__ = [
     "Reporter",
     "ca_client_factory",
     "instance_name",
+    "read_sample_files",
     "sidecar_status",
+    "start_reporter",
     "wants_reporter",
+    "write_samples_forever",
 ]
 
 log = logging.getLogger("sidecar.observe.reporter")
@@ -182,6 +194,46 @@ def sidecar_status(
     return status
 
 
+_SAMPLE_FILES: Final = "denials-*.json"
+
+
+async def write_samples_forever(
+    take: Callable[[], list[dict[str, Any]]], directory: Path, every_seconds: float = 1.0
+) -> None:
+    """A worker's half of the denial-sample relay (``workers > 1``): every second, the
+    samples taken since are written to a new file in the runtime directory
+    (``denials-PID-N.json``, atomically), which the parent reads and removes
+    (`read_sample_files`). One file per write: no file is ever written twice."""
+    from meshgate.files import write_atomic
+
+    sequence = 0
+    while True:
+        await trio.sleep(every_seconds)
+        samples = take()
+        if samples:
+            sequence += 1
+            path = directory / f"denials-{os.getpid()}-{sequence}.json"
+            try:
+                write_atomic(path, json.dumps(samples).encode(), 0o600)
+            except OSError as exc:
+                event(log, "cannot relay denial samples", level=logging.WARNING, error=str(exc))
+
+
+def read_sample_files(directory: Path) -> list[dict[str, Any]]:
+    """The parent's half: the samples the workers wrote since the last call (files removed),
+    oldest first; at most the newest `MAX_DENIAL_SAMPLES`."""
+    samples: list[dict[str, Any]] = []
+    for path in sorted(directory.glob(_SAMPLE_FILES), key=lambda p: p.stat().st_mtime):
+        try:
+            loaded = json.loads(path.read_bytes())
+            path.unlink()
+        except (OSError, ValueError):
+            continue
+        if isinstance(loaded, list):
+            samples.extend(s for s in loaded if isinstance(s, dict))
+    return samples[-MAX_DENIAL_SAMPLES:]
+
+
 def _valid_samples(samples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The samples the CA will take (a request's method or path may be anything)."""
     kept = []
@@ -237,19 +289,25 @@ class Reporter:
     def body(self, now: datetime) -> tuple[bytes, set[EdgeKey]]:
         """The next report's body and the edges it carries (whose baseline a 200 moves)."""
         current = edge_totals(self.metrics.families())
-        edges, truncated = deltas(current, self._baseline, MAX_EDGES)
         if self._samples_source is not None:
             fresh = _valid_samples(self._samples_source())
             self._pending_samples = (self._pending_samples + fresh)[-MAX_DENIAL_SAMPLES:]
-        report = {
-            "sent_at": now.isoformat(),
-            "interval_seconds": round(max(0.0, (now - self._last_sent).total_seconds()), 3),
-            "status": self.status(),
-            "edges": edges,
-            "truncated_edges": truncated,
-            "denial_samples": self._pending_samples,
-        }
-        text = json.dumps(report).encode()
+        status = self.status()
+        limit = MAX_EDGES
+        while True:  # the busiest edges that fit the CA's size cap; the rest wait
+            edges, truncated = deltas(current, self._baseline, limit)
+            report = {
+                "sent_at": now.isoformat(),
+                "interval_seconds": round(max(0.0, (now - self._last_sent).total_seconds()), 3),
+                "status": status,
+                "edges": edges,
+                "truncated_edges": truncated,
+                "denial_samples": self._pending_samples,
+            }
+            text = json.dumps(report).encode()
+            if len(text) <= MAX_REPORT_BYTES or limit == 0:
+                break
+            limit //= 2
         Report.model_validate_json(text)  # what the CA would refuse, refused here first
         self._current = current
         return text, sent_keys(edges)
@@ -306,3 +364,45 @@ class Reporter:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+
+
+def start_reporter(
+    nursery: trio.Nursery,
+    config: SidecarConfig,
+    store: CredentialStore,
+    clock: Clock,
+    metrics: SidecarMetrics,
+    stats: IdentityStats,
+    *,
+    policies: PolicyView | None = None,
+    samples: Callable[[], list[dict[str, Any]]] | None = None,
+    samples_dir: Path | None = None,
+    serving: Callable[[], str | None] | None = None,
+) -> None:
+    """Report to the control plane in the background, when there is a CA to report to.
+    Denial samples come from `samples` (the Observer), or from the files the workers leave
+    in `samples_dir` (``workers > 1``)."""
+    if not wants_reporter(config):
+        return
+    state = AdminState(
+        config,
+        store,
+        clock.now,
+        metrics=metrics,
+        identity_stats=stats,
+        policies=policies,
+        serving=serving,
+    )
+    instance, started = instance_name(), clock.now()
+    if samples_dir is not None:
+        samples = functools.partial(read_sample_files, samples_dir)
+    reporter = Reporter(
+        config,
+        store,
+        metrics,
+        lambda: sidecar_status(config, state, metrics, instance, started, policies),
+        clock,
+        ca_client_factory(config, clock),
+        samples=samples,
+    )
+    nursery.start_soon(reporter.run)
