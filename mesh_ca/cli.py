@@ -46,6 +46,7 @@ from mesh_ca.config import (
     load_config,
 )
 from mesh_ca.control.cli import add_control_parsers, endpoints_main, policy_main
+from mesh_ca.dashboard.cli import add_dashboard_parser, dashboard_main
 from mesh_ca.duration import format_duration, parse_duration
 from mesh_ca.federation.status import federation_lines, federation_status
 from mesh_ca.issuance import (
@@ -226,6 +227,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     add_keys_flags(p)
+
+    p = add("dashboard", "Serve the live mesh dashboard (a web page) on loopback.")
+    add_dashboard_parser(p)
 
     p = add("issue", "Issue an X509-SVID offline (the key is made here).")
     add_dir(p)
@@ -612,6 +616,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "db": db_main,
     "endpoints": endpoints_main,
     "policy": policy_main,
+    "dashboard": guarded(dashboard_main),
     "mesh": guarded(mesh_main),
     "check": guarded(check_main),
 }

@@ -28,6 +28,7 @@ SERVICES = ("web", "orders", "payments")
 # Who calls whom through its outbound sidecar (web → payments is there to be refused).
 CALLS = {"web": ("orders", "payments"), "orders": ("payments",), "payments": ()}
 _SERVING = re.compile(r"mesh-ca serving on (\S+):(\d+)")
+_DASHBOARD = re.compile(r"mesh-ca dashboard on (http://\S+)")
 # Sidecars report to the CA this often (`[report]`); the CA's admin listener serves the
 # mesh view (`mesh-ca mesh stat`, `mesh-ca check`) from these reports.
 REPORT_INTERVAL_SECONDS = 1
@@ -208,6 +209,18 @@ class Mesh:
             time.sleep(0.05)
         self.ca_address = f"{match.group(1)}:{match.group(2)}"
         return self.ca_address
+
+    def start_dashboard(self, timeout: float = 30) -> str:
+        """`mesh-ca dashboard` over the CA's admin listener; returns the page's URL."""
+        argv = [*tool("mesh-ca"), "dashboard", "--admin", self.ca_admin, "--listen", "127.0.0.1:0"]
+        process = self._spawn("dashboard", argv)
+        deadline = time.monotonic() + timeout
+        log = self.log_path("dashboard")
+        while not (match := _DASHBOARD.search(log.read_text(errors="replace"))):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mesh-ca dashboard did not start; see {log}")
+            time.sleep(0.05)
+        return match.group(1)
 
     def start_app(self, name: str) -> None:
         svc = self.services[name]

@@ -587,10 +587,15 @@ class Demo:
 
     def poke(self) -> None:
         web, orders = self.web, self.mesh.services["orders"]
+        try:
+            dashboard = self.mesh.start_dashboard()
+        except RuntimeError as exc:  # the mesh is still worth poking without it
+            dashboard = f"(not started: {exc})"
         pids = " ".join(str(p) for p in self.mesh.pids().values())
         stop = self.work / "stop.sh"
         stop.write_text(f"#!/bin/sh\n# Stops the demo mesh left running by --keep.\nkill {pids}\n")
         stop.chmod(0o755)
+        print(f"\n{self.s.bold('Dashboard:')} {dashboard}")
         print(f"\n{self.s.bold('The mesh is still running (--keep). Poke it:')}")
         for command, comment in [
             (f"curl -s http://127.0.0.1:{web.app_port}/orders/42", "web → orders: allowed"),
