@@ -230,11 +230,10 @@ class CaClient:
         """POST a JSON `body` to `path` over mTLS as the SVID `chain` (the control-plane
         routes: the CA takes the caller's ID from this certificate) and return the 200
         answer's body. `timeout_seconds` bounds the exchange (a long-poll waits longer than
-        the default). Idle connections made with an older certificate are closed first."""
+        the default)."""
         if not chain:
             raise ValueError("call needs the current certificate chain")
         fingerprint, context = self._client_context(chain, key)
-        await self._close_idle(lambda pool: pool[1] not in (b"", fingerprint))
         reply = await self._request("POST", path, body, context, fingerprint, timeout_seconds)
         self._check_ok(reply)
         return reply.body

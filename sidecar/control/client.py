@@ -3,7 +3,8 @@
 A thin wrapper over `mesh_ca.client.CaClient.call`: JSON bodies are the wire models of
 `mesh_ca.control.wire`, the answer is validated before anyone uses it (an unusable answer
 is `CaUnavailable`, retried like an unreachable CA), and the CA is recognised by the trust
-bundles of the current credentials (a new `CaClient` when they change). Fails closed:
+bundles of the current credentials (a new `CaClient` when they change, so its kept-alive
+connections never outlive the SVID they were made with). Fails closed:
 without an SVID nothing is sent (`CaUnavailable` with code ``no_svid``).
 """
 
@@ -12,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeVar, final
 
+import trio
 from pydantic import BaseModel, ValidationError
 
 from mesh_ca.client import CaClient, CaUnavailable
 from meshgate.clock import Clock
-from meshgate.identity import BundleSet
-from sidecar.identity.credentials import CredentialStore
+from sidecar.identity.credentials import Credentials, CredentialStore
 
 __all__ = ["ControlClient"]
 
@@ -41,13 +42,13 @@ class ControlClient:
         self.clock = clock
         self.timeout_seconds = timeout_seconds
         self._client: CaClient | None = None
-        self._bundles: BundleSet | None = None
+        self._credentials: Credentials | None = None
 
     async def _ca(self) -> CaClient:
         creds = self.store.current
         if creds is None:
             raise CaUnavailable(None, "no_svid", "this sidecar has no SVID yet")
-        if self._client is None or self._bundles is not creds.bundles:
+        if self._client is None or self._credentials is not creds:
             await self.aclose()
             self._client = CaClient(
                 self.addresses,
@@ -56,7 +57,7 @@ class ControlClient:
                 timeout_seconds=self.timeout_seconds,
                 clock=self.clock,
             )
-            self._bundles = creds.bundles
+            self._credentials = creds
         return self._client
 
     async def post(
@@ -67,13 +68,18 @@ class ControlClient:
         client = await self._ca()
         creds = self.store.current
         assert creds is not None  # checked by _ca
-        raw = await client.call(
-            path,
-            request.model_dump_json().encode(),
-            creds.chain,
-            creds.key,
-            timeout_seconds=self.timeout_seconds + wait_seconds,
-        )
+        try:
+            raw = await client.call(
+                path,
+                request.model_dump_json().encode(),
+                creds.chain,
+                creds.key,
+                timeout_seconds=self.timeout_seconds + wait_seconds,
+            )
+        finally:
+            if client is not self._client:  # replaced meanwhile: its pool goes with it
+                with trio.CancelScope(shield=True):
+                    await client.aclose()
         try:
             return answer.model_validate_json(raw)
         except ValidationError as exc:
