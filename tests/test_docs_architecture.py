@@ -30,6 +30,8 @@ PURE_CORES = (
     "sidecar/authz/cedar.py",
     "sidecar/transport/svid_cache.py",
     "sidecar/observe/tracing.py",
+    "sidecar/outbound/endpoints.py",
+    "sidecar/control/backoff.py",
 )
 _PATH_RE = re.compile(r"`((?:meshgate|mesh_ca|sidecar|scripts|tests|policies)/[A-Za-z0-9_./-]*)`")
 _METRIC_RE = re.compile(r"`(meshgate_[a-z_]+)")
