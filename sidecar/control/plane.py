@@ -62,6 +62,7 @@ class ControlPlane:
                     service=inbound.service, address=str(advertised), protocol=inbound.protocol
                 )
             )
+        self._registering = trio.CancelScope()
         self.central: CentralPolicies | None = None
         central = config.policy is not None and config.policy.source == "control-plane"
         if policies is not None and central:
@@ -91,13 +92,7 @@ class ControlPlane:
         wait = self.settings.watch_wait_seconds
         if self.registration is not None:
             nursery.start_soon(
-                functools.partial(
-                    run_registration,
-                    self.client,
-                    self.registration,
-                    self.clock,
-                    retry_max_seconds=retry,
-                )
+                functools.partial(self._register, self.registration, retry_max_seconds=retry)
             )
         for index, table in self.tables.items():
             nursery.start_soon(
@@ -115,8 +110,16 @@ class ControlPlane:
         if self.central is not None:
             nursery.start_soon(self.central.run)
 
+    async def _register(self, status: RegistrationStatus, *, retry_max_seconds: float) -> None:
+        with self._registering:
+            await run_registration(
+                self.client, status, self.clock, retry_max_seconds=retry_max_seconds
+            )
+
     async def drain(self) -> None:
-        """Deregister (at most a moment's wait), so peers stop picking this instance."""
+        """Stop renewing, then deregister (at most a moment's wait), so peers stop picking
+        this instance before its listener closes."""
+        self._registering.cancel()  # a renewal after this would put it back in the set
         if self.registration is not None:
             await deregister(self.client, self.registration, self.clock)
 
