@@ -15,6 +15,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mesh_ca.control.config import ControlConfig
 from mesh_ca.issuance.leaf import FLOOR_LEAF_TTL, MAX_LEAF_TTL, MIN_LEAF_TTL
 from mesh_ca.keys_config import KeysConfig
 from meshgate.config_file import read_toml, validation_message
@@ -305,6 +306,7 @@ class CaConfig(_Model):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
     keys: KeysConfig = KeysConfig()
+    control: ControlConfig = ControlConfig()
 
     @field_validator("trust_domain")
     @classmethod
@@ -354,6 +356,8 @@ def render_config(config: CaConfig) -> str:
     sections = ["issuance", "server", "store"]
     if config.keys.backend != "file":
         sections.append("keys")
+    if config.control != ControlConfig():
+        sections.append("control")
     for section in sections:
         model: BaseModel = getattr(config, section)
         lines += ["", f"[{section}]"]

@@ -28,6 +28,7 @@ import trio
 
 from mesh_ca.ca_dir import CaDirError, LoadedCa, load_ca_dir, read_passphrase
 from mesh_ca.config import parse_admin_listen, parse_listen
+from mesh_ca.control.plane import ControlPlane, control_plane_for
 from mesh_ca.server.admin import open_admin_listeners, serve_admin
 from mesh_ca.server.core import CaAuthority, CaService
 from mesh_ca.server.http import CaHttpServer, ServerLimits
@@ -172,8 +173,12 @@ async def _serve(
         threaded_handlers=threaded,
     )
     server = CaHttpServer(service, identity, clock, limits)
+    control = control_plane_for(ca.path, ca.config.control, store, clock, service._client_svid)
+    server.control = control
     try:
-        await _serve_until_signal(server, authority, store, clock, listeners, admin_listeners)
+        await _serve_until_signal(
+            server, authority, store, clock, listeners, admin_listeners, control
+        )
     finally:
         server.access_log.flush()  # the lines still queued (drained connections' too)
 
@@ -185,6 +190,7 @@ async def _serve_until_signal(
     clock: Clock,
     listeners: list[trio.SocketListener],
     admin_listeners: list[trio.SocketListener] | None = None,
+    control: ControlPlane | None = None,
 ) -> None:
     async def handler(stream: trio.SocketStream) -> None:
         try:
@@ -196,6 +202,8 @@ async def _serve_until_signal(
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as accepting:
+                if control is not None:  # its registry and policy set, before any request
+                    await accepting.start(control.run)
                 await accepting.start(
                     functools.partial(
                         trio.serve_listeners, handler, listeners, handler_nursery=connections
@@ -203,7 +211,9 @@ async def _serve_until_signal(
                 )
                 if admin_listeners:
                     await accepting.start(
-                        functools.partial(serve_admin, admin_listeners, server.service.metrics)
+                        functools.partial(
+                            serve_admin, admin_listeners, server.service.metrics, control
+                        )
                     )
                     sys.stderr.write(f"mesh-ca admin on {_shown(admin_listeners[0])}\n")
                 sys.stderr.write(f"mesh-ca serving on {_shown(listeners[0])}\n")
@@ -216,6 +226,8 @@ async def _serve_until_signal(
                     )
                     accepting.cancel_scope.cancel()
                     server.close_idle()
+                    if control is not None:
+                        control.close()  # waiting watchers are answered now
                     break
             # Stop accepting; idle keep-alive connections close at once, the others finish
             # the request at hand within a short drain, then are cancelled.
