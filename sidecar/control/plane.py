@@ -112,6 +112,9 @@ class ControlPlane:
 
     async def _register(self, status: RegistrationStatus, *, retry_max_seconds: float) -> None:
         with self._registering:
+            if self.central is not None:  # not before it can authorize a single request
+                status.state = "waiting_for_policies"
+                await self.central.enforcing.wait()
             await run_registration(
                 self.client, status, self.clock, retry_max_seconds=retry_max_seconds
             )

@@ -19,7 +19,7 @@ import json
 import logging
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, final
@@ -80,6 +80,9 @@ class CentralPolicies:
     last_error: str | None = None
     last_error_at: datetime | None = None
     refused: int = 0
+    # Set once a set is enforced (persisted or received): registration waits for it, so
+    # peers are not sent to an instance that would deny them all.
+    enforcing: trio.Event = field(default_factory=trio.Event)
 
     @property
     def root(self) -> Path:
@@ -134,6 +137,7 @@ class CentralPolicies:
             self._error(f"persisted policy set v{version}: {problem.message if problem else '?'}")
             return False
         self.version, self.sha256, self.loaded_from = version, sha256, "persisted"
+        self.enforcing.set()
         published = meta.get("published_at")
         self.published_at = datetime.fromisoformat(published) if published else None
         event(log, "enforcing the persisted policy set", version=version, service=self.service)
@@ -187,6 +191,7 @@ class CentralPolicies:
             self.last_error = None
         self.version, self.sha256 = answer.version, answer.sha256
         self.published_at, self.loaded_from = answer.published_at, "control-plane"
+        self.enforcing.set()
         event(log, "policy set from the control plane", version=answer.version, outcome=outcome)
         return True
 

@@ -40,8 +40,9 @@ _DEREGISTER_SECONDS = 2.0  # a drain does not wait longer for the CA
 @final
 @dataclass
 class RegistrationStatus:
-    """What registration last achieved; ``state`` is ``starting``, ``registered``,
-    ``refused``, ``unreachable`` or ``deregistered``."""
+    """What registration last achieved; ``state`` is ``starting``,
+    ``waiting_for_policies`` (central policies: registration waits for the first set),
+    ``registered``, ``refused``, ``unreachable`` or ``deregistered``."""
 
     request: RegisterRequest
     state: str = "starting"

@@ -2,7 +2,9 @@
 
 A new client connection must not cost a new mTLS handshake when a pooled one is free, so
 `acquire` looks for an idle connection on every healthy endpoint (round robin start)
-before it dials. A connection goes back to the pool only after a complete exchange that
+before it dials, except that an endpoint picked by the round robin with no connection at
+all is dialled (else sequential requests would all reuse the first endpoint's connection).
+A connection goes back to the pool only after a complete exchange that
 both sides meant to keep alive (`release(..., reusable=True)`), and is reused only while:
 - the SVID we presented on it is still our current one: after a rotation no new request
   goes on a connection made with the superseded SVID (it finishes what it carries, then
@@ -285,9 +287,14 @@ class MeshPool:
                 503, "no_endpoints", f"no endpoint of {self.config.service} is {source}"
             )
         if not fresh:
+            picked = False
             for state in order:
                 if not self._healthy(state, tnow) or state.endpoint in avoid:
                     continue
+                if not picked and not state.idle and not state.active:
+                    break  # the round robin's pick has no connection yet: dial it, so
+                    # sequential requests spread over every endpoint, not the first warm one
+                picked = True
                 while state.idle:
                     conn = state.idle.pop()  # most recent: the others stay evictable
                     if self._usable(conn, now, tnow):

@@ -135,7 +135,7 @@ class ControlMesh:
                 "policy": policy,
                 "control_plane": self._control(),
                 "admin": {"listen": f"127.0.0.1:{ports['admin']}"},
-                "log": {"access_log": "off"},
+                "log": {"access_log": "stdout", "format": "json"},
             },
         )
         node = Node(name, config, ports["admin"], inbound=ports["inbound"])
@@ -160,7 +160,7 @@ class ControlMesh:
                 ],
                 "control_plane": self._control(),
                 "admin": {"listen": f"127.0.0.1:{ports['admin']}"},
-                "log": {"access_log": "off"},
+                "log": {"access_log": "stdout", "format": "json"},
             },
         )
         node = Node(name, config, ports["admin"], outbound=ports["outbound"])
@@ -192,12 +192,20 @@ def central(sidecar: Sidecar) -> dict[str, Any]:
     return dict(view)
 
 
-def wait_until(what: str, check: Callable[[], bool], *, timeout: float) -> float:
-    """Poll `check` until true; the seconds it took. Fails naming `what` after `timeout`."""
+def wait_until(
+    what: str,
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    detail: Callable[[], object] | None = None,
+) -> float:
+    """Poll `check` until true; the seconds it took. Fails naming `what` (and what
+    `detail` says) after `timeout`."""
     started = time.monotonic()
     while not check():
         if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            seen = f": {detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}{seen}")
         time.sleep(0.02)
     return time.monotonic() - started
 

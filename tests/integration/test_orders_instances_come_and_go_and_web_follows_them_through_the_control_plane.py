@@ -76,6 +76,7 @@ def test_instances_come_and_go_without_failed_requests(tmp_path: Path) -> None:
                 "requests to reach all three instances",
                 lambda: set(load.served_by()) >= {"o1", "o2", "o3"},
                 timeout=15,
+                detail=lambda: (load.served_by(), load.results[-3:]),
             )
             orders["o2"].stop(signal.SIGKILL)
             left = wait_until(
