@@ -5,6 +5,12 @@ Every flag is validated before anything is written; usage errors name the flag a
 ``serve``'s start-up failures have their own codes (`meshgate.exit_codes`, ``--help``), and
 so does an unusable PKCS#11 key store in any command (7, naming the ``keys.*`` key). Join
 tokens go to stdout only, so scripts can capture them; nothing secret is ever logged.
+
+Why one module: it is the one `argparse` tree of ``mesh-ca`` with one short
+``_cmd_*`` function per subcommand and the flag checks they share; the work behind each
+command lives in its own module (`ca_dir`, `issuance`, `store`, `keys_cli`, `server`).
+Reading the whole command surface in one file is the point; a subcommand that grows
+beyond parsing and printing belongs in a module of its own.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from mesh_ca.config import (
     StoreConfig,
     load_config,
 )
+from mesh_ca.control.cli import add_control_parsers, endpoints_main, policy_main
 from mesh_ca.duration import format_duration, parse_duration
 from mesh_ca.issuance import (
     FLOOR_LEAF_TTL,
@@ -52,6 +59,7 @@ from mesh_ca.keys_cli import add_keys_flags, keys_config
 from mesh_ca.store import IssuedRecord, StateStore, StoreError, open_store
 from mesh_ca.store.dbcli import add_db_parser, db_main
 from mesh_ca.tokens import new_token
+from meshgate.errors import MeshgateError
 from meshgate.exit_codes import EXIT_CODES_HELP, StartupError
 from meshgate.files import write_atomic_set
 from meshgate.identity import (
@@ -70,14 +78,14 @@ __all__ = ["add_serve_flags", "main"]
 PROG = "mesh-ca"
 
 
-class UsageError(Exception):
+class UsageError(MeshgateError):
     """A flag value is wrong; exit 2. The message starts with the flag."""
 
     def __init__(self, flag: str, message: str) -> None:
         super().__init__(f"{flag}: {message}")
 
 
-class OperationError(Exception):
+class OperationError(MeshgateError):
     """The command could not be carried out; exit 1."""
 
 
@@ -269,6 +277,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_serve_flags(p)
 
     add_db_parser(sub)
+    add_control_parsers(sub)
     return parser
 
 
@@ -594,6 +603,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _cmd_serve,
     "token": _cmd_token_create,  # "create" is its only action so far
     "db": db_main,
+    "endpoints": endpoints_main,
+    "policy": policy_main,
 }
 
 

@@ -143,7 +143,7 @@ class TestPostgresControlStore(ControlStoreConformance):
 def _listening(pg_server: PgServer) -> bool:
     with pg_server.admin() as conn:
         found = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN meshgate_control'"
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN mesh_ca_control'"
         ).fetchone()
     return bool(found and found[0])
 

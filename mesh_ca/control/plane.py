@@ -37,7 +37,12 @@ from mesh_ca.control.policy_set import (
     load_policy_set,
     read_policy_files,
 )
-from mesh_ca.control.registry import RegistryView, endpoints_report, policy_status
+from mesh_ca.control.registry import (
+    RegistryView,
+    endpoints_report,
+    policy_status,
+    status_document,
+)
 from mesh_ca.control.wire import (
     DEREGISTER_PATH,
     ENDPOINTS_PATH,
@@ -62,7 +67,7 @@ from mesh_ca.store.control import (
 from meshgate.clock import Clock
 from meshgate.identity import SpiffeId, VerifiedSvid
 
-__all__ = ["CONTROL_PREFIX", "ControlPlane", "PolicyState", "control_plane_for", "status_document"]
+__all__ = ["CONTROL_PREFIX", "ControlPlane", "PolicyState", "control_plane_for"]
 
 log = logging.getLogger("mesh_ca.control")
 CONTROL_PREFIX: Final = "/v1/control/"
@@ -542,36 +547,6 @@ class ControlPlane:
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
-
-
-def status_document(
-    version: int,
-    sha256: str | None,
-    published_at: datetime | None,
-    error: str | None,
-    rows: list[Any],
-) -> dict[str, Any]:
-    """The policy status as JSON (admin view and `mesh-ca policy status --output json`)."""
-    return {
-        "published": {
-            "version": version,
-            "sha256": sha256,
-            "published_at": published_at.isoformat() if published_at else None,
-        },
-        "last_error": error,
-        "sidecars": [
-            {
-                "spiffe_id": r.spiffe_id,
-                "service": r.service,
-                "enforced_version": r.enforced_version,
-                "latest_version": r.latest_version,
-                "seen_at": r.seen_at.isoformat(),
-                "state": r.state,
-                "stale": r.stale,
-            }
-            for r in rows
-        ],
-    }
 
 
 def _with_error(state: PolicyState, error: str, now: datetime) -> PolicyState:

@@ -16,7 +16,14 @@ from typing import Final, final
 from mesh_ca.control.wire import Endpoint, EndpointSet
 from mesh_ca.store.control import Enforcement, Registration, ServiceEndpoints
 
-__all__ = ["SILENT_AFTER", "PolicyStatusRow", "RegistryView", "endpoints_report", "policy_status"]
+__all__ = [
+    "SILENT_AFTER",
+    "PolicyStatusRow",
+    "RegistryView",
+    "endpoints_report",
+    "policy_status",
+    "status_document",
+]
 
 # A sidecar that has not asked for policies for this long is shown as silent (stale): its
 # long-poll asks at least every 30 s.
@@ -132,3 +139,33 @@ def policy_status(
             )
         )
     return out
+
+
+def status_document(
+    version: int,
+    sha256: str | None,
+    published_at: datetime | None,
+    error: str | None,
+    rows: Sequence[PolicyStatusRow],
+) -> dict[str, object]:
+    """The policy status as JSON (admin view and `mesh-ca policy status --output json`)."""
+    return {
+        "published": {
+            "version": version,
+            "sha256": sha256,
+            "published_at": published_at.isoformat() if published_at else None,
+        },
+        "last_error": error,
+        "sidecars": [
+            {
+                "spiffe_id": r.spiffe_id,
+                "service": r.service,
+                "enforced_version": r.enforced_version,
+                "latest_version": r.latest_version,
+                "seen_at": r.seen_at.isoformat(),
+                "state": r.state,
+                "stale": r.stale,
+            }
+            for r in rows
+        ],
+    }

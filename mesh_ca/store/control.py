@@ -17,7 +17,7 @@ Rules every backend keeps:
 - Versions never go back: a service whose last endpoint left keeps its version row.
 - A policy set is published only when its content hash differs from the latest published
   one, so replicas reading the same directory publish it once.
-- With PostgreSQL every change is announced (`NOTIFY meshgate_control`) on commit, so the
+- With PostgreSQL every change is announced (`NOTIFY mesh_ca_control`) on commit, so the
   other replicas' watchers hear of it at once (`ControlStore.listen`).
 """
 
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 # The NOTIFY channel; payloads are "endpoints:SERVICE" or "policies:VERSION".
-CHANNEL: Final = "meshgate_control"
+CHANNEL: Final = "mesh_ca_control"
 
 
 class TooManyRegistrations(StoreError):  # noqa: N818 - reads as the fact it reports

@@ -1,7 +1,7 @@
 """`ControlStore` on the CA's PostgreSQL database (migration 3), for several CA replicas.
 
 Shares the `PostgresStore`'s connection pool and transactions. Every change runs
-``pg_notify('meshgate_control', ...)`` inside its transaction, so it is announced exactly
+``pg_notify('mesh_ca_control', ...)`` inside its transaction, so it is announced exactly
 when it commits; `listen` holds one extra connection in LISTEN mode and hands the payloads
 to the replica's watchers. The per-ID registration limit is checked under a transaction
 advisory lock on the ID, so concurrent registrations on several replicas cannot pass it.
@@ -197,7 +197,7 @@ class PostgresControlStore:
     def listen(self, on_change: Callable[[str], None], stopped: Callable[[], bool]) -> None:
         conn = self._store._connect()
         try:
-            conn.execute("LISTEN meshgate_control")  # CHANNEL
+            conn.execute("LISTEN mesh_ca_control")  # CHANNEL
             while not stopped():
                 for note in conn.notifies(timeout=_LISTEN_POLL_SECONDS, stop_after=64):
                     on_change(note.payload)

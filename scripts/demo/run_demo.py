@@ -12,6 +12,9 @@ certificate is refused. Then a summary table, where the logs and metrics are, an
 Exits 1 naming every step that did not behave as described; 2 when the mesh did not start.
 Everything started is stopped on exit, on Ctrl-C and on failure, unless ``--keep`` (and the
 run got to the end): then the mesh stays up and the curl commands to poke it are printed.
+
+Why one module: the demo is one script, read top to bottom as the story it
+tells: `Demo` holds the running mesh and one method per step, in the order they run.
 """
 
 from __future__ import annotations
