@@ -29,6 +29,7 @@ import trio
 from mesh_ca.client import CaClientError
 from mesh_ca.control.wire import POLICIES_PATH, PoliciesWatch, PolicySet, files_sha256
 from meshgate.clock import Clock
+from meshgate.errors import PolicyError
 from meshgate.files import write_atomic
 from sidecar.config import ControlPlaneConfig
 from sidecar.control.backoff import Backoff
@@ -45,7 +46,7 @@ _MAX_FILES: Final = 1000
 CURRENT_FILE: Final = "current.json"
 
 
-class PolicySetError(ValueError):
+class PolicySetError(PolicyError, ValueError):
     """A published set this sidecar will not write or load; the last good set stays."""
 
 

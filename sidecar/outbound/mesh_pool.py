@@ -24,6 +24,12 @@ with one endpoint, or all backing off), `acquire` does not refuse: it dials them
 soonest-back first, and retries refused connects with a short jittered backoff for up to
 a second, so a request succeeds as soon as a peer is back. Fails closed: without usable
 own credentials `acquire` raises `PoolError` (503), and nothing is sent in plaintext.
+Which endpoints exist, which IDs each must present and which are ejected is the
+`EndpointTable`'s (`sidecar/outbound/endpoints.py`, static or kept by discovery).
+
+Why one module: acquire, release, eviction and revocation cuts all work on the same
+per-endpoint states and the set of lent connections; the endpoint choice is already apart
+(`endpoints.py`), and what remains is that one bookkeeping.
 """
 
 from __future__ import annotations
