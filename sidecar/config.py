@@ -512,6 +512,18 @@ class ControlPlaneConfig(_Model):
             )
         ),
     ] = True
+    deregister_grace_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=60,
+            description=(
+                "on drain: seconds between deregistration and closing the listeners, so "
+                "peers learn that this instance left (watchers hear within milliseconds) "
+                "and stop sending before a request could meet a closed connection"
+            ),
+        ),
+    ] = 1.0
     watch_wait_seconds: Annotated[
         float,
         Field(

@@ -123,8 +123,12 @@ class ControlPlane:
         """Stop renewing, then deregister (at most a moment's wait), so peers stop picking
         this instance before its listener closes."""
         self._registering.cancel()  # a renewal after this would put it back in the set
-        if self.registration is not None:
-            await deregister(self.client, self.registration, self.clock)
+        if self.registration is not None and await deregister(
+            self.client, self.registration, self.clock
+        ):
+            # Watchers hear within milliseconds; the grace lets requests already routed
+            # here arrive while the listener still accepts them.
+            await trio.sleep(self.settings.deregister_grace_seconds)
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):

@@ -121,17 +121,19 @@ async def run_registration(
         await trio.sleep(max(0.1, float(lease.renew_seconds)))
 
 
-async def deregister(client: ControlClient, status: RegistrationStatus, clock: Clock) -> None:
-    """Take the listener out of the endpoint set (on drain), waiting at most a moment."""
+async def deregister(client: ControlClient, status: RegistrationStatus, clock: Clock) -> bool:
+    """Take the listener out of the endpoint set (on drain), waiting at most a moment;
+    True when the CA confirmed it."""
     if status.lease is None:
-        return
+        return False
     with trio.move_on_after(_DEREGISTER_SECONDS):
         try:
             answer = await client.post(DEREGISTER_PATH, status.request, Deregistered)
         except CaClientError as exc:
             event(log, "deregistration failed", level=logging.WARNING, error=str(exc))
-            return
+            return False
         status.state, status.lease = "deregistered", None
         event(log, "deregistered", service=status.request.service, removed=answer.removed)
-        return
+        return True
     event(log, "deregistration timed out", level=logging.WARNING)
+    return False
