@@ -67,7 +67,9 @@ class ControlMesh:
     nodes: dict[str, Node] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, tmp: Path) -> ControlMesh:
+    def create(
+        cls, tmp: Path, *, lease_ttl: int = LEASE_TTL_SECONDS, renew: int = RENEW_SECONDS
+    ) -> ControlMesh:
         ca = init_ca(tmp / "ca")
         policy_dir = ca.path / "control-policies"
         policy_dir.mkdir()
@@ -79,8 +81,8 @@ class ControlMesh:
             toml.write(
                 "\n[control]\n"
                 'policy_dir = "control-policies"\n'
-                f"lease_ttl_seconds = {LEASE_TTL_SECONDS}\n"
-                f"renew_seconds = {RENEW_SECONDS}\n"
+                f"lease_ttl_seconds = {lease_ttl}\n"
+                f"renew_seconds = {renew}\n"
                 "policy_poll_seconds = 0.1\n"
             )
         return cls(tmp, ca, policy_dir)
@@ -113,10 +115,14 @@ class ControlMesh:
         service: str = "orders",
         spiffe_id: SpiffeId | None = None,
         central_policies: bool = True,
+        inbound_port: int | None = None,
+        register: bool = True,
+        protocol: str = "http",
     ) -> Node:
-        """An inbound sidecar of `service` (http) that registers; its policies come from
-        the control plane unless `central_policies` is false (then a local copy)."""
-        ports = {"admin": free_port(), "inbound": free_port()}
+        """An inbound sidecar of `service` that registers (unless not `register`); its
+        policies come from the control plane unless `central_policies` is false (then a
+        local copy)."""
+        ports = {"admin": free_port(), "inbound": inbound_port or free_port()}
         policy: dict[str, Any] = {"source": "control-plane"}
         if not central_policies:
             local = self.tmp / name / "policies"
@@ -130,10 +136,10 @@ class ControlMesh:
                     "listen": f"127.0.0.1:{ports['inbound']}",
                     "app": f"127.0.0.1:{app_port}",
                     "service": service,
-                    "protocol": "http",
+                    "protocol": protocol,
                 },
                 "policy": policy,
-                "control_plane": self._control(),
+                "control_plane": {**self._control(), "register_inbound": register},
                 "admin": {"listen": f"127.0.0.1:{ports['admin']}"},
                 "log": {"access_log": "stdout", "format": "json"},
             },
@@ -142,8 +148,10 @@ class ControlMesh:
         self.nodes[name] = node
         return node
 
-    def client(self, name: str, *, service: str = "orders", **outbound: Any) -> Node:
-        """A sidecar of `name` with one http outbound that discovers `service`."""
+    def client(
+        self, name: str, *, service: str = "orders", protocol: str = "http", **outbound: Any
+    ) -> Node:
+        """A sidecar of `name` with one outbound that discovers `service`."""
         ports = {"admin": free_port(), "outbound": free_port()}
         config = write_config(
             self.tmp / f"{name}.toml",
@@ -153,7 +161,7 @@ class ControlMesh:
                     {
                         "listen": f"127.0.0.1:{ports['outbound']}",
                         "service": service,
-                        "protocol": "http",
+                        "protocol": protocol,
                         "eject_seconds": 30,
                         **outbound,
                     }
