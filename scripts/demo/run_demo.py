@@ -602,7 +602,22 @@ class Demo:
 
     # -- the end ----------------------------------------------------------------------------
 
+    def settle_logs(self, quiet: float = 0.3, timeout: float = 5) -> None:
+        """Wait until the access logs stop growing: a sidecar writes a request's line after
+        the response went out, so the last requests' lines may land after the client saw
+        the answer (a summary read at once missed them on a busy machine)."""
+        paths = [self.mesh.access_log(name) for name in SERVICES]
+        deadline = time.monotonic() + timeout
+        sizes = None
+        while time.monotonic() < deadline:
+            now = [p.stat().st_size if p.exists() else 0 for p in paths]
+            if now == sizes:
+                return
+            sizes = now
+            time.sleep(quiet)
+
     def rows(self) -> list[HopRow]:
+        self.settle_logs()
         lines = []
         for name in SERVICES:
             lines += read_json_lines(self.mesh.access_log(name))
