@@ -29,6 +29,7 @@ from typing import Any, Final, final
 import cedarpy
 
 from mesh_ca.control.wire import files_sha256
+from meshgate.errors import PolicyError
 from meshgate.identity import SpiffeId, SpiffeIdError
 
 __all__ = [
@@ -50,7 +51,7 @@ _POLICY_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _REGISTER: Final = {"type": "Action", "id": "register"}
 
 
-class PolicySetError(ValueError):
+class PolicySetError(PolicyError, ValueError):
     """The directory cannot be published; `problems` says why, each naming its file."""
 
     def __init__(self, problems: list[str]) -> None:

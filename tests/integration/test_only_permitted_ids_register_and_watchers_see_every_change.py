@@ -104,3 +104,55 @@ async def test_watchers_see_a_new_instance_a_deregistration_and_an_expired_lease
                 break
             version = current["version"]
     assert stored(server, "orders") == []
+
+
+async def test_a_revoked_id_cannot_register(server: CaServer) -> None:
+    orders = Caller.of(server, shop("orders"))
+    store = server.store()
+    try:
+        from datetime import UTC, datetime
+
+        store.revoke(datetime.now(UTC), spiffe_id=shop("orders"), reason="test")
+    finally:
+        store.close()
+    refused = await orders.register("orders", "127.0.0.1:9001")
+    assert refused.status == 403
+    assert json.loads(refused.body)["error"] == "revoked"
+    assert stored(server, "orders") == []
+
+
+async def test_a_renewal_is_decided_again_when_policy_withdraws_the_permission(
+    server: CaServer,
+) -> None:
+    orders = Caller.of(server, shop("orders"))
+    assert (await orders.register("orders", "127.0.0.1:9001")).status == 200
+    policies = server.ca.path.parent / "policies"
+    (policies / "registration.cedar").write_text(
+        '@id("nobody-serves-orders")\n'
+        'forbid (principal, action == Action::"register", resource == Service::"orders");\n'
+        '@id("shop-serves")\n'
+        'permit (principal in Namespace::"shop", action == Action::"register", resource);\n'
+    )
+    with trio.fail_after(20):
+        while True:  # the control plane publishes the edit within its poll interval
+            reply = await orders.register("orders", "127.0.0.1:9001")
+            if reply.status == 403:
+                break
+            await trio.sleep(0.1)
+    assert "nobody-serves-orders" in json.loads(reply.body)["message"]
+
+
+async def test_a_waiting_watcher_is_answered_when_the_ca_stops(server: CaServer) -> None:
+    web = Caller.of(server, shop("web"))
+    async with trio.open_nursery() as nursery:
+        seen: list[dict[str, object]] = []
+
+        async def watch() -> None:
+            seen.append(await web.watch("orders", after=0, wait_ms=30_000))
+
+        nursery.start_soon(watch)
+        await trio.sleep(0.3)  # let the watch reach the server and wait
+        server.process.terminate()
+    assert seen == [{"service": "orders", "version": 0, "endpoints": []}]
+    await trio.to_thread.run_sync(server.process.wait, 15)
+    assert server.process.returncode == 0, server.log()
