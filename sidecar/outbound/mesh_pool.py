@@ -428,7 +428,7 @@ class MeshPool:
         closed = 0
         for endpoint, state in list(self._states.items()):
             if not state.idle and not state.active and not self.table.expected(endpoint):
-                del self._states[endpoint]  # left the set: nothing of it remains
+                self._states.pop(endpoint, None)  # left the set: nothing of it remains
                 continue
             keep = []
             for conn in state.idle:
