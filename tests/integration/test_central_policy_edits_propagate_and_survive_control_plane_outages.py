@@ -121,6 +121,12 @@ def test_central_edits_reach_every_sidecar_and_outlive_the_control_plane(
             timeout=15,
         )
         assert all(stale_metric(s) == 1.0 for s in orders.values())
+        _, policies = orders["o2"].get("/policies")
+        assert policies["source"] == "control-plane"
+        assert policies["control_plane"]["stale"] is True
+        status, ready = orders["o2"].get("/readyz")  # stale is a detail: still serving
+        assert status == 200
+        assert ready["control_plane"]["policies"]["stale"] is True
         assert statuses(port, "/secret/1", 4) == {403}
         assert statuses(port, "/orders/1", 4) == {200}
 
