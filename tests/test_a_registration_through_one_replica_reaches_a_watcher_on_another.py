@@ -1,6 +1,7 @@
 """Two real `mesh-ca serve` replicas on one real PostgreSQL: a registration made through
 replica A reaches a watcher long-polling on replica B (LISTEN/NOTIFY, no polling), and so
-does its lease's end; both replicas serve the one published policy version."""
+does its lease's end; both replicas serve the one published policy version; after the
+database restarts, B listens again and its watchers hear of A's changes."""
 
 from __future__ import annotations
 
@@ -16,18 +17,27 @@ from mesh_ca.ca_dir import load_ca_dir
 from mesh_ca.config import ServerConfig, StoreConfig
 from tests.ca_server_process import CaServer, serving_ca_dir
 from tests.control_helpers import Caller, control_ca, shop
-from tests.pg_server import PgServer
+from tests.pg_server import PgServer, running_postgres
 
 pytestmark = pytest.mark.postgres
 
 PASSWORD_ENV = "MESH_TEST_CONTROL_PG_PASSWORD"
 
 
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PgServer]:
+    """This module's own server: the restart test stops and starts it."""
+    with running_postgres() as server:
+        yield server
+
+
 @pytest.fixture
 def replicas(
-    pg_server: PgServer, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    postgres: PgServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[CaServer, CaServer]]:
-    monkeypatch.setenv(PASSWORD_ENV, pg_server.password)
+    postgres.start()  # a no-op unless an earlier test left it stopped
+    monkeypatch.setenv(PASSWORD_ENV, postgres.password)
+    pg_url = postgres.url(postgres.create_database())
     ca = control_ca(
         tmp_path,
         store=StoreConfig(kind="postgres", url=pg_url, password_env=PASSWORD_ENV),
@@ -95,3 +105,28 @@ async def test_a_registration_on_a_reaches_a_watcher_on_b_and_so_does_its_expiry
             from_a["sha256"],
         )
     )
+
+
+async def test_after_a_database_restart_b_hears_of_a_again(
+    replicas: tuple[CaServer, CaServer], postgres: PgServer
+) -> None:
+    a, b = replicas
+    on_b = Caller.of(b, shop("web"))
+    orders_on_a = Caller.of(a, shop("orders"))
+    assert (await orders_on_a.register("orders", "127.0.0.1:9001")).status == 200
+    postgres.stop()
+    failed = await orders_on_a.register("orders", "127.0.0.1:9002")
+    assert failed.status == 503  # store_unavailable: nothing changed
+    postgres.start()
+    # A registration through A, retried until the database is back, reaches B's watcher:
+    # B's listener connection died with the server and was opened again.
+    with trio.fail_after(30):
+        while (await orders_on_a.register("orders", "127.0.0.1:9002")).status != 200:
+            await trio.sleep(0.2)
+        version = 0
+        while True:
+            current = await on_b.watch("orders", after=version, wait_ms=25_000)
+            if "127.0.0.1:9002" in [e["address"] for e in current["endpoints"]]:
+                break
+            version = current["version"]
+    assert "change_listener_lost" in b.log()

@@ -60,3 +60,16 @@ def test_the_status_says_who_is_current_behind_or_silent() -> None:
         ("c", "silent", True),
         ("d", "behind", True),
     ]
+
+
+def test_the_answer_is_made_once_per_version_and_remade_after_a_change() -> None:
+    view = RegistryView()
+    view.update(_set(1, 1))
+    first = view.endpoint_set_json("orders")
+    assert first is view.endpoint_set_json("orders")
+    assert first == view.endpoint_set("orders").model_dump_json().encode()
+    view.renewed(Registration("orders", ORDERS, "127.0.0.1:1", "http", T0 + timedelta(hours=1)))
+    assert b"T01:00:00" in view.endpoint_set_json("orders")
+    view.update(_set(2, 1, 2))
+    assert b"127.0.0.1:2" in view.endpoint_set_json("orders")
+    assert view.endpoint_set_json("unknown") == b'{"service":"unknown","version":0,"endpoints":[]}'

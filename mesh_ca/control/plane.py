@@ -19,12 +19,13 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Final, TypeVar, final
+from typing import Final, final
 
 import trio
-from pydantic import BaseModel, ValidationError
 
+from mesh_ca.control.bodies import JSON, json_response, parse_body
 from mesh_ca.control.config import ControlConfig
+from mesh_ca.control.metrics import ControlMetrics
 from mesh_ca.control.publisher import PolicyPublisher, PolicyState
 from mesh_ca.control.registry import (
     RegistryView,
@@ -48,24 +49,26 @@ from mesh_ca.control.wire import (
     files_sha256,
 )
 from mesh_ca.server.core import ApiError, ApiRequest, ApiResponse, error_response
-from mesh_ca.store import StateStore, StoreError, StoreUnavailable
-from mesh_ca.store.control import (
-    ControlStore,
-    Registration,
-    TooManyRegistrations,
-    control_store,
-)
+from mesh_ca.store import StoreError, StoreUnavailable
+from mesh_ca.store.control import ControlStore, Registration, TooManyRegistrations
 from meshgate.clock import Clock
 from meshgate.identity import SpiffeId, VerifiedSvid
 
-__all__ = ["CONTROL_PREFIX", "ControlPlane", "PolicyState", "control_plane_for"]
+__all__ = ["CONTROL_PREFIX", "ControlPlane", "PolicyState"]
 
 log = logging.getLogger("mesh_ca.control")
 CONTROL_PREFIX: Final = "/v1/control/"
-_JSON: Final = "application/json"
 # An unchanged enforcement report is written at most this often per (ID, service).
 _ENFORCEMENT_REFRESH_SECONDS: Final = 15.0
-_M = TypeVar("_M", bound=BaseModel)
+_REVOCATION_CACHE_SECONDS: Final = 2.0
+_NO_POLICY_SET: Final = ApiError(
+    503,
+    "no_policy_set",
+    "the control plane has not published a policy set yet ([control] policy_dir unset, or "
+    "never valid); retry later",
+    (("retry-after", "5"),),
+)
+_REVOCATION_CACHE_SIZE: Final = 16_384
 
 
 @final
@@ -78,22 +81,29 @@ class ControlPlane:
         clock: Clock,
         verify_client: Callable[[ApiRequest, datetime], VerifiedSvid],
         is_revoked: Callable[[SpiffeId, int], bool],
+        *,
+        inline_store: bool = False,
+        metrics: ControlMetrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or ControlMetrics()
         self.config = config
         self.clock = clock
         self.view = RegistryView()
         self._verify_client = verify_client
         self._is_revoked = is_revoked
-        self._threads = Threads()
+        self._threads = Threads(inline=inline_store)
         self.publisher = PolicyPublisher(
-            store, clock, self._threads, policy_dir, config.policy_poll_seconds
+            store, clock, self._threads, policy_dir, config.policy_poll_seconds, self.metrics
         )
         self.sync = RegistrySync(
             store, clock, self._threads, self.view, self.publisher.adopt_latest
         )
         self._enforced: dict[tuple[str, str], tuple[int, float]] = {}
         self._closing = False
+        self.metrics.endpoints.set_function(self.view.endpoint_count)
+        self.metrics.policy_version.set_function(lambda: self.publisher.state.version)
+        self._not_revoked: dict[tuple[str, int], float] = {}  # (ID, serial) -> checked at
 
     # Requests
 
@@ -110,8 +120,10 @@ class ControlPlane:
                     f"{request.path} takes POST, not {request.method}",
                     (("allow", "POST"),),
                 )
-            return await handler(self, request)
+            response = await handler(self, request)
         except ApiError as exc:
+            if request.path == REGISTER_PATH:
+                self.metrics.registrations.labels(exc.code).inc()
             return error_response(exc)
         except StoreUnavailable as exc:
             error = ApiError(
@@ -121,6 +133,9 @@ class ControlPlane:
                 (("retry-after", "5"),),
             )
             return error_response(error, detail=str(exc)[:300])
+        if request.path == REGISTER_PATH:
+            self.metrics.registrations.labels(response.log.get("registration", "ok")).inc()
+        return response
 
     @property
     def policy(self) -> PolicyState:
@@ -132,16 +147,28 @@ class ControlPlane:
         self.sync.close()
         self.publisher.close()
 
-    async def _caller(self, request: ApiRequest, now: datetime) -> VerifiedSvid:
+    async def _caller(self, request: ApiRequest, now: datetime, *, fresh: bool) -> VerifiedSvid:
+        """The verified, unrevoked caller. A watch (`fresh` false) may rely on a check made
+        up to `_REVOCATION_CACHE_SECONDS` ago: one change wakes every watcher of a service
+        at once, and a store read each would be most of the fan-out's cost. A registration
+        always asks the store."""
         svid = self._verify_client(request, now)  # 401/403 without a valid client SVID
-        if await self._threads.run(self._is_revoked, svid.spiffe_id, svid.leaf.serial_number):
-            raise ApiError(403, "revoked", f"{svid.spiffe_id} (or its certificate) is revoked")
+        key = (str(svid.spiffe_id), svid.leaf.serial_number)
+        moment = time.monotonic()
+        checked = self._not_revoked.get(key)
+        if fresh or checked is None or moment - checked > _REVOCATION_CACHE_SECONDS:
+            if await self._threads.run(self._is_revoked, svid.spiffe_id, key[1]):
+                self._not_revoked.pop(key, None)
+                raise ApiError(403, "revoked", f"{svid.spiffe_id} (or its certificate) is revoked")
+            if len(self._not_revoked) >= _REVOCATION_CACHE_SIZE:
+                self._not_revoked.clear()
+            self._not_revoked[key] = moment
         return svid
 
     async def _register(self, request: ApiRequest) -> ApiResponse:
         now = self.clock.now()
-        svid = await self._caller(request, now)
-        body = _parse(request, RegisterRequest)
+        svid = await self._caller(request, now, fresh=True)
+        body = parse_body(request, RegisterRequest)
         peer = str(svid.spiffe_id)
         loaded = self.policy.loaded
         if loaded is None:
@@ -192,6 +219,7 @@ class ControlPlane:
                 "deregister one or wait for its lease to end",
                 log={"peer": peer, "service": body.service},
             ) from None
+        kind = "renewed" if version is None else "new"
         if version is None:
             self.view.renewed(registration)
         else:
@@ -205,35 +233,44 @@ class ControlPlane:
             renew_seconds=self.config.renew_seconds,
             expires_at=registration.expires_at,
         )
-        return _json(lease, peer=peer, service=body.service, address=body.address)
+        return json_response(
+            lease, peer=peer, service=body.service, address=body.address, registration=kind
+        )
 
     async def _deregister(self, request: ApiRequest) -> ApiResponse:
         now = self.clock.now()
-        svid = await self._caller(request, now)
-        body = _parse(request, RegisterRequest)
+        svid = await self._caller(request, now, fresh=True)
+        body = parse_body(request, RegisterRequest)
         peer = str(svid.spiffe_id)
         version = await self._threads.run(self.store.deregister, body.service, peer, body.address)
         if version is not None:
             await self.sync.refresh(body.service)
-        return _json(Deregistered(removed=version is not None), peer=peer, service=body.service)
+        return json_response(
+            Deregistered(removed=version is not None), peer=peer, service=body.service
+        )
 
     async def _endpoints(self, request: ApiRequest) -> ApiResponse:
         now = self.clock.now()
-        svid = await self._caller(request, now)
-        body = _parse(request, EndpointsWatch)
+        svid = await self._caller(request, now, fresh=False)
+        body = parse_body(request, EndpointsWatch)
         deadline = trio.current_time() + body.wait_ms / 1000
         while self.view.get(body.service).version == body.after:
             if trio.current_time() >= deadline or self._closing:
                 break
-            await self.sync.wait(body.service, deadline)
-        answer = self.view.endpoint_set(body.service)
-        return _json(answer, peer=str(svid.spiffe_id), service=body.service)
+            with self.metrics.watchers.track_inprogress():
+                await self.sync.wait(body.service, deadline)
+        answer = self.view.endpoint_set_json(body.service)
+        return ApiResponse(
+            200, answer, JSON, log={"peer": str(svid.spiffe_id), "service": body.service}
+        )
 
     async def _policies(self, request: ApiRequest) -> ApiResponse:
         now = self.clock.now()
-        svid = await self._caller(request, now)
-        body = _parse(request, PoliciesWatch)
+        svid = await self._caller(request, now, fresh=False)
+        body = parse_body(request, PoliciesWatch)
         peer = str(svid.spiffe_id)
+        if self.policy.loaded is None:
+            raise _NO_POLICY_SET
         if not self._may_serve(svid.spiffe_id, body.service, request.source, now):
             raise ApiError(
                 403,
@@ -246,15 +283,11 @@ class ControlPlane:
         while self.policy.version == body.after:
             if trio.current_time() >= deadline or self._closing:
                 break
-            await self.publisher.wait_changed(deadline)
+            with self.metrics.watchers.track_inprogress():
+                await self.publisher.wait_changed(deadline)
         state = self.policy
         if state.loaded is None or state.published_at is None:
-            raise ApiError(
-                503,
-                "no_policy_set",
-                "the control plane has not published a policy set yet",
-                (("retry-after", "5"),),
-            )
+            raise _NO_POLICY_SET
         files = state.loaded.slice_for(body.service)
         answer = PolicySet(
             version=state.version,
@@ -263,7 +296,7 @@ class ControlPlane:
             files=files,
             published_at=state.published_at,
         )
-        return _json(answer, peer=peer, service=body.service, version=str(state.version))
+        return json_response(answer, peer=peer, service=body.service, version=str(state.version))
 
     def _may_serve(self, spiffe_id: SpiffeId, service: str, source: str, now: datetime) -> bool:
         """A caller gets a service's policies if it holds a registration for it, or if
@@ -329,29 +362,6 @@ class ControlPlane:
             task_status.started()
 
 
-def _json(model: BaseModel, **log_fields: str) -> ApiResponse:
-    return ApiResponse(200, model.model_dump_json().encode(), _JSON, log=log_fields)
-
-
-def _parse(request: ApiRequest, model: type[_M]) -> _M:
-    content_type = (request.content_type or "").split(";")[0].strip().lower()
-    if content_type != _JSON:
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"content-type must be {_JSON}, not {request.content_type or 'missing'}",
-        )
-    try:
-        return model.model_validate_json(request.body)
-    except ValidationError as exc:
-        parts = []
-        for error in exc.errors()[:5]:
-            where = ".".join(str(p) for p in error["loc"]) or "body"
-            message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
-            parts.append(f"{where}: {message}")
-        raise ApiError(400, "bad_request", "; ".join(parts)) from None
-
-
 _Handler = Callable[[ControlPlane, ApiRequest], Awaitable[ApiResponse]]
 _ROUTES: Final[dict[str, _Handler]] = {
     REGISTER_PATH: ControlPlane._register,
@@ -359,20 +369,3 @@ _ROUTES: Final[dict[str, _Handler]] = {
     ENDPOINTS_PATH: ControlPlane._endpoints,
     POLICIES_PATH: ControlPlane._policies,
 }
-
-
-def control_plane_for(
-    ca_dir: Path,
-    config: ControlConfig,
-    store: StateStore,
-    clock: Clock,
-    verify_client: Callable[[ApiRequest, datetime], VerifiedSvid],
-) -> ControlPlane:
-    """The control plane of a CA directory: its store, `[control]` and policy directory."""
-    policy_dir = None
-    if config.policy_dir is not None:
-        policy_dir = Path(config.policy_dir)
-        policy_dir = policy_dir if policy_dir.is_absolute() else ca_dir / policy_dir
-    return ControlPlane(
-        control_store(store), config, policy_dir, clock, verify_client, store.is_revoked
-    )

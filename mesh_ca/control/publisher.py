@@ -14,6 +14,7 @@ from typing import final
 
 import trio
 
+from mesh_ca.control.metrics import ControlMetrics
 from mesh_ca.control.policy_set import (
     LoadedPolicySet,
     PolicySetError,
@@ -52,6 +53,7 @@ class PolicyPublisher:
         threads: Threads,
         directory: Path | None,
         poll_seconds: float,
+        metrics: ControlMetrics,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -59,6 +61,7 @@ class PolicyPublisher:
         self.state = PolicyState()
         self._threads = threads
         self._poll_seconds = poll_seconds
+        self._metrics = metrics
         self._changed = trio.Event()
         self._closing = False
 
@@ -98,10 +101,12 @@ class PolicyPublisher:
         directory = self.directory
         now = self.clock.now()
         try:
-            files = await self._threads.run(read_policy_files, directory)
-            loaded = await self._threads.run(load_policy_set, files)
+            # Parsing and validating take tens of ms: always off the event loop.
+            files = await trio.to_thread.run_sync(read_policy_files, directory)
+            loaded = await trio.to_thread.run_sync(load_policy_set, files)
         except PolicySetError as exc:
             self._refused(f"{directory}: {exc}", now)
+            self._metrics.policy_publishes.labels("refused").inc()
             log.error(
                 json.dumps(
                     {
@@ -119,10 +124,13 @@ class PolicyPublisher:
             )
         except StoreError as exc:
             self._refused(f"cannot publish: {exc}", now)
+            self._metrics.policy_publishes.labels("failed").inc()
             log.error(json.dumps({"event": "policy_publish_failed", "error": str(exc)}))
             return
-        if published.sha256 == loaded.sha256:
-            self._adopt(loaded, published.version, published.published_at)
+        if published.sha256 == loaded.sha256 and self._adopt(
+            loaded, published.version, published.published_at
+        ):
+            self._metrics.policy_publishes.labels("published").inc()
 
     async def adopt_latest(self) -> None:
         """Serve the newest published set if it is newer than ours (another replica's)."""
@@ -134,7 +142,7 @@ class PolicyPublisher:
         if latest is None or latest.version <= self.state.version:
             return
         try:
-            loaded = await self._threads.run(load_policy_set, latest.files)
+            loaded = await trio.to_thread.run_sync(load_policy_set, latest.files)
         except PolicySetError as exc:  # published by a newer or broken replica: keep ours
             log.error(json.dumps({"event": "published_policy_unusable", "error": str(exc)}))
             return
@@ -144,9 +152,10 @@ class PolicyPublisher:
         state = self.state
         self.state = PolicyState(state.loaded, state.version, state.published_at, error[:2000], now)
 
-    def _adopt(self, loaded: LoadedPolicySet, version: int, published_at: datetime) -> None:
+    def _adopt(self, loaded: LoadedPolicySet, version: int, published_at: datetime) -> bool:
+        """Serve `loaded` as `version` unless ours is newer; True if the version moved on."""
         if version < self.state.version:
-            return
+            return False
         changed = version != self.state.version
         self.state = PolicyState(loaded, version, published_at)
         if changed:
@@ -157,3 +166,4 @@ class PolicyPublisher:
             )
             self._changed.set()
             self._changed = trio.Event()
+        return changed

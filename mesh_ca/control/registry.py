@@ -34,6 +34,9 @@ SILENT_AFTER: Final = timedelta(seconds=90)
 class RegistryView:
     def __init__(self) -> None:
         self._services: dict[str, ServiceEndpoints] = {}
+        # The answer's JSON per service, made once for all its watchers (a change wakes
+        # every one of them with the same set); dropped whenever the set changes.
+        self._bodies: dict[str, bytes] = {}
 
     def get(self, service: str) -> ServiceEndpoints:
         return self._services.get(service) or ServiceEndpoints(service, 0, ())
@@ -44,6 +47,7 @@ class RegistryView:
         if known is not None and current.version < known.version:
             return False
         self._services[current.service] = current
+        self._bodies.pop(current.service, None)
         return known is None or current.version != known.version
 
     def renewed(self, registration: Registration) -> None:
@@ -56,6 +60,10 @@ class RegistryView:
             registration if (r.spiffe_id, r.address) == key else r for r in known.registrations
         )
         self._services[registration.service] = replace(known, registrations=fresh)
+        self._bodies.pop(registration.service, None)
+
+    def endpoint_count(self) -> int:
+        return sum(len(s.registrations) for s in self._services.values())
 
     def holds(self, service: str, spiffe_id: str) -> bool:
         return any(r.spiffe_id == spiffe_id for r in self.get(service).registrations)
@@ -68,6 +76,16 @@ class RegistryView:
 
     def services(self) -> list[ServiceEndpoints]:
         return [self._services[name] for name in sorted(self._services)]
+
+    def endpoint_set_json(self, service: str) -> bytes:
+        """`endpoint_set(service)` as JSON bytes, cached until the set changes. A service
+        nobody registered is answered but not cached (any name may be asked for)."""
+        body = self._bodies.get(service)
+        if body is None:
+            body = self.endpoint_set(service).model_dump_json().encode()
+            if service in self._services:
+                self._bodies[service] = body
+        return body
 
     def endpoint_set(self, service: str) -> EndpointSet:
         current = self.get(service)

@@ -29,6 +29,7 @@ _RESYNC_SECONDS: Final = 30.0
 _SWEEP_MAX_SECONDS: Final = 1.0
 _SWEEP_MIN_SECONDS: Final = 0.05
 _RETRY_SECONDS: Final = 1.0
+_MAX_RETRY_SECONDS: Final = 10.0
 
 
 class _Waiters:
@@ -139,6 +140,7 @@ class RegistrySync:
             await trio.sleep(max(_SWEEP_MIN_SECONDS, wait))
 
     async def _listen_loop(self) -> None:
+        retry = _RETRY_SECONDS
         while True:
             started = trio.current_time()
             try:
@@ -149,13 +151,24 @@ class RegistrySync:
                     abandon_on_cancel=True,
                 )
             except StoreError as exc:
-                log.error(json.dumps({"event": "change_listener_lost", "error": str(exc)}))
+                log.error(
+                    json.dumps(
+                        {"event": "change_listener_lost", "error": str(exc), "retry_s": retry}
+                    )
+                )
             else:
                 if trio.current_time() - started < _RETRY_SECONDS and not self._closing:
                     return  # a backend without notifications (SQLite): one process only
             if self._closing:
                 return
-            await trio.sleep(_RETRY_SECONDS)
+            # A database that is down refuses every attempt: back off, up to 10 s.
+            lasted = trio.current_time() - started
+            retry = (
+                _RETRY_SECONDS
+                if lasted > _MAX_RETRY_SECONDS
+                else min(2 * retry, _MAX_RETRY_SECONDS)
+            )
+            await trio.sleep(retry)
             await self.resync()  # what was missed while not listening
             await self._on_policy_published()
 

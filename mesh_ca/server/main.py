@@ -28,7 +28,8 @@ import trio
 
 from mesh_ca.ca_dir import CaDirError, LoadedCa, load_ca_dir, read_passphrase
 from mesh_ca.config import parse_admin_listen, parse_listen
-from mesh_ca.control.plane import ControlPlane, control_plane_for
+from mesh_ca.control.plane import ControlPlane
+from mesh_ca.control.setup import control_plane_for
 from mesh_ca.federation.refresh import FederationLoop
 from mesh_ca.server.admin import open_admin_listeners, serve_admin
 from mesh_ca.server.core import CaAuthority, CaService
@@ -174,7 +175,9 @@ async def _serve(
         threaded_handlers=threaded,
     )
     server = CaHttpServer(service, identity, clock, limits)
-    control = control_plane_for(ca.path, ca.config.control, store, clock, service._client_svid)
+    control = control_plane_for(
+        ca.path, ca.config.control, store, clock, service._client_svid, metrics.registry
+    )
     server.control = control
     federation = FederationLoop(
         ca.path,

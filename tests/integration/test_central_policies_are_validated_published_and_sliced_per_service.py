@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,6 +96,11 @@ async def test_an_edit_is_published_to_watchers_and_a_broken_one_is_refused(
     same = await orders.ok("/v1/control/policies", {"service": "orders", "after": 2})
     assert same["version"] == 2  # waited 0 ms: the current set
     assert "policy_set_refused" in server.log()
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
+        metrics = reply.read().decode()
+    assert 'meshgate_ca_control_policy_publishes_total{result="refused"} 1.0' in metrics
+    assert 'meshgate_ca_control_policy_publishes_total{result="published"} 2.0' in metrics
+    assert "meshgate_ca_control_policy_version 2.0" in metrics
 
     text = mesh_ca("policy", "status", "--dir", str(server.ca.path))
     assert "published   version 2" in text
@@ -118,6 +124,13 @@ async def test_endpoints_are_listed_by_the_cli_and_the_admin_view(server: CaServ
     assert "127.0.0.1:9001" in mesh_ca(
         "endpoints", "list", "--dir", str(server.ca.path), "--service", "orders"
     )
+    refused = await Caller.of(server, shop("web")).register("orders", "127.0.0.1:9002")
+    assert refused.status == 403
+    with urllib.request.urlopen(f"http://{admin_address(server)}/metrics", timeout=10) as reply:
+        metrics = reply.read().decode()
+    assert 'meshgate_ca_control_registrations_total{result="new"} 1.0' in metrics
+    assert 'meshgate_ca_control_registrations_total{result="registration_denied"} 1.0' in metrics
+    assert "meshgate_ca_control_endpoints 1.0" in metrics
     view = admin_get(admin_address(server), "/control/endpoints?service=orders")
     assert [e["spiffe_id"] for e in view["endpoints"]] == [str(shop("orders"))]
     assert admin_get(admin_address(server), "/control/endpoints?service=none")["endpoints"] == []
