@@ -47,8 +47,11 @@ from typing import Final, TypeVar, final
 
 from pydantic import BaseModel
 
+from mesh_ca.control.mesh_window import MeshWindow
+from mesh_ca.control.report_intake import ReportIntake
+from mesh_ca.control.report_wire import REPORT_PATH
 from mesh_ca.server.authenticate import ClientAuthenticator
-from mesh_ca.server.endpoints import admin_api, bootstrap, renew, status, trust
+from mesh_ca.server.endpoints import admin_api, bootstrap, renew, report, status, trust
 from mesh_ca.server.loaded_ca import CA_SERVER_PATH, CaAuthority, ca_server_id
 from mesh_ca.server.messages import (
     INTERNAL_ERROR,
@@ -96,10 +99,13 @@ class CaService:
         store: StateStore,
         limiter: RateLimiter,
         metrics: CaMetrics | None = None,
+        reports: ReportIntake | None = None,
     ) -> None:
         self.authority = authority
         self.store = store
         self.metrics = metrics or CaMetrics()
+        # Sidecar reports (mesh_ca.control): a fresh window when the caller brings none.
+        self.reports = reports or ReportIntake(MeshWindow())
         self.throttle = IssuanceThrottle(limiter, self.metrics)
         self.clients = ClientAuthenticator(authority)
         self.signing = LeafSigning(authority)
@@ -186,5 +192,6 @@ _ROUTES: Final[dict[str, Route]] = {
     "/v1/renew": ("POST", renew.renew, True),
     "/v1/admin/tokens": ("POST", admin_api.create_token, True),
     "/v1/admin/revoke": ("POST", admin_api.revoke, True),
+    REPORT_PATH: ("POST", report.report, False),
 }
 _ISSUANCE_KINDS: Final = {"/v1/bootstrap": "bootstrap", "/v1/renew": "renew"}

@@ -14,6 +14,11 @@ core chose (`ApiResponse.log`).
 A connection ends gracefully (the peer closed, keep-alive idle, shutdown, a refusal) with
 close_notify, so a client can tell the end from a truncation; a TLS error or a cancelled
 write ends it without one.
+
+Why one module: the connection loop, its reads, its refusals and the dispatch to the core
+or the control plane share the connection's one moving deadline scope, its reader and the
+server's connection counts; the decisions themselves live in the pure stages
+(`core.py`, `wire.py`), so what is left here is that one loop and its helpers.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Final, NoReturn, final
+from typing import Final, NoReturn, Protocol, final
 
 import trio
 from cryptography import x509
 
+from mesh_ca.control.report_wire import REPORT_PATH
 from mesh_ca.server.access_log import AccessLog
 from mesh_ca.server.core import (
     INTERNAL_ERROR,
@@ -49,7 +55,7 @@ from meshgate.http import RequestHead as HttpRequestHead
 from meshgate.transport.socket_stream import LeanSocketStream
 from meshgate.transport.tls_stream import TlsError, TlsStream
 
-__all__ = ["CaHttpServer", "ServerLimits", "endpoint_label"]
+__all__ = ["CONTROL_PREFIX", "CaHttpServer", "ControlHandler", "ServerLimits", "endpoint_label"]
 
 log = logging.getLogger("mesh_ca.server")
 _DEADLINE_SLACK_SECONDS: Final = 1.0
@@ -72,8 +78,20 @@ _ENDPOINTS: Final = frozenset(
         "/v1/renew",
         "/v1/admin/tokens",
         "/v1/admin/revoke",
+        "/v1/control/register",
+        "/v1/control/deregister",
+        "/v1/control/endpoints",
+        "/v1/control/policies",
+        "/v1/control/report",
     )
 )
+# Requests the control plane answers (`ControlHandler`), on the event loop: a long-poll
+# waits there, never in a worker thread.
+CONTROL_PREFIX: Final = "/v1/control/"
+
+
+class ControlHandler(Protocol):
+    async def handle(self, request: ApiRequest) -> ApiResponse: ...
 
 
 def endpoint_label(path: str) -> str:
@@ -125,6 +143,7 @@ class CaHttpServer:
         self._closing = False
         self._limiter = trio.CapacityLimiter(64)
         self._group_commit = GroupCommit(service)
+        self.control: ControlHandler | None = None  # mesh_ca.control.plane.ControlPlane
 
     def close_idle(self) -> None:
         """Shutting down: close the connections waiting for their next request now, and
@@ -239,8 +258,10 @@ class CaHttpServer:
                 )
             body = await self._read_body(tls, reader, deadline)
             request = ApiRequest(head.method, path, head.content_type, body, source, peer)
-            if limits.threaded_handlers:
-                deadline.deadline = math.inf  # the handler is ours: no peer to wait for
+            if limits.threaded_handlers or path.startswith(CONTROL_PREFIX):
+                # The handler is ours (a worker thread, or a control-plane long-poll of up
+                # to 30 s): no peer to wait for.
+                deadline.deadline = math.inf
                 response = await self._dispatch(request)
                 deadline.deadline = trio.current_time() + limits.body_timeout_seconds
             else:
@@ -320,6 +341,12 @@ class CaHttpServer:
             return self.service.settle(request, error_response(INTERNAL_ERROR))
 
     async def _call_core(self, request: ApiRequest) -> ApiResponse:
+        if (
+            self.control is not None
+            and request.path.startswith(CONTROL_PREFIX)
+            and request.path != REPORT_PATH  # reports: CaService, inline (no store, no wait)
+        ):
+            return await self.control.handle(request)
         now, monotonic = self.clock.now(), trio.current_time()
         if self.limits.threaded_handlers and self.service.is_blocking(request.method, request.path):
             return await trio.to_thread.run_sync(
