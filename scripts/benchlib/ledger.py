@@ -79,6 +79,13 @@ STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "the handlers' own code (http_inbound/outbound, admission)",
         (
             "sidecar/inbound/http.py",
+            "sidecar/inbound/session.py",
+            "sidecar/inbound/client.py",
+            "sidecar/inbound/decide.py",
+            "sidecar/inbound/forward.py",
+            "sidecar/inbound/report.py",
+            "sidecar/inbound/outcome.py",
+            "sidecar/transport/body_pump.py",
             "sidecar/outbound/http.py",
             "meshgate/http/replies.py",
             "sidecar/admission.py",
