@@ -380,6 +380,7 @@ def bench_http(args: argparse.Namespace) -> Figures:
         "seconds_per_target_and_scenario": slice_seconds * rounds,
         "rounds": rounds,
         "baseline": args.baseline,
+        "baseline2": args.baseline2,
         "load_average_before": os.getloadavg()[0],
         "access_log": args.http_access_log,
     }
@@ -404,6 +405,11 @@ def bench_http(args: argparse.Namespace) -> Figures:
             root = stack.enter_context(baseline_tree(args.baseline))
             targets["meshgate_baseline"] = stack.enter_context(
                 meshgate_pair(pki, certs, tmp / "mg0", port, root=root, access_log=sidecar_log)
+            )
+        if args.baseline2:
+            root2 = stack.enter_context(baseline_tree(args.baseline2))
+            targets["meshgate_baseline2"] = stack.enter_context(
+                meshgate_pair(pki, certs, tmp / "mg3", port, root=root2, access_log=sidecar_log)
             )
         if args.http_workers2:
             targets["meshgate_workers2"] = stack.enter_context(
