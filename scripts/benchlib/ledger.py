@@ -54,6 +54,7 @@ STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "trio/_socket.py",
             "trio/_highlevel_socket.py",
             "meshgate/transport/one_at_a_time.py",
+            "meshgate/transport/deadlines.py",
         ),
     ),
     (
@@ -72,7 +73,12 @@ STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("metrics (prometheus_client)", ("sidecar/observe/metrics.py", "prometheus_client")),
     (
         "the access log and the observer (observe.py, logging)",
-        ("sidecar/observe/logs.py", "sidecar/observe/access.py", "/logging/"),
+        (
+            "sidecar/observe/logs.py",
+            "sidecar/observe/access.py",
+            "sidecar/observe/access_sink.py",
+            "/logging/",
+        ),
     ),
     ("pool bookkeeping", ("sidecar/outbound/mesh_pool.py", "sidecar/inbound/app_pool.py")),
     (
