@@ -68,7 +68,7 @@ class _Sweep:
             self._wake_at = wake_at
 
 
-_SWEEP: trio.lowlevel.RunVar[_Sweep] = trio.lowlevel.RunVar("meshgate_deadline_sweep")
+_SWEEP: trio.lowlevel.RunVar[_Sweep] = trio.lowlevel.RunVar("deadline_sweep")
 
 
 def _sweep() -> _Sweep:

@@ -15,6 +15,7 @@ from typing import Final, Literal, final
 
 import trio
 
+from meshgate.errors import TransportError
 from meshgate.http import CONNECTION_CLOSED, NEED_DATA, RequestHead, RequestReader
 from meshgate.transport.socket_stream import TimedStream
 from meshgate.transport.tls_stream import TlsStream
@@ -25,11 +26,11 @@ __all__ = ["ClientGoneError", "ClientSide", "ClientTimeoutError"]
 _READ: Final = 64 * 1024
 
 
-class ClientGoneError(Exception):
+class ClientGoneError(TransportError):
     """The client reset or truncated the connection: nothing more can be sent to it."""
 
 
-class ClientTimeoutError(Exception):
+class ClientTimeoutError(TransportError):
     """The client was too slow between requests (`idle`) or inside a head (`head`)."""
 
     def __init__(self, phase: Literal["idle", "head"]) -> None:

@@ -26,7 +26,7 @@ from meshgate.http import (
 )
 from meshgate.http.forwarding import ForwardedRequest, xfcc_value
 from meshgate.identity.spiffe_id import SpiffeId
-from sidecar.authz.cedar import determining_policies, forwards, source_ip, verdict_result
+from sidecar.authz.cedar import source_ip
 from sidecar.observe.tracing import Span
 from sidecar.policy import AccessRequest, DecisionReason
 from sidecar.transport.mesh_tls import MeshConnection
@@ -127,13 +127,12 @@ def decide(
         ),
         audit=inbound.audit,
     )
-    result = verdict_result(verdict)
-    policies = determining_policies(verdict)
+    result = verdict.result
+    policies = verdict.determining_policy_ids
     rt.observer.decision(result, policies)
-    extra = {"policy_version": verdict.version, "decision_reason": str(verdict.reason)}
+    extra = {"policy_version": verdict.version, "decision_reason": verdict.detail}
     if verdict.reason is DecisionReason.ENGINE_ERROR:
         rt.observer.policy_engine_error()
-        extra["decision_reason"] = f"{verdict.reason}: {verdict.errors[0]}"
     if verdict.errored_policy_ids:
         extra["errored_policies"] = ",".join(verdict.errored_policy_ids)
-    return Decided(forwards(verdict), str(verdict.reason), result, policies, extra)
+    return Decided(verdict.forward, str(verdict.reason), result, policies, extra)

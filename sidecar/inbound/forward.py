@@ -7,9 +7,8 @@ shared pump (`sidecar.transport.body_pump`, the same code the outbound sidecar u
 the response relay when there is a body, and relays the response: 1xx, HEAD, HTTP/1.0
 keep-alive and framing by the shared rule (`meshgate.http.relay`). The head goes out with
 whatever of the body is already read, in one write. The app must start answering within
-``response_timeout_seconds`` (restarted by every body piece sent) and may pause its body
-for ``body_idle_timeout_seconds``. A reused app connection that fails before any response
-byte of a body-free request is retried once on a fresh one (a stale keep-alive).
+``response_timeout_seconds`` (restarted by every body piece sent), may pause its body for
+``body_idle_timeout_seconds``; a stale kept-alive connection is retried once on a fresh one.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Final, final
 
 import trio
 
+from meshgate.errors import StaleConnectionError
 from meshgate.http import (
     CONNECTION_CLOSED,
     LAST_CHUNK,
@@ -54,10 +54,6 @@ log = logging.getLogger("sidecar.inbound.http")
 _READ: Final = 64 * 1024
 
 
-class _StaleConnectionError(Exception):
-    """A reused app connection failed before any response byte: retry on a fresh one."""
-
-
 @final
 class Forwarder:
     """Forwards the decided requests of one client connection to the app."""
@@ -88,7 +84,7 @@ class Forwarder:
                 return await self._app_refusal(app, head, forwarded.request_id)
             try:
                 return await self._exchange(app, head, data, forwarded.request_id, live)
-            except _StaleConnectionError:
+            except StaleConnectionError:
                 continue
         return await self._app_refusal(
             Outcome(status=502, reason="app_error: app closed the connection"),
@@ -156,7 +152,7 @@ class Forwarder:
         self, app: AppConnection, head: RequestHead, data: bytes, request_id: str, live: Live
     ) -> Outcome:
         """Send one request on `app`, stream the body and the response; release or discard
-        `app` afterwards. Raises `_StaleConnectionError` only before anything was read from the
+        `app` afterwards. Raises `StaleConnectionError` only before anything was read from the
         client's body and before any response byte."""
         pool = self.inbound.pool
         no_body = body_free(head.framing)
@@ -169,7 +165,7 @@ class Forwarder:
                 await app.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 if app.reused and no_body:
-                    raise _StaleConnectionError from exc
+                    raise StaleConnectionError from exc
                 response.fail(502, "the local app closed the connection")
             else:
                 app.stream.receive_deadline = (
@@ -198,7 +194,7 @@ class Forwarder:
             if response.error is not None:
                 assert response.error_status is not None
                 if not response.received and app.reused and no_body:
-                    raise _StaleConnectionError
+                    raise StaleConnectionError
                 outcome.reason = (
                     "app_timeout" if response.error_status == 504 else "app_error"
                 ) + f": {response.error}"

@@ -107,7 +107,7 @@ class _FlushBeforeWait(trio.abc.Instrument):
 
 
 _INSTRUMENTED: trio.lowlevel.RunVar[BatchedAccessSink | None] = trio.lowlevel.RunVar(
-    "meshgate_access_sink"
+    "access_sink_instrumented"
 )
 
 

@@ -22,6 +22,7 @@ from typing import Final, Literal, Protocol
 
 import trio
 
+from meshgate.errors import TransportError
 from meshgate.http import LAST_CHUNK, NEED_DATA, Data, EndOfMessage, RequestReader, encode_chunk
 from meshgate.http.body_pace import BodyPace
 from meshgate.transport.socket_stream import TimedStream
@@ -31,7 +32,7 @@ __all__ = ["BodyCount", "BodyTimeoutError", "SourceGoneError", "pump_body"]
 _READ: Final = 64 * 1024
 
 
-class BodyTimeoutError(Exception):
+class BodyTimeoutError(TransportError):
     """The client paused longer than the idle timeout (`idle`) or fell behind the pace
     (`slow`)."""
 
@@ -40,7 +41,7 @@ class BodyTimeoutError(Exception):
         self.kind: Literal["idle", "slow"] = kind
 
 
-class SourceGoneError(Exception):
+class SourceGoneError(TransportError):
     """The client reset or closed its connection inside the body; its text is a short code."""
 
 
