@@ -45,6 +45,8 @@ from mesh_ca.config import (
     StoreConfig,
     load_config,
 )
+from mesh_ca.control.cli import add_control_parsers, endpoints_main, policy_main
+from mesh_ca.dashboard.cli import add_dashboard_parser, dashboard_main
 from mesh_ca.duration import format_duration, parse_duration
 from mesh_ca.federation.status import federation_lines, federation_status
 from mesh_ca.issuance import (
@@ -56,6 +58,7 @@ from mesh_ca.issuance import (
     make_csr,
 )
 from mesh_ca.keys_cli import add_keys_flags, keys_config
+from mesh_ca.mesh_cli import add_mesh_parsers, check_main, guarded, mesh_main
 from mesh_ca.store import IssuedRecord, StateStore, StoreError, open_store
 from mesh_ca.store.dbcli import add_db_parser, db_main
 from mesh_ca.tokens import new_token
@@ -225,6 +228,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_keys_flags(p)
 
+    p = add("dashboard", "Serve the live mesh dashboard (a web page) on loopback.")
+    add_dashboard_parser(p)
+
     p = add("issue", "Issue an X509-SVID offline (the key is made here).")
     add_dir(p)
     p.add_argument("--spiffe-id", type=_spiffe_id_arg, required=True)
@@ -267,7 +273,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = add("status", "Show the CA, certificate expiry, outstanding tokens and revocations.")
     add_dir(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="the same as --output json")
+    p.add_argument("--output", choices=["table", "json"], default="table")
 
     p = add("serve", "Run the CA HTTPS server.")
     p.epilog = EXIT_CODES_HELP
@@ -277,6 +284,8 @@ def _build_parser() -> argparse.ArgumentParser:
     add_serve_flags(p)
 
     add_db_parser(sub)
+    add_control_parsers(sub)
+    add_mesh_parsers(sub)
     return parser
 
 
@@ -565,7 +574,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         "keys": config.keys.model_dump(exclude_none=True),
         "federation": federation_status(args.dir, config.federation),
     }
-    if args.json:
+    if args.json or args.output == "json":
         _out(json.dumps(status, indent=2))
         return 0
     _out(f"trust domain   {config.trust_domain}")
@@ -605,6 +614,11 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _cmd_serve,
     "token": _cmd_token_create,  # "create" is its only action so far
     "db": db_main,
+    "endpoints": endpoints_main,
+    "policy": policy_main,
+    "dashboard": guarded(dashboard_main),
+    "mesh": guarded(mesh_main),
+    "check": guarded(check_main),
 }
 
 

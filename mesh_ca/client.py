@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from pydantic import ValidationError
 
 from mesh_ca.api import ErrorResponse, RevocationsResponse, SvidResponse
+from mesh_ca.control.report_wire import REPORT_PATH
 from mesh_ca.issuance import make_csr
 from meshgate.clock import Clock, SystemClock
 from meshgate.errors import MeshgateError, StaleConnectionError
@@ -154,6 +155,8 @@ class CaClient:
         self._ca_bundles = BundleSet.of(bundles[trust_domain])
         self._anonymous = client_context(self._ca_bundles)
         self._contexts: dict[bytes, ssl.SSLContext] = {}
+        self._used_by: dict[SpiffeId, bytes] = {}  # the leaf `report` last used per ID
+        self._stale: set[bytes] = set()  # leaves superseded since, their pools to close
         self._idle: dict[tuple[int, bytes], list[_Connection]] = {}
 
     async def __aenter__(self) -> CaClient:
@@ -216,6 +219,47 @@ class CaClient:
         self._contexts.pop(fingerprint, None)
         await self._close_idle(lambda key: key[1] == fingerprint)
         return issued
+
+    async def report(
+        self, body: bytes, chain: Sequence[x509.Certificate], key: PrivateKey
+    ) -> bytes:
+        """``POST /v1/control/report`` as the SVID `chain` (mTLS); the 200 body. The CA
+        takes the caller's ID from this certificate. A refusal is a `CaClientError`."""
+        if not chain:
+            raise ValueError("report needs the current certificate chain")
+        context, fingerprint = self._context_for(chain, key)
+        await self.close_superseded()
+        reply = await self._request("POST", REPORT_PATH, body, context, fingerprint)
+        self._check_ok(reply)
+        return reply.body
+
+    def _context_for(
+        self, chain: Sequence[x509.Certificate], key: PrivateKey
+    ) -> tuple[ssl.SSLContext, bytes]:
+        """The client context of an SVID, kept per leaf fingerprint (a few at most). When a
+        leaf of the same SPIFFE ID supersedes the one this client used before, the old
+        one's context and kept-alive connections go (a rotation must not leave a socket)."""
+        leaf = chain[0]
+        fingerprint = leaf.fingerprint(hashes.SHA256())
+        spiffe_id = spiffe_id_of(leaf)
+        previous = self._used_by.get(spiffe_id)
+        if previous is not None and previous != fingerprint:
+            self._contexts.pop(previous, None)
+            self._stale.add(previous)
+        self._used_by[spiffe_id] = fingerprint
+        context = self._contexts.get(fingerprint)
+        if context is None:
+            context = client_context(self._ca_bundles, _pem(chain), private_key_pem(key))
+            if len(self._contexts) >= _MAX_CLIENT_CONTEXTS:
+                self._contexts.pop(next(iter(self._contexts)))
+            self._contexts[fingerprint] = context
+        return context, fingerprint
+
+    async def close_superseded(self) -> None:
+        """Close the kept-alive connections of SVIDs a newer one of the same ID replaced."""
+        stale, self._stale = self._stale, set()
+        if stale:
+            await self._close_idle(lambda key: key[1] in stale)
 
     async def fetch_bundle(self) -> TrustBundle:
         reply = await self._request("GET", "/v1/bundle", None)

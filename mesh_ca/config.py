@@ -15,6 +15,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mesh_ca.control.config import ControlConfig
 from mesh_ca.federation.config import FederationConfig, check_federation
 from mesh_ca.issuance.leaf import FLOOR_LEAF_TTL, MAX_LEAF_TTL, MIN_LEAF_TTL
 from mesh_ca.keys_config import KeysConfig
@@ -303,6 +304,7 @@ class CaConfig(_Model):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
     keys: KeysConfig = KeysConfig()
+    control: ControlConfig = ControlConfig()
     federation: FederationConfig = FederationConfig()
 
     @field_validator("trust_domain")
@@ -358,6 +360,8 @@ def render_config(config: CaConfig) -> str:
     sections = ["issuance", "server", "store"]
     if config.keys.backend != "file":
         sections.append("keys")
+    if config.control != ControlConfig():
+        sections.append("control")
     for section in sections:
         model: BaseModel = getattr(config, section)
         lines += ["", f"[{section}]"]

@@ -5,6 +5,7 @@
                                [--client-processes N]
     python scripts/bench.py ca-instructions [--seconds 3] [--concurrency 16]   (needs valgrind)
     python scripts/bench.py ca-hsm [--seconds 6] [--rounds 3]   (CA keys in SoftHSM2 vs files)
+    python scripts/bench.py control-plane [--rounds 6]   (one change to 1,000 watchers)
     python scripts/bench.py replicas [--seconds 3] [--concurrency 16] [--client-processes N]
     python scripts/bench.py http [--seconds 6] [--rounds 3] [--baseline REF] [--baseline2 REF]
         [--http-workers2]
@@ -559,10 +560,12 @@ from scripts.benchlib.callgrind import (  # noqa: E402
     valgrind_prefix,
     zero,
 )
+from scripts.benchlib.control_plane import bench_control_plane  # noqa: E402
 from scripts.benchlib.datapath import SECTIONS as DATA_PATH_SECTIONS  # noqa: E402
 from scripts.benchlib.datapath import baseline_tree  # noqa: E402
 from scripts.benchlib.latency import bench_latency  # noqa: E402
 from scripts.benchlib.ledger import bench_ledger  # noqa: E402
+from scripts.benchlib.reports import bench_reports  # noqa: E402
 from scripts.benchlib.soak import SECTIONS as SOAK_SECTIONS  # noqa: E402
 
 SECTIONS.update(DATA_PATH_SECTIONS)
@@ -570,6 +573,8 @@ SECTIONS.update(SOAK_SECTIONS)
 SECTIONS["latency"] = bench_latency
 SECTIONS["ledger"] = bench_ledger
 SECTIONS["ca-hsm"] = bench_ca_hsm
+SECTIONS["control-plane"] = bench_control_plane
+SECTIONS["reports"] = bench_reports
 
 
 def bench_tracing(args: argparse.Namespace) -> Figures:

@@ -15,6 +15,7 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -34,6 +35,7 @@ from sidecar.observe.access import Observer
 from sidecar.observe.admin import AdminState, serve_admin
 from sidecar.observe.logs import event
 from sidecar.observe.metrics import SidecarMetrics
+from sidecar.observe.reporter import start_reporter, write_samples_forever
 from sidecar.observe.tracing import Tracer, default_service_name
 from sidecar.outbound.http import HttpOutbound
 from sidecar.outbound.mesh_pool import MeshPool
@@ -195,6 +197,7 @@ async def run(
     drain: trio.Event | None = None,
     store: CredentialStore | None = None,
     on_started: Callable[[], None] | None = None,
+    relay: Path | None = None,
 ) -> int:
     """Serve until drained; returns the process exit code (0 after a graceful drain).
 
@@ -205,7 +208,8 @@ async def run(
     (SIGTERM/SIGINT) during start-up stops at once and returns 0.
 
     `store` and `on_started` (called once the first SVID is live and the listeners serve)
-    are for worker processes (`sidecar.workers`), which are fed credentials by their parent.
+    are for worker processes (`sidecar.workers`), which are fed credentials by their parent;
+    `relay` is where a worker leaves its denial samples for the parent's report.
     """
     clock = clock or SystemClock()
     drain = drain if drain is not None else trio.Event()
@@ -317,6 +321,10 @@ async def run(
                             await policies.start(nursery)
                         await _start_identity(config, store, clock, reload, nursery, stats)
                     if not starting.cancelled_caught:
+                        view = policies.store if policies else None
+                        take = observer.take_denial_samples
+                        report = (nursery, config, store, clock, metrics, stats)
+                        start_reporter(*report, policies=view, samples=take)
                         listening: dict[str, Any] = {
                             name: [str(ls.socket.getsockname()[:2]) for ls in listeners]
                             for name, listeners, _ in serving
@@ -327,6 +335,8 @@ async def run(
                             listeners=listening,
                             spiffe_id=str(config.identity.spiffe_id),
                         )
+                        if relay is not None:  # a worker: its parent sends the samples
+                            nursery.start_soon(write_samples_forever, take, relay)
                         if on_started is not None:
                             on_started()
                     else:

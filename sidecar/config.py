@@ -39,6 +39,7 @@ __all__ = [
     "LogConfig",
     "OutboundConfig",
     "PolicyConfig",
+    "ReportConfig",
     "SidecarConfig",
     "TimeoutsConfig",
     "TracingConfig",
@@ -816,6 +817,34 @@ class TracingConfig(_Model):
 
 
 @final
+class ReportConfig(_Model):
+    """Reports to the control plane: every few seconds the sidecar sends the CA (over its
+    mTLS client, as its SVID) per-edge deltas of its metrics and its status (docs/
+    monitoring.md). Only with a CA (``identity.ca_addresses``)."""
+
+    enabled: Annotated[
+        bool,
+        Field(
+            description=(
+                "send reports to the CA; they feed `mesh-ca mesh stat/edges/top`, "
+                "`mesh-ca check` and the dashboard. No effect with static identity files"
+            )
+        ),
+    ] = True
+    interval_seconds: Annotated[
+        float,
+        Field(
+            ge=1,
+            le=300,
+            description=(
+                "seconds between reports; a report the CA did not take is sent again, "
+                "summed, with the next one"
+            ),
+        ),
+    ] = 5.0
+
+
+@final
 class SidecarConfig(_Model):
     identity: IdentityConfig
     inbound: InboundConfig | None = None
@@ -827,6 +856,7 @@ class SidecarConfig(_Model):
     limits: LimitsConfig = LimitsConfig()
     log: LogConfig = LogConfig()
     tracing: TracingConfig | None = None
+    report: ReportConfig = ReportConfig()
     workers: Annotated[
         int,
         Field(

@@ -18,6 +18,9 @@ PURE_CORES = (
     "mesh_ca/server/core.py",
     "mesh_ca/server/wire.py",
     "mesh_ca/server/ratelimit.py",
+    "mesh_ca/control/policy_set.py",
+    "mesh_ca/control/registry.py",
+    "mesh_ca/control/wire.py",
     "sidecar/identity/rotation.py",
     "sidecar/identity/credentials.py",
     "sidecar/identity/state.py",
@@ -30,6 +33,13 @@ PURE_CORES = (
     "sidecar/authz/cedar.py",
     "sidecar/transport/svid_cache.py",
     "sidecar/observe/tracing.py",
+    "sidecar/observe/report.py",
+    "mesh_ca/control/mesh_window.py",
+    "mesh_ca/control/histogram.py",
+    "mesh_ca/control/mesh_view.py",
+    "mesh_ca/control/report_intake.py",
+    "mesh_ca/control/report_wire.py",
+    "mesh_ca/mesh_check.py",
 )
 _PATH_RE = re.compile(r"`((?:meshgate|mesh_ca|sidecar|scripts|tests|policies)/[A-Za-z0-9_./-]*)`")
 _METRIC_RE = re.compile(r"`(meshgate_[a-z_]+)")

@@ -68,6 +68,14 @@ EXPECT: list[tuple[str, str]] = [
     ("/certificate", r'"spiffe_id": "spiffe://example\.org/ns/shop/svc/orders"'),
     ("/policies", r'"version"'),
     ("/metrics", r'meshgate_authz_decisions_total\{policy="no-delete",result="deny"\} 1\.0'),
+    ("mesh-ca check --admin", r"(?s)✔ sidecars_ready.*all checks passed"),
+    ("mesh-ca mesh stat", r"orders\s+healthy\s+1/1"),
+    ("sleep 5", r"^$"),
+    (
+        "mesh-ca mesh edges",
+        r"(?s)unknown\s+orders\s+inbound\s+0\s.*web\s+orders\s+inbound\s+2\s+100\.00%",
+    ),
+    ("mesh-ca mesh top", r'"source": "web",\s+"destination": "orders"'),
     ("/certificate", r'"serial": "[0-9a-f]+"'),  # 7. before
     ("sleep 20", r"^$"),
     ("/certificate", r'"serial": "[0-9a-f]+"'),  # 7. after

@@ -17,11 +17,12 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Final, NoReturn, final
+from typing import Final, NoReturn, Protocol, final
 
 import trio
 from cryptography import x509
 
+from mesh_ca.control.report_wire import REPORT_PATH
 from mesh_ca.server.access_log import AccessLog
 from mesh_ca.server.core import (
     INTERNAL_ERROR,
@@ -40,7 +41,7 @@ from mesh_ca.server.wire import RequestHead, WireError, parse_request_head, rend
 from meshgate.clock import Clock
 from meshgate.errors import TransportError
 
-__all__ = ["CaHttpServer", "ServerLimits", "endpoint_label"]
+__all__ = ["CONTROL_PREFIX", "CaHttpServer", "ControlHandler", "ServerLimits", "endpoint_label"]
 
 log = logging.getLogger("mesh_ca.server")
 _DEADLINE_SLACK_SECONDS: Final = 1.0
@@ -62,8 +63,20 @@ _ENDPOINTS: Final = frozenset(
         "/v1/renew",
         "/v1/admin/tokens",
         "/v1/admin/revoke",
+        "/v1/control/register",
+        "/v1/control/deregister",
+        "/v1/control/endpoints",
+        "/v1/control/policies",
+        "/v1/control/report",
     )
 )
+# Requests the control plane answers (`ControlHandler`), on the event loop: a long-poll
+# waits there, never in a worker thread.
+CONTROL_PREFIX: Final = "/v1/control/"
+
+
+class ControlHandler(Protocol):
+    async def handle(self, request: ApiRequest) -> ApiResponse: ...
 
 
 def endpoint_label(path: str) -> str:
@@ -115,6 +128,7 @@ class CaHttpServer:
         self._closing = False
         self._limiter = trio.CapacityLimiter(64)
         self._group_commit = GroupCommit(service)
+        self.control: ControlHandler | None = None  # mesh_ca.control.plane.ControlPlane
 
     def close_idle(self) -> None:
         """Shutting down: close the connections waiting for their next request now, and
@@ -229,8 +243,10 @@ class CaHttpServer:
             request = ApiRequest(
                 head.method, path, head.headers.get("content-type"), body, source, peer
             )
-            if limits.threaded_handlers:
-                deadline.deadline = math.inf  # the handler is ours: no peer to wait for
+            if limits.threaded_handlers or path.startswith(CONTROL_PREFIX):
+                # The handler is ours (a worker thread, or a control-plane long-poll of up
+                # to 30 s): no peer to wait for.
+                deadline.deadline = math.inf
                 response = await self._dispatch(request)
                 deadline.deadline = trio.current_time() + limits.body_timeout_seconds
             else:
@@ -285,6 +301,12 @@ class CaHttpServer:
             return self.service.settle(request, error_response(INTERNAL_ERROR))
 
     async def _call_core(self, request: ApiRequest) -> ApiResponse:
+        if (
+            self.control is not None
+            and request.path.startswith(CONTROL_PREFIX)
+            and request.path != REPORT_PATH  # reports: CaService, inline (no store, no wait)
+        ):
+            return await self.control.handle(request)
         now, monotonic = self.clock.now(), trio.current_time()
         if self.limits.threaded_handlers and self.service.is_blocking(request.method, request.path):
             return await trio.to_thread.run_sync(

@@ -22,12 +22,14 @@ import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import trio
 
 from mesh_ca.ca_dir import CaDirError, LoadedCa, load_ca_dir, read_passphrase
 from mesh_ca.config import parse_admin_listen, parse_listen
+from mesh_ca.control.plane import ControlPlane
+from mesh_ca.control.setup import control_plane_for
 from mesh_ca.federation.refresh import FederationLoop
 from mesh_ca.server.admin import open_admin_listeners, serve_admin
 from mesh_ca.server.core import CaAuthority, CaService
@@ -39,6 +41,7 @@ from mesh_ca.store import StateStore, StoreError
 from meshgate.clock import Clock, SystemClock
 from meshgate.exit_codes import ExitCode, StartupError
 from meshgate.identity import SpiffeId
+from meshgate.version import installed_version
 
 __all__ = ["authority_of", "serve_main"]
 
@@ -173,6 +176,10 @@ async def _serve(
         threaded_handlers=threaded,
     )
     server = CaHttpServer(service, identity, clock, limits)
+    control = control_plane_for(
+        ca.path, ca.config.control, store, clock, service._client_svid, metrics.registry
+    )
+    server.control = control
     federation = FederationLoop(
         ca.path,
         authority.bundle,
@@ -186,7 +193,9 @@ async def _serve(
             # Not awaited before serving: a foreign endpoint that is down must not delay
             # this CA; sidecars get the federated bundles once they are fetched.
             background.start_soon(federation.run)
-            await _serve_until_signal(server, authority, store, clock, listeners, admin_listeners)
+            await _serve_until_signal(
+                server, authority, store, clock, listeners, admin_listeners, control
+            )
             background.cancel_scope.cancel()
     finally:
         server.access_log.flush()  # the lines still queued (drained connections' too)
@@ -199,6 +208,7 @@ async def _serve_until_signal(
     clock: Clock,
     listeners: list[trio.SocketListener],
     admin_listeners: list[trio.SocketListener] | None = None,
+    control: ControlPlane | None = None,
 ) -> None:
     async def handler(stream: trio.SocketStream) -> None:
         try:
@@ -210,6 +220,8 @@ async def _serve_until_signal(
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as accepting:
+                if control is not None:  # its registry and policy set, before any request
+                    await accepting.start(control.run)
                 await accepting.start(
                     functools.partial(
                         trio.serve_listeners, handler, listeners, handler_nursery=connections
@@ -217,7 +229,13 @@ async def _serve_until_signal(
                 )
                 if admin_listeners:
                     await accepting.start(
-                        functools.partial(serve_admin, admin_listeners, server.service.metrics)
+                        functools.partial(
+                            serve_admin,
+                            admin_listeners,
+                            server.service.metrics,
+                            control,
+                            functools.partial(_mesh_json, server, clock),
+                        )
                     )
                     sys.stderr.write(f"mesh-ca admin on {_shown(admin_listeners[0])}\n")
                 sys.stderr.write(f"mesh-ca serving on {_shown(listeners[0])}\n")
@@ -230,10 +248,29 @@ async def _serve_until_signal(
                     )
                     accepting.cancel_scope.cancel()
                     server.close_idle()
+                    if control is not None:
+                        control.close()  # waiting watchers are answered now
                     break
             # Stop accepting; idle keep-alive connections close at once, the others finish
             # the request at hand within a short drain, then are cancelled.
             connections.cancel_scope.deadline = trio.current_time() + DRAIN_SECONDS
+
+
+def _mesh_json(server: CaHttpServer, clock: Clock, window: str) -> dict[str, Any]:
+    """The admin listener's ``/v1/mesh``: the reports' window and this CA's own facts."""
+    authority = server.service.authority
+    now = clock.now()
+    ca = {
+        "trust_domain": str(authority.trust_domain),
+        "replica": authority.replica or None,
+        "version": installed_version(),
+        "now": now.isoformat(),
+        "root_not_after": min(r.not_valid_after_utc for r in authority.bundle.roots).isoformat(),
+        "intermediate_not_after": authority.signer.not_after.isoformat(),
+        "server_svid_not_after": server.identity.not_after.isoformat(),
+        "store_up": server.service.metrics.store_is_up(),
+    }
+    return server.service.reports.view(window, now, ca)
 
 
 def _shown(listener: trio.SocketListener) -> str:

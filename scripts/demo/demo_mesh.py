@@ -28,16 +28,30 @@ SERVICES = ("web", "orders", "payments")
 # Who calls whom through its outbound sidecar (web → payments is there to be refused).
 CALLS = {"web": ("orders", "payments"), "orders": ("payments",), "payments": ()}
 _SERVING = re.compile(r"mesh-ca serving on (\S+):(\d+)")
+_DASHBOARD = re.compile(r"mesh-ca dashboard on (http://\S+)")
+# Sidecars report to the CA this often (`[report]`); the CA's admin listener serves the
+# mesh view (`mesh-ca mesh stat`, `mesh-ca check`) from these reports.
+REPORT_INTERVAL_SECONDS = 1
 
 
 def spiffe_id(service: str) -> str:
     return f"spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/svc/{service}"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now and not handed out before by this process: the kernel may give a
+    just-released port again, and two listeners of one sidecar then clashed (the web
+    sidecar refused a config whose admin.listen equalled an outbound listen)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def tool(name: str) -> list[str]:
@@ -134,6 +148,9 @@ def sidecar_toml(svc: Service, services: dict[str, Service], ca_address: str, wo
         "",
         "[timeouts]",
         "drain_timeout_seconds = 2",
+        "",
+        "[report]",
+        f"interval_seconds = {REPORT_INTERVAL_SECONDS}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -144,6 +161,7 @@ class Mesh:
     services: dict[str, Service] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ca_address: str = ""
+    ca_admin_port: int = field(default_factory=free_port)  # /metrics, /v1/mesh (plain HTTP)
 
     def __post_init__(self) -> None:
         for name in SERVICES:
@@ -151,6 +169,11 @@ class Mesh:
             svc.outbound_ports = {target: free_port() for target in CALLS[name]}
             self.services[name] = svc
         (self.work / "logs").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def ca_admin(self) -> str:
+        """HOST:PORT of the CA's loopback admin listener (`mesh-ca mesh --admin`)."""
+        return f"127.0.0.1:{self.ca_admin_port}"
 
     def log_path(self, name: str) -> Path:
         return self.work / "logs" / f"{name}.log"
@@ -177,6 +200,7 @@ class Mesh:
 
     def start_ca(self, timeout: float = 30) -> str:
         argv = [*tool("mesh-ca"), "serve", "--dir", "ca", "--listen", "127.0.0.1:0"]
+        argv += ["--admin-listen", self.ca_admin]
         process = self._spawn("ca", argv)
         deadline = time.monotonic() + timeout
         while not (match := _SERVING.search(self.log_path("ca").read_text(errors="replace"))):
@@ -185,6 +209,18 @@ class Mesh:
             time.sleep(0.05)
         self.ca_address = f"{match.group(1)}:{match.group(2)}"
         return self.ca_address
+
+    def start_dashboard(self, timeout: float = 30) -> str:
+        """`mesh-ca dashboard` over the CA's admin listener; returns the page's URL."""
+        argv = [*tool("mesh-ca"), "dashboard", "--admin", self.ca_admin, "--listen", "127.0.0.1:0"]
+        process = self._spawn("dashboard", argv)
+        deadline = time.monotonic() + timeout
+        log = self.log_path("dashboard")
+        while not (match := _DASHBOARD.search(log.read_text(errors="replace"))):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mesh-ca dashboard did not start; see {log}")
+            time.sleep(0.05)
+        return match.group(1)
 
     def start_app(self, name: str) -> None:
         svc = self.services[name]

@@ -582,14 +582,20 @@ class Demo:
             print(f"  {name:8} access log  {self.mesh.access_log(name)}")
             print(f"  {'':8} metrics     {svc.admin_url('/metrics')}")
         print(f"  {'logs':8} {'':11} {self.work / 'logs'} (sidecars, apps, CA)")
+        print(f"  {'mesh':8} {'':11} http://{self.mesh.ca_admin}/v1/mesh (CA admin, JSON)")
         print(f"  {'report':8} {'':11} {self.work / 'report.json'}")
 
     def poke(self) -> None:
         web, orders = self.web, self.mesh.services["orders"]
+        try:
+            dashboard = self.mesh.start_dashboard()
+        except RuntimeError as exc:  # the mesh is still worth poking without it
+            dashboard = f"(not started: {exc})"
         pids = " ".join(str(p) for p in self.mesh.pids().values())
         stop = self.work / "stop.sh"
         stop.write_text(f"#!/bin/sh\n# Stops the demo mesh left running by --keep.\nkill {pids}\n")
         stop.chmod(0o755)
+        print(f"\n{self.s.bold('Dashboard:')} {dashboard}")
         print(f"\n{self.s.bold('The mesh is still running (--keep). Poke it:')}")
         for command, comment in [
             (f"curl -s http://127.0.0.1:{web.app_port}/orders/42", "web → orders: allowed"),
@@ -606,6 +612,9 @@ class Demo:
                 f"curl -sSk https://127.0.0.1:{orders.inbound_port}/orders/1",
                 "no client certificate: TLS alert",
             ),
+            (f"mesh-ca mesh stat --admin {self.mesh.ca_admin}", "the mesh as the CA sees it"),
+            (f"mesh-ca mesh edges --admin {self.mesh.ca_admin}", "per edge: req/s, p99, denials"),
+            (f"mesh-ca check --admin {self.mesh.ca_admin}", "the doctor: ✔/✘ with hints"),
             (f"curl -s {orders.admin_url('/certificate')}", "orders' SVID (serial, notAfter)"),
             (f"curl -s {orders.admin_url('/policies')}", "loaded policy set"),
             (f"curl -s {orders.admin_url('/metrics')} | grep meshgate_authz", "decisions"),

@@ -26,7 +26,15 @@ from sidecar.identity.stats import IdentityStats
 from sidecar.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sidecar.observe.metrics import SidecarMetrics
 
-__all__ = ["ENDPOINTS", "AdminResponse", "AdminState", "PolicyView", "respond", "serve_admin"]
+__all__ = [
+    "ENDPOINTS",
+    "AdminResponse",
+    "AdminState",
+    "PolicyView",
+    "readiness",
+    "respond",
+    "serve_admin",
+]
 
 log = logging.getLogger("sidecar.observe.admin")
 _MAX_REQUEST_BYTES = 16 * 1024
@@ -120,6 +128,11 @@ def _readiness(state: AdminState) -> tuple[bool, str, str]:
     if not_serving is not None:
         return False, "workers_starting", not_serving
     return True, "ready", "SVID valid" + (" and policy set loaded" if state.policies else "")
+
+
+def readiness(state: AdminState) -> tuple[bool, str, str]:
+    """What ``/readyz`` says: (ready, code, reason); also sent in control-plane reports."""
+    return _readiness(state)
 
 
 def _iso(value: datetime | None) -> str | None:
