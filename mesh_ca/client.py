@@ -1,4 +1,5 @@
-"""The CA client that sidecars use: bootstrap, renew, bundle and revocations over HTTPS (trio).
+"""The CA client that sidecars use: bootstrap, renew, bundle and revocations over HTTPS (trio),
+and `call` for the control-plane routes (mTLS as the sidecar's current SVID).
 
 The CA server is authenticated by its SPIFFE ID (``spiffe://TD/mesh/ca``) with `peer_svid`
 against the bundle this client was given, never by hostname. Addresses are tried in
@@ -204,13 +205,7 @@ class CaClient:
                 f"the current SVID of {current} expired at {leaf.not_valid_after_utc}; "
                 "bootstrap again with a new join token",
             )
-        fingerprint = leaf.fingerprint(hashes.SHA256())
-        context = self._contexts.get(fingerprint)
-        if context is None:
-            context = client_context(self._ca_bundles, _pem(chain), private_key_pem(key))
-            if len(self._contexts) >= _MAX_CLIENT_CONTEXTS:
-                self._contexts.pop(next(iter(self._contexts)))
-            self._contexts[fingerprint] = context
+        context, fingerprint = self._context_for(chain, key)
         body = json.dumps({"csr": _csr_pem(new_key)}).encode()
         reply = await self._request("POST", "/v1/renew", body, context, fingerprint)
         issued = self._issued(reply, new_key, expected=current)
@@ -260,6 +255,27 @@ class CaClient:
         stale, self._stale = self._stale, set()
         if stale:
             await self._close_idle(lambda key: key[1] in stale)
+
+    async def call(
+        self,
+        path: str,
+        body: bytes,
+        chain: Sequence[x509.Certificate],
+        key: PrivateKey,
+        *,
+        timeout_seconds: float | None = None,
+    ) -> bytes:
+        """POST a JSON `body` to `path` over mTLS as the SVID `chain` (the control-plane
+        routes: the CA takes the caller's ID from this certificate) and return the 200
+        answer's body. `timeout_seconds` bounds the exchange (a long-poll waits longer than
+        the default). Like `report`, it closes the pools of SVIDs a rotation superseded."""
+        if not chain:
+            raise ValueError("call needs the current certificate chain")
+        context, fingerprint = self._context_for(chain, key)
+        await self.close_superseded()
+        reply = await self._request("POST", path, body, context, fingerprint, timeout_seconds)
+        self._check_ok(reply)
+        return reply.body
 
     async def fetch_bundle(self) -> TrustBundle:
         reply = await self._request("GET", "/v1/bundle", None)
@@ -356,12 +372,15 @@ class CaClient:
         body: bytes | None,
         context: ssl.SSLContext | None = None,
         identity: bytes = b"",
+        timeout_seconds: float | None = None,
     ) -> _Reply:
         """Send to each address in turn until one answers 200 or 4xx."""
         failure: CaUnavailable | None = None
         for index in range(len(self._targets)):
             try:
-                reply = await self._request_at(index, method, path, body, context, identity)
+                reply = await self._request_at(
+                    index, method, path, body, context, identity, timeout_seconds
+                )
             except CaUnavailable as exc:
                 failure = exc
                 continue
@@ -382,13 +401,15 @@ class CaClient:
         body: bytes | None,
         context: ssl.SSLContext | None,
         identity: bytes,
+        timeout_seconds: float | None = None,
     ) -> _Reply:
         address = self.addresses[index]
         pool = self._idle.setdefault((index, identity), [])
+        timeout = timeout_seconds or self.timeout_seconds
         while True:
             reused = bool(pool)
             try:
-                with trio.fail_after(self.timeout_seconds):
+                with trio.fail_after(timeout):
                     conn = pool.pop() if reused else await self._connect(index, context)
                     try:
                         reply = await self._exchange(conn, address, method, path, body)
@@ -409,7 +430,7 @@ class CaClient:
                 raise CaUnavailable(None, "bad_http", f"{address}: {exc}") from exc
             except trio.TooSlowError as exc:
                 raise CaUnavailable(
-                    None, "timeout", f"{address}: no answer within {self.timeout_seconds} s"
+                    None, "timeout", f"{address}: no answer within {timeout} s"
                 ) from exc
             if conn.http.our_state is h11.DONE and conn.http.their_state is h11.DONE:
                 conn.http.start_next_cycle()

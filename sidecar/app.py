@@ -26,6 +26,7 @@ from sidecar.authz.allow_list import AllowList, Authorizer
 from sidecar.authz.cedar import CedarAuthorizer
 from sidecar.config import Address, SidecarConfig
 from sidecar.connections import AdmissionLimits, ConnectionTracker
+from sidecar.control.plane import ControlPlane
 from sidecar.identity.credentials import CredentialStore
 from sidecar.identity.static_files import ReloadSignal
 from sidecar.identity.stats import IdentityStats
@@ -241,6 +242,9 @@ async def run(
     tracer = _tracer(config)
     runtime = Runtime(store, clock.now, config.timeouts, tracker, observer, tracer=tracer)
     policies = LivePolicies(config.policy, clock, observer) if config.policy else None
+    control = (
+        ControlPlane(config, store, clock, policies, metrics) if config.control_plane else None
+    )
     stats = IdentityStats()
     metrics.watch_identity(stats)
     reuse = config.workers > 1  # sidecar.workers: each worker binds the same ports
@@ -281,6 +285,7 @@ async def run(
                     else None
                 ),
                 policies=policies.store if policies else None,
+                control=control.view if control else None,
             )
             await nursery.start(serve_admin, admin_listeners, state)
         async with trio.open_nursery() as handlers:
@@ -302,13 +307,14 @@ async def run(
                     handler = Inbound(config.inbound, runtime, authorizer).handle
                 serving.append(("inbound", bound.pop(0)[1], handler))
             for index, out in enumerate(config.outbound):
+                table = control.table(index) if control else None  # None: static endpoints
                 if out.protocol == "http":
-                    pool = MeshPool(out, runtime)
+                    pool = MeshPool(out, runtime, table=table)
                     await nursery.start(pool.run)
                     pools.append(pool)
                     out_handler: Handler = HttpOutbound(out, runtime, pool).handle
                 else:
-                    out_handler = Outbound(out, runtime).handle
+                    out_handler = Outbound(out, runtime, table).handle
                 serving.append((f"outbound[{index}]", bound.pop(0)[1], out_handler))
             with trio.CancelScope() as accepting:
                 async with trio.open_nursery() as acceptors:
@@ -319,7 +325,11 @@ async def run(
                         nursery.start_soon(_cancel_when, drain, starting)
                         if policies is not None:  # an invalid set refuses to start at once
                             await policies.start(nursery)
+                        if control is not None:  # a persisted central set: enforced at once
+                            await control.load_persisted()
                         await _start_identity(config, store, clock, reload, nursery, stats)
+                        if control is not None:  # every call authenticates with the SVID
+                            await control.start(nursery)
                     if not starting.cancelled_caught:
                         view = policies.store if policies else None
                         take = observer.take_denial_samples
@@ -342,6 +352,8 @@ async def run(
                     else:
                         event(log, "drained during start-up: stopping before the first SVID")
                     await drain.wait()
+                    if control is not None and not starting.cancelled_caught:
+                        await control.drain()  # peers stop picking us before we stop accepting
                     accepting.cancel()  # stop accepting: listening sockets close now
                     if http_inbound is not None:
                         http_inbound.drain()  # idle keep-alive connections close now
@@ -366,6 +378,8 @@ async def run(
                 tracker.cancel_all("drain_timeout")  # their access records say so
             handlers.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
+    if control is not None:
+        await control.aclose()
     if tracer is not None:
         await _stop_tracer(tracer, config)
     event(log, "sidecar stopped")

@@ -40,6 +40,8 @@ PURE_CORES = (
     "mesh_ca/control/report_intake.py",
     "mesh_ca/control/report_wire.py",
     "mesh_ca/mesh_check.py",
+    "sidecar/outbound/endpoints.py",
+    "sidecar/control/backoff.py",
 )
 _PATH_RE = re.compile(r"`((?:meshgate|mesh_ca|sidecar|scripts|tests|policies)/[A-Za-z0-9_./-]*)`")
 _METRIC_RE = re.compile(r"`(meshgate_[a-z_]+)")
