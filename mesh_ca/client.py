@@ -31,7 +31,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from pydantic import ValidationError
 
-from mesh_ca.api import ErrorResponse, RevocationsResponse, SvidResponse
+from mesh_ca.api import BundleHeldResponse, ErrorResponse, RevocationsResponse, SvidResponse
 from mesh_ca.issuance import make_csr
 from meshgate.clock import Clock, SystemClock
 from meshgate.identity import (
@@ -194,13 +194,7 @@ class CaClient:
                 f"the current SVID of {current} expired at {leaf.not_valid_after_utc}; "
                 "bootstrap again with a new join token",
             )
-        fingerprint = leaf.fingerprint(hashes.SHA256())
-        context = self._contexts.get(fingerprint)
-        if context is None:
-            context = client_context(self._ca_bundles, _pem(chain), private_key_pem(key))
-            if len(self._contexts) >= _MAX_CLIENT_CONTEXTS:
-                self._contexts.pop(next(iter(self._contexts)))
-            self._contexts[fingerprint] = context
+        context, fingerprint = self._identity_context(chain, key)
         body = json.dumps({"csr": _csr_pem(new_key)}).encode()
         reply = await self._request("POST", "/v1/renew", body, context, fingerprint)
         issued = self._issued(reply, new_key, expected=current)
@@ -209,6 +203,35 @@ class CaClient:
         self._contexts.pop(fingerprint, None)
         await self._close_idle(lambda key: key[1] == fingerprint)
         return issued
+
+    def _identity_context(
+        self, chain: Sequence[x509.Certificate], key: PrivateKey
+    ) -> tuple[ssl.SSLContext, bytes]:
+        """The mTLS context presenting `chain` (one per SVID, kept), and its pool key."""
+        fingerprint = chain[0].fingerprint(hashes.SHA256())
+        context = self._contexts.get(fingerprint)
+        if context is None:
+            context = client_context(self._ca_bundles, _pem(chain), private_key_pem(key))
+            if len(self._contexts) >= _MAX_CLIENT_CONTEXTS:
+                self._contexts.pop(next(iter(self._contexts)))
+            self._contexts[fingerprint] = context
+        return context, fingerprint
+
+    async def report_bundle(
+        self, sequence: int, chain: Sequence[x509.Certificate], key: PrivateKey
+    ) -> int:
+        """Tell the CA which trust bundle (``spiffe_sequence``) this sidecar holds,
+        authenticated by its SVID; returns the sequence the CA publishes now."""
+        if not chain:
+            raise ValueError("report_bundle needs the current certificate chain")
+        context, fingerprint = self._identity_context(chain, key)
+        body = json.dumps({"sequence": sequence}).encode()
+        reply = await self._request("POST", "/v1/bundle/held", body, context, fingerprint)
+        self._check_ok(reply)
+        try:
+            return BundleHeldResponse.model_validate_json(reply.body).sequence
+        except ValidationError as exc:
+            raise CaUnavailable(reply.status, "bad_response", f"bundle/held: {exc}") from exc
 
     async def fetch_bundle(self) -> TrustBundle:
         reply = await self._request("GET", "/v1/bundle", None)

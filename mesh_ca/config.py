@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mesh_ca.issuance.leaf import FLOOR_LEAF_TTL, MAX_LEAF_TTL, MIN_LEAF_TTL
 from mesh_ca.keys_config import KeysConfig
+from mesh_ca.rotation.config import RotationConfig
 from meshgate.config_file import read_toml, validation_message
 from meshgate.identity import SpiffeId, SpiffeIdError, TrustDomain
 
@@ -26,6 +27,7 @@ __all__ = [
     "ConfigError",
     "IssuanceConfig",
     "KeysConfig",
+    "RotationConfig",
     "ServerConfig",
     "StoreConfig",
     "config_from_mapping",
@@ -305,6 +307,7 @@ class CaConfig(_Model):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
     keys: KeysConfig = KeysConfig()
+    rotation: RotationConfig = RotationConfig()
 
     @field_validator("trust_domain")
     @classmethod
@@ -354,6 +357,8 @@ def render_config(config: CaConfig) -> str:
     sections = ["issuance", "server", "store"]
     if config.keys.backend != "file":
         sections.append("keys")
+    if config.rotation != RotationConfig():
+        sections.append("rotation")
     for section in sections:
         model: BaseModel = getattr(config, section)
         lines += ["", f"[{section}]"]

@@ -20,7 +20,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 from cryptography import x509
@@ -69,6 +69,15 @@ class IssuedLike(Protocol):
     def chain(self) -> tuple[x509.Certificate, ...]: ...
     @property
     def bundle(self) -> TrustBundle: ...
+
+
+@runtime_checkable
+class BundleReporter(Protocol):
+    """A CA client that can report the bundle a sidecar holds (`mesh_ca.client.CaClient`)."""
+
+    async def report_bundle(
+        self, sequence: int, chain: Sequence[x509.Certificate], key: PrivateKey
+    ) -> int: ...
 
 
 class CaClientLike(Protocol):
@@ -189,6 +198,8 @@ class _Lifecycle:
         self.bundles = BundleSet()
         self._persist_lock = trio.Lock()
         self._wake = trio.Event()  # set to renew early (own SVID revoked)
+        # The bundle sequence last reported to the CA: reported again when it changes.
+        self._reported: int | None = None
         self._expired_at: datetime | None = None  # of the stored SVID, for error messages
         # The CA's refusal of the token now in the token file: still the reason while it is.
         self._refusal: tuple[str, Blocked] | None = None
@@ -512,6 +523,28 @@ class _Lifecycle:
         )
         if bundle_changed:
             await self._persist()
+        await self._report_bundle(client, now)
+
+    async def _report_bundle(self, client: CaClientLike, now: datetime) -> None:
+        """Tell the CA the bundle sequence this sidecar holds (once per change), so an
+        operator's `mesh-ca root activate` knows every sidecar trusts the new root."""
+        bundle = self.bundles.get(self.spiffe_id.trust_domain)
+        creds = self.store.usable(now)
+        if (
+            not isinstance(client, BundleReporter)
+            or bundle is None
+            or bundle.sequence is None
+            or creds is None
+            or bundle.sequence == self._reported
+        ):
+            return
+        try:
+            await client.report_bundle(bundle.sequence, creds.chain, creds.key)
+        except CaClientError as exc:  # an older CA without the endpoint, or a refusal
+            log.info("poll: bundle sequence not reported (%s)", exc)
+            self.stats.error("report", "refused", str(exc), now)
+            return
+        self._reported = bundle.sequence
 
     def _apply_bundle(self, bundle: TrustBundle, now: datetime) -> bool:
         """Publish credentials rebuilt with a changed bundle; False if unchanged or refused.
