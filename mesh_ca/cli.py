@@ -49,8 +49,11 @@ from mesh_ca.issuance import (
     make_csr,
 )
 from mesh_ca.keys_cli import add_keys_flags, keys_config
+from mesh_ca.root_cli import add_root_parser, print_slots, root_main, slots_status
+from mesh_ca.rotation import RotationError
 from mesh_ca.store import IssuedRecord, StateStore, StoreError, open_store
 from mesh_ca.store.dbcli import add_db_parser, db_main
+from mesh_ca.store.trust import trust_store
 from mesh_ca.tokens import new_token
 from meshgate.exit_codes import EXIT_CODES_HELP, StartupError
 from meshgate.files import write_atomic_set
@@ -269,6 +272,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_serve_flags(p)
 
     add_db_parser(sub)
+    add_root_parser(sub)
     return parser
 
 
@@ -524,6 +528,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         tokens = store.outstanding_tokens(now)
         revocations = store.revocations()
         issued = store.issued_count()
+        slots = slots_status(trust_store(store), config, now)
     finally:
         store.close()
     try:
@@ -555,14 +560,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
         ],
         "issued_count": issued,
         "keys": config.keys.model_dump(exclude_none=True),
+        "slots": slots,
     }
     if args.json:
         _out(json.dumps(status, indent=2))
         return 0
     _out(f"trust domain   {config.trust_domain}")
     _out(f"directory      {status['dir']}")
-    _out(f"root           notAfter {root['not_after']}  ({root['subject']})")
-    _out(f"intermediate   notAfter {intermediate['not_after']}  ({intermediate['subject']})")
+    _out(f"root.pem       notAfter {root['not_after']}  ({root['subject']})")
+    _out(f"intermediate.pem notAfter {intermediate['not_after']}  ({intermediate['subject']})")
+    print_slots(slots)
     _out(f"keys           {config.keys.describe()}")
     _out(f"issued         {issued} certificate(s)")
     _out(f"tokens         {len(tokens)} outstanding")
@@ -594,6 +601,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _cmd_serve,
     "token": _cmd_token_create,  # "create" is its only action so far
     "db": db_main,
+    "root": root_main,
 }
 
 
@@ -623,6 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         IssuanceError,
         BundleError,
         SpiffeIdError,
+        RotationError,
     ) as exc:
         return _fail(str(exc), 1)
     except OSError as exc:

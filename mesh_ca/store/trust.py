@@ -11,7 +11,9 @@ advisory lock on PostgreSQL, so replicas starting together create each table onc
 - ``ca_audit``: every rotation step (automatic or by an operator), append-only.
 - ``bundle_reports``: per SPIFFE ID, the highest ``spiffe_sequence`` a sidecar reported
   holding (authenticated by its SVID), for `mesh-ca root activate`.
-- `leaves_until(t)`: the latest notAfter of the leaves issued up to `t` (ledger).
+- `leaves_until(t)`: the latest notAfter of the leaves issued up to `t` (ledger), not
+  counting the CA server's own SVIDs: every replica issues itself a new one from the new
+  signer at each trust-state change, so it never presents one of a retired slot.
 - `active_workload_ids(now)`: IDs with an unexpired bootstrap/renew leaf: the sidecars
   that fetch trust material from this CA.
 """
@@ -190,7 +192,8 @@ class _SqliteTrust(TrustStore):
     def leaves_until(self, issued_until: datetime) -> datetime | None:
         with self._store._transaction(write=False) as cur:
             row = cur.execute(
-                "SELECT max(not_after) FROM issued WHERE issued_at <= ?", (_micros(issued_until),)
+                "SELECT max(not_after) FROM issued WHERE issued_at <= ? AND kind <> 'ca-server'",
+                (_micros(issued_until),),
             ).fetchone()
         return _from_micros(row[0]) if row and row[0] is not None else None
 
@@ -280,7 +283,8 @@ class _PostgresTrust(TrustStore):
     def leaves_until(self, issued_until: datetime) -> datetime | None:
         row = self._store._read(
             lambda conn: conn.execute(
-                "SELECT max(not_after) FROM issued_certificates WHERE issued_at <= %s",
+                "SELECT max(not_after) FROM issued_certificates "
+                "WHERE issued_at <= %s AND kind <> 'ca-server'",
                 (issued_until,),
             ).fetchone()
         )
