@@ -23,15 +23,20 @@ check_interval_seconds = 1.0
 SIDECAR_POLL = {"poll_interval_seconds": 1.0}
 
 
-def short_rotation(ca: LoadedCa, *, enabled: bool = True) -> None:
-    """Append a fast ``[rotation]`` table to the CA's ca.toml (before `mesh-ca serve`)."""
-    text = (
-        SHORT_ROTATION
-        if enabled
-        else "\n[rotation]\nenabled = false\ncheck_interval_seconds = 1.0\n"
-    )
+def short_rotation(ca: LoadedCa, *, intermediates: bool = True) -> None:
+    """Append a fast ``[rotation]`` table to the CA's ca.toml (before `mesh-ca serve`):
+    short intermediates, or only a 1 s check (operator steps applied within a second)."""
+    text = SHORT_ROTATION if intermediates else "\n[rotation]\ncheck_interval_seconds = 1.0\n"
     with (ca.path / "ca.toml").open("a") as file:
         file.write(text)
+
+
+def try_mesh_ca(*args: str) -> tuple[bool, str]:
+    """(succeeded, stdout or the error) of one `mesh-ca` command."""
+    try:
+        return True, mesh_ca(*args)
+    except RuntimeError as exc:
+        return False, str(exc)
 
 
 async def audit_actions(ca_dir: Path) -> list[str]:
