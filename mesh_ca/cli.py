@@ -50,7 +50,8 @@ from mesh_ca.issuance import (
 )
 from mesh_ca.keys_cli import add_keys_flags, keys_config
 from mesh_ca.root_cli import add_root_parser, print_slots, root_main, slots_status
-from mesh_ca.rotation import RotationError
+from mesh_ca.rotation import RotationError, TrustState
+from mesh_ca.rotation.keeper import published_bundle, signer_of
 from mesh_ca.store import IssuedRecord, StateStore, StoreError, open_store
 from mesh_ca.store.dbcli import add_db_parser, db_main
 from mesh_ca.store.trust import trust_store
@@ -430,9 +431,17 @@ def _cmd_issue(args: argparse.Namespace) -> int:
 
     now = _now()
     key = generate_key()
-    leaf = issue_leaf(make_csr(key), spiffe_id, ca.signer, now, ttl, min_ttl=low, max_ttl=high)
     store = ca.open_store()
     try:
+        # The active slot signs and the published slots are the bundle (a rotated CA's
+        # intermediate.pem may be retired); the directory's files before the first rotation.
+        signer, bundle = ca.signer, ca.bundle
+        stored = trust_store(store).load_state()
+        if stored is not None:
+            state = TrustState.from_json(stored[1], "store: trust_state")
+            passphrase = read_passphrase(args.passphrase_file)
+            signer, bundle = signer_of(state, ca, passphrase), published_bundle(state, ca)
+        leaf = issue_leaf(make_csr(key), spiffe_id, signer, now, ttl, min_ttl=low, max_ttl=high)
         # The ledger first: a recorded certificate nobody holds is harmless, the reverse is not.
         store.record_issued(
             IssuedRecord(leaf.serial_number, spiffe_id, "offline", now, leaf.not_valid_after_utc)
@@ -449,10 +458,10 @@ def _cmd_issue(args: argparse.Namespace) -> int:
                 (out / "svid.key", private_key_pem(key), 0o600),
                 (
                     out / "svid.pem",
-                    leaf.public_bytes(pem) + ca.signer.cert.public_bytes(pem),
+                    leaf.public_bytes(pem) + signer.cert.public_bytes(pem),
                     0o644,
                 ),
-                (out / BUNDLE_PEM, ca.bundle.roots_pem(), 0o644),
+                (out / BUNDLE_PEM, bundle.roots_pem(), 0o644),
             ]
         )
     except BaseException:

@@ -207,7 +207,11 @@ def slots_status(trust: TrustStore, config: CaConfig, now: datetime) -> dict[str
     reports = {i: seq for i, (seq, _) in trust.bundle_reports().items()}
     active_ids = trust.active_workload_ids(now)
     behind = laggards(active_ids, reports, state.sequence)
-    automatic = config.rotation.enabled and not state.root_rotation_in_progress
+    automatic = (
+        config.rotation.enabled
+        and config.keys.backend == "file"
+        and not state.root_rotation_in_progress
+    )
     return {
         "sequence": state.sequence,
         "roots": [

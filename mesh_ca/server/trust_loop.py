@@ -72,13 +72,19 @@ class TrustKeeper:
         loaded = load_state(trust, ca, now)
         return cls(ca, trust, ca.config.rotation, passphrase, replica, loaded)
 
+    @property
+    def automatic(self) -> bool:
+        """Automatic intermediate steps: enabled, and the keys are files (a PKCS#11 token's
+        intermediate is not rotated yet; those CAs rotate by hand)."""
+        return self.config.enabled and self.ca.config.keys.backend == "file"
+
     def authority(self, base: CaAuthority) -> CaAuthority:
         return authority_for(base, self.loaded.state, self.ca, self.passphrase)
 
     def _tick(self, now: datetime) -> tuple[Loaded, str | None]:
         """Blocking: reload, run the due step; (the state now, the step done or None)."""
         loaded = load_state(self.trust, self.ca, now)
-        if not self.config.enabled:
+        if not self.automatic:
             return loaded, None
         actor = f"replica {self.replica or '-'}"
         step = run_due_step(
