@@ -409,13 +409,21 @@ class CaClient:
         """The CA server's SPIFFE ID after the handshake. Fails closed.
 
         With the intermediate known (in the bundle) this is `peer_svid`'s full check. Without
-        it (Python 3.11 does not expose the peer's chain), OpenSSL has verified the chain
+        it (Python 3.11 does not expose the peer's chain), or when the CA signs with an
+        intermediate rotated in after this client's bundle, OpenSSL has verified the chain
         strictly against this trust domain's roots only, and the leaf is re-checked here
         against the SVID profile and validity window.
         """
         now = self.clock.now()
         if self._ca_bundles[self.trust_domain].intermediates:
-            return peer_svid(stream, self._ca_bundles, now).spiffe_id
+            try:
+                return peer_svid(stream, self._ca_bundles, now).spiffe_id
+            except SvidError as exc:
+                # Signed by an intermediate this client's bundle does not know yet (the CA
+                # rotated it since): OpenSSL has verified the chain the server sent to this
+                # trust domain's roots, so the check below is the one made without any.
+                if exc.reason is not SvidFailure.UNTRUSTED:
+                    raise
         der = stream.getpeercert(binary_form=True)
         if not der:
             raise SvidError(SvidFailure.MALFORMED, "the CA server presented no certificate")
