@@ -39,6 +39,7 @@ from mesh_ca.config import CONFIG_FILE, CaConfig, ConfigError, load_config, writ
 from mesh_ca.issuance import DEFAULT_INTERMEDIATE_TTL, Signer, make_intermediate, make_root
 from mesh_ca.keystore import intermediate_signing_key, new_ca_keys
 from mesh_ca.store import StateStore, open_store
+from meshgate.errors import MeshgateError
 from meshgate.identity import (
     BundleError,
     TrustBundle,
@@ -78,7 +79,7 @@ PASSPHRASE_ENV: Final = "MESH_CA_PASSPHRASE"  # noqa: S105 - the variable name, 
 _CA_FILES: Final = (CONFIG_FILE, ROOT_CERT, ROOT_KEY, INTERMEDIATE_CERT, INTERMEDIATE_KEY)
 
 
-class CaDirError(Exception):
+class CaDirError(MeshgateError):
     """The CA directory cannot be created or loaded; the message names the path."""
 
 

@@ -5,6 +5,12 @@ Every flag is validated before anything is written; usage errors name the flag a
 ``serve``'s start-up failures have their own codes (`meshgate.exit_codes`, ``--help``), and
 so does an unusable PKCS#11 key store in any command (7, naming the ``keys.*`` key). Join
 tokens go to stdout only, so scripts can capture them; nothing secret is ever logged.
+
+Why one module: it is the one `argparse` tree of ``mesh-ca`` with one short
+``_cmd_*`` function per subcommand and the flag checks they share; the work behind each
+command lives in its own module (`ca_dir`, `issuance`, `store`, `keys_cli`, `server`).
+Reading the whole command surface in one file is the point; a subcommand that grows
+beyond parsing and printing belongs in a module of its own.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ from mesh_ca.store import IssuedRecord, StateStore, StoreError, open_store
 from mesh_ca.store.dbcli import add_db_parser, db_main
 from mesh_ca.store.trust import trust_store
 from mesh_ca.tokens import new_token
+from meshgate.errors import MeshgateError
 from meshgate.exit_codes import EXIT_CODES_HELP, StartupError
 from meshgate.files import write_atomic_set
 from meshgate.identity import (
@@ -74,14 +81,14 @@ __all__ = ["add_serve_flags", "main"]
 PROG = "mesh-ca"
 
 
-class UsageError(Exception):
+class UsageError(MeshgateError):
     """A flag value is wrong; exit 2. The message starts with the flag."""
 
     def __init__(self, flag: str, message: str) -> None:
         super().__init__(f"{flag}: {message}")
 
 
-class OperationError(Exception):
+class OperationError(MeshgateError):
     """The command could not be carried out; exit 1."""
 
 

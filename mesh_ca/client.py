@@ -13,6 +13,11 @@ Errors: `CaClientError` when the CA refused the request (4xx; retrying the same 
 will not help), `CaUnavailable` (a subclass) when it could not be reached or failed
 (connect, TLS, timeout, 5xx, any other status but 200, an unusable answer): retry with
 backoff. Nothing else escapes: an answer that breaks a parser is an unusable answer.
+
+Why one module: `CaClient` is one pool of kept-alive connections and one request loop
+(address failover, stale-connection retry, SPIFFE-ID check of the server) that every call
+goes through; the calls themselves are a few lines each. Split, the pool state would have
+to be shared across files.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pydantic import ValidationError
 from mesh_ca.api import BundleHeldResponse, ErrorResponse, RevocationsResponse, SvidResponse
 from mesh_ca.issuance import make_csr
 from meshgate.clock import Clock, SystemClock
+from meshgate.errors import MeshgateError, StaleConnectionError
 from meshgate.identity import (
     BundleError,
     BundleSet,
@@ -59,7 +65,7 @@ _MAX_IDLE_PER_POOL: Final = 16
 _MAX_CLIENT_CONTEXTS: Final = 8
 
 
-class CaClientError(Exception):
+class CaClientError(MeshgateError):
     """The CA refused the request (4xx) or the answer was refused; `code` says why."""
 
     def __init__(self, status: int | None, code: str, message: str) -> None:
@@ -354,7 +360,7 @@ class CaClient:
                     except BaseException:
                         await trio.aclose_forcefully(conn.stream)
                         raise
-            except _StaleConnection as exc:
+            except StaleConnectionError as exc:
                 if reused:
                     continue  # the server closed an idle connection: try a fresh one
                 raise CaUnavailable(
@@ -452,7 +458,7 @@ class CaClient:
             if event is h11.NEED_DATA:
                 received = await conn.stream.receive_some(65536)
                 if not received and status is None:
-                    raise _StaleConnection
+                    raise StaleConnectionError
                 conn.http.receive_data(bytes(received))
             elif isinstance(event, h11.Response):
                 status = event.status_code
@@ -466,12 +472,8 @@ class CaClient:
                 return _Reply(status, b"".join(chunks))
             elif isinstance(event, h11.ConnectionClosed):
                 if status is None:
-                    raise _StaleConnection
+                    raise StaleConnectionError
                 raise trio.BrokenResourceError("the CA closed the connection mid-response")
-
-
-class _StaleConnection(Exception):  # noqa: N818 - control flow
-    """A kept-alive connection was closed by the server before it answered."""
 
 
 def _csr_pem(key: PrivateKey) -> str:

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mesh_ca.issuance.leaf import FLOOR_LEAF_TTL, MAX_LEAF_TTL, MIN_LEAF_TTL
 from mesh_ca.keys_config import KeysConfig
 from mesh_ca.rotation.config import RotationConfig
-from meshgate.config_file import read_toml, validation_message
+from meshgate.config_file import config_error, read_toml
+from meshgate.errors import ConfigError
 from meshgate.identity import SpiffeId, SpiffeIdError, TrustDomain
 
 __all__ = [
@@ -43,10 +44,6 @@ CONFIG_FILE: Final = "ca.toml"
 _MIN_TTL_S: Final = int(MIN_LEAF_TTL.total_seconds())
 _FLOOR_TTL_S: Final = int(FLOOR_LEAF_TTL.total_seconds())
 _MAX_TTL_S: Final = int(MAX_LEAF_TTL.total_seconds())
-
-
-class ConfigError(ValueError):
-    """The CA configuration is missing or invalid; the message names file and key."""
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -326,12 +323,12 @@ def config_from_mapping(data: dict[str, object], *, source: str = CONFIG_FILE) -
     try:
         return CaConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(validation_message(source, exc)) from exc
+        raise config_error(source, exc) from exc
 
 
 def load_config(path: Path) -> CaConfig:
     """Read and validate a ``ca.toml``; raises `ConfigError` naming the file and key."""
-    return config_from_mapping(read_toml(path, ConfigError), source=str(path))
+    return config_from_mapping(read_toml(path), source=str(path))
 
 
 def _toml_value(value: object) -> str:

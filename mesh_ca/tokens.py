@@ -15,6 +15,8 @@ import string
 from datetime import timedelta
 from typing import Final
 
+from meshgate.errors import IdentityError
+
 __all__ = [
     "DEFAULT_TOKEN_TTL",
     "TOKEN_PREFIX",
@@ -33,7 +35,7 @@ _ID_ALPHABET: Final = string.ascii_letters + string.digits + "-_"
 _TOKEN_RE: Final = re.compile(r"mgt_([A-Za-z0-9_-]{16})\.([A-Za-z0-9_-]{43})")
 
 
-class TokenFormatError(ValueError):
+class TokenFormatError(IdentityError, ValueError):
     """A string is not a join token. The message never includes the secret part."""
 
 

@@ -13,21 +13,25 @@ from typing import Any
 
 from pydantic import ValidationError
 
-__all__ = ["key_path", "read_toml", "validation_message"]
+from meshgate.errors import ConfigError
+
+__all__ = ["config_error", "key_path", "read_toml", "validation_message"]
 
 
-def read_toml(path: Path, error: type[Exception]) -> dict[str, Any]:
-    """The parsed document; raises `error` naming the file (and line, for bad TOML)."""
+def read_toml(path: Path) -> dict[str, Any]:
+    """The parsed document; raises `ConfigError` naming the file (and line, for bad TOML)."""
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
-        raise error(f"{path}: cannot read config file ({exc.strerror})") from exc
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})", file=path) from exc
     except UnicodeDecodeError as exc:
-        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        raise ConfigError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})", file=path
+        ) from exc
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise error(f"{path}: TOML syntax error: {exc}") from exc
+        raise ConfigError(f"{path}: TOML syntax error: {exc}", file=path) from exc
 
 
 def key_path(loc: tuple[int | str, ...]) -> str:
@@ -47,3 +51,11 @@ def validation_message(source: str, exc: ValidationError) -> str:
             message = "unknown key"
         lines.append(f"{source}: {key_path(tuple(error['loc']))}: {message}")
     return "\n".join(lines)
+
+
+def config_error(source: str, exc: ValidationError) -> ConfigError:
+    """The `ConfigError` for a validation failure: every key in the message (one line
+    each), the file and the first failing key as attributes."""
+    errors = exc.errors()
+    key = key_path(tuple(errors[0]["loc"])) if errors else None
+    return ConfigError(validation_message(source, exc), file=source, key=key)

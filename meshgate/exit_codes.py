@@ -21,6 +21,8 @@ from __future__ import annotations
 import enum
 from typing import Final, final
 
+from meshgate.errors import MeshgateError
+
 __all__ = ["EXIT_CODES_HELP", "ExitCode", "StartupError"]
 
 
@@ -45,7 +47,7 @@ EXIT_CODES_HELP: Final = (
 
 
 @final
-class StartupError(Exception):
+class StartupError(MeshgateError):
     """A start-up failure the operator must fix: one line naming the config key (or flag)
     and its value, and the exit code for its cause."""
 

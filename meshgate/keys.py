@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from meshgate.errors import IdentityError
 from meshgate.files import write_atomic
 
 __all__ = [
@@ -29,7 +30,7 @@ __all__ = [
 PrivateKey = ec.EllipticCurvePrivateKey
 
 
-class KeyFileError(ValueError):
+class KeyFileError(IdentityError, ValueError):
     """A key file is missing, unreadable, encrypted without a passphrase, or not EC."""
 
 

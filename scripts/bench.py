@@ -19,6 +19,10 @@
 Sections register themselves in `SECTIONS` (name -> function taking the parsed args and
 returning a dict of figures, which is printed as JSON at the end). Runs are bounded in
 seconds and print progress to stderr.
+
+Why one module: the command line and the CA sections of the benchmark; the
+data-path, latency, soak and other sections are already in `scripts/benchlib/`. It is a
+script, read top to bottom by whoever runs a benchmark, not imported by the product.
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ Unknown keys are errors, and every error names the file and the key path
 config file's directory. Listeners that accept plaintext (outbound, admin) must be on
 loopback: a plaintext listener on a routable address would bypass mTLS. So must the
 inbound app (the plaintext hop after mTLS), unless ``inbound.allow_non_loopback_app``.
+
+Why one module: it is the one pydantic model tree of the sidecar's TOML; the
+cross-section checks in `SidecarConfig` need every section, and
+`scripts/gen_config_reference.py` walks this tree to write docs/configuration.md. Each
+section is a small class; the file is long because every key carries its description.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator
 
-from meshgate.config_file import read_toml, validation_message
+from meshgate.config_file import config_error, read_toml
+from meshgate.errors import ConfigError
 from meshgate.identity import SpiffeId, SpiffeIdError, TrustDomain
 from sidecar.transport.lifetime import LifetimeMode, LifetimePolicy
 
@@ -39,10 +45,6 @@ __all__ = [
     "load_config",
     "parse_config",
 ]
-
-
-class ConfigError(ValueError):
-    """The config file is unreadable or invalid; the message names the file and key."""
 
 
 @final
@@ -893,11 +895,11 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path | None = None)
     try:
         return SidecarConfig.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise ConfigError(validation_message(source, exc)) from None
+        raise config_error(source, exc) from None
 
 
 def load_config(path: Path | str) -> SidecarConfig:
     """Read and validate a sidecar TOML file. `ConfigError` names the file and key."""
     path = Path(path)
-    data = read_toml(path, ConfigError)
+    data = read_toml(path)
     return parse_config(data, source=str(path), base=path.parent)

@@ -3,7 +3,8 @@ millisecond: each response leaves in one send with `TCP_NODELAY` set. They used 
 the head and the body in two sends with Nagle's algorithm on, so every request after the
 first on a connection waited ~40 ms for a delayed ACK, also when called directly.
 
-The bound (median under 15 ms) is far from both ~1 ms and ~44 ms: not a timing race.
+The bound is on the fastest quarter (25th percentile under 25 ms): a stall adds Linux's
+40 ms minimum ACK delay to every request, a busy machine slows only some: not a timing race.
 """
 
 from __future__ import annotations
@@ -42,5 +43,5 @@ def test_the_orders_app_answers_kept_alive_requests_without_stalling(tmp_path: P
             app.wait(timeout=10)
     assert {a.status for a in answers} == {200}
     assert json.loads(answers[-1].body)["order"] == "7"
-    median = statistics.median(a.ms for a in answers[1:])
-    assert median < 15.0, f"median {median:.1f} ms: {[round(a.ms) for a in answers]}"
+    quarter = statistics.quantiles([a.ms for a in answers[1:]], n=4)[0]
+    assert quarter < 25.0, f"p25 {quarter:.1f} ms: {[round(a.ms) for a in answers]}"

@@ -177,7 +177,7 @@ def _matrix() -> list[AccessRequest]:
     ]
 
 
-def _same(snapshot: PolicySnapshot, req: AccessRequest) -> DecisionReason:
+def _same(snapshot: PolicySnapshot, req: AccessRequest) -> str:
     sliced = decide(snapshot, req, sliced=True)
     full = decide(snapshot, req, sliced=False)
     assert (sliced.allowed, sliced.reason, sliced.policy_ids, sliced.errors) == (

@@ -12,7 +12,7 @@ import cedarpy
 import pytest
 
 from meshgate.identity import SpiffeId
-from sidecar.authz.cedar import CedarAuthorizer, forwards, verdict_result
+from sidecar.authz.cedar import CedarAuthorizer
 from sidecar.policy import AccessRequest, DecisionReason, PolicyStore
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
@@ -48,8 +48,8 @@ def test_an_engine_exception_denies_with_the_error_named(
     assert verdict.reason is DecisionReason.ENGINE_ERROR
     assert not verdict.allowed
     assert verdict.errors == ("RuntimeError: engine broke",)
-    assert not forwards(verdict)
-    assert verdict_result(verdict) == "deny"
+    assert not verdict.forward
+    assert verdict.result == "deny"
 
 
 def test_tcp_mode_names_the_engine_error_in_its_reason(
@@ -65,4 +65,4 @@ def test_tcp_mode_names_the_engine_error_in_its_reason(
     peer = SpiffeId.parse("spiffe://example.org/ns/shop/svc/web")
     decision = authorizer.authorize(peer, "connect", "orders", {"source": "127.0.0.1:9"})
     assert not decision.allowed
-    assert decision.reason == "engine-error: RuntimeError: engine broke"
+    assert decision.detail == "engine-error: RuntimeError: engine broke"

@@ -60,7 +60,7 @@ def shipped() -> PolicySnapshot:
     return _shipped()
 
 
-def _assert_same(snapshot: PolicySnapshot, req: AccessRequest) -> DecisionReason:
+def _assert_same(snapshot: PolicySnapshot, req: AccessRequest) -> str:
     fast = decide(snapshot, req)
     reference = decide(snapshot, req, sliced=False, check_schema=True)
     assert (fast.allowed, fast.reason, fast.policy_ids, fast.errored_policy_ids) == (

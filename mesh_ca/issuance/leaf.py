@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mesh_ca.issuance.authority import Signer
+from meshgate.errors import MeshgateError
 from meshgate.identity import SpiffeId
 from meshgate.keys import PrivateKey, public_key_der
 
@@ -75,7 +76,7 @@ _LEAF_PROFILE: tuple[x509.Extension[x509.ExtensionType], ...] = (
 )
 
 
-class IssuanceError(ValueError):
+class IssuanceError(MeshgateError, ValueError):
     """The request cannot be signed (bad CSR, bad TTL, signer expired); message says why."""
 
 

@@ -23,13 +23,15 @@ from typing import NoReturn, final
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
+from meshgate.errors import IdentityError
+
 __all__ = ["TokenKeyError", "TokenSigningKey"]
 
 # The hashes an ECDSA signature of ours may use (SHA-1 never: X509-SVIDs use SHA-256).
 _HASHES: tuple[type[hashes.HashAlgorithm], ...] = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
 
 
-class TokenKeyError(ValueError):
+class TokenKeyError(IdentityError, ValueError):
     """The operation cannot be done with a key kept in a token; the message says which key."""
 
 

@@ -28,10 +28,12 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 
+from meshgate.errors import MeshgateError
+
 __all__ = ["IntermediateSlot", "RootSlot", "RotationError", "SlotState", "TrustState"]
 
 
-class RotationError(ValueError):
+class RotationError(MeshgateError, ValueError):
     """A rotation step or a stored trust state is refused; the message says why."""
 
 

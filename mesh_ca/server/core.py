@@ -77,6 +77,7 @@ from mesh_ca.store import (
     TokenWrongId,
 )
 from mesh_ca.tokens import TokenFormatError, new_token, parse_token
+from meshgate.errors import ProtocolError
 from meshgate.identity import (
     BundleSet,
     SpiffeId,
@@ -117,7 +118,7 @@ def ca_server_id(trust_domain: TrustDomain) -> SpiffeId:
     return SpiffeId(trust_domain, CA_SERVER_PATH)
 
 
-class ApiError(Exception):
+class ApiError(ProtocolError):
     """A refusal with an HTTP status, a short stable code and a message for the client."""
 
     def __init__(

@@ -38,6 +38,7 @@ from mesh_ca.server.ratelimit import source_key
 from mesh_ca.server.tlsconn import ServerTls
 from mesh_ca.server.wire import RequestHead, WireError, parse_request_head, render_response
 from meshgate.clock import Clock
+from meshgate.errors import TransportError
 
 __all__ = ["CaHttpServer", "ServerLimits", "endpoint_label"]
 
@@ -87,7 +88,7 @@ class ServerLimits:
     threaded_handlers: bool = True
 
 
-class _CloseConnection(Exception):  # noqa: N818 - control flow, not an error
+class _CloseConnection(TransportError):  # noqa: N818 - control flow, not an error
     """End this connection quietly (peer gone, timeout, protocol error already answered)."""
 
 

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Final, final
 
+from meshgate.errors import ProtocolError
 from meshgate.http import rules
 from meshgate.http.rules import HttpRuleError
 
@@ -55,7 +56,7 @@ _REASONS: Final = {
 }
 
 
-class WireError(ValueError):
+class WireError(ProtocolError, ValueError):
     """The peer sent bytes we refuse; `status` is the response it gets (then the close)."""
 
     def __init__(self, status: int, message: str) -> None:

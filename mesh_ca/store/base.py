@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, final, runtime_checkable
 
+from meshgate.errors import MeshgateError
 from meshgate.identity import SpiffeId
 
 __all__ = [
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 
-class StoreError(Exception):
+class StoreError(MeshgateError):
     """A state-store operation failed."""
 
 

@@ -16,6 +16,12 @@ number of replicas exactly one consumer succeeds.
 Every driver error becomes `StoreUnavailable` (cannot reach the database) or `StoreError`.
 The password is passed to libpq apart from the URL, never kept in a message or repr, and
 scrubbed from any driver text that might echo it.
+
+Why one module: it is one implementation of the `StateStore` interface
+(`mesh_ca/store/base.py`): the connection pool, the retry-once rule and the password
+scrubbing wrap every operation, so the operations and the pool live together, beside
+`sqlite.py` and read against it. The configuration side (password, driver check) is
+already apart in `postgres_config.py`.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from mesh_ca.store.base import (
 )
 from mesh_ca.store.migrations import MigrationResult, check_version
 from mesh_ca.store.migrations import migrate as migrate_schema
+from meshgate.errors import StaleConnectionError
 from meshgate.identity import SpiffeId
 
 __all__ = ["PostgresStore", "describe_url"]
@@ -88,10 +95,6 @@ def _serial(serial: int) -> Decimal:
 def _utc(value: Any) -> datetime:
     assert isinstance(value, datetime)
     return value.astimezone(UTC)
-
-
-class _StaleConnectionError(Exception):
-    """A reused connection died before anything was committed; safe to retry once."""
 
 
 @final
@@ -234,7 +237,7 @@ class PostgresStore:
         """Run `fn` in one transaction: whole or not at all. Driver errors are translated."""
         try:
             return self._with_connection(lambda conn: self._attempt(conn, fn, first=True))
-        except _StaleConnectionError:
+        except StaleConnectionError:
             return self._with_connection(lambda conn: self._attempt(conn, fn, first=False))
 
     def _read(self, fn: Callable[[psycopg.Connection[tuple[Any, ...]]], T]) -> T:
@@ -245,7 +248,7 @@ class PostgresStore:
         """
         try:
             return self._with_connection(lambda conn: self._attempt_read(conn, fn, first=True))
-        except _StaleConnectionError:
+        except StaleConnectionError:
             return self._with_connection(lambda conn: self._attempt_read(conn, fn, first=False))
 
     @contextmanager
@@ -263,7 +266,7 @@ class PostgresStore:
         """`conn` died under us: drop it and the idle ones, and let the caller retry once."""
         conn.close()
         self._drop_idle()
-        raise _StaleConnectionError from exc
+        raise StaleConnectionError from exc
 
     def _attempt(
         self,

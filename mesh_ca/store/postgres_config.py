@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mesh_ca.config import CONFIG_FILE, ConfigError, StoreConfig
+from mesh_ca.config import CONFIG_FILE, StoreConfig
+from meshgate.errors import ConfigError
 
 if TYPE_CHECKING:
     from mesh_ca.store.postgres import PostgresStore
@@ -28,13 +29,19 @@ def store_password(
     """The database password named by the config, or None when it names none."""
     source = ca_dir / CONFIG_FILE
     if store.password_env and store.password_file:
-        raise ConfigError(f"{source}: store: give password_env or password_file, not both")
+        raise ConfigError(
+            f"{source}: store: give password_env or password_file, not both",
+            file=source,
+            key="store",
+        )
     if store.password_env:
         value = (os.environ if environ is None else environ).get(store.password_env)
         if not value:
             raise ConfigError(
                 f"{source}: store.password_env: environment variable "
-                f"{store.password_env!r} is not set or empty"
+                f"{store.password_env!r} is not set or empty",
+                file=source,
+                key="store.password_env",
             )
         return value
     if store.password_file:
@@ -45,18 +52,30 @@ def store_password(
             data = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(
-                f"{source}: store.password_file: {path}: cannot read ({exc.strerror})"
+                f"{source}: store.password_file: {path}: cannot read ({exc.strerror})",
+                file=source,
+                key="store.password_file",
             ) from exc
         except UnicodeDecodeError:
-            raise ConfigError(f"{source}: store.password_file: {path}: not UTF-8 text") from None
+            raise ConfigError(
+                f"{source}: store.password_file: {path}: not UTF-8 text",
+                file=source,
+                key="store.password_file",
+            ) from None
         if stat.S_IMODE(mode) & 0o077:
             raise ConfigError(
                 f"{source}: store.password_file: {path} is readable by others "
-                f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it"
+                f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it",
+                file=source,
+                key="store.password_file",
             )
         lines = data.splitlines()
         if not lines or not lines[0]:
-            raise ConfigError(f"{source}: store.password_file: {path}: first line is empty")
+            raise ConfigError(
+                f"{source}: store.password_file: {path}: first line is empty",
+                file=source,
+                key="store.password_file",
+            )
         return lines[0]
     return None
 
@@ -70,7 +89,11 @@ def open_postgres(
 ) -> PostgresStore:
     """A `PostgresStore` for ``[store] kind = "postgres"``; migrates the schema by default."""
     if not store.url:
-        raise ConfigError(f"{ca_dir / CONFIG_FILE}: store.url: kind = 'postgres' needs url")
+        raise ConfigError(
+            f"{ca_dir / CONFIG_FILE}: store.url: kind = 'postgres' needs url",
+            file=ca_dir / CONFIG_FILE,
+            key="store.url",
+        )
     try:
         # psycopg is an optional extra: a CA on SQLite must not need it installed.
         from mesh_ca.store.postgres import PostgresStore
@@ -79,6 +102,8 @@ def open_postgres(
             raise
         raise ConfigError(
             f"{ca_dir / CONFIG_FILE}: store.kind: 'postgres' needs the psycopg driver, "
-            "which is not installed; install meshgate[postgres] (pip install 'meshgate[postgres]')"
+            "which is not installed; install meshgate[postgres] (pip install 'meshgate[postgres]')",
+            file=ca_dir / CONFIG_FILE,
+            key="store.kind",
         ) from exc
     return PostgresStore(store.url, store_password(store, ca_dir, environ), migrate=migrate)

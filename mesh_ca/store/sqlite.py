@@ -10,6 +10,11 @@ sees a changed row.
 
 Times are stored as integer microseconds since the epoch (UTC); serials as lowercase hex,
 because X.509 serials (up to 159 bits) do not fit SQLite's 64-bit integers.
+
+Why one module: it is one implementation of the `StateStore` interface
+(`mesh_ca/store/base.py`), one method per store operation over one connection, lock and
+group-commit transaction; splitting operations apart would split that shared state. It
+reads best beside `postgres.py`, the other implementation, operation for operation.
 """
 
 from __future__ import annotations

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import final
 
+from meshgate.errors import ProtocolError
+
 __all__ = ["HttpError"]
 
 
 @final
-class HttpError(Exception):
+class HttpError(ProtocolError):
     """The peer sent something we refuse: malformed, ambiguous, or over a limit.
 
     Always the peer's fault (a bug of ours raises `ValueError`). `status_hint` is the status

@@ -27,6 +27,8 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
+from meshgate.errors import ProtocolError
+
 __all__ = [
     "BAD_PERCENT_RE",
     "CONTENT_LENGTH_RE",
@@ -55,7 +57,7 @@ CONTENT_LENGTH_RE: Final = re.compile(r"[0-9]{1,18}")
 _BAD_VALUE_RE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-class HttpRuleError(ValueError):
+class HttpRuleError(ProtocolError, ValueError):
     """The head breaks a rule; `status` is the response the peer gets, then the close."""
 
     def __init__(self, status: int, reason: str) -> None:

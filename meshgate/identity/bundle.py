@@ -40,6 +40,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from meshgate.errors import IdentityError
 from meshgate.identity.spiffe_id import TrustDomain
 
 __all__ = [
@@ -58,7 +59,7 @@ INTERMEDIATES_MEMBER = "meshgate_intermediates"
 _KNOWN_KTY = frozenset({"EC", "RSA", "OKP", "oct"})
 
 
-class BundleError(ValueError):
+class BundleError(IdentityError, ValueError):
     """A trust bundle could not be read or is unusable; the message says what and where."""
 
 
@@ -173,7 +174,7 @@ class TrustBundle:
         return cls(trust_domain, tuple(roots), intermediates, sequence, hint, allow_empty=True)
 
 
-class _DuplicateMemberError(ValueError):
+class _DuplicateMemberError(IdentityError, ValueError):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.name = name

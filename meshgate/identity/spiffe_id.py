@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Final, final
 
+from meshgate.errors import IdentityError
+
 __all__ = [
     "MAX_SPIFFE_ID_BYTES",
     "RESERVED_PATH_PREFIX",
@@ -25,7 +27,7 @@ _TRUST_DOMAIN_RE: Final = re.compile(r"[a-z0-9._-]+")
 _SEGMENT_RE: Final = re.compile(r"[a-zA-Z0-9._-]+")
 
 
-class SpiffeIdError(ValueError):
+class SpiffeIdError(IdentityError, ValueError):
     """A string is not a valid SPIFFE ID or trust domain; the message says why."""
 
 

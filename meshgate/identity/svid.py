@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from meshgate.errors import IdentityError
 from meshgate.identity.bundle import BundleSet
 from meshgate.identity.spiffe_id import SpiffeId, SpiffeIdError
 
@@ -50,7 +51,7 @@ class SvidFailure(enum.StrEnum):
     UNTRUSTED = "untrusted"
 
 
-class SvidError(ValueError):
+class SvidError(IdentityError, ValueError):
     """A certificate is not an acceptable X509-SVID. `reason` is a `SvidFailure`."""
 
     def __init__(self, reason: SvidFailure, detail: str) -> None:

@@ -28,6 +28,7 @@ from typing import final
 
 import trio
 
+from meshgate.errors import TransportError
 from meshgate.transport.one_at_a_time import OneAtATime
 from meshgate.transport.socket_stream import LeanSocketStream
 
@@ -38,7 +39,7 @@ _DEFAULT_RECEIVE = 64 * 1024
 _CLOSE_NOTIFY_GRACE_SECONDS = 0.5
 
 
-class TlsError(Exception):
+class TlsError(TransportError):
     """The TLS handshake failed; `__cause__` is the `ssl.SSLError` (verify code, alert)."""
 
 

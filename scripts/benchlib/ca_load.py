@@ -14,6 +14,9 @@ complete: no pipelining.
 `run_load` drives the connections in this process, or in N forked processes (each with its
 share of the connections and its own stride of the bodies: join tokens are single-use).
 Progress goes to stderr once a second.
+
+Why one module: one epoll load generator whose connection, response reader
+and driver share one loop and one set of counters; it has no other users.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ per request (formerly scripts/bench_datapath.py).
 
 ``memory``: the sidecars' RSS idle, with 1,000 open idle client connections (outbound) and
 1,000 idle mTLS connections (inbound), and per idle pooled mTLS connection between them.
+
+Why one module: the three data-path sections share the same process
+set-up (certificates, the sidecar pair, wrk, CPU and RSS sampling); each section is one
+function at the end. A benchmark script, not imported by the product.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ Reported: requests by kind, failures by kind, rotations of each sidecar, access-
 of each sidecar against the requests that crossed it, RSS and open fds of every process
 per minute. `tests/integration/test_a_soak_across_rotations_fails_no_request_and_logs_every_one.py`
 runs a short version.
+
+Why one module: the soak is one scenario (apps, mesh, clients, accounting)
+whose parts share one `Tally` and one running mesh; it has no other users.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ certificate is refused. Then a summary table, where the logs and metrics are, an
 Exits 1 naming every step that did not behave as described; 2 when the mesh did not start.
 Everything started is stopped on exit, on Ctrl-C and on failure, unless ``--keep`` (and the
 run got to the end): then the mesh stays up and the curl commands to poke it are printed.
+
+Why one module: the demo is one script, read top to bottom as the story it
+tells: `Demo` holds the running mesh and one method per step, in the order they run.
 """
 
 from __future__ import annotations
@@ -506,7 +509,22 @@ class Demo:
 
     # -- the end ----------------------------------------------------------------------------
 
+    def settle_logs(self, quiet: float = 0.3, timeout: float = 5) -> None:
+        """Wait until the access logs stop growing: a sidecar writes a request's line after
+        the response went out, so the last requests' lines may land after the client saw
+        the answer (a summary read at once missed them on a busy machine)."""
+        paths = [self.mesh.access_log(name) for name in SERVICES]
+        deadline = time.monotonic() + timeout
+        sizes = None
+        while time.monotonic() < deadline:
+            now = [p.stat().st_size if p.exists() else 0 for p in paths]
+            if now == sizes:
+                return
+            sizes = now
+            time.sleep(quiet)
+
     def rows(self) -> list[HopRow]:
+        self.settle_logs()
         lines = []
         for name in SERVICES:
             lines += read_json_lines(self.mesh.access_log(name))

@@ -1,49 +1,20 @@
 """The authorization step of the inbound path: who may do what to which service.
 
 `AllowList` holds SPIFFE IDs (tcp mode, action ``connect``); Cedar plugs in behind the
-same `Authorizer` protocol (`sidecar.authz.cedar.CedarAuthorizer`). Pure: no trio, no sockets.
+same `Authorizer` protocol (`sidecar.authz.cedar.CedarAuthorizer`). Both answer with the one
+`sidecar.policy.Decision` the http path gets from the policy store too. Pure: no trio, no sockets.
 Fails closed: a peer not on the list is denied, and so is any error while deciding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Protocol, final
 
 from meshgate.identity import SpiffeId
+from sidecar.policy.decision import Decision
 
-__all__ = ["AllowList", "Authorizer", "Decision", "authorize_safely"]
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """`allowed`, why (for logs and metrics), and the policies that determined it.
-
-    `audit_deny`: allowed only because the authorizer runs in audit mode; its policies
-    would have denied (log and count it as ``audit_deny``).
-    """
-
-    allowed: bool
-    reason: str
-    policy_ids: tuple[str, ...] = ()
-    audit_deny: bool = False
-
-    @property
-    def result(self) -> str:
-        """The decision label for logs and metrics: allow, deny or audit_deny."""
-        if self.audit_deny:
-            return "audit_deny"
-        return "allow" if self.allowed else "deny"
-
-    @classmethod
-    def allow(cls, reason: str, policy_ids: tuple[str, ...] = ()) -> Decision:
-        return cls(allowed=True, reason=reason, policy_ids=policy_ids)
-
-    @classmethod
-    def deny(cls, reason: str, policy_ids: tuple[str, ...] = ()) -> Decision:
-        return cls(allowed=False, reason=reason, policy_ids=policy_ids)
+__all__ = ["AllowList", "Authorizer", "authorize_safely"]
 
 
 class Authorizer(Protocol):

@@ -1,8 +1,8 @@
-"""Cedar behind the sidecar's authorization step: one verdict shape for both modes.
+"""Cedar behind the sidecar's authorization step: one `Decision` for both modes.
 
 `CedarAuthorizer` is the `Authorizer` of tcp mode (action ``connect``, once per
-connection); the http path asks the `PolicyStore` directly and turns the verdict into the
-same labels with `verdict_result` and `determining_policies`. Pure: no trio, no sockets.
+connection); the http path asks the `PolicyStore` directly and gets the same `Decision`
+(`result`, `determining_policy_ids`, `forward`). Pure: no trio, no sockets.
 Fails closed: only a Cedar Allow with no evaluation errors allows; audit mode forwards
 what would be denied, but never while no policy set is loaded.
 """
@@ -15,16 +15,9 @@ from datetime import datetime
 from typing import final
 
 from meshgate.identity import SpiffeId
-from sidecar.authz.allow_list import Decision
-from sidecar.policy import AccessRequest, DecisionReason, PolicyDecision, PolicyStore
+from sidecar.policy import AccessRequest, Decision, PolicyStore
 
-__all__ = [
-    "CedarAuthorizer",
-    "determining_policies",
-    "forwards",
-    "source_ip",
-    "verdict_result",
-]
+__all__ = ["CedarAuthorizer", "source_ip"]
 
 
 def source_ip(source: str) -> str:
@@ -42,32 +35,6 @@ def source_ip(source: str) -> str:
         return str(ipaddress.ip_address(host))
     except ValueError:
         return source
-
-
-_NEVER_FORWARDED = frozenset({DecisionReason.NOT_LOADED, DecisionReason.ENGINE_ERROR})
-
-
-def forwards(verdict: PolicyDecision) -> bool:
-    """Whether the request goes on: allowed, or denied in audit mode once a set is live.
-    An engine fault is never forwarded, not even in audit mode: nothing was decided."""
-    if verdict.allowed:
-        return True
-    return verdict.audit and verdict.reason not in _NEVER_FORWARDED
-
-
-def verdict_result(verdict: PolicyDecision) -> str:
-    """allow | deny | audit_deny, for logs and metrics."""
-    if verdict.allowed:
-        return "allow"
-    return "audit_deny" if forwards(verdict) else "deny"
-
-
-def determining_policies(verdict: PolicyDecision) -> tuple[str, ...]:
-    """The `@id`s that decided: the erroring ones when an evaluation error denied (an
-    erroring `forbid` next to a matching `permit`), else Cedar's determining policies."""
-    if verdict.reason is DecisionReason.EVALUATION_ERROR and verdict.errored_policy_ids:
-        return verdict.errored_policy_ids
-    return verdict.policy_ids
 
 
 @final
@@ -100,18 +67,4 @@ class CedarAuthorizer:
             now=self._now(),
             tls_version=str(context.get("tls_version", "")),
         )
-        verdict = self._store.decide(request, audit=self._audit)
-        policies = determining_policies(verdict)
-        reason = str(verdict.reason)
-        if verdict.reason is DecisionReason.ENGINE_ERROR:
-            reason = f"{reason}: {verdict.errors[0]}"
-        if verdict.allowed:
-            return Decision.allow(reason, policies)
-        if forwards(verdict):
-            return Decision(
-                allowed=True,
-                reason=f"audit: would deny ({reason})",
-                policy_ids=policies,
-                audit_deny=True,
-            )
-        return Decision.deny(reason, policies)
+        return self._store.decide(request, audit=self._audit)

@@ -17,6 +17,7 @@ from typing import final
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from meshgate.errors import IdentityError
 from meshgate.identity import (
     BundleSet,
     SpiffeId,
@@ -34,7 +35,7 @@ __all__ = ["CredentialError", "CredentialStore", "Credentials", "Revocations"]
 _SHA256 = hashes.SHA256()
 
 
-class CredentialError(ValueError):
+class CredentialError(IdentityError, ValueError):
     """New credentials were refused; the previous ones stay in use."""
 
 

@@ -12,6 +12,11 @@ and carry on. What blocks a new SVID (no token, CA unreachable, a refused token,
 for another ID) and a failed save to ``state_dir`` are kept in `IdentityStats` for
 ``/readyz``. A bootstrap names the expected SPIFFE ID, so the CA refuses a token bound to
 another one without consuming it.
+
+Why one module: `_Lifecycle` is the one trio shell that owns the published
+`Credentials` and the `IdentityStats`; bootstrap, renewal, bundle and revocation polling
+all replace or read that one state, and the pure decisions are already apart (`rotation`,
+`state`, `credentials`). Split, each loop would need the others' locks and counters.
 """
 
 from __future__ import annotations

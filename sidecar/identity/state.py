@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Final, final
 
 from mesh_ca.tokens import TokenFormatError, parse_token
+from meshgate.errors import IdentityError
 from meshgate.files import write_atomic, write_atomic_set
 from meshgate.identity import (
     BundleError,
@@ -59,7 +60,7 @@ TOKEN_USED_FILE: Final = "token.used"  # noqa: S105 - a file name, holds only a 
 log = logging.getLogger("sidecar.identity")
 
 
-class StateError(Exception):
+class StateError(IdentityError):
     """The state directory or the token file cannot be used; the message names the path."""
 
 

@@ -41,6 +41,7 @@ from typing import Final, final
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from meshgate.errors import StaleConnectionError, TransportError
 from meshgate.http import (
     CONNECTION_CLOSED,
     LAST_CHUNK,
@@ -69,13 +70,13 @@ from meshgate.http.relay import relay_interim, relay_response_head
 from meshgate.http.replies import reply
 from meshgate.transport.socket_stream import TimedStream, lean, peer_address
 from sidecar.admission import admitted, handshake_refused
-from sidecar.authz.cedar import determining_policies, forwards, source_ip, verdict_result
+from sidecar.authz.cedar import source_ip
 from sidecar.config import InboundConfig
 from sidecar.inbound.app_pool import AppConnection, AppConnector, AppPool
 from sidecar.observe.access import AccessRecord
 from sidecar.observe.logs import event
 from sidecar.observe.tracing import Span
-from sidecar.policy import AccessRequest, DecisionReason, PolicyDecision, PolicyStore
+from sidecar.policy import AccessRequest, Decision, DecisionReason, PolicyStore
 from sidecar.runtime import Runtime
 from sidecar.transport.mesh_tls import MeshConnection, MeshTlsError, accept_mesh
 from sidecar.transport.relay import abort
@@ -86,18 +87,14 @@ log = logging.getLogger("sidecar.inbound.http")
 _READ: Final = 64 * 1024
 
 
-class _ClientGoneError(Exception):
+class _ClientGoneError(TransportError):
     """The client reset or truncated the connection: nothing more can be sent to it."""
 
 
-class _ClientTimeoutError(Exception):
+class _ClientTimeoutError(TransportError):
     def __init__(self, phase: str) -> None:
         super().__init__(phase)
         self.phase = phase  # "idle" (between requests), "head", "body" or "slow_body"
-
-
-class _StaleConnectionError(Exception):
-    """A reused app connection failed before any response byte: retry on a fresh one."""
 
 
 def _body_free(framing: Framing) -> bool:
@@ -439,13 +436,12 @@ class _Session:
             ),
             audit=inbound.audit,
         )
-        result = verdict_result(verdict)
-        policies = determining_policies(verdict)
+        result = verdict.result
+        policies = verdict.determining_policy_ids
         self.rt.observer.decision(result, policies)
-        extra = {"policy_version": verdict.version, "decision_reason": str(verdict.reason)}
+        extra = {"policy_version": verdict.version, "decision_reason": verdict.detail}
         if verdict.reason is DecisionReason.ENGINE_ERROR:
             self.rt.observer.policy_engine_error()
-            extra["decision_reason"] = f"{verdict.reason}: {verdict.errors[0]}"
         if verdict.errored_policy_ids:
             extra["errored_policies"] = ",".join(verdict.errored_policy_ids)
         live = _Live()
@@ -488,12 +484,12 @@ class _Session:
         head: RequestHead,
         target: NormalizedTarget,
         forwarded: ForwardedRequest,
-        verdict: PolicyDecision,
+        verdict: Decision,
         live: _Live,
     ) -> _Outcome:
         """403, or the app's response; `live` tracks how far it got."""
         request_id = forwarded.request_id
-        if not forwards(verdict):
+        if not verdict.forward:
             keep = head.keep_alive and _body_free(head.framing) and not self._retiring()
             data = reply(
                 403,
@@ -608,7 +604,7 @@ class _Session:
                 return await self._app_refusal(app, head, forwarded.request_id)
             try:
                 return await self._exchange(app, head, data, forwarded.request_id, live)
-            except _StaleConnectionError:
+            except StaleConnectionError:
                 continue
         return await self._app_refusal(
             _Outcome(status=502, reason="app_error: app closed the connection"),
@@ -676,7 +672,7 @@ class _Session:
         self, app: AppConnection, head: RequestHead, data: bytes, request_id: str, live: _Live
     ) -> _Outcome:
         """Send one request on `app`, stream the body and the response; release or discard
-        `app` afterwards. Raises `_StaleConnectionError` only before anything was read from the
+        `app` afterwards. Raises `StaleConnectionError` only before anything was read from the
         client's body and before any response byte."""
         pool = self.inbound.pool
         body_free = _body_free(head.framing)
@@ -689,7 +685,7 @@ class _Session:
                 await app.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 if app.reused and body_free:
-                    raise _StaleConnectionError from exc
+                    raise StaleConnectionError from exc
                 response.fail(502, "the local app closed the connection")
             else:
                 app.stream.receive_deadline = (
@@ -718,7 +714,7 @@ class _Session:
             if response.error is not None:
                 assert response.error_status is not None
                 if not response.received and app.reused and body_free:
-                    raise _StaleConnectionError
+                    raise StaleConnectionError
                 outcome.reason = (
                     "app_timeout" if response.error_status == 504 else "app_error"
                 ) + f": {response.error}"

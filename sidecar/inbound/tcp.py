@@ -20,6 +20,7 @@ from sidecar.authz.allow_list import Authorizer, authorize_safely
 from sidecar.config import InboundConfig
 from sidecar.observe.access import ConnectionReport
 from sidecar.observe.logs import event
+from sidecar.policy import Decision
 from sidecar.runtime import Runtime
 from sidecar.transport.mesh_tls import MeshTlsError, accept_mesh
 from sidecar.transport.relay import abort, relay
@@ -79,7 +80,7 @@ class Inbound:
             {"source": source, "tls_version": conn.stream.version() or ""},
         )
         report.decision = decision.result
-        report.policies = tuple(decision.policy_ids)
+        report.policies = decision.determining_policy_ids
         rt.observer.decision(report.decision, report.policies)
         if decision.reason.startswith(("engine-error", "authorizer error")):
             rt.observer.policy_engine_error()
@@ -89,10 +90,10 @@ class Inbound:
             "peer": str(conn.peer_id),
             "service": self.config.service,
             "decision": report.decision,
-            "reason": decision.reason,
-            "policy_ids": list(decision.policy_ids),
+            "reason": _log_reason(decision),
+            "policy_ids": list(report.policies),
         }
-        if not decision.allowed:
+        if not decision.forward:
             report.reason = "denied"
             event(log, "connection denied", level=logging.WARNING, **fields)
             await conn.stream.aclose()
@@ -126,3 +127,10 @@ class Inbound:
             except OSError:
                 return None
         return None
+
+
+def _log_reason(decision: Decision) -> str:
+    """Why, for the connection's log line; audit mode says what it would have done."""
+    if decision.would_deny:
+        return f"audit: would deny ({decision.detail})"
+    return decision.detail

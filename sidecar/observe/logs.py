@@ -16,6 +16,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
+from meshgate.errors import MeshgateError
 from sidecar.config import LogConfig
 
 __all__ = [
@@ -35,7 +36,7 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 _LEVELS["error"] = logging.ERROR
 
 
-class LogSetupError(OSError):
+class LogSetupError(MeshgateError, OSError):
     """A log sink could not be opened; the message names the config key."""
 
 

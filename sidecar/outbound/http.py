@@ -20,6 +20,11 @@ Errors the client sees, with a short text body and the request id:
 A request that fails on a reused pooled connection before any response byte (a stale
 keep-alive) is retried once on a fresh connection when it is idempotent (GET, HEAD,
 OPTIONS, PUT, DELETE) and was complete in memory, so nothing of its body was lost.
+
+Why one module: `HttpOutbound` is one request pipeline whose stages share one
+client connection, one pooled upstream and one access record per request (read, forward,
+stream the body, relay, record); the pure parts are already in `meshgate/http/` and the
+pool in `mesh_pool.py`.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Final, final
 
 import trio
 
+from meshgate.errors import TransportError
 from meshgate.http import (
     CONNECTION_CLOSED,
     LAST_CHUNK,
@@ -80,7 +86,7 @@ def error_response(status: int, message: str, request_id: str, *, head_only: boo
     return reply(status, message, request_id, close=True, head_only=head_only)
 
 
-class _UpstreamError(Exception):
+class _UpstreamError(TransportError):
     """The exchange failed on the upstream side; `before_response` tells if a retry is safe."""
 
     def __init__(self, status: int, reason: str, detail: str, *, before_response: bool) -> None:
@@ -91,13 +97,13 @@ class _UpstreamError(Exception):
         self.before_response = before_response
 
 
-class _ClientGoneError(Exception):
+class _ClientGoneError(TransportError):
     """The exchange was cut (the local client went away or stalled, or the upstream broke
     after the response head went out): nothing more can be told to the client. Its text is
     a short code for the access record's reason."""
 
 
-class _SlowBodyError(Exception):
+class _SlowBodyError(TransportError):
     """The request body paused too long (`idle`) or came in under the minimum rate (`slow`):
     the client gets 408 and the upstream connection is dropped."""
 

@@ -35,6 +35,7 @@ from typing import Any, final
 
 import trio
 
+from meshgate.errors import TransportError
 from meshgate.http import HttpLimits, ResponseReader
 from meshgate.identity import SpiffeId
 from meshgate.transport.socket_stream import TimedStream, lean
@@ -54,7 +55,7 @@ _REDIAL_BUDGET_SECONDS = 1.0
 _REDIALLED = frozenset({"connect_failed", "peer_closed"})  # the peer is (re)starting
 
 
-class PoolError(Exception):
+class PoolError(TransportError):
     """No usable upstream connection. `status` is what the client is told (502/503/504);
     `reason` a short stable code for logs and metrics."""
 

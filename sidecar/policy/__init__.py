@@ -7,8 +7,8 @@ good snapshot across reloads. `watch.py` is the thin trio shell that triggers re
 
 from sidecar.policy.decision import (
     AccessRequest,
+    Decision,
     DecisionReason,
-    PolicyDecision,
     decide,
     deny_unloaded,
 )
@@ -19,8 +19,8 @@ from sidecar.policy.store import PolicyStore, ReloadError, ReloadOutcome
 
 __all__ = [
     "AccessRequest",
+    "Decision",
     "DecisionReason",
-    "PolicyDecision",
     "PolicyInfo",
     "PolicyLoadError",
     "PolicyProblem",

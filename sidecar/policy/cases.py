@@ -26,7 +26,7 @@ from typing import Literal, final
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from meshgate.identity import SpiffeId, SpiffeIdError
-from sidecar.policy.decision import AccessRequest, PolicyDecision, decide
+from sidecar.policy.decision import AccessRequest, Decision, decide
 from sidecar.policy.snapshot import PolicySnapshot
 from sidecar.policy.source import PolicyProblem
 
@@ -87,7 +87,7 @@ class PolicyCase(BaseModel):
 @dataclass(frozen=True, slots=True)
 class CaseResult:
     case: PolicyCase
-    decision: PolicyDecision
+    decision: Decision
 
     @property
     def passed(self) -> bool:

@@ -16,7 +16,7 @@ from meshgate.http.errors import HttpError
 from meshgate.http.path import normalize_target
 from meshgate.identity import SpiffeId, SpiffeIdError, TrustDomain
 from sidecar.policy.cases import load_cases, run_cases
-from sidecar.policy.decision import AccessRequest, PolicyDecision, decide
+from sidecar.policy.decision import AccessRequest, Decision, decide
 from sidecar.policy.loader import PolicyLoadError, load_snapshot
 from sidecar.policy.snapshot import PolicySnapshot
 from sidecar.policy.source import TESTS_FILE
@@ -198,9 +198,7 @@ def _explain(snapshot: PolicySnapshot, args: argparse.Namespace, out: TextIO, er
     return 0 if decision.allowed else 1
 
 
-def _write_reasons(
-    snapshot: PolicySnapshot, decision: PolicyDecision, out: TextIO, indent: str
-) -> None:
+def _write_reasons(snapshot: PolicySnapshot, decision: Decision, out: TextIO, indent: str) -> None:
     described = snapshot.describe(decision.policy_ids)
     out.write(f"{indent}determining policies: {', '.join(described) or '(none)'}\n")
     for error in decision.errors:

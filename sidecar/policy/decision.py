@@ -24,8 +24,8 @@ from sidecar.policy.snapshot import PolicySnapshot
 
 __all__ = [
     "AccessRequest",
+    "Decision",
     "DecisionReason",
-    "PolicyDecision",
     "decide",
     "deny_engine_error",
     "deny_unloaded",
@@ -65,45 +65,84 @@ class AccessRequest:
     tls_version: str = "TLSv1.3"
 
 
+_NEVER_FORWARDED: Final = frozenset({DecisionReason.NOT_LOADED, DecisionReason.ENGINE_ERROR})
+
+
 @final
 @dataclass(frozen=True, slots=True)
-class PolicyDecision:
-    """The verdict and everything a log line needs to explain it.
+class Decision:
+    """One authorization decision, tcp or http, Cedar or the allow list: the verdict and
+    everything a log line and a metric need to explain it.
 
-    `allowed` is the policy verdict. `audit` echoes the caller's mode: in audit mode a
-    denied request is still forwarded (`forward`) and counted as `would_deny`.
+    `allowed` is the verdict. `reason` is a `DecisionReason` for Cedar, a short sentence for
+    the allow list. `audit` echoes the caller's mode: in audit mode a denied request is still
+    forwarded (`forward`) and counted as ``audit_deny`` (`would_deny`), except when nothing
+    was decided (no policy set live, or the engine raised): that is never forwarded.
     """
 
     allowed: bool
-    reason: DecisionReason
-    policy_ids: tuple[str, ...]  # determining policies (their @id)
+    reason: str
+    policy_ids: tuple[str, ...] = ()  # determining policies (their @id)
     errors: tuple[str, ...] = ()
     errored_policy_ids: tuple[str, ...] = ()
     version: str = ""
     audit: bool = False
     cedar_decision: str = field(default="", repr=False)
 
+    @classmethod
+    def allow(cls, reason: str, policy_ids: tuple[str, ...] = ()) -> Decision:
+        return cls(allowed=True, reason=reason, policy_ids=policy_ids)
+
+    @classmethod
+    def deny(cls, reason: str, policy_ids: tuple[str, ...] = ()) -> Decision:
+        return cls(allowed=False, reason=reason, policy_ids=policy_ids)
+
     @property
     def forward(self) -> bool:
-        return self.allowed or self.audit
+        """Whether the request or connection goes on: allowed, or denied in audit mode once
+        a set is live. Fails closed: an engine fault is never forwarded, not even in audit."""
+        if self.allowed:
+            return True
+        return self.audit and self.reason not in _NEVER_FORWARDED
 
     @property
     def would_deny(self) -> bool:
-        return self.audit and not self.allowed
+        """Forwarded only because of audit mode."""
+        return self.forward and not self.allowed
+
+    @property
+    def result(self) -> str:
+        """allow | deny | audit_deny, for logs and metrics."""
+        if self.allowed:
+            return "allow"
+        return "audit_deny" if self.forward else "deny"
+
+    @property
+    def determining_policy_ids(self) -> tuple[str, ...]:
+        """The `@id`s that decided: the erroring ones when an evaluation error denied (an
+        erroring `forbid` next to a matching `permit`), else Cedar's determining policies."""
+        if self.reason is DecisionReason.EVALUATION_ERROR and self.errored_policy_ids:
+            return self.errored_policy_ids
+        return self.policy_ids
+
+    @property
+    def detail(self) -> str:
+        """The reason for a log line; an engine fault names its error."""
+        if self.reason is DecisionReason.ENGINE_ERROR and self.errors:
+            return f"{self.reason}: {self.errors[0]}"
+        return str(self.reason)
 
 
-def deny_unloaded(*, audit: bool = False) -> PolicyDecision:
+def deny_unloaded(*, audit: bool = False) -> Decision:
     """The decision when no policy set is live: deny (fails closed), even in audit mode's
     verdict; the caller still decides whether audit mode forwards."""
-    return PolicyDecision(
-        allowed=False, reason=DecisionReason.NOT_LOADED, policy_ids=(), audit=audit
-    )
+    return Decision(allowed=False, reason=DecisionReason.NOT_LOADED, policy_ids=(), audit=audit)
 
 
-def deny_engine_error(error: BaseException, version: str, *, audit: bool = False) -> PolicyDecision:
+def deny_engine_error(error: BaseException, version: str, *, audit: bool = False) -> Decision:
     """The decision when the engine raised: deny (fails closed), naming the error."""
     text = f"{type(error).__name__}: {error}"
-    return PolicyDecision(
+    return Decision(
         allowed=False,
         reason=DecisionReason.ENGINE_ERROR,
         policy_ids=(),
@@ -143,7 +182,7 @@ def decide(
     sliced: bool = True,
     check_schema: bool = False,
     cache: bool = True,
-) -> PolicyDecision:
+) -> Decision:
     """Allow only when Cedar says Allow and no policy errored; otherwise deny (fails closed).
 
     Cedar skips a policy whose evaluation errors, so an erroring `forbid` next to a matching
@@ -160,7 +199,7 @@ def decide(
     the Cedar call; `cache=False` always asks Cedar (the tests' reference for the cache).
     """
     if not check_schema and request.action not in snapshot.request_actions:
-        return PolicyDecision(
+        return Decision(
             allowed=False,
             reason=DecisionReason.INVALID_REQUEST,
             policy_ids=(),
@@ -178,7 +217,7 @@ def decide(
         )
         if len(policy_set) == 0:
             # What Cedar answers for an empty set: default deny, nothing determined it.
-            return PolicyDecision(
+            return Decision(
                 allowed=False,
                 reason=DecisionReason.NO_PERMIT,
                 policy_ids=(),
@@ -217,7 +256,7 @@ def _entities(snapshot: PolicySnapshot, principal_id: str, principal: SpiffeId) 
     return snapshot.entities_with(principal_id, lambda: json.dumps([workload_entity(principal)]))
 
 
-def _verdict(result: cedarpy.AuthzResult, version: str, audit: bool) -> PolicyDecision:
+def _verdict(result: cedarpy.AuthzResult, version: str, audit: bool) -> Decision:
     diagnostics = result.diagnostics
     errors = tuple(sorted(diagnostics.errors))
     reasons = tuple(sorted(diagnostics.reasons))
@@ -236,7 +275,7 @@ def _verdict(result: cedarpy.AuthzResult, version: str, audit: bool) -> PolicyDe
         reason = DecisionReason.EVALUATION_ERROR
     else:
         reason = DecisionReason.NO_PERMIT
-    return PolicyDecision(
+    return Decision(
         allowed=reason is DecisionReason.ALLOWED,
         reason=reason,
         policy_ids=reasons,

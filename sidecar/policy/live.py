@@ -8,6 +8,7 @@ from typing import final
 import trio
 
 from meshgate.clock import Clock
+from meshgate.errors import PolicyError
 from sidecar.config import PolicyConfig
 from sidecar.observe.access import Observer
 from sidecar.policy import PolicyStore, ReloadOutcome
@@ -16,7 +17,7 @@ from sidecar.policy.watch import PolicyWatcher
 __all__ = ["LivePolicies", "PolicyStartError"]
 
 
-class PolicyStartError(Exception):
+class PolicyStartError(PolicyError):
     """The initial policy set did not load: the sidecar does not start (fails closed)."""
 
 

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import cedarpy
 
+from meshgate.errors import PolicyError
 from meshgate.identity import SpiffeId, SpiffeIdError
 from sidecar.policy.context import (
     CONTEXT_FIELDS,
@@ -54,7 +55,7 @@ _ACTIONS_SLOT: Final = "\x00actions\x00"  # where merged messages name their act
 _ACTION_IN_MESSAGE_RE: Final = re.compile(r'Action::"((?:[^"\\]|\\.)*)"')
 
 
-class PolicyLoadError(Exception):
+class PolicyLoadError(PolicyError):
     """A policy directory cannot go live; `problems` lists every reason, located."""
 
     def __init__(self, problems: list[PolicyProblem]) -> None:

@@ -25,7 +25,7 @@ from meshgate.identity import SpiffeId
 from sidecar.policy.context import context_reads
 
 if TYPE_CHECKING:
-    from sidecar.policy.decision import PolicyDecision
+    from sidecar.policy.decision import Decision
 
 # (service, principal SPIFFE ID, action, context JSON as sent to Cedar, audit)
 DecisionKey = tuple[str, str, str, str, bool]
@@ -239,7 +239,7 @@ class PolicySnapshot:
     _narrowed: dict[tuple[str, str, str], tuple[cedarpy.PolicySet, frozenset[str] | None]] = field(
         default_factory=dict, repr=False
     )
-    _decisions: dict[DecisionKey, PolicyDecision] = field(default_factory=dict, repr=False)
+    _decisions: dict[DecisionKey, Decision] = field(default_factory=dict, repr=False)
     _full: list[cedarpy.PolicySet] = field(default_factory=list, repr=False)
 
     @property
@@ -248,10 +248,10 @@ class PolicySnapshot:
             self._full.append(_policy_set(self.all_policies))
         return self._full[0]
 
-    def cached_decision(self, key: DecisionKey) -> PolicyDecision | None:
+    def cached_decision(self, key: DecisionKey) -> Decision | None:
         return self._decisions.get(key)
 
-    def remember_decision(self, key: DecisionKey, decision: PolicyDecision) -> None:
+    def remember_decision(self, key: DecisionKey, decision: Decision) -> None:
         """Bounded: when full, start over (a cleared cache only costs Cedar calls)."""
         if len(self._decisions) >= _DECISION_CACHE_MAX:
             self._decisions.clear()

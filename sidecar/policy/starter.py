@@ -14,6 +14,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from meshgate.errors import PolicyError
 from meshgate.identity import SpiffeId, TrustDomain
 from sidecar.policy.source import ENTITIES_FILE, SCHEMA_SUFFIX, TESTS_FILE
 
@@ -23,7 +24,7 @@ SCHEMA_NAME = "mesh" + SCHEMA_SUFFIX
 _SERVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-class StarterError(Exception):
+class StarterError(PolicyError):
     """The directory cannot be set up; the message names the path."""
 
 

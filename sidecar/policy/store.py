@@ -17,7 +17,7 @@ from typing import final
 
 from sidecar.policy.decision import (
     AccessRequest,
-    PolicyDecision,
+    Decision,
     decide,
     deny_engine_error,
     deny_unloaded,
@@ -100,7 +100,7 @@ class PolicyStore:
             self.reloads[outcome] += 1
             return outcome
 
-    def decide(self, request: AccessRequest, *, audit: bool = False) -> PolicyDecision:
+    def decide(self, request: AccessRequest, *, audit: bool = False) -> Decision:
         """Decide against the live snapshot; deny when none is live (fails closed), and
         deny when the engine raises (`DecisionReason.ENGINE_ERROR`, naming the error): a
         fault in Cedar or in building its request must cost one request, not the

@@ -19,6 +19,7 @@ from typing import final
 
 import trio
 
+from meshgate.errors import TransportError
 from meshgate.identity import SpiffeId, SvidError, SvidFailure, VerifiedSvid
 from meshgate.transport.mtls import PeerCertSource
 from meshgate.transport.tls_stream import TlsError, TlsStream
@@ -58,7 +59,7 @@ class HandshakeFailure(enum.StrEnum):
     REVOKED = "revoked"
 
 
-class MeshTlsError(Exception):
+class MeshTlsError(TransportError):
     def __init__(self, reason: HandshakeFailure, detail: str, peer: SpiffeId | None = None) -> None:
         super().__init__(f"mesh handshake refused ({reason}): {detail}")
         self.reason = reason

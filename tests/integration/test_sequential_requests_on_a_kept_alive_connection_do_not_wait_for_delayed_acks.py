@@ -9,8 +9,11 @@ the app, so every request after the first stalled ~44 ms through the mesh. The i
 ACKs what it read before it waits for more (quick-ACK), and every sidecar socket has
 `TCP_NODELAY` set, so no leg waits.
 
-The bound (median under 15 ms, against ~44 ms when stalling and ~1 ms when not) is far
-from both, so a busy machine does not make this a timing race.
+The check is on the fastest quarter of the requests: a stall adds at least Linux's 40 ms
+minimum ACK delay to every request, while a busy machine (2 cores shared with other test
+runs) slows some requests, not all of them. So the 25th percentile under 25 ms (~44 ms when
+stalling, ~1 ms when not; a median bound of 15 ms once failed at 15.1 ms under load) does not
+make this a timing race.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from tests.procs import running_sidecar
 pytestmark = pytest.mark.integration
 
 REQUESTS = 21  # the first opens both connections (and the mTLS handshake): not counted
-BOUND_MS = 15.0
+BOUND_MS = 25.0  # for the 25th percentile; a stall makes every request >= 40 ms
 REQUEST = b"GET /items/1 HTTP/1.1\r\nhost: catalog\r\n\r\n"
 
 
@@ -82,5 +85,5 @@ def test_sequential_requests_on_a_kept_alive_connection_do_not_wait_for_delayed_
             answers = sequential(pair.a_outbound, REQUEST, REQUESTS)
         assert app.connections == 1  # the inbound reused its app connection throughout
     assert {(a.status, a.body) for a in answers} == {(200, b"x" * 64)}
-    median = statistics.median(a.ms for a in answers[1:])
-    assert median < BOUND_MS, f"median {median:.1f} ms: {[round(a.ms) for a in answers]}"
+    quarter = statistics.quantiles([a.ms for a in answers[1:]], n=4)[0]
+    assert quarter < BOUND_MS, f"p25 {quarter:.1f} ms: {[round(a.ms) for a in answers]}"
