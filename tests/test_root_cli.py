@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from mesh_ca.ca_dir import LoadedCa, init_ca_dir
 from mesh_ca.cli import main
+from mesh_ca.issuance import make_root
 from mesh_ca.store import IssuedRecord
 from mesh_ca.store.trust import trust_store
 from meshgate.identity import SpiffeId
+from meshgate.keys import generate_key
 
 WEB = SpiffeId.parse("spiffe://example.org/ns/shop/svc/web")
 
@@ -131,3 +134,20 @@ def test_a_second_prepare_is_refused(ca: LoadedCa, capsys: pytest.CaptureFixture
     assert code == 1
     assert "already in progress" in err
     assert len(list((ca.path / "roots").glob("*.key"))) == 1  # no orphan key left behind
+
+
+def test_an_extra_root_in_bundle_pem_stays_published_as_an_old_root_until_retired(
+    ca: LoadedCa, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = make_root(ca.trust_domain, generate_key(), datetime.now(UTC))
+    with (ca.path / "bundle.pem").open("ab") as file:
+        file.write(other.public_bytes(Encoding.PEM))
+    code, out, err = run(capsys, "root", "log", "--dir", str(ca.path))
+    assert code == 0, err
+    slots = status(capsys, ca)
+    assert slots is None  # nothing seeded yet: `root log` only reads
+    assert run(capsys, "root", "retire", "--dir", str(ca.path))[0] == 0
+    slots = status(capsys, ca)
+    assert [r["slot"] for r in slots["roots"]] == ["active"]
+    code, out, _ = run(capsys, "root", "log", "--dir", str(ca.path), "--json")
+    assert [e["action"] for e in json.loads(out)] == ["root retire", "seed"]

@@ -72,15 +72,15 @@ class Loaded:
 
 
 def _seed(ca: LoadedCa, now: datetime) -> TrustState:
-    """The trust state of a CA directory that never rotated: its root(s), its intermediate."""
+    """The trust state of a CA directory that never rotated: its root and intermediate.
+
+    Other roots in its bundle.pem (a hand-made overlap) stay published, as old roots: they
+    mark a root rotation in progress (automatic steps pause) until `mesh-ca root retire`.
+    """
     roots = tuple(
         RootSlot(cert, SlotState.ACTIVE if cert == ca.root else SlotState.OLD, now)
         for cert in ca.bundle.roots
     )
-    if sum(1 for r in roots if r.state is SlotState.OLD):
-        # bundle.pem may hold extra trust anchors; they stay published, but as old roots
-        # they would mark a root rotation in progress: keep only the CA's own root.
-        roots = tuple(r for r in roots if r.state is SlotState.ACTIVE)
     active = IntermediateSlot(ca.signer.cert, SlotState.ACTIVE, now, None)
     return TrustState(bundle_sequence(ca.bundle.roots), roots, (active,))
 
