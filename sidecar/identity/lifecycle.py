@@ -237,6 +237,7 @@ class _Lifecycle:
                 creds.not_after.isoformat(),
             )
             self.store.publish(creds)
+            self.bundles = creds.bundles
             self.stats.count("start", "stored")
             await self._persist()  # proves state_dir still takes a save (readiness says so)
             return
@@ -384,7 +385,9 @@ class _Lifecycle:
         creds = Credentials.build(
             issued.chain, key, bundles, self.clock.now(), expected_id=self.spiffe_id
         )
-        self.bundles = bundles
+        # With the intermediates of our own chain learned (`Credentials.build`): the CA's
+        # published ones are compared against these, so an unchanged set is no change.
+        self.bundles = creds.bundles
         return creds
 
     # -- tokens ------------------------------------------------------------------------------
@@ -613,6 +616,7 @@ class _Lifecycle:
                 self.stats.error("bundle", "invalid", str(exc), now)
                 return False
             self.store.publish(creds)
+            bundles = creds.bundles  # with our own chain's intermediates, as published
         self.bundles = bundles
         self.stats.ok("bundle", "updated")
         log.info("poll: trust bundle for %s updated (%d roots)", domain, len(bundle.roots))
