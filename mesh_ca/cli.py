@@ -46,6 +46,7 @@ from mesh_ca.config import (
     load_config,
 )
 from mesh_ca.duration import format_duration, parse_duration
+from mesh_ca.federation.status import federation_lines, federation_status
 from mesh_ca.issuance import (
     FLOOR_LEAF_TTL,
     MAX_LEAF_TTL,
@@ -577,6 +578,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         "issued_count": issued,
         "keys": config.keys.model_dump(exclude_none=True),
         "slots": slots,
+        "federation": federation_status(args.dir, config.federation),
     }
     if args.json:
         _out(json.dumps(status, indent=2))
@@ -595,6 +597,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for rev in status["revocations"]:
         what = rev["spiffe_id"] or f"serial {rev['serial']}"
         _out(f"  {what}  at {rev['revoked_at']}  {rev['reason']}".rstrip())
+    for line in federation_lines(status["federation"]):
+        _out(line)
     return 0
 
 

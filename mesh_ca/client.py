@@ -54,6 +54,7 @@ from meshgate.identity import (
     spiffe_id_of,
     verify_svid,
 )
+from meshgate.identity.federation import FederationError, parse_federated_bundles
 from meshgate.keys import PrivateKey, private_key_pem
 from meshgate.transport.mtls import client_context, peer_svid
 
@@ -247,6 +248,19 @@ class CaClient:
         except (BundleError, RecursionError) as exc:  # json nests without limit
             raise CaUnavailable(reply.status, "bad_response", f"bundle: {exc}") from exc
         return bundle
+
+    async def fetch_federated_bundles(self) -> BundleSet:
+        """The bundles of the foreign trust domains the CA federates with, each checked to
+        be for the trust domain it is listed under and never for this one. A CA without
+        the endpoint (404) federates with nobody."""
+        reply = await self._request("GET", "/v1/federation/bundles", None)
+        if reply.status == 404:
+            return BundleSet()
+        self._check_ok(reply)
+        try:
+            return parse_federated_bundles(reply.body, self.trust_domain)
+        except FederationError as exc:
+            raise CaUnavailable(reply.status, "bad_response", str(exc)) from exc
 
     async def fetch_revocations(self) -> tuple[frozenset[SpiffeId], frozenset[int]]:
         reply = await self._request("GET", "/v1/revocations", None)

@@ -15,6 +15,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mesh_ca.federation.config import FederationConfig, check_federation
 from mesh_ca.issuance.leaf import FLOOR_LEAF_TTL, MAX_LEAF_TTL, MIN_LEAF_TTL
 from mesh_ca.keys_config import KeysConfig
 from mesh_ca.rotation.config import RotationConfig
@@ -305,6 +306,7 @@ class CaConfig(_Model):
     store: StoreConfig = StoreConfig()
     keys: KeysConfig = KeysConfig()
     rotation: RotationConfig = RotationConfig()
+    federation: FederationConfig = FederationConfig()
 
     @field_validator("trust_domain")
     @classmethod
@@ -317,6 +319,11 @@ class CaConfig(_Model):
     @property
     def trust_domain_value(self) -> TrustDomain:
         return TrustDomain(self.trust_domain)
+
+    @model_validator(mode="after")
+    def _federation_authenticable(self) -> CaConfig:
+        check_federation(self.trust_domain, self.federation)
+        return self
 
 
 def config_from_mapping(data: dict[str, object], *, source: str = CONFIG_FILE) -> CaConfig:
@@ -363,6 +370,13 @@ def render_config(config: CaConfig) -> str:
             if value is None:
                 continue  # TOML has no null: an absent key is the default
             lines.append(f"{key} = {_toml_value(value)}")
+    if config.federation != FederationConfig():
+        lines += ["", "[federation]", f"check_seconds = {config.federation.check_seconds}"]
+        for entry in config.federation.trust_domains:
+            lines += ["", "[[federation.trust_domains]]"]
+            for key, value in entry.model_dump().items():
+                if value is not None:
+                    lines.append(f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 
 

@@ -174,14 +174,14 @@ def _sections(
                 )
             )
             continue
-        child, kind = sub
-        path = f"{prefix}{name}[]." if kind == "array" else f"{prefix}{name}."
-        child_header = f"[[{prefix}{name}]]" if kind == "array" else f"[{prefix}{name}]"
+        child, child_kind = sub  # not `kind`: that is this section's own, yielded below
+        path = f"{prefix}{name}[]." if child_kind == "array" else f"{prefix}{name}."
+        child_header = f"[[{prefix}{name}]]" if child_kind == "array" else f"[{prefix}{name}]"
         how = {
             "table": "required table" if field.is_required() else "table; every key has a default",
             "optional": "optional table",
             "array": "array of tables, zero or more",
-        }[kind]
+        }[child_kind]
         child_doc = field.description or _doc(child)
         nested.extend(_sections(child, path, child_header, how, child_doc))
     if keys:

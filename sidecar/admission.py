@@ -104,6 +104,8 @@ async def admitted(
         outcome = (
             "handshake_evicted (pending handshake budget full)"
             if evicted
+            else f"cancelled ({ended_by})"
+            if ended_by  # revoked, untrusted (e.g. its trust domain no longer federated), ...
             else "cancelled (revoked, expired or drained)"
         )
         event(log, "connection closed", direction=direction, **fields, outcome=outcome)

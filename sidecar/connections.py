@@ -35,10 +35,11 @@ from typing import final
 import trio
 from cryptography import x509
 
-from meshgate.identity import BundleSet, SpiffeId, SvidError, verify_svid
+from meshgate.identity import BundleSet, SpiffeId
 from sidecar.identity.credentials import CredentialStore
 from sidecar.transport.lifetime import LifetimeMode, LifetimePolicy
 from sidecar.transport.mesh_tls import MeshConnection
+from sidecar.transport.peer_trust import still_trusted
 
 __all__ = ["AdmissionLimits", "ConnectionTracker", "Refused", "Slot"]
 
@@ -77,22 +78,12 @@ class Slot:
     bound: trio.CancelScope | None = None  # the lifetime scope of `bind`
     hard_end: datetime | None = None
     leaf: x509.Certificate | None = None
+    intermediates: tuple[x509.Certificate, ...] = ()  # what the peer sent with `leaf`
     bundles: BundleSet | None = None  # the trust `leaf` was last verified against
 
 
 def _wall_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _still_trusted(leaf: x509.Certificate, bundles: BundleSet, now: datetime) -> bool:
-    """Does `leaf` still chain to `bundles`? Checked at a time inside its validity: its
-    expiry is the lifetime's business, not trust's."""
-    at = min(max(now, leaf.not_valid_before_utc), leaf.not_valid_after_utc)
-    try:
-        verify_svid(leaf, (), bundles, at)
-    except SvidError:
-        return False
-    return True
 
 
 @final
@@ -184,6 +175,7 @@ class ConnectionTracker:
         now = self._now()
         slot.hard_end = self.lifetime.hard_end(now, conn.peer.not_after, conn.credentials.not_after)
         slot.leaf, slot.bundles = conn.peer.leaf, conn.credentials.bundles
+        slot.intermediates = conn.peer.intermediates
         slot.bound = trio.CancelScope(deadline=self._deadline(slot, now))
         return slot.bound
 
@@ -270,7 +262,9 @@ class ConnectionTracker:
             if leaf is not None and current is not None and current.bundles != slot.bundles:
                 ok = trusted.get(id(leaf))
                 if ok is None:
-                    ok = trusted[id(leaf)] = _still_trusted(leaf, current.bundles, now)
+                    ok = trusted[id(leaf)] = still_trusted(
+                        leaf, slot.intermediates, current.bundles, now
+                    )
                 if not ok:
                     self.closed_as_untrusted += 1
                     slot.reason = "untrusted"

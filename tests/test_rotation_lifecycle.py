@@ -46,6 +46,7 @@ class FakeCa:
         self.up = True
         self.tokens: dict[str, SpiffeId] = {}
         self.bundle = pki.bundle
+        self.federated = BundleSet()
         self.revoked_ids: set[SpiffeId] = set()
         self.revoked_serials: set[int] = set()
         self.bootstraps = 0
@@ -113,6 +114,11 @@ class FakeClient:
         await trio.lowlevel.checkpoint()
         self.ca.check_up()
         return self.ca.bundle
+
+    async def fetch_federated_bundles(self) -> BundleSet:
+        await trio.lowlevel.checkpoint()
+        self.ca.check_up()
+        return self.ca.federated
 
     async def fetch_revocations(self) -> tuple[frozenset[SpiffeId], frozenset[int]]:
         await trio.lowlevel.checkpoint()

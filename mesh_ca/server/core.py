@@ -267,11 +267,18 @@ class CaService:
         self._svid_bundle_json = (
             b'","bundle_pem":' + json.dumps(self._bundle_pem_text).encode("ascii") + b',"serial":"'
         )
+        # The foreign trust domains' bundles (`mesh_ca.federation`), replaced whole.
+        self._federated_json = b'{"trust_domains": {}}'
+
+    def publish_federated(self, document: bytes) -> None:
+        """Serve `document` at /v1/federation/bundles from now on (one reference swap)."""
+        self._federated_json = document
 
     def with_authority(self, authority: CaAuthority) -> CaService:
         """A service for a new authority (a rotation step), sharing store, limits, metrics."""
         service = CaService(authority, self.store, self._limiter, self.metrics)
         service.bundle_reporter = self.bundle_reporter
+        service._federated_json = self._federated_json  # the foreign bundles stay served
         return service
 
     # Routing
@@ -539,6 +546,13 @@ class CaService:
     def _bundle(self, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
         return ApiResponse(200, self._bundle_json)
 
+    def _federated_bundles(
+        self, request: ApiRequest, now: datetime, monotonic: float
+    ) -> ApiResponse:
+        """The bundles of the trust domains this mesh federates with, each under its name:
+        what sidecars add to their own bundle. Public, like the bundle itself."""
+        return ApiResponse(200, self._federated_json)
+
     def _bundle_pem_route(
         self, request: ApiRequest, now: datetime, monotonic: float
     ) -> ApiResponse:
@@ -724,6 +738,7 @@ _ROUTES: Final[dict[str, tuple[str, _Handler, bool]]] = {
     "/v1/bundle": ("GET", CaService._bundle, False),
     "/v1/bundle.pem": ("GET", CaService._bundle_pem_route, False),
     "/v1/bundle/held": ("POST", CaService._bundle_held, True),
+    "/v1/federation/bundles": ("GET", CaService._federated_bundles, False),
     "/v1/revocations": ("GET", CaService._revocations, True),
     "/v1/bootstrap": ("POST", CaService._bootstrap, True),
     "/v1/renew": ("POST", CaService._renew, True),

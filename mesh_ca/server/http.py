@@ -56,6 +56,7 @@ _ENDPOINTS: Final = frozenset(
         "/metrics",
         "/v1/bundle",
         "/v1/bundle.pem",
+        "/v1/federation/bundles",
         "/v1/revocations",
         "/v1/bootstrap",
         "/v1/renew",

@@ -28,6 +28,7 @@ import trio
 
 from mesh_ca.ca_dir import CaDirError, LoadedCa, load_ca_dir, read_passphrase
 from mesh_ca.config import parse_admin_listen, parse_listen
+from mesh_ca.federation.refresh import FederationLoop
 from mesh_ca.rotation import RotationError
 from mesh_ca.server.admin import open_admin_listeners, serve_admin
 from mesh_ca.server.core import CaAuthority, CaService
@@ -197,8 +198,22 @@ async def _serve(
         threaded_handlers=threaded,
     )
     server = CaHttpServer(service, identity, clock, limits)
+    federation = FederationLoop(
+        ca.path,
+        authority.bundle,
+        ca.config.federation,
+        # Into whichever service serves now: a rotation step swaps in a new one.
+        lambda document: server.service.publish_federated(document),  # noqa: PLW0108
+        clock,
+        metrics.registry,
+    )
     try:
-        await _serve_until_signal(server, store, clock, listeners, admin_listeners, keeper)
+        async with trio.open_nursery() as background:
+            # Not awaited before serving: a foreign endpoint that is down must not delay
+            # this CA; sidecars get the federated bundles once they are fetched.
+            background.start_soon(federation.run)
+            await _serve_until_signal(server, store, clock, listeners, admin_listeners, keeper)
+            background.cancel_scope.cancel()
     finally:
         server.access_log.flush()  # the lines still queued (drained connections' too)
 

@@ -122,15 +122,16 @@ class TrustKeeper:
             authority = authority_for(
                 server.service.authority, loaded.state, self.ca, self.passphrase
             )
-            service = server.service.with_authority(authority)
             identity = await trio.to_thread.run_sync(
-                issue_server_identity, authority, service.store, clock.now()
+                issue_server_identity, authority, server.service.store, clock.now()
             )
         except (RotationError, StoreError) as exc:
             metrics.rotation_steps.labels("apply", "error").inc()
             log.error(json.dumps({"event": "trust_state_not_applied", "error": str(exc)}))
             return
-        server.replace_service(service)
+        # Made and swapped in with no await between: what other loops publish into the
+        # current service (the federated bundles) is carried over, never lost.
+        server.replace_service(server.service.with_authority(authority))
         server.identity = identity
         self.loaded = loaded
         metrics.set_expiry("intermediate", authority.signer.not_after)

@@ -66,6 +66,9 @@ class VerifiedSvid:
     spiffe_id: SpiffeId
     leaf: x509.Certificate
     not_after: datetime
+    # What the peer presented besides the leaf (a foreign trust domain's intermediates are
+    # known only from there), so the leaf can be re-verified when the bundles change.
+    intermediates: tuple[x509.Certificate, ...] = ()
 
 
 def _ext(cert: x509.Certificate, kind: type[_E]) -> x509.Extension[_E] | None:
@@ -147,7 +150,10 @@ def verify_svid(
     bundle = bundles.get(spiffe_id.trust_domain)
     if bundle is None:
         raise SvidError(
-            SvidFailure.UNKNOWN_TRUST_DOMAIN, f"no trust bundle for {spiffe_id.trust_domain}"
+            SvidFailure.UNKNOWN_TRUST_DOMAIN,
+            f"{spiffe_id}: no trust bundle for {spiffe_id.trust_domain} (trust domains held: "
+            f"{', '.join(sorted(td.name for td in bundles)) or 'none'}): its trust domain is "
+            "not federated with this one",
         )
     verifier = (
         PolicyBuilder()
@@ -163,4 +169,4 @@ def verify_svid(
             SvidFailure.UNTRUSTED,
             f"{spiffe_id} does not chain to the {spiffe_id.trust_domain} bundle: {exc}",
         ) from exc
-    return VerifiedSvid(spiffe_id, leaf, leaf.not_valid_after_utc)
+    return VerifiedSvid(spiffe_id, leaf, leaf.not_valid_after_utc, tuple(intermediates))

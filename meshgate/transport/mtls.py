@@ -29,6 +29,7 @@ __all__ = [
     "load_identity",
     "mesh_context",
     "peer_svid",
+    "presented_intermediates",
 ]
 
 Role = Literal["server", "client"]
@@ -119,4 +120,23 @@ def peer_svid(tls: PeerCertSource, bundles: BundleSet, now: datetime) -> Verifie
         leaf = x509.load_der_x509_certificate(der)
     except (ValueError, x509.InvalidVersion) as exc:
         raise SvidError(SvidFailure.MALFORMED, f"peer certificate is not DER X.509: {exc}") from exc
-    return verify_svid(leaf, (), bundles, now)
+    return verify_svid(leaf, presented_intermediates(tls, der), bundles, now)
+
+
+def presented_intermediates(tls: object, leaf_der: bytes) -> tuple[x509.Certificate, ...]:
+    """The certificates the peer sent after its leaf, when the TLS object exposes them
+    (`peer_chain_der`). A federated trust domain's intermediates are known only from
+    there: its bundle holds roots. They are untrusted input: path validation against the
+    peer's own trust-domain bundle decides. An unreadable one is left out."""
+    chain_of = getattr(tls, "peer_chain_der", None)
+    if chain_of is None:
+        return ()
+    found: list[x509.Certificate] = []
+    for der in chain_of()[:4]:  # max_chain_depth of verify_svid: more cannot help
+        if der == leaf_der:
+            continue
+        try:
+            found.append(x509.load_der_x509_certificate(der))
+        except (ValueError, x509.InvalidVersion):
+            continue
+    return tuple(found)

@@ -32,11 +32,28 @@ from meshgate.errors import TransportError
 from meshgate.transport.one_at_a_time import OneAtATime
 from meshgate.transport.socket_stream import LeanSocketStream
 
-__all__ = ["TlsError", "TlsStream"]
+__all__ = ["TlsError", "TlsStream", "peer_chain_der"]
 
 _DEFAULT_RECEIVE = 64 * 1024
 # aclose does not wait on a peer that never reads: close_notify is polite, not required.
 _CLOSE_NOTIFY_GRACE_SECONDS = 0.5
+
+
+def peer_chain_der(ssl_object: ssl.SSLObject) -> list[bytes]:
+    """`TlsStream.peer_chain_der` for any `ssl.SSLObject` (a `trio.SSLStream`'s too)."""
+    get = getattr(ssl_object, "get_unverified_chain", None)
+    if get is None:
+        get = getattr(getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None)
+    if get is None:
+        return []
+    try:
+        chain = get() or []
+    except (ssl.SSLError, ValueError):
+        return []
+    return [
+        c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
+        for c in chain
+    ]
 
 
 class TlsError(TransportError):
@@ -68,6 +85,13 @@ class TlsStream(trio.abc.HalfCloseableStream):
 
     def getpeercert(self, binary_form: bool = False) -> object:
         return self._ssl.getpeercert(binary_form=binary_form)
+
+    def peer_chain_der(self) -> list[bytes]:
+        """The certificates the peer sent (leaf first, DER), as sent: not verified by this.
+
+        Python 3.13 has `SSLObject.get_unverified_chain`; 3.11 has it on the private
+        `_sslobj` only. Empty when neither exists or before the handshake."""
+        return peer_chain_der(self._ssl)
 
     def version(self) -> str | None:
         return self._ssl.version()

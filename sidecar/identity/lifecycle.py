@@ -45,6 +45,7 @@ from meshgate.identity import (
 from meshgate.keys import PrivateKey, generate_key
 from sidecar.identity.blocking import BlockingRunner, in_thread
 from sidecar.identity.credentials import CredentialError, Credentials, CredentialStore, Revocations
+from sidecar.identity.federation import FederationUpdate, apply_federated
 from sidecar.identity.rotation import RenewalAction, next_rotation, renewal_action, retry_at
 from sidecar.identity.settings import IdentitySettings
 from sidecar.identity.state import (
@@ -95,6 +96,7 @@ class CaClientLike(Protocol):
         self, chain: Sequence[x509.Certificate], key: PrivateKey, new_key: PrivateKey
     ) -> IssuedLike: ...
     async def fetch_bundle(self) -> TrustBundle: ...
+    async def fetch_federated_bundles(self) -> BundleSet: ...
     async def fetch_revocations(self) -> tuple[frozenset[SpiffeId], frozenset[int]]: ...
     async def aclose(self) -> None: ...
 
@@ -250,9 +252,11 @@ class _Lifecycle:
         """The bundle last fetched from the CA if stored, else the configured bundle file."""
         domain = self.spiffe_id.trust_domain
         stored = self.state.load_bundle(domain)
-        if stored is not None:
-            return BundleSet.of(stored)
-        return BundleSet.of(load_bundle_file(self.settings.bundle_file, domain))
+        own = BundleSet.of(
+            stored if stored is not None else load_bundle_file(self.settings.bundle_file, domain)
+        )
+        # The federated trust domains held before a restart, until the CA says otherwise.
+        return apply_federated(own, domain, self.state.load_federated(domain)).bundles
 
     # -- the CA client ---------------------------------------------------------------------
 
@@ -507,6 +511,7 @@ class _Lifecycle:
     # -- bundle and revocations ------------------------------------------------------------
 
     async def poll_forever(self) -> None:
+        await self.poll_federation()  # at once: foreign peers are refused until it is in
         while True:
             await trio.sleep(self.settings.poll_interval_seconds)
             await self.poll_once()
@@ -532,6 +537,7 @@ class _Lifecycle:
         if bundle_changed:
             await self._persist()
         await self._report_bundle(client, now)
+        await self.poll_federation()
 
     async def _report_bundle(self, client: CaClientLike, now: datetime) -> None:
         """Tell the CA the bundle sequence this sidecar holds (once per change), so an
@@ -553,6 +559,45 @@ class _Lifecycle:
             self.stats.error("report", "refused", str(exc), now)
             return
         self._reported = bundle.sequence
+
+    async def poll_federation(self) -> None:
+        """Take the federated trust domains' bundles from the CA (`sidecar.identity.federation`).
+        Unreachable CA: keep what is held; a refused answer: keep it too, and say so."""
+        client = await self.client()
+        try:
+            federated = await client.fetch_federated_bundles()
+        except CaClientError as exc:
+            kind = "ca_unavailable" if isinstance(exc, CaUnavailable) else "refused"
+            log.warning("poll: federated bundles not updated (%s); keeping the held ones", exc)
+            self.stats.error("federation", kind, str(exc), self.clock.now())
+            return
+        if self._publish_bundles(
+            apply_federated(self.bundles, self.spiffe_id.trust_domain, federated),
+            self.clock.now(),
+        ):
+            await self._persist()
+
+    def _publish_bundles(self, update: FederationUpdate, now: datetime) -> bool:
+        """Rebuild the credentials with `update.bundles` when trust changed (validate, then
+        publish: open connections whose peer lost its trust domain are cut by the tracker).
+        True if it did."""
+        if not update.changed:
+            return False
+        current = self.store.current
+        if current is not None:
+            try:
+                creds = Credentials.build(
+                    current.chain, current.key, update.bundles, now, expected_id=self.spiffe_id
+                )
+            except CredentialError as exc:
+                log.error("poll: federated bundles refused, keeping the old ones: %s", exc)
+                self.stats.error("federation", "invalid", str(exc), now)
+                return False
+            self.store.publish(creds)
+        self.bundles = update.bundles
+        self.stats.ok("federation", "updated")
+        log.info("poll: federation: %s", update.describe())
+        return True
 
     def _apply_bundle(self, bundle: TrustBundle, now: datetime) -> bool:
         """Publish credentials rebuilt with a changed bundle; False if unchanged or refused.

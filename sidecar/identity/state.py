@@ -16,6 +16,7 @@ needs a join token. Synchronous file I/O: trio callers run it in a thread.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -34,6 +35,11 @@ from meshgate.identity import (
     TrustDomain,
     load_pem_certificates,
     pem_bundle,
+)
+from meshgate.identity.federation import (
+    FederationError,
+    federated_bundles_document,
+    parse_federated_bundles,
 )
 from meshgate.keys import KeyFileError, load_private_key, private_key_pem, write_private_file
 from sidecar.identity.credentials import CredentialError, Credentials
@@ -55,6 +61,8 @@ __all__ = [
 SVID_FILE: Final = "svid.pem"
 KEY_FILE: Final = "svid.key"
 BUNDLE_FILE: Final = "bundle.pem"
+# The federated trust domains' bundles, as the CA serves them (`meshgate.identity.federation`).
+FEDERATED_FILE: Final = "federated-bundles.json"
 TOKEN_USED_FILE: Final = "token.used"  # noqa: S105 - a file name, holds only a hash
 
 log = logging.getLogger("sidecar.identity")
@@ -175,6 +183,18 @@ class StateDir:
             log.warning("ignoring stored trust bundle: %s", exc)
             return None
 
+    def load_federated(self, local: TrustDomain) -> BundleSet:
+        """The federated bundles last taken from the CA (empty, logged, if unreadable): a
+        restart while the CA is down keeps trusting what it trusted, as for its own bundle."""
+        path = self.path / FEDERATED_FILE
+        try:
+            return parse_federated_bundles(path.read_bytes(), local)
+        except FileNotFoundError:
+            return BundleSet()
+        except (OSError, FederationError) as exc:
+            log.warning("ignoring stored federated bundles: %s", exc)
+            return BundleSet()
+
     def load_svid(self, expected_id: SpiffeId, bundles: BundleSet, now: datetime) -> StoredSvid:
         """The stored SVID as live credentials, if valid now for `expected_id`; else why not."""
         if not self.svid_path.exists() and not self.key_path.exists():
@@ -205,9 +225,17 @@ class StateDir:
     def save(self, credentials: Credentials) -> None:
         """Persist the SVID, its key and its trust domain's roots, each file atomically."""
         self.ensure()
-        bundle = credentials.bundles.get(credentials.spiffe_id.trust_domain)
+        local = credentials.spiffe_id.trust_domain
+        bundle = credentials.bundles.get(local)
         if bundle is not None:
             write_public_file(self.bundle_path, bundle.roots_pem())
+        foreign = [b for td, b in credentials.bundles.items() if td != local]
+        federated = self.path / FEDERATED_FILE
+        if foreign:
+            document = json.dumps(federated_bundles_document(foreign), indent=1) + "\n"
+            write_public_file(federated, document.encode())
+        else:
+            federated.unlink(missing_ok=True)  # a removed federation stays removed
         # The key and the certificate as one set: both are written before either replaces
         # the stored pair, so a failed write (a full disk) keeps the old, matching pair.
         write_atomic_set(

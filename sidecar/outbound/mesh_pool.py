@@ -12,6 +12,8 @@ both sides meant to keep alive (`release(..., reusable=True)`), and is reused on
   maximum age in ``until_revoked`` mode;
 - neither the peer's SPIFFE ID nor its serial is revoked (revocations also close idle
   connections at once);
+- the peer still chains to the current bundles (`PeerTrust`; else in-flight exchanges are
+  cut, ``upstream_untrusted``);
 - it was idle less than ``pool_idle_timeout_seconds`` and the socket shows no EOF or
   stray bytes (one `poll` with timeout 0);
 and at most ``pool_max_idle_per_endpoint`` idle connections are kept per endpoint.
@@ -22,6 +24,10 @@ with one endpoint, or all backing off), `acquire` does not refuse: it dials them
 soonest-back first, and retries refused connects with a short jittered backoff for up to
 a second, so a request succeeds as soon as a peer is back. Fails closed: without usable
 own credentials `acquire` raises `PoolError` (503), and nothing is sent in plaintext.
+
+Why one module: what may carry a request (the list above) is one invariant over one
+pool's state (idle lists, endpoint health, lent connections); split, each rule would
+need that state passed around, and the rules would drift apart.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from sidecar.config import Address, OutboundConfig
 from sidecar.outbound.tcp import RoundRobin
 from sidecar.runtime import Runtime
 from sidecar.transport.mesh_tls import HandshakeFailure, MeshTlsError, connect_mesh
+from sidecar.transport.peer_trust import PeerTrust
 
 __all__ = ["EndpointState", "MeshPool", "PoolError", "PooledConnection", "TransportConnector"]
 
@@ -85,6 +92,7 @@ class PooledConnection:
         "reused",
         "stream",
         "transport",
+        "trust",
     )
 
     def __init__(
@@ -98,6 +106,7 @@ class PooledConnection:
         *,
         own_serial: int = 0,
         retire_at: datetime | None = None,
+        trust: PeerTrust | None = None,
     ) -> None:
         self.stream = stream
         self.transport = transport  # under the TLS stream: its deadlines bound our reads
@@ -115,6 +124,7 @@ class PooledConnection:
         self.cut = trio.CancelScope()
         self.cut_reason: str | None = None
         self.idle_since = 0.0
+        self.trust = trust  # re-checked when the bundles change
 
 
 @final
@@ -198,6 +208,15 @@ class MeshPool:
             if revocations.refuses(conn.peer_id, conn.peer_serial):
                 conn.cut_reason = "upstream_revoked"
                 conn.cut.cancel()
+            elif not self._trusted(conn):
+                conn.cut_reason = "upstream_untrusted"
+                conn.cut.cancel()
+
+    def _trusted(self, conn: PooledConnection) -> bool:
+        own = self.runtime.store.current  # None: `_current` refuses the connection anyway
+        return (
+            own is None or conn.trust is None or conn.trust.holds(own.bundles, self.runtime.now())
+        )
 
     def _lend(self, conn: PooledConnection) -> PooledConnection:
         self._states[conn.endpoint].active += 1
@@ -226,6 +245,7 @@ class MeshPool:
         return (
             self._current(conn, now)
             and not self.runtime.store.revocations.refuses(conn.peer_id, conn.peer_serial)
+            and self._trusted(conn)
             and tnow - conn.idle_since < self.config.pool_idle_timeout_seconds
             and _socket_quiet(conn.stream)
         )
@@ -333,6 +353,7 @@ class MeshPool:
             transport,
             own_serial=conn.credentials.serial,
             retire_at=retire_at,
+            trust=PeerTrust(conn.peer, conn.credentials.bundles),
         )
 
     async def release(self, conn: PooledConnection, *, reusable: bool) -> None:

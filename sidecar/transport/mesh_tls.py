@@ -166,6 +166,20 @@ def check_peer(
     return peer
 
 
+def _explain(reason: HandshakeFailure, detail: str, credentials: Credentials) -> str:
+    """OpenSSL's words, plus which trust domains were trusted when it found no issuer for the
+    peer's certificate: the
+    peer's chain (and so its trust domain) is not exposed when its verification fails, and
+    an unfederated trust domain looks exactly like an unknown CA."""
+    if reason is not HandshakeFailure.UNKNOWN_CA:
+        return detail
+    held = ", ".join(sorted(td.name for td in credentials.bundles))
+    return (
+        f"{detail}; the peer's certificate chains to none of the trust domains this sidecar "
+        f"trusts ({held}): it is from an unfederated trust domain or an unknown CA"
+    )
+
+
 async def _handshake(
     transport: trio.abc.Stream,
     store: CredentialStore,
@@ -187,7 +201,13 @@ async def _handshake(
             try:
                 await stream.do_handshake()
             except TlsError as exc:
-                raise MeshTlsError(classify_ssl_error(exc.__cause__), str(exc)) from exc
+                reason = classify_ssl_error(exc.__cause__)
+                detail = str(exc)
+                if isinstance(exc.__cause__, ssl.SSLCertVerificationError):
+                    detail = _explain(reason, detail, credentials)
+                elif reason is HandshakeFailure.UNKNOWN_CA:
+                    detail += "; the peer does not trust this sidecar's CA (not federated?)"
+                raise MeshTlsError(reason, detail) from exc
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise MeshTlsError(HandshakeFailure.PEER_CLOSED, str(exc) or "reset") from exc
             peer = check_peer(stream, credentials, store.revocations, now(), expected=expected)
