@@ -45,6 +45,7 @@ from mesh_ca.config import (
     StoreConfig,
     load_config,
 )
+from mesh_ca.control.cli import add_control_parsers, endpoints_main, policy_main
 from mesh_ca.duration import format_duration, parse_duration
 from mesh_ca.federation.status import federation_lines, federation_status
 from mesh_ca.issuance import (
@@ -282,6 +283,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_db_parser(sub)
     add_root_parser(sub)
+    add_control_parsers(sub)
     return parser
 
 
@@ -622,6 +624,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "token": _cmd_token_create,  # "create" is its only action so far
     "db": db_main,
     "root": root_main,
+    "endpoints": endpoints_main,
+    "policy": policy_main,
 }
 
 

@@ -15,6 +15,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mesh_ca.control.config import ControlConfig
 from mesh_ca.federation.config import FederationConfig, check_federation
 from mesh_ca.issuance.leaf import FLOOR_LEAF_TTL, MAX_LEAF_TTL, MIN_LEAF_TTL
 from mesh_ca.keys_config import KeysConfig
@@ -306,6 +307,7 @@ class CaConfig(_Model):
     store: StoreConfig = StoreConfig()
     keys: KeysConfig = KeysConfig()
     rotation: RotationConfig = RotationConfig()
+    control: ControlConfig = ControlConfig()
     federation: FederationConfig = FederationConfig()
 
     @field_validator("trust_domain")
@@ -363,6 +365,8 @@ def render_config(config: CaConfig) -> str:
         sections.append("keys")
     if config.rotation != RotationConfig():
         sections.append("rotation")
+    if config.control != ControlConfig():
+        sections.append("control")
     for section in sections:
         model: BaseModel = getattr(config, section)
         lines += ["", f"[{section}]"]

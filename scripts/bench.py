@@ -5,6 +5,7 @@
                                [--client-processes N]
     python scripts/bench.py ca-instructions [--seconds 3] [--concurrency 16]   (needs valgrind)
     python scripts/bench.py ca-hsm [--seconds 6] [--rounds 3]   (CA keys in SoftHSM2 vs files)
+    python scripts/bench.py control-plane [--rounds 6]   (one change to 1,000 watchers)
     python scripts/bench.py replicas [--seconds 3] [--concurrency 16] [--client-processes N]
     python scripts/bench.py http [--seconds 6] [--rounds 3] [--baseline REF] [--http-workers2]
     python scripts/bench.py latency [--seconds 20] [--rounds 2] [--baseline REF]
@@ -558,6 +559,7 @@ from scripts.benchlib.callgrind import (  # noqa: E402
     valgrind_prefix,
     zero,
 )
+from scripts.benchlib.control_plane import bench_control_plane  # noqa: E402
 from scripts.benchlib.datapath import SECTIONS as DATA_PATH_SECTIONS  # noqa: E402
 from scripts.benchlib.datapath import baseline_tree  # noqa: E402
 from scripts.benchlib.latency import bench_latency  # noqa: E402
@@ -569,6 +571,7 @@ SECTIONS.update(SOAK_SECTIONS)
 SECTIONS["latency"] = bench_latency
 SECTIONS["ledger"] = bench_ledger
 SECTIONS["ca-hsm"] = bench_ca_hsm
+SECTIONS["control-plane"] = bench_control_plane
 
 
 def bench_tracing(args: argparse.Namespace) -> Figures:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -33,50 +34,76 @@ NAMES = ("http_request", "http_response", "ca_request", "path", "spiffe_id", "bu
 # Per-input limits: an input that takes longer is a hang, bigger ones are not interesting.
 TIMEOUT_SECONDS = 10
 MAX_LEN = 8192
+_INNER = "MESHGATE_FUZZ_INNER_TARGET"  # set for the runs libFuzzer's merge starts itself
 # Packages atheris instruments for coverage: every package whose code a target reaches.
 # A package left out is fuzzed blind (the relayout moved the parsers to `meshgate`, and
 # until it was added here the fuzzer saw 11 edges of the path target instead of ~70).
 INSTRUMENTED = ("meshgate", "sidecar", "mesh_ca", "tests.fuzz")
 
 
-def _atheris_child(target: str, seconds: int, work: Path) -> int:
-    """Run one target under atheris in this process (the child)."""
+def _atheris_child(target: str, seconds: int, work: Path, *, merge: bool = False) -> int:
+    """Run one target under atheris in this process (the child). With `merge`, do not
+    fuzz: fold the inputs in `work` that add coverage into the committed corpus."""
     import atheris
 
     sys.path.insert(0, str(ROOT))
     with atheris.instrument_imports(include=list(INSTRUMENTED)):
         from tests.fuzz.targets import TARGETS
     function = TARGETS[target]
-    work.mkdir(parents=True, exist_ok=True)
-    args = [
-        sys.argv[0],
-        str(work),  # new finds go here (the first directory)
-        str(CORPUS / target),  # read only: seeds
-        f"-max_total_time={seconds}",
-        f"-timeout={TIMEOUT_SECONDS}",
-        f"-max_len={MAX_LEN}",
-        f"-artifact_prefix={work}/",
-        "-print_final_stats=1",
-    ]
+    limits = [f"-timeout={TIMEOUT_SECONDS}", f"-max_len={MAX_LEN}"]
+    if merge:
+        # libFuzzer's merge: of the inputs in `work`, only those that reach coverage the
+        # corpus does not are copied into it (named by their SHA-1). It re-runs this
+        # program with its own flags through the shell: the first word runs this file
+        # under this interpreter, and the variable tells that run which target it is.
+        os.environ[_INNER] = target
+        runner = f"{shlex.quote(sys.executable)} {shlex.quote(__file__)}"
+        args = [runner, "-merge=1", str(CORPUS / target), str(work), *limits]
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        args = [
+            sys.argv[0],
+            str(work),  # new finds go here (the first directory)
+            str(CORPUS / target),  # read only: seeds
+            f"-max_total_time={seconds}",
+            *limits,
+            f"-artifact_prefix={work}/",
+            "-print_final_stats=1",
+        ]
     atheris.Setup(args, function)
     atheris.Fuzz()
     return 0  # atheris exits the process itself
 
 
-def _merge(target: str, work: Path) -> int:
-    """Copy the inputs a run kept (libFuzzer keeps only inputs that added coverage, and
-    names each by its content's SHA-1) into the committed corpus; crash, timeout and
-    leak artifacts are left for a person to look at."""
-    corpus = CORPUS / target
-    added = 0
-    for path in sorted(work.iterdir()):
-        if not path.is_file() or path.name.startswith(("crash-", "timeout-", "oom-", "leak-")):
-            continue
-        if not (corpus / path.name).exists():
-            (corpus / path.name).write_bytes(path.read_bytes())
-            added += 1
-    print(f"merge {target}: {added} inputs added to {corpus}", file=sys.stderr)
+def _libfuzzer_inner(target: str) -> int:
+    """A run libFuzzer started itself (merge mode): its flags are all of argv."""
+    import atheris
+
+    sys.path.insert(0, str(ROOT))
+    with atheris.instrument_imports(include=list(INSTRUMENTED)):
+        from tests.fuzz.targets import TARGETS
+    atheris.Setup(sys.argv, TARGETS[target])
+    atheris.Fuzz()
     return 0
+
+
+def _merge(target: str, work: Path) -> int:
+    """Fold a run's finds into the committed corpus, keeping only inputs that add coverage
+    (a 30-minute run leaves hundreds of inputs in `work`, most of them superseded by
+    smaller ones). Crash, timeout and leak artifacts are left for a person to look at."""
+    corpus = CORPUS / target
+    before = {p.name for p in corpus.iterdir()}
+    with tempfile.TemporaryDirectory(prefix=f"meshgate-merge-{target}-") as finds:
+        for path in work.iterdir():
+            if path.is_file() and not path.name.startswith(("crash-", "timeout-", "oom-", "leak-")):
+                (Path(finds) / path.name).write_bytes(path.read_bytes())
+        argv = [sys.executable, __file__, target, "--work", finds, "--child", "--merge"]
+        done = subprocess.run(
+            argv, cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "0"}, check=False
+        )
+    added = len({p.name for p in corpus.iterdir()} - before)
+    print(f"merge {target}: {added} inputs that add coverage added to {corpus}", file=sys.stderr)
+    return done.returncode
 
 
 def _hypothesis_child(target: str, seconds: int) -> int:
@@ -121,6 +148,9 @@ def _run_one(target: str, seconds: int, engine: str, work: Path | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    inner = os.environ.get(_INNER)
+    if inner in NAMES and any(a.startswith("-merge") for a in sys.argv[1:]):
+        return _libfuzzer_inner(inner)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("target", choices=(*NAMES, "all"))
     parser.add_argument("--seconds", type=int, default=60, help="time budget per target")
@@ -132,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         if args.engine == "hypothesis":
             return _hypothesis_child(args.target, args.seconds)
-        return _atheris_child(args.target, args.seconds, args.work)
+        return _atheris_child(args.target, args.seconds, args.work, merge=args.merge)
     if args.merge:
         if args.target == "all" or args.work is None:
             parser.error("--merge needs one target and the --work directory of its run")

@@ -5,18 +5,24 @@ Loopback only unless the operator says otherwise (`mesh_ca.config.parse_admin_li
 no TLS, no authentication, so it serves nothing but counts, durations and expiry times.
 One request per connection, a small head, a short deadline: a scraper needs no more, and
 a slow or hostile client ties up one of a few slots for seconds at most.
+
+With the control plane: ``GET /control/endpoints[?service=S]`` (every registered endpoint)
+and ``GET /control/policy`` (the published policy version, the last refused edit, which
+version each sidecar enforces and which are stale), as JSON.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Final
+from typing import Final, Protocol
+from urllib.parse import parse_qs
 
 import trio
 
 from mesh_ca.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mesh_ca.server.metrics import CaMetrics
 from mesh_ca.server.wire import WireError, parse_request_head, render_response
+from mesh_ca.store import StoreError
 from meshgate.exit_codes import ExitCode, StartupError
 
 __all__ = ["admin_response", "open_admin_listeners", "serve_admin"]
@@ -25,6 +31,29 @@ _JSON: Final = "application/json"
 _MAX_HEAD_BYTES: Final = 8 * 1024
 _DEADLINE_SECONDS: Final = 5.0
 _MAX_CONNECTIONS: Final = 16
+
+
+class ControlViews(Protocol):
+    """What the admin listener shows of the control plane (`mesh_ca.control.plane`)."""
+
+    def endpoints_json(self, service: str | None = None) -> bytes: ...
+
+    async def policy_status_json(self) -> bytes: ...
+
+
+async def _control_view(control: ControlViews, method: str, target: str) -> tuple[int, bytes]:
+    path, _, query = target.partition("?")
+    if method not in ("GET", "HEAD"):
+        return 405, b'{"error":"method_not_allowed","detail":"use GET"}'
+    if path == "/control/endpoints":
+        service = parse_qs(query).get("service", [None])[0]
+        return 200, control.endpoints_json(service)
+    if path == "/control/policy":
+        try:
+            return 200, await control.policy_status_json()
+        except StoreError:
+            return 503, b'{"error":"store_unavailable","detail":"the CA state store is down"}'
+    return 404, b'{"error":"not_found","detail":"try /control/endpoints or /control/policy"}'
 
 
 def admin_response(method: str, path: str, metrics: CaMetrics) -> tuple[int, bytes, str]:
@@ -47,7 +76,9 @@ async def open_admin_listeners(key: str, host: str, port: int) -> list[trio.Sock
         raise StartupError(key, f"{host}:{port}", problem, ExitCode.LISTEN) from exc
 
 
-async def _answer(metrics: CaMetrics, stream: trio.SocketStream) -> None:
+async def _answer(
+    metrics: CaMetrics, control: ControlViews | None, stream: trio.SocketStream
+) -> None:
     buffer = bytearray()
     with trio.move_on_after(_DEADLINE_SECONDS):
         try:
@@ -56,7 +87,11 @@ async def _answer(metrics: CaMetrics, stream: trio.SocketStream) -> None:
                 if not data:
                     return
                 buffer += data
-            status, body, content_type = admin_response(head.method, head.path, metrics)
+            if control is not None and head.path.startswith("/control/"):
+                status, body = await _control_view(control, head.method, head.target)
+                content_type = _JSON
+            else:
+                status, body, content_type = admin_response(head.method, head.path, metrics)
             if head.method == "HEAD":
                 body = b""
         except WireError as exc:
@@ -65,7 +100,10 @@ async def _answer(metrics: CaMetrics, stream: trio.SocketStream) -> None:
 
 
 async def _handle(
-    metrics: CaMetrics, slots: trio.CapacityLimiter, stream: trio.SocketStream
+    metrics: CaMetrics,
+    control: ControlViews | None,
+    slots: trio.CapacityLimiter,
+    stream: trio.SocketStream,
 ) -> None:
     async with stream:
         try:
@@ -73,7 +111,7 @@ async def _handle(
         except trio.WouldBlock:
             return  # all slots taken: close at once
         try:
-            await _answer(metrics, stream)
+            await _answer(metrics, control, stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
         finally:
@@ -83,10 +121,11 @@ async def _handle(
 async def serve_admin(
     listeners: list[trio.SocketListener],
     metrics: CaMetrics,
+    control: ControlViews | None = None,
     *,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the admin endpoints on `listeners` until cancelled."""
     slots = trio.CapacityLimiter(_MAX_CONNECTIONS)
-    handler = functools.partial(_handle, metrics, slots)
+    handler = functools.partial(_handle, metrics, control, slots)
     await trio.serve_listeners(handler, listeners, task_status=task_status)

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Final, NoReturn, final
+from typing import Final, NoReturn, Protocol, final
 
 import trio
 from cryptography import x509
@@ -40,7 +40,7 @@ from mesh_ca.server.wire import RequestHead, WireError, parse_request_head, rend
 from meshgate.clock import Clock
 from meshgate.errors import TransportError
 
-__all__ = ["CaHttpServer", "ServerLimits", "endpoint_label"]
+__all__ = ["CONTROL_PREFIX", "CaHttpServer", "ControlHandler", "ServerLimits", "endpoint_label"]
 
 log = logging.getLogger("mesh_ca.server")
 _DEADLINE_SLACK_SECONDS: Final = 1.0
@@ -62,8 +62,19 @@ _ENDPOINTS: Final = frozenset(
         "/v1/renew",
         "/v1/admin/tokens",
         "/v1/admin/revoke",
+        "/v1/control/register",
+        "/v1/control/deregister",
+        "/v1/control/endpoints",
+        "/v1/control/policies",
     )
 )
+# Requests the control plane answers (`ControlHandler`), on the event loop: a long-poll
+# waits there, never in a worker thread.
+CONTROL_PREFIX: Final = "/v1/control/"
+
+
+class ControlHandler(Protocol):
+    async def handle(self, request: ApiRequest) -> ApiResponse: ...
 
 
 def endpoint_label(path: str) -> str:
@@ -115,6 +126,7 @@ class CaHttpServer:
         self._closing = False
         self._limiter = trio.CapacityLimiter(64)
         self._group_commit = GroupCommit(service)
+        self.control: ControlHandler | None = None  # mesh_ca.control.plane.ControlPlane
 
     def replace_service(self, service: CaService) -> None:
         """Serve with `service` from now on (after a trust-state change); requests in
@@ -235,8 +247,10 @@ class CaHttpServer:
             request = ApiRequest(
                 head.method, path, head.headers.get("content-type"), body, source, peer
             )
-            if limits.threaded_handlers:
-                deadline.deadline = math.inf  # the handler is ours: no peer to wait for
+            if limits.threaded_handlers or path.startswith(CONTROL_PREFIX):
+                # The handler is ours (a worker thread, or a control-plane long-poll of up
+                # to 30 s): no peer to wait for.
+                deadline.deadline = math.inf
                 response = await self._dispatch(request)
                 deadline.deadline = trio.current_time() + limits.body_timeout_seconds
             else:
@@ -291,6 +305,8 @@ class CaHttpServer:
             return self.service.settle(request, error_response(INTERNAL_ERROR))
 
     async def _call_core(self, request: ApiRequest) -> ApiResponse:
+        if self.control is not None and request.path.startswith(CONTROL_PREFIX):
+            return await self.control.handle(request)
         now, monotonic = self.clock.now(), trio.current_time()
         if self.limits.threaded_handlers and self.service.is_blocking(request.method, request.path):
             return await trio.to_thread.run_sync(

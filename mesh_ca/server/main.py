@@ -28,6 +28,8 @@ import trio
 
 from mesh_ca.ca_dir import CaDirError, LoadedCa, load_ca_dir, read_passphrase
 from mesh_ca.config import parse_admin_listen, parse_listen
+from mesh_ca.control.plane import ControlPlane
+from mesh_ca.control.setup import control_plane_for
 from mesh_ca.federation.refresh import FederationLoop
 from mesh_ca.rotation import RotationError
 from mesh_ca.server.admin import open_admin_listeners, serve_admin
@@ -198,6 +200,16 @@ async def _serve(
         threaded_handlers=threaded,
     )
     server = CaHttpServer(service, identity, clock, limits)
+    control = control_plane_for(
+        ca.path,
+        ca.config.control,
+        store,
+        clock,
+        # By whichever service serves now: a rotation step swaps in one with new slots.
+        lambda request, now: server.service._client_svid(request, now),  # noqa: PLW0108
+        metrics.registry,
+    )
+    server.control = control
     federation = FederationLoop(
         ca.path,
         authority.bundle,
@@ -212,7 +224,9 @@ async def _serve(
             # Not awaited before serving: a foreign endpoint that is down must not delay
             # this CA; sidecars get the federated bundles once they are fetched.
             background.start_soon(federation.run)
-            await _serve_until_signal(server, store, clock, listeners, admin_listeners, keeper)
+            await _serve_until_signal(
+                server, store, clock, listeners, admin_listeners, keeper, control
+            )
             background.cancel_scope.cancel()
     finally:
         server.access_log.flush()  # the lines still queued (drained connections' too)
@@ -225,6 +239,7 @@ async def _serve_until_signal(
     listeners: list[trio.SocketListener],
     admin_listeners: list[trio.SocketListener] | None = None,
     keeper: TrustKeeper | None = None,
+    control: ControlPlane | None = None,
 ) -> None:
     async def handler(stream: trio.SocketStream) -> None:
         try:
@@ -236,6 +251,8 @@ async def _serve_until_signal(
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as accepting:
+                if control is not None:  # its registry and policy set, before any request
+                    await accepting.start(control.run)
                 await accepting.start(
                     functools.partial(
                         trio.serve_listeners, handler, listeners, handler_nursery=connections
@@ -243,7 +260,9 @@ async def _serve_until_signal(
                 )
                 if admin_listeners:
                     await accepting.start(
-                        functools.partial(serve_admin, admin_listeners, server.service.metrics)
+                        functools.partial(
+                            serve_admin, admin_listeners, server.service.metrics, control
+                        )
                     )
                     sys.stderr.write(f"mesh-ca admin on {_shown(admin_listeners[0])}\n")
                 sys.stderr.write(f"mesh-ca serving on {_shown(listeners[0])}\n")
@@ -258,6 +277,8 @@ async def _serve_until_signal(
                     )
                     accepting.cancel_scope.cancel()
                     server.close_idle()
+                    if control is not None:
+                        control.close()  # waiting watchers are answered now
                     break
             # Stop accepting; idle keep-alive connections close at once, the others finish
             # the request at hand within a short drain, then are cancelled.

@@ -103,6 +103,39 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             )""",
         ),
     ),
+    Migration(
+        3,
+        "control plane: registrations, service versions, policy sets, enforcement",
+        (
+            """CREATE TABLE control_registrations (
+                service     text NOT NULL,
+                spiffe_id   text NOT NULL,
+                address     text NOT NULL,
+                protocol    text NOT NULL,
+                expires_at  timestamptz NOT NULL,
+                PRIMARY KEY (service, spiffe_id, address)
+            )""",
+            "CREATE INDEX control_registrations_by_id ON control_registrations (spiffe_id)",
+            "CREATE INDEX control_registrations_by_expiry ON control_registrations (expires_at)",
+            """CREATE TABLE control_services (
+                service     text PRIMARY KEY,
+                version     bigint NOT NULL
+            )""",
+            """CREATE TABLE control_policies (
+                version      bigint PRIMARY KEY,
+                sha256       text NOT NULL,
+                published_at timestamptz NOT NULL,
+                files        text NOT NULL
+            )""",
+            """CREATE TABLE control_enforcement (
+                spiffe_id   text NOT NULL,
+                service     text NOT NULL,
+                version     bigint NOT NULL,
+                seen_at     timestamptz NOT NULL,
+                PRIMARY KEY (spiffe_id, service)
+            )""",
+        ),
+    ),
 )
 
 LATEST_VERSION: Final = len(MIGRATIONS)

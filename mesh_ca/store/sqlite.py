@@ -48,7 +48,7 @@ from meshgate.identity import SpiffeId
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
-SCHEMA_VERSION: Final = 2  # 2: key_bindings
+SCHEMA_VERSION: Final = 3  # 2: key_bindings, 3: control plane (store/control_sqlite.py)
 BUSY_TIMEOUT_SECONDS: Final = 10.0
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -82,6 +82,33 @@ CREATE TABLE IF NOT EXISTS revocations (
 CREATE TABLE IF NOT EXISTS key_bindings (
     key_sha256  BLOB PRIMARY KEY,
     spiffe_id   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS control_registrations (
+    service     TEXT NOT NULL,
+    spiffe_id   TEXT NOT NULL,
+    address     TEXT NOT NULL,
+    protocol    TEXT NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    PRIMARY KEY (service, spiffe_id, address)
+);
+CREATE INDEX IF NOT EXISTS control_registrations_by_id ON control_registrations (spiffe_id);
+CREATE INDEX IF NOT EXISTS control_registrations_by_expiry ON control_registrations (expires_at);
+CREATE TABLE IF NOT EXISTS control_services (
+    service     TEXT PRIMARY KEY,
+    version     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS control_policies (
+    version      INTEGER PRIMARY KEY,
+    sha256       TEXT NOT NULL,
+    published_at INTEGER NOT NULL,
+    files        TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS control_enforcement (
+    spiffe_id   TEXT NOT NULL,
+    service     TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    seen_at     INTEGER NOT NULL,
+    PRIMARY KEY (spiffe_id, service)
 );
 """
 
@@ -170,7 +197,7 @@ class SqliteStore:
                     f"understands ({SCHEMA_VERSION})"
                 )
             if version < SCHEMA_VERSION:
-                # Every statement is IF NOT EXISTS: version 1 gains key_bindings, an empty
+                # Every statement is IF NOT EXISTS: older files gain the new tables, an empty
                 # file gets the whole schema.
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():

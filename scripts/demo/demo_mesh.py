@@ -34,10 +34,20 @@ def spiffe_id(service: str) -> str:
     return f"spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/svc/{service}"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now and not handed out before by this process: the kernel may give a
+    just-released port again, and two listeners of one sidecar then clashed (the web
+    sidecar refused a config whose admin.listen equalled an outbound listen)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def tool(name: str) -> list[str]:

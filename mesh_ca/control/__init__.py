@@ -1,0 +1,1 @@
+"""The control plane inside `mesh-ca serve`: registration, discovery and central policies."""
