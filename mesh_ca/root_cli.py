@@ -127,6 +127,11 @@ def _step(
     state = loaded.state
     lag = ca.config.rotation.policy.replica_lag
     if args.root_command == "prepare":
+        if ca.config.keys.backend != "file":
+            raise RotationError(
+                "root rotation needs keys.backend = \"file\": the new root's key would be a "
+                "file next to a CA whose keys live in a PKCS#11 token"
+            )
         if state.root_rotation_in_progress:
             root_prepared(state, state.active_root, state.active, now)  # raises the reason
         root, key = new_root_files(ca, passphrase, now)
