@@ -46,6 +46,7 @@ from mesh_ca.config import (
     load_config,
 )
 from mesh_ca.control.cli import add_control_parsers, endpoints_main, policy_main
+from mesh_ca.dashboard.cli import add_dashboard_parser, dashboard_main
 from mesh_ca.duration import format_duration, parse_duration
 from mesh_ca.federation.status import federation_lines, federation_status
 from mesh_ca.issuance import (
@@ -57,6 +58,7 @@ from mesh_ca.issuance import (
     make_csr,
 )
 from mesh_ca.keys_cli import add_keys_flags, keys_config
+from mesh_ca.mesh_cli import add_mesh_parsers, check_main, guarded, mesh_main
 from mesh_ca.root_cli import add_root_parser, print_slots, root_main, slots_status
 from mesh_ca.rotation import RotationError, TrustState
 from mesh_ca.rotation.keeper import published_bundle, signer_of
@@ -230,6 +232,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_keys_flags(p)
 
+    p = add("dashboard", "Serve the live mesh dashboard (a web page) on loopback.")
+    add_dashboard_parser(p)
+
     p = add("issue", "Issue an X509-SVID offline (the key is made here).")
     add_dir(p)
     p.add_argument("--spiffe-id", type=_spiffe_id_arg, required=True)
@@ -272,7 +277,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = add("status", "Show the CA, certificate expiry, outstanding tokens and revocations.")
     add_dir(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="the same as --output json")
+    p.add_argument("--output", choices=["table", "json"], default="table")
 
     p = add("serve", "Run the CA HTTPS server.")
     p.epilog = EXIT_CODES_HELP
@@ -284,6 +290,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_db_parser(sub)
     add_root_parser(sub)
     add_control_parsers(sub)
+    add_mesh_parsers(sub)
     return parser
 
 
@@ -582,7 +589,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         "slots": slots,
         "federation": federation_status(args.dir, config.federation),
     }
-    if args.json:
+    if args.json or args.output == "json":
         _out(json.dumps(status, indent=2))
         return 0
     _out(f"trust domain   {config.trust_domain}")
@@ -626,6 +633,9 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "root": root_main,
     "endpoints": endpoints_main,
     "policy": policy_main,
+    "dashboard": guarded(dashboard_main),
+    "mesh": guarded(mesh_main),
+    "check": guarded(check_main),
 }
 
 

@@ -1,4 +1,5 @@
-"""The CA client that sidecars use: bootstrap, renew, bundle and revocations over HTTPS (trio).
+"""The CA client that sidecars use: bootstrap, renew, bundle and revocations over HTTPS (trio),
+and `call` for the control-plane routes (mTLS as the sidecar's current SVID).
 
 The CA server is authenticated by its SPIFFE ID (``spiffe://TD/mesh/ca``) with `peer_svid`
 against the bundle this client was given, never by hostname. Addresses are tried in
@@ -37,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from pydantic import ValidationError
 
 from mesh_ca.api import BundleHeldResponse, ErrorResponse, RevocationsResponse, SvidResponse
+from mesh_ca.control.report_wire import REPORT_PATH
 from mesh_ca.issuance import make_csr
 from meshgate.clock import Clock, SystemClock
 from meshgate.errors import MeshgateError, StaleConnectionError
@@ -154,6 +156,8 @@ class CaClient:
         self._ca_bundles = BundleSet.of(bundles[trust_domain])
         self._anonymous = client_context(self._ca_bundles)
         self._contexts: dict[bytes, ssl.SSLContext] = {}
+        self._used_by: dict[SpiffeId, bytes] = {}  # the leaf `report` last used per ID
+        self._stale: set[bytes] = set()  # leaves superseded since, their pools to close
         self._idle: dict[tuple[int, bytes], list[_Connection]] = {}
 
     async def __aenter__(self) -> CaClient:
@@ -201,7 +205,7 @@ class CaClient:
                 f"the current SVID of {current} expired at {leaf.not_valid_after_utc}; "
                 "bootstrap again with a new join token",
             )
-        context, fingerprint = self._identity_context(chain, key)
+        context, fingerprint = self._context_for(chain, key)
         body = json.dumps({"csr": _csr_pem(new_key)}).encode()
         reply = await self._request("POST", "/v1/renew", body, context, fingerprint)
         issued = self._issued(reply, new_key, expected=current)
@@ -211,11 +215,33 @@ class CaClient:
         await self._close_idle(lambda key: key[1] == fingerprint)
         return issued
 
-    def _identity_context(
+    async def report(
+        self, body: bytes, chain: Sequence[x509.Certificate], key: PrivateKey
+    ) -> bytes:
+        """``POST /v1/control/report`` as the SVID `chain` (mTLS); the 200 body. The CA
+        takes the caller's ID from this certificate. A refusal is a `CaClientError`."""
+        if not chain:
+            raise ValueError("report needs the current certificate chain")
+        context, fingerprint = self._context_for(chain, key)
+        await self.close_superseded()
+        reply = await self._request("POST", REPORT_PATH, body, context, fingerprint)
+        self._check_ok(reply)
+        return reply.body
+
+    def _context_for(
         self, chain: Sequence[x509.Certificate], key: PrivateKey
     ) -> tuple[ssl.SSLContext, bytes]:
-        """The mTLS context presenting `chain` (one per SVID, kept), and its pool key."""
-        fingerprint = chain[0].fingerprint(hashes.SHA256())
+        """The client context of an SVID, kept per leaf fingerprint (a few at most). When a
+        leaf of the same SPIFFE ID supersedes the one this client used before, the old
+        one's context and kept-alive connections go (a rotation must not leave a socket)."""
+        leaf = chain[0]
+        fingerprint = leaf.fingerprint(hashes.SHA256())
+        spiffe_id = spiffe_id_of(leaf)
+        previous = self._used_by.get(spiffe_id)
+        if previous is not None and previous != fingerprint:
+            self._contexts.pop(previous, None)
+            self._stale.add(previous)
+        self._used_by[spiffe_id] = fingerprint
         context = self._contexts.get(fingerprint)
         if context is None:
             context = client_context(self._ca_bundles, _pem(chain), private_key_pem(key))
@@ -231,7 +257,8 @@ class CaClient:
         authenticated by its SVID; returns the sequence the CA publishes now."""
         if not chain:
             raise ValueError("report_bundle needs the current certificate chain")
-        context, fingerprint = self._identity_context(chain, key)
+        context, fingerprint = self._context_for(chain, key)
+        await self.close_superseded()
         body = json.dumps({"sequence": sequence}).encode()
         reply = await self._request("POST", "/v1/bundle/held", body, context, fingerprint)
         self._check_ok(reply)
@@ -239,6 +266,33 @@ class CaClient:
             return BundleHeldResponse.model_validate_json(reply.body).sequence
         except ValidationError as exc:
             raise CaUnavailable(reply.status, "bad_response", f"bundle/held: {exc}") from exc
+
+    async def close_superseded(self) -> None:
+        """Close the kept-alive connections of SVIDs a newer one of the same ID replaced."""
+        stale, self._stale = self._stale, set()
+        if stale:
+            await self._close_idle(lambda key: key[1] in stale)
+
+    async def call(
+        self,
+        path: str,
+        body: bytes,
+        chain: Sequence[x509.Certificate],
+        key: PrivateKey,
+        *,
+        timeout_seconds: float | None = None,
+    ) -> bytes:
+        """POST a JSON `body` to `path` over mTLS as the SVID `chain` (the control-plane
+        routes: the CA takes the caller's ID from this certificate) and return the 200
+        answer's body. `timeout_seconds` bounds the exchange (a long-poll waits longer than
+        the default). Like `report`, it closes the pools of SVIDs a rotation superseded."""
+        if not chain:
+            raise ValueError("call needs the current certificate chain")
+        context, fingerprint = self._context_for(chain, key)
+        await self.close_superseded()
+        reply = await self._request("POST", path, body, context, fingerprint, timeout_seconds)
+        self._check_ok(reply)
+        return reply.body
 
     async def fetch_bundle(self) -> TrustBundle:
         reply = await self._request("GET", "/v1/bundle", None)
@@ -335,12 +389,15 @@ class CaClient:
         body: bytes | None,
         context: ssl.SSLContext | None = None,
         identity: bytes = b"",
+        timeout_seconds: float | None = None,
     ) -> _Reply:
         """Send to each address in turn until one answers 200 or 4xx."""
         failure: CaUnavailable | None = None
         for index in range(len(self._targets)):
             try:
-                reply = await self._request_at(index, method, path, body, context, identity)
+                reply = await self._request_at(
+                    index, method, path, body, context, identity, timeout_seconds
+                )
             except CaUnavailable as exc:
                 failure = exc
                 continue
@@ -361,13 +418,15 @@ class CaClient:
         body: bytes | None,
         context: ssl.SSLContext | None,
         identity: bytes,
+        timeout_seconds: float | None = None,
     ) -> _Reply:
         address = self.addresses[index]
         pool = self._idle.setdefault((index, identity), [])
+        timeout = timeout_seconds or self.timeout_seconds
         while True:
             reused = bool(pool)
             try:
-                with trio.fail_after(self.timeout_seconds):
+                with trio.fail_after(timeout):
                     conn = pool.pop() if reused else await self._connect(index, context)
                     try:
                         reply = await self._exchange(conn, address, method, path, body)
@@ -388,7 +447,7 @@ class CaClient:
                 raise CaUnavailable(None, "bad_http", f"{address}: {exc}") from exc
             except trio.TooSlowError as exc:
                 raise CaUnavailable(
-                    None, "timeout", f"{address}: no answer within {self.timeout_seconds} s"
+                    None, "timeout", f"{address}: no answer within {timeout} s"
                 ) from exc
             if conn.http.our_state is h11.DONE and conn.http.their_state is h11.DONE:
                 conn.http.start_next_cycle()

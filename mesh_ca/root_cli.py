@@ -129,7 +129,7 @@ def _step(
     if args.root_command == "prepare":
         if ca.config.keys.backend != "file":
             raise RotationError(
-                "root rotation needs keys.backend = \"file\": the new root's key would be a "
+                'root rotation needs keys.backend = "file": the new root\'s key would be a '
                 "file next to a CA whose keys live in a PKCS#11 token"
             )
         if state.root_rotation_in_progress:

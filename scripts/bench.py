@@ -564,6 +564,7 @@ from scripts.benchlib.datapath import SECTIONS as DATA_PATH_SECTIONS  # noqa: E4
 from scripts.benchlib.datapath import baseline_tree  # noqa: E402
 from scripts.benchlib.latency import bench_latency  # noqa: E402
 from scripts.benchlib.ledger import bench_ledger  # noqa: E402
+from scripts.benchlib.reports import bench_reports  # noqa: E402
 from scripts.benchlib.soak import SECTIONS as SOAK_SECTIONS  # noqa: E402
 
 SECTIONS.update(DATA_PATH_SECTIONS)
@@ -572,6 +573,7 @@ SECTIONS["latency"] = bench_latency
 SECTIONS["ledger"] = bench_ledger
 SECTIONS["ca-hsm"] = bench_ca_hsm
 SECTIONS["control-plane"] = bench_control_plane
+SECTIONS["reports"] = bench_reports
 
 
 def bench_tracing(args: argparse.Namespace) -> Figures:

@@ -15,6 +15,7 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -25,6 +26,7 @@ from sidecar.authz.allow_list import AllowList, Authorizer
 from sidecar.authz.cedar import CedarAuthorizer
 from sidecar.config import Address, SidecarConfig
 from sidecar.connections import AdmissionLimits, ConnectionTracker
+from sidecar.control.plane import ControlPlane
 from sidecar.identity.credentials import CredentialStore
 from sidecar.identity.static_files import ReloadSignal
 from sidecar.identity.stats import IdentityStats
@@ -34,6 +36,7 @@ from sidecar.observe.access import Observer
 from sidecar.observe.admin import AdminState, serve_admin
 from sidecar.observe.logs import event
 from sidecar.observe.metrics import SidecarMetrics
+from sidecar.observe.reporter import start_reporter, write_samples_forever
 from sidecar.observe.tracing import Tracer, default_service_name
 from sidecar.outbound.http import HttpOutbound
 from sidecar.outbound.mesh_pool import MeshPool
@@ -195,6 +198,7 @@ async def run(
     drain: trio.Event | None = None,
     store: CredentialStore | None = None,
     on_started: Callable[[], None] | None = None,
+    relay: Path | None = None,
 ) -> int:
     """Serve until drained; returns the process exit code (0 after a graceful drain).
 
@@ -205,7 +209,8 @@ async def run(
     (SIGTERM/SIGINT) during start-up stops at once and returns 0.
 
     `store` and `on_started` (called once the first SVID is live and the listeners serve)
-    are for worker processes (`sidecar.workers`), which are fed credentials by their parent.
+    are for worker processes (`sidecar.workers`), which are fed credentials by their parent;
+    `relay` is where a worker leaves its denial samples for the parent's report.
     """
     clock = clock or SystemClock()
     drain = drain if drain is not None else trio.Event()
@@ -237,6 +242,9 @@ async def run(
     tracer = _tracer(config)
     runtime = Runtime(store, clock.now, config.timeouts, tracker, observer, tracer=tracer)
     policies = LivePolicies(config.policy, clock, observer) if config.policy else None
+    control = (
+        ControlPlane(config, store, clock, policies, metrics) if config.control_plane else None
+    )
     stats = IdentityStats()
     metrics.watch_identity(stats)
     reuse = config.workers > 1  # sidecar.workers: each worker binds the same ports
@@ -277,6 +285,7 @@ async def run(
                     else None
                 ),
                 policies=policies.store if policies else None,
+                control=control.view if control else None,
             )
             await nursery.start(serve_admin, admin_listeners, state)
         async with trio.open_nursery() as handlers:
@@ -298,13 +307,14 @@ async def run(
                     handler = Inbound(config.inbound, runtime, authorizer).handle
                 serving.append(("inbound", bound.pop(0)[1], handler))
             for index, out in enumerate(config.outbound):
+                table = control.table(index) if control else None  # None: static endpoints
                 if out.protocol == "http":
-                    pool = MeshPool(out, runtime)
+                    pool = MeshPool(out, runtime, table=table)
                     await nursery.start(pool.run)
                     pools.append(pool)
                     out_handler: Handler = HttpOutbound(out, runtime, pool).handle
                 else:
-                    out_handler = Outbound(out, runtime).handle
+                    out_handler = Outbound(out, runtime, table).handle
                 serving.append((f"outbound[{index}]", bound.pop(0)[1], out_handler))
             with trio.CancelScope() as accepting:
                 async with trio.open_nursery() as acceptors:
@@ -315,8 +325,16 @@ async def run(
                         nursery.start_soon(_cancel_when, drain, starting)
                         if policies is not None:  # an invalid set refuses to start at once
                             await policies.start(nursery)
+                        if control is not None:  # a persisted central set: enforced at once
+                            await control.load_persisted()
                         await _start_identity(config, store, clock, reload, nursery, stats)
+                        if control is not None:  # every call authenticates with the SVID
+                            await control.start(nursery)
                     if not starting.cancelled_caught:
+                        view = policies.store if policies else None
+                        take = observer.take_denial_samples
+                        report = (nursery, config, store, clock, metrics, stats)
+                        start_reporter(*report, policies=view, samples=take)
                         listening: dict[str, Any] = {
                             name: [str(ls.socket.getsockname()[:2]) for ls in listeners]
                             for name, listeners, _ in serving
@@ -327,11 +345,15 @@ async def run(
                             listeners=listening,
                             spiffe_id=str(config.identity.spiffe_id),
                         )
+                        if relay is not None:  # a worker: its parent sends the samples
+                            nursery.start_soon(write_samples_forever, take, relay)
                         if on_started is not None:
                             on_started()
                     else:
                         event(log, "drained during start-up: stopping before the first SVID")
                     await drain.wait()
+                    if control is not None and not starting.cancelled_caught:
+                        await control.drain()  # peers stop picking us before we stop accepting
                     accepting.cancel()  # stop accepting: listening sockets close now
                     if http_inbound is not None:
                         http_inbound.drain()  # idle keep-alive connections close now
@@ -356,6 +378,8 @@ async def run(
                 tracker.cancel_all("drain_timeout")  # their access records say so
             handlers.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
+    if control is not None:
+        await control.aclose()
     if tracer is not None:
         await _stop_tracer(tracer, config)
     event(log, "sidecar stopped")

@@ -139,7 +139,10 @@ def _check(path: str) -> int:
         _say(f"mesh-sidecar: {path}: {' '.join(str(exc).split())}")
         return int(exc.code)
     mode = "static identity files" if config.identity.static else "bootstrap from the CA"
-    policy = f", policy set in {config.policy.dir}" if config.policy else ""
+    policy = ""
+    if config.policy is not None:
+        where = config.policy.dir
+        policy = f", policy set in {where}" if where else ", policies from the control plane"
     sys.stdout.write(
         f"{path}: ok ({config.identity.spiffe_id}, {mode}, "
         f"{'1 inbound' if config.inbound else 'no inbound'}, {len(config.outbound)} outbound"

@@ -33,12 +33,14 @@ __all__ = [
     "AdminConfig",
     "ConfigError",
     "ConnectionLifetimeConfig",
+    "ControlPlaneConfig",
     "IdentityConfig",
     "InboundConfig",
     "LimitsConfig",
     "LogConfig",
     "OutboundConfig",
     "PolicyConfig",
+    "ReportConfig",
     "SidecarConfig",
     "TimeoutsConfig",
     "TracingConfig",
@@ -79,6 +81,13 @@ class Address:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _is_wildcard(address: Address) -> bool:
+    try:
+        return ipaddress.ip_address(address.host).is_unspecified
+    except ValueError:
+        return address.host == ""
 
 
 def _address(value: object) -> Address:
@@ -262,6 +271,16 @@ class InboundConfig(_Model):
         AddressField,
         Field(description="host:port where peers' sidecars connect with mTLS (any address)"),
     ]
+    advertise: Annotated[
+        AddressField | None,
+        Field(
+            description=(
+                "with [control_plane]: the host:port peers dial to reach this listener, "
+                "registered with the control plane. Default: listen, unless listen is a "
+                "wildcard (0.0.0.0, ::), which peers cannot dial: then advertise is required"
+            )
+        ),
+    ] = None
     # Declared before `app`: its validator reads this value.
     allow_non_loopback_app: Annotated[
         bool,
@@ -338,6 +357,14 @@ class InboundConfig(_Model):
         ),
     ] = "exact"
 
+    @property
+    def advertised(self) -> Address | None:
+        """The address registered with the control plane; None for a wildcard listen
+        without ``advertise`` (a config error once [control_plane] is set)."""
+        if self.advertise is not None:
+            return self.advertise
+        return None if _is_wildcard(self.listen) else self.listen
+
     @pydantic.field_validator("app")
     @classmethod
     def _app_on_loopback(cls, app: Address, info: pydantic.ValidationInfo) -> Address:
@@ -375,23 +402,25 @@ class OutboundConfig(_Model):
     endpoints: Annotated[
         tuple[AddressField, ...],
         Field(
-            min_length=1,
             description=(
                 "host:port of the destination's inbound sidecars, used round-robin; when "
-                "one fails the next is tried"
+                "one fails the next is tried. Empty or absent: discovery, the endpoints "
+                "registered for service with the control plane (needs [control_plane])"
             ),
         ),
-    ]
+    ] = ()
     spiffe_ids: Annotated[
         tuple[SpiffeIdField, ...],
         Field(
-            min_length=1,
             description=(
                 "secure naming: the upstream must present an SVID with one of these IDs, not "
-                "just any valid SVID of the trust domain; otherwise the connection is refused"
+                "just any valid SVID of the trust domain; otherwise the connection is refused. "
+                "Required with static endpoints. With discovery each endpoint must present "
+                "the ID it registered with, and, when this list is set, one of these too"
             ),
+            validate_default=True,
         ),
-    ]
+    ] = ()
     protocol: Annotated[
         Protocol,
         Field(
@@ -428,6 +457,106 @@ class OutboundConfig(_Model):
             )
         ),
     ] = 5.0
+    eject_after_failures: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1000,
+            description=(
+                "passive health: this many consecutive failures of an endpoint (connect, "
+                "handshake, a connection cut before the response) eject it for "
+                "eject_seconds; requests go to the others meanwhile"
+            ),
+        ),
+    ] = 3
+    eject_seconds: Annotated[
+        Seconds,
+        Field(
+            description=(
+                "passive health: seconds an ejected endpoint gets no requests while "
+                "others are healthy (with none healthy, ejected ones are still tried)"
+            )
+        ),
+    ] = 10.0
+
+    @property
+    def discovered(self) -> bool:
+        """No static endpoints: the endpoint set comes from the control plane."""
+        return not self.endpoints
+
+    @pydantic.field_validator("spiffe_ids")
+    @classmethod
+    def _static_needs_ids(
+        cls, ids: tuple[SpiffeId, ...], info: pydantic.ValidationInfo
+    ) -> tuple[SpiffeId, ...]:
+        """Fails closed: static endpoints without secure naming would accept any SVID."""
+        if info.data.get("endpoints") and not ids:
+            raise ValueError(
+                "static endpoints need at least 1 SPIFFE ID they must present (secure naming)"
+            )
+        return ids
+
+
+@final
+class ControlPlaneConfig(_Model):
+    """The mesh CA as control plane, over the sidecar's mTLS connection to it (CA mode
+    identity only): registration of ``[inbound]``, discovery for ``[[outbound]]`` without
+    ``endpoints``, and policies with ``[policy] source = "control-plane"``."""
+
+    register_inbound: Annotated[
+        bool,
+        Field(
+            description=(
+                "register [inbound] (service, advertised address, protocol) under this "
+                "sidecar's SPIFFE ID, renew its lease as the CA says (the lease TTL and "
+                "renewal interval are the CA's settings) and deregister it on drain"
+            )
+        ),
+    ] = True
+    deregister_grace_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=60,
+            description=(
+                "on drain: seconds between deregistration and closing the listeners, so "
+                "peers learn that this instance left (watchers hear within milliseconds) "
+                "and stop sending before a request could meet a closed connection"
+            ),
+        ),
+    ] = 1.0
+    watch_wait_seconds: Annotated[
+        float,
+        Field(
+            ge=1,
+            le=30,
+            description=(
+                "seconds the CA may hold a watch (endpoints, policies) open waiting for a "
+                "change before it answers with the current set (long-poll)"
+            ),
+        ),
+    ] = 20.0
+    retry_max_seconds: Annotated[
+        float,
+        Field(
+            ge=0.1,
+            le=300,
+            description=(
+                "longest pause between attempts while the CA is unreachable or refuses "
+                "(the pause starts at 0.1 s and doubles)"
+            ),
+        ),
+    ] = 5.0
+    stale_after_seconds: Annotated[
+        Seconds,
+        Field(
+            description=(
+                "policies from the control plane count as stale (metrics, /readyz details, "
+                "/policies) when no watch answer came for this many seconds; the last good "
+                "set keeps being enforced"
+            )
+        ),
+    ] = 60.0
 
 
 @final
@@ -437,16 +566,29 @@ class PolicyConfig(_Model):
     ``audit``: decide and log/count what would be denied, but forward it anyway.
     """
 
+    source: Annotated[
+        Literal["dir", "control-plane"],
+        Field(
+            description=(
+                '"dir": the policy directory dir; "control-plane": the policies and entities '
+                "that concern [inbound] service, published by the CA (needs [control_plane] "
+                "and [inbound]). They are validated, then swapped in atomically, kept in "
+                "identity.state_dir/policies for a restart while the CA is unreachable; "
+                "before the first set every request is denied"
+            )
+        ),
+    ] = "dir"
     dir: Annotated[
-        Path,
+        Path | None,
         Field(
             description=(
                 "directory of *.cedar policies, the .cedarschema schema and the entities "
                 "JSON file. A change is validated, then swapped in atomically; on an error the "
-                "last good set stays (the sidecar refuses to start without a valid set)"
+                "last good set stays (the sidecar refuses to start without a valid set). "
+                'Required with source = "dir", not allowed with "control-plane"'
             )
         ),
-    ]
+    ] = None
     audit: Annotated[
         bool,
         Field(
@@ -467,6 +609,14 @@ class PolicyConfig(_Model):
             ),
         ),
     ] = 250
+
+    @pydantic.model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if self.source == "dir" and self.dir is None:
+            raise ValueError('dir is required with source = "dir"')
+        if self.source == "control-plane" and self.dir is not None:
+            raise ValueError('dir is not used with source = "control-plane": remove one')
+        return self
 
 
 @final
@@ -816,6 +966,34 @@ class TracingConfig(_Model):
 
 
 @final
+class ReportConfig(_Model):
+    """Reports to the control plane: every few seconds the sidecar sends the CA (over its
+    mTLS client, as its SVID) per-edge deltas of its metrics and its status (docs/
+    monitoring.md). Only with a CA (``identity.ca_addresses``)."""
+
+    enabled: Annotated[
+        bool,
+        Field(
+            description=(
+                "send reports to the CA; they feed `mesh-ca mesh stat/edges/top`, "
+                "`mesh-ca check` and the dashboard. No effect with static identity files"
+            )
+        ),
+    ] = True
+    interval_seconds: Annotated[
+        float,
+        Field(
+            ge=1,
+            le=300,
+            description=(
+                "seconds between reports; a report the CA did not take is sent again, "
+                "summed, with the next one"
+            ),
+        ),
+    ] = 5.0
+
+
+@final
 class SidecarConfig(_Model):
     identity: IdentityConfig
     inbound: InboundConfig | None = None
@@ -827,6 +1005,8 @@ class SidecarConfig(_Model):
     limits: LimitsConfig = LimitsConfig()
     log: LogConfig = LogConfig()
     tracing: TracingConfig | None = None
+    report: ReportConfig = ReportConfig()
+    control_plane: ControlPlaneConfig | None = None
     workers: Annotated[
         int,
         Field(
@@ -868,6 +1048,41 @@ class SidecarConfig(_Model):
             raise ValueError(
                 "inbound.allowed_ids is empty and there is no [policy] section: "
                 "in tcp mode every peer would be refused"
+            )
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _control_plane_fits(self) -> Self:
+        """Every control-plane feature names the key that needs what is missing."""
+        control = self.control_plane
+        central = self.policy is not None and self.policy.source == "control-plane"
+        for index, out in enumerate(self.outbound):
+            if out.discovered and control is None:
+                raise ValueError(
+                    f"outbound[{index}].endpoints is empty: discovery needs a [control_plane] "
+                    "section (or list the endpoints)"
+                )
+        if central and control is None:
+            raise ValueError('policy.source = "control-plane" needs a [control_plane] section')
+        if central and self.inbound is None:
+            raise ValueError(
+                'policy.source = "control-plane" needs [inbound]: policies are published '
+                "per inbound service"
+            )
+        if control is None:
+            return self
+        if self.identity.static:
+            raise ValueError(
+                "control_plane: needs identity from the CA (ca_addresses, state_dir), "
+                "not static identity files"
+            )
+        if self.workers > 1:
+            raise ValueError("control_plane: not supported with workers > 1 yet")
+        inbound = self.inbound
+        if control.register_inbound and inbound is not None and inbound.advertised is None:
+            raise ValueError(
+                f"inbound.advertise: required with [control_plane] because inbound.listen "
+                f"{inbound.listen} is a wildcard that peers cannot dial"
             )
         return self
 

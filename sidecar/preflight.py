@@ -38,7 +38,7 @@ def preflight(config: SidecarConfig, now: datetime) -> None:
         _check_static(settings, now)
     else:
         _check_ca_mode(settings)
-    if config.policy is not None:
+    if config.policy is not None and config.policy.dir is not None:
         _check_policy(config.policy.dir, now)
     _check_access_log(config.log.access_log)
     if config.tracing is not None:

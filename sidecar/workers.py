@@ -61,6 +61,7 @@ from sidecar.identity.stats import IdentityStats
 from sidecar.observe.admin import AdminState, serve_admin
 from sidecar.observe.logs import event
 from sidecar.observe.metrics import SidecarMetrics
+from sidecar.observe.reporter import start_reporter, wants_reporter
 
 __all__ = ["Supervisor", "main", "supervise"]
 
@@ -240,6 +241,9 @@ class Supervisor:
                 if not write_credentials(store, self.runtime_dir):
                     raise RuntimeError("identity started without credentials")
                 store.subscribe(self._publish)
+                # The workers' summed metrics; their denial samples come as files.
+                reporting = (nursery, self.config, store, clock, metrics, stats)
+                start_reporter(*reporting, samples_dir=self.runtime_dir, serving=self._not_serving)
                 async with trio.open_nursery() as workers:
                     for slot in range(self.config.workers):
                         started = trio.Event()
@@ -364,9 +368,9 @@ async def run_worker(config: SidecarConfig, runtime_dir: Path) -> int:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_follow_revocations, store, runtime_dir / "revocations.json")
         nursery.start_soon(_drain_when_orphaned, os.getppid(), drain)
-        code = await run(
-            worker_config(config, runtime_dir), store=store, on_started=ready.touch, drain=drain
-        )
+        relay = runtime_dir if wants_reporter(config) else None  # the parent reads them
+        worker = worker_config(config, runtime_dir)
+        code = await run(worker, store=store, on_started=ready.touch, drain=drain, relay=relay)
         nursery.cancel_scope.cancel()
     ready.unlink(missing_ok=True)
     return code

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import signal
+import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,6 +30,7 @@ from tests.demo_clone import installed_venv
 from tests.procs import ROOT
 
 pytestmark = pytest.mark.integration
+_T = TypeVar("_T")
 
 DEMO = ROOT / "scripts" / "demo.sh"
 SERVICES = ("web", "orders", "payments")
@@ -90,7 +95,16 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         assert done.returncode == 0, f"demo exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
         yield {**report, "stdout": done.stdout}
     finally:
-        _stop_kept(work.resolve(), report.get("pids", {}))
+        _stop_kept(work.resolve(), {**report.get("pids", {}), **_stop_script_pids(work)})
+
+
+def _stop_script_pids(work: Path) -> dict[str, int]:
+    """The pids stop.sh kills: the report's, and those started after it (the dashboard)."""
+    stop = work / "stop.sh"
+    if not stop.exists():
+        return {}
+    kill = next(line for line in stop.read_text().splitlines() if line.startswith("kill "))
+    return {f"stop.sh {pid}": int(pid) for pid in kill.split()[1:]}
 
 
 def _metrics(report: dict[str, Any], service: str) -> dict[tuple[str, frozenset[Any]], float]:
@@ -111,11 +125,11 @@ def _sum(metrics: dict[tuple[str, frozenset[Any]], float], name: str, **labels: 
 
 def test_every_step_behaved_and_the_output_says_so(demo: dict[str, Any]) -> None:
     assert demo["ok"] is True
-    assert [s["number"] for s in demo["steps"]] == list(range(1, 10))
+    assert [s["number"] for s in demo["steps"]] == list(range(1, 11))
     assert all(s["ok"] for s in demo["steps"]), demo["steps"]
-    assert "All 9 steps behaved as described" in demo["stdout"]
-    for n in range(1, 10):
-        assert f"[{n}/9]" in demo["stdout"]
+    assert "All 10 steps behaved as described" in demo["stdout"]
+    for n in range(1, 11):
+        assert f"[{n}/10]" in demo["stdout"]
     assert "caller → callee" in demo["stdout"]
     assert "/metrics" in demo["stdout"]
     assert "curl -s -X DELETE" in demo["stdout"]  # --keep prints how to poke the mesh
@@ -230,7 +244,9 @@ def test_metrics_after_demo_traffic_count_what_the_access_logs_show(
         assert _sum(metrics, requests, direction="outbound") == len(outbound), name
         assert _sum(metrics, "meshgate_certificate_rotations_total", result="ok") >= 2
         assert _sum(metrics, "meshgate_certificate_expiry_timestamp_seconds") > time.time()
-        assert _sum(metrics, "meshgate_policy_reloads_total", result="loaded") >= 2
+        # Central policies, need to know: only orders' slice changed with the live edit.
+        loads = 2 if name == "orders" else 1
+        assert _sum(metrics, "meshgate_policy_reloads_total", result="loaded") >= loads, name
 
     orders = _metrics(demo, "orders")
     decisions = "meshgate_authz_decisions_total"
@@ -261,3 +277,132 @@ def test_metrics_after_demo_traffic_count_what_the_access_logs_show(
         payments, decisions, result="allow", policy="orders-charges-payments"
     )
     assert requests_from_orders >= 2
+
+
+# The dashboard (`mesh-ca dashboard`, started by `--keep`), as a person sees it in a browser.
+
+
+def _mesh_json(url: str, window: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}api/mesh?window={window}", timeout=5) as response:
+        body: dict[str, Any] = json.loads(response.read())
+    return body
+
+
+def _edge(mesh: dict[str, Any], source: str, destination: str) -> dict[str, Any]:
+    return next(
+        e for e in mesh["edges"] if (e["source"], e["destination"]) == (source, destination)
+    )
+
+
+def _until(what: str, check: Callable[[], _T | None], seconds: float = 20) -> _T:
+    """`check()` once it returns something, polled; fails naming `what` after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while (value := check()) is None:
+        assert time.monotonic() < deadline, f"not seen within {seconds:.0f} s: {what}"
+        time.sleep(0.2)
+    return value
+
+
+def test_the_dashboard_draws_the_mesh_its_numbers_and_a_new_denial_in_a_real_browser(
+    demo: dict[str, Any], tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from tests.integration.dashboard_browser import chromium, page_state
+
+    url = re.search(r"Dashboard: (http://\S+/)", demo["stdout"])
+    assert url is not None, demo["stdout"][-2000:]
+    dashboard = url.group(1)
+    # A denial made now: a DELETE through web, which the `no-delete` policy forbids at orders.
+    path = f"/orders/{secrets.randbelow(10**9)}"
+    web = demo["services"]["web"]["app_port"]
+    request = urllib.request.Request(f"http://127.0.0.1:{web}{path}", method="DELETE")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)  # web relays the 403 its call to orders got
+    assert refused.value.code == 403
+
+    with chromium(tmp_path / "profile") as browser:
+        browser.get(dashboard)
+        Select(browser.find_element(By.ID, "window")).select_by_value("15m")
+
+        # The three services and the two edges with traffic are drawn.
+        def drawn() -> dict[str, Any] | None:
+            state = page_state(browser)
+            busy = {(e["source"], e["destination"]) for e in state["edges"] if not e["idle"]}
+            want = {("web", "orders"), ("orders", "payments")}
+            ok = {"web", "orders", "payments"} <= set(state["nodes"]) and want <= busy
+            return state if ok and state["shown_window"] == "15m" else None
+
+        _until("web, orders, payments and their two edges in the graph", drawn)
+
+        # The denial appears, with the policy that decided it and the command to replay it.
+        def denial() -> list[str] | None:
+            rows = page_state(browser)["tables"]["denials"]
+            return next((cells for cells in rows if path in cells), None)
+
+        cells = _until(f"the denial of DELETE {path}", denial)
+        assert cells[2] == "DELETE", cells
+        assert "no-delete" in cells[6], cells
+        assert "mesh-sidecar policy explain" in cells[7], cells
+        assert path in cells[7], cells
+
+        # web → orders in the edge table and on the graph agrees with the JSON API.
+        def agrees() -> tuple[dict[str, Any], dict[str, Any]] | None:
+            state = page_state(browser)
+            if state["shown_window"] != "15m":
+                return None
+            api = _edge(_mesh_json(dashboard, "15m"), "web", "orders")
+            row = next(r for r in state["tables"]["edges"] if r[:2] == ["web", "orders"])
+            edge = next(
+                e for e in state["edges"] if (e["source"], e["destination"]) == ("web", "orders")
+            )
+            p99 = api["latency_ms"]["p99"]
+            same = (
+                row[6] == str(api["requests"])
+                and row[5] == f"{p99:.2f}"
+                and row[7] == str(api["denials"])
+                and edge["requests"] == str(api["requests"])
+                and f"p99 {p99:.1f} ms" in edge["label"]
+            )
+            return (state, api) if same else None
+
+        _, api = _until("the web → orders row and arrow to match /api/mesh", agrees)
+        assert api["denials"] >= 1, api
+
+        shot = tmp_path / "dashboard.png"
+        assert browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        if target := os.environ.get("MESHGATE_DASHBOARD_SCREENSHOT"):
+            Path(target).write_bytes(shot.read_bytes())
+        # Nothing the page loads is refused (its CSP) and no script failed.
+        log: list[dict[str, Any]] = browser.get_log("browser")  # type: ignore[no-untyped-call]
+        errors = [e for e in log if e["level"] == "SEVERE"]
+        assert errors == [], errors
+
+
+def test_the_dashboard_refuses_a_host_that_is_not_its_own(demo: dict[str, Any]) -> None:
+    url = re.search(r"Dashboard: http://(\S+)/", demo["stdout"])
+    assert url is not None
+    host, port = url.group(1).rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        # A page on another name resolving here (DNS rebinding) sends its own name as Host.
+        raw.sendall(b"GET /api/mesh HTTP/1.1\r\nhost: attacker.example:%s\r\n\r\n" % port.encode())
+        answer = raw.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 421 "), answer[:200]
+
+
+def test_orders_scaled_to_three_and_back_with_every_instance_serving_and_no_failure(
+    demo: dict[str, Any],
+) -> None:
+    assert demo["scaling"]["sent"] > 0
+    assert demo["scaling"]["failures"] == []
+    extras = demo["instances"]
+    assert sorted(extras) == ["orders-2", "orders-3"]
+    for name, instance in extras.items():
+        served = [line for line in _lines(instance["access_log"]) if line["direction"] == "inbound"]
+        assert served, f"{name} never served"
+        assert all(line["status"] == 200 for line in served), name
+        log = Path(instance["sidecar_log"]).read_text()
+        assert "registered" in log
+        assert "deregistered" in log, name

@@ -36,6 +36,15 @@ PURE_CORES = (
     "sidecar/authz/cedar.py",
     "sidecar/transport/svid_cache.py",
     "sidecar/observe/tracing.py",
+    "sidecar/observe/report.py",
+    "mesh_ca/control/mesh_window.py",
+    "mesh_ca/control/histogram.py",
+    "mesh_ca/control/mesh_view.py",
+    "mesh_ca/control/report_intake.py",
+    "mesh_ca/control/report_wire.py",
+    "mesh_ca/mesh_check.py",
+    "sidecar/outbound/endpoints.py",
+    "sidecar/control/backoff.py",
 )
 _PATH_RE = re.compile(r"`((?:meshgate|mesh_ca|sidecar|scripts|tests|policies)/[A-Za-z0-9_./-]*)`")
 _METRIC_RE = re.compile(r"`(meshgate_[a-z_]+)")

@@ -54,6 +54,15 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "sidecar.connections": (*WIRING, *HANDLERS),
     "sidecar.admission": (*WIRING, *HANDLERS),
     "sidecar.preflight": (*WIRING, *HANDLERS),
+    # The control-plane client fills outbound's endpoint tables; it never reaches the
+    # request handlers themselves.
+    "sidecar.control": (
+        *WIRING,
+        "sidecar.inbound",
+        "sidecar.outbound.http",
+        "sidecar.outbound.tcp",
+        "sidecar.outbound.mesh_pool",
+    ),
 }
 
 

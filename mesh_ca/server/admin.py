@@ -1,5 +1,7 @@
 """The CA's plain-HTTP admin listener: ``GET /metrics`` and ``GET /healthz`` for a stock
-Prometheus, which cannot verify the CA's own certificate (an SVID with no DNS name).
+Prometheus, which cannot verify the CA's own certificate (an SVID with no DNS name), and
+``GET /v1/mesh?window=1m|5m|15m``: the mesh as the sidecars report it (JSON,
+`mesh_ca.control.mesh_view`; what ``mesh-ca mesh`` and ``mesh-ca check`` read).
 
 Loopback only unless the operator says otherwise (`mesh_ca.config.parse_admin_listen`):
 no TLS, no authentication, so it serves nothing but counts, durations and expiry times.
@@ -14,7 +16,9 @@ version each sidecar enforces and which are stale), as JSON.
 from __future__ import annotations
 
 import functools
-from typing import Final, Protocol
+import json
+from collections.abc import Callable
+from typing import Any, Final, Protocol
 from urllib.parse import parse_qs
 
 import trio
@@ -31,6 +35,10 @@ _JSON: Final = "application/json"
 _MAX_HEAD_BYTES: Final = 8 * 1024
 _DEADLINE_SECONDS: Final = 5.0
 _MAX_CONNECTIONS: Final = 16
+
+
+# The mesh JSON for a window name (ValueError for an unknown one); None: not served.
+MeshSource = Callable[[str], dict[str, Any]]
 
 
 class ControlViews(Protocol):
@@ -56,15 +64,35 @@ async def _control_view(control: ControlViews, method: str, target: str) -> tupl
     return 404, b'{"error":"not_found","detail":"try /control/endpoints or /control/policy"}'
 
 
-def admin_response(method: str, path: str, metrics: CaMetrics) -> tuple[int, bytes, str]:
-    """(status, body, content type) of one admin request. Pure."""
-    if path not in ("/metrics", "/healthz"):
-        return 404, b'{"error":"not_found","detail":"try /metrics or /healthz"}', _JSON
+def admin_response(
+    method: str, target: str, metrics: CaMetrics, mesh: MeshSource | None = None
+) -> tuple[int, bytes, str]:
+    """(status, body, content type) of one admin request. Pure apart from what `mesh` reads."""
+    path, _, query = target.partition("?")
+    if path not in ("/metrics", "/healthz", "/v1/mesh"):
+        return 404, b'{"error":"not_found","detail":"try /metrics, /healthz or /v1/mesh"}', _JSON
     if method not in ("GET", "HEAD"):
         return 405, b'{"error":"method_not_allowed","detail":"use GET"}', _JSON
     if path == "/metrics":
         return 200, metrics.render(), METRICS_CONTENT_TYPE
+    if path == "/v1/mesh":
+        return _mesh(query, mesh)
     return 200, b'{"status":"ok"}', _JSON
+
+
+def _mesh(query: str, mesh: MeshSource | None) -> tuple[int, bytes, str]:
+    if mesh is None:
+        return 404, b'{"error":"not_found","detail":"no mesh view on this listener"}', _JSON
+    try:
+        params = parse_qs(query, strict_parsing=bool(query), max_num_fields=8)
+        windows = params.get("window", ["1m"])
+        if len(windows) != 1 or set(params) - {"window"}:
+            raise ValueError("the query takes one parameter: window=1m|5m|15m")
+        view = mesh(windows[0])
+    except ValueError as exc:
+        body = json.dumps({"error": "bad_request", "detail": str(exc)}).encode()
+        return 400, body, _JSON
+    return 200, json.dumps(view, indent=1).encode() + b"\n", _JSON
 
 
 async def open_admin_listeners(key: str, host: str, port: int) -> list[trio.SocketListener]:
@@ -77,7 +105,10 @@ async def open_admin_listeners(key: str, host: str, port: int) -> list[trio.Sock
 
 
 async def _answer(
-    metrics: CaMetrics, control: ControlViews | None, stream: trio.SocketStream
+    metrics: CaMetrics,
+    control: ControlViews | None,
+    mesh: MeshSource | None,
+    stream: trio.SocketStream,
 ) -> None:
     buffer = bytearray()
     with trio.move_on_after(_DEADLINE_SECONDS):
@@ -90,8 +121,12 @@ async def _answer(
             if control is not None and head.path.startswith("/control/"):
                 status, body = await _control_view(control, head.method, head.target)
                 content_type = _JSON
+            elif head.path == "/v1/mesh":  # it sums every instance's edges: off the loop
+                status, body, content_type = await trio.to_thread.run_sync(
+                    admin_response, head.method, head.target, metrics, mesh
+                )
             else:
-                status, body, content_type = admin_response(head.method, head.path, metrics)
+                status, body, content_type = admin_response(head.method, head.target, metrics, mesh)
             if head.method == "HEAD":
                 body = b""
         except WireError as exc:
@@ -102,6 +137,7 @@ async def _answer(
 async def _handle(
     metrics: CaMetrics,
     control: ControlViews | None,
+    mesh: MeshSource | None,
     slots: trio.CapacityLimiter,
     stream: trio.SocketStream,
 ) -> None:
@@ -111,7 +147,7 @@ async def _handle(
         except trio.WouldBlock:
             return  # all slots taken: close at once
         try:
-            await _answer(metrics, control, stream)
+            await _answer(metrics, control, mesh, stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
         finally:
@@ -122,10 +158,11 @@ async def serve_admin(
     listeners: list[trio.SocketListener],
     metrics: CaMetrics,
     control: ControlViews | None = None,
+    mesh: MeshSource | None = None,
     *,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the admin endpoints on `listeners` until cancelled."""
     slots = trio.CapacityLimiter(_MAX_CONNECTIONS)
-    handler = functools.partial(_handle, metrics, control, slots)
+    handler = functools.partial(_handle, metrics, control, mesh, slots)
     await trio.serve_listeners(handler, listeners, task_status=task_status)

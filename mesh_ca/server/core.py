@@ -51,6 +51,9 @@ from mesh_ca.api import (
     TokenCreateResponse,
     reserved_revocation,
 )
+from mesh_ca.control.mesh_window import MeshWindow
+from mesh_ca.control.report_intake import ReportIntake, ReportRefused
+from mesh_ca.control.report_wire import REPORT_PATH
 from mesh_ca.issuance import (
     MAX_LEAF_TTL,
     MIN_LEAF_TTL,
@@ -236,10 +239,13 @@ class CaService:
         store: StateStore,
         limiter: RateLimiter,
         metrics: CaMetrics | None = None,
+        reports: ReportIntake | None = None,
     ) -> None:
         self.authority = authority
         self.store = store
         self.metrics = metrics or CaMetrics()
+        # Sidecar reports (mesh_ca.control): a fresh window when the caller brings none.
+        self.reports = reports or ReportIntake(MeshWindow())
         self._limiter = limiter
         self._limiter_lock = threading.Lock()
         self._verified: dict[x509.Certificate, VerifiedSvid] = {}
@@ -662,6 +668,28 @@ class CaService:
 
         return StoreStep(record_renewal, durable=False)
 
+    def _report(self, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
+        """A sidecar's per-edge deltas and status (`mesh_ca.control.report_intake`), under
+        the ID of its verified client SVID."""
+        svid = self._client_svid(request, now)
+        content_type = (request.content_type or "").split(";")[0].strip().lower()
+        if content_type != JSON:
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"content-type must be {JSON}, not {request.content_type or 'missing'}",
+            )
+        caller = str(svid.spiffe_id)
+        try:
+            validity = (svid.leaf.not_valid_before_utc, svid.not_after)
+            body = self.reports.accept(
+                caller, validity, request.source, request.body, now, monotonic
+            )
+        except ReportRefused as exc:
+            peer = {"peer": caller}
+            raise ApiError(exc.status, exc.code, exc.message, exc.headers, peer) from None
+        return ApiResponse(200, body, log={"peer": caller})
+
     def _admin(self, request: ApiRequest, now: datetime) -> SpiffeId:
         """The admin's ID. Fails closed: only IDs listed in server.admin_ids, never any SVID."""
         svid = self._client_svid(request, now)
@@ -744,5 +772,6 @@ _ROUTES: Final[dict[str, tuple[str, _Handler, bool]]] = {
     "/v1/renew": ("POST", CaService._renew, True),
     "/v1/admin/tokens": ("POST", CaService._create_token, True),
     "/v1/admin/revoke": ("POST", CaService._revoke, True),
+    REPORT_PATH: ("POST", CaService._report, False),
 }
 _ISSUANCE_KINDS: Final = {"/v1/bootstrap": "bootstrap", "/v1/renew": "renew"}

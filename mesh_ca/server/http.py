@@ -22,6 +22,7 @@ from typing import Final, NoReturn, Protocol, final
 import trio
 from cryptography import x509
 
+from mesh_ca.control.report_wire import REPORT_PATH
 from mesh_ca.server.access_log import AccessLog
 from mesh_ca.server.core import (
     INTERNAL_ERROR,
@@ -66,6 +67,7 @@ _ENDPOINTS: Final = frozenset(
         "/v1/control/deregister",
         "/v1/control/endpoints",
         "/v1/control/policies",
+        "/v1/control/report",
     )
 )
 # Requests the control plane answers (`ControlHandler`), on the event loop: a long-poll
@@ -305,7 +307,11 @@ class CaHttpServer:
             return self.service.settle(request, error_response(INTERNAL_ERROR))
 
     async def _call_core(self, request: ApiRequest) -> ApiResponse:
-        if self.control is not None and request.path.startswith(CONTROL_PREFIX):
+        if (
+            self.control is not None
+            and request.path.startswith(CONTROL_PREFIX)
+            and request.path != REPORT_PATH  # reports: CaService, inline (no store, no wait)
+        ):
             return await self.control.handle(request)
         now, monotonic = self.clock.now(), trio.current_time()
         if self.limits.threaded_handlers and self.service.is_blocking(request.method, request.path):

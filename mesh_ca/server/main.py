@@ -22,7 +22,7 @@ import signal
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -44,6 +44,7 @@ from mesh_ca.store.trust import trust_store
 from meshgate.clock import Clock, SystemClock
 from meshgate.exit_codes import ExitCode, StartupError
 from meshgate.identity import SpiffeId
+from meshgate.version import installed_version
 
 __all__ = ["authority_of", "serve_main"]
 
@@ -261,7 +262,11 @@ async def _serve_until_signal(
                 if admin_listeners:
                     await accepting.start(
                         functools.partial(
-                            serve_admin, admin_listeners, server.service.metrics, control
+                            serve_admin,
+                            admin_listeners,
+                            server.service.metrics,
+                            control,
+                            functools.partial(_mesh_json, server, clock),
                         )
                     )
                     sys.stderr.write(f"mesh-ca admin on {_shown(admin_listeners[0])}\n")
@@ -283,6 +288,23 @@ async def _serve_until_signal(
             # Stop accepting; idle keep-alive connections close at once, the others finish
             # the request at hand within a short drain, then are cancelled.
             connections.cancel_scope.deadline = trio.current_time() + DRAIN_SECONDS
+
+
+def _mesh_json(server: CaHttpServer, clock: Clock, window: str) -> dict[str, Any]:
+    """The admin listener's ``/v1/mesh``: the reports' window and this CA's own facts."""
+    authority = server.service.authority
+    now = clock.now()
+    ca = {
+        "trust_domain": str(authority.trust_domain),
+        "replica": authority.replica or None,
+        "version": installed_version(),
+        "now": now.isoformat(),
+        "root_not_after": min(r.not_valid_after_utc for r in authority.bundle.roots).isoformat(),
+        "intermediate_not_after": authority.signer.not_after.isoformat(),
+        "server_svid_not_after": server.identity.not_after.isoformat(),
+        "store_up": server.service.metrics.store_is_up(),
+    }
+    return server.service.reports.view(window, now, ca)
 
 
 def _shown(listener: trio.SocketListener) -> str:

@@ -121,6 +121,10 @@ class CaMetrics:
             self.slot_expiry.labels(kind, slot, ident).set(not_after.timestamp())
         self.trust_sequence.set(sequence)
 
+    def store_is_up(self) -> bool:
+        """What ``meshgate_ca_store_up`` says now (for the mesh view's CA section)."""
+        return any(s.value == 1 for m in self.store_up.collect() for s in m.samples)
+
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""
         return generate_latest(self.registry)

@@ -1,5 +1,11 @@
 """The demo mesh's processes: the CA server, three apps and their sidecars, on free loopback ports.
 
+The CA is also the control plane: every sidecar registers its inbound listener, finds the
+services it calls by discovery (no endpoint lists in its config) and takes its policies
+from the CA's central directory ($WORK/policies, ``[control] policy_dir``). Extra instances
+of a service (`start_instance`) register the same way and get traffic without any other
+sidecar's config changing.
+
 Every child runs in its own session (so Ctrl-C reaches only the orchestrator, which then
 stops them in order) with its output in ``WORK/logs``. `Mesh.stop` sends SIGTERM to each
 child it started, by pid, and SIGKILL to any that has not exited a few seconds later.
@@ -28,6 +34,10 @@ SERVICES = ("web", "orders", "payments")
 # Who calls whom through its outbound sidecar (web → payments is there to be refused).
 CALLS = {"web": ("orders", "payments"), "orders": ("payments",), "payments": ()}
 _SERVING = re.compile(r"mesh-ca serving on (\S+):(\d+)")
+_DASHBOARD = re.compile(r"mesh-ca dashboard on (http://\S+)")
+# Sidecars report to the CA this often (`[report]`); the CA's admin listener serves the
+# mesh view (`mesh-ca mesh stat`, `mesh-ca check`) from these reports.
+REPORT_INTERVAL_SECONDS = 1
 
 
 def spiffe_id(service: str) -> str:
@@ -76,15 +86,20 @@ def run_tool(*argv: str, cwd: Path) -> str:
 
 @dataclass
 class Service:
-    name: str
+    name: str  # the instance: "orders", or "orders-2" for an extra instance of orders
+    service: str = ""  # the service it serves; default: name
     app_port: int = field(default_factory=free_port)
     inbound_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     outbound_ports: dict[str, int] = field(default_factory=dict)
 
     @property
+    def service_name(self) -> str:
+        return self.service or self.name
+
+    @property
     def spiffe_id(self) -> str:
-        return spiffe_id(self.name)
+        return spiffe_id(self.service_name)
 
     def admin_url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.admin_port}{path}"
@@ -102,8 +117,19 @@ class Service:
             return str(response.read().decode())
 
 
-def sidecar_toml(svc: Service, services: dict[str, Service], ca_address: str, work: Path) -> str:
-    """The sidecar config: bootstrap from the CA with a join token, http mode both ways."""
+CONTROL_TOML = """
+[control]
+policy_dir = "{policies}"  # the central policy directory, published to every sidecar
+lease_ttl_seconds = 6
+renew_seconds = 2
+policy_poll_seconds = 0.2
+"""
+
+
+def sidecar_toml(svc: Service, ca_address: str, work: Path) -> str:
+    """The sidecar config: bootstrap from the CA with a join token, http mode both ways,
+    registered with the control plane, calling its upstreams by discovery, policies from
+    the control plane."""
     lines = [
         f"# The {svc.name} sidecar (written by the meshgate demo).",
         "[identity]",
@@ -117,23 +143,24 @@ def sidecar_toml(svc: Service, services: dict[str, Service], ca_address: str, wo
         "[inbound]",
         f'listen = "127.0.0.1:{svc.inbound_port}"',
         f'app = "127.0.0.1:{svc.app_port}"',
-        f'service = "{svc.name}"',
+        f'service = "{svc.service_name}"',
         'protocol = "http"',
     ]
-    for target in CALLS[svc.name]:
+    for target in CALLS[svc.service_name]:
         lines += [
             "",
-            "[[outbound]]",
+            "[[outbound]]  # no endpoints: discovered from the control plane",
             f'listen = "127.0.0.1:{svc.outbound_ports[target]}"',
             f'service = "{target}"',
-            f'endpoints = ["127.0.0.1:{services[target].inbound_port}"]',
-            f'spiffe_ids = ["{spiffe_id(target)}"]',
             'protocol = "http"',
         ]
     lines += [
         "",
         "[policy]",
-        f'dir = "{work / "policies"}"',
+        'source = "control-plane"',
+        "",
+        "[control_plane]",
+        "retry_max_seconds = 1",
         "",
         "[admin]",
         f'listen = "127.0.0.1:{svc.admin_port}"',
@@ -144,6 +171,9 @@ def sidecar_toml(svc: Service, services: dict[str, Service], ca_address: str, wo
         "",
         "[timeouts]",
         "drain_timeout_seconds = 2",
+        "",
+        "[report]",
+        f"interval_seconds = {REPORT_INTERVAL_SECONDS}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -154,6 +184,7 @@ class Mesh:
     services: dict[str, Service] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ca_address: str = ""
+    ca_admin_port: int = field(default_factory=free_port)  # /metrics, /v1/mesh (plain HTTP)
 
     def __post_init__(self) -> None:
         for name in SERVICES:
@@ -161,6 +192,11 @@ class Mesh:
             svc.outbound_ports = {target: free_port() for target in CALLS[name]}
             self.services[name] = svc
         (self.work / "logs").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def ca_admin(self) -> str:
+        """HOST:PORT of the CA's loopback admin listener (`mesh-ca mesh --admin`)."""
+        return f"127.0.0.1:{self.ca_admin_port}"
 
     def log_path(self, name: str) -> Path:
         return self.work / "logs" / f"{name}.log"
@@ -187,6 +223,7 @@ class Mesh:
 
     def start_ca(self, timeout: float = 30) -> str:
         argv = [*tool("mesh-ca"), "serve", "--dir", "ca", "--listen", "127.0.0.1:0"]
+        argv += ["--admin-listen", self.ca_admin]
         process = self._spawn("ca", argv)
         deadline = time.monotonic() + timeout
         while not (match := _SERVING.search(self.log_path("ca").read_text(errors="replace"))):
@@ -196,13 +233,25 @@ class Mesh:
         self.ca_address = f"{match.group(1)}:{match.group(2)}"
         return self.ca_address
 
+    def start_dashboard(self, timeout: float = 30) -> str:
+        """`mesh-ca dashboard` over the CA's admin listener; returns the page's URL."""
+        argv = [*tool("mesh-ca"), "dashboard", "--admin", self.ca_admin, "--listen", "127.0.0.1:0"]
+        process = self._spawn("dashboard", argv)
+        deadline = time.monotonic() + timeout
+        log = self.log_path("dashboard")
+        while not (match := _DASHBOARD.search(log.read_text(errors="replace"))):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mesh-ca dashboard did not start; see {log}")
+            time.sleep(0.05)
+        return match.group(1)
+
     def start_app(self, name: str) -> None:
         svc = self.services[name]
         argv = [
             sys.executable,
             str(Path(__file__).with_name("demo_services.py")),
             "--name",
-            name,
+            svc.service_name,
             "--port",
             str(svc.app_port),
             "--log",
@@ -219,17 +268,36 @@ class Mesh:
         token_file.touch(mode=0o600)
         token_file.write_text(token.strip() + "\n")
         config = self.work / f"{name}.toml"
-        config.write_text(sidecar_toml(svc, self.services, self.ca_address, self.work))
+        config.write_text(sidecar_toml(svc, self.ca_address, self.work))
         return config
+
+    def add_instance(self, service: str, number: int) -> Service:
+        """An extra instance of `service` ("orders-2"): its own app, ports and state."""
+        base = self.services[service]
+        svc = Service(f"{service}-{number}", service=service)
+        svc.outbound_ports = {target: free_port() for target in base.outbound_ports}
+        self.services[svc.name] = svc
+        return svc
+
+    def stop_process(self, name: str, timeout: float = 10) -> int:
+        """SIGTERM one child and wait for it; its exit code (SIGKILL after `timeout`)."""
+        process = self.processes[name]
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait(5)
 
     def start_sidecar(self, name: str) -> None:
         argv = [*tool("mesh-sidecar"), "run", "--config", f"{name}.toml"]
         self._spawn(f"{name}-sidecar", argv)
 
-    def wait_ready(self, timeout: float = 30) -> None:
+    def wait_ready(self, timeout: float = 30, names: tuple[str, ...] = SERVICES) -> None:
         """Every sidecar answers /readyz 200 and every app accepts connections."""
         deadline = time.monotonic() + timeout
-        pending = set(SERVICES)
+        pending = set(names)
         while pending:
             for name in sorted(pending):
                 process = self.processes[f"{name}-sidecar"]

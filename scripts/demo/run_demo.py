@@ -1,13 +1,17 @@
 """The meshgate demo: a CA, three services with sidecars, and traffic that shows what the mesh does.
 
 `scripts/demo.sh` sets up the virtualenv and runs this file with it. Steps, each checked:
-the CA is bootstrapped and served; web, orders and payments start, each behind a sidecar
-that bootstraps its SVID with a one-time token; permitted calls succeed (and a traceparent
-crosses both hops); forbidden calls get 403 with the deciding policy in the access log; a
-client without a mesh certificate is refused at the TLS handshake; a policy edit takes
+the CA is bootstrapped and served, also as the control plane (registration, discovery,
+central policies from $WORK/policies); web, orders and payments start, each behind a
+sidecar that bootstraps its SVID with a one-time token, registers, and finds the services
+it calls by discovery; permitted calls succeed (and a traceparent crosses both hops);
+forbidden calls get 403 with the deciding policy in the access log; a client without a
+mesh certificate is refused at the TLS handshake; a policy edit on the control plane takes
 effect live; every SVID rotates while traffic flows, with no failed request; a revoked
-certificate is refused. Then a summary table, where the logs and metrics are, and
-``WORK/report.json`` (machine-readable, read by tests/test_demo.py).
+certificate is refused; orders scales from one instance to three and back under traffic,
+with no failed request and no config change anywhere else. Then a summary table, where
+the logs and metrics are, and ``WORK/report.json`` (machine-readable, read by
+tests/test_demo.py).
 
 Exits 1 naming every step that did not behave as described; 2 when the mesh did not start.
 Everything started is stopped on exit, on Ctrl-C and on failure, unless ``--keep`` (and the
@@ -37,10 +41,19 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from demo_mesh import ROOT, SERVICES, TRUST_DOMAIN, Mesh, Service, run_tool, spiffe_id
+from demo_mesh import (
+    CONTROL_TOML,
+    ROOT,
+    SERVICES,
+    TRUST_DOMAIN,
+    Mesh,
+    Service,
+    run_tool,
+    spiffe_id,
+)
 from demo_report import HopRow, format_table, read_json_lines, summarize
 
-STEPS = 9
+STEPS = 10
 LIVE_POLICY = """
 // Added by the demo while the mesh was running: web may read the order statistics.
 @id("web-reads-order-stats")
@@ -117,15 +130,18 @@ def http_call(
 class Traffic(threading.Thread):
     """Background traffic through both hops while the demo runs; counts every failure."""
 
-    def __init__(self, web_port: int) -> None:
+    def __init__(
+        self, web_port: int, calls: tuple[tuple[str, str, int], ...] | None = None
+    ) -> None:
         super().__init__(daemon=True)
         self.web_port = web_port
+        self.calls = calls or (("GET", "/orders/7", 200), ("POST", "/checkout", 200))
         self.sent = 0
         self.failures: list[str] = []
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        calls = [("GET", "/orders/7", 200), ("POST", "/checkout", 200)]
+        calls = self.calls
         while not self._stop_event.is_set():
             method, path, expect = calls[self.sent % len(calls)]
             try:
@@ -152,6 +168,7 @@ class Demo:
         self.refusals: list[HopRow] = []
         self.steps: list[dict[str, Any]] = []
         self.traffic: Traffic | None = None
+        self.scale_traffic: Traffic | None = None
         self.serials: dict[str, set[str]] = {name: set() for name in SERVICES}
         self.started = time.monotonic()
         self.trace: dict[str, Any] = {}
@@ -262,6 +279,12 @@ class Demo:
             self.say(self.s.dim(line))
         shutil.copytree(ROOT / "policies", self.work / "policies")
         self.say("policies copied to $WORK/policies (the demo edits this copy, never the repo)")
+        control = CONTROL_TOML.format(policies=self.work / "policies")
+        self.shell("cat >> $WORK/ca/ca.toml  # the CA is the control plane too")
+        for text in control.strip().splitlines():
+            self.say(self.s.dim(f"+ {text}"))
+        with (ca_dir / "ca.toml").open("a") as toml:
+            toml.write(control)
         self.check((ca_dir / "bundle.pem").exists(), "CA ready: root, intermediate, trust bundle")
 
     def start_ca(self) -> None:
@@ -293,6 +316,12 @@ class Demo:
                 f"{name:8} ready  app :{svc.app_port}  mTLS :{svc.inbound_port}  "
                 f"admin :{svc.admin_port}  serial {str(cert.get('serial'))[:12]}…",
             )
+        web_view = self.web.admin_json("/control")
+        found = {d["service"]: len(d["endpoints"]) for d in web_view.get("discovery", [])}
+        self.check(
+            found == {"orders": 1, "payments": 1},
+            f"web found its upstreams by discovery, no addresses in its config: {found}",
+        )
         self.traffic = Traffic(self.web.app_port)
         self.traffic.start()
         self.say(self.s.dim("background traffic started: GET /orders/7 and POST /checkout, 20/s"))
@@ -378,7 +407,10 @@ class Demo:
 
     def live_policy_edit(self) -> None:
         self.client(7, "GET", "/stats", 403)
-        self.say("no policy lets web read /stats yet; appending one to $WORK/policies/shop.cedar:")
+        self.say(
+            "no policy lets web read /stats yet; appending one to $WORK/policies/shop.cedar,"
+            " the control plane's directory (the CA validates and publishes it):"
+        )
         for text in LIVE_POLICY.strip().splitlines():
             self.say(self.s.dim(f"+ {text}"))
         orders = self.mesh.services["orders"]
@@ -391,13 +423,15 @@ class Demo:
         deadline = edited + 10
         while orders.admin_json("/policies").get("version") == version:
             if time.monotonic() > deadline:
-                raise StepFailedError("orders did not reload the edited policy set within 10 s")
+                raise StepFailedError("orders did not get the edited policy set within 10 s")
             time.sleep(0.05)
         view = orders.admin_json("/policies")
+        central = view.get("control_plane") or {}
         self.check(
-            not view.get("last_error"),
-            f"orders reloaded: version {version} → {view.get('version')} "
-            f"in {time.monotonic() - edited:.2f} s, no restart",
+            not view.get("last_reload_error") and central.get("loaded_from") == "control-plane",
+            f"orders enforces the published set v{central.get('version')} "
+            f"(content {version} → {view.get('version')}) "
+            f"{time.monotonic() - edited:.2f} s after the edit, no restart",
         )
         stats = self.client(7, "GET", "/stats", 200)
         line = self.access_line("orders", stats.request_id)
@@ -507,6 +541,65 @@ class Demo:
         self.client(9, "GET", "/orders/42", 200)
         self.say("the real web sidecar (other serial) is unaffected")
 
+    def discovered(self, service: str) -> int:
+        for item in self.web.admin_json("/control").get("discovery", []):
+            if item.get("service") == service:
+                return len(item.get("endpoints", []))
+        return 0
+
+    def wait(self, what: str, check: Callable[[], bool], timeout: float = 15) -> float:
+        started = time.monotonic()
+        while not check():
+            if time.monotonic() - started > timeout:
+                raise StepFailedError(f"{what}: not within {timeout:.0f} s")
+            time.sleep(0.05)
+        return time.monotonic() - started
+
+    def scale(self) -> None:
+        traffic = Traffic(self.web.app_port, (("GET", "/orders/7", 200),))
+        traffic.start()
+        self.scale_traffic = traffic
+        self.say(self.s.dim("traffic: GET /orders/7 through web, 20/s; nothing else changes"))
+        extras = [self.mesh.add_instance("orders", n) for n in (2, 3)]
+        for svc in extras:
+            self.mesh.start_app(svc.name)
+            token = run_tool(
+                "mesh-ca", "token", "create", "--dir", "ca", "--spiffe-id", svc.spiffe_id,
+                cwd=self.work,
+            )  # fmt: skip
+            self.mesh.write_sidecar_config(svc.name, token)
+            self.shell(f"mesh-sidecar run --config $WORK/{svc.name}.toml &")
+            self.mesh.start_sidecar(svc.name)
+        self.mesh.wait_ready(names=tuple(svc.name for svc in extras))
+        took = self.wait("web to see three orders", lambda: self.discovered("orders") == 3)
+        self.check(
+            self.discovered("orders") == 3,
+            f"orders 1 → 3: web's endpoint set holds all three {took:.2f} s after the new "
+            "sidecars were ready (they register once ready)",
+        )
+
+        def served(svc: Service) -> int:
+            lines = read_json_lines(self.mesh.access_log(svc.name))
+            return sum(1 for line in lines if line.get("direction") == "inbound")
+
+        self.wait("both new instances to serve", lambda: all(served(svc) for svc in extras))
+        counts = ", ".join(f"{svc.name} {served(svc)}" for svc in extras)
+        self.check(all(served(svc) for svc in extras), f"both new instances serve: {counts}")
+        for svc in extras:
+            self.shell(f"kill -TERM <{svc.name} sidecar>  # drains: deregisters, then stops")
+            code = self.mesh.stop_process(f"{svc.name}-sidecar")
+            self.mesh.stop_process(f"{svc.name}-app")
+            self.check(code == 0, f"{svc.name} drained and exited {code}")
+        self.wait("web to see one orders", lambda: self.discovered("orders") == 1)
+        sent = traffic.sent
+        self.wait("more traffic on one instance", lambda: traffic.sent >= sent + 10)
+        traffic.stop()
+        self.check(
+            traffic.sent > 0 and not traffic.failures,
+            f"orders 3 → 1: {traffic.sent} requests while scaling, {len(traffic.failures)} failed"
+            + (f": {traffic.failures[:3]}" if traffic.failures else ""),
+        )
+
     # -- the end ----------------------------------------------------------------------------
 
     def settle_logs(self, quiet: float = 0.3, timeout: float = 5) -> None:
@@ -553,6 +646,21 @@ class Demo:
                     "serials": sorted(self.serials[name]),
                 }
                 for name, svc in self.mesh.services.items()
+                if name in SERVICES
+            },
+            # The extra orders instances of step 10 (stopped again by its end).
+            "instances": {
+                name: {
+                    "service": svc.service_name,
+                    "access_log": str(self.mesh.access_log(name)),
+                    "sidecar_log": str(self.mesh.log_path(f"{name}-sidecar")),
+                }
+                for name, svc in self.mesh.services.items()
+                if name not in SERVICES
+            },
+            "scaling": {
+                "sent": self.scale_traffic.sent if self.scale_traffic else 0,
+                "failures": self.scale_traffic.failures[:10] if self.scale_traffic else [],
             },
             "requests": [
                 {
@@ -582,14 +690,20 @@ class Demo:
             print(f"  {name:8} access log  {self.mesh.access_log(name)}")
             print(f"  {'':8} metrics     {svc.admin_url('/metrics')}")
         print(f"  {'logs':8} {'':11} {self.work / 'logs'} (sidecars, apps, CA)")
+        print(f"  {'mesh':8} {'':11} http://{self.mesh.ca_admin}/v1/mesh (CA admin, JSON)")
         print(f"  {'report':8} {'':11} {self.work / 'report.json'}")
 
     def poke(self) -> None:
         web, orders = self.web, self.mesh.services["orders"]
+        try:
+            dashboard = self.mesh.start_dashboard()
+        except RuntimeError as exc:  # the mesh is still worth poking without it
+            dashboard = f"(not started: {exc})"
         pids = " ".join(str(p) for p in self.mesh.pids().values())
         stop = self.work / "stop.sh"
         stop.write_text(f"#!/bin/sh\n# Stops the demo mesh left running by --keep.\nkill {pids}\n")
         stop.chmod(0o755)
+        print(f"\n{self.s.bold('Dashboard:')} {dashboard}")
         print(f"\n{self.s.bold('The mesh is still running (--keep). Poke it:')}")
         for command, comment in [
             (f"curl -s http://127.0.0.1:{web.app_port}/orders/42", "web → orders: allowed"),
@@ -606,6 +720,9 @@ class Demo:
                 f"curl -sSk https://127.0.0.1:{orders.inbound_port}/orders/1",
                 "no client certificate: TLS alert",
             ),
+            (f"mesh-ca mesh stat --admin {self.mesh.ca_admin}", "the mesh as the CA sees it"),
+            (f"mesh-ca mesh edges --admin {self.mesh.ca_admin}", "per edge: req/s, p99, denials"),
+            (f"mesh-ca check --admin {self.mesh.ca_admin}", "the doctor: ✔/✘ with hints"),
             (f"curl -s {orders.admin_url('/certificate')}", "orders' SVID (serial, notAfter)"),
             (f"curl -s {orders.admin_url('/policies')}", "loaded policy set"),
             (f"curl -s {orders.admin_url('/metrics')} | grep meshgate_authz", "decisions"),
@@ -677,9 +794,16 @@ def main(argv: list[str] | None = None) -> int:
         demo.step(
             6, "A client without a mesh certificate is refused", demo.no_certificate, fatal=False
         )
-        demo.step(7, "A policy edit takes effect live", demo.live_policy_edit, fatal=False)
+        demo.step(
+            7, "A policy edit on the control plane takes effect live", demo.live_policy_edit,
+            fatal=False,
+        )  # fmt: skip
         demo.step(8, "Certificates rotate with no failed request", demo.rotation, fatal=False)
         demo.step(9, "A revoked certificate is refused", demo.revocation, fatal=False)
+        demo.step(
+            10, "orders scales 1 → 3 → 1 under traffic, found by discovery", demo.scale,
+            fatal=False,
+        )  # fmt: skip
         if demo.traffic is not None and demo.traffic.is_alive():
             demo.traffic.stop()
         rows = demo.rows()
@@ -705,6 +829,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if demo.traffic is not None and demo.traffic.is_alive():
             demo.traffic.stop()
+        if demo.scale_traffic is not None and demo.scale_traffic.is_alive():
+            demo.scale_traffic.stop()
         if not keep:
             demo.mesh.stop()
 

@@ -19,6 +19,9 @@ ensure_debian_packages() {
     command -v softhsm2-util >/dev/null || missing+=(softhsm2)
     # promtool: tests check and unit-test the shipped alert rules (docs/monitoring/).
     command -v promtool >/dev/null || missing+=(prometheus)
+    # Headless Chromium: the dashboard test opens `mesh-ca dashboard` in a real browser.
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
     # Benchmark peers: only scripts/bench.py asks for them (MESHGATE_WITH_PEERS=1).
     if [ "${MESHGATE_WITH_PEERS:-0}" = 1 ]; then
         [ -x /usr/sbin/nginx ] || missing+=(nginx)

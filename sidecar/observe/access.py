@@ -12,9 +12,10 @@ Never put secrets, tokens or full header sets into a record.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, Literal, final
 
 from sidecar.observe.edges import UNKNOWN, service_of, status_class
@@ -138,6 +139,10 @@ class ConnectionReport:
 # call); label values are bounded by design, and past this many sets lookups go uncached.
 _CACHED_LABEL_SETS: Final = 10_000
 _DENIED: Final = frozenset({"deny", "audit_deny"})
+# Recent denials kept for the control-plane report (`sidecar.observe.reporter`), so the
+# dashboard can show them with the `mesh-sidecar policy explain` command that replays one.
+_DENIAL_SAMPLES: Final = 16
+_SAMPLE_PATH_CHARS: Final = 512
 
 
 @final
@@ -153,6 +158,8 @@ class Observer:
         self.inbound_service = inbound_service or UNKNOWN
         self._request_children: dict[tuple[object, ...], tuple[Any, Any, Any, Any, str]] = {}
         self._children: dict[tuple[object, ...], Any] = {}
+        # Newest last; the reporter takes them (`take_denial_samples`).
+        self.denial_samples: deque[dict[str, Any]] = deque(maxlen=_DENIAL_SAMPLES)
 
     @staticmethod
     def access_logged() -> bool:
@@ -172,7 +179,18 @@ class Observer:
             record.bytes_in,
             record.bytes_out,
             record.policies,
+            sample=False,
         )
+        if record.decision in _DENIED and record.direction == "inbound":
+            self._sample(
+                record.peer_id,
+                record.destination,
+                record.method,
+                record.path,
+                record.decision,
+                record.policies,
+                record.time,
+            )
         self.incomplete(record.direction, record.reason)
         if access_log.isEnabledFor(logging.INFO):  # off: skip building the line
             access_log.info("access", extra={"access": record.as_log()})
@@ -189,10 +207,13 @@ class Observer:
         bytes_in: int,
         bytes_out: int,
         policies: Sequence[str] = (),
+        *,
+        sample: bool = True,
     ) -> None:
         """The metrics of one request (what `request` counts, without the access line),
         labelled by edge: `destination` is the listener's configured service; the source
-        service comes from the verified `peer_id` (inbound) or our own ID (outbound)."""
+        service comes from the verified `peer_id` (inbound) or our own ID (outbound).
+        A denial is also kept as a sample (without its path: only `request` has it)."""
         key = (direction, peer_id, destination, method, status, decision)
         children = self._request_children.get(key)
         if children is None:
@@ -225,6 +246,39 @@ class Observer:
             denials = self.metrics.denials
             for policy in policies or ("none",):
                 self._child(denials, children[4], destination, decision, policy).inc()
+            if sample and direction == "inbound":
+                now = datetime.now(UTC)
+                self._sample(peer_id, destination, method, None, decision, policies, now)
+
+    def _sample(
+        self,
+        peer_id: str | None,
+        destination: str,
+        method: str | None,
+        path: str | None,
+        decision: str,
+        policies: Sequence[str],
+        time: datetime,
+    ) -> None:
+        if not peer_id or not method:  # refused before a verified peer or a method: no replay
+            return
+        self.denial_samples.append(
+            {
+                "time": time.isoformat(),
+                "principal": peer_id,
+                "action": method,
+                "resource": destination,
+                "path": path[:_SAMPLE_PATH_CHARS] if path is not None else None,
+                "decision": decision,
+                "policies": list(policies)[:8],
+            }
+        )
+
+    def take_denial_samples(self) -> list[dict[str, Any]]:
+        """The samples kept since the last call, oldest first (and forget them)."""
+        taken = list(self.denial_samples)
+        self.denial_samples.clear()
+        return taken
 
     def incomplete(self, direction: Direction, reason: str | None) -> None:
         """Count a response cut after its head (reason ``response_incomplete: <cause>``)."""

@@ -26,7 +26,15 @@ from sidecar.identity.stats import IdentityStats
 from sidecar.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sidecar.observe.metrics import SidecarMetrics
 
-__all__ = ["ENDPOINTS", "AdminResponse", "AdminState", "PolicyView", "respond", "serve_admin"]
+__all__ = [
+    "ENDPOINTS",
+    "AdminResponse",
+    "AdminState",
+    "PolicyView",
+    "readiness",
+    "respond",
+    "serve_admin",
+]
 
 log = logging.getLogger("sidecar.observe.admin")
 _MAX_REQUEST_BYTES = 16 * 1024
@@ -44,6 +52,7 @@ ENDPOINTS: Final[Mapping[str, str]] = {
     ),
     "/config": "effective configuration (file paths, never secrets)",
     "/upstreams": "outbound services, their endpoints and health",
+    "/control": "[control_plane]: registration, discovered endpoints, central policy status",
 }
 # Config keys whose values are never shown (none hold secrets today: a safety net).
 _SECRET_WORDS: Final = ("password", "secret", "token", "dsn", "private")
@@ -72,6 +81,9 @@ class AdminState:
     upstreams: Callable[[], list[dict[str, Any]]] | None = None
     # Why the data path is not serving yet (None: it is), e.g. workers still starting.
     serving: Callable[[], str | None] | None = None
+    # [control_plane]: registration, discovery and central policy status (details only:
+    # a refused registration or a stale policy set does not stop serving).
+    control: Callable[[], dict[str, Any]] | None = None
 
 
 @final
@@ -120,6 +132,11 @@ def _readiness(state: AdminState) -> tuple[bool, str, str]:
     if not_serving is not None:
         return False, "workers_starting", not_serving
     return True, "ready", "SVID valid" + (" and policy set loaded" if state.policies else "")
+
+
+def readiness(state: AdminState) -> tuple[bool, str, str]:
+    """What ``/readyz`` says: (ready, code, reason); also sent in control-plane reports."""
+    return _readiness(state)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -181,6 +198,10 @@ def _policies(state: AdminState) -> AdminResponse:
     view["loaded"] = isinstance(loaded, dict)
     view["last_reload_error"] = status.get("last_error")
     view["reloads"] = status.get("reloads", {})
+    central = state.control()["policies"] if state.control is not None else None
+    view["source"] = "control-plane" if central is not None else "dir"
+    if central is not None:
+        view["control_plane"] = central
     return AdminResponse.json(200, view)
 
 
@@ -224,9 +245,10 @@ def respond(method: str, path: str, state: AdminState) -> AdminResponse:
         return AdminResponse.json(200, {"status": "ok"})
     if route == "/readyz":
         ready, code, reason = _readiness(state)
-        return AdminResponse.json(
-            200 if ready else 503, {"ready": ready, "reason": reason, "code": code}
-        )
+        body: dict[str, Any] = {"ready": ready, "reason": reason, "code": code}
+        if state.control is not None:
+            body["control_plane"] = state.control()
+        return AdminResponse.json(200 if ready else 503, body)
     if route == "/metrics":
         if state.metrics is None:
             return AdminResponse.json(503, {"error": "metrics are not wired to this listener"})
@@ -239,6 +261,10 @@ def respond(method: str, path: str, state: AdminState) -> AdminResponse:
         return AdminResponse.json(200, _redact(state.config.model_dump(mode="json")))
     if route == "/upstreams":
         return _upstreams(state)
+    if route == "/control":
+        if state.control is None:
+            return AdminResponse.json(200, {"configured": False})
+        return AdminResponse.json(200, {"configured": True, **state.control()})
     return AdminResponse.json(
         404, {"error": f"no such endpoint {route}", "endpoints": sorted(["/", *ENDPOINTS])}
     )

@@ -16,7 +16,7 @@ scrape time, so the lifecycle keeps no metrics code of its own.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Final, final
 
@@ -227,6 +227,10 @@ class SidecarMetrics:
         workers = MultiProcessCollector(None, path=str(directory))  # type: ignore[no-untyped-call]
         exposed.register(_Families(workers, drop=_PARENT_FAMILIES))
         self._exposed = exposed
+
+    def families(self) -> Iterable[Metric]:
+        """What `render` shows, as metric families (the control-plane report reads them)."""
+        return self._exposed.collect()
 
     def render(self) -> bytes:
         return generate_latest(self._exposed)

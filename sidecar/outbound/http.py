@@ -17,9 +17,10 @@ Errors the client sees, with a short text body and the request id:
 - 504: connect, handshake or response head timed out;
 - 408: the request body paused longer than ``body_idle_timeout_seconds`` or fell behind the
   pace of ``body_timeout_seconds`` + ``body_min_rate_bytes_per_second`` (`BodyPace`).
-A request that fails on a reused pooled connection before any response byte (a stale
-keep-alive) is retried once on a fresh connection when it is idempotent (GET, HEAD,
-OPTIONS, PUT, DELETE) and was complete in memory, so nothing of its body was lost.
+A request that fails before any response byte is retried once when it is idempotent (GET,
+HEAD, OPTIONS, PUT, DELETE) and was complete in memory, so nothing of its body was lost:
+on a fresh connection after a reused one (a stale keep-alive), else on another endpoint
+(the peer died; the failure counts towards its passive-health ejection).
 
 Why one module: `HttpOutbound` is one request pipeline whose stages share one
 client connection, one pooled upstream and one access record per request (read, forward,
@@ -330,17 +331,22 @@ class HttpOutbound:
         try:
             return await self._cuttable(local, reader, head, conn, first, complete, out)
         except _UpstreamError as exc:
-            if not (exc.before_response and conn.reused and replayable):
+            if exc.before_response and not conn.reused:  # a stale keep-alive is no verdict
+                self.pool.report(conn.endpoint, ok=False, error=exc.reason)
+            if not (exc.before_response and replayable):
                 raise
             self.retries += 1
+            # A stale keep-alive: a fresh connection anywhere; a fresh one that failed (the
+            # peer died): another endpoint first.
+            avoid = frozenset() if conn.reused else frozenset({conn.endpoint})
             event(
                 log,
-                "retrying on a fresh connection",
+                "retrying on a fresh connection" if conn.reused else "retrying on another endpoint",
                 service=self.config.service,
                 endpoint=str(conn.endpoint),
                 reason=exc.reason,
             )
-        conn = await self.pool.acquire(fresh=True)
+        conn = await self.pool.acquire(fresh=True, avoid=avoid)
         return await self._cuttable(local, reader, head, conn, first, complete, out)
 
     async def _cuttable(

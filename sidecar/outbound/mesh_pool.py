@@ -2,7 +2,9 @@
 
 A new client connection must not cost a new mTLS handshake when a pooled one is free, so
 `acquire` looks for an idle connection on every healthy endpoint (round robin start)
-before it dials. A connection goes back to the pool only after a complete exchange that
+before it dials, except that an endpoint picked by the round robin with no connection at
+all is dialled (else sequential requests would all reuse the first endpoint's connection).
+A connection goes back to the pool only after a complete exchange that
 both sides meant to keep alive (`release(..., reusable=True)`), and is reused only while:
 - the SVID we presented on it is still our current one: after a rotation no new request
   goes on a connection made with the superseded SVID (it finishes what it carries, then
@@ -24,10 +26,13 @@ with one endpoint, or all backing off), `acquire` does not refuse: it dials them
 soonest-back first, and retries refused connects with a short jittered backoff for up to
 a second, so a request succeeds as soon as a peer is back. Fails closed: without usable
 own credentials `acquire` raises `PoolError` (503), and nothing is sent in plaintext.
+Which endpoints exist, which IDs each must present and which are ejected is the
+`EndpointTable`'s (`sidecar/outbound/endpoints.py`, static or kept by discovery).
 
 Why one module: what may carry a request (the list above) is one invariant over one
 pool's state (idle lists, endpoint health, lent connections); split, each rule would
-need that state passed around, and the rules would drift apart.
+need that state passed around, and the rules would drift apart. The endpoint choice is
+already apart (`endpoints.py`).
 """
 
 from __future__ import annotations
@@ -46,12 +51,18 @@ from meshgate.http import HttpLimits, ResponseReader
 from meshgate.identity import SpiffeId
 from meshgate.transport.socket_stream import TimedStream, lean
 from sidecar.config import Address, OutboundConfig
-from sidecar.outbound.tcp import RoundRobin
+from sidecar.outbound.endpoints import EndpointTable, static_table
 from sidecar.runtime import Runtime
 from sidecar.transport.mesh_tls import HandshakeFailure, MeshTlsError, connect_mesh
 from sidecar.transport.peer_trust import PeerTrust
 
-__all__ = ["EndpointState", "MeshPool", "PoolError", "PooledConnection", "TransportConnector"]
+__all__ = [
+    "EndpointState",
+    "MeshPool",
+    "PoolError",
+    "PooledConnection",
+    "TransportConnector",
+]
 
 TransportConnector = Callable[[Address], Awaitable[trio.abc.Stream]]
 _RESPONSE_LIMITS = HttpLimits(max_body_bytes=None)
@@ -188,18 +199,35 @@ class MeshPool:
         config: OutboundConfig,
         runtime: Runtime,
         connect: TransportConnector = _tcp_connect,
+        table: EndpointTable | None = None,
     ) -> None:
         self.config = config
         self.runtime = runtime
         self._connect = connect
-        self._expected = frozenset(config.spiffe_ids)
-        self._balancer = RoundRobin(config.endpoints)
-        self._states = {endpoint: EndpointState(endpoint) for endpoint in config.endpoints}
+        # Static endpoints, or the set discovery keeps up to date (`sidecar.control`).
+        self.table = table or static_table(config)
+        self._states = {endpoint: EndpointState(endpoint) for endpoint in self.table.endpoints}
         self._wake = trio.Event()
         self._active: set[PooledConnection] = set()
         self.handshakes = 0
         self.reuses = 0
         runtime.store.subscribe(self._store_changed)
+        self.table.subscribe(self._endpoints_changed)
+
+    def _endpoints_changed(self) -> None:
+        """A new endpoint set: track its endpoints; idle connections to those that left
+        (or whose registered ID changed) are closed by `run` (woken now)."""
+        self._states = {
+            endpoint: self._states.get(endpoint) or EndpointState(endpoint)
+            for endpoint in self.table.endpoints
+        } | {e: s for e, s in self._states.items() if s.active or s.idle}
+        self._wake.set()
+
+    def _state(self, endpoint: Address) -> EndpointState:
+        state = self._states.get(endpoint)
+        if state is None:  # an endpoint that came back while it had no state
+            state = self._states[endpoint] = EndpointState(endpoint)
+        return state
 
     def _store_changed(self) -> None:
         self._wake.set()  # the current event: `run` replaces it after each wake-up
@@ -219,7 +247,7 @@ class MeshPool:
         )
 
     def _lend(self, conn: PooledConnection) -> PooledConnection:
-        self._states[conn.endpoint].active += 1
+        self._state(conn.endpoint).active += 1
         conn.cut, conn.cut_reason = trio.CancelScope(), None
         self._active.add(conn)
         return conn
@@ -230,7 +258,12 @@ class MeshPool:
         """One row per endpoint (for the admin ``/upstreams`` view)."""
         now = trio.current_time()
         return [
-            {"service": self.config.service, **state.view(now)} for state in self._states.values()
+            {
+                "service": self.config.service,
+                **state.view(now),
+                "ejected": self.table.ejected(state.endpoint, now),
+            }
+            for state in self._states.values()
         ]
 
     # -- acquire / release ---------------------------------------------------------------
@@ -244,24 +277,48 @@ class MeshPool:
     def _usable(self, conn: PooledConnection, now: datetime, tnow: float) -> bool:
         return (
             self._current(conn, now)
+            and conn.peer_id in self.table.expected(conn.endpoint)
             and not self.runtime.store.revocations.refuses(conn.peer_id, conn.peer_serial)
             and self._trusted(conn)
             and tnow - conn.idle_since < self.config.pool_idle_timeout_seconds
             and _socket_quiet(conn.stream)
         )
 
-    async def acquire(self, *, fresh: bool = False) -> PooledConnection:
-        """An idle pooled connection (unless `fresh`), else a new verified one.
+    def _healthy(self, state: EndpointState, tnow: float) -> bool:
+        return state.healthy(tnow) and not self.table.ejected(state.endpoint, tnow)
 
-        Raises `PoolError`: 503 when no credentials or no endpoint is healthy, 504 when
+    def report(self, endpoint: Address, *, ok: bool, error: str = "") -> None:
+        """Passive health: an exchange on `endpoint` succeeded or failed before a response."""
+        if ok:
+            self.table.succeeded(endpoint)
+        elif self.table.failed(endpoint, trio.current_time(), error):
+            self._state(endpoint).last_error = error
+
+    async def acquire(
+        self, *, fresh: bool = False, avoid: frozenset[Address] = frozenset()
+    ) -> PooledConnection:
+        """An idle pooled connection (unless `fresh`), else a new verified one; endpoints
+        in `avoid` (where this request just failed) are tried last.
+
+        Raises `PoolError`: 503 when no credentials or no endpoint is known, 504 when
         every attempt timed out, 502 otherwise (refused, closed, identity mismatch).
         """
         tnow, now = trio.current_time(), self.runtime.now()
-        order = [self._states[e] for e in self._balancer.order()]
+        order = [self._state(e) for e in self.table.order(tnow, avoid=avoid)]
+        if not order:
+            source = "registered with the control plane" if self.table.discovered else "known"
+            raise PoolError(
+                503, "no_endpoints", f"no endpoint of {self.config.service} is {source}"
+            )
         if not fresh:
+            picked = False
             for state in order:
-                if not state.healthy(tnow):
+                if not self._healthy(state, tnow) or state.endpoint in avoid:
                     continue
+                if not picked and not state.idle and not state.active:
+                    break  # the round robin's pick has no connection yet: dial it, so
+                    # sequential requests spread over every endpoint, not the first warm one
+                picked = True
                 while state.idle:
                     conn = state.idle.pop()  # most recent: the others stay evictable
                     if self._usable(conn, now, tnow):
@@ -274,9 +331,9 @@ class MeshPool:
             tnow = trio.current_time()
             # Backing off only steers requests to the other endpoints: with none healthy,
             # refusing would keep failing requests after the peer is back.
-            candidates = [s for s in order if s.healthy(tnow)] or sorted(
-                order, key=lambda s: s.down_until
-            )
+            candidates = [
+                s for s in order if self._healthy(s, tnow) and s.endpoint not in avoid
+            ] or sorted(order, key=lambda s: (s.endpoint in avoid, s.down_until))
             failures: list[PoolError] = []
             for state in candidates:
                 try:
@@ -286,6 +343,7 @@ class MeshPool:
                         raise
                     state.down_until = trio.current_time() + self.config.endpoint_backoff_seconds
                     state.last_error = exc.detail
+                    self.table.failed(state.endpoint, trio.current_time(), exc.detail)
                     failures.append(exc)
                     continue
                 return self._lend(conn)
@@ -323,7 +381,7 @@ class MeshPool:
                 transport,
                 rt.store,
                 rt.now,
-                expected=self._expected,
+                expected=self.table.expected(endpoint),
                 timeout_seconds=rt.timeouts.handshake_timeout_seconds,
             )
         except MeshTlsError as exc:
@@ -358,11 +416,14 @@ class MeshPool:
 
     async def release(self, conn: PooledConnection, *, reusable: bool) -> None:
         """Give a connection back after an exchange; anything not clean is closed."""
-        state = self._states[conn.endpoint]
+        state = self._state(conn.endpoint)
         state.active -= 1
         self._active.discard(conn)
+        if reusable:
+            self.table.succeeded(conn.endpoint)
         if (
             reusable
+            and conn.peer_id in self.table.expected(conn.endpoint)
             and conn.reader.buffered_bytes == 0
             and len(state.idle) < self.config.pool_max_idle_per_endpoint
             and self._current(conn, self.runtime.now())
@@ -375,7 +436,7 @@ class MeshPool:
 
     def mark_failed(self, conn: PooledConnection, error: str) -> None:
         """Record a failure seen on an established connection (not a health verdict)."""
-        self._states[conn.endpoint].last_error = error
+        self._state(conn.endpoint).last_error = error
 
     # -- background ------------------------------------------------------------------------
 
@@ -383,7 +444,10 @@ class MeshPool:
         """Close idle connections that expired, were revoked or idled too long."""
         tnow, now = trio.current_time(), self.runtime.now()
         closed = 0
-        for state in self._states.values():
+        for endpoint, state in list(self._states.items()):
+            if not state.idle and not state.active and not self.table.expected(endpoint):
+                self._states.pop(endpoint, None)  # left the set: nothing of it remains
+                continue
             keep = []
             for conn in state.idle:
                 if self._usable(conn, now, tnow):

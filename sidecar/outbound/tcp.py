@@ -1,8 +1,9 @@
 """Outbound (tcp mode): plaintext from the local app → mTLS to the destination's sidecar.
 
-Pipeline per connection: admit (cap) → connect to an endpoint (round robin, skipping
-endpoints that fail within the connect timeout) → mesh handshake with secure naming (the
-upstream must present one of the configured SPIFFE IDs) → relay until done, idle, or the
+Pipeline per connection: admit (cap) → connect to an endpoint (round robin over the
+`EndpointTable`, ejected ones last, skipping endpoints that fail within the connect
+timeout) → mesh handshake with secure naming (the upstream must present one of the IDs the
+table expects of that endpoint) → relay until done, idle, or the
 first SVID's notAfter. Fails closed: no endpoint or no acceptable upstream means the local
 connection is reset; nothing is ever sent in plaintext.
 """
@@ -10,7 +11,7 @@ connection is reset; nothing is ever sent in plaintext.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, final
 
 import trio
@@ -20,6 +21,7 @@ from sidecar.admission import admitted, handshake_refused
 from sidecar.config import Address, OutboundConfig
 from sidecar.observe.access import ConnectionReport
 from sidecar.observe.logs import event
+from sidecar.outbound.endpoints import EndpointTable, static_table
 from sidecar.runtime import Runtime
 from sidecar.transport.mesh_tls import MeshTlsError, connect_mesh
 from sidecar.transport.relay import abort, relay
@@ -48,10 +50,12 @@ class RoundRobin:
 class Outbound:
     config: OutboundConfig
     runtime: Runtime
-    balancer: RoundRobin = field(init=False)
+    # Static endpoints, or the set discovery keeps up to date; passive health lives there.
+    table: EndpointTable | None = None
 
     def __post_init__(self) -> None:
-        self.balancer = RoundRobin(self.config.endpoints)
+        if self.table is None:
+            self.table = static_table(self.config)
 
     async def handle(self, local: trio.SocketStream) -> None:
         """Serve one local connection; never raises for a peer's fault.
@@ -71,11 +75,13 @@ class Outbound:
             await abort(local)
 
     async def _connect(self) -> tuple[trio.SocketStream, Address] | None:
-        for endpoint in self.balancer.order():
+        assert self.table is not None
+        for endpoint in self.table.order(trio.current_time()):
             with trio.move_on_after(self.runtime.timeouts.connect_timeout_seconds):
                 try:
                     return await trio.open_tcp_stream(endpoint.host, endpoint.port), endpoint
                 except OSError as exc:
+                    self.table.failed(endpoint, trio.current_time(), str(exc))
                     event(
                         log,
                         "endpoint failed",
@@ -85,6 +91,7 @@ class Outbound:
                         error=str(exc),
                     )
                     continue
+            self.table.failed(endpoint, trio.current_time(), "connect timeout")
             event(
                 log,
                 "endpoint timed out",
@@ -105,21 +112,24 @@ class Outbound:
             return
         upstream, endpoint = connected
         fields["endpoint"] = report.extra["endpoint"] = str(endpoint)
+        assert self.table is not None
         try:
             conn = await connect_mesh(
                 upstream,
                 rt.store,
                 rt.now,
-                expected=frozenset(self.config.spiffe_ids),
+                expected=self.table.expected(endpoint),
                 timeout_seconds=rt.timeouts.handshake_timeout_seconds,
             )
         except MeshTlsError as exc:
+            self.table.failed(endpoint, trio.current_time(), str(exc.reason))
             handshake_refused(
                 rt, "outbound", exc, log, report, service=fields["service"], endpoint=str(endpoint)
             )
             await abort(local)
             return
         rt.observer.handshake("outbound", ok=True)
+        self.table.succeeded(endpoint)
         report.peer_id = fields["peer"] = str(conn.peer_id)
         with rt.tracker.bind(handle, conn):
             result = await relay(

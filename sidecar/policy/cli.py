@@ -7,6 +7,7 @@ Exit codes: 0 valid / all tests pass / allowed; 1 invalid / a test failed / deni
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,9 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--trust-domain", default="example.org", help="for the examples")
     validate = sub.add_parser("validate", help="parse and validate DIR against its schema")
     validate.add_argument("directory", type=Path, metavar="DIR")
+    validate.add_argument("--output", choices=["text", "json"], default="text")
     test = sub.add_parser("test", help=f"run the test cases of DIR ({TESTS_FILE})")
     test.add_argument("directory", type=Path, metavar="DIR")
     test.add_argument("--tests", type=Path, help=f"test file (default DIR/{TESTS_FILE})")
+    test.add_argument("--output", choices=["text", "json"], default="text")
     explain = sub.add_parser("explain", help="decide one request and say why")
     explain.add_argument("directory", type=Path, metavar="DIR")
     explain.add_argument("--principal", required=True, help="peer SPIFFE ID")
@@ -76,10 +79,11 @@ def policy_main(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | 
             err.write(f"{problem}\n")
         err.write(f"{directory}: {len(exc.problems)} problem(s); nothing loaded\n")
         return 2 if args.command == "explain" else 1
+    as_json = getattr(args, "output", "text") == "json"
     if args.command == "validate":
-        return _validate(snapshot, out, err)
+        return _validate(snapshot, out, err, as_json=as_json)
     if args.command == "test":
-        return _test(snapshot, args.tests or directory / TESTS_FILE, out, err)
+        return _test(snapshot, args.tests or directory / TESTS_FILE, out, err, as_json=as_json)
     return _explain(snapshot, args, out, err)
 
 
@@ -99,7 +103,7 @@ def _init(directory: Path, service: str, trust_domain: str, out: TextIO, err: Te
     return 0
 
 
-def _validate(snapshot: PolicySnapshot, out: TextIO, err: TextIO) -> int:
+def _validate(snapshot: PolicySnapshot, out: TextIO, err: TextIO, *, as_json: bool = False) -> int:
     tests = snapshot.directory / TESTS_FILE
     if tests.exists():
         try:
@@ -107,6 +111,16 @@ def _validate(snapshot: PolicySnapshot, out: TextIO, err: TextIO) -> int:
         except ValueError as exc:
             err.write(f"{exc}\n")
             return 1
+    if as_json:
+        document = {
+            "directory": str(snapshot.directory),
+            "valid": True,
+            "version": snapshot.version,
+            "files": list(snapshot.files),
+            "policies": len(snapshot.policies),
+        }
+        out.write(json.dumps(document, indent=2) + "\n")
+        return 0
     out.write(
         f"{snapshot.directory}: {len(snapshot.policies)} policies valid "
         f"({', '.join(snapshot.files)}), version {snapshot.version}\n"
@@ -114,13 +128,32 @@ def _validate(snapshot: PolicySnapshot, out: TextIO, err: TextIO) -> int:
     return 0
 
 
-def _test(snapshot: PolicySnapshot, tests: Path, out: TextIO, err: TextIO) -> int:
+def _test(
+    snapshot: PolicySnapshot, tests: Path, out: TextIO, err: TextIO, *, as_json: bool = False
+) -> int:
     try:
         cases = load_cases(tests)
     except ValueError as exc:
         err.write(f"{exc}\n")
         return 1
     results = run_cases(snapshot, cases)
+    if as_json:
+        rows = [
+            {
+                "name": r.case.name,
+                "passed": r.passed,
+                "expected": r.case.expect,
+                "got": "allow" if r.decision.allowed else "deny",
+                "reason": str(r.decision.reason),
+                "policies": snapshot.describe(r.decision.policy_ids),
+                "errors": [str(e) for e in r.decision.errors],
+            }
+            for r in results
+        ]
+        failures = sum(1 for r in rows if not r["passed"])
+        document = {"passed": len(rows) - failures, "failed": failures, "cases": rows}
+        out.write(json.dumps(document, indent=2) + "\n")
+        return 1 if failures else 0
     failed = 0
     for result in results:
         if result.passed:

@@ -1,8 +1,12 @@
 """The sidecar's live policy set: load at start (refuse to start on an invalid set), then
-keep it in step with its directory (file changes and SIGHUP), counting every reload."""
+keep it in step with its directory (file changes and SIGHUP), counting every reload.
+
+With ``source = "control-plane"`` there is no directory to watch: the store starts empty
+(every request denied) and `sidecar.control.policies` feeds it through `load`."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import final
 
 import trio
@@ -30,12 +34,16 @@ class LivePolicies:
         self.store = PolicyStore()
         self._observer = observer
         self._clock = clock
-        self.watcher = PolicyWatcher(
-            self.store,
-            config.dir,
-            clock,
-            poll_interval_ms=config.reload_interval_ms,
-            on_reload=self._count,
+        self.watcher = (
+            PolicyWatcher(
+                self.store,
+                config.dir,
+                clock,
+                poll_interval_ms=config.reload_interval_ms,
+                on_reload=self._count,
+            )
+            if config.dir is not None
+            else None
         )
 
     def _count(self, outcome: ReloadOutcome) -> None:
@@ -47,11 +55,22 @@ class LivePolicies:
 
     def request_reload(self) -> None:
         """SIGHUP: reload now even if no file changed."""
-        self.watcher.request_reload()
+        if self.watcher is not None:
+            self.watcher.request_reload()
+
+    async def load(self, directory: Path) -> ReloadOutcome:
+        """Validate `directory` and swap it in if it is good (in a thread: Cedar parsing
+        holds the event loop otherwise); counted like a reload."""
+        outcome = await trio.to_thread.run_sync(self.store.try_reload, directory, self._clock.now())
+        self._count(outcome)
+        return outcome
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Load the first set and keep watching in `nursery`; raise `PolicyStartError`
-        (naming file, line and policy) when it does not load."""
+        (naming file, line and policy) when it does not load. Control-plane source:
+        nothing to load here."""
+        if self.config.dir is None or self.watcher is None:
+            return
         if not self.config.dir.is_dir():
             raise PolicyStartError(f"policy.dir {self.config.dir} is not a directory")
         outcome = await nursery.start(self.watcher.run)

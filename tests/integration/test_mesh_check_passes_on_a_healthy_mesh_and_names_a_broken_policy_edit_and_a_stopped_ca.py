@@ -1,0 +1,73 @@
+"""`mesh-ca check` passes (exit 0, every line ✔) on the healthy demo mesh; after a broken
+policy edit it fails with the file and line and a hint to fix it (the last good set stays
+live); once the CA is stopped it fails with a hint to start it.
+
+Real processes: the CA with its loopback admin listener, three apps, three reporting
+sidecars.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.report_mesh import mesh_ca_cli, reporting, running_mesh, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _check(admin: str) -> tuple[int, dict[str, Any]]:
+    done = mesh_ca_cli("check", "--admin", admin, "--output", "json")
+    return done.returncode, json.loads(done.stdout)
+
+
+def _failed(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in document["checks"] if not c["ok"]}
+
+
+def test_check_passes_then_names_a_broken_policy_then_a_stopped_ca(tmp_path: Path) -> None:
+    with running_mesh(tmp_path) as mesh:
+        wait_until("every sidecar to report", lambda: reporting(mesh))
+        table = mesh_ca_cli("check", "--admin", mesh.ca_admin)
+        assert table.returncode == 0, table.stdout + table.stderr
+        lines = [line for line in table.stdout.splitlines() if line.startswith(("✔", "✘"))]
+        assert len(lines) >= 9
+        assert all(line.startswith("✔") for line in lines), table.stdout
+        assert "all checks passed" in table.stdout
+
+        # A broken edit: the sidecars keep the last good set and report the reload error.
+        with (mesh.work / "policies" / "shop.cedar").open("a") as policy:
+            policy.write("\npermit(principal, action, resource\n")
+
+        def policy_failure() -> dict[str, Any] | None:
+            code, document = _check(mesh.ca_admin)
+            failed = _failed(document)
+            # All three sidecars read that directory; their reports arrive one by one.
+            if (
+                code == 1
+                and set(failed) == {"policies"}
+                and len(failed["policies"]["details"]) == 3
+            ):
+                return failed["policies"]
+            return None
+
+        failure = wait_until("check to name the broken policy on every sidecar", policy_failure)
+        assert all("shop.cedar:" in line for line in failure["details"]), failure
+        assert "fix the policy files" in failure["hint"]
+        assert "mesh-sidecar policy validate" in failure["hint"]
+
+        mesh.processes["ca"].send_signal(signal.SIGTERM)
+        mesh.processes["ca"].wait(timeout=30)
+        stopped = mesh_ca_cli("check", "--admin", mesh.ca_admin)
+        assert stopped.returncode == 1
+        assert f"✘ ca_reachable: the CA's admin listener at {mesh.ca_admin} does not answer" in (
+            stopped.stdout
+        )
+        assert f"hint: is `mesh-ca serve --admin-listen {mesh.ca_admin}` running?" in stopped.stdout
+        stat = mesh_ca_cli("mesh", "stat", "--admin", mesh.ca_admin)
+        assert stat.returncode == 1
+        assert "Connection refused" in stat.stderr
