@@ -64,6 +64,7 @@ def test_the_swapped_in_service_publishes_the_new_slot_and_keeps_what_others_pub
     bundle = json.loads(new.handle(ApiRequest("GET", "/v1/bundle", None, b"", "-"), now, 0).body)
     assert bundle["spiffe_sequence"] == 8
     assert len(bundle["meshgate_intermediates"]) == 2
+    assert new.reports is old.reports  # the mesh view's window survives the step
     federated = new.handle(ApiRequest("GET", "/v1/federation/bundles", None, b"", "-"), now, 0)
     assert json.loads(federated.body) == {"trust_domains": {"b.example": {}}}
 

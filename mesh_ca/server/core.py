@@ -281,8 +281,9 @@ class CaService:
         self._federated_json = document
 
     def with_authority(self, authority: CaAuthority) -> CaService:
-        """A service for a new authority (a rotation step), sharing store, limits, metrics."""
-        service = CaService(authority, self.store, self._limiter, self.metrics)
+        """A service for a new authority (a rotation step), sharing store, limits, metrics
+        and the sidecar reports' window."""
+        service = CaService(authority, self.store, self._limiter, self.metrics, self.reports)
         service.bundle_reporter = self.bundle_reporter
         service._federated_json = self._federated_json  # the foreign bundles stay served
         return service

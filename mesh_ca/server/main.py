@@ -266,7 +266,7 @@ async def _serve_until_signal(
                             admin_listeners,
                             server.service.metrics,
                             control,
-                            functools.partial(_mesh_json, server, clock),
+                            functools.partial(_mesh_json, server, clock, keeper),
                         )
                     )
                     sys.stderr.write(f"mesh-ca admin on {_shown(admin_listeners[0])}\n")
@@ -290,7 +290,9 @@ async def _serve_until_signal(
             connections.cancel_scope.deadline = trio.current_time() + DRAIN_SECONDS
 
 
-def _mesh_json(server: CaHttpServer, clock: Clock, window: str) -> dict[str, Any]:
+def _mesh_json(
+    server: CaHttpServer, clock: Clock, keeper: TrustKeeper | None, window: str
+) -> dict[str, Any]:
     """The admin listener's ``/v1/mesh``: the reports' window and this CA's own facts."""
     authority = server.service.authority
     now = clock.now()
@@ -303,6 +305,7 @@ def _mesh_json(server: CaHttpServer, clock: Clock, window: str) -> dict[str, Any
         "intermediate_not_after": authority.signer.not_after.isoformat(),
         "server_svid_not_after": server.identity.not_after.isoformat(),
         "store_up": server.service.metrics.store_is_up(),
+        **(keeper.mesh_facts() if keeper is not None else {}),
     }
     return server.service.reports.view(window, now, ca)
 

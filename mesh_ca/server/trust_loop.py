@@ -15,6 +15,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import trio
 
@@ -77,6 +78,25 @@ class TrustKeeper:
         """Automatic intermediate steps: enabled, and the keys are files (a PKCS#11 token's
         intermediate is not rotated yet; those CAs rotate by hand)."""
         return self.config.enabled and self.ca.config.keys.backend == "file"
+
+    def mesh_facts(self) -> dict[str, Any]:
+        """The slots for the admin listener's mesh view (what `mesh-ca check` reads)."""
+        state = self.loaded.state
+        slots = [("root", r.state, r.fingerprint, r.cert) for r in state.roots]
+        slots += [("intermediate", i.state, i.fingerprint, i.cert) for i in state.intermediates]
+        return {
+            "trust_sequence": state.sequence,
+            "rotation_automatic": self.automatic and not state.root_rotation_in_progress,
+            "slots": [
+                {
+                    "kind": kind,
+                    "slot": slot.value,
+                    "id": fp[:16],
+                    "not_after": cert.not_valid_after_utc.isoformat(),
+                }
+                for kind, slot, fp, cert in slots
+            ],
+        }
 
     def authority(self, base: CaAuthority) -> CaAuthority:
         return authority_for(base, self.loaded.state, self.ca, self.passphrase)
