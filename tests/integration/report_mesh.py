@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.procs import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts" / "demo"))
-from demo_mesh import SERVICES, TRUST_DOMAIN, Mesh, run_tool, spiffe_id
+from demo_mesh import CONTROL_TOML, SERVICES, TRUST_DOMAIN, Mesh, run_tool, spiffe_id
 
 __all__ = [
     "SERVICES",
@@ -83,6 +83,10 @@ def _start(mesh: Mesh, leaf_ttl: str, ca_server: dict[str, str], workers: dict[s
         assert found == 1, f"ca.toml has no [server] {key}"
         config.write_text(text)
     shutil.copytree(ROOT / "policies", work / "policies")
+    # The demo's sidecars register, discover and take central policies: the CA is the
+    # control plane, over the same policy directory.
+    with config.open("a") as toml:
+        toml.write(CONTROL_TOML.format(policies=work / "policies"))
     mesh.start_ca()
     for name in SERVICES:
         mesh.start_app(name)
