@@ -41,7 +41,7 @@ StoreStep``) in `endpoints/` and add a line to `_ROUTES`.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Final, TypeVar, final
 
@@ -106,6 +106,7 @@ class CaService:
         self.metrics = metrics or CaMetrics()
         # Sidecar reports (mesh_ca.control): a fresh window when the caller brings none.
         self.reports = reports or ReportIntake(MeshWindow())
+        self._limiter = limiter
         self.throttle = IssuanceThrottle(limiter, self.metrics)
         self.clients = ClientAuthenticator(authority)
         self.signing = LeafSigning(authority)
@@ -115,10 +116,21 @@ class CaService:
         self.bundle_json = json.dumps(authority.bundle.to_spiffe_json()).encode()
         # The foreign trust domains' bundles (`mesh_ca.federation`), replaced whole.
         self.federated_json = b'{"trust_domains": {}}'
+        # Records a sidecar's reported bundle sequence (`mesh_ca.store.trust`); None: the
+        # report is acknowledged but not kept.
+        self.bundle_reporter: Callable[[SpiffeId, int, datetime], None] | None = None
 
     def publish_federated(self, document: bytes) -> None:
         """Serve `document` at /v1/federation/bundles from now on (one reference swap)."""
         self.federated_json = document
+
+    def with_authority(self, authority: CaAuthority) -> CaService:
+        """A service for a new authority (a rotation step), sharing store, limits, metrics
+        and the sidecar reports' window."""
+        service = CaService(authority, self.store, self._limiter, self.metrics, self.reports)
+        service.bundle_reporter = self.bundle_reporter
+        service.federated_json = self.federated_json  # the foreign bundles stay served
+        return service
 
     # Routing
 
@@ -186,6 +198,7 @@ _ROUTES: Final[dict[str, Route]] = {
     "/readyz": ("GET", status.readyz, True),
     "/v1/bundle": ("GET", trust.bundle, False),
     "/v1/bundle.pem": ("GET", trust.bundle_pem, False),
+    "/v1/bundle/held": ("POST", trust.bundle_held, True),
     "/v1/federation/bundles": ("GET", trust.federated_bundles, False),
     "/v1/revocations": ("GET", trust.revocations, True),
     "/v1/bootstrap": ("POST", bootstrap.bootstrap, True),

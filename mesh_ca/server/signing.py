@@ -35,7 +35,8 @@ class LeafSigning:
         self._authority = authority
         # Keys no workload may present: the signer, its chain and every root of the bundle.
         self._ca_keys = authority.signer.ca_public_keys | {
-            public_key_der(root.public_key()) for root in authority.bundle.roots
+            public_key_der(cert.public_key())
+            for cert in (*authority.bundle.roots, *authority.bundle.intermediates)
         }
 
     def csr(self, text: str) -> Csr:
