@@ -114,3 +114,23 @@ def test_a_registered_endpoint_without_a_reporting_sidecar_fails() -> None:
     assert "lease" in check.hint
     ok = run_checks(view(instance()), None, "127.0.0.1:9", Thresholds(), registrations[:1])
     assert all(c.ok for c in ok)
+
+
+def test_a_central_edit_the_ca_refused_fails_the_policies_check() -> None:
+    # The sidecars keep the last published set and report no error: the CA's publisher does.
+    central = {
+        "published": {"version": 4, "sha256": "ab", "published_at": NOW.isoformat()},
+        "last_error": "/srv/policies: shop.cedar:7: unexpected end of input",
+        "sidecars": [],
+    }
+    checks = run_checks(view(instance()), None, "127.0.0.1:9", Thresholds(), None, central)
+    [check] = [c for c in checks if not c.ok]
+    assert check.name == "policies"
+    assert check.details == [
+        "control plane (serving published v4): /srv/policies: shop.cedar:7: unexpected end of input"
+    ]
+    assert "mesh-sidecar policy validate" in check.hint
+    fixed = central | {"last_error": None}
+    assert all(
+        c.ok for c in run_checks(view(instance()), None, "127.0.0.1:9", Thresholds(), None, fixed)
+    )
