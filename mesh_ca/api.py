@@ -17,6 +17,8 @@ __all__ = [
     "MAX_CSR_CHARS",
     "REASON_PATTERN",
     "BootstrapRequest",
+    "BundleHeldRequest",
+    "BundleHeldResponse",
     "ErrorResponse",
     "RenewRequest",
     "RevocationsResponse",
@@ -66,6 +68,19 @@ class RenewRequest(_Wire):
     """A CSR for a new key; the SPIFFE ID comes from the client certificate (mTLS)."""
 
     csr: CsrPem
+
+
+class BundleHeldRequest(_Wire):
+    """What a sidecar reports holding: the ``spiffe_sequence`` of its trust bundle. The
+    SPIFFE ID comes from the client certificate (mTLS); `mesh-ca root activate` waits for
+    every active workload to report the sequence of the prepared root."""
+
+    sequence: Annotated[int, Field(ge=0, le=2**62)]
+
+
+class BundleHeldResponse(_Wire):
+    recorded: bool
+    sequence: int  # the sequence this CA publishes now
 
 
 class SvidResponse(_Wire):

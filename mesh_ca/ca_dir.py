@@ -4,7 +4,8 @@ Layout::
 
     ca.toml               CaConfig
     root.pem  root.key    the root (10 y); key 0600, optionally passphrase-encrypted
-    intermediate.pem      the online signer (1 y, never past the root)
+    intermediate.pem      the first online signer (rotation.intermediate_ttl_seconds, 30 d, or
+                          1 y when not rotated automatically; never past the root)
     intermediate.key      0600, optionally passphrase-encrypted
     bundle.pem            trust anchors (roots) as PEM
     bundle.spiffe.json    the same as a SPIFFE bundle (JWKS)
@@ -26,7 +27,7 @@ import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Final, final
 
@@ -35,7 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from mesh_ca.config import CONFIG_FILE, CaConfig, ConfigError, load_config, write_config
-from mesh_ca.issuance import Signer, make_intermediate, make_root
+from mesh_ca.issuance import DEFAULT_INTERMEDIATE_TTL, Signer, make_intermediate, make_root
 from mesh_ca.keystore import intermediate_signing_key, new_ca_keys
 from mesh_ca.store import StateStore, open_store
 from meshgate.errors import MeshgateError
@@ -158,7 +159,12 @@ def init_ca_dir(
         # backend pkcs11: both keys made in the token (and destroyed again on failure).
         with new_ca_keys(config.keys, path) as (root_key, inter_key):
             root = make_root(td, root_key, now)
-            intermediate = make_intermediate(td, inter_key, root, root_key, now)
+            # A rotating CA's first intermediate lives as long as its successors will.
+            rotating = config.rotation.enabled and config.keys.backend == "file"
+            ttl = timedelta(seconds=config.rotation.intermediate_ttl_seconds)
+            intermediate = make_intermediate(
+                td, inter_key, root, root_key, now, ttl if rotating else DEFAULT_INTERMEDIATE_TTL
+            )
             bundle = TrustBundle(td, (root,), (intermediate,), bundle_sequence((root,)))
             write_config(staging / CONFIG_FILE, config)
             (staging / ROOT_CERT).write_bytes(_pem(root))

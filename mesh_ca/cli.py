@@ -59,8 +59,12 @@ from mesh_ca.issuance import (
 )
 from mesh_ca.keys_cli import add_keys_flags, keys_config
 from mesh_ca.mesh_cli import add_mesh_parsers, check_main, guarded, mesh_main
+from mesh_ca.root_cli import add_root_parser, print_slots, root_main, slots_status
+from mesh_ca.rotation import RotationError, TrustState
+from mesh_ca.rotation.keeper import published_bundle, signer_of
 from mesh_ca.store import IssuedRecord, StateStore, StoreError, open_store
 from mesh_ca.store.dbcli import add_db_parser, db_main
+from mesh_ca.store.trust import trust_store
 from mesh_ca.tokens import new_token
 from meshgate.errors import MeshgateError
 from meshgate.exit_codes import EXIT_CODES_HELP, StartupError
@@ -284,6 +288,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_serve_flags(p)
 
     add_db_parser(sub)
+    add_root_parser(sub)
     add_control_parsers(sub)
     add_mesh_parsers(sub)
     return parser
@@ -443,9 +448,17 @@ def _cmd_issue(args: argparse.Namespace) -> int:
 
     now = _now()
     key = generate_key()
-    leaf = issue_leaf(make_csr(key), spiffe_id, ca.signer, now, ttl, min_ttl=low, max_ttl=high)
     store = ca.open_store()
     try:
+        # The active slot signs and the published slots are the bundle (a rotated CA's
+        # intermediate.pem may be retired); the directory's files before the first rotation.
+        signer, bundle = ca.signer, ca.bundle
+        stored = trust_store(store).load_state()
+        if stored is not None:
+            state = TrustState.from_json(stored[1], "store: trust_state")
+            passphrase = read_passphrase(args.passphrase_file)
+            signer, bundle = signer_of(state, ca, passphrase), published_bundle(state, ca)
+        leaf = issue_leaf(make_csr(key), spiffe_id, signer, now, ttl, min_ttl=low, max_ttl=high)
         # The ledger first: a recorded certificate nobody holds is harmless, the reverse is not.
         store.record_issued(
             IssuedRecord(leaf.serial_number, spiffe_id, "offline", now, leaf.not_valid_after_utc)
@@ -462,10 +475,10 @@ def _cmd_issue(args: argparse.Namespace) -> int:
                 (out / "svid.key", private_key_pem(key), 0o600),
                 (
                     out / "svid.pem",
-                    leaf.public_bytes(pem) + ca.signer.cert.public_bytes(pem),
+                    leaf.public_bytes(pem) + signer.cert.public_bytes(pem),
                     0o644,
                 ),
-                (out / BUNDLE_PEM, ca.bundle.roots_pem(), 0o644),
+                (out / BUNDLE_PEM, bundle.roots_pem(), 0o644),
             ]
         )
     except BaseException:
@@ -541,6 +554,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         tokens = store.outstanding_tokens(now)
         revocations = store.revocations()
         issued = store.issued_count()
+        slots = slots_status(trust_store(store), config, now)
     finally:
         store.close()
     try:
@@ -572,6 +586,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         ],
         "issued_count": issued,
         "keys": config.keys.model_dump(exclude_none=True),
+        "slots": slots,
         "federation": federation_status(args.dir, config.federation),
     }
     if args.json or args.output == "json":
@@ -579,8 +594,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return 0
     _out(f"trust domain   {config.trust_domain}")
     _out(f"directory      {status['dir']}")
-    _out(f"root           notAfter {root['not_after']}  ({root['subject']})")
-    _out(f"intermediate   notAfter {intermediate['not_after']}  ({intermediate['subject']})")
+    _out(f"root.pem       notAfter {root['not_after']}  ({root['subject']})")
+    _out(f"intermediate.pem notAfter {intermediate['not_after']}  ({intermediate['subject']})")
+    print_slots(slots)
     _out(f"keys           {config.keys.describe()}")
     _out(f"issued         {issued} certificate(s)")
     _out(f"tokens         {len(tokens)} outstanding")
@@ -614,6 +630,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _cmd_serve,
     "token": _cmd_token_create,  # "create" is its only action so far
     "db": db_main,
+    "root": root_main,
     "endpoints": endpoints_main,
     "policy": policy_main,
     "dashboard": guarded(dashboard_main),
@@ -648,6 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         IssuanceError,
         BundleError,
         SpiffeIdError,
+        RotationError,
     ) as exc:
         return _fail(str(exc), 1)
     except OSError as exc:

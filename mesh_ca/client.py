@@ -37,7 +37,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from pydantic import ValidationError
 
-from mesh_ca.api import ErrorResponse, RevocationsResponse, SvidResponse
+from mesh_ca.api import BundleHeldResponse, ErrorResponse, RevocationsResponse, SvidResponse
 from mesh_ca.control.report_wire import REPORT_PATH
 from mesh_ca.issuance import make_csr
 from meshgate.clock import Clock, SystemClock
@@ -249,6 +249,23 @@ class CaClient:
                 self._contexts.pop(next(iter(self._contexts)))
             self._contexts[fingerprint] = context
         return context, fingerprint
+
+    async def report_bundle(
+        self, sequence: int, chain: Sequence[x509.Certificate], key: PrivateKey
+    ) -> int:
+        """Tell the CA which trust bundle (``spiffe_sequence``) this sidecar holds,
+        authenticated by its SVID; returns the sequence the CA publishes now."""
+        if not chain:
+            raise ValueError("report_bundle needs the current certificate chain")
+        context, fingerprint = self._context_for(chain, key)
+        await self.close_superseded()
+        body = json.dumps({"sequence": sequence}).encode()
+        reply = await self._request("POST", "/v1/bundle/held", body, context, fingerprint)
+        self._check_ok(reply)
+        try:
+            return BundleHeldResponse.model_validate_json(reply.body).sequence
+        except ValidationError as exc:
+            raise CaUnavailable(reply.status, "bad_response", f"bundle/held: {exc}") from exc
 
     async def close_superseded(self) -> None:
         """Close the kept-alive connections of SVIDs a newer one of the same ID replaced."""
@@ -471,13 +488,21 @@ class CaClient:
         """The CA server's SPIFFE ID after the handshake. Fails closed.
 
         With the intermediate known (in the bundle) this is `peer_svid`'s full check. Without
-        it (Python 3.11 does not expose the peer's chain), OpenSSL has verified the chain
+        it (Python 3.11 does not expose the peer's chain), or when the CA signs with an
+        intermediate rotated in after this client's bundle, OpenSSL has verified the chain
         strictly against this trust domain's roots only, and the leaf is re-checked here
         against the SVID profile and validity window.
         """
         now = self.clock.now()
         if self._ca_bundles[self.trust_domain].intermediates:
-            return peer_svid(stream, self._ca_bundles, now).spiffe_id
+            try:
+                return peer_svid(stream, self._ca_bundles, now).spiffe_id
+            except SvidError as exc:
+                # Signed by an intermediate this client's bundle does not know yet (the CA
+                # rotated it since): OpenSSL has verified the chain the server sent to this
+                # trust domain's roots, so the check below is the one made without any.
+                if exc.reason is not SvidFailure.UNTRUSTED:
+                    raise
         der = stream.getpeercert(binary_form=True)
         if not der:
             raise SvidError(SvidFailure.MALFORMED, "the CA server presented no certificate")

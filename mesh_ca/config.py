@@ -19,6 +19,7 @@ from mesh_ca.control.config import ControlConfig
 from mesh_ca.federation.config import FederationConfig, check_federation
 from mesh_ca.issuance.leaf import FLOOR_LEAF_TTL, MAX_LEAF_TTL, MIN_LEAF_TTL
 from mesh_ca.keys_config import KeysConfig
+from mesh_ca.rotation.config import RotationConfig
 from meshgate.config_file import config_error, read_toml
 from meshgate.errors import ConfigError
 from meshgate.identity import SpiffeId, SpiffeIdError, TrustDomain
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigError",
     "IssuanceConfig",
     "KeysConfig",
+    "RotationConfig",
     "ServerConfig",
     "StoreConfig",
     "config_from_mapping",
@@ -304,6 +306,7 @@ class CaConfig(_Model):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
     keys: KeysConfig = KeysConfig()
+    rotation: RotationConfig = RotationConfig()
     control: ControlConfig = ControlConfig()
     federation: FederationConfig = FederationConfig()
 
@@ -360,6 +363,8 @@ def render_config(config: CaConfig) -> str:
     sections = ["issuance", "server", "store"]
     if config.keys.backend != "file":
         sections.append("keys")
+    if config.rotation != RotationConfig():
+        sections.append("rotation")
     if config.control != ControlConfig():
         sections.append("control")
     for section in sections:

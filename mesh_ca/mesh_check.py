@@ -18,6 +18,9 @@ __all__ = ["Check", "Thresholds", "run_checks"]
 # With renewal at 50 % ± 10 % of the lifetime, an SVID with under a quarter left means
 # renewals are failing.
 _SVID_LEFT_SHARE: Final = 0.25
+# An automatically rotated intermediate is replaced days before its end (activate_lead,
+# 5 d by default): one with less than this left means rotation is not happening.
+_ROTATING_INTERMEDIATE_WARN: Final = timedelta(days=3)
 
 
 @final
@@ -74,9 +77,14 @@ def _ca_checks(ca: Mapping[str, Any], now: datetime, limits: Thresholds) -> list
         )
     ]
     late = []
+    automatic = bool(ca.get("rotation_automatic"))
     for name in ("root", "intermediate"):
         left = _time(ca[f"{name}_not_after"]) - now
-        if left < limits.ca_expiry_warn:
+        warn = limits.ca_expiry_warn
+        if name == "intermediate" and automatic:
+            # The CA replaces it days before its end: only a late one is a problem.
+            warn = min(warn, _ROTATING_INTERMEDIATE_WARN)
+        if left < warn:
             late.append(f"{name} expires in {_human(left)} ({ca[f'{name}_not_after']})")
     checks.append(
         Check(
@@ -86,7 +94,29 @@ def _ca_checks(ca: Mapping[str, Any], now: datetime, limits: Thresholds) -> list
             "rotate them (docs/operations.md, CA rotation)" if late else "",
         )
     )
+    if isinstance(ca.get("slots"), list):
+        checks.append(_slots_check(ca, automatic))
     return checks
+
+
+def _slots_check(ca: Mapping[str, Any], automatic: bool) -> Check:
+    """The CA's root and intermediate slots (mesh_ca.rotation) and their dates."""
+    slots = [s for s in ca["slots"] if isinstance(s, Mapping)]
+    active = {s.get("kind") for s in slots if s.get("slot") == "active"}
+    ok = active == {"root", "intermediate"}
+    roots = sum(1 for s in slots if s.get("kind") == "root")
+    return Check(
+        "ca_slots",
+        ok,
+        f"trust sequence {ca.get('trust_sequence')}: {roots} root(s), "
+        f"{len(slots) - roots} intermediate(s); automatic rotation "
+        f"{'on' if automatic else 'off (or paused by a root rotation)'}",
+        "" if ok else "the CA has no active root or intermediate: mesh-ca status --dir DIR",
+        [
+            f"{s.get('kind')} {s.get('slot')} {s.get('id')} notAfter {s.get('not_after')}"
+            for s in slots
+        ],
+    )
 
 
 def _sidecar_checks(

@@ -7,8 +7,9 @@
     python scripts/bench.py ca-hsm [--seconds 6] [--rounds 3]   (CA keys in SoftHSM2 vs files)
     python scripts/bench.py control-plane [--rounds 6]   (one change to 1,000 watchers)
     python scripts/bench.py replicas [--seconds 3] [--concurrency 16] [--client-processes N]
-    python scripts/bench.py http [--seconds 6] [--rounds 3] [--baseline REF] [--http-workers2]
-    python scripts/bench.py latency [--seconds 20] [--rounds 2] [--baseline REF]
+    python scripts/bench.py http [--seconds 6] [--rounds 3] [--baseline REF] [--baseline2 REF]
+        [--http-workers2]
+    python scripts/bench.py latency [--seconds 20] [--rounds 2] [--baseline REF] [--baseline2 REF]
                                     [--latency-capacity-fraction 0.75]
                                     [--latency-app nginx|two-sends]
     python scripts/bench.py ledger [--seconds 10]       (CPU µs per step of one request)
@@ -618,6 +619,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="REF",
         help="ca: also serve the CA of this git ref (e.g. HEAD~3); http: also measure its "
         "meshgate pair (http, latency); in the same run",
+    )
+    parser.add_argument(
+        "--baseline2",
+        metavar="REF",
+        help="http, latency: also measure the meshgate pair of a second git ref (e.g. the "
+        "start of a change next to an older baseline), in the same run",
     )
     parser.add_argument(
         "--http-workers2",

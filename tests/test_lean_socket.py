@@ -100,7 +100,7 @@ async def test_extending_the_deadline_reaches_a_receive_that_waits(
     async with trio.open_nursery() as nursery:
 
         async def extend_then_send() -> None:
-            while stream._receive_wait is None:  # the receive below is waiting
+            while not stream.waiting_to_receive:  # the receive below is waiting
                 await trio.sleep(0.001)
             stream.extend_receive_deadline(trio.current_time() + 30)
             await trio.sleep_until(first_deadline + 0.1)  # past the first deadline

@@ -134,3 +134,45 @@ def test_a_central_edit_the_ca_refused_fails_the_policies_check() -> None:
     assert all(
         c.ok for c in run_checks(view(instance()), None, "127.0.0.1:9", Thresholds(), None, fixed)
     )
+
+
+def test_the_ca_slots_are_shown_and_a_rotating_intermediate_is_not_late_at_30_days() -> None:
+    slots = [
+        {"kind": "root", "slot": "active", "id": "aa", "not_after": "2036-01-01T00:00:00+00:00"},
+        {
+            "kind": "intermediate",
+            "slot": "active",
+            "id": "bb",
+            "not_after": "2026-06-20T00:00:00+00:00",
+        },
+        {
+            "kind": "intermediate",
+            "slot": "prepared",
+            "id": "cc",
+            "not_after": "2026-07-10T00:00:00+00:00",
+        },
+    ]
+    rotating = view(
+        instance(),
+        intermediate_not_after=(NOW + timedelta(days=19)).isoformat(),
+        rotation_automatic=True,
+        trust_sequence=42,
+        slots=slots,
+    )
+    checks = {c.name: c for c in run_checks(rotating, None, "127.0.0.1:9", Thresholds())}
+    assert checks["ca_certificates"].ok
+    assert checks["ca_slots"].ok
+    assert "trust sequence 42: 1 root(s), 2 intermediate(s)" in checks["ca_slots"].message
+    assert (
+        "intermediate prepared cc notAfter 2026-07-10T00:00:00+00:00" in checks["ca_slots"].details
+    )
+    # Days before its end and still active: rotation is not happening.
+    late = rotating | {
+        "ca": rotating["ca"] | {"intermediate_not_after": (NOW + timedelta(days=2)).isoformat()}
+    }
+    assert "ca_certificates" in failed(late)
+    # Without automatic rotation the usual 30-day warning holds.
+    manual = rotating | {"ca": rotating["ca"] | {"rotation_automatic": False}}
+    assert "ca_certificates" in failed(manual)
+    broken = rotating | {"ca": rotating["ca"] | {"slots": slots[:1]}}
+    assert "ca_slots" in failed(broken)

@@ -23,6 +23,7 @@ from mesh_ca.store.postgres_config import open_postgres, store_password
 from mesh_ca.tokens import new_token
 from tests.pg_server import PgServer, running_postgres
 from tests.store_conformance import ALICE, BOB, T0, StoreConformance, StoreFactory
+from tests.trust_store_conformance import TrustStoreConformance
 
 pytestmark = pytest.mark.postgres
 
@@ -349,3 +350,12 @@ def test_password_file_is_read_and_must_be_private(
     both = StoreConfig(kind="postgres", url=pg_url, password_file="x", password_env="Y")
     with pytest.raises(ConfigError, match="not both"):
         store_password(both, tmp_path)
+
+
+class TestPostgresTrustStore(TrustStoreConformance):
+    @pytest.fixture
+    def store_factory(self, pg_url: str, pg_password: str) -> StoreFactory:
+        def factory() -> StateStore:
+            return PostgresStore(pg_url, pg_password)
+
+        return factory

@@ -18,6 +18,7 @@ from mesh_ca.store import IssuedRecord, SqliteStore, StateStore, StoreUnavailabl
 from mesh_ca.store.sqlite import SCHEMA_VERSION
 from mesh_ca.tokens import new_token
 from tests.store_conformance import ALICE, T0, StoreConformance, StoreFactory
+from tests.trust_store_conformance import TrustStoreConformance
 
 
 class TestSqliteStore(StoreConformance):
@@ -161,3 +162,14 @@ def test_a_read_only_directory_is_named_as_the_cause(tmp_path: Path) -> None:
         pytest.skip(f"no read-only bind mount here: {result.stderr.strip()}")
     assert result.returncode == 1, result.stderr
     assert f"the directory {state} is not writable" in result.stderr
+
+
+class TestSqliteTrustStore(TrustStoreConformance):
+    @pytest.fixture
+    def store_factory(self, tmp_path: Path) -> StoreFactory:
+        path = tmp_path / "state.db"
+
+        def factory() -> StateStore:
+            return SqliteStore(path)
+
+        return factory

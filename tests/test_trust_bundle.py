@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from mesh_ca.issuance import make_intermediate
 from meshgate.identity import TrustDomain
 from meshgate.identity.bundle import (
     BundleError,
@@ -16,6 +17,7 @@ from meshgate.identity.bundle import (
     bundle_sequence,
     check_bundle_update,
 )
+from meshgate.keys import generate_key
 from tests.pki import TestPki as Pki
 
 TD = TrustDomain.parse("example.org")
@@ -112,3 +114,50 @@ def test_the_ca_publishes_a_sequence_that_grows_with_each_rotation_step() -> Non
     assert only_old < both < only_new
     published = TrustBundle(TD, old.bundle.roots, sequence=only_old).to_spiffe_json()
     assert published["spiffe_sequence"] == only_old
+
+
+# Published intermediates (meshgate_intermediates)
+
+
+def _with_intermediates(pki: Pki) -> TrustBundle:
+    return TrustBundle(pki.bundle.trust_domain, pki.bundle.roots, (pki.intermediate,), 7)
+
+
+def test_published_intermediates_survive_the_json_and_are_not_trust_anchors() -> None:
+    bundle = _with_intermediates(Pki())
+    document = bundle.to_spiffe_json()
+    assert len(document["keys"]) == 1  # roots only: other SPIFFE implementations see those
+    again = TrustBundle.from_spiffe_json(TD, json.dumps(document))
+    assert again.intermediates == bundle.intermediates
+    assert again.roots == bundle.roots
+
+
+def test_an_intermediate_no_root_of_the_document_signed_is_refused() -> None:
+    ours, theirs = Pki(), Pki()
+    document = _doc(_with_intermediates(ours))
+    document["meshgate_intermediates"] = _with_intermediates(theirs).to_spiffe_json()[
+        "meshgate_intermediates"
+    ]
+    with pytest.raises(BundleError, match=r"meshgate_intermediates\[0\] is not signed by any root"):
+        TrustBundle.from_spiffe_json(TD, json.dumps(document))
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [(3, "must be a list of base64 strings"), (["!!"], "not a base64 DER certificate")],
+)
+def test_malformed_published_intermediates_are_refused(value: object, says: str) -> None:
+    document = _doc(Pki().bundle, meshgate_intermediates=value)
+    with pytest.raises(BundleError, match=re.escape(says)):
+        TrustBundle.from_spiffe_json(TD, json.dumps(document))
+
+
+def test_a_newly_published_intermediate_is_a_change_of_trust() -> None:
+    pki = Pki()
+    known = TrustBundle(TD, pki.bundle.roots, (pki.intermediate,), 7)
+    # Same roots, one more intermediate (signed by the same root) at a higher sequence.
+    extra = make_intermediate(TD, generate_key(), pki.root, pki.root_key, datetime.now(UTC))
+    assert check_bundle_update(known, TrustBundle(TD, known.roots, (pki.intermediate, extra), 8))
+    # A document without intermediates (an older CA) keeps the known ones: no change.
+    assert not check_bundle_update(known, TrustBundle(TD, known.roots, (), 8))
+    assert not check_bundle_update(known, TrustBundle(TD, known.roots, (pki.intermediate,), 8))

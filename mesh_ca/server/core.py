@@ -40,6 +40,8 @@ from pydantic import BaseModel, ValidationError
 
 from mesh_ca.api import (
     BootstrapRequest,
+    BundleHeldRequest,
+    BundleHeldResponse,
     ErrorResponse,
     RenewRequest,
     RevocationsResponse,
@@ -250,8 +252,12 @@ class CaService:
         self._prune_verified_at = _VERIFIED_PRUNE_FLOOR  # size that triggers a sweep
         # Keys no workload may present: the signer, its chain and every root of the bundle.
         self._ca_keys = authority.signer.ca_public_keys | {
-            public_key_der(root.public_key()) for root in authority.bundle.roots
+            public_key_der(cert.public_key())
+            for cert in (*authority.bundle.roots, *authority.bundle.intermediates)
         }
+        # Records a sidecar's reported bundle sequence (`mesh_ca.store.trust`); None: the
+        # report is acknowledged but not kept.
+        self.bundle_reporter: Callable[[SpiffeId, int, datetime], None] | None = None
         self._store_up = True  # what metrics.store_up says; set only when it changes
         self._chain_tail_pem = b"".join(
             c.public_bytes(serialization.Encoding.PEM)
@@ -273,6 +279,14 @@ class CaService:
     def publish_federated(self, document: bytes) -> None:
         """Serve `document` at /v1/federation/bundles from now on (one reference swap)."""
         self._federated_json = document
+
+    def with_authority(self, authority: CaAuthority) -> CaService:
+        """A service for a new authority (a rotation step), sharing store, limits, metrics
+        and the sidecar reports' window."""
+        service = CaService(authority, self.store, self._limiter, self.metrics, self.reports)
+        service.bundle_reporter = self.bundle_reporter
+        service._federated_json = self._federated_json  # the foreign bundles stay served
+        return service
 
     # Routing
 
@@ -551,6 +565,16 @@ class CaService:
     ) -> ApiResponse:
         return ApiResponse(200, self._bundle_pem, content_type=PEM)
 
+    def _bundle_held(self, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
+        svid = self._client_svid(request, now)
+        body = self._body(request, BundleHeldRequest)
+        reporter = self.bundle_reporter
+        if reporter is not None:
+            reporter(svid.spiffe_id, body.sequence, now)
+        current = self.authority.bundle.sequence or 0
+        response = BundleHeldResponse(recorded=reporter is not None, sequence=current)
+        return _json(response, peer=str(svid.spiffe_id), held=str(body.sequence))
+
     def _revocations(self, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
         revocations = self.store.revocations()
         body = RevocationsResponse(
@@ -742,6 +766,7 @@ _ROUTES: Final[dict[str, tuple[str, _Handler, bool]]] = {
     "/readyz": ("GET", CaService._readyz, True),
     "/v1/bundle": ("GET", CaService._bundle, False),
     "/v1/bundle.pem": ("GET", CaService._bundle_pem_route, False),
+    "/v1/bundle/held": ("POST", CaService._bundle_held, True),
     "/v1/federation/bundles": ("GET", CaService._federated_bundles, False),
     "/v1/revocations": ("GET", CaService._revocations, True),
     "/v1/bootstrap": ("POST", CaService._bootstrap, True),

@@ -130,6 +130,12 @@ class CaHttpServer:
         self._group_commit = GroupCommit(service)
         self.control: ControlHandler | None = None  # mesh_ca.control.plane.ControlPlane
 
+    def replace_service(self, service: CaService) -> None:
+        """Serve with `service` from now on (after a trust-state change); requests in
+        flight finish on the one they started with."""
+        self.service = service
+        self._group_commit.service = service
+
     def close_idle(self) -> None:
         """Shutting down: close the connections waiting for their next request now, and
         every other one after the response it is working on (no drain wait for idle

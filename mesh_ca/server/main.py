@@ -20,7 +20,7 @@ import json
 import logging
 import signal
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,19 +31,27 @@ from mesh_ca.config import parse_admin_listen, parse_listen
 from mesh_ca.control.plane import ControlPlane
 from mesh_ca.control.setup import control_plane_for
 from mesh_ca.federation.refresh import FederationLoop
+from mesh_ca.rotation import RotationError
 from mesh_ca.server.admin import open_admin_listeners, serve_admin
 from mesh_ca.server.core import CaAuthority, CaService
 from mesh_ca.server.http import CaHttpServer, ServerLimits
 from mesh_ca.server.identity import issue_server_identity
 from mesh_ca.server.metrics import CaMetrics
 from mesh_ca.server.ratelimit import RateLimiter
+from mesh_ca.server.trust_loop import TrustKeeper
 from mesh_ca.store import StateStore, StoreError
+from mesh_ca.store.trust import trust_store
 from meshgate.clock import Clock, SystemClock
 from meshgate.exit_codes import ExitCode, StartupError
 from meshgate.identity import SpiffeId
 from meshgate.version import installed_version
 
 __all__ = ["authority_of", "serve_main"]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
 
 log = logging.getLogger("mesh_ca.server")
 DRAIN_SECONDS: Final = 5.0
@@ -80,7 +88,8 @@ def serve_main(args: argparse.Namespace) -> int:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     try:
-        ca = load_ca_dir(Path(args.dir), read_passphrase(getattr(args, "passphrase_file", None)))
+        passphrase = read_passphrase(getattr(args, "passphrase_file", None))
+        ca = load_ca_dir(Path(args.dir), passphrase)
     except CaDirError as exc:
         sys.stderr.write(f"mesh-ca serve: --dir {args.dir}: {exc}\n")
         return ExitCode.FILE
@@ -122,8 +131,18 @@ def serve_main(args: argparse.Namespace) -> int:
         if getattr(args, "threaded_handlers", False):
             threaded = True
         authority = authority_of(ca, str(getattr(args, "replica", "") or ""))
+        keeper = TrustKeeper.open(ca, trust_store(store), passphrase, authority.replica, _now())
+        authority = keeper.authority(authority)
         trio.run(
-            _serve, ca, authority, store, (listen_key, host, port), SystemClock(), threaded, admin
+            _serve,
+            ca,
+            authority,
+            store,
+            (listen_key, host, port),
+            SystemClock(),
+            threaded,
+            admin,
+            keeper,
         )
     except StartupError as exc:
         sys.stderr.write(f"mesh-ca serve: {exc}\n")
@@ -131,6 +150,9 @@ def serve_main(args: argparse.Namespace) -> int:
     except StoreError as exc:
         sys.stderr.write(f"mesh-ca serve: store: {exc}\n")
         return ExitCode.STATE
+    except RotationError as exc:
+        sys.stderr.write(f"mesh-ca serve: trust state: {exc}\n")
+        return ExitCode.FILE
     except KeyboardInterrupt:  # SIGINT before the signal handlers were installed
         return 130
     finally:
@@ -146,6 +168,7 @@ async def _serve(
     clock: Clock,
     threaded: bool = True,
     admin: tuple[str, str, int] | None = None,
+    keeper: TrustKeeper | None = None,
 ) -> None:
     key, host, port = listen
     try:  # first, outside any nursery: a taken port is one line naming the flag or key
@@ -157,7 +180,7 @@ async def _serve(
     admin_listeners = await open_admin_listeners(*admin) if admin else []
     metrics = CaMetrics()
     metrics.set_expiry("root", ca.root.not_valid_after_utc)
-    metrics.set_expiry("intermediate", ca.signer.not_after)
+    metrics.set_expiry("intermediate", authority.signer.not_after)
     try:
         identity = await trio.to_thread.run_sync(
             issue_server_identity, authority, store, clock.now()
@@ -169,6 +192,8 @@ async def _serve(
     metrics.set_expiry("server", identity.not_after)
     limiter = RateLimiter(ca.config.server.rate_limit_per_second, ca.config.server.rate_limit_burst)
     service = CaService(authority, store, limiter, metrics)
+    if keeper is not None:
+        service.bundle_reporter = keeper.trust.report_bundle
     limits = ServerLimits(
         max_body_bytes=ca.config.server.max_body_bytes,
         max_connections=ca.config.server.max_connections,
@@ -177,14 +202,21 @@ async def _serve(
     )
     server = CaHttpServer(service, identity, clock, limits)
     control = control_plane_for(
-        ca.path, ca.config.control, store, clock, service._client_svid, metrics.registry
+        ca.path,
+        ca.config.control,
+        store,
+        clock,
+        # By whichever service serves now: a rotation step swaps in one with new slots.
+        lambda request, now: server.service._client_svid(request, now),  # noqa: PLW0108
+        metrics.registry,
     )
     server.control = control
     federation = FederationLoop(
         ca.path,
         authority.bundle,
         ca.config.federation,
-        service.publish_federated,
+        # Into whichever service serves now: a rotation step swaps in a new one.
+        lambda document: server.service.publish_federated(document),  # noqa: PLW0108
         clock,
         metrics.registry,
     )
@@ -194,7 +226,7 @@ async def _serve(
             # this CA; sidecars get the federated bundles once they are fetched.
             background.start_soon(federation.run)
             await _serve_until_signal(
-                server, authority, store, clock, listeners, admin_listeners, control
+                server, store, clock, listeners, admin_listeners, keeper, control
             )
             background.cancel_scope.cancel()
     finally:
@@ -203,11 +235,11 @@ async def _serve(
 
 async def _serve_until_signal(
     server: CaHttpServer,
-    authority: CaAuthority,
     store: StateStore,
     clock: Clock,
     listeners: list[trio.SocketListener],
     admin_listeners: list[trio.SocketListener] | None = None,
+    keeper: TrustKeeper | None = None,
     control: ControlPlane | None = None,
 ) -> None:
     async def handler(stream: trio.SocketStream) -> None:
@@ -234,13 +266,15 @@ async def _serve_until_signal(
                             admin_listeners,
                             server.service.metrics,
                             control,
-                            functools.partial(_mesh_json, server, clock),
+                            functools.partial(_mesh_json, server, clock, keeper),
                         )
                     )
                     sys.stderr.write(f"mesh-ca admin on {_shown(admin_listeners[0])}\n")
                 sys.stderr.write(f"mesh-ca serving on {_shown(listeners[0])}\n")
                 sys.stderr.flush()
-                accepting.start_soon(_rotate, server, authority, store, clock)
+                accepting.start_soon(_rotate, server, store, clock)
+                if keeper is not None:
+                    accepting.start_soon(keeper.run, server, clock)
                 accepting.start_soon(server.access_log.run)
                 async for signum in signals:
                     log.info(
@@ -256,7 +290,9 @@ async def _serve_until_signal(
             connections.cancel_scope.deadline = trio.current_time() + DRAIN_SECONDS
 
 
-def _mesh_json(server: CaHttpServer, clock: Clock, window: str) -> dict[str, Any]:
+def _mesh_json(
+    server: CaHttpServer, clock: Clock, keeper: TrustKeeper | None, window: str
+) -> dict[str, Any]:
     """The admin listener's ``/v1/mesh``: the reports' window and this CA's own facts."""
     authority = server.service.authority
     now = clock.now()
@@ -269,6 +305,7 @@ def _mesh_json(server: CaHttpServer, clock: Clock, window: str) -> dict[str, Any
         "intermediate_not_after": authority.signer.not_after.isoformat(),
         "server_svid_not_after": server.identity.not_after.isoformat(),
         "store_up": server.service.metrics.store_is_up(),
+        **(keeper.mesh_facts() if keeper is not None else {}),
     }
     return server.service.reports.view(window, now, ca)
 
@@ -279,17 +316,14 @@ def _shown(listener: trio.SocketListener) -> str:
     return f"{host}:{bound[1]}"
 
 
-async def _rotate(
-    server: CaHttpServer,
-    authority: CaAuthority,
-    store: StateStore,
-    clock: Clock,
-) -> None:
+async def _rotate(server: CaHttpServer, store: StateStore, clock: Clock) -> None:
     """Re-issue the server SVID at half its lifetime; on failure keep the old one and retry."""
     while True:
         wait = (server.identity.renew_at() - clock.now()).total_seconds()
         await trio.sleep(max(1.0, wait))
         try:
+            # The current authority: a rotation step may have changed the signer.
+            authority = server.service.authority
             fresh = await trio.to_thread.run_sync(
                 issue_server_identity, authority, store, clock.now()
             )

@@ -58,6 +58,25 @@ class CaMetrics:
             ["certificate"],
             registry=self.registry,
         )
+        self.slot_expiry = Gauge(
+            "meshgate_ca_slot_expiry_timestamp_seconds",
+            "notAfter of each root and intermediate slot (kind root|intermediate, slot "
+            "prepared|active|old, id = first 16 hex digits of the certificate's SHA-256)",
+            ["kind", "slot", "id"],
+            registry=self.registry,
+        )
+        self.trust_sequence = Gauge(
+            "meshgate_ca_trust_sequence",
+            "spiffe_sequence of the trust material this replica publishes",
+            registry=self.registry,
+        )
+        self.rotation_steps = Counter(
+            "meshgate_ca_rotation_steps",
+            "Automatic rotation steps this replica performed (prepare, activate, retire), "
+            "and failed attempts (result error)",
+            ["step", "result"],
+            registry=self.registry,
+        )
         self.store_up = Gauge(
             "meshgate_ca_store_up",
             "1 when the last state store operation succeeded, 0 when the store was unavailable",
@@ -94,6 +113,13 @@ class CaMetrics:
 
     def set_expiry(self, certificate: str, not_after: datetime) -> None:
         self.certificate_expiry.labels(certificate).set(not_after.timestamp())
+
+    def set_slots(self, sequence: int, slots: list[tuple[str, str, str, datetime]]) -> None:
+        """The slots of the current trust state: (kind, slot, id, notAfter) each."""
+        self.slot_expiry.clear()
+        for kind, slot, ident, not_after in slots:
+            self.slot_expiry.labels(kind, slot, ident).set(not_after.timestamp())
+        self.trust_sequence.set(sequence)
 
     def store_is_up(self) -> bool:
         """What ``meshgate_ca_store_up`` says now (for the mesh view's CA section)."""

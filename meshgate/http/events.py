@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias, final
 
+from meshgate.records import record
+
 __all__ = [
     "CONNECTION_CLOSED",
     "NEED_DATA",
@@ -47,7 +49,7 @@ NO_BODY: Final = Framing(BodyKind.NONE)
 
 
 @final
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class RequestHead:
     """A request head that passed every check. `target` is the raw origin-form target:
     normalize it with `normalize_target` before authorizing and forwarding."""
@@ -61,7 +63,7 @@ class RequestHead:
 
 
 @final
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class ResponseHead:
     """A final (non-1xx) response head from upstream."""
 
@@ -74,7 +76,7 @@ class ResponseHead:
 
 
 @final
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class InterimResponse:
     """A 1xx response (other than 101) that precedes the final response; it has no body."""
 
@@ -84,7 +86,7 @@ class InterimResponse:
 
 
 @final
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Data:
     data: bytes
 

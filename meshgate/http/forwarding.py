@@ -16,6 +16,7 @@ from typing import Final, final
 
 from meshgate.http.events import Headers
 from meshgate.identity import SpiffeId
+from meshgate.records import record
 
 __all__ = [
     "DEFAULT_IDENTITY_HEADERS",
@@ -81,7 +82,7 @@ def xfcc_value(our_id: SpiffeId, peer: PeerCertificate) -> str:
 
 
 @final
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class ForwardedRequest:
     headers: Headers
     request_id: str  # the x-request-id sent on (kept or generated): for logs and error bodies

@@ -18,10 +18,10 @@ Fails closed: every rejection raises `HttpError(400, ...)`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Final, final
 
 from meshgate.http.errors import HttpError
+from meshgate.records import record
 
 __all__ = ["NormalizedTarget", "normalize_target"]
 
@@ -33,7 +33,7 @@ _SLASHES_RE: Final = re.compile(r"/{2,}")
 
 
 @final
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class NormalizedTarget:
     """`path` starts with `/`, holds no `//`, `.` or `..` segment; `query` is None when the
     target had no `?`."""

@@ -65,7 +65,20 @@ class _State(enum.Enum):
 class _Reader:
     """Buffer and body framing shared by both readers; subclasses parse heads."""
 
-    _status: int  # status hint for the peer's protocol errors
+    _status: int  # status hint for the peer's protocol errors (a class attribute)
+    # No __dict__: one reader lives as long as each client and app connection.
+    __slots__ = (
+        "_body_seen",
+        "_buf",
+        "_eof",
+        "_error",
+        "_keep_alive",
+        "_limits",
+        "_pos",
+        "_remaining",
+        "_scanned",
+        "_state",
+    )
 
     def __init__(self, limits: HttpLimits) -> None:
         self._limits = limits
@@ -273,6 +286,7 @@ class _Reader:
 class RequestReader(_Reader):
     """Reads requests from a client connection. Fails closed: see the module docstring."""
 
+    __slots__ = ()
     _status = 400
 
     def __init__(self, limits: HttpLimits | None = None) -> None:
@@ -304,6 +318,7 @@ class ResponseReader(_Reader):
     method decides whether a body follows (HEAD). Fails closed with status hint 502.
     """
 
+    __slots__ = ("_pending",)
     _status = 502
 
     def __init__(self, limits: HttpLimits | None = None) -> None:

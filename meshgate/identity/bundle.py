@@ -18,6 +18,13 @@ specifications say (sections 4 and 6.2), and stricter where they leave room to c
 - ``spiffe_sequence`` and ``spiffe_refresh_hint``, when present, are non-negative integers
   (not booleans); `check_bundle_update` refuses a sequence that goes back, or the same
   sequence with other roots.
+
+Intermediates: a meshgate CA also publishes the intermediates it signs with (and the one it
+will sign with next, during a rotation) in a top-level ``meshgate_intermediates`` member: a
+list of base64 DER certificates. They are not trust anchors, only path-building aids for
+verifiers that see a peer's leaf without its chain (Python 3.11's ``ssl``). Each must be
+signed directly by one of the document's roots, else the whole document is refused. Other
+SPIFFE implementations ignore the member (unknown top-level members are allowed).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, final
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -37,6 +44,7 @@ from meshgate.errors import IdentityError
 from meshgate.identity.spiffe_id import TrustDomain
 
 __all__ = [
+    "INTERMEDIATES_MEMBER",
     "BundleError",
     "BundleSet",
     "TrustBundle",
@@ -46,6 +54,7 @@ __all__ = [
     "pem_bundle",
 ]
 
+INTERMEDIATES_MEMBER = "meshgate_intermediates"
 # Key types RFC 7518 defines; an entry of any other type is ignored (spec section 4.2.1).
 _KNOWN_KTY = frozenset({"EC", "RSA", "OKP", "oct"})
 
@@ -123,6 +132,11 @@ class TrustBundle:
                 key["kty"] = "RSA"
             keys.append(key)
         document: dict[str, Any] = {"keys": keys}
+        if self.intermediates:
+            document[INTERMEDIATES_MEMBER] = [
+                base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode()
+                for c in self.intermediates
+            ]
         if self.sequence is not None:
             document["spiffe_sequence"] = self.sequence
         document["spiffe_refresh_hint"] = self.refresh_hint_seconds
@@ -156,7 +170,8 @@ class TrustBundle:
                 not isinstance(value, int) or isinstance(value, bool) or value < 0
             ):
                 raise BundleError(f"{what}: {name} must be a non-negative integer")
-        return cls(trust_domain, tuple(roots), (), sequence, hint, allow_empty=True)
+        intermediates = _intermediates(data.get(INTERMEDIATES_MEMBER), roots, what)
+        return cls(trust_domain, tuple(roots), intermediates, sequence, hint, allow_empty=True)
 
 
 class _DuplicateMemberError(IdentityError, ValueError):
@@ -200,6 +215,35 @@ def _x509_authority(key: object, where: str) -> x509.Certificate | None:
     return cert
 
 
+def _intermediates(
+    value: object, roots: Sequence[x509.Certificate], what: str
+) -> tuple[x509.Certificate, ...]:
+    """The published intermediates; each must be signed directly by one of `roots`."""
+    if value is None:
+        return ()
+    where = f"{what}: {INTERMEDIATES_MEMBER}"
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BundleError(f"{where} must be a list of base64 strings")
+    found: list[x509.Certificate] = []
+    for index, text in enumerate(value):
+        try:
+            cert = x509.load_der_x509_certificate(base64.b64decode(text, validate=True))
+        except (ValueError, x509.InvalidVersion) as exc:
+            raise BundleError(f"{where}[{index}] is not a base64 DER certificate") from exc
+        if not any(_issued_by(cert, root) for root in roots):
+            raise BundleError(f"{where}[{index}] is not signed by any root of the bundle")
+        found.append(cert)
+    return tuple(found)
+
+
+def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(root)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
 def bundle_sequence(roots: Sequence[x509.Certificate]) -> int:
     """The spiffe_sequence a CA publishes for `roots`: the newest root's notBefore plus the
     oldest one's (Unix seconds). Both steps of a root rotation raise it (a newer root
@@ -209,7 +253,8 @@ def bundle_sequence(roots: Sequence[x509.Certificate]) -> int:
 
 
 def check_bundle_update(known: TrustBundle | None, new: TrustBundle) -> bool:
-    """Whether `new` brings other roots than `known` (then trust must be rebuilt). Raises
+    """Whether `new` brings other roots than `known`, or other published intermediates
+    (then trust must be rebuilt; a document without intermediates keeps the known ones). Raises
     `BundleError` for a rollback: a spiffe_sequence lower than the known one, or the same
     sequence with other roots (spec 4.1.1: it increases whenever the contents change).
     A higher sequence with the same roots is no change of trust (the caller records it)."""
@@ -224,11 +269,16 @@ def check_bundle_update(known: TrustBundle | None, new: TrustBundle) -> bool:
             )
         if new.sequence == known.sequence and not same_roots:
             raise BundleError(f"{what}: roots changed but spiffe_sequence stayed at {new.sequence}")
+    if new.intermediates and _fingerprints(known, intermediates=True) != _fingerprints(
+        new, intermediates=True
+    ):
+        return True
     return not same_roots
 
 
-def _fingerprints(bundle: TrustBundle) -> frozenset[bytes]:
-    return frozenset(root.fingerprint(hashes.SHA256()) for root in bundle.roots)
+def _fingerprints(bundle: TrustBundle, *, intermediates: bool = False) -> frozenset[bytes]:
+    certs = bundle.intermediates if intermediates else bundle.roots
+    return frozenset(cert.fingerprint(hashes.SHA256()) for cert in certs)
 
 
 @final

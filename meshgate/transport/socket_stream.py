@@ -12,11 +12,13 @@ whose bytes are always ready cannot starve other connections, every `_FAIR_EVERY
 in a row without a wait yields anyway.
 
 Deadlines without a cancel scope per call: entering and leaving a `trio.CancelScope` costs
-~15 µs here, and a request used to open eight of them. A handler sets `receive_deadline`
-or `send_deadline` (trio time, a plain attribute) before a call instead; only a call that
-has to wait opens a scope, and one that cannot finish by the deadline raises
-`trio.TooSlowError`. `DeadlineStream` gives any other stream (in-memory streams in tests)
-the same two attributes, so the handlers have one code path.
+~10-15 µs here, and a request used to open eight of them. A handler sets `receive_deadline`
+or `send_deadline` (trio time, a plain attribute) before a call instead; a receive that has
+to wait puts its stream in the table of the trio run's one deadline sweep
+(`meshgate.transport.deadlines`, no scope), a send that has to wait opens a scope, and
+either raises `trio.TooSlowError` when it cannot finish by its deadline. `DeadlineStream`
+gives any other stream (in-memory streams in tests) the same two attributes, so the
+handlers have one code path.
 
 No ~40 ms stalls (Nagle's algorithm meeting delayed ACKs): every TCP socket taken here has
 `TCP_NODELAY` set explicitly, so a small write (a response head, one TLS record) leaves at
@@ -38,6 +40,7 @@ from typing import Final, TypeAlias, final
 
 import trio
 
+from meshgate.transport import deadlines
 from meshgate.transport.one_at_a_time import OneAtATime
 
 __all__ = ["DeadlineStream", "LeanSocketStream", "TimedStream", "lean", "peer_address"]
@@ -54,6 +57,11 @@ class _ReceiveDeadline:
     __slots__ = ("_receive_wait", "receive_deadline")
     receive_deadline: float  # trio time; a wait past it raises TooSlowError
     _receive_wait: trio.CancelScope | None
+
+    @property
+    def waiting_to_receive(self) -> bool:
+        """A receive waits for bytes now."""
+        return self._receive_wait is not None
 
     def extend_receive_deadline(self, deadline: float) -> None:
         """Move `receive_deadline`, also for a receive that is waiting now."""
@@ -77,9 +85,11 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
     __slots__ = (
         "_closed",
         "_fast",
+        "_overdue",
         "_receiving",
         "_sending",
         "_tcp",
+        "_waiting",
         "send_deadline",
         "socket",
     )
@@ -98,7 +108,9 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
         self._closed = False
         self._sending = OneAtATime("another task is sending on this stream")
         self._receiving = OneAtATime("another task is receiving on this stream")
-        self._receive_wait: trio.CancelScope | None = None
+        self._receive_wait: trio.CancelScope | None = None  # unused: see `deadlines`
+        self._waiting = False  # a receive waits for readability now
+        self._overdue = False
 
     @classmethod
     def take(cls, stream: trio.SocketStream) -> LeanSocketStream:
@@ -109,6 +121,28 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
     def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
         self.socket.setsockopt(level, option, value)
 
+    @property
+    def waiting_to_receive(self) -> bool:
+        return self._waiting
+
+    def extend_receive_deadline(self, deadline: float) -> None:
+        """Move `receive_deadline`, also for a receive that is waiting now."""
+        self.receive_deadline = deadline
+        if self._waiting:
+            deadlines.watch(self)  # an earlier deadline wakes the sweep sooner
+
+    def interrupt_receive(self) -> None:
+        """A receive waiting now raises `TooSlowError` (drain: stop waiting for a request)."""
+        if self._waiting:
+            deadlines.unwatch(self)
+            self.overdue()
+
+    def overdue(self) -> None:
+        """The deadline sweep's call: the waiting receive ends with `TooSlowError`."""
+        self._overdue = True
+        if not self._closed and self.socket.fileno() != -1:
+            trio.lowlevel.notify_closing(self.socket)
+
     async def _wait_readable(self) -> None:
         self._fast = 0
         if self._tcp and _QUICKACK is not None:
@@ -116,24 +150,35 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
             # Linux clears quick-ACK mode as it goes, so it is set before every wait.
             with contextlib.suppress(OSError):  # the receive after the wait reports it
                 self.socket.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-        with trio.CancelScope(deadline=self.receive_deadline) as scope:
-            self._receive_wait = scope
-            try:
-                await trio.lowlevel.wait_readable(self.socket)
-            finally:
-                self._receive_wait = None
-        if scope.cancelled_caught:
-            raise trio.TooSlowError("no bytes to receive before the deadline")
+        # No cancel scope per wait: the run's one deadline sweep ends it (see deadlines).
+        self._overdue = False
+        self._waiting = True
+        deadlines.watch(self)
+        try:
+            await trio.lowlevel.wait_readable(self.socket)
+        except trio.ClosedResourceError:
+            if self._overdue and not self._closed:
+                raise trio.TooSlowError("no bytes to receive before the deadline") from None
+            raise
+        finally:
+            self._waiting = False
+            deadlines.unwatch(self)
 
     async def _wait_writable(self) -> None:
         self._fast = 0
-        if self.send_deadline == math.inf:
-            await trio.lowlevel.wait_writable(self.socket)
-            return
-        with trio.move_on_at(self.send_deadline):
-            await trio.lowlevel.wait_writable(self.socket)
-            return
-        raise trio.TooSlowError("the peer did not read in time")
+        while True:
+            try:
+                if self.send_deadline == math.inf:
+                    await trio.lowlevel.wait_writable(self.socket)
+                    return
+                with trio.move_on_at(self.send_deadline):
+                    await trio.lowlevel.wait_writable(self.socket)
+                    return
+                raise trio.TooSlowError("the peer did not read in time")
+            except trio.ClosedResourceError:
+                if self._closed:
+                    raise
+                # Woken by the deadline sweep for a receive on this socket: wait again.
 
     async def _after_fast_call(self) -> None:
         self._fast += 1

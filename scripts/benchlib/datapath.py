@@ -242,9 +242,11 @@ def meshgate_pair(
     access_log: str = "off",
     root: Path = ROOT,
     module: str = "sidecar.cli",
+    limits: dict[str, int] | None = None,
 ) -> Iterator[tuple[int, list[int], list[int]]]:
     """Start B (inbound) and A (outbound) from the sources in `root`; yields (entry port,
-    A pids, B pids)."""
+    A pids, B pids). `limits`: more `[limits]` keys (the baseline's config may not know
+    them)."""
     tmp.mkdir(parents=True, exist_ok=True)
     a_tls = write_tls(pki, certs.client, tmp / "a")
     b_tls = write_tls(pki, certs.server, tmp / "b")
@@ -252,7 +254,7 @@ def meshgate_pair(
     common: dict[str, Any] = {
         "workers": workers,
         "log": {"access_log": access_log, "format": "json", "level": "warning"},
-        "limits": {"max_connections": 8192},
+        "limits": {"max_connections": 8192, **(limits or {})},
         "timeouts": {"idle_timeout_seconds": 120},
     }
     inbound: dict[str, Any] = {
@@ -382,6 +384,7 @@ def bench_http(args: argparse.Namespace) -> Figures:
         "seconds_per_target_and_scenario": slice_seconds * rounds,
         "rounds": rounds,
         "baseline": args.baseline,
+        "baseline2": args.baseline2,
         "load_average_before": os.getloadavg()[0],
         "access_log": args.http_access_log,
     }
@@ -406,6 +409,11 @@ def bench_http(args: argparse.Namespace) -> Figures:
             root = stack.enter_context(baseline_tree(args.baseline))
             targets["meshgate_baseline"] = stack.enter_context(
                 meshgate_pair(pki, certs, tmp / "mg0", port, root=root, access_log=sidecar_log)
+            )
+        if args.baseline2:
+            root2 = stack.enter_context(baseline_tree(args.baseline2))
+            targets["meshgate_baseline2"] = stack.enter_context(
+                meshgate_pair(pki, certs, tmp / "mg3", port, root=root2, access_log=sidecar_log)
             )
         if args.http_workers2:
             targets["meshgate_workers2"] = stack.enter_context(
@@ -487,7 +495,13 @@ def bench_memory(args: argparse.Namespace) -> Figures:
         tmp = Path(tmp_name)
         app = nginx_app(tmp, free_port())
         try:
-            with meshgate_pair(pki, certs, tmp / "mg", app.entry_port) as (port, a_pids, b_pids):
+            # 1,000 mTLS connections from 127.0.0.1: above the per-source default of 256.
+            many = {"max_connections_per_source": 8192}
+            with meshgate_pair(pki, certs, tmp / "mg", app.entry_port, limits=many) as (
+                port,
+                a_pids,
+                b_pids,
+            ):
                 run_wrk(port, 1, 8, close=False, pids=[])  # one warm request path (imports, pools)
                 time.sleep(0.5)
                 figures["inbound_after_warmup_mb"] = rss_mb(b_pids)

@@ -86,6 +86,7 @@ def bench_latency(args: argparse.Namespace) -> Figures:
         "rounds": rounds,
         "connections": args.concurrency,
         "baseline": args.baseline,
+        "baseline2": args.baseline2,
         "app": args.latency_app,
         "load_average_before": os.getloadavg()[0],
     }
@@ -107,6 +108,11 @@ def bench_latency(args: argparse.Namespace) -> Figures:
             root = stack.enter_context(baseline_tree(args.baseline))
             targets["meshgate_baseline"] = stack.enter_context(
                 meshgate_pair(pki, certs, tmp / "mg0", port, root=root, access_log="stdout")
+            )
+        if args.baseline2:
+            root2 = stack.enter_context(baseline_tree(args.baseline2))
+            targets["meshgate_baseline2"] = stack.enter_context(
+                meshgate_pair(pki, certs, tmp / "mg3", port, root=root2, access_log="stdout")
             )
         targets["nginx"] = stack.enter_context(
             peer_pair(nginx_pair, "nginx", tmp, pki, certs, port)

@@ -54,6 +54,7 @@ STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "trio/_socket.py",
             "trio/_highlevel_socket.py",
             "meshgate/transport/one_at_a_time.py",
+            "meshgate/transport/deadlines.py",
         ),
     ),
     (
@@ -72,13 +73,25 @@ STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("metrics (prometheus_client)", ("sidecar/observe/metrics.py", "prometheus_client")),
     (
         "the access log and the observer (observe.py, logging)",
-        ("sidecar/observe/logs.py", "sidecar/observe/access.py", "/logging/"),
+        (
+            "sidecar/observe/logs.py",
+            "sidecar/observe/access.py",
+            "sidecar/observe/access_sink.py",
+            "/logging/",
+        ),
     ),
     ("pool bookkeeping", ("sidecar/outbound/mesh_pool.py", "sidecar/inbound/app_pool.py")),
     (
         "the handlers' own code (http_inbound/outbound, admission)",
         (
             "sidecar/inbound/http.py",
+            "sidecar/inbound/session.py",
+            "sidecar/inbound/client.py",
+            "sidecar/inbound/decide.py",
+            "sidecar/inbound/forward.py",
+            "sidecar/inbound/report.py",
+            "sidecar/inbound/outcome.py",
+            "sidecar/transport/body_pump.py",
             "sidecar/outbound/http.py",
             "meshgate/http/replies.py",
             "sidecar/admission.py",

@@ -25,7 +25,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 from cryptography import x509
@@ -75,6 +75,15 @@ class IssuedLike(Protocol):
     def chain(self) -> tuple[x509.Certificate, ...]: ...
     @property
     def bundle(self) -> TrustBundle: ...
+
+
+@runtime_checkable
+class BundleReporter(Protocol):
+    """A CA client that can report the bundle a sidecar holds (`mesh_ca.client.CaClient`)."""
+
+    async def report_bundle(
+        self, sequence: int, chain: Sequence[x509.Certificate], key: PrivateKey
+    ) -> int: ...
 
 
 class CaClientLike(Protocol):
@@ -196,6 +205,8 @@ class _Lifecycle:
         self.bundles = BundleSet()
         self._persist_lock = trio.Lock()
         self._wake = trio.Event()  # set to renew early (own SVID revoked)
+        # The bundle sequence last reported to the CA: reported again when it changes.
+        self._reported: int | None = None
         self._expired_at: datetime | None = None  # of the stored SVID, for error messages
         # The CA's refusal of the token now in the token file: still the reason while it is.
         self._refusal: tuple[str, Blocked] | None = None
@@ -228,6 +239,7 @@ class _Lifecycle:
                 creds.not_after.isoformat(),
             )
             self.store.publish(creds)
+            self.bundles = creds.bundles
             self.stats.count("start", "stored")
             await self._persist()  # proves state_dir still takes a save (readiness says so)
             return
@@ -377,7 +389,9 @@ class _Lifecycle:
         creds = Credentials.build(
             issued.chain, key, bundles, self.clock.now(), expected_id=self.spiffe_id
         )
-        self.bundles = bundles
+        # With the intermediates of our own chain learned (`Credentials.build`): the CA's
+        # published ones are compared against these, so an unchanged set is no change.
+        self.bundles = creds.bundles
         return creds
 
     # -- tokens ------------------------------------------------------------------------------
@@ -522,7 +536,29 @@ class _Lifecycle:
         )
         if bundle_changed:
             await self._persist()
+        await self._report_bundle(client, now)
         await self.poll_federation()
+
+    async def _report_bundle(self, client: CaClientLike, now: datetime) -> None:
+        """Tell the CA the bundle sequence this sidecar holds (once per change), so an
+        operator's `mesh-ca root activate` knows every sidecar trusts the new root."""
+        bundle = self.bundles.get(self.spiffe_id.trust_domain)
+        creds = self.store.usable(now)
+        if (
+            not isinstance(client, BundleReporter)
+            or bundle is None
+            or bundle.sequence is None
+            or creds is None
+            or bundle.sequence == self._reported
+        ):
+            return
+        try:
+            await client.report_bundle(bundle.sequence, creds.chain, creds.key)
+        except CaClientError as exc:  # an older CA without the endpoint, or a refusal
+            log.info("poll: bundle sequence not reported (%s)", exc)
+            self.stats.error("report", "refused", str(exc), now)
+            return
+        self._reported = bundle.sequence
 
     async def poll_federation(self) -> None:
         """Take the federated trust domains' bundles from the CA (`sidecar.identity.federation`).
@@ -625,6 +661,7 @@ class _Lifecycle:
                 self.stats.error("bundle", "invalid", str(exc), now)
                 return False
             self.store.publish(creds)
+            bundles = creds.bundles  # with our own chain's intermediates, as published
         self.bundles = bundles
         self.stats.ok("bundle", "updated")
         log.info("poll: trust bundle for %s updated (%d roots)", domain, len(bundle.roots))

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, final
 
+from meshgate.records import record
+from sidecar.observe.access_sink import BatchedAccessSink
 from sidecar.observe.edges import UNKNOWN, service_of, status_class
 from sidecar.observe.metrics import SidecarMetrics
 
@@ -30,7 +32,7 @@ access_log = logging.getLogger("meshgate.access")
 
 
 @final
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class AccessRecord:
     time: datetime  # when the request or connection started (wall clock, UTC)
     direction: Direction
@@ -193,7 +195,11 @@ class Observer:
             )
         self.incomplete(record.direction, record.reason)
         if access_log.isEnabledFor(logging.INFO):  # off: skip building the line
-            access_log.info("access", extra={"access": record.as_log()})
+            handlers = access_log.handlers
+            if len(handlers) == 1 and type(handlers[0]) is BatchedAccessSink:
+                handlers[0].line(record.as_log())  # no LogRecord: see access_sink
+            else:
+                access_log.info("access", extra={"access": record.as_log()})
 
     def count_request(
         self,

@@ -175,6 +175,11 @@ def _certificate(state: AdminState) -> AdminResponse:
             "last_error": stats.last_error if stats else None,
             "last_error_at": _iso(stats.last_error_at) if stats else None,
             "trust_domains": sorted(str(td) for td in current.bundles),
+            # The spiffe_sequence of the own trust domain's bundle, as reported to the CA
+            # (`mesh-ca root activate` waits for it); null before the first CA poll.
+            "bundle_sequence": getattr(
+                current.bundles.get(current.spiffe_id.trust_domain), "sequence", None
+            ),
         },
     )
 

@@ -18,6 +18,7 @@ from typing import Any, Literal, TextIO
 
 from meshgate.errors import MeshgateError
 from sidecar.config import LogConfig
+from sidecar.observe.access_sink import BatchedAccessSink
 
 __all__ = [
     "AccessJsonFormatter",
@@ -183,6 +184,8 @@ def setup_logging(
                 f"log.access_log: cannot open {config.access_log} ({exc.strerror})"
             ) from exc
     text = _chosen(config.format, access_stream) == "text"
+    if access_stream is not None and not text:
+        access_handler = BatchedAccessSink(access_stream)  # one write per batch of lines
     access_handler.setFormatter(AccessTextFormatter() if text else AccessJsonFormatter())
     access = logging.getLogger(ACCESS_LOGGER)
     for old in access.handlers:

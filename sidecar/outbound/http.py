@@ -71,6 +71,7 @@ from sidecar.observe.logs import event
 from sidecar.observe.tracing import Span
 from sidecar.outbound.mesh_pool import MeshPool, PooledConnection, PoolError
 from sidecar.runtime import Runtime
+from sidecar.transport.body_pump import BodyTimeoutError, SourceGoneError, pump_body
 from sidecar.transport.relay import abort
 
 __all__ = ["IDEMPOTENT_METHODS", "HttpOutbound", "error_response"]
@@ -177,6 +178,8 @@ class HttpOutbound:
         self.limits = limits or HttpLimits()
         self.new_request_id = new_request_id
         self.retries = 0
+        t = runtime.timeouts
+        self.body_pace = BodyPace(t.body_timeout_seconds, t.body_min_rate_bytes_per_second)
 
     async def handle(self, local: trio.abc.Stream) -> None:
         """Serve one local client connection; never raises for a peer's fault."""
@@ -456,45 +459,27 @@ class HttpOutbound:
         out: _Exchange,
         upload: _Upload | None = None,
     ) -> None:
-        chunked = head.framing.kind is BodyKind.CHUNKED
+        """The rest of the body up, by the shared pump; with `upload` (beside the response),
+        each piece restarts the upstream's response wait until its head came."""
         timeouts = self.runtime.timeouts
-        idle = timeouts.body_idle_timeout_seconds
-        pace = BodyPace(timeouts.body_timeout_seconds, timeouts.body_min_rate_bytes_per_second)
-        began = trio.current_time()
-        while True:
-            ev = reader.next_event()
-            if ev is NEED_DATA:
-                await self._read_body(local, reader, idle, pace.deadline(began, out.bytes_in))
-                continue
-            if isinstance(ev, Data):
-                out.bytes_in += len(ev.data)
-                await conn.stream.send_all(encode_chunk(ev.data) if chunked else ev.data)
-                if upload is not None and out.status is None:
-                    # The upstream answers after the body: each piece sent restarts its wait.
-                    conn.transport.extend_receive_deadline(
-                        trio.current_time() + timeouts.response_timeout_seconds
-                    )
-            elif isinstance(ev, EndOfMessage):
-                if chunked:
-                    await conn.stream.send_all(LAST_CHUNK)
-                return
-            else:
-                raise _ClientGoneError("client_closed_in_body")
-
-    async def _read_body(
-        self, local: TimedStream, reader: RequestReader, idle: float, too_slow: float
-    ) -> None:
-        """Feed `reader` from the client by the nearer of the idle and the pace deadline."""
-        pause_ends = trio.current_time() + idle
-        local.receive_deadline = min(pause_ends, too_slow)
         try:
-            data = await local.receive_some(_READ)
-        except trio.TooSlowError:
-            raise _SlowBodyError("idle" if pause_ends <= too_slow else "slow") from None
-        if data:
-            reader.feed(bytes(data))
-        else:
-            reader.feed_eof()
+            await pump_body(
+                reader,
+                local,
+                local,
+                conn.stream,
+                out,
+                chunked=head.framing.kind is BodyKind.CHUNKED,
+                idle_seconds=timeouts.body_idle_timeout_seconds,
+                pace=self.body_pace,
+                answer_clock=conn.transport if upload is not None else None,
+                answer_seconds=timeouts.response_timeout_seconds,
+                answered=lambda: out.status is not None,
+            )
+        except BodyTimeoutError as exc:
+            raise _SlowBodyError(exc.kind) from None
+        except SourceGoneError as exc:
+            raise _ClientGoneError(str(exc)) from exc
 
     async def _respond(
         self,

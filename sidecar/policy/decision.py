@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final, final
@@ -18,6 +18,7 @@ from typing import Any, Final, final
 import cedarpy
 
 from meshgate.identity import SpiffeId
+from meshgate.records import record
 from sidecar.policy.context import request_context
 from sidecar.policy.loader import workload_entity
 from sidecar.policy.snapshot import PolicySnapshot
@@ -45,7 +46,7 @@ class DecisionReason(StrEnum):
 
 
 @final
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class AccessRequest:
     """What the sidecar knows about one request (http) or connection (tcp, action `connect`).
 
@@ -69,7 +70,7 @@ _NEVER_FORWARDED: Final = frozenset({DecisionReason.NOT_LOADED, DecisionReason.E
 
 
 @final
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Decision:
     """One authorization decision, tcp or http, Cedar or the allow list: the verdict and
     everything a log line and a metric need to explain it.
