@@ -335,4 +335,4 @@ def test_verified_client_svids_do_not_pile_up_across_renewals(pki: Pki, store: S
         now = T0 + timedelta(minutes=10 * i)
         leaf = pki.leaf("spiffe://example.org/ns/a/svc/b", ttl=timedelta(minutes=5), now=now)
         assert api.handle(post("/v1/renew", {"csr": csr()}, leaf.cert), now, 0).status == 200
-        assert len(api._verified) <= 65  # the sweep floor, plus the one just verified
+        assert len(api.clients.verified) <= 65  # the sweep floor, plus the one just verified

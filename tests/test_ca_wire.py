@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mesh_ca.server.wire import WireError, parse_request_head, render_response
+from mesh_ca.server.wire import _REASONS, WireError, parse_request_head, render_response
+from meshgate.http import BodyKind, Framing, serialize_response_head
 
 GOOD = b"POST /v1/renew?x=1 HTTP/1.1\r\nHost: ca\r\nContent-Type: application/json\r\n"
 
@@ -49,7 +50,9 @@ def test_an_incomplete_head_needs_more_bytes() -> None:
         (b"POST http://ca/v1/renew HTTP/1.1\r\nHost: ca\r\n\r\n", 400, "absolute-form"),
         (b"POST /a#b HTTP/1.1\r\nHost: ca\r\n\r\n", 400, "fragment"),
         (b"POST /a HTTP/2\r\nHost: ca\r\n\r\n", 400, "request line"),
-        (b"post /v1/renew HTTP/1.1\r\nHost: ca\r\n\r\n", 400, "request line"),
+        # The sidecar's rule since the CA reads with its reader: an unknown method (methods
+        # are case-sensitive) is 501, as RFC 9110 section 9.1 says, not 400.
+        (b"post /v1/renew HTTP/1.1\r\nHost: ca\r\n\r\n", 501, "method 'post' is not supported"),
     ],
 )
 def test_bad_heads_are_refused_with_a_status(data: bytes, status: int, message: str) -> None:
@@ -88,5 +91,35 @@ def test_a_response_is_one_buffer_with_length_and_close() -> None:
     assert head.startswith(b"HTTP/1.1 429 Too Many Requests\r\n")
     assert b"content-length: 2\r\n" in head + b"\r\n"
     assert b"retry-after: 3" in head
-    assert head.endswith(b"connection: close")
+    assert b"\r\nconnection: close\r\n" in head + b"\r\n"
     assert body == b"{}"
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "close"),
+    [(200, (), False), (429, (("retry-after", "3"),), True), (405, (("allow", "POST"),), False)],
+)
+def test_a_response_is_byte_for_byte_the_shared_serializers_also_from_the_head_cache(
+    status: int, headers: tuple[tuple[str, str], ...], close: bool
+) -> None:
+    body = b'{"status":"ok"}'
+    expected = (
+        serialize_response_head(
+            status,
+            _REASONS[status],
+            (
+                ("content-type", "application/json"),
+                ("server", "meshgate-ca"),
+                ("cache-control", "no-store"),
+                *headers,
+                *((("connection", "close"),) if close else ()),
+            ),
+            Framing(BodyKind.LENGTH, len(body)),
+        )
+        + body
+    )
+    for _ in range(2):  # the second answer comes from the cached head
+        assert render_response(status, body, "application/json", headers, close=close) == expected
+    assert render_response(status, b"", "application/json", headers, close=close).endswith(
+        b"content-length: 0\r\n\r\n"
+    )

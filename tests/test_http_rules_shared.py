@@ -1,5 +1,6 @@
-"""One strict HTTP reader: the CA's reader and the sidecar's take their request rules from
-meshgate/http/rules.py (mesh_ca never imports sidecar), and refuse the same heads."""
+"""One strict HTTP reader: the CA reads requests with the sidecar's reader (meshgate/http/,
+rules in rules.py; mesh_ca never imports sidecar), so both refuse the same heads, with the
+same status and reason."""
 
 from __future__ import annotations
 
@@ -38,10 +39,12 @@ def test_the_sidecar_uses_the_shared_rules_not_copies() -> None:
     ],
 )
 def test_both_readers_refuse_the_same_heads(head: bytes) -> None:
-    with pytest.raises(HttpError):
+    with pytest.raises(HttpError) as sidecar:
         sidecar_parse(head, HttpLimits())
-    with pytest.raises(WireError):
+    with pytest.raises(WireError) as ca:
         ca_parse(head + b"\r\n\r\n")
+    # One piece of code decided both: the same status and the same reason.
+    assert (ca.value.status, str(ca.value)) == (sidecar.value.status_hint, sidecar.value.reason)
 
 
 def test_both_readers_accept_the_same_plain_head() -> None:

@@ -1,4 +1,6 @@
-"""The CA server's trio shell: TLS (`ServerTls`), HTTP/1.1 keep-alive (`wire`), limits, logs.
+"""The CA server's trio shell: TLS (the shared `TlsStream` over the shared `LeanSocketStream`,
+as the sidecar's), HTTP/1.1 keep-alive (the sidecar's `RequestReader` with the CA's extra
+rules, `wire`), limits, logs.
 
 Everything the API decides is in `mesh_ca.server.core`; this module only moves bytes:
 handshake, read a request head and its body under size caps and per-phase timeouts, hand
@@ -8,6 +10,15 @@ grouped with those of concurrent requests by `GroupCommit`), write the response 
 observe its duration and queue one JSON access-log line (`AccessLog`). Tokens and keys are
 never logged: the log holds only the method, path, status, peer and the public facts the
 core chose (`ApiResponse.log`).
+
+A connection ends gracefully (the peer closed, keep-alive idle, shutdown, a refusal) with
+close_notify, so a client can tell the end from a truncation; a TLS error or a cancelled
+write ends it without one.
+
+Why one module: the connection loop, its reads, its refusals and the dispatch to the core
+or the control plane share the connection's one moving deadline scope, its reader and the
+server's connection counts; the decisions themselves live in the pure stages
+(`core.py`, `wire.py`), so what is left here is that one loop and its helpers.
 """
 
 from __future__ import annotations
@@ -36,10 +47,13 @@ from mesh_ca.server.core import (
 from mesh_ca.server.group_commit import GroupCommit
 from mesh_ca.server.identity import ServerIdentity
 from mesh_ca.server.ratelimit import source_key
-from mesh_ca.server.tlsconn import ServerTls
-from mesh_ca.server.wire import RequestHead, WireError, parse_request_head, render_response
+from mesh_ca.server.wire import RequestHead, WireError, ca_head, ca_limits, render_response
 from meshgate.clock import Clock
 from meshgate.errors import TransportError
+from meshgate.http import CONNECTION_CLOSED, Data, EndOfMessage, HttpError, RequestReader
+from meshgate.http import RequestHead as HttpRequestHead
+from meshgate.transport.socket_stream import LeanSocketStream
+from meshgate.transport.tls_stream import TlsError, TlsStream
 
 __all__ = ["CONTROL_PREFIX", "CaHttpServer", "ControlHandler", "ServerLimits", "endpoint_label"]
 
@@ -49,6 +63,7 @@ _DEADLINE_SLACK_SECONDS: Final = 1.0
 # the close (which is then a reset). 16 MiB is the largest body the config allows.
 _LINGER_SECONDS: Final = 2.0
 _LINGER_BYTES: Final = 16 * 1024 * 1024
+_READ_SIZE: Final = 65536
 
 _ENDPOINTS: Final = frozenset(
     (
@@ -162,14 +177,22 @@ class CaHttpServer:
             return
         self.connections += 1
         self.connections_per_source[key] = held + 1
-        tls = ServerTls(stream, self.identity.context)
+        # A socket is read and written directly (`LeanSocketStream`: no scheduler round
+        # for a call the kernel completes at once); other streams (tests) as they are. No
+        # quick ACKs: clients send a request in one write and the response carries the ACK
+        # (an extra ACK packet a request is CPU; ServerTls never sent one either).
+        transport: trio.abc.Stream = stream
+        if isinstance(stream, trio.SocketStream):
+            transport = LeanSocketStream.take(stream, quickack=False)
+        tls = TlsStream(transport, self.identity.context, server_side=True)
         try:
             with trio.fail_after(self.limits.handshake_timeout_seconds):
                 await tls.do_handshake()
-            der = tls.getpeercert()
-            peer = x509.load_der_x509_certificate(der) if der else None
+            der = tls.getpeercert(binary_form=True)
+            peer = x509.load_der_x509_certificate(der) if isinstance(der, bytes) else None
             await self._serve_requests(tls, source, peer)
         except (
+            TlsError,
             trio.TooSlowError,
             trio.BrokenResourceError,
             trio.ClosedResourceError,
@@ -188,7 +211,7 @@ class CaHttpServer:
             await tls.aclose()
 
     async def _serve_requests(
-        self, tls: ServerTls, source: str, peer: x509.Certificate | None
+        self, tls: TlsStream, source: str, peer: x509.Certificate | None
     ) -> None:
         # One cancel scope for the connection whose deadline moves with each phase: a new
         # `fail_after` per read cost ~5 % of the server's CPU per request.
@@ -197,13 +220,16 @@ class CaHttpServer:
 
     async def _request_loop(
         self,
-        tls: ServerTls,
+        tls: TlsStream,
         source: str,
         peer: x509.Certificate | None,
         deadline: trio.CancelScope,
     ) -> None:
         limits = self.limits
-        buffer = bytearray()
+        # The sidecar's strict reader, one per connection: pipelined requests stay in it.
+        reader = RequestReader(
+            ca_limits(max_head_bytes=limits.max_header_bytes, max_headers=limits.max_headers)
+        )
         timeout = limits.header_timeout_seconds
         while not self._closing:
             # Phase deadlines are kept to within a second: moving a cancel scope's deadline
@@ -212,11 +238,11 @@ class CaHttpServer:
             wanted = trio.current_time() + timeout
             if abs(deadline.deadline - wanted) > _DEADLINE_SLACK_SECONDS:
                 deadline.deadline = wanted
-            idle = not buffer  # between requests: `close_idle` may end the connection now
+            idle = not reader.buffered_bytes  # between requests: `close_idle` may end it now
             if idle:
                 self._idle.add(deadline)
             try:
-                head = await self._read_head(tls, buffer)
+                head = await self._read_head(tls, reader)
             except WireError as exc:
                 await self._refuse(tls, ApiError(exc.status, "bad_http", str(exc)), source)
             finally:
@@ -236,19 +262,8 @@ class CaHttpServer:
                 await self._refuse(
                     tls, error, source, method=head.method, path=path, started=started
                 )
-            end = head.size + head.content_length
-            if len(buffer) < end:  # usually the body came with the head: no new deadline
-                deadline.deadline = trio.current_time() + limits.body_timeout_seconds
-            while len(buffer) < end:
-                data = await tls.receive_some()
-                if not data:
-                    raise _CloseConnection
-                buffer += data
-            body = bytes(buffer[head.size : end])
-            del buffer[:end]  # a pipelined next request stays for the next round
-            request = ApiRequest(
-                head.method, path, head.headers.get("content-type"), body, source, peer
-            )
+            body = await self._read_body(tls, reader, deadline)
+            request = ApiRequest(head.method, path, head.content_type, body, source, peer)
             if limits.threaded_handlers or path.startswith(CONTROL_PREFIX):
                 # The handler is ours (a worker thread, or a control-plane long-poll of up
                 # to 30 s): no peer to wait for.
@@ -274,20 +289,45 @@ class CaHttpServer:
             if not head.keep_alive:
                 return
 
-    async def _read_head(self, tls: ServerTls, buffer: bytearray) -> RequestHead | None:
+    async def _read_head(self, tls: TlsStream, reader: RequestReader) -> RequestHead | None:
         """The next request head; None when the peer closed cleanly between requests."""
         while True:
-            head = parse_request_head(
-                buffer, max_bytes=self.limits.max_header_bytes, max_headers=self.limits.max_headers
-            )
-            if head is not None:
-                return head
+            try:
+                event = reader.next_event()
+            except HttpError as exc:
+                raise WireError.of(exc) from None
+            if isinstance(event, HttpRequestHead):
+                return ca_head(event)
+            if event is CONNECTION_CLOSED:
+                return None
             data = await tls.receive_some()
             if not data:
-                if buffer:
+                if reader.buffered_bytes:
                     raise _CloseConnection  # a truncated request: nothing to answer
                 return None
-            buffer += data
+            reader.feed(data)
+
+    async def _read_body(
+        self, tls: TlsStream, reader: RequestReader, deadline: trio.CancelScope
+    ) -> bytes:
+        """The body of the head just read (Content-Length framed, at most max_body_bytes).
+        Usually it came with the head: then no new deadline is set."""
+        parts: list[bytes] = []
+        waited = False
+        while True:
+            event = reader.next_event()  # a Content-Length body cannot be malformed
+            if isinstance(event, Data):
+                parts.append(event.data)
+                continue
+            if isinstance(event, EndOfMessage):
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            if not waited:
+                deadline.deadline = trio.current_time() + self.limits.body_timeout_seconds
+                waited = True
+            data = await tls.receive_some()
+            if not data:
+                raise _CloseConnection  # a truncated body: nothing to answer
+            reader.feed(data)
 
     async def _dispatch(self, request: ApiRequest) -> ApiResponse:
         """The core's response. An unexpected error in a handler (a bug) is logged and
@@ -330,7 +370,7 @@ class CaHttpServer:
 
     async def _refuse(
         self,
-        tls: ServerTls,
+        tls: TlsStream,
         error: ApiError,
         source: str,
         *,
@@ -349,7 +389,7 @@ class CaHttpServer:
                 await tls.send_all(data)
             finally:
                 self._log(method, path, response, None, source, started or time.perf_counter())
-            await tls.discard_incoming(_LINGER_BYTES)
+            await _linger(tls, _LINGER_BYTES)
         raise _CloseConnection
 
     def _log(
@@ -375,3 +415,20 @@ class CaHttpServer:
                     **response.log,
                 }
             )
+
+
+async def _linger(tls: TlsStream, max_bytes: int) -> None:
+    """End our direction (close_notify, then a TCP half-close), then read and drop what the
+    peer still sends, undecrypted, until it closes or `max_bytes` came; the caller bounds
+    the time. Closing a socket with unread bytes makes the kernel send a reset, and a client
+    still sending its body would see that instead of the error response already written."""
+    await tls.send_eof()
+    transport = tls.transport
+    if isinstance(transport, trio.abc.HalfCloseableStream):
+        await transport.send_eof()
+    received = 0
+    while received < max_bytes:
+        data = await transport.receive_some(_READ_SIZE)
+        if not data:
+            return
+        received += len(data)

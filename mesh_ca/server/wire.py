@@ -1,43 +1,52 @@
-"""A small strict HTTP/1.1 request reader and response writer for the CA API. Pure: bytes in,
-values out; no trio, no sockets.
+"""The CA's HTTP/1.1 on the shared core (`meshgate.http`). Pure: bytes in, values out.
 
-The CA API needs much less than a general HTTP server: small JSON bodies framed by
-Content-Length, keep-alive, a handful of headers. h11 did the same job at ~90 µs a request;
-this reader does it in a few µs, and refuses everything it does not need rather than
-interpreting it. It applies the same rules as the sidecar's reader (`meshgate.http.rules`,
-which both import; `mesh_ca` never imports `sidecar`) and refuses more:
+Requests are read by the sidecar's own strict reader (`meshgate.http.RequestReader`: the
+same code and the same rules, `meshgate/http/rules.py` and `head.py`, with llhttp as a
+second opinion), so the CA and the sidecar cannot drift apart on what a request head may
+hold (issue 12 item 10). Responses are written by the shared serializer
+(`serialize_response_head`). The CA then refuses more than the sidecar, never less:
 
-- the request line is ``METHOD SP origin-form-target SP HTTP/1.1`` (or ``HTTP/1.0``), the
-  method upper-case letters only;
-- lines end in CRLF: a bare LF or CR is an error, obs-fold (a line starting with SP or HTAB)
-  is an error, a header name is a token and a value holds no control bytes but HTAB;
-- the body is framed by Content-Length only: Transfer-Encoding is refused (501), a second
-  Content-Length (even an equal one) or a non-decimal one is refused (400);
-- exactly one Host (HTTP/1.1), at most one Content-Type;
-- the header block and the header count have their own caps (431), independent of how
-  many bytes a read returns.
+- Transfer-Encoding is refused (501): the API's bodies are small JSON framed by
+  Content-Length;
+- a second Content-Type is refused (400), so the body is never read as another type than
+  the one checked.
 
-Errors are `WireError` with the status the peer should get.
+Errors are `WireError` with the status the peer should get (then the close).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Final, final
 
 from meshgate.errors import ProtocolError
-from meshgate.http import rules
-from meshgate.http.rules import HttpRuleError
+from meshgate.http import (
+    NEED_DATA,
+    BodyKind,
+    Framing,
+    HttpError,
+    HttpLimits,
+    RequestReader,
+    serialize_response_head,
+)
+from meshgate.http import RequestHead as HttpRequestHead
 
-__all__ = ["RequestHead", "WireError", "parse_request_head", "render_response"]
+__all__ = [
+    "RequestHead",
+    "WireError",
+    "ca_head",
+    "ca_limits",
+    "parse_request_head",
+    "render_response",
+]
 
-# The target is checked by the shared rules (origin-form, RFC 3986 characters).
-_REQUEST_LINE: Final = re.compile(rb"([A-Z]{1,16}) ([!-~]+) HTTP/1\.([01])")
-_TOKEN: Final = re.compile(rules.TOKEN)
-# Headers whose every copy is looked at: a second Host, Content-Length or Content-Type is
-# refused rather than letting the last one win.
-_SPECIAL: Final = frozenset({"host", "content-length", "content-type", "connection"})
+_MAX_REQUEST_LINE_BYTES: Final = 8 * 1024
+_SERVER_HEADERS: Final = (("server", "meshgate-ca"), ("cache-control", "no-store"))
+_CLOSE: Final = (("connection", "close"),)
+_NO_LENGTH: Final = Framing(BodyKind.NONE)
+# Heads without their Content-Length line, by (status, content type, headers, close).
+_HEADS: dict[tuple[int, str, tuple[tuple[str, str], ...], bool], bytes] = {}
+_MAX_HEADS: Final = 256
 _REASONS: Final = {
     200: "OK",
     400: "Bad Request",
@@ -46,13 +55,16 @@ _REASONS: Final = {
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
+    409: "Conflict",
     413: "Content Too Large",
+    414: "URI Too Long",
     415: "Unsupported Media Type",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     501: "Not Implemented",
     503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
 }
 
 
@@ -63,6 +75,11 @@ class WireError(ProtocolError, ValueError):
         super().__init__(message)
         self.status = status
 
+    @classmethod
+    def of(cls, exc: HttpError) -> WireError:
+        """The shared reader's refusal, as the CA reports it."""
+        return cls(exc.status_hint, exc.reason)
+
 
 @final
 @dataclass(frozen=True, slots=True)
@@ -72,62 +89,60 @@ class RequestHead:
     headers: dict[str, str]  # lowercased names; a repeated header keeps its last value
     content_length: int
     keep_alive: bool
-    size: int  # bytes of the head including the blank line
+    size: int = 0  # bytes of the head including the blank line (`parse_request_head`)
 
     @property
     def path(self) -> str:
         return self.target.split("?", 1)[0]
 
+    @property
+    def content_type(self) -> str | None:
+        return self.headers.get("content-type")
+
+
+def ca_limits(*, max_head_bytes: int = 16 * 1024, max_headers: int = 64) -> HttpLimits:
+    """The shared reader's caps for the CA. No body cap here: the shell refuses a long
+    Content-Length itself (413 `body_too_large`, from `server.max_body_bytes`)."""
+    return HttpLimits(
+        max_head_bytes=max_head_bytes,
+        max_headers=max_headers,
+        max_request_line_bytes=min(_MAX_REQUEST_LINE_BYTES, max_head_bytes),
+        max_body_bytes=None,
+    )
+
+
+def ca_head(head: HttpRequestHead, size: int = 0) -> RequestHead:
+    """A head the shared reader accepted, checked against the CA's extra rules."""
+    if head.framing.kind is BodyKind.CHUNKED:
+        raise WireError(501, "transfer-encoding is not supported; send Content-Length")
+    headers: dict[str, str] = {}
+    content_types = 0
+    for name, value in head.headers:
+        headers[name] = value
+        if name == "content-type":
+            content_types += 1
+    if content_types > 1:
+        raise WireError(400, "more than one Content-Type")
+    length = head.framing.length if head.framing.kind is BodyKind.LENGTH else 0
+    return RequestHead(head.method, head.target, headers, length, head.keep_alive, size)
+
 
 def parse_request_head(
     buffer: bytes | bytearray, *, max_bytes: int = 16 * 1024, max_headers: int = 64
 ) -> RequestHead | None:
-    """The request head at the start of `buffer`, or None when more bytes are needed."""
-    end = buffer.find(b"\r\n\r\n", 0, max_bytes + 4)
-    if end < 0:
-        if len(buffer) > max_bytes:
-            raise WireError(431, f"request head larger than {max_bytes} bytes")
-        return None
+    """The request head at the start of `buffer`, or None when more bytes are needed. One
+    request, read by a fresh shared reader (the admin listener, tests, the fuzz targets;
+    the API server keeps one reader per connection)."""
+    reader = RequestReader(ca_limits(max_head_bytes=max_bytes, max_headers=max_headers))
+    reader.feed(bytes(buffer))
     try:
-        return _parse(bytes(buffer[:end]), end + 4, max_bytes, max_headers)
-    except HttpRuleError as exc:
-        raise WireError(exc.status, exc.reason) from None
-
-
-def _parse(raw: bytes, size: int, max_bytes: int, max_headers: int) -> RequestHead:
-    rules.check_line_endings(raw)
-    lines = raw.split(b"\r\n")
-    match = _REQUEST_LINE.fullmatch(lines[0])
-    if match is None:
-        raise WireError(400, "request line is not 'METHOD /path HTTP/1.1'")
-    target = rules.check_origin_target(match.group(2).decode("ascii"), max_bytes)
-    if len(lines) - 1 > max_headers:
-        raise WireError(431, f"more than {max_headers} header fields")
-    headers: dict[str, str] = {}
-    special: dict[str, list[str]] = {}
-    for line in lines[1:]:
-        if line[:1] in (b" ", b"\t"):
-            raise WireError(400, "obsolete line folding in the header block")
-        name, colon, value = line.partition(b":")
-        if not colon or _TOKEN.fullmatch(name) is None:
-            raise WireError(400, f"malformed header line {line[:40]!r}")
-        key = name.decode("ascii").lower()
-        text = value.strip(b" \t").decode("latin-1")
-        rules.check_field_value(key, text)
-        if key in _SPECIAL:
-            special.setdefault(key, []).append(text)
-        headers[key] = text
-    if "transfer-encoding" in headers:
-        raise WireError(501, "transfer-encoding is not supported; send Content-Length")
-    if len(special.get("content-type", ())) > 1:
-        raise WireError(400, "more than one Content-Type")
-    minor = match.group(3)
-    version = "1.1" if minor == b"1" else "1.0"
-    rules.single_host(special.get("host", []), version)
-    length = rules.content_length(special.get("content-length", [])) or 0
-    tokens = {item.strip().lower() for v in special.get("connection", ()) for item in v.split(",")}
-    keep_alive = "close" not in tokens if minor == b"1" else "keep-alive" in tokens
-    return RequestHead(match.group(1).decode("ascii"), target, headers, length, keep_alive, size)
+        event = reader.next_event()
+    except HttpError as exc:
+        raise WireError.of(exc) from None
+    if event is NEED_DATA:
+        return None
+    assert isinstance(event, HttpRequestHead), event  # a fresh reader's first event
+    return ca_head(event, len(buffer) - reader.buffered_bytes)
 
 
 def render_response(
@@ -138,16 +153,25 @@ def render_response(
     *,
     close: bool = False,
 ) -> bytes:
-    """A complete response (head and body) as one buffer: one TLS write, one send."""
-    head = (
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
-        f"content-type: {content_type}\r\n"
-        f"content-length: {len(body)}\r\n"
-        "server: meshgate-ca\r\n"
-        "cache-control: no-store\r\n"
-    )
-    for name, value in headers:
-        head += f"{name}: {value}\r\n"
-    if close:
-        head += "connection: close\r\n"
-    return (head + "\r\n").encode("latin-1") + body
+    """A complete response (head and body) as one buffer: one TLS write, one send.
+
+    The shared serializer writes every distinct head once: the CA answers with a handful
+    of them (status, content type, Retry-After, close), so each is kept without its
+    Content-Length line, which the serializer writes last, just before the blank line."""
+    key = (status, content_type, headers, close)
+    prefix = _HEADS.get(key)
+    if prefix is None:
+        prefix = serialize_response_head(
+            status,
+            _REASONS.get(status, "Error"),
+            (
+                ("content-type", content_type),
+                *_SERVER_HEADERS,
+                *headers,
+                *(_CLOSE if close else ()),
+            ),
+            _NO_LENGTH,
+        )[:-2]  # without the blank line
+        if len(_HEADS) < _MAX_HEADS:
+            _HEADS[key] = prefix
+    return b"%bcontent-length: %d\r\n\r\n%b" % (prefix, len(body), body)

@@ -78,7 +78,7 @@ def _diagnose_header_line(line: str, index: int, status: int) -> HttpError:
     """Why a header line failed the block regex (slow path, errors only)."""
     where = f"header line {index}"
     if line[:1] in (" ", "\t"):
-        return _fail(status, f"{where}: obs-fold (continuation line)")
+        return _fail(status, f"{where}: obsolete line folding (obs-fold)")
     name, colon, _ = line.partition(":")
     if not colon:
         return _fail(status, f"{where}: no colon")
@@ -87,7 +87,7 @@ def _diagnose_header_line(line: str, index: int, status: int) -> HttpError:
     if name != name.rstrip(" \t"):
         return _fail(status, f"{where}: whitespace before the colon")
     if not _TOKEN_STR_RE.fullmatch(name):
-        return _fail(status, f"{where}: header name is not a token")
+        return _fail(status, f"{where}: malformed header line, the name is not a token")
     return _fail(status, f"{where}: control byte in the value of {name[:40]!r}")
 
 
@@ -96,7 +96,9 @@ def _parse_headers(block: str, limits: HttpLimits, status: int) -> Headers:
     if not block:
         return ()
     if block.count("\r\n") > limits.max_headers:
-        raise _fail(431 if status == 400 else status, f"more than {limits.max_headers} headers")
+        raise _fail(
+            431 if status == 400 else status, f"more than {limits.max_headers} header fields"
+        )
     if _HEADER_BLOCK_RE.fullmatch(block) is None:
         for index, line in enumerate(block.split("\r\n"), start=1):
             if _HEADER_LINE_RE.fullmatch(line) is None:

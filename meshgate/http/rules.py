@@ -1,12 +1,11 @@
-"""The strict HTTP/1.1 request rules that the CA's reader and the sidecar's both apply. Pure.
+"""The strict HTTP/1.1 request rules of the one request reader (`head.py`, `reader.py`). Pure.
 
-One place for what a request head may hold, so the two readers cannot drift apart (issue
-12: the CA once took two identical Content-Lengths and two Hosts, last one winning, which
-the sidecar refused). `mesh_ca` never imports `sidecar`, so the rules live here and the
-sidecar imports them. The readers keep their own loops (the CA's is tuned for a few µs a
-request, the sidecar's adds llhttp as a second opinion) and may refuse *more* (the CA has
-no chunked bodies), never less. `tests/test_http_rules_agree.py` and the fuzz targets
-check that whatever either reader accepts, the other accepts too or the CA refuses.
+One place for what a request head may hold (issue 12: the CA once took two identical
+Content-Lengths and two Hosts, last one winning, which the sidecar refused). Since issue 13
+the CA reads requests with the sidecar's `RequestReader` itself (`mesh_ca/server/wire.py`
+adds the CA's extra refusals: no chunked bodies, one Content-Type), so there is one reader
+and these rules are applied by one piece of code. `tests/test_http_rules_shared.py` and the
+fuzz targets check that whatever the sidecar refuses the CA refuses too.
 
 The rules:
 - lines end in CRLF; a bare CR or LF anywhere in the head is refused;

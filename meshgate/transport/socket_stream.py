@@ -11,6 +11,13 @@ if its scope was cancelled (revocation, drain), as trio's own calls do. So that 
 whose bytes are always ready cannot starve other connections, every `_FAIR_EVERY`-th call
 in a row without a wait yields anyway.
 
+That is the one deliberate deviation from trio's stream contract, whose conformance checks
+(`trio.testing.check_half_closeable_stream`) want every call to be a full checkpoint.
+`LeanSocketStream(sock, checkpoint_every=1)` keeps the contract (every call yields); the
+checks run over real loopback sockets that way, and tests/test_lean_socket.py tests the
+deviation itself (a call that need not wait still raises `Cancelled`, and yields every
+`_FAIR_EVERY` calls).
+
 Deadlines without a cancel scope per call: entering and leaving a `trio.CancelScope` costs
 ~10-15 µs here, and a request used to open eight of them. A handler sets `receive_deadline`
 or `send_deadline` (trio time, a plain attribute) before a call instead; a receive that has
@@ -84,28 +91,40 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
 
     __slots__ = (
         "_closed",
+        "_eof_sent",
         "_fast",
         "_overdue",
+        "_quickack",
         "_receiving",
         "_sending",
         "_tcp",
         "_waiting",
+        "checkpoint_every",
         "send_deadline",
         "socket",
     )
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(
+        self, sock: socket.socket, *, checkpoint_every: int = _FAIR_EVERY, quickack: bool = True
+    ) -> None:
         sock.setblocking(False)  # noqa: FBT003 - the stdlib signature
         self.socket = sock
+        # A call the kernel completes at once yields to the scheduler every this many
+        # calls in a row (1: every call, as trio's streams do).
+        self.checkpoint_every = checkpoint_every
         self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == (
             socket.SOCK_STREAM
         )
         if self._tcp:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Quick ACKs before each receive wait (see the module docstring); a server whose
+        # clients send each request in one write (the CA) saves the extra ACK packet.
+        self._quickack = quickack and self._tcp and _QUICKACK is not None
         self.receive_deadline = math.inf  # trio time; a wait past it raises TooSlowError
         self.send_deadline = math.inf
         self._fast = 0
         self._closed = False
+        self._eof_sent = False
         self._sending = OneAtATime("another task is sending on this stream")
         self._receiving = OneAtATime("another task is receiving on this stream")
         self._receive_wait: trio.CancelScope | None = None  # unused: see `deadlines`
@@ -113,10 +132,17 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
         self._overdue = False
 
     @classmethod
-    def take(cls, stream: trio.SocketStream) -> LeanSocketStream:
+    def take(
+        cls,
+        stream: trio.SocketStream,
+        *,
+        checkpoint_every: int = _FAIR_EVERY,
+        quickack: bool = True,
+    ) -> LeanSocketStream:
         """Take over the socket of `stream`; `stream` must not be used afterwards (its
         socket is detached, so closing it is a no-op)."""
-        return cls(socket.socket(fileno=stream.socket.detach()))
+        sock = socket.socket(fileno=stream.socket.detach())
+        return cls(sock, checkpoint_every=checkpoint_every, quickack=quickack)
 
     def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
         self.socket.setsockopt(level, option, value)
@@ -145,7 +171,7 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
 
     async def _wait_readable(self) -> None:
         self._fast = 0
-        if self._tcp and _QUICKACK is not None:
+        if self._quickack and _QUICKACK is not None:
             # ACK now what was read: a peer's Nagle may hold its next bytes until then.
             # Linux clears quick-ACK mode as it goes, so it is set before every wait.
             with contextlib.suppress(OSError):  # the receive after the wait reports it
@@ -182,7 +208,7 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
 
     async def _after_fast_call(self) -> None:
         self._fast += 1
-        if self._fast >= _FAIR_EVERY:
+        if self._fast >= self.checkpoint_every:
             self._fast = 0
             await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -191,6 +217,9 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint_if_cancelled()
             if self._closed:
                 raise trio.ClosedResourceError("the stream is closed")
+            if self._eof_sent:
+                # As trio's SocketStream: our own half-close, not a broken peer (EPIPE).
+                raise trio.ClosedResourceError("send_eof was called on this stream")
             sock = self.socket
             total = len(data)
             sent = 0
@@ -239,16 +268,21 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint()
         if self._closed:
             raise trio.ClosedResourceError("the stream is closed")
+        if self._eof_sent:
+            return
+        self._eof_sent = True
         try:
             self.socket.shutdown(socket.SHUT_WR)
         except OSError as exc:
             raise trio.BrokenResourceError(f"shutdown failed: {exc}") from exc
 
     async def wait_send_all_might_not_block(self) -> None:
-        self._sending.check()
-        if self._closed:
-            raise trio.ClosedResourceError("the stream is closed")
-        await trio.lowlevel.wait_writable(self.socket)
+        # Inside the send guard, as trio's streams: a send_eof (or a second wait) meanwhile
+        # is refused with BusyResourceError.
+        with self._sending:
+            if self._closed:
+                raise trio.ClosedResourceError("the stream is closed")
+            await trio.lowlevel.wait_writable(self.socket)
 
     async def aclose(self) -> None:
         if not self._closed:

@@ -79,7 +79,9 @@ class TlsStream(trio.abc.HalfCloseableStream):
         self._closed = False
         self._broken = False
         self._read_error: ssl.SSLError | None = None  # met while reading ahead: raised next
-        self._lean = isinstance(transport, LeanSocketStream)
+        # Lean when the transport is (a transport that yields on every call keeps this
+        # stream to trio's contract too: every call a checkpoint).
+        self._lean = isinstance(transport, LeanSocketStream) and transport.checkpoint_every > 1
 
     # -- what the handshake established ------------------------------------------------
 
