@@ -120,7 +120,11 @@ def _slots_check(ca: Mapping[str, Any], automatic: bool) -> Check:
 
 
 def _sidecar_checks(
-    instances: list[Mapping[str, Any]], ca: Mapping[str, Any], now: datetime, limits: Thresholds
+    instances: list[Mapping[str, Any]],
+    ca: Mapping[str, Any],
+    now: datetime,
+    limits: Thresholds,
+    central: Mapping[str, Any] | None = None,
 ) -> list[Check]:
     checks = []
     live = [i for i in instances if not i["stale"]]
@@ -184,6 +188,12 @@ def _sidecar_checks(
     broken = [i for i in live if i.get("policy_error")]
     split = _policy_versions(live)
     details = [f"{_who(i)}: {i['policy_error']}" for i in broken]
+    # A central edit the CA refused: the sidecars keep the last published set and report
+    # no error of their own, so the CA's publisher status says it.
+    refused = central.get("last_error") if central else None
+    if refused:
+        published = (central or {}).get("published") or {}
+        details.append(f"control plane (serving published v{published.get('version')}): {refused}")
     details += [f"{svc}: instances enforce {', '.join(vs)}" for svc, vs in split.items()]
     checks.append(
         Check(
@@ -194,7 +204,7 @@ def _sidecar_checks(
             else "policies loaded, one version per service",
             "fix the policy files (mesh-sidecar policy validate DIR); the last good set stays "
             "live until then"
-            if broken
+            if broken or refused
             else ("reload the policies of the instances behind (SIGHUP)" if split else ""),
             details,
         )
@@ -277,9 +287,11 @@ def run_checks(
     admin: str,
     limits: Thresholds,
     registrations: Sequence[Mapping[str, Any]] | None = None,
+    central: Mapping[str, Any] | None = None,
 ) -> list[Check]:
     """Every check; `view` is the ``/v1/mesh`` JSON, or None with `unreachable` saying why;
-    `registrations` the control plane's endpoints (None: not available, no check)."""
+    `registrations` the control plane's endpoints and `central` its policy status
+    (``/control/policy``; None: not available, not checked)."""
     if view is None:
         return [
             Check(
@@ -301,7 +313,7 @@ def run_checks(
         )
     ]
     checks += _ca_checks(ca, now, limits)
-    checks += _sidecar_checks(view["instances"], ca, now, limits)
+    checks += _sidecar_checks(view["instances"], ca, now, limits, central)
     if registrations is not None:
         checks.insert(5, _registered_check(registrations, view["instances"]))
     return checks

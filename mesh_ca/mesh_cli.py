@@ -259,7 +259,8 @@ def check_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
         view, why = None, str(exc)
     limits = Thresholds(args.ca_expiry_warn, args.svid_warn, args.max_clock_skew)
     registrations = _registrations(admin) if view is not None else None
-    checks = run_checks(view, why, admin, limits, registrations)
+    central = _control_json(admin, "/control/policy") if view is not None else None
+    checks = run_checks(view, why, admin, limits, registrations, central)
     ok = all(c.ok for c in checks)
     if args.output == "json":
         document = {"ok": ok, "admin": admin, "checks": [c.as_json() for c in checks]}
@@ -270,16 +271,22 @@ def check_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return 0 if ok else 1
 
 
-def _registrations(admin: str) -> list[dict[str, Any]] | None:
-    """The control plane's registered endpoints (``/control/endpoints``), or None when this
-    admin listener does not serve them."""
-    url = f"http://{admin}/control/endpoints"
+def _control_json(admin: str, path: str) -> dict[str, Any] | None:
+    """A control-plane view of the admin listener (``/control/...``), or None when this
+    admin listener does not serve it."""
     try:
-        with urllib.request.urlopen(url, timeout=_TIMEOUT_SECONDS) as response:
+        with urllib.request.urlopen(f"http://{admin}{path}", timeout=_TIMEOUT_SECONDS) as response:
             document = json.loads(response.read())
     except (OSError, ValueError):
         return None
-    rows = document.get("endpoints") if isinstance(document, dict) else None
+    return document if isinstance(document, dict) else None
+
+
+def _registrations(admin: str) -> list[dict[str, Any]] | None:
+    """The control plane's registered endpoints (``/control/endpoints``), or None when this
+    admin listener does not serve them."""
+    document = _control_json(admin, "/control/endpoints")
+    rows = document.get("endpoints") if document is not None else None
     return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else None
 
 

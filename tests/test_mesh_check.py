@@ -116,6 +116,26 @@ def test_a_registered_endpoint_without_a_reporting_sidecar_fails() -> None:
     assert all(c.ok for c in ok)
 
 
+def test_a_central_edit_the_ca_refused_fails_the_policies_check() -> None:
+    # The sidecars keep the last published set and report no error: the CA's publisher does.
+    central = {
+        "published": {"version": 4, "sha256": "ab", "published_at": NOW.isoformat()},
+        "last_error": "/srv/policies: shop.cedar:7: unexpected end of input",
+        "sidecars": [],
+    }
+    checks = run_checks(view(instance()), None, "127.0.0.1:9", Thresholds(), None, central)
+    [check] = [c for c in checks if not c.ok]
+    assert check.name == "policies"
+    assert check.details == [
+        "control plane (serving published v4): /srv/policies: shop.cedar:7: unexpected end of input"
+    ]
+    assert "mesh-sidecar policy validate" in check.hint
+    fixed = central | {"last_error": None}
+    assert all(
+        c.ok for c in run_checks(view(instance()), None, "127.0.0.1:9", Thresholds(), None, fixed)
+    )
+
+
 def test_the_ca_slots_are_shown_and_a_rotating_intermediate_is_not_late_at_30_days() -> None:
     slots = [
         {"kind": "root", "slot": "active", "id": "aa", "not_after": "2036-01-01T00:00:00+00:00"},

@@ -4,6 +4,7 @@ that moves only when the CA took the report."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -93,7 +94,7 @@ class _Clock:
         return datetime.now(UTC)
 
 
-def _reporter() -> tuple[Reporter, Observer, FlakyCa]:
+def _reporter(ready: Callable[[], bool] | None = None) -> tuple[Reporter, Observer, FlakyCa]:
     pki = TestPki()
     leaf = pki.leaf("spiffe://example.org/ns/shop/svc/orders")
     config = parse_config(
@@ -128,6 +129,7 @@ def _reporter() -> tuple[Reporter, Observer, FlakyCa]:
         _Clock(),
         lambda bundles: ca,
         samples=observer.take_denial_samples,
+        ready=ready,
     )
     return reporter, observer, ca
 
@@ -174,3 +176,24 @@ async def test_a_report_too_large_for_the_ca_sends_the_busiest_edges_that_fit() 
     second = {e["destination"] for e in ca.bodies[1]["edges"]}
     assert not first & second  # the edges sent once are not sent again
     assert len(first) + len(second) + ca.bodies[1]["truncated_edges"] == 200
+
+
+async def test_a_readiness_change_is_reported_at_once_not_after_the_interval(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    now = {"ready": False}
+    reporter, _, ca = _reporter(lambda: now["ready"])
+    assert not await reporter.report_once()  # the CA is down: no early retry for that
+    start = trio.current_time()
+    await reporter.wait_next()
+    assert trio.current_time() - start >= reporter.interval_seconds - 1e-6  # float sums
+    ca.down = False
+    assert await reporter.report_once()
+    now["ready"] = True  # e.g. the first central policy set arrived
+    start = trio.current_time()
+    await reporter.wait_next()
+    assert trio.current_time() - start < reporter.interval_seconds
+    assert await reporter.report_once()
+    start = trio.current_time()
+    await reporter.wait_next()  # reported as ready: back to the interval
+    assert trio.current_time() - start >= reporter.interval_seconds - 1e-6

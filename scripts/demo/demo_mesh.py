@@ -23,6 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,10 +127,21 @@ policy_poll_seconds = 0.2
 """
 
 
-def sidecar_toml(svc: Service, ca_address: str, work: Path) -> str:
+def sidecar_toml(
+    svc: Service,
+    ca_address: str,
+    work: Path,
+    *,
+    static: Mapping[str, int] | None = None,
+    control_plane: bool = True,
+) -> str:
     """The sidecar config: bootstrap from the CA with a join token, http mode both ways,
     registered with the control plane, calling its upstreams by discovery, policies from
-    the control plane."""
+    the control plane. `static` (service → inbound port) names upstreams called at fixed
+    endpoints instead; without `control_plane` the sidecar neither registers nor discovers
+    (every upstream must be in `static`) and reads the policy directory itself (tests:
+    ``workers > 1`` is not supported on the control plane)."""
+    static = static or {}
     lines = [
         f"# The {svc.name} sidecar (written by the meshgate demo).",
         "[identity]",
@@ -147,6 +159,18 @@ def sidecar_toml(svc: Service, ca_address: str, work: Path) -> str:
         'protocol = "http"',
     ]
     for target in CALLS[svc.service_name]:
+        if target in static:
+            lines += [
+                "",
+                "[[outbound]]",
+                f'listen = "127.0.0.1:{svc.outbound_ports[target]}"',
+                f'service = "{target}"',
+                f'endpoints = ["127.0.0.1:{static[target]}"]',
+                f'spiffe_ids = ["{spiffe_id(target)}"]',
+                'protocol = "http"',
+            ]
+            continue
+        assert control_plane, f"{svc.name} calls {target}: no static endpoint given"
         lines += [
             "",
             "[[outbound]]  # no endpoints: discovered from the control plane",
@@ -154,13 +178,12 @@ def sidecar_toml(svc: Service, ca_address: str, work: Path) -> str:
             f'service = "{target}"',
             'protocol = "http"',
         ]
+    if control_plane:
+        lines += ["", "[policy]", 'source = "control-plane"']
+        lines += ["", "[control_plane]", "retry_max_seconds = 1"]
+    else:
+        lines += ["", "[policy]", f'dir = "{work / "policies"}"']
     lines += [
-        "",
-        "[policy]",
-        'source = "control-plane"',
-        "",
-        "[control_plane]",
-        "retry_max_seconds = 1",
         "",
         "[admin]",
         f'listen = "127.0.0.1:{svc.admin_port}"',

@@ -97,13 +97,18 @@ def sidecar_status(
     if config.policy is None:
         return status
     status["policy_source"] = str(getattr(config.policy, "source", "files"))
-    status["policy_dir"] = _text(config.policy.dir, 1024)
+    if config.policy.dir is not None:  # absolute: the CA's explain command runs elsewhere
+        status["policy_dir"] = _text(os.path.abspath(config.policy.dir), 1024)
     if policies is not None:
         view = policies.status()
         loaded = view.get("loaded")
         if isinstance(loaded, dict):
             status["policy_version"] = _text(loaded.get("version"), 128)
             status["policy_loaded_at"] = loaded.get("loaded_at")
+            if config.policy.dir is None and loaded.get("directory"):
+                # A central set: the sidecar's persisted copy (state_dir/policies/v<N>/)
+                # is what it enforces, so what `mesh-sidecar policy explain` replays.
+                status["policy_dir"] = _text(os.path.abspath(str(loaded["directory"])), 1024)
         error = view.get("last_error")
         if isinstance(error, dict):
             problems = error.get("problems") or []

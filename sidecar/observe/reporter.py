@@ -41,7 +41,7 @@ from meshgate.keys import PrivateKey
 from sidecar.config import SidecarConfig
 from sidecar.identity.credentials import CredentialStore
 from sidecar.identity.stats import IdentityStats
-from sidecar.observe.admin import AdminState, PolicyView
+from sidecar.observe.admin import AdminState, PolicyView, readiness
 from sidecar.observe.logs import event
 from sidecar.observe.metrics import SidecarMetrics
 from sidecar.observe.report import Cumulative, EdgeKey, deltas, edge_totals, sent_keys
@@ -95,6 +95,7 @@ def wants_reporter(config: SidecarConfig) -> bool:
 
 
 _SAMPLE_FILES: Final = "denials-*.json"
+_READY_POLL_SECONDS: Final = 0.2
 
 
 async def write_samples_forever(
@@ -157,6 +158,7 @@ class Reporter:
         clock: Clock,
         client_factory: ClientFactory,
         samples: Callable[[], list[dict[str, Any]]] | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -166,6 +168,8 @@ class Reporter:
         self.interval_seconds = config.report.interval_seconds
         self._factory = client_factory
         self._samples_source = samples
+        self._ready = ready
+        self._reported_ready: bool | None = None  # `ready` as the last attempt saw it
         self._pending_samples: list[dict[str, Any]] = []
         self._baseline: dict[EdgeKey, Cumulative] = {}
         self._current: dict[EdgeKey, Cumulative] = {}
@@ -177,14 +181,30 @@ class Reporter:
         self.failed = 0
 
     async def run(self) -> None:
-        """Report now and every interval, until cancelled."""
+        """Report now and every interval, until cancelled; at once when readiness changes
+        (a control-plane sidecar's first report precedes its first policy set: the CA
+        would show it not ready for a whole interval after it became ready)."""
         try:
             while True:
                 await self.report_once()
-                await trio.sleep(self.interval_seconds)
+                await self.wait_next()
         finally:
             with trio.CancelScope(shield=True):
                 await self._close_client()
+
+    async def wait_next(self) -> None:
+        """Until the interval has passed or readiness differs from the last attempt's.
+        Polled (`readiness` is cheap and pure): its inputs (SVID, revocations, policy
+        store, workers) have no common event to wait on."""
+        ready = self._ready
+        if ready is None:
+            await trio.sleep(self.interval_seconds)
+            return
+        with trio.move_on_after(self.interval_seconds):
+            while True:
+                await trio.sleep(_READY_POLL_SECONDS)
+                if ready() != self._reported_ready:
+                    return
 
     def body(self, now: datetime) -> tuple[bytes, set[EdgeKey]]:
         """The next report's body and the edges it carries (whose baseline a 200 moves)."""
@@ -214,6 +234,8 @@ class Reporter:
 
     async def report_once(self) -> bool:
         """Send one report; True when the CA took it."""
+        if self._ready is not None:  # what this attempt says (body() reads it, no await)
+            self._reported_ready = self._ready()
         creds = self.store.current
         now = self.clock.now()
         if creds is None or creds.expired(now):
@@ -304,5 +326,6 @@ def start_reporter(
         clock,
         ca_client_factory(config, clock),
         samples=samples,
+        ready=lambda: readiness(state)[0],
     )
     nursery.start_soon(reporter.run)

@@ -25,7 +25,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.procs import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts" / "demo"))
-from demo_mesh import CONTROL_TOML, SERVICES, TRUST_DOMAIN, Mesh, run_tool, spiffe_id
+from demo_mesh import (
+    CONTROL_TOML,
+    SERVICES,
+    TRUST_DOMAIN,
+    Mesh,
+    run_tool,
+    sidecar_toml,
+    spiffe_id,
+)
 
 __all__ = [
     "SERVICES",
@@ -54,8 +62,10 @@ def running_mesh(
     workers: dict[str, int] | None = None,
 ) -> Iterator[Mesh]:
     """The three-service mesh under `work` (in `mesh.work`); `ca_server` sets keys of
-    ca.toml's [server] (TOML values as text), `workers` the sidecars' ``workers``. A start
-    that fails because a picked port was taken meanwhile (exit 5) starts again elsewhere."""
+    ca.toml's [server] (TOML values as text), `workers` the sidecars' ``workers``: those
+    run off the control plane (it refuses ``workers > 1``), with static endpoints and the
+    policy directory, and the others call them at static endpoints. A start that fails
+    because a picked port was taken meanwhile (exit 5) starts again elsewhere."""
     for attempt in range(1, _ATTEMPTS + 1):
         mesh = Mesh(work / f"mesh-{attempt}")
         try:
@@ -88,6 +98,7 @@ def _start(mesh: Mesh, leaf_ttl: str, ca_server: dict[str, str], workers: dict[s
     with config.open("a") as toml:
         toml.write(CONTROL_TOML.format(policies=work / "policies"))
     mesh.start_ca()
+    static = {name: mesh.services[name].inbound_port for name in workers}
     for name in SERVICES:
         mesh.start_app(name)
     for name in SERVICES:
@@ -95,8 +106,15 @@ def _start(mesh: Mesh, leaf_ttl: str, ca_server: dict[str, str], workers: dict[s
             "mesh-ca", "token", "create", "--dir", "ca", "--spiffe-id", spiffe_id(name), cwd=work
         )
         config_file = mesh.write_sidecar_config(name, token)
-        if name in workers:  # a top-level key: before the first table
-            config_file.write_text(f"workers = {workers[name]}\n" + config_file.read_text())
+        if workers:
+            own = mesh.services[name]
+            text = sidecar_toml(own, mesh.ca_address, work, static=static)
+            if name in workers:  # a top-level key: before the first table
+                every = {s: svc.inbound_port for s, svc in mesh.services.items()}
+                text = f"workers = {workers[name]}\n" + sidecar_toml(
+                    own, mesh.ca_address, work, static=every, control_plane=False
+                )
+            config_file.write_text(text)
     for name in SERVICES:
         mesh.start_sidecar(name)
     mesh.wait_ready(timeout=60)

@@ -1,9 +1,10 @@
 """`mesh-ca check` passes (exit 0, every line ✔) on the healthy demo mesh; after a broken
-policy edit it fails with the file and line and a hint to fix it (the last good set stays
-live); once the CA is stopped it fails with a hint to start it.
+edit of the central policy directory it fails with the file and line and a hint to fix it
+(the CA refuses to publish it and the sidecars keep enforcing the last good set); once the
+CA is stopped it fails with a hint to start it.
 
-Real processes: the CA with its loopback admin listener, three apps, three reporting
-sidecars.
+Real processes: the CA (the control plane) with its loopback admin listener, three apps,
+three reporting sidecars that take their policies from it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from tests.integration.report_mesh import mesh_ca_cli, reporting, running_mesh, wait_until
+from tests.integration.report_mesh import (
+    Mesh,
+    mesh_ca_cli,
+    mesh_view,
+    reporting,
+    running_mesh,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -25,13 +33,19 @@ def _check(admin: str) -> tuple[int, dict[str, Any]]:
     return done.returncode, json.loads(done.stdout)
 
 
+def _all_ready(mesh: Mesh) -> bool:
+    view = reporting(mesh)
+    return view is not None and all(i["ready"] for i in view["instances"] if not i["stale"])
+
+
 def _failed(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in document["checks"] if not c["ok"]}
 
 
 def test_check_passes_then_names_a_broken_policy_then_a_stopped_ca(tmp_path: Path) -> None:
     with running_mesh(tmp_path) as mesh:
-        wait_until("every sidecar to report", lambda: reporting(mesh))
+        # A sidecar's first report may precede its first central policy set (not ready).
+        wait_until("every sidecar to report ready", lambda: _all_ready(mesh))
         table = mesh_ca_cli("check", "--admin", mesh.ca_admin)
         assert table.returncode == 0, table.stdout + table.stderr
         lines = [line for line in table.stdout.splitlines() if line.startswith(("✔", "✘"))]
@@ -39,26 +53,27 @@ def test_check_passes_then_names_a_broken_policy_then_a_stopped_ca(tmp_path: Pat
         assert all(line.startswith("✔") for line in lines), table.stdout
         assert "all checks passed" in table.stdout
 
-        # A broken edit: the sidecars keep the last good set and report the reload error.
+        enforced = {i["policy_version"] for i in mesh_view(mesh)["instances"]}
+
+        # A broken edit of the central directory: the CA refuses to publish it, the
+        # sidecars keep enforcing the last good set, and check names the file and line.
         with (mesh.work / "policies" / "shop.cedar").open("a") as policy:
             policy.write("\npermit(principal, action, resource\n")
 
         def policy_failure() -> dict[str, Any] | None:
             code, document = _check(mesh.ca_admin)
             failed = _failed(document)
-            # All three sidecars read that directory; their reports arrive one by one.
-            if (
-                code == 1
-                and set(failed) == {"policies"}
-                and len(failed["policies"]["details"]) == 3
-            ):
-                return failed["policies"]
-            return None
+            return failed["policies"] if code == 1 and set(failed) == {"policies"} else None
 
-        failure = wait_until("check to name the broken policy on every sidecar", policy_failure)
-        assert all("shop.cedar:" in line for line in failure["details"]), failure
+        failure = wait_until("check to name the refused policy edit", policy_failure)
+        [line] = failure["details"]
+        assert line.startswith("control plane (serving published v1): "), line
+        assert "shop.cedar:" in line, line
         assert "fix the policy files" in failure["hint"]
         assert "mesh-sidecar policy validate" in failure["hint"]
+        view = mesh_view(mesh)
+        assert {i["policy_version"] for i in view["instances"]} == enforced
+        assert all(i["ready"] and not i["policy_error"] for i in view["instances"]), view
 
         mesh.processes["ca"].send_signal(signal.SIGTERM)
         mesh.processes["ca"].wait(timeout=30)
