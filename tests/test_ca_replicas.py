@@ -303,3 +303,69 @@ def test_init_against_an_unreachable_database_fails_whole(
     assert "not-the-password" not in err
     assert not directory.exists()
     assert list(tmp_path.iterdir()) == [secret]
+
+
+async def test_killing_replica_a_moves_registration_and_discovery_to_b(
+    postgres: PgServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control plane survives a replica's death as renewals do: a client given both
+    replicas registers and watches through A; A is killed; a second instance registers
+    through B, and the watch (re-polled through the same client) sees both, from B."""
+    from mesh_ca.control.wire import ENDPOINTS_PATH, REGISTER_PATH, EndpointSet
+
+    postgres.start()
+    monkeypatch.setenv(PASSWORD_ENV, postgres.password)
+    url = postgres.url(postgres.create_database())
+    dir_a, dir_b = tmp_path / "ca-a", tmp_path / "ca-b"
+    init = ["init", "--trust-domain", TD, "--dir", str(dir_a), "--store", "postgres"]
+    assert mesh_ca_main([*init, "--db-url", url, "--db-password-env", PASSWORD_ENV]) == 0
+    policies = tmp_path / "policies"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "policies", policies)
+    with (dir_a / "ca.toml").open("a") as toml:
+        toml.write(f'\n[control]\npolicy_dir = "{policies}"\n')
+    shutil.copytree(dir_a, dir_b)
+    serve = ("-m", "mesh_ca.cli", "serve")
+    orders = SpiffeId.parse(f"spiffe://{TD}/ns/shop/svc/orders")
+    with contextlib.ExitStack() as stack:
+        a, b = (
+            stack.enter_context(
+                serving_ca_dir(
+                    load_ca_dir(directory),
+                    tmp_path / f"replica-{name}.log",
+                    argv=serve,
+                    extra=("--replica", name),
+                )
+            )
+            for name, directory in (("a", dir_a), ("b", dir_b))
+        )
+        replicas = Replicas(a, b)
+        async with replicas.client(a, b) as client:  # A first: the client uses A while it lives
+            key = generate_key()
+            svid = await client.bootstrap(replicas.token(orders), key)
+
+            async def register(port: int) -> None:
+                body = {"service": "orders", "address": f"127.0.0.1:{port}", "protocol": "http"}
+                await client.call(REGISTER_PATH, json.dumps(body).encode(), svid.chain, key)
+
+            async def watch(after: int) -> EndpointSet:
+                body = json.dumps({"service": "orders", "after": after, "wait_ms": 5000})
+                raw = await client.call(
+                    ENDPOINTS_PATH, body.encode(), svid.chain, key, timeout_seconds=15
+                )
+                return EndpointSet.model_validate_json(raw)
+
+            with trio.fail_after(60):
+                await register(7001)
+                seen = await watch(0)
+                assert [e.address for e in seen.endpoints] == ["127.0.0.1:7001"]
+                a.process.send_signal(signal.SIGKILL)
+                a.process.wait()
+                await register(7002)  # a second instance, through B: A is gone
+                await register(7001)  # the first one renews its lease through B
+                now = await watch(seen.version)  # long-polls B for a version after A's
+                assert now.version > seen.version
+                assert sorted(e.address for e in now.endpoints) == [
+                    "127.0.0.1:7001",
+                    "127.0.0.1:7002",
+                ]
+                assert {e.spiffe_id for e in now.endpoints} == {str(orders)}
