@@ -60,16 +60,18 @@ def running_mesh(
     leaf_ttl: str = "1h",
     ca_server: dict[str, str] | None = None,
     workers: dict[str, int] | None = None,
+    ca_toml: str = "",
 ) -> Iterator[Mesh]:
     """The three-service mesh under `work` (in `mesh.work`); `ca_server` sets keys of
     ca.toml's [server] (TOML values as text), `workers` the sidecars' ``workers``: those
     run off the control plane (it refuses ``workers > 1``), with static endpoints and the
-    policy directory, and the others call them at static endpoints. A start that fails
+    policy directory, and the others call them at static endpoints; `ca_toml` is appended
+    to ca.toml (a table such as ``[rotation]``). A start that fails
     because a picked port was taken meanwhile (exit 5) starts again elsewhere."""
     for attempt in range(1, _ATTEMPTS + 1):
         mesh = Mesh(work / f"mesh-{attempt}")
         try:
-            _start(mesh, leaf_ttl, ca_server or {}, workers or {})
+            _start(mesh, leaf_ttl, ca_server or {}, workers or {}, ca_toml)
         except RuntimeError as exc:
             mesh.stop()
             taken = "exited 5" in str(exc) or "did not start" in str(exc)
@@ -83,7 +85,13 @@ def running_mesh(
         return
 
 
-def _start(mesh: Mesh, leaf_ttl: str, ca_server: dict[str, str], workers: dict[str, int]) -> None:
+def _start(
+    mesh: Mesh,
+    leaf_ttl: str,
+    ca_server: dict[str, str],
+    workers: dict[str, int],
+    ca_toml: str,
+) -> None:
     work = mesh.work
     init = ("init", "--trust-domain", TRUST_DOMAIN, "--dir", "ca", "--leaf-ttl", leaf_ttl)
     run_tool("mesh-ca", *init, cwd=work)
@@ -97,6 +105,7 @@ def _start(mesh: Mesh, leaf_ttl: str, ca_server: dict[str, str], workers: dict[s
     # control plane, over the same policy directory.
     with config.open("a") as toml:
         toml.write(CONTROL_TOML.format(policies=work / "policies"))
+        toml.write(ca_toml)
     mesh.start_ca()
     static = {name: mesh.services[name].inbound_port for name in workers}
     for name in SERVICES:
