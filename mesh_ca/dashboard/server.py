@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 import trio
 
 from mesh_ca.dashboard.pages import dashboard_reply, mesh_window_of
-from mesh_ca.server.wire import WireError, parse_request_head, render_response
+from mesh_ca.server.loopback_http import read_request_head, serve_in_slot
+from mesh_ca.server.wire import WireError, render_response
 
 __all__ = ["MeshFetcher", "serve_dashboard"]
 
@@ -72,18 +73,12 @@ class MeshFetcher:
 
 
 async def _answer(fetcher: MeshFetcher, allowed: frozenset[str], stream: trio.SocketStream) -> None:
-    buffer = bytearray()
-    with trio.move_on_after(_DEADLINE_SECONDS):
-        try:
-            while (head := parse_request_head(buffer, max_bytes=_MAX_HEAD_BYTES)) is None:
-                data = await stream.receive_some(4096)
-                if not data:
-                    return
-                buffer += data
-        except WireError as exc:
-            body = b'{"error":"bad_request"}'
-            await stream.send_all(render_response(exc.status, body, "application/json", close=True))
-            return
+    try:
+        head = await read_request_head(stream, max_bytes=_MAX_HEAD_BYTES, seconds=_DEADLINE_SECONDS)
+    except WireError as exc:
+        body = b'{"error":"bad_request"}'
+        await stream.send_all(render_response(exc.status, body, "application/json", close=True))
+        return
     if head is None:
         return
     mesh = None
@@ -97,25 +92,6 @@ async def _answer(fetcher: MeshFetcher, allowed: frozenset[str], stream: trio.So
     )
 
 
-async def _handle(
-    fetcher: MeshFetcher,
-    allowed: frozenset[str],
-    slots: trio.CapacityLimiter,
-    stream: trio.SocketStream,
-) -> None:
-    async with stream:
-        try:
-            slots.acquire_nowait()
-        except trio.WouldBlock:
-            return  # every slot taken: close at once
-        try:
-            await _answer(fetcher, allowed, stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the browser went away
-        finally:
-            slots.release()
-
-
 async def serve_dashboard(
     listeners: list[trio.SocketListener],
     fetcher: MeshFetcher,
@@ -125,5 +101,6 @@ async def serve_dashboard(
 ) -> None:
     """Serve the dashboard on `listeners` until cancelled."""
     slots = trio.CapacityLimiter(_MAX_CONNECTIONS)
-    handler = functools.partial(_handle, fetcher, allowed, slots)
+    answer = functools.partial(_answer, fetcher, allowed)
+    handler = functools.partial(serve_in_slot, slots, answer=answer)
     await trio.serve_listeners(handler, listeners, task_status=task_status)

@@ -23,9 +23,10 @@ from urllib.parse import parse_qs
 
 import trio
 
+from mesh_ca.server.loopback_http import read_request_head, serve_in_slot
 from mesh_ca.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mesh_ca.server.metrics import CaMetrics
-from mesh_ca.server.wire import WireError, parse_request_head, render_response
+from mesh_ca.server.wire import WireError, render_response
 from mesh_ca.store import StoreError
 from meshgate.exit_codes import ExitCode, StartupError
 
@@ -110,48 +111,27 @@ async def _answer(
     mesh: MeshSource | None,
     stream: trio.SocketStream,
 ) -> None:
-    buffer = bytearray()
+    try:
+        head = await read_request_head(stream, max_bytes=_MAX_HEAD_BYTES, seconds=_DEADLINE_SECONDS)
+    except WireError as exc:
+        reply = render_response(exc.status, b'{"error":"bad_request"}', _JSON, close=True)
+        await stream.send_all(reply)
+        return
+    if head is None:
+        return
     with trio.move_on_after(_DEADLINE_SECONDS):
-        try:
-            while (head := parse_request_head(buffer, max_bytes=_MAX_HEAD_BYTES)) is None:
-                data = await stream.receive_some(4096)
-                if not data:
-                    return
-                buffer += data
-            if control is not None and head.path.startswith("/control/"):
-                status, body = await _control_view(control, head.method, head.target)
-                content_type = _JSON
-            elif head.path == "/v1/mesh":  # it sums every instance's edges: off the loop
-                status, body, content_type = await trio.to_thread.run_sync(
-                    admin_response, head.method, head.target, metrics, mesh
-                )
-            else:
-                status, body, content_type = admin_response(head.method, head.target, metrics, mesh)
-            if head.method == "HEAD":
-                body = b""
-        except WireError as exc:
-            status, body, content_type = exc.status, b'{"error":"bad_request"}', _JSON
+        if control is not None and head.path.startswith("/control/"):
+            status, body = await _control_view(control, head.method, head.target)
+            content_type = _JSON
+        elif head.path == "/v1/mesh":  # it sums every instance's edges: off the loop
+            status, body, content_type = await trio.to_thread.run_sync(
+                admin_response, head.method, head.target, metrics, mesh
+            )
+        else:
+            status, body, content_type = admin_response(head.method, head.target, metrics, mesh)
+        if head.method == "HEAD":
+            body = b""
         await stream.send_all(render_response(status, body, content_type, close=True))
-
-
-async def _handle(
-    metrics: CaMetrics,
-    control: ControlViews | None,
-    mesh: MeshSource | None,
-    slots: trio.CapacityLimiter,
-    stream: trio.SocketStream,
-) -> None:
-    async with stream:
-        try:
-            slots.acquire_nowait()
-        except trio.WouldBlock:
-            return  # all slots taken: close at once
-        try:
-            await _answer(metrics, control, mesh, stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away
-        finally:
-            slots.release()
 
 
 async def serve_admin(
@@ -164,5 +144,6 @@ async def serve_admin(
 ) -> None:
     """Serve the admin endpoints on `listeners` until cancelled."""
     slots = trio.CapacityLimiter(_MAX_CONNECTIONS)
-    handler = functools.partial(_handle, metrics, control, mesh, slots)
+    answer = functools.partial(_answer, metrics, control, mesh)
+    handler = functools.partial(serve_in_slot, slots, answer=answer)
     await trio.serve_listeners(handler, listeners, task_status=task_status)
