@@ -81,23 +81,28 @@ def replicas(
         text = text.replace(old, new)
     config.write_text(text)
     shutil.copytree(dir_a, dir_b)  # the documented way to make a replica
-    serve = ("-m", "mesh_ca.cli", "serve")
     with contextlib.ExitStack() as stack:
-        servers = [
-            stack.enter_context(
-                serving_ca_dir(
-                    load_ca_dir(directory),
-                    tmp_path / f"replica-{name}.log",
-                    argv=serve,
-                    extra=("--replica", name),
-                )
-            )
-            for name, directory in (("a", dir_a), ("b", dir_b))
-        ]
+        servers = _serve_both(stack, tmp_path)
         yield Replicas(*servers)
     for server in servers:
         assert server.process.returncode in (0, -signal.SIGKILL), server.log()
     assert postgres.password not in servers[0].log() + servers[1].log()
+
+
+def _serve_both(stack: contextlib.ExitStack, tmp_path: Path) -> list[CaServer]:
+    """`mesh-ca serve --replica a|b` of tmp_path/ca-a and ca-b, stopped with `stack`."""
+    serve = ("-m", "mesh_ca.cli", "serve")
+    return [
+        stack.enter_context(
+            serving_ca_dir(
+                load_ca_dir(tmp_path / f"ca-{name}"),
+                tmp_path / f"replica-{name}.log",
+                argv=serve,
+                extra=("--replica", name),
+            )
+        )
+        for name in ("a", "b")
+    ]
 
 
 def workload(name: str) -> SpiffeId:
@@ -324,20 +329,9 @@ async def test_killing_replica_a_moves_registration_and_discovery_to_b(
     with (dir_a / "ca.toml").open("a") as toml:
         toml.write(f'\n[control]\npolicy_dir = "{policies}"\n')
     shutil.copytree(dir_a, dir_b)
-    serve = ("-m", "mesh_ca.cli", "serve")
     orders = SpiffeId.parse(f"spiffe://{TD}/ns/shop/svc/orders")
     with contextlib.ExitStack() as stack:
-        a, b = (
-            stack.enter_context(
-                serving_ca_dir(
-                    load_ca_dir(directory),
-                    tmp_path / f"replica-{name}.log",
-                    argv=serve,
-                    extra=("--replica", name),
-                )
-            )
-            for name, directory in (("a", dir_a), ("b", dir_b))
-        )
+        a, b = _serve_both(stack, tmp_path)
         replicas = Replicas(a, b)
         async with replicas.client(a, b) as client:  # A first: the client uses A while it lives
             key = generate_key()
