@@ -28,6 +28,7 @@ from mesh_ca.control.mesh_view import mesh_view
 from mesh_ca.control.mesh_window import MeshWindow, TooManyInstances, parse_window
 from mesh_ca.control.report_wire import MAX_REPORT_BYTES, Report, ReportAccepted
 from mesh_ca.server.ratelimit import RateLimiter
+from mesh_ca.server.request_body import validation_summary
 from meshgate.errors import ProtocolError
 
 __all__ = ["DEFAULT_INTERVAL_SECONDS", "ReportIntake", "ReportRefused"]
@@ -44,15 +45,6 @@ class ReportRefused(ProtocolError):  # noqa: N818 - a refusal, answered with `st
         self.code = code
         self.message = message
         self.headers = headers
-
-
-def _summary(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors()[:5]:
-        where = ".".join(str(p) for p in error["loc"]) or "body"
-        message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
-        parts.append(f"{where}: {message}")
-    return "; ".join(parts)
 
 
 @final
@@ -100,7 +92,7 @@ class ReportIntake:
         try:
             report = Report.model_validate_json(body)
         except ValidationError as exc:
-            raise ReportRefused(400, "bad_request", _summary(exc)) from None
+            raise ReportRefused(400, "bad_request", validation_summary(exc)) from None
         try:
             self.window.add(spiffe_id, address, svid_validity, report, now)
         except TooManyInstances as exc:
