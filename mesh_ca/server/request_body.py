@@ -10,13 +10,13 @@ from pydantic import BaseModel, ValidationError
 from mesh_ca.server.messages import JSON, ApiError, ApiRequest
 from meshgate.identity import SpiffeId, SpiffeIdError
 
-__all__ = ["parse_body", "parse_id", "validation_summary"]
+__all__ = ["parse_body", "parse_id", "require_json", "validation_summary"]
 
 _M = TypeVar("_M", bound=BaseModel)
 
 
-def parse_body(request: ApiRequest, model: type[_M]) -> _M:
-    """The body as `model`; refused unless it is JSON that the model validates."""
+def require_json(request: ApiRequest) -> None:
+    """415 unless the request says its body is JSON."""
     content_type = (request.content_type or "").split(";")[0].strip().lower()
     if content_type != JSON:
         raise ApiError(
@@ -24,6 +24,11 @@ def parse_body(request: ApiRequest, model: type[_M]) -> _M:
             "unsupported_media_type",
             f"content-type must be {JSON}, not {request.content_type or 'missing'}",
         )
+
+
+def parse_body(request: ApiRequest, model: type[_M]) -> _M:
+    """The body as `model`; refused unless it is JSON that the model validates."""
+    require_json(request)
     try:
         return model.model_validate_json(request.body)
     except ValidationError as exc:

@@ -8,7 +8,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from mesh_ca.control.report_intake import ReportRefused
-from mesh_ca.server.messages import JSON, ApiError, ApiRequest, ApiResponse
+from mesh_ca.server.messages import ApiError, ApiRequest, ApiResponse
+from mesh_ca.server.request_body import require_json
 
 if TYPE_CHECKING:
     from mesh_ca.server.core import CaService
@@ -18,13 +19,7 @@ __all__ = ["report"]
 
 def report(service: CaService, request: ApiRequest, now: datetime, monotonic: float) -> ApiResponse:
     svid = service.clients.client_svid(request, now)
-    content_type = (request.content_type or "").split(";")[0].strip().lower()
-    if content_type != JSON:
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"content-type must be {JSON}, not {request.content_type or 'missing'}",
-        )
+    require_json(request)
     caller = str(svid.spiffe_id)
     try:
         validity = (svid.leaf.not_valid_before_utc, svid.not_after)
