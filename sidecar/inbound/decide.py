@@ -6,7 +6,7 @@ client-supplied identity headers stripped, our `x-forwarded-client-cert` (precom
 connection in `PeerFacts`), forwarding headers and, with ``[tracing]``, the span's
 `traceparent`. `decide` asks Cedar (principal = the verified peer, action = the method,
 resource = our service, context = path, query, host, the headers as the app will get them,
-source, TLS version, time). Fails closed: `Decided.forwards` is true only for an Allow with
+source, TLS version, time). Fails closed: `Decided.decision.forward` is true only for an Allow with
 no evaluation errors (or, in audit mode, once a policy set is live).
 """
 
@@ -28,7 +28,7 @@ from meshgate.http.forwarding import ForwardedRequest, xfcc_value
 from meshgate.identity.spiffe_id import SpiffeId
 from sidecar.authz.cedar import source_ip
 from sidecar.observe.tracing import Span
-from sidecar.policy import AccessRequest, DecisionReason
+from sidecar.policy import AccessRequest, Decision, DecisionReason
 from sidecar.transport.mesh_tls import MeshConnection
 
 if TYPE_CHECKING:
@@ -70,12 +70,10 @@ class Normalized:
 @final
 @dataclass(slots=True)
 class Decided:
-    """The decision for one normalized request, with what its record needs."""
+    """The decision for one normalized request (`forward`, `result`, the determining
+    policies all come from it), with the extra fields its access record carries."""
 
-    forwards: bool
-    reason: str
-    result: str  # "allow", "deny", "audit_deny"…: the access record's decision
-    policies: tuple[str, ...]
+    decision: Decision
     extra: dict[str, str]
 
 
@@ -127,12 +125,10 @@ def decide(
         ),
         audit=inbound.audit,
     )
-    result = verdict.result
-    policies = verdict.determining_policy_ids
-    rt.observer.decision(result, policies)
+    rt.observer.decision(verdict.result, verdict.determining_policy_ids)
     extra = {"policy_version": verdict.version, "decision_reason": verdict.detail}
     if verdict.reason is DecisionReason.ENGINE_ERROR:
         rt.observer.policy_engine_error()
     if verdict.errored_policy_ids:
         extra["errored_policies"] = ",".join(verdict.errored_policy_ids)
-    return Decided(verdict.forward, str(verdict.reason), result, policies, extra)
+    return Decided(verdict, extra)

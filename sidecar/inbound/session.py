@@ -138,7 +138,10 @@ class Session:
         decided = decide(head, request, self.facts, self.inbound)
         live = Live()
         try:
-            outcome = await self._answer(head, request, decided.forwards, decided.reason, live)
+            decision = decided.decision
+            outcome = await self._answer(
+                head, request, decision.forward, str(decision.reason), live
+            )
         except BaseException:
             # Cut after the decision (revoked, expired, drain timeout): still one record.
             outcome = live.cut(self._cut_cause())
@@ -157,7 +160,7 @@ class Session:
         decided: Decided,
     ) -> None:
         forwarded = request.forwarded
-        result, policies = decided.result, decided.policies
+        result, policies = decided.decision.result, decided.decision.determining_policy_ids
         report(
             self.rt.observer,
             self.service,
