@@ -17,23 +17,21 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from mesh_ca.federation.config import FederationConfig
 from mesh_ca.federation.fetch import BundleFetchError, fetch_bundle
-from mesh_ca.federation.state import FederationState, Relationship, read_bundle
+from mesh_ca.federation.state import FederationState, Relationship, read_bundle, stored_bundle_path
 from meshgate.clock import Clock
 from meshgate.files import write_atomic
 from meshgate.identity import BundleError, TrustBundle, TrustDomain
 from meshgate.identity.federation import parse_endpoint_url
 
-__all__ = ["FEDERATION_DIR", "FederationLoop"]
+__all__ = ["FederationLoop"]
 
 log = logging.getLogger("mesh_ca.federation")
-FEDERATION_DIR: Final = "federation"
 
 
 class FederationLoop:
@@ -136,7 +134,7 @@ class FederationLoop:
         return found
 
     def _stored_path(self, td: TrustDomain) -> Path:
-        return self.ca_path / FEDERATION_DIR / f"{td.name}.json"
+        return stored_bundle_path(self.ca_path, td.name)
 
     def _forget(self, td: TrustDomain) -> None:
         """Federation 6.3: the relationship ends, and so does the local copy."""

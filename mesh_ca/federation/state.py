@@ -14,13 +14,23 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Final, final
 
 from mesh_ca.federation.config import FederatedDomainConfig
 from meshgate.identity import BundleError, BundleSet, TrustBundle, TrustDomain, check_bundle_update
 from meshgate.identity.federation import federated_bundles_document, refresh_delay_seconds
 
-__all__ = ["FederationState", "Relationship"]
+# Where a CA keeps each foreign trust domain's latest bundle, under its directory.
+FEDERATION_DIR: Final = "federation"
+
+
+def stored_bundle_path(ca_path: Path, trust_domain: str) -> Path:
+    """The file holding `trust_domain`'s latest fetched bundle in the CA directory."""
+    return ca_path / FEDERATION_DIR / f"{trust_domain}.json"
+
+
+__all__ = ["FEDERATION_DIR", "FederationState", "Relationship", "stored_bundle_path"]
 
 # After a failed fetch: retry at the next refresh (Federation 6.2), but no later than this,
 # so a relationship whose endpoint was down when it was added does not wait 5 minutes.

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh_ca.federation.config import FederationConfig
-from mesh_ca.federation.refresh import FEDERATION_DIR
+from mesh_ca.federation.state import stored_bundle_path
 from meshgate.identity import BundleError, TrustBundle
 
 __all__ = ["federation_lines", "federation_status"]
@@ -23,7 +23,7 @@ def federation_status(ca_path: Path, config: FederationConfig) -> list[dict[str,
             "bundle_file": entry.bundle_file,
             "fetched": None,
         }
-        stored = ca_path / FEDERATION_DIR / f"{entry.trust_domain}.json"
+        stored = stored_bundle_path(ca_path, entry.trust_domain)
         try:
             bundle = TrustBundle.from_spiffe_json(entry.domain, stored.read_bytes())
         except FileNotFoundError:
