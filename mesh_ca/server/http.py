@@ -292,14 +292,17 @@ class CaHttpServer:
     async def _read_head(self, tls: TlsStream, reader: RequestReader) -> RequestHead | None:
         """The next request head; None when the peer closed cleanly between requests."""
         while True:
-            try:
-                event = reader.next_event()
-            except HttpError as exc:
-                raise WireError.of(exc) from None
-            if isinstance(event, HttpRequestHead):
-                return ca_head(event)
-            if event is CONNECTION_CLOSED:
-                return None
+            # An empty reader (between keep-alive requests, the usual case) can only say
+            # NEED_DATA: receive first.
+            if reader.buffered_bytes:
+                try:
+                    event = reader.next_event()
+                except HttpError as exc:
+                    raise WireError.of(exc) from None
+                if isinstance(event, HttpRequestHead):
+                    return ca_head(event)
+                if event is CONNECTION_CLOSED:
+                    return None
             data = await tls.receive_some()
             if not data:
                 if reader.buffered_bytes:

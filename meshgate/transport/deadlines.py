@@ -17,9 +17,8 @@ again (`LeanSocketStream._wait_writable`).
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Protocol, final
+from typing import Final, Protocol, final
 
 import trio
 
@@ -69,6 +68,7 @@ class _Sweep:
 
 
 _SWEEP: trio.lowlevel.RunVar[_Sweep] = trio.lowlevel.RunVar("deadline_sweep")
+_NO_SWEEP: Final = _Sweep()  # never run, never watched: always empty
 
 
 def _sweep() -> _Sweep:
@@ -93,5 +93,6 @@ def watch(stream: Sweepable) -> None:
 
 def unwatch(stream: Sweepable) -> None:
     """`stream` no longer waits."""
-    with contextlib.suppress(LookupError):
-        _SWEEP.get().waiting.pop(stream, None)
+    # A run that never watched a deadline has no sweep: pop from an empty stand-in rather
+    # than raise and catch LookupError on every wait.
+    _SWEEP.get(_NO_SWEEP).waiting.pop(stream, None)
