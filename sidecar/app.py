@@ -26,7 +26,6 @@ from sidecar.authz.allow_list import AllowList, Authorizer
 from sidecar.authz.cedar import CedarAuthorizer
 from sidecar.config import Address, SidecarConfig
 from sidecar.connections import AdmissionLimits, ConnectionTracker
-from sidecar.control.plane import ControlPlane
 from sidecar.identity.credentials import CredentialStore
 from sidecar.identity.static_files import ReloadSignal
 from sidecar.identity.stats import IdentityStats
@@ -36,7 +35,7 @@ from sidecar.observe.access import Observer
 from sidecar.observe.admin import AdminState, serve_admin
 from sidecar.observe.logs import event
 from sidecar.observe.metrics import SidecarMetrics
-from sidecar.observe.reporter import start_reporter, write_samples_forever
+from sidecar.observe.report_status import wants_reporter
 from sidecar.observe.tracing import Tracer, default_service_name
 from sidecar.outbound.http import HttpOutbound
 from sidecar.outbound.mesh_pool import MeshPool
@@ -242,9 +241,13 @@ async def run(
     tracer = _tracer(config)
     runtime = Runtime(store, clock.now, config.timeouts, tracker, observer, tracer=tracer)
     policies = LivePolicies(config.policy, clock, observer) if config.policy else None
-    control = (
-        ControlPlane(config, store, clock, policies, metrics) if config.control_plane else None
-    )
+    control = None
+    if config.control_plane:
+        # Imported only here: the control plane's client and wire models (mesh_ca.client,
+        # h11, pydantic models; ~2 MB of RSS) are not loaded by a sidecar without one.
+        from sidecar.control.plane import ControlPlane
+
+        control = ControlPlane(config, store, clock, policies, metrics)
     stats = IdentityStats()
     metrics.watch_identity(stats)
     reuse = config.workers > 1  # sidecar.workers: each worker binds the same ports
@@ -334,7 +337,10 @@ async def run(
                         view = policies.store if policies else None
                         take = observer.take_denial_samples
                         report = (nursery, config, store, clock, metrics, stats)
-                        start_reporter(*report, policies=view, samples=take)
+                        if wants_reporter(config):  # the CA client only with a CA
+                            from sidecar.observe.reporter import start_reporter
+
+                            start_reporter(*report, policies=view, samples=take)
                         listening: dict[str, Any] = {
                             name: [str(ls.socket.getsockname()[:2]) for ls in listeners]
                             for name, listeners, _ in serving
@@ -346,6 +352,8 @@ async def run(
                             spiffe_id=str(config.identity.spiffe_id),
                         )
                         if relay is not None:  # a worker: its parent sends the samples
+                            from sidecar.observe.reporter import write_samples_forever
+
                             nursery.start_soon(write_samples_forever, take, relay)
                         if on_started is not None:
                             on_started()
