@@ -27,7 +27,8 @@ from sidecar.authz.cedar import CedarAuthorizer
 from sidecar.config import Address, SidecarConfig
 from sidecar.connections import AdmissionLimits, ConnectionTracker
 from sidecar.identity.credentials import CredentialStore
-from sidecar.identity.static_files import ReloadSignal
+from sidecar.identity.settings import IdentitySettings
+from sidecar.identity.static_files import ReloadSignal, run_static_identity
 from sidecar.identity.stats import IdentityStats
 from sidecar.inbound.http import HttpInbound
 from sidecar.inbound.tcp import Inbound
@@ -161,12 +162,15 @@ async def _start_identity(
 
     Waits (forever, if need be) for the first SVID; `stats` says meanwhile why it has none.
     """
-    from sidecar.identity.lifecycle import run_identity  # the CA client, only when started
-
     stats = stats if stats is not None else IdentityStats()
-    await nursery.start(
-        functools.partial(run_identity, config, store, clock, stats=stats, reload=reload)
-    )
+    settings = IdentitySettings.from_config(config.identity)
+    if settings.static:  # what run_identity does, without importing the CA client
+        start = functools.partial(run_static_identity, settings, store, clock, stats=stats)
+    else:
+        from sidecar.identity.lifecycle import run_identity  # the CA client, only with a CA
+
+        start = functools.partial(run_identity, settings, store, clock, stats=stats)
+    await nursery.start(functools.partial(start, reload=reload))
     return stats
 
 
@@ -242,9 +246,7 @@ async def run(
     runtime = Runtime(store, clock.now, config.timeouts, tracker, observer, tracer=tracer)
     policies = LivePolicies(config.policy, clock, observer) if config.policy else None
     control = None
-    if config.control_plane:
-        # Imported only here: the control plane's client and wire models (mesh_ca.client,
-        # h11, pydantic models; ~2 MB of RSS) are not loaded by a sidecar without one.
+    if config.control_plane:  # its CA client and wire models: only loaded with one
         from sidecar.control.plane import ControlPlane
 
         control = ControlPlane(config, store, clock, policies, metrics)
