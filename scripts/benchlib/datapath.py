@@ -476,6 +476,11 @@ def peer_pair(
 
 
 _SETTLE_SECONDS = 12.0
+# Per-connection figures "beyond the first": the slope after this many connections are
+# open, so a one-off cost of the first connections (or memory freed at start-up that they
+# reuse without growing the RSS) is not spread over the per-connection figure.
+_FIRST = 200
+_POOLED_FIRST = 16
 
 
 def bench_memory(args: argparse.Namespace) -> Figures:
@@ -499,6 +504,12 @@ def bench_memory(args: argparse.Namespace) -> Figures:
             for key in _COMPARED
             if figures["baseline_tree"].get(key)
         }
+        figures["ratio_to_baseline"]["pooled"] = {
+            key: round(figures["now"]["pooled"][key] / value, 2)
+            for key, value in figures["baseline_tree"]["pooled"].items()
+            if key.endswith("_mb") or "_kb_" in key
+            if value
+        }
     figures["load_average_after"] = os.getloadavg()[0]
     figures["targets"] = {"idle_mb": "<= 45", "kb_per_idle_mtls_connection": "<= 15"}
     return figures
@@ -509,6 +520,8 @@ _COMPARED = (
     "inbound_idle_mb",
     "outbound_kb_per_client_connection",
     "inbound_kb_per_connection",
+    "outbound_kb_per_client_connection_beyond_first",
+    "inbound_kb_per_connection_beyond_first",
 )
 
 
@@ -563,16 +576,30 @@ def _memory_of(pki: TestPki, certs: Certs, root: Path) -> Figures:
                 figures["outbound_idle_smaps_mb"] = smaps_mb(a_pids)
                 figures["inbound_idle_smaps_mb"] = smaps_mb(b_pids)
                 progress(f"memory: {count} idle client connections to the outbound sidecar")
-                plain = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+                plain = [socket.create_connection(("127.0.0.1", port)) for _ in range(_FIRST)]
+                time.sleep(1.0)
+                first_a = rss_kb(a_pids)
+                plain += [
+                    socket.create_connection(("127.0.0.1", port)) for _ in range(count - _FIRST)
+                ]
                 time.sleep(1.0)
                 figures["outbound_with_idle_connections_mb"] = rss_mb(a_pids)
+                figures["outbound_kb_per_client_connection_beyond_first"] = round(
+                    (rss_kb(a_pids) - first_a) / (count - _FIRST), 1
+                )
                 for sock in plain:
                     sock.close()
                 progress(f"memory: {count} idle mTLS connections to the inbound sidecar")
                 b_port = _inbound_port(tmp / "mg" / "b.toml")
-                tls = _mtls_connections(pki, certs, b_port, count)
+                tls = _mtls_connections(pki, certs, b_port, _FIRST)
+                time.sleep(1.0)
+                first_b = rss_kb(b_pids)
+                tls += _mtls_connections(pki, certs, b_port, count - _FIRST)
                 time.sleep(1.0)
                 figures["inbound_with_idle_mtls_connections_mb"] = rss_mb(b_pids)
+                figures["inbound_kb_per_connection_beyond_first"] = round(
+                    (rss_kb(b_pids) - first_b) / (count - _FIRST), 1
+                )
                 for conn in tls:
                     conn.close()
         finally:
@@ -598,7 +625,7 @@ def _pooled_mtls_memory(pki: TestPki, certs: Certs, tmp: Path, root: Path = ROOT
     """`_POOLED` requests held at once by an app that answers only when all have arrived,
     so A must dial `_POOLED` mTLS connections to B; once answered they idle in A's pool and
     in B's keep-alive wait. RSS of A and B before and after (client connections closed)."""
-    barrier = threading.Barrier(_POOLED, timeout=60)
+    gate = {"barrier": threading.Barrier(_POOLED_FIRST, timeout=60)}
 
     class Held(socketserver.StreamRequestHandler):
         disable_nagle_algorithm = True
@@ -607,7 +634,7 @@ def _pooled_mtls_memory(pki: TestPki, certs: Certs, tmp: Path, root: Path = ROOT
             while self.rfile.readline():
                 while self.rfile.readline() not in (b"\r\n", b""):
                     pass
-                barrier.wait()
+                gate["barrier"].wait()
                 self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
 
     class App(socketserver.ThreadingTCPServer):
@@ -624,15 +651,12 @@ def _pooled_mtls_memory(pki: TestPki, certs: Certs, tmp: Path, root: Path = ROOT
         ):
             time.sleep(_SETTLE_SECONDS)
             a0, b0 = rss_kb(a_pids), rss_kb(b_pids)
-            progress(f"memory: {_POOLED} requests at once, then {_POOLED} pooled mTLS connections")
-            clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(_POOLED)]
-            for sock in clients:
-                sock.sendall(b"GET / HTTP/1.1\r\nhost: catalog\r\n\r\n")
-            for sock in clients:
-                sock.settimeout(60)
-                if not sock.recv(4096).startswith(b"HTTP/1.1 200 "):
-                    raise RuntimeError("pooled memory phase: a held request failed")
-                sock.close()
+            progress(f"memory: {_POOLED_FIRST}, then {_POOLED} requests at once (pooled mTLS)")
+            _held_requests(port, _POOLED_FIRST)
+            time.sleep(1.0)
+            a_first, b_first = rss_kb(a_pids), rss_kb(b_pids)
+            gate["barrier"] = threading.Barrier(_POOLED, timeout=60)
+            _held_requests(port, _POOLED)
             time.sleep(1.0)
             a1, b1 = rss_kb(a_pids), rss_kb(b_pids)
             admin = f"http://127.0.0.1:{_admin_port(tmp / 'a.toml')}/upstreams"
@@ -647,10 +671,29 @@ def _pooled_mtls_memory(pki: TestPki, certs: Certs, tmp: Path, root: Path = ROOT
             "inbound_idle_mb": round(b0 / 1024, 1),
             "outbound_kb_per_pooled_mtls_connection": round((a1 - a0) / _POOLED, 1),
             "inbound_kb_per_idle_mtls_connection": round((b1 - b0) / _POOLED, 1),
+            "outbound_kb_per_pooled_mtls_connection_beyond_first": round(
+                (a1 - a_first) / (_POOLED - _POOLED_FIRST), 1
+            ),
+            "inbound_kb_per_idle_mtls_connection_beyond_first": round(
+                (b1 - b_first) / (_POOLED - _POOLED_FIRST), 1
+            ),
             "outbound_pool": pool,
         }
     )
     return out
+
+
+def _held_requests(port: int, count: int) -> None:
+    """`count` requests at once through A (the app answers when all have arrived), so A's
+    pool holds at least `count` connections to B afterwards."""
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    for sock in clients:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: catalog\r\n\r\n")
+    for sock in clients:
+        sock.settimeout(60)
+        if not sock.recv(4096).startswith(b"HTTP/1.1 200 "):
+            raise RuntimeError("pooled memory phase: a held request failed")
+        sock.close()
 
 
 def _admin_port(config: Path) -> int:
