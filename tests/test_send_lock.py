@@ -1,6 +1,6 @@
-"""The TLS stream's send lock (meshgate/transport/send_lock.py): uncontended it is taken
-without a checkpoint; contended it is handed over in arrival order, and a waiter cancelled
-in line never holds it."""
+"""The TLS stream's send lock (meshgate/transport/send_lock.py): `try_acquire` takes a free
+lock without a checkpoint, `acquire` is a checkpoint as trio's lock; contended it is handed
+over in arrival order, and a waiter cancelled in line never holds it."""
 
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ from meshgate.transport.send_lock import SendLock
 pytestmark = pytest.mark.unit
 
 
-async def test_an_uncontended_lock_is_taken_and_released_without_waiting() -> None:
+async def test_a_free_lock_is_taken_by_try_acquire_without_a_checkpoint() -> None:
     lock = SendLock()
-    assert lock.try_acquire()
+    with trio.testing.assert_no_checkpoints():
+        assert lock.try_acquire()
     assert lock.locked()
     assert not lock.try_acquire()
     lock.release()
     assert not lock.locked()
-    with trio.testing.assert_no_checkpoints():
-        await lock.acquire()
+    with trio.testing.assert_checkpoints():
+        await lock.acquire()  # acquire is a checkpoint even when free, as trio's lock
     lock.release()
 
 

@@ -4,9 +4,9 @@ A TLS stream flushes OpenSSL's outgoing bytes under one lock so that records rea
 transport in the order OpenSSL made them (a sender and a receiver's KeyUpdate reply may
 both flush). Nearly always nobody holds it. trio's lock then still costs a task lookup and
 a parking-lot breaker registered and removed (`inspect.getcoroutinestate` each time) on
-every acquire; here an uncontended acquire is one attribute test. A waiter parks and is
-handed the lock by `release`, in arrival order; the holder always releases in `finally`,
-so no breaker is needed.
+every acquire; here `try_acquire` (the lean path's) takes a free lock with one attribute
+test. A waiter parks and is handed the lock by `release`, in arrival order; the holder
+always releases in `finally`, so no breaker is needed.
 """
 
 from __future__ import annotations
@@ -37,8 +37,13 @@ class SendLock:
         return True
 
     async def acquire(self) -> None:
-        """Take the lock, waiting in line behind the holder and earlier waiters."""
-        if not self.try_acquire():
+        """Take the lock, waiting in line behind the holder and earlier waiters. A
+        checkpoint either way, as trio's lock: over a transport that keeps trio's stream
+        contract, the order in which tasks run stays what it was."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.try_acquire():
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        else:
             await self._waiters.park()  # woken by `release` as the new holder
 
     def release(self) -> None:

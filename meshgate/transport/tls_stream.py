@@ -122,7 +122,7 @@ class TlsStream(trio.abc.HalfCloseableStream):
         # Drain the BIO while holding the lock: whoever holds it sends everything made
         # so far, in order, and nothing is lost if a waiter is cancelled.
         lock = self._send_lock
-        if not lock.try_acquire():
+        if not (self._lean and lock.try_acquire()):
             await lock.acquire()
         try:
             data = self._outgoing.read()
