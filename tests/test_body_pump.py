@@ -128,7 +128,7 @@ async def test_a_client_that_closes_inside_the_body_is_a_client_fault() -> None:
     assert caught.value.status_hint == 400
 
 
-async def test_a_client_reset_is_source_gone() -> None:
+async def test_a_client_reset_is_client_gone() -> None:
     client, _peer = trio.testing.memory_stream_pair()
     reader = _reader(b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 6\r\n\r\nab")
     await client.aclose()  # our own side closed: receive raises ClosedResourceError
