@@ -5,7 +5,10 @@ Pipeline per client connection: admit (cap) → for each request: strict `Reques
 forwarding header policy (hop-by-hop and identity headers dropped, `x-request-id` added
 when absent, a valid `traceparent` kept, or with ``[tracing]`` replaced by one naming our
 client span) → a pooled mTLS connection (`sidecar.outbound.mesh_pool`,
-secure naming checked at its handshake) → stream the body up and the response back.
+secure naming checked at its handshake) → stream the body up and the response back, by
+the same two pumps as the inbound sidecar (`sidecar.transport.body_pump`,
+`sidecar.transport.response_pump`: the response head within ``response_timeout_seconds``,
+then body pauses and writes to the client within ``body_idle_timeout_seconds`` each).
 
 Every request read gets exactly one access record and one count; a response cut after
 its head went out keeps the status sent and the reason ``response_incomplete: <cause>``.
@@ -14,7 +17,7 @@ Errors the client sees, with a short text body and the request id:
 - 502: the destination refused or closed the connection, answered something malformed,
   or presented an identity other than the configured SPIFFE IDs (nothing was sent then);
 - 503: no healthy endpoint, or this sidecar has no usable SVID (fails closed);
-- 504: connect, handshake or response head timed out;
+- 504: connect, handshake or the final response head timed out (1xx do not restart it);
 - 408: the request body paused longer than ``body_idle_timeout_seconds`` or fell behind the
   pace of ``body_timeout_seconds`` + ``body_min_rate_bytes_per_second`` (`BodyPace`).
 A request that fails before any response byte is retried once when it is idempotent (GET,
@@ -24,8 +27,8 @@ on a fresh connection after a reused one (a stale keep-alive), else on another e
 
 Why one module: `HttpOutbound` is one request pipeline whose stages share one
 client connection, one pooled upstream and one access record per request (read, forward,
-stream the body, relay, record); the pure parts are already in `meshgate/http/` and the
-pool in `mesh_pool.py`.
+stream the body, relay, record); the pure parts are already in `meshgate/http/`, the pool
+in `mesh_pool.py`, and the body and response pumps in `sidecar/transport/`.
 """
 
 from __future__ import annotations
