@@ -30,7 +30,6 @@ import trio
 
 from meshgate.errors import TransportError
 from meshgate.transport.one_at_a_time import OneAtATime
-from meshgate.transport.send_lock import SendLock
 from meshgate.transport.socket_stream import LeanSocketStream
 
 __all__ = ["TlsError", "TlsStream", "peer_chain_der"]
@@ -70,7 +69,7 @@ class TlsStream(trio.abc.HalfCloseableStream):
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
-        self._send_lock = SendLock()
+        self._send_lock = trio.StrictFIFOLock()
         self._sending = OneAtATime("another task is sending on this TLS stream")
         self._receiving = OneAtATime("another task is receiving on this TLS stream")
         self._handshook = False
@@ -122,7 +121,9 @@ class TlsStream(trio.abc.HalfCloseableStream):
         # Drain the BIO while holding the lock: whoever holds it sends everything made
         # so far, in order, and nothing is lost if a waiter is cancelled.
         lock = self._send_lock
-        if not (self._lean and lock.try_acquire()):
+        if self._lean and not lock.locked():
+            lock.acquire_nowait()
+        else:
             await lock.acquire()
         try:
             data = self._outgoing.read()
@@ -231,11 +232,8 @@ class TlsStream(trio.abc.HalfCloseableStream):
         with self._sending:
             await trio.lowlevel.checkpoint()
             self._check_open()
-            await self._send_lock.acquire()
-            try:
+            async with self._send_lock:
                 await self.transport.wait_send_all_might_not_block()
-            finally:
-                self._send_lock.release()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is not None:
