@@ -8,8 +8,9 @@
     python scripts/bench.py control-plane [--rounds 6]   (one change to 1,000 watchers)
     python scripts/bench.py replicas [--seconds 3] [--concurrency 16] [--client-processes N]
     python scripts/bench.py http [--seconds 6] [--rounds 3] [--baseline REF] [--baseline2 REF]
-        [--http-workers2]
+        [--http-workers2] [--compiled]
     python scripts/bench.py latency [--seconds 20] [--rounds 2] [--baseline REF] [--baseline2 REF]
+                                    [--compiled]
                                     [--latency-capacity-fraction 0.75]
                                     [--latency-app nginx|two-sends]
     python scripts/bench.py ledger [--seconds 10]       (CPU µs per step of one request)
@@ -625,6 +626,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="REF",
         help="http, latency: also measure the meshgate pair of a second git ref (e.g. the "
         "start of a change next to an older baseline), in the same run",
+    )
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="http, latency: also measure the meshgate pair with meshgate/http compiled by "
+        "mypyc (built first when missing or stale); the `meshgate` row stays pure Python",
     )
     parser.add_argument(
         "--http-workers2",
