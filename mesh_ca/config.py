@@ -20,7 +20,7 @@ from mesh_ca.federation.config import FederationConfig, check_federation
 from mesh_ca.issuance.leaf import FLOOR_LEAF_TTL, MAX_LEAF_TTL, MIN_LEAF_TTL
 from mesh_ca.keys_config import KeysConfig
 from mesh_ca.rotation.config import RotationConfig
-from meshgate.config_file import config_error, read_toml
+from meshgate.config_file import TrustDomainName, config_error, read_toml
 from meshgate.errors import ConfigError
 from meshgate.identity import SpiffeId, SpiffeIdError, TrustDomain
 
@@ -299,7 +299,7 @@ class StoreConfig(_Model):
 
 class CaConfig(_Model):
     trust_domain: Annotated[
-        str,
+        TrustDomainName,
         Field(description="the SPIFFE trust domain this CA issues for, e.g. example.org"),
     ]
     issuance: IssuanceConfig = IssuanceConfig()
@@ -309,14 +309,6 @@ class CaConfig(_Model):
     rotation: RotationConfig = RotationConfig()
     control: ControlConfig = ControlConfig()
     federation: FederationConfig = FederationConfig()
-
-    @field_validator("trust_domain")
-    @classmethod
-    def _check_trust_domain(cls, value: str) -> str:
-        try:
-            return TrustDomain.parse(value).name
-        except SpiffeIdError as exc:
-            raise ValueError(str(exc)) from exc
 
     @property
     def trust_domain_value(self) -> TrustDomain:

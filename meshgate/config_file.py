@@ -9,13 +9,25 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import AfterValidator, ValidationError
 
 from meshgate.errors import ConfigError
+from meshgate.identity import SpiffeIdError, TrustDomain
 
-__all__ = ["config_error", "key_path", "read_toml", "validation_message"]
+__all__ = ["TrustDomainName", "config_error", "key_path", "read_toml", "validation_message"]
+
+
+def _trust_domain_name(value: str) -> str:
+    try:
+        return TrustDomain.parse(value).name
+    except SpiffeIdError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+# A config key holding a SPIFFE trust domain: checked and normalized (lower case) on load.
+TrustDomainName = Annotated[str, AfterValidator(_trust_domain_name)]
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from meshgate.config_file import TrustDomainName
 from meshgate.identity import SpiffeId, SpiffeIdError, TrustDomain
 from meshgate.identity.federation import FederationError, parse_endpoint_url
 
@@ -20,7 +21,7 @@ class _Model(BaseModel):
 
 class FederatedDomainConfig(_Model):
     trust_domain: Annotated[
-        str, Field(description="the foreign trust domain whose SVIDs this mesh accepts")
+        TrustDomainName, Field(description="the foreign trust domain whose SVIDs this mesh accepts")
     ]
     bundle_file: Annotated[
         str | None,
@@ -67,14 +68,6 @@ class FederatedDomainConfig(_Model):
             description="fetch or re-read this often instead of the bundle's spiffe_refresh_hint",
         ),
     ] = None
-
-    @field_validator("trust_domain")
-    @classmethod
-    def _check_trust_domain(cls, value: str) -> str:
-        try:
-            return TrustDomain.parse(value).name
-        except SpiffeIdError as exc:
-            raise ValueError(str(exc)) from exc
 
     @field_validator("endpoint_spiffe_id")
     @classmethod

@@ -10,6 +10,7 @@ strict `RequestReader`. `next_head` waits for the next request head: up to
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Final, Literal, final
 
@@ -42,7 +43,15 @@ class ClientTimeoutError(TransportError):
 class ClientSide:
     """Reads requests from and writes responses to one client connection."""
 
-    __slots__ = ("_draining", "_idle_waits", "reader", "stream", "timeouts", "transport")
+    __slots__ = (
+        "_draining",
+        "_idle_waits",
+        "head_started",
+        "reader",
+        "stream",
+        "timeouts",
+        "transport",
+    )
 
     def __init__(
         self,
@@ -60,6 +69,10 @@ class ClientSide:
         self.timeouts = timeouts
         self._idle_waits = idle_waits  # `drain` interrupts the connections waiting here
         self._draining = draining
+        # `time.monotonic()` when the current head's first byte was here: a request's
+        # duration counts from it, not from the idle wait before it on a kept-alive
+        # connection.
+        self.head_started = 0.0
 
     async def next_head(self) -> RequestHead | None:
         """The next request head; None when the client closed or a drain ended the wait.
@@ -67,6 +80,7 @@ class ClientSide:
         reader = self.reader
         idle_deadline = trio.current_time() + self.timeouts.keepalive_idle_timeout_seconds
         head_deadline: float | None = None
+        self.head_started = time.monotonic()  # pipelined: its bytes are already here
         while True:
             ev = reader.next_event()
             if isinstance(ev, RequestHead):
@@ -87,6 +101,7 @@ class ClientSide:
                     await self.read(idle_deadline, "idle")
                 finally:
                     waits.discard(self.transport)
+                self.head_started = time.monotonic()  # the head's first bytes came now
             else:
                 await self.read(head_deadline, "head")
 

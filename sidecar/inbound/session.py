@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, final
 
 from meshgate.http import EndOfMessage, HttpError, RequestHead, RequestReader
@@ -74,6 +74,11 @@ class Session:
         """Near the connection's end: answer ``connection: close`` from now on."""
         return self.inbound.draining or self.rt.now() >= self.retire_at
 
+    def _started(self) -> tuple[float, datetime]:
+        """The current request's start, monotonic and wall: its head's first byte."""
+        started = self.client.head_started
+        return started, self.rt.now() - timedelta(seconds=time.monotonic() - started)
+
     def _cut_cause(self) -> str:
         tracker = self.rt.tracker
         return (tracker.ended_by(self.handle) if self.handle is not None else None) or "cancelled"
@@ -83,20 +88,20 @@ class Session:
         may be closed gracefully, False when it must be aborted."""
         client = self.client
         while True:
-            started, wall = time.monotonic(), self.rt.now()
             try:
                 head = await client.next_head()
             except HttpError as exc:
-                await self._refuse_unparsed(exc, started, wall)
+                await self._refuse_unparsed(exc, *self._started())
                 return True
             except ClientTimeoutError as exc:
                 if exc.phase == "head":
                     await self._refuse_unparsed(
-                        HttpError(408, "request head not complete in time"), started, wall
+                        HttpError(408, "request head not complete in time"), *self._started()
                     )
                 return True
             if head is None:
                 return True
+            started, wall = self._started()
             if body_free(head.framing):  # its EndOfMessage is due at once; take it now
                 end = client.reader.next_event()
                 assert isinstance(end, EndOfMessage), end

@@ -76,7 +76,7 @@ async def test_prepare_activate_and_retire_of_intermediates_fail_no_request(
 
                 async def none_behind() -> bool:
                     status.update(await ca_status(ca.path))
-                    return status["workloads_behind"] == []
+                    return not status["workloads_behind"]
 
                 await wait_for("both sidecars to report the latest trust", none_behind, timeout=20)
                 assert {s["slot"] for s in status["intermediates"]} >= {"active"}
