@@ -27,9 +27,9 @@ from sidecar.authz.allow_list import AllowList, Authorizer
 from sidecar.authz.cedar import CedarAuthorizer
 from sidecar.config import Address, SidecarConfig
 from sidecar.connections import AdmissionLimits, ConnectionTracker
-from sidecar.control.plane import ControlPlane
 from sidecar.identity.credentials import CredentialStore
-from sidecar.identity.static_files import ReloadSignal
+from sidecar.identity.settings import IdentitySettings
+from sidecar.identity.static_files import ReloadSignal, run_static_identity
 from sidecar.identity.stats import IdentityStats
 from sidecar.inbound.http import HttpInbound
 from sidecar.inbound.tcp import Inbound
@@ -37,7 +37,7 @@ from sidecar.observe.access import Observer
 from sidecar.observe.admin import AdminState, serve_admin
 from sidecar.observe.logs import event
 from sidecar.observe.metrics import SidecarMetrics
-from sidecar.observe.reporter import start_reporter, write_samples_forever
+from sidecar.observe.report_status import wants_reporter
 from sidecar.observe.tracing import Tracer, default_service_name
 from sidecar.outbound.http import HttpOutbound
 from sidecar.outbound.mesh_pool import MeshPool
@@ -163,12 +163,15 @@ async def _start_identity(
 
     Waits (forever, if need be) for the first SVID; `stats` says meanwhile why it has none.
     """
-    from sidecar.identity.lifecycle import run_identity  # the CA client, only when started
-
     stats = stats if stats is not None else IdentityStats()
-    await nursery.start(
-        functools.partial(run_identity, config, store, clock, stats=stats, reload=reload)
-    )
+    settings = IdentitySettings.from_config(config.identity)
+    if settings.static:  # what run_identity does, without importing the CA client
+        start = functools.partial(run_static_identity, settings, store, clock, stats=stats)
+    else:
+        from sidecar.identity.lifecycle import run_identity  # the CA client, only with a CA
+
+        start = functools.partial(run_identity, settings, store, clock, stats=stats)
+    await nursery.start(functools.partial(start, reload=reload))
     return stats
 
 
@@ -243,9 +246,11 @@ async def run(
     tracer = _tracer(config)
     runtime = Runtime(store, clock.now, config.timeouts, tracker, observer, tracer=tracer)
     policies = LivePolicies(config.policy, clock, observer) if config.policy else None
-    control = (
-        ControlPlane(config, store, clock, policies, metrics) if config.control_plane else None
-    )
+    control = None
+    if config.control_plane:  # its CA client and wire models: only loaded with one
+        from sidecar.control.plane import ControlPlane
+
+        control = ControlPlane(config, store, clock, policies, metrics)
     stats = IdentityStats()
     metrics.watch_identity(stats)
     reuse = config.workers > 1  # sidecar.workers: each worker binds the same ports
@@ -335,7 +340,10 @@ async def run(
                         view = policies.store if policies else None
                         take = observer.take_denial_samples
                         report = (nursery, config, store, clock, metrics, stats)
-                        start_reporter(*report, policies=view, samples=take)
+                        if wants_reporter(config):  # the CA client only with a CA
+                            from sidecar.observe.reporter import start_reporter
+
+                            start_reporter(*report, policies=view, samples=take)
                         listening: dict[str, Any] = {
                             name: [str(ls.socket.getsockname()[:2]) for ls in listeners]
                             for name, listeners, _ in serving
@@ -348,6 +356,8 @@ async def run(
                             http_core=native.describe(),
                         )
                         if relay is not None:  # a worker: its parent sends the samples
+                            from sidecar.observe.reporter import write_samples_forever
+
                             nursery.start_soon(write_samples_forever, take, relay)
                         if on_started is not None:
                             on_started()

@@ -502,28 +502,92 @@ def peer_pair(
 
 
 _SETTLE_SECONDS = 12.0
+# Per-connection figures "beyond the first": the slope after this many connections are
+# open, so a one-off cost of the first connections (or memory freed at start-up that they
+# reuse without growing the RSS) is not spread over the per-connection figure.
+_FIRST = 200
+_POOLED_FIRST = 16
 
 
 def bench_memory(args: argparse.Namespace) -> Figures:
-    """RSS of each sidecar idle (right after a warm-up and after 12 s without traffic),
-    then with 1,000 idle client connections open to A's outbound listener and 1,000 idle
-    mTLS connections open to B's inbound listener; then, on a second pair, 64 idle pooled
-    mTLS connections between A and B (the outbound side's and the inbound side's cost of
-    one idle connection of the mesh itself)."""
-    count = 1000
+    """The figures of `_memory_of` for this tree and, with `--baseline REF`, for the
+    sidecars of git REF, one after the other in the same run (RSS does not move with the
+    machine's load the way CPU does, so the two trees are not interleaved)."""
     resource.setrlimit(
         resource.RLIMIT_NOFILE, (20000, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     )
     pki = TestPki()
     certs = bench_certs(pki)
-    figures: Figures = {"connections": count, "load_average_before": os.getloadavg()[0]}
+    figures: Figures = {"baseline": args.baseline, "load_average_before": os.getloadavg()[0]}
+    progress("memory: this tree")
+    figures["now"] = _memory_of(pki, certs, ROOT)
+    if args.baseline:
+        with baseline_tree(args.baseline) as root:
+            progress(f"memory: the baseline {args.baseline}")
+            figures["baseline_tree"] = _memory_of(pki, certs, root)
+        figures["ratio_to_baseline"] = {
+            key: round(figures["now"][key] / figures["baseline_tree"][key], 2)
+            for key in _COMPARED
+            if figures["baseline_tree"].get(key)
+        }
+        figures["ratio_to_baseline"]["pooled"] = {
+            key: round(figures["now"]["pooled"][key] / value, 2)
+            for key, value in figures["baseline_tree"]["pooled"].items()
+            if key.endswith("_mb") or "_kb_" in key
+            if value
+        }
+    figures["load_average_after"] = os.getloadavg()[0]
+    figures["targets"] = {"idle_mb": "<= 45", "kb_per_idle_mtls_connection": "<= 15"}
+    return figures
+
+
+_COMPARED = (
+    "outbound_idle_mb",
+    "inbound_idle_mb",
+    "outbound_kb_per_client_connection",
+    "inbound_kb_per_connection",
+    "outbound_kb_per_client_connection_beyond_first",
+    "inbound_kb_per_connection_beyond_first",
+)
+
+
+def smaps_mb(pids: list[int]) -> dict[str, float]:
+    """RSS, PSS and USS summed over `pids` (smaps_rollup). RSS counts every resident page
+    mapped, shared library pages included in full in every process that maps them; PSS
+    divides each shared page by the number of processes mapping it; USS counts only the
+    pages no other process maps (private clean + private dirty)."""
+    total = {"rss": 0, "pss": 0, "uss": 0, "anonymous": 0}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                key, _, value = line.partition(":")
+                kb = int(value.split()[0]) if value.strip() else 0
+                if key == "Rss":
+                    total["rss"] += kb
+                elif key == "Pss":
+                    total["pss"] += kb
+                elif key in ("Private_Clean", "Private_Dirty"):
+                    total["uss"] += kb
+                elif key == "Anonymous":
+                    total["anonymous"] += kb
+    return {key: round(kb / 1024, 1) for key, kb in total.items()}
+
+
+def _memory_of(pki: TestPki, certs: Certs, root: Path) -> Figures:
+    """RSS of each sidecar of the tree at `root` idle (right after a warm-up and after
+    12 s without traffic), then with 1,000 idle client connections open to A's outbound
+    listener and 1,000 idle mTLS connections open to B's inbound listener; then, on a
+    second pair, 64 idle pooled mTLS connections between A and B (the outbound side's and
+    the inbound side's cost of one idle connection of the mesh itself)."""
+    count = 1000
+    figures: Figures = {"connections": count}
     with tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp_name:
         tmp = Path(tmp_name)
         app = nginx_app(tmp, free_port())
         try:
             # 1,000 mTLS connections from 127.0.0.1: above the per-source default of 256.
             many = {"max_connections_per_source": 8192}
-            with meshgate_pair(pki, certs, tmp / "mg", app.entry_port, limits=many) as (
+            with meshgate_pair(pki, certs, tmp / "mg", app.entry_port, limits=many, root=root) as (
                 port,
                 a_pids,
                 b_pids,
@@ -531,28 +595,42 @@ def bench_memory(args: argparse.Namespace) -> Figures:
                 run_wrk(port, 1, 8, close=False, pids=[])  # one warm request path (imports, pools)
                 time.sleep(0.5)
                 figures["inbound_after_warmup_mb"] = rss_mb(b_pids)
-                # Idle means idle: past one period of the policy watcher's release of the
-                # Cedar library's load-time code pages (sidecar/policy/watch.py, 10 s).
                 progress(f"memory: {_SETTLE_SECONDS:.0f} s idle")
                 time.sleep(_SETTLE_SECONDS)
                 figures["outbound_idle_mb"] = rss_mb(a_pids)
                 figures["inbound_idle_mb"] = rss_mb(b_pids)
+                figures["outbound_idle_smaps_mb"] = smaps_mb(a_pids)
+                figures["inbound_idle_smaps_mb"] = smaps_mb(b_pids)
                 progress(f"memory: {count} idle client connections to the outbound sidecar")
-                plain = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+                plain = [socket.create_connection(("127.0.0.1", port)) for _ in range(_FIRST)]
+                time.sleep(1.0)
+                first_a = rss_kb(a_pids)
+                plain += [
+                    socket.create_connection(("127.0.0.1", port)) for _ in range(count - _FIRST)
+                ]
                 time.sleep(1.0)
                 figures["outbound_with_idle_connections_mb"] = rss_mb(a_pids)
+                figures["outbound_kb_per_client_connection_beyond_first"] = round(
+                    (rss_kb(a_pids) - first_a) / (count - _FIRST), 1
+                )
                 for sock in plain:
                     sock.close()
                 progress(f"memory: {count} idle mTLS connections to the inbound sidecar")
                 b_port = _inbound_port(tmp / "mg" / "b.toml")
-                tls = _mtls_connections(pki, certs, b_port, count)
+                tls = _mtls_connections(pki, certs, b_port, _FIRST)
+                time.sleep(1.0)
+                first_b = rss_kb(b_pids)
+                tls += _mtls_connections(pki, certs, b_port, count - _FIRST)
                 time.sleep(1.0)
                 figures["inbound_with_idle_mtls_connections_mb"] = rss_mb(b_pids)
+                figures["inbound_kb_per_connection_beyond_first"] = round(
+                    (rss_kb(b_pids) - first_b) / (count - _FIRST), 1
+                )
                 for conn in tls:
                     conn.close()
         finally:
             app.stop()
-        figures["pooled"] = _pooled_mtls_memory(pki, certs, tmp / "pooled")
+        figures["pooled"] = _pooled_mtls_memory(pki, certs, tmp / "pooled", root)
     figures["outbound_delta_mb"] = round(
         figures["outbound_with_idle_connections_mb"] - figures["outbound_idle_mb"], 1
     )
@@ -563,19 +641,17 @@ def bench_memory(args: argparse.Namespace) -> Figures:
         figures["outbound_delta_mb"] * 1024 / count, 1
     )
     figures["inbound_kb_per_connection"] = round(figures["inbound_delta_mb"] * 1024 / count, 1)
-    figures["load_average_after"] = os.getloadavg()[0]
-    figures["targets"] = {"idle_mb": "<= 45", "kb_per_idle_mtls_connection": "<= 15"}
     return figures
 
 
 _POOLED = 64  # the outbound's default pool_max_idle_per_endpoint: all stay pooled
 
 
-def _pooled_mtls_memory(pki: TestPki, certs: Certs, tmp: Path) -> Figures:
+def _pooled_mtls_memory(pki: TestPki, certs: Certs, tmp: Path, root: Path = ROOT) -> Figures:
     """`_POOLED` requests held at once by an app that answers only when all have arrived,
     so A must dial `_POOLED` mTLS connections to B; once answered they idle in A's pool and
     in B's keep-alive wait. RSS of A and B before and after (client connections closed)."""
-    barrier = threading.Barrier(_POOLED, timeout=60)
+    gate = {"barrier": threading.Barrier(_POOLED_FIRST, timeout=60)}
 
     class Held(socketserver.StreamRequestHandler):
         disable_nagle_algorithm = True
@@ -584,7 +660,7 @@ def _pooled_mtls_memory(pki: TestPki, certs: Certs, tmp: Path) -> Figures:
             while self.rfile.readline():
                 while self.rfile.readline() not in (b"\r\n", b""):
                     pass
-                barrier.wait()
+                gate["barrier"].wait()
                 self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
 
     class App(socketserver.ThreadingTCPServer):
@@ -594,18 +670,19 @@ def _pooled_mtls_memory(pki: TestPki, certs: Certs, tmp: Path) -> Figures:
     threading.Thread(target=app.serve_forever, daemon=True).start()
     out: Figures = {"connections": _POOLED}
     try:
-        with meshgate_pair(pki, certs, tmp, app.server_address[1]) as (port, a_pids, b_pids):
+        with meshgate_pair(pki, certs, tmp, app.server_address[1], root=root) as (
+            port,
+            a_pids,
+            b_pids,
+        ):
             time.sleep(_SETTLE_SECONDS)
             a0, b0 = rss_kb(a_pids), rss_kb(b_pids)
-            progress(f"memory: {_POOLED} requests at once, then {_POOLED} pooled mTLS connections")
-            clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(_POOLED)]
-            for sock in clients:
-                sock.sendall(b"GET / HTTP/1.1\r\nhost: catalog\r\n\r\n")
-            for sock in clients:
-                sock.settimeout(60)
-                if not sock.recv(4096).startswith(b"HTTP/1.1 200 "):
-                    raise RuntimeError("pooled memory phase: a held request failed")
-                sock.close()
+            progress(f"memory: {_POOLED_FIRST}, then {_POOLED} requests at once (pooled mTLS)")
+            _held_requests(port, _POOLED_FIRST)
+            time.sleep(1.0)
+            a_first, b_first = rss_kb(a_pids), rss_kb(b_pids)
+            gate["barrier"] = threading.Barrier(_POOLED, timeout=60)
+            _held_requests(port, _POOLED)
             time.sleep(1.0)
             a1, b1 = rss_kb(a_pids), rss_kb(b_pids)
             admin = f"http://127.0.0.1:{_admin_port(tmp / 'a.toml')}/upstreams"
@@ -620,10 +697,29 @@ def _pooled_mtls_memory(pki: TestPki, certs: Certs, tmp: Path) -> Figures:
             "inbound_idle_mb": round(b0 / 1024, 1),
             "outbound_kb_per_pooled_mtls_connection": round((a1 - a0) / _POOLED, 1),
             "inbound_kb_per_idle_mtls_connection": round((b1 - b0) / _POOLED, 1),
+            "outbound_kb_per_pooled_mtls_connection_beyond_first": round(
+                (a1 - a_first) / (_POOLED - _POOLED_FIRST), 1
+            ),
+            "inbound_kb_per_idle_mtls_connection_beyond_first": round(
+                (b1 - b_first) / (_POOLED - _POOLED_FIRST), 1
+            ),
             "outbound_pool": pool,
         }
     )
     return out
+
+
+def _held_requests(port: int, count: int) -> None:
+    """`count` requests at once through A (the app answers when all have arrived), so A's
+    pool holds at least `count` connections to B afterwards."""
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    for sock in clients:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: catalog\r\n\r\n")
+    for sock in clients:
+        sock.settimeout(60)
+        if not sock.recv(4096).startswith(b"HTTP/1.1 200 "):
+            raise RuntimeError("pooled memory phase: a held request failed")
+        sock.close()
 
 
 def _admin_port(config: Path) -> int:

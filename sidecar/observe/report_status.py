@@ -23,9 +23,16 @@ from sidecar.config import SidecarConfig
 from sidecar.observe.admin import AdminState, PolicyView, readiness
 from sidecar.observe.metrics import SidecarMetrics
 
-__all__ = ["instance_name", "sidecar_status"]
+__all__ = ["instance_name", "sidecar_status", "wants_reporter"]
 
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def wants_reporter(config: SidecarConfig) -> bool:
+    """Reports go to the CA: only with one (not with static identity files). Here, not in
+    `sidecar.observe.reporter`, so a sidecar without a CA can ask without importing the CA
+    client and the report's wire models."""
+    return config.report.enabled and bool(config.identity.ca_addresses)
 
 
 def instance_name() -> str:

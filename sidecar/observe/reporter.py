@@ -45,7 +45,7 @@ from sidecar.observe.admin import AdminState, PolicyView, readiness
 from sidecar.observe.logs import event
 from sidecar.observe.metrics import SidecarMetrics
 from sidecar.observe.report import Cumulative, EdgeKey, deltas, edge_totals, sent_keys
-from sidecar.observe.report_status import instance_name, sidecar_status
+from sidecar.observe.report_status import instance_name, sidecar_status, wants_reporter
 
 __all__ = [
     "ReportClient",
@@ -87,11 +87,6 @@ def ca_client_factory(config: SidecarConfig, clock: Clock) -> ClientFactory:
         )
 
     return make
-
-
-def wants_reporter(config: SidecarConfig) -> bool:
-    """Reports go to the CA: only with one (not with static identity files)."""
-    return config.report.enabled and bool(config.identity.ca_addresses)
 
 
 _SAMPLE_FILES: Final = "denials-*.json"

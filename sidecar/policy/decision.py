@@ -13,15 +13,16 @@ from collections.abc import Sequence
 from dataclasses import field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final, final
-
-import cedarpy
+from typing import TYPE_CHECKING, Any, Final, final
 
 from meshgate.identity import SpiffeId
 from meshgate.records import record
 from sidecar.policy.context import request_context
 from sidecar.policy.loader import workload_entity
 from sidecar.policy.snapshot import PolicySnapshot
+
+if TYPE_CHECKING:
+    import cedarpy
 
 __all__ = [
     "AccessRequest",
@@ -199,6 +200,8 @@ def decide(
     The sliced path remembers decisions on the snapshot (bounded), keyed by every input of
     the Cedar call; `cache=False` always asks Cedar (the tests' reference for the cache).
     """
+    import cedarpy  # here, not at the top: a sidecar without Cedar policies never loads it
+
     if not check_schema and request.action not in snapshot.request_actions:
         return Decision(
             allowed=False,
@@ -258,6 +261,8 @@ def _entities(snapshot: PolicySnapshot, principal_id: str, principal: SpiffeId) 
 
 
 def _verdict(result: cedarpy.AuthzResult, version: str, audit: bool) -> Decision:
+    import cedarpy
+
     diagnostics = result.diagnostics
     errors = tuple(sorted(diagnostics.errors))
     reasons = tuple(sorted(diagnostics.reasons))

@@ -13,9 +13,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
-
-import cedarpy
+from typing import TYPE_CHECKING, Any, Final
 
 from meshgate.errors import PolicyError
 from meshgate.identity import SpiffeId, SpiffeIdError
@@ -40,6 +38,9 @@ from sidecar.policy.source import (
     read_policy_directory,
     split_statements,
 )
+
+if TYPE_CHECKING:
+    import cedarpy
 
 __all__ = ["PolicyLoadError", "load_snapshot", "workload_entity"]
 
@@ -84,6 +85,8 @@ def workload_entity(spiffe_id: SpiffeId) -> dict[str, Any]:
 
 def load_snapshot(directory: Path, now: datetime) -> PolicySnapshot:
     """Read, parse and validate `directory`; raise `PolicyLoadError` on any problem."""
+    import cedarpy  # here, not at the top: a sidecar without Cedar policies never loads it
+
     source, problems = read_policy_directory(directory)
     if source is None:
         raise PolicyLoadError(problems)
@@ -144,6 +147,8 @@ def request_actions(
     decisions can skip Cedar's per-request validation (fails closed: an action not in the
     result is denied before Cedar runs; action groups such as `read` are never requestable).
     """
+    import cedarpy
+
     action_ids = sorted(_action_groups(entities))
     context = request_context(
         path="/",
@@ -198,6 +203,8 @@ def _action_groups(entities: cedarpy.Entities) -> dict[str, frozenset[str]]:
 def _compile_policies(
     source: PolicyDirectory, schema: cedarpy.Schema
 ) -> tuple[dict[str, dict[str, Any]], dict[str, PolicyInfo], list[PolicyProblem]]:
+    import cedarpy
+
     policies: dict[str, dict[str, Any]] = {}
     infos: dict[str, PolicyInfo] = {}
     problems: list[PolicyProblem] = []

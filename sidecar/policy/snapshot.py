@@ -19,12 +19,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
-import cedarpy
-
 from meshgate.identity import SpiffeId
 from sidecar.policy.context import context_reads
 
 if TYPE_CHECKING:
+    import cedarpy
+
     from sidecar.policy.decision import Decision
 
 # (service, principal SPIFFE ID, action, context JSON as sent to Cedar, audit)
@@ -202,6 +202,8 @@ class SliceIndex:
 
 
 def _policy_set(policies: Mapping[str, Mapping[str, Any]]) -> cedarpy.PolicySet:
+    import cedarpy
+
     document = {"staticPolicies": dict(policies), "templates": {}, "templateLinks": []}
     return cedarpy.PolicySet.from_json_str(json.dumps(document))
 
