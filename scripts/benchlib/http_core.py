@@ -6,9 +6,10 @@ loads only its own) that times, with `timeit` (best of 7), the steps one request
 sidecar: reading the request (head and end of message) and the response (head, a 46-byte
 body, end), path and Host normalization, rebuilding the request head on each side, relaying
 the response head; and ``both_hops``, everything the outbound and the inbound sidecar do
-for one request, in order. Two request heads: wrk's (two lines, what `bench.py http` sends)
-and a browser-like one of 11 lines. With ``--instructions`` the ``both_hops`` loop is also
-counted under callgrind (instructions do not move with the machine's load; seconds do).
+for one request, in order. The best round is reported: other jobs only ever add time.
+Two request heads: wrk's (two lines, what `bench.py http` sends) and a browser-like one of
+11 lines. With ``--instructions`` the ``both_hops`` loop is also counted under callgrind
+(instructions do not move with the machine's load; seconds do).
 
 Run as a script, it is that child: ``http_core.py wrk|browser [N]`` prints the step times
 as JSON, or with N runs ``both_hops`` N times (for callgrind).
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -224,8 +224,9 @@ def bench_http_core(args: argparse.Namespace) -> Figures:
                 results.append(result["us"])
         table: Figures = {}
         for step in runs["pure"][0]:
-            pure = statistics.median(r[step] for r in runs["pure"])
-            compiled = statistics.median(r[step] for r in runs["compiled"])
+            # The least disturbed round, as timeit advises: other jobs only ever add time.
+            pure = min(r[step] for r in runs["pure"])
+            compiled = min(r[step] for r in runs["compiled"])
             table[step] = {
                 "pure_us": pure,
                 "compiled_us": compiled,
