@@ -690,7 +690,12 @@ class TimeoutsConfig(_Model):
     ] = 10.0
     body_idle_timeout_seconds: Annotated[
         Seconds,
-        Field(description="http mode: seconds a request or response body may pause between reads"),
+        Field(
+            description=(
+                "http mode: seconds a request or response body may pause between reads, and "
+                "a write of the response may wait for a client that does not read"
+            )
+        ),
     ] = 30.0
     keepalive_idle_timeout_seconds: Annotated[
         Seconds,
@@ -705,8 +710,9 @@ class TimeoutsConfig(_Model):
         Seconds,
         Field(
             description=(
-                "http mode: seconds the app (or the upstream sidecar) has to start its "
-                "response after the request; then the client gets 504"
+                "http mode: seconds the app (or the upstream sidecar) has to send its final "
+                "response head after the request (each request body piece sent restarts it, "
+                "a 1xx does not); then the client gets 504"
             )
         ),
     ] = 30.0

@@ -12,7 +12,8 @@ import trio.testing
 from meshgate.http import HttpError, RequestHead, RequestReader
 from meshgate.http.body_pace import BodyPace
 from meshgate.transport.socket_stream import DeadlineStream
-from sidecar.transport.body_pump import BodyTimeoutError, SourceGoneError, pump_body
+from sidecar.transport.body_pump import BodyTimeoutError, pump_body
+from sidecar.transport.client_gone import ClientGoneError
 
 
 @dataclass
@@ -127,11 +128,11 @@ async def test_a_client_that_closes_inside_the_body_is_a_client_fault() -> None:
     assert caught.value.status_hint == 400
 
 
-async def test_a_client_reset_is_source_gone() -> None:
+async def test_a_client_reset_is_client_gone() -> None:
     client, _peer = trio.testing.memory_stream_pair()
     reader = _reader(b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 6\r\n\r\nab")
     await client.aclose()  # our own side closed: receive raises ClosedResourceError
-    with pytest.raises(SourceGoneError):
+    with pytest.raises(ClientGoneError):
         await _pump(reader, client, _Count(), chunked=False)
 
 

@@ -397,7 +397,8 @@ def bench_http(args: argparse.Namespace) -> Figures:
     falls on all targets alike. `--baseline REF` adds the meshgate pair of git REF."""
     connections = args.concurrency
     rounds = max(1, args.rounds)
-    slice_seconds = max(1.0, args.seconds / rounds)
+    # wrk takes whole seconds only (`-d2.67s` is refused): 8 s in 3 rounds run 3 s each.
+    slice_seconds = float(max(1, round(args.seconds / rounds)))
     figures: Figures = {
         "connections": connections,
         "seconds_per_target_and_scenario": slice_seconds * rounds,

@@ -21,14 +21,11 @@ from meshgate.http import CONNECTION_CLOSED, NEED_DATA, RequestHead, RequestRead
 from meshgate.transport.socket_stream import TimedStream
 from meshgate.transport.tls_stream import TlsStream
 from sidecar.config import TimeoutsConfig
+from sidecar.transport.client_gone import ClientGoneError
 
-__all__ = ["ClientGoneError", "ClientSide", "ClientTimeoutError"]
+__all__ = ["ClientSide", "ClientTimeoutError"]
 
 _READ: Final = 64 * 1024
-
-
-class ClientGoneError(TransportError):
-    """The client reset or truncated the connection: nothing more can be sent to it."""
 
 
 class ClientTimeoutError(TransportError):
@@ -111,7 +108,7 @@ class ClientSide:
         try:
             data = await self.stream.receive_some(_READ)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ClientGoneError from exc
+            raise ClientGoneError("client_gone") from exc
         except trio.TooSlowError:
             raise ClientTimeoutError(phase) from None
         if data:
@@ -125,6 +122,6 @@ class ClientSide:
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ClientGoneError from exc
+            raise ClientGoneError("client_gone") from exc
         except trio.TooSlowError:
-            raise ClientGoneError("client did not read the response in time") from None
+            raise ClientGoneError("client_stalled") from None

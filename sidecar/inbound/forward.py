@@ -3,47 +3,42 @@ and its response back to the client, both re-framed by us.
 
 `Forwarder.forward` takes an app connection (a kept-alive one from `AppPool`, else a new
 one within ``connect_timeout_seconds``), sends the rebuilt head, moves the body with the
-shared pump (`sidecar.transport.body_pump`, the same code the outbound sidecar uses) beside
-the response relay when there is a body, and relays the response: 1xx, HEAD, HTTP/1.0
-keep-alive and framing by the shared rule (`meshgate.http.relay`). The head goes out with
-whatever of the body is already read, in one write. The app must start answering within
+shared pump (`sidecar.transport.body_pump`) beside the response relay when there is a body,
+and relays the response with the shared relay (`sidecar.transport.response_pump`: 1xx, HEAD,
+HTTP/1.0 keep-alive, re-framing, the head and the body read so far in one write) — the same
+code the outbound sidecar uses both ways. The app must send its final head within
 ``response_timeout_seconds`` (restarted by every body piece sent), may pause its body for
 ``body_idle_timeout_seconds``; a stale kept-alive connection is retried once on a fresh one.
+Here the relay's result becomes the app's answer: 502 or 504 with a short text before the
+head, ``response_incomplete`` and an abort after it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, final
 
 import trio
 
 from meshgate.errors import StaleConnectionError
 from meshgate.http import (
-    CONNECTION_CLOSED,
-    LAST_CHUNK,
-    NEED_DATA,
     BodyKind,
-    Data,
-    EndOfMessage,
     Framing,
     HttpError,
-    InterimResponse,
     NormalizedTarget,
     RequestHead,
-    ResponseHead,
-    encode_chunk,
     serialize_request_head,
 )
 from meshgate.http.forwarding import ForwardedRequest
-from meshgate.http.relay import relay_interim, relay_response_head
 from meshgate.http.replies import reply
 from sidecar.inbound.app_pool import AppConnection
-from sidecar.inbound.client import ClientGoneError, ClientSide
+from sidecar.inbound.client import ClientSide
 from sidecar.inbound.outcome import Live, Outcome, Response, Upload, body_free
 from sidecar.observe.logs import event
-from sidecar.transport.body_pump import BodyTimeoutError, SourceGoneError, pump_body
+from sidecar.transport.body_pump import BodyTimeoutError, pump_body
+from sidecar.transport.client_gone import ClientGoneError
+from sidecar.transport.response_pump import Failure, Relayed, relay_response
 
 if TYPE_CHECKING:
     from sidecar.inbound.http import HttpInbound
@@ -51,7 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["Forwarder"]
 
 log = logging.getLogger("sidecar.inbound.http")
-_READ: Final = 64 * 1024
 
 
 @final
@@ -158,6 +152,7 @@ class Forwarder:
         no_body = body_free(head.framing)
         upload, response = Upload(done=no_body), Response()
         live.upload, live.response = upload, response
+        relayed: Relayed | None = None  # None: not sent, or the upload's failure cut it
         reuse = False
         try:
             app.reader.expect(head.method)
@@ -166,65 +161,79 @@ class Forwarder:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 if app.reused and no_body:
                     raise StaleConnectionError from exc
-                response.fail(502, "the local app closed the connection")
             else:
-                app.stream.receive_deadline = (
-                    trio.current_time() + self.timeouts.response_timeout_seconds
-                )
                 if no_body:  # the common case: no upload task, no nursery
-                    await self._relay_response(app, head, upload, response)
+                    relayed = await self._relay(app, head, upload, response)
                 else:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(
                             self._pump_body, app, head.framing, upload, response, nursery
                         )
-                        await self._relay_response(app, head, upload, response)
+                        relayed = await self._relay(app, head, upload, response)
                         nursery.cancel_scope.cancel()  # an early answer ends the upload
             outcome = Outcome(
                 status=response.status,
                 bytes_in=upload.bytes_in,
                 bytes_out=response.bytes_out,
             )
-            if upload.client_gone or response.client_gone:
+            if upload.client_gone or (
+                relayed is not None and relayed.failure is Failure.CLIENT_GONE
+            ):
                 outcome.abort_client = True
                 outcome.reason = "client_gone"
                 return outcome
             if upload.client_error is not None:
                 return await self._client_body_error(upload.client_error, response, outcome, head)
-            if response.error is not None:
-                assert response.error_status is not None
-                if not response.received and app.reused and no_body:
+            if relayed is None:  # the head never reached the app
+                error_status, error, started = 502, "the local app closed the connection", False
+            elif relayed.failure is not None:
+                if not relayed.received and app.reused and no_body:
                     raise StaleConnectionError
-                outcome.reason = (
-                    "app_timeout" if response.error_status == 504 else "app_error"
-                ) + f": {response.error}"
-                if response.started:
-                    outcome.abort_client = True  # the response is cut short: say so by RST
-                    outcome.reason = f"response_incomplete: {outcome.reason}"
-                    return outcome
-                outcome.status = response.error_status
-                keep = head.keep_alive and upload.done
-                return await self._answer_error(
-                    outcome, response.error_status, response.error, head, request_id, keep
+                error_status, error = self._app_failure(relayed)
+                started = relayed.started
+            else:
+                outcome.keep_client = relayed.keep_client and upload.done
+                reuse = (
+                    relayed.complete
+                    and relayed.keep_upstream
+                    and upload.done
+                    and not upload.app_send_failed
                 )
-            outcome.keep_client = response.keep_client and upload.done
-            reuse = (
-                response.complete
-                and response.app_keep_alive
-                and upload.done
-                and not upload.app_send_failed
-            )
-            return outcome
+                return outcome
+            outcome.reason = ("app_timeout" if error_status == 504 else "app_error") + f": {error}"
+            if started:
+                outcome.abort_client = True  # the response is cut short: say so by RST
+                outcome.reason = f"response_incomplete: {outcome.reason}"
+                return outcome
+            outcome.status = error_status
+            keep = head.keep_alive and upload.done
+            return await self._answer_error(outcome, error_status, error, head, request_id, keep)
         finally:
             if not (reuse and pool.keep(app)):
                 with trio.CancelScope(shield=True):
                     await pool.discard(app)
 
+    def _app_failure(self, relayed: Relayed) -> tuple[int, str]:
+        """The status and text for an app that failed the response relay."""
+        failure = relayed.failure
+        if failure is Failure.STALLED:
+            if relayed.started:
+                idle = self.timeouts.body_idle_timeout_seconds
+                return 504, f"the local app's response body stalled for {idle:g} s"
+            wait = self.timeouts.response_timeout_seconds
+            return 504, f"the local app did not answer within {wait:g} s"
+        if failure is Failure.INVALID:
+            what = "response body" if relayed.started else "response"
+            return 502, f"the local app sent an invalid {what} ({relayed.detail})"
+        if failure is Failure.RESET:
+            return 502, "the local app reset the connection"
+        return 502, "the local app closed the connection without a response"
+
     async def _client_body_error(
         self, error: HttpError, response: Response, outcome: Outcome, head: RequestHead
     ) -> Outcome:
         outcome.reason = f"bad_request: {error.reason}"
-        if response.started:
+        if response.status is not None:
             outcome.abort_client = True
             return outcome
         outcome.status = error.status_hint
@@ -260,7 +269,7 @@ class Forwarder:
                 pace=self.inbound.body_pace,
                 answer_clock=app.stream,
                 answer_seconds=timeouts.response_timeout_seconds,
-                answered=lambda: response.started,
+                answered=lambda: response.status is not None,
             )
             upload.done = True
         except HttpError as exc:
@@ -273,128 +282,29 @@ class Forwarder:
                 408, "request body too slow" if slow else "request body idle for too long"
             )
             nursery.cancel_scope.cancel()
-        except SourceGoneError:
+        except ClientGoneError:
             upload.client_gone = True
             nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             upload.app_send_failed = True  # the app may still answer (e.g. 413): keep reading
 
-    async def _read_app(self, app: AppConnection, response: Response) -> bool:
-        try:
-            data = await app.stream.receive_some(_READ)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            response.fail(502, "the local app reset the connection")
-            return False
-        if data:
-            response.received = True
-            app.reader.feed(bytes(data))
-        else:
-            app.reader.feed_eof()
-        return True
-
-    async def _relay_response(
-        self,
-        app: AppConnection,
-        head: RequestHead,
-        upload: Upload,
-        response: Response,
-    ) -> None:
-        """App response → client, re-framed by us; records failures in `response`."""
-        try:
-            resp = await self._response_head(app, head, response)
-            if resp is None:
-                return
-            await self._stream_response(app, head, resp, upload, response)
-        except ClientGoneError:
-            response.client_gone = True
-
-    async def _response_head(
-        self, app: AppConnection, head: RequestHead, response: Response
-    ) -> ResponseHead | None:
-        """The app's final response head by `app.stream.receive_deadline`, else 504."""
-        try:
-            while True:
-                try:
-                    ev = app.reader.next_event()
-                except HttpError as exc:
-                    response.fail(502, f"the local app sent an invalid response ({exc.reason})")
-                    return None
-                if ev is NEED_DATA:
-                    if not await self._read_app(app, response):
-                        return None
-                elif ev is CONNECTION_CLOSED:
-                    response.fail(502, "the local app closed the connection without a response")
-                    return None
-                elif isinstance(ev, InterimResponse):
-                    interim = relay_interim(ev, head.version)
-                    if interim is not None:
-                        await self.client.send(interim)
-                elif isinstance(ev, ResponseHead):
-                    return ev
-                else:
-                    raise AssertionError(f"unexpected {ev!r} before a response head")
-        except trio.TooSlowError:
-            response.fail(
-                504,
-                f"the local app did not answer within {self.timeouts.response_timeout_seconds:g} s",
-            )
-            return None
-
-    async def _stream_response(
-        self,
-        app: AppConnection,
-        head: RequestHead,
-        resp: ResponseHead,
-        upload: Upload,
-        response: Response,
-    ) -> None:
-        response.status = resp.status
-        # Decided now, since it goes into the head: an app that answers before the upload
-        # ended leaves the rest of the body unread, so the connection cannot continue.
-        relayed = relay_response_head(
-            resp,
+    async def _relay(
+        self, app: AppConnection, head: RequestHead, upload: Upload, response: Response
+    ) -> Relayed:
+        """App response → client by the shared relay. The client connection may go on when
+        the request asked for it, the upload ended (an app that answers before the upload
+        ended leaves the rest unread) and this connection is not retiring."""
+        client, timeouts = self.client, self.timeouts
+        return await relay_response(
+            app.reader,
+            app.stream,
+            app.stream,
+            client.stream,
+            client.transport,
+            response,
             method=head.method,
             client_version=head.version,
-            keep_client=head.keep_alive and upload.done and not self.retiring(),
+            keep_client=lambda: head.keep_alive and upload.done and not self.retiring(),
+            response_seconds=timeouts.response_timeout_seconds,
+            idle_seconds=timeouts.body_idle_timeout_seconds,
         )
-        response.keep_client = relayed.keep_client
-        # The head goes out with whatever of the body is already here: one write, one TLS
-        # record. Pending pieces are flushed before any wait and before a failure is recorded.
-        pieces = [relayed.wire]
-        response.started = True
-        chunked = relayed.framing.kind is BodyKind.CHUNKED
-        idle = self.timeouts.body_idle_timeout_seconds
-        while True:
-            try:
-                ev = app.reader.next_event()
-            except HttpError as exc:
-                await self._send_pieces(pieces)
-                response.fail(502, f"the local app sent an invalid response body ({exc.reason})")
-                return
-            if ev is NEED_DATA:
-                if pieces:
-                    await self._send_pieces(pieces)
-                    pieces = []
-                app.stream.receive_deadline = trio.current_time() + idle
-                try:
-                    if not await self._read_app(app, response):
-                        return
-                except trio.TooSlowError:
-                    response.fail(504, f"the local app's response body stalled for {idle:g} s")
-                    return
-            elif isinstance(ev, Data):
-                response.bytes_out += len(ev.data)
-                pieces.append(encode_chunk(ev.data) if chunked else ev.data)
-            elif isinstance(ev, EndOfMessage):
-                if chunked:
-                    pieces.append(LAST_CHUNK)
-                await self._send_pieces(pieces)
-                response.complete = True
-                response.app_keep_alive = resp.keep_alive
-                return
-            else:
-                raise AssertionError(f"unexpected {ev!r} inside a response body")
-
-    async def _send_pieces(self, pieces: list[bytes]) -> None:
-        if pieces:
-            await self.client.send(pieces[0] if len(pieces) == 1 else b"".join(pieces))

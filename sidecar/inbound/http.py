@@ -47,10 +47,10 @@ from meshgate.transport.socket_stream import TimedStream, lean, peer_address
 from sidecar.admission import admitted, handshake_refused
 from sidecar.config import InboundConfig
 from sidecar.inbound.app_pool import AppConnector, AppPool
-from sidecar.inbound.client import ClientGoneError
 from sidecar.inbound.session import Session
 from sidecar.policy import PolicyStore
 from sidecar.runtime import Runtime
+from sidecar.transport.client_gone import ClientGoneError
 from sidecar.transport.mesh_tls import MeshConnection, MeshTlsError, accept_mesh
 from sidecar.transport.relay import abort
 

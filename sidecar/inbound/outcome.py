@@ -2,8 +2,8 @@
 
 `Outcome` is the request's result for its access record and for the connection loop;
 `Upload` and `Response` are how far the body and the response got (they never raise,
-they record); `Live` keeps both so that a request cut from outside (revocation, expiry,
-drain timeout) still gets its one record.
+they record; how the response relay ended is its `Relayed`); `Live` keeps both so that a
+request cut from outside (revocation, expiry, drain timeout) still gets its one record.
 """
 
 from __future__ import annotations
@@ -51,21 +51,11 @@ class Upload:
 @final
 @dataclass(slots=True)
 class Response:
-    """The response's way back to the client; never raises, records instead."""
+    """What of the response went to the client so far: the shared response relay
+    (`sidecar.transport.response_pump`) fills it in as it sends."""
 
-    started: bool = False  # the head went to the client: no status of ours can follow
-    complete: bool = False
-    received: bool = False  # the app sent at least one byte
-    app_keep_alive: bool = False
-    keep_client: bool = False
-    status: int | None = None
-    error_status: int | None = None
-    error: str | None = None
-    client_gone: bool = False
+    status: int | None = None  # set when the head went to the client: no status of ours follows
     bytes_out: int = 0
-
-    def fail(self, status: int, error: str) -> None:
-        self.error_status, self.error = status, error
 
 
 @final
@@ -85,7 +75,7 @@ class Live:
             outcome.bytes_in = upload.bytes_in
         if response is not None:
             outcome.bytes_out = response.bytes_out
-            if response.started:
+            if response.status is not None:
                 outcome.status = response.status
                 outcome.reason = f"response_incomplete: {cause}"
         return outcome

@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, final
 from meshgate.http import EndOfMessage, HttpError, RequestHead, RequestReader
 from meshgate.http.replies import reply
 from meshgate.transport.socket_stream import TimedStream
-from sidecar.inbound.client import ClientGoneError, ClientSide, ClientTimeoutError
+from sidecar.inbound.client import ClientSide, ClientTimeoutError
 from sidecar.inbound.decide import Decided, Normalized, PeerFacts, decide, normalize
 from sidecar.inbound.forward import Forwarder
 from sidecar.inbound.outcome import Live, Outcome, body_free
 from sidecar.inbound.report import finish_span, report
+from sidecar.transport.client_gone import ClientGoneError
 from sidecar.transport.mesh_tls import MeshConnection
 
 if TYPE_CHECKING:

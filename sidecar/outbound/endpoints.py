@@ -143,6 +143,8 @@ class EndpointTable:
         start = self._next % len(endpoints)
         self._next = start + 1
         rotated = [*endpoints[start:], *endpoints[:start]]
+        if not avoid and not any(self.ejected(a, now) for a in rotated):
+            return rotated  # the common case, the same order as below, without its lists
         healthy = [a for a in rotated if a not in avoid and not self.ejected(a, now)]
         ejected = sorted(
             (a for a in rotated if a not in avoid and self.ejected(a, now)),

@@ -5,7 +5,10 @@ Pipeline per client connection: admit (cap) → for each request: strict `Reques
 forwarding header policy (hop-by-hop and identity headers dropped, `x-request-id` added
 when absent, a valid `traceparent` kept, or with ``[tracing]`` replaced by one naming our
 client span) → a pooled mTLS connection (`sidecar.outbound.mesh_pool`,
-secure naming checked at its handshake) → stream the body up and the response back.
+secure naming checked at its handshake) → stream the body up and the response back, by
+the same two pumps as the inbound sidecar (`sidecar.transport.body_pump`,
+`sidecar.transport.response_pump`: the response head within ``response_timeout_seconds``,
+then body pauses and writes to the client within ``body_idle_timeout_seconds`` each).
 
 Every request read gets exactly one access record and one count; a response cut after
 its head went out keeps the status sent and the reason ``response_incomplete: <cause>``.
@@ -14,7 +17,7 @@ Errors the client sees, with a short text body and the request id:
 - 502: the destination refused or closed the connection, answered something malformed,
   or presented an identity other than the configured SPIFFE IDs (nothing was sent then);
 - 503: no healthy endpoint, or this sidecar has no usable SVID (fails closed);
-- 504: connect, handshake or response head timed out;
+- 504: connect, handshake or the final response head timed out (1xx do not restart it);
 - 408: the request body paused longer than ``body_idle_timeout_seconds`` or fell behind the
   pace of ``body_timeout_seconds`` + ``body_min_rate_bytes_per_second`` (`BodyPace`).
 A request that fails before any response byte is retried once when it is idempotent (GET,
@@ -24,8 +27,8 @@ on a fresh connection after a reused one (a stale keep-alive), else on another e
 
 Why one module: `HttpOutbound` is one request pipeline whose stages share one
 client connection, one pooled upstream and one access record per request (read, forward,
-stream the body, relay, record); the pure parts are already in `meshgate/http/` and the
-pool in `mesh_pool.py`.
+stream the body, relay, record); the pure parts are already in `meshgate/http/`, the pool
+in `mesh_pool.py`, and the body and response pumps in `sidecar/transport/`.
 """
 
 from __future__ import annotations
@@ -50,10 +53,8 @@ from meshgate.http import (
     Event,
     HttpError,
     HttpLimits,
-    InterimResponse,
     RequestHead,
     RequestReader,
-    ResponseHead,
     encode_chunk,
     forward_request_headers,
     normalize_target,
@@ -61,7 +62,6 @@ from meshgate.http import (
 )
 from meshgate.http.body_pace import BodyPace
 from meshgate.http.forwarding import ForwardedRequest, new_uuid
-from meshgate.http.relay import relay_interim, relay_response_head
 from meshgate.http.replies import reply
 from meshgate.transport.socket_stream import TimedStream, lean, peer_address
 from sidecar.admission import admitted
@@ -71,8 +71,10 @@ from sidecar.observe.logs import event
 from sidecar.observe.tracing import Span
 from sidecar.outbound.mesh_pool import MeshPool, PooledConnection, PoolError
 from sidecar.runtime import Runtime
-from sidecar.transport.body_pump import BodyTimeoutError, SourceGoneError, pump_body
+from sidecar.transport.body_pump import BodyTimeoutError, pump_body
+from sidecar.transport.client_gone import ClientGoneError
 from sidecar.transport.relay import abort
+from sidecar.transport.response_pump import Failure, relay_response
 
 __all__ = ["IDEMPOTENT_METHODS", "HttpOutbound", "error_response"]
 
@@ -99,10 +101,10 @@ class _UpstreamError(TransportError):
         self.before_response = before_response
 
 
-class _ClientGoneError(TransportError):
-    """The exchange was cut (the local client went away or stalled, or the upstream broke
-    after the response head went out): nothing more can be told to the client. Its text is
-    a short code for the access record's reason."""
+class _CutError(TransportError):
+    """The response was cut after its head went out (the upstream broke or stalled, or the
+    pool cut the connection): nothing more can be told to the client. Its text is the cause
+    for the access record's ``response_incomplete: <cause>``."""
 
 
 class _SlowBodyError(TransportError):
@@ -152,7 +154,7 @@ async def _next_event(stream: TimedStream, reader: RequestReader, timeout_second
         try:
             data = await stream.receive_some(_READ)
         except trio.TooSlowError:
-            raise _ClientGoneError("client_idle") from None
+            raise ClientGoneError("client_idle") from None
         if data:
             reader.feed(bytes(data))
         else:
@@ -216,7 +218,7 @@ class HttpOutbound:
                 local, error_response(exc.status_hint, exc.reason, request_id, head_only=False)
             )
             return True
-        except (_ClientGoneError, trio.BrokenResourceError, trio.ClosedResourceError):
+        except (ClientGoneError, _CutError, trio.BrokenResourceError, trio.ClosedResourceError):
             return False
 
     async def _request(
@@ -269,7 +271,7 @@ class HttpOutbound:
             keep = False
         except BaseException as exc:
             # Cut (upstream broke or stalled, client gone, cancelled): never a clean status.
-            cause = str(exc) if isinstance(exc, _ClientGoneError) else "cancelled"
+            cause = str(exc) if isinstance(exc, ClientGoneError | _CutError) else "cancelled"
             if out.reason is None:
                 out.reason = cause if out.status is None else f"response_incomplete: {cause}"
             raise
@@ -370,7 +372,7 @@ class HttpOutbound:
             raise _UpstreamError(
                 502, reason, f"{conn.endpoint}: {reason} during the request", before_response=False
             )
-        raise _ClientGoneError(reason)
+        raise _CutError(reason)
 
     async def _exchange(
         self,
@@ -432,7 +434,7 @@ class HttpOutbound:
                 upload.done = True
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the upstream stopped reading (it answered early): its response tells
-            except (_SlowBodyError, _ClientGoneError) as exc:
+            except (_SlowBodyError, ClientGoneError) as exc:
                 failure = exc
                 nursery.cancel_scope.cancel()
 
@@ -440,12 +442,12 @@ class HttpOutbound:
             nursery.start_soon(send_body)
             try:
                 result = await self._respond(local, head, conn, out, upload)
-            except (_UpstreamError, _ClientGoneError) as exc:
+            except (_UpstreamError, ClientGoneError, _CutError) as exc:
                 failure = exc
             nursery.cancel_scope.cancel()  # an early answer ends the upload
         if failure is not None:
             if isinstance(failure, _SlowBodyError) and out.status is not None:
-                raise _ClientGoneError(f"body_{failure.kind}")  # too late for a 408
+                raise ClientGoneError(f"body_{failure.kind}")  # too late for a 408
             raise failure
         keep_client, reusable = result
         return keep_client and upload.done, reusable and upload.done
@@ -478,121 +480,71 @@ class HttpOutbound:
             )
         except BodyTimeoutError as exc:
             raise _SlowBodyError(exc.kind) from None
-        except SourceGoneError as exc:
-            raise _ClientGoneError(str(exc)) from exc
 
     async def _respond(
         self,
-        local: trio.abc.Stream,
+        local: TimedStream,
         head: RequestHead,
         conn: PooledConnection,
         out: _Exchange,
         upload: _Upload | None = None,
     ) -> tuple[bool, bool]:
-        """Relay the response; returns (client may continue, upstream reusable). `upload`:
-        the body still going up beside it (the head says close unless it is done)."""
+        """Relay the response by the shared relay; returns (client may continue, upstream
+        reusable). `upload`: the body still going up beside it (the head says close unless
+        it is done). A failure before the head is an `_UpstreamError` (our 502/504, retried
+        when nothing came back), after it a `_CutError`; a gone client `ClientGoneError`."""
         timeouts = self.runtime.timeouts
-        upstream = conn.reader
-        got_any = False
-        to_chunk = False
-        keep_client = head.keep_alive
-        keep_upstream = False
-        sent_head = False
-        wait = timeouts.response_timeout_seconds
-        while True:
-            pieces: list[bytes] = []
-            while True:
-                try:
-                    ev = upstream.next_event()
-                except HttpError as exc:
-                    if sent_head:
-                        raise _ClientGoneError("upstream_broke") from exc
-                    raise _UpstreamError(
-                        502,
-                        "bad_response",
-                        f"{conn.endpoint}: {exc.reason}",
-                        before_response=False,
-                    ) from exc
-                if ev is NEED_DATA:
-                    break
-                if isinstance(ev, ResponseHead):
-                    sent_head = True
-                    out.status = ev.status
-                    keep_upstream = ev.keep_alive
-                    if upload is not None and not upload.done:
-                        keep_client = False
-                    relayed = relay_response_head(
-                        ev, method=head.method, client_version=head.version, keep_client=keep_client
-                    )
-                    keep_client = relayed.keep_client
-                    to_chunk = relayed.framing.kind is BodyKind.CHUNKED
-                    pieces.append(relayed.wire)
-                    wait = timeouts.body_idle_timeout_seconds
-                elif isinstance(ev, Data):
-                    out.bytes_out += len(ev.data)
-                    pieces.append(encode_chunk(ev.data) if to_chunk else ev.data)
-                elif isinstance(ev, EndOfMessage):
-                    if to_chunk:
-                        pieces.append(LAST_CHUNK)
-                    await self._to_client(local, pieces)
-                    return keep_client, keep_upstream
-                elif isinstance(ev, InterimResponse):
-                    interim = relay_interim(ev, head.version)
-                    if interim is not None:
-                        pieces.append(interim)
-                else:  # CONNECTION_CLOSED before a response
-                    break
-            if pieces:
-                await self._to_client(local, pieces)
-            data = await self._receive(conn, wait, got_any=got_any, sent_head=sent_head)
-            if data:
-                got_any = True
-                upstream.feed(data)
-            else:
-                upstream.feed_eof()
-                if not got_any:
-                    raise _UpstreamError(
-                        502,
-                        "upstream_closed",
-                        f"{conn.endpoint} closed the connection",
-                        before_response=True,
-                    )
-
-    async def _receive(
-        self, conn: PooledConnection, wait: float, *, got_any: bool, sent_head: bool
-    ) -> bytes:
-        conn.transport.receive_deadline = trio.current_time() + wait
-        try:
-            return bytes(await conn.stream.receive_some(_READ))
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            if sent_head:
-                raise _ClientGoneError("upstream_broke") from exc
-            raise _UpstreamError(
-                502,
-                "upstream_closed",
-                f"{conn.endpoint} reset the connection",
-                before_response=not got_any,
-            ) from exc
-        except trio.TooSlowError:
-            pass
-        if sent_head:
-            raise _ClientGoneError("upstream_stalled")
-        raise _UpstreamError(
-            504,
-            "response_timeout",
-            f"{conn.endpoint} sent no response within {wait:g} s",
-            before_response=False,
+        relayed = await relay_response(
+            conn.reader,
+            conn.stream,
+            conn.transport,
+            local,
+            local,
+            out,
+            method=head.method,
+            client_version=head.version,
+            keep_client=(
+                (lambda: head.keep_alive)
+                if upload is None
+                else (lambda: head.keep_alive and upload.done)
+            ),
+            response_seconds=timeouts.response_timeout_seconds,
+            idle_seconds=timeouts.body_idle_timeout_seconds,
         )
-
-    async def _to_client(self, local: trio.abc.Stream, pieces: list[bytes]) -> None:
-        try:
-            await local.send_all(pieces[0] if len(pieces) == 1 else b"".join(pieces))
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise _ClientGoneError("client_gone") from exc
+        failure = relayed.failure
+        if failure is None:
+            return relayed.keep_client, relayed.keep_upstream
+        if failure is Failure.CLIENT_GONE:
+            raise ClientGoneError("client_gone")
+        if relayed.started:
+            raise _CutError("upstream_stalled" if failure is Failure.STALLED else "upstream_broke")
+        endpoint = conn.endpoint
+        if failure is Failure.STALLED:
+            wait = timeouts.response_timeout_seconds
+            raise _UpstreamError(
+                504,
+                "response_timeout",
+                f"{endpoint} sent no response within {wait:g} s",
+                before_response=False,
+            )
+        if failure is Failure.INVALID:
+            raise _UpstreamError(
+                502, "bad_response", f"{endpoint}: {relayed.detail}", before_response=False
+            )
+        what = "reset" if failure is Failure.RESET else "closed"
+        raise _UpstreamError(
+            502,
+            "upstream_closed",
+            f"{endpoint} {what} the connection",
+            before_response=not relayed.received,
+        )
 
     async def _send_quietly(self, local: trio.abc.Stream, data: bytes) -> None:
         with trio.move_on_after(1.0):
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            # TooSlowError: a send deadline the response relay left on the stream
+            with contextlib.suppress(
+                trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError
+            ):
                 await local.send_all(data)
 
     def _record(

@@ -9,7 +9,7 @@ upstream has started answering, every piece sent restarts its response wait, so 
 upload is never mistaken for a silent upstream.
 
 Errors say which side failed: `BodyTimeoutError` (the client paused or trickled: 408),
-`SourceGoneError` (the client reset or closed the connection), `HttpError` from the reader
+`ClientGoneError` (the client reset or closed the connection), `HttpError` from the reader
 (a malformed body: the client's fault). A failed send to the upstream raises what the
 upstream's stream raised (`trio.BrokenResourceError` …), so the caller can still read an
 early answer (an app that refuses an upload with 413 before reading it).
@@ -26,8 +26,9 @@ from meshgate.errors import TransportError
 from meshgate.http import LAST_CHUNK, NEED_DATA, Data, EndOfMessage, RequestReader, encode_chunk
 from meshgate.http.body_pace import BodyPace
 from meshgate.transport.socket_stream import TimedStream
+from sidecar.transport.client_gone import ClientGoneError
 
-__all__ = ["BodyCount", "BodyTimeoutError", "SourceGoneError", "pump_body"]
+__all__ = ["BodyCount", "BodyTimeoutError", "pump_body"]
 
 _READ: Final = 64 * 1024
 
@@ -39,10 +40,6 @@ class BodyTimeoutError(TransportError):
     def __init__(self, kind: Literal["idle", "slow"]) -> None:
         super().__init__(kind)
         self.kind: Literal["idle", "slow"] = kind
-
-
-class SourceGoneError(TransportError):
-    """The client reset or closed its connection inside the body; its text is a short code."""
 
 
 class BodyCount(Protocol):
@@ -87,7 +84,7 @@ async def pump_body(
             except trio.TooSlowError:
                 raise BodyTimeoutError("idle" if pause_ends <= too_slow else "slow") from None
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise SourceGoneError("client_gone") from exc
+                raise ClientGoneError("client_gone") from exc
             if data:
                 reader.feed(bytes(data))
             else:
@@ -100,7 +97,7 @@ async def pump_body(
             if chunked:
                 await sink.send_all(LAST_CHUNK)
         else:  # the reader ends a body with EndOfMessage or an HttpError, never otherwise
-            raise SourceGoneError("client_closed_in_body")
+            raise ClientGoneError("client_closed_in_body")
         if answer_clock is not None and not answered():
             answer_clock.extend_receive_deadline(trio.current_time() + answer_seconds)
         if isinstance(ev, EndOfMessage):
