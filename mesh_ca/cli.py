@@ -78,7 +78,7 @@ from meshgate.identity import (
     load_pem_certificates,
 )
 from meshgate.keys import generate_key, private_key_pem
-from meshgate.version import installed_version
+from meshgate.version import VersionAction
 
 __all__ = ["add_serve_flags", "main"]
 
@@ -184,7 +184,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="The meshgate SPIFFE certificate authority.", epilog=EXIT_CODES_HELP
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:

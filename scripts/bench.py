@@ -8,11 +8,13 @@
     python scripts/bench.py control-plane [--rounds 6]   (one change to 1,000 watchers)
     python scripts/bench.py replicas [--seconds 3] [--concurrency 16] [--client-processes N]
     python scripts/bench.py http [--seconds 6] [--rounds 3] [--baseline REF] [--baseline2 REF]
-        [--http-workers2]
+        [--http-workers2] [--compiled]
     python scripts/bench.py latency [--seconds 20] [--rounds 2] [--baseline REF] [--baseline2 REF]
+                                    [--compiled]
                                     [--latency-capacity-fraction 0.75]
                                     [--latency-app nginx|two-sends]
     python scripts/bench.py ledger [--seconds 10]       (CPU µs per step of one request)
+    python scripts/bench.py http-core [--rounds 3] [--instructions]   (pure vs mypyc build)
     python scripts/bench.py datapath [--seconds 3]
     python scripts/bench.py memory
     python scripts/bench.py soak [--minutes 10] [--leaf-ttl 30s] [--rate 100] [--workdir DIR]
@@ -563,6 +565,7 @@ from scripts.benchlib.callgrind import (  # noqa: E402
 from scripts.benchlib.control_plane import bench_control_plane  # noqa: E402
 from scripts.benchlib.datapath import SECTIONS as DATA_PATH_SECTIONS  # noqa: E402
 from scripts.benchlib.datapath import baseline_tree  # noqa: E402
+from scripts.benchlib.http_core import bench_http_core  # noqa: E402
 from scripts.benchlib.latency import bench_latency  # noqa: E402
 from scripts.benchlib.ledger import bench_ledger  # noqa: E402
 from scripts.benchlib.reports import bench_reports  # noqa: E402
@@ -572,6 +575,7 @@ SECTIONS.update(DATA_PATH_SECTIONS)
 SECTIONS.update(SOAK_SECTIONS)
 SECTIONS["latency"] = bench_latency
 SECTIONS["ledger"] = bench_ledger
+SECTIONS["http-core"] = bench_http_core
 SECTIONS["ca-hsm"] = bench_ca_hsm
 SECTIONS["control-plane"] = bench_control_plane
 SECTIONS["reports"] = bench_reports
@@ -625,6 +629,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="REF",
         help="http, latency: also measure the meshgate pair of a second git ref (e.g. the "
         "start of a change next to an older baseline), in the same run",
+    )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="http-core: also count the instructions of both hops' work under callgrind",
+    )
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="http, latency: also measure the meshgate pair with meshgate/http compiled by "
+        "mypyc (built first when missing or stale); the `meshgate` row stays pure Python",
     )
     parser.add_argument(
         "--http-workers2",

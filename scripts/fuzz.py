@@ -39,6 +39,9 @@ _INNER = "MESHGATE_FUZZ_INNER_TARGET"  # set for the runs libFuzzer's merge star
 # A package left out is fuzzed blind (the relayout moved the parsers to `meshgate`, and
 # until it was added here the fuzzer saw 11 edges of the path target instead of ~70).
 INSTRUMENTED = ("meshgate", "sidecar", "mesh_ca", "tests.fuzz")
+# atheris instruments Python bytecode: the mypyc build of meshgate/http (meshgate/native.py)
+# would be fuzzed blind, so the fuzzer and the children it starts load the Python modules.
+os.environ["MESHGATE_HTTP_BUILD"] = "pure"
 
 
 def _atheris_child(target: str, seconds: int, work: Path, *, merge: bool = False) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from meshgate import native
 from meshgate.clock import Clock, SystemClock
 from meshgate.exit_codes import ExitCode, StartupError
 from sidecar.authz.allow_list import AllowList, Authorizer
@@ -352,6 +353,7 @@ async def run(
                             "sidecar started",
                             listeners=listening,
                             spiffe_id=str(config.identity.spiffe_id),
+                            http_core=native.describe(),
                         )
                         if relay is not None:  # a worker: its parent sends the samples
                             from sidecar.observe.reporter import write_samples_forever

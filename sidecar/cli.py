@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from meshgate.exit_codes import EXIT_CODES_HELP, ExitCode, StartupError
-from meshgate.version import installed_version
+from meshgate.version import VersionAction
 
 __all__ = ["main", "run_reporting_startup_errors"]
 
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         description="meshgate sidecar: mTLS on every hop.",
         epilog=EXIT_CODES_HELP,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
+    parser.add_argument("--version", action=VersionAction)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = commands.add_parser("run", help="run the sidecar", epilog=EXIT_CODES_HELP)
     run.add_argument("--config", required=True, metavar="FILE.toml", help="sidecar config file")

@@ -58,6 +58,7 @@ def test_the_expected_families_are_exported() -> None:
         "meshgate_certificate_rotations",
         "meshgate_policy_reloads",
         "meshgate_policy_set_info",
+        "meshgate_build_info",
     }
 
 

@@ -16,6 +16,7 @@ import trio
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
+from meshgate import native
 from meshgate.transport.mtls import client_context
 from tests.integration.mesh import sidecar_pair
 from tests.pki import TestPki as Pki
@@ -128,6 +129,10 @@ async def test_metrics_and_access_log_after_tcp_traffic(tmp_path: Path) -> None:
             leaf = x509.load_pem_x509_certificate((tmp_path / "b" / "svid.pem").read_bytes())
             expiry = _value(b, "meshgate_certificate_expiry_timestamp_seconds")
             assert expiry == leaf.not_valid_after_utc.timestamp()
+
+            # The build of the HTTP core each loaded (the same choice as this process's).
+            for samples in (a, b):
+                assert _value(samples, "meshgate_build_info", http_core=native.http_build()) == 1
 
             # A: the outbound side of the same connection.
             outbound = {"direction": "outbound"}

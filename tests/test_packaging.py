@@ -38,9 +38,11 @@ def test_the_shipped_schema_is_the_repository_schema() -> None:
 def test_both_clis_print_their_version(program: str) -> None:
     done = _run(program, "--version")
     assert done.returncode == 0
-    name, version = done.stdout.split()
+    first, build = done.stdout.splitlines()
+    name, version = first.split()
     assert name == program
     assert version[0].isdigit()
+    assert build.startswith(("compiled: yes", "compiled: no ("))  # meshgate/native.py
 
 
 def test_policy_init_starts_a_directory_that_validates_and_tests_green(tmp_path: Path) -> None:

@@ -1,4 +1,13 @@
-"""The strict HTTP/1.1 core, without I/O: read, check, normalize, write."""
+"""The strict HTTP/1.1 core, without I/O: read, check, normalize, write.
+
+This file stays Python: it puts the mypyc build of the package's modules first on
+`__path__` when `meshgate.native` chooses it (a build matching the sources), before any
+of them is imported. The `.py` modules are the source and the fallback.
+"""
+
+from meshgate import native
+
+__path__ = native.choose_http_path(__path__)
 
 from meshgate.http.errors import HttpError
 from meshgate.http.events import (

@@ -161,11 +161,18 @@ def run_wrk(port: int, seconds: float, connections: int, close: bool, pids: list
 
 @contextlib.contextmanager
 def _sidecar(
-    config_path: Path, admin_port: int, root: Path, module: str = "sidecar.cli"
+    config_path: Path,
+    admin_port: int,
+    root: Path,
+    module: str = "sidecar.cli",
+    build: str = "pure",
 ) -> Iterator[Sidecar]:
     """`python -m sidecar.cli run` from the source tree `root` (this checkout, or a baseline
     exported by `baseline_tree`); waits for /readyz, kills it afterwards. `module` may be a
-    wrapper with the same command line (the ledger's sampler)."""
+    wrapper with the same command line (the ledger's sampler). `build`: which build of
+    `meshgate.http` it loads (`MESHGATE_HTTP_BUILD`, meshgate/native.py): pure unless a
+    target asks for the compiled one, so a leftover build never changes what a row
+    measures (trees before the compiled build ignore it)."""
     log_path = config_path.with_suffix(".log")
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -177,6 +184,7 @@ def _sidecar(
                 **os.environ,
                 "PYTHONUNBUFFERED": "1",
                 "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+                "MESHGATE_HTTP_BUILD": build,
             },
         )
     sidecar = Sidecar(process, admin_port, log_path)
@@ -187,6 +195,16 @@ def _sidecar(
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+def ensure_compiled_build() -> None:
+    """Build `meshgate/http/_compiled/` (scripts/build_compiled.py) unless it matches the
+    sources already; the compiled targets then load it (`MESHGATE_HTTP_BUILD=compiled`)."""
+    script = ROOT / "scripts" / "build_compiled.py"
+    check = [sys.executable, str(script), "--check"]
+    if subprocess.run(check, check=False, stdout=subprocess.DEVNULL).returncode:
+        progress("compiling meshgate/http with mypyc (scripts/build_compiled.py)")
+        subprocess.run([sys.executable, str(script)], check=True, stdout=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -243,10 +261,11 @@ def meshgate_pair(
     root: Path = ROOT,
     module: str = "sidecar.cli",
     limits: dict[str, int] | None = None,
+    build: str = "pure",
 ) -> Iterator[tuple[int, list[int], list[int]]]:
     """Start B (inbound) and A (outbound) from the sources in `root`; yields (entry port,
     A pids, B pids). `limits`: more `[limits]` keys (the baseline's config may not know
-    them)."""
+    them). `build`: "pure" or "compiled" `meshgate.http` (see `_sidecar`)."""
     tmp.mkdir(parents=True, exist_ok=True)
     a_tls = write_tls(pki, certs.client, tmp / "a")
     b_tls = write_tls(pki, certs.server, tmp / "b")
@@ -290,8 +309,8 @@ def meshgate_pair(
     b_path = write_config(tmp / "b.toml", b)
     a_path = write_config(tmp / "a.toml", a)
     with (
-        _sidecar(b_path, ports["b_admin"], root, module) as b_proc,
-        _sidecar(a_path, ports["a_admin"], root, module) as a_proc,
+        _sidecar(b_path, ports["b_admin"], root, module, build) as b_proc,
+        _sidecar(a_path, ports["a_admin"], root, module, build) as a_proc,
     ):
         wait_port(ports["a_out"])
 
@@ -415,6 +434,13 @@ def bench_http(args: argparse.Namespace) -> Figures:
             root2 = stack.enter_context(baseline_tree(args.baseline2))
             targets["meshgate_baseline2"] = stack.enter_context(
                 meshgate_pair(pki, certs, tmp / "mg3", port, root=root2, access_log=sidecar_log)
+            )
+        if args.compiled:
+            ensure_compiled_build()
+            targets["meshgate_compiled"] = stack.enter_context(
+                meshgate_pair(
+                    pki, certs, tmp / "mg4", port, access_log=sidecar_log, build="compiled"
+                )
             )
         if args.http_workers2:
             targets["meshgate_workers2"] = stack.enter_context(

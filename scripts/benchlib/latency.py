@@ -34,6 +34,7 @@ from scripts.benchlib.datapath import (
     baseline_tree,
     bench_certs,
     cpu_seconds,
+    ensure_compiled_build,
     meshgate_pair,
     peer_pair,
     progress,
@@ -113,6 +114,11 @@ def bench_latency(args: argparse.Namespace) -> Figures:
             root2 = stack.enter_context(baseline_tree(args.baseline2))
             targets["meshgate_baseline2"] = stack.enter_context(
                 meshgate_pair(pki, certs, tmp / "mg3", port, root=root2, access_log="stdout")
+            )
+        if args.compiled:
+            ensure_compiled_build()
+            targets["meshgate_compiled"] = stack.enter_context(
+                meshgate_pair(pki, certs, tmp / "mg4", port, access_log="stdout", build="compiled")
             )
         targets["nginx"] = stack.enter_context(
             peer_pair(nginx_pair, "nginx", tmp, pki, certs, port)

@@ -62,6 +62,34 @@ ensure_venv() {
     export PATH="$VENV/bin:$PATH"
 }
 
+ensure_c_toolchain() {
+    # mypyc (scripts/build_compiled.sh) needs a C compiler and the headers of the venv's Python.
+    local include
+    include="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+    local missing=()
+    command -v gcc >/dev/null || missing+=(gcc)
+    [ -f "$include/Python.h" ] || missing+=(python3-dev)
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing Debian packages: ${missing[*]}"
+        local sudo=""
+        [ "$(id -u)" = 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+            "${missing[@]}" >/dev/null
+        [ -f "$include/Python.h" ] || { say "no Python.h in $include: install the headers of $("$VENV/bin/python" -c 'import sys; print(sys.executable)')"; return 1; }
+    fi
+}
+
+check_compiled() {
+    # meshgate/http compiled with mypyc (opt-in, meshgate/native.py): build it, then the unit
+    # tests again against it. Coverage stays the pure run's: compiled code has no Python lines.
+    ensure_c_toolchain
+    say "meshgate/http compiled with mypyc: build, then the unit tests against it"
+    "$VENV/bin/python" "$MESHGATE_ROOT/scripts/build_compiled.py"
+    (cd "$MESHGATE_ROOT" && MESHGATE_HTTP_BUILD=compiled "$VENV/bin/python" -m pytest -q \
+        -p no:cacheprovider -n 2 -m unit)
+}
+
 check_min_versions() {
     # The unit tests against the lowest versions pyproject.toml allows, in a venv of their
     # own, so the lower bounds are known to work. The project runs from the source tree.
@@ -79,8 +107,8 @@ check_min_versions() {
         printf '%s' "$pins" > "$stamp"
     fi
     say "unit tests with the minimum versions: $(echo $pins | tr '\n' ' ')"
-    (cd "$MESHGATE_ROOT" && PYTHONPATH="$MESHGATE_ROOT" "$venv/bin/python" -m pytest -q \
-        -p no:cacheprovider -m unit)
+    (cd "$MESHGATE_ROOT" && PYTHONPATH="$MESHGATE_ROOT" MESHGATE_HTTP_BUILD=pure \
+        "$venv/bin/python" -m pytest -q -p no:cacheprovider -m unit)
 }
 
 check_wheel() {

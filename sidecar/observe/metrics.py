@@ -33,6 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from meshgate import native
 from sidecar.identity.credentials import CredentialStore
 from sidecar.identity.stats import IdentityStats
 
@@ -187,6 +188,16 @@ class SidecarMetrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+
+        self.build_info = Gauge(
+            "meshgate_build_info",
+            "Which build of the HTTP core runs (value 1): http_core compiled (mypyc) or pure "
+            "(Python); see meshgate/native.py.",
+            ["http_core"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.build_info.labels(native.http_build()).set(1)
 
     def watch_credentials(self, store: CredentialStore) -> None:
         """Keep the expiry gauge on the published SVID's notAfter (set now and on change)."""
