@@ -294,8 +294,10 @@ def _edge(mesh: dict[str, Any], source: str, destination: str) -> dict[str, Any]
     )
 
 
-def _until(what: str, check: Callable[[], _T | None], seconds: float = 20) -> _T:
-    """`check()` once it returns something, polled; fails naming `what` after `seconds`."""
+def _until(what: str, check: Callable[[], _T | None], seconds: float = 60) -> _T:
+    """`check()` once it returns something, polled; fails naming `what` after `seconds`
+    (generous: reports reach the CA every few seconds, and a loaded machine slows both the
+    sidecars' pushes and the page's refreshes; a success returns at once)."""
     deadline = time.monotonic() + seconds
     while (value := check()) is None:
         assert time.monotonic() < deadline, f"not seen within {seconds:.0f} s: {what}"
