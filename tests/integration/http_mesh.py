@@ -133,3 +133,17 @@ def http_app() -> Iterator[_AppServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def threaded_app(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[int]:
+    """An HTTP app of `handler` on a free loopback port (yielded), one thread a connection."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -17,16 +17,14 @@ import http.server
 import json
 import signal
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.http_mesh import http_sidecar_pair
+from tests.integration.http_mesh import http_sidecar_pair, threaded_app
 from tests.pki import TestPki as Pki
 from tests.procs import Sidecar, running_sidecar
 
@@ -52,19 +50,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
-
-
-@contextmanager
-def cutting_app() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _get(port: int, path: str) -> bytes:
@@ -98,7 +83,7 @@ def _wait(what: str, check: Callable[[], bool], timeout: float = 20) -> None:
 
 
 def test_a_truncated_body_is_incomplete_on_both_sides(tmp_path: Path) -> None:
-    with cutting_app() as port:
+    with threaded_app(_Handler) as port:
         pair = http_sidecar_pair(Pki(), tmp_path, port)
         with (
             running_sidecar(pair.b_config, pair.b_admin) as b,
@@ -127,7 +112,7 @@ def _metrics(sidecar: Sidecar) -> str:
 
 
 def test_a_request_cut_by_the_drain_timeout_is_logged(tmp_path: Path) -> None:
-    with cutting_app() as port:
+    with threaded_app(_Handler) as port:
         pair = http_sidecar_pair(Pki(), tmp_path, port, timeouts={"drain_timeout_seconds": 1})
         with (
             running_sidecar(pair.b_config, pair.b_admin) as b,

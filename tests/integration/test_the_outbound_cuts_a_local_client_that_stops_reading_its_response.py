@@ -12,16 +12,14 @@ from __future__ import annotations
 import http.server
 import json
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.http_mesh import http_sidecar_pair
+from tests.integration.http_mesh import http_sidecar_pair, threaded_app
 from tests.pki import TestPki as Pki
 from tests.procs import Sidecar, running_sidecar
 
@@ -48,19 +46,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@contextmanager
-def _big_app() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def _access(sidecar: Sidecar, direction: str) -> list[dict[str, Any]]:
     lines = [json.loads(t) for t in sidecar.log().splitlines() if t.startswith("{")]
     return [line for line in lines if line.get("direction") == direction and "status" in line]
@@ -75,7 +60,7 @@ def _wait(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
 
 
 def test_a_client_that_stops_reading_is_cut_and_logged(tmp_path: Path) -> None:
-    with _big_app() as port:
+    with threaded_app(_Handler) as port:
         pair = http_sidecar_pair(Pki(), tmp_path, port, timeouts={"body_idle_timeout_seconds": 1})
         with (
             running_sidecar(pair.b_config, pair.b_admin),
