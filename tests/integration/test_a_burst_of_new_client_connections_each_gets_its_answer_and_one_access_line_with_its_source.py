@@ -44,7 +44,7 @@ def _read_to_eof(sock: socket.socket) -> bytes:
 def _metric(sidecar: Sidecar, line_start: str) -> str:
     url = f"http://127.0.0.1:{sidecar.admin_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
+        text = str(response.read().decode())
     return next(line for line in text.splitlines() if line.startswith(line_start))
 
 
