@@ -9,14 +9,21 @@ trio path pays a scheduler round trip after every accept, a trio socket object a
 `SocketStream` (three socket options), and, in the http handlers, a detach into a
 `LeanSocketStream` and a `getpeername`.
 
-Here a listener takes every connection waiting in its backlog in one go (yielding to the
-scheduler every `_BATCH` accepts, so a flood cannot starve the connections already open),
+Here a listener takes the connections waiting in its backlog in one go (`batch` of them,
+then it yields to the scheduler, so a flood cannot starve the connections already open),
 waits for readability only when the backlog is empty, and hands each connection to its
 handler as the stream it will use: a `LeanSocketStream` that already knows it is TCP and
 who its peer is (http listeners), or a `trio.SocketStream` (tcp listeners, whose relay is
 written against trio's stream). Errors are handled as trio handles them: the errnos of a
 connection that went away before it was accepted are skipped; any other error (EMFILE and
 friends) is logged, and the loop waits 0.1 s and goes on listening.
+
+Batches are for the outbound (`BATCH`), whose local clients may open a connection per
+request. The inbound takes one connection per trip through the scheduler (``batch=1``),
+as trio's accept did: an inbound connection is admitted as a pending handshake, and a new
+one may evict the oldest pending one (`sidecar.connections`); the evicted one must get to
+give its slot back before the next is admitted, or a burst of silent sockets would fill
+``max_connections`` with evicted slots and refuse a verified peer.
 """
 
 from __future__ import annotations
@@ -32,13 +39,13 @@ import trio
 from meshgate.transport.socket_stream import LeanSocketStream, address_text
 from sidecar.observe.logs import event
 
-__all__ = ["Accepted", "Handler", "accept_loop"]
+__all__ = ["BATCH", "Accepted", "Handler", "accept_loop"]
 
 log = logging.getLogger("sidecar.app")
 Accepted: TypeAlias = LeanSocketStream | trio.SocketStream  # what a handler is given
 Handler = Callable[[Accepted], Awaitable[None]]
 
-_BATCH: Final = 16  # accepts in a row before a checkpoint (cancellation, fairness)
+BATCH: Final = 16  # accepts in a row before the new tasks run (fairness)
 # As trio.SocketListener: the peer went away between its SYN and our accept; not our error.
 _GONE_ERRNOS: Final = frozenset(
     getattr(errno, code)
@@ -64,10 +71,12 @@ async def accept_loop(
     name: str,
     *,
     lean: bool,
+    batch: int,
 ) -> None:
     """Accept on every listener until cancelled (drain), then close them; each connection
     runs `handler` in `handlers`. `lean`: hand it a `LeanSocketStream`, else a
-    `trio.SocketStream`."""
+    `trio.SocketStream`. `batch`: accepts in a row before the scheduler runs the new
+    tasks (1 for the inbound, see the module docstring)."""
 
     async def guarded(stream: Accepted) -> None:
         try:
@@ -93,7 +102,7 @@ async def accept_loop(
             )
             try:
                 raw.setblocking(False)  # noqa: FBT003 - the stdlib signature
-                await _accept_forever(raw, name, handlers, guarded, tcp=tcp, lean=lean)
+                await _accept_forever(raw, name, handlers, guarded, tcp=tcp, lean=lean, batch=batch)
             finally:
                 raw.detach()
 
@@ -110,6 +119,7 @@ async def _accept_forever(
     *,
     tcp: bool,
     lean: bool,
+    batch: int,
 ) -> None:
     in_a_row = 0
     while True:
@@ -135,8 +145,9 @@ async def _accept_forever(
             sock.close()
             event(log, "accept failed", level=logging.WARNING, listener=name, error=str(exc))
             continue
-        handlers.start_soon(guarded, stream)
         in_a_row += 1
-        if in_a_row >= _BATCH:
-            in_a_row = 0
-            await trio.lowlevel.checkpoint()
+        if in_a_row >= batch:  # let the tasks started so far run first (shielded: the
+            in_a_row = 0  # stream in hand is never dropped unclosed)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        handlers.start_soon(guarded, stream)
+        await trio.lowlevel.checkpoint_if_cancelled()  # a drain stops even a flood here

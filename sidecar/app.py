@@ -23,7 +23,7 @@ import trio
 from meshgate import native
 from meshgate.clock import Clock, SystemClock
 from meshgate.exit_codes import ExitCode, StartupError
-from sidecar.acceptor import Handler, accept_loop
+from sidecar.acceptor import BATCH, Handler, accept_loop
 from sidecar.authz.allow_list import AllowList, Authorizer
 from sidecar.authz.cedar import CedarAuthorizer
 from sidecar.config import Address, SidecarConfig
@@ -297,8 +297,10 @@ async def run(
                 async with trio.open_nursery() as acceptors:
                     # Accept at once: before the first SVID every handshake fails closed.
                     for name, listeners, handler, http in serving:
+                        # the inbound one connection at a time (pending handshakes)
+                        batch = 1 if name == "inbound" else BATCH
                         acceptors.start_soon(
-                            functools.partial(accept_loop, lean=http),
+                            functools.partial(accept_loop, lean=http, batch=batch),
                             listeners,
                             handler,
                             handlers,

@@ -314,11 +314,13 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
 
     def close(self) -> None:
         """`aclose` without its checkpoint: for a handler whose task ends right after (a
-        connection per request pays one trip through the scheduler less)."""
+        connection per request pays one trip through the scheduler less). Every wait on
+        the socket happens inside a call, so with none in progress nothing is woken."""
         if not self._closed:
             self._closed = True
             if self.socket.fileno() != -1:
-                trio.lowlevel.notify_closing(self.socket)
+                if self._sending.busy or self._receiving.busy:
+                    trio.lowlevel.notify_closing(self.socket)  # wakes it: Closed
                 self.socket.close()
 
 

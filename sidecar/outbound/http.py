@@ -193,11 +193,12 @@ class HttpOutbound:
             if slot is None:
                 return
             clean = await self._serve(timed, source)
-        if clean and not slot.scope.cancelled_caught and isinstance(timed, LeanSocketStream):
+        clean = clean and not slot.scope.cancelled_caught
+        if clean and isinstance(timed, LeanSocketStream):
             timed.close()  # the task ends here: no checkpoint, no scope (a FIN, as aclose)
             return
         with trio.CancelScope(shield=True):
-            if clean and not slot.scope.cancelled_caught:
+            if clean:
                 await trio.aclose_forcefully(timed)
             else:
                 await abort(timed)
