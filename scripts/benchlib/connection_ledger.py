@@ -1,12 +1,13 @@
 """The ``connection-ledger`` section of scripts/bench.py: what a new client connection per
 request adds to the outbound sidecar's CPU, step by step, next to keep-alive requests.
 
-    python scripts/bench.py connection-ledger [--seconds 16] [--rounds 2] [--concurrency 16]
+    python scripts/bench.py connection-ledger [--seconds 16] [--rounds 2] [--baseline REF]
 
 The http pair runs under `scripts/benchlib/sampled_sidecar.py` (the `ledger` section's
 SIGPROF sampler); wrk runs keep-alive and ``Connection: close`` rounds in turn (as
 `bench.py http` does, ``--concurrency`` connections), and the samples of each scenario
-are added up over its rounds. Each sidecar's CPU per request comes from /proc around the
+are added up over its rounds; with ``--baseline REF`` the pair of git REF is measured in
+the same rounds. Each sidecar's CPU per request comes from /proc around the
 runs; a step's share of the samples times that is its µs. A sample belongs to the
 innermost frame on its stack that names a step (`STEPS`: file and function), so the
 system call inside `LeanSocketStream.close` is "close", and everything under the
@@ -26,7 +27,9 @@ from collections import Counter
 from pathlib import Path
 
 from scripts.benchlib.datapath import (
+    ROOT,
     Figures,
+    baseline_tree,
     bench_certs,
     cpu_seconds,
     meshgate_pair,
@@ -114,63 +117,109 @@ def bench_connection_ledger(args: argparse.Namespace) -> Figures:
     figures: Figures = {
         "connections": args.concurrency,
         "seconds_per_scenario": slice_seconds * rounds,
+        "baseline": args.baseline,
         "load_average_before": os.getloadavg()[0],
     }
     pki = TestPki()
     certs = bench_certs(pki)
-    counts = {name: {"a": Counter[str](), "b": Counter[str]()} for name, _ in SCENARIOS}
-    cpu = {name: {"a": 0.0, "b": 0.0} for name, _ in SCENARIOS}
-    requests = dict.fromkeys(cpu, 0)
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meshgate-bench-")))
         app = nginx_app(tmp, free_port())
         stack.callback(app.stop)
-        progress("connection-ledger: starting the sampled pair")
-        port, a_pids, b_pids = stack.enter_context(
-            meshgate_pair(
-                pki,
-                certs,
-                tmp / "mg",
-                app.entry_port,
-                access_log="stdout",
-                module="scripts.benchlib.sampled_sidecar",
+        progress("connection-ledger: starting the sampled pairs")
+        roots = {"meshgate": ROOT}
+        if args.baseline:
+            roots["meshgate_baseline"] = stack.enter_context(baseline_tree(args.baseline))
+        pairs = {
+            target: (
+                stack.enter_context(
+                    meshgate_pair(
+                        pki,
+                        certs,
+                        tmp / target,
+                        app.entry_port,
+                        access_log="stdout",
+                        root=root,
+                        module="scripts.benchlib.sampled_sidecar",
+                    )
+                ),
+                tmp / target,
             )
-        )
-        pids = {"a": a_pids, "b": b_pids}
-        out = {"a": tmp / "mg" / "a.samples.json", "b": tmp / "mg" / "b.samples.json"}
-        for _, close in SCENARIOS:
-            run_wrk(port, 1, args.concurrency, close=close, pids=[])  # warm up
+            for target, root in roots.items()
+        }
+        tallies = {target: _Tally() for target in pairs}
+        for (port, _, _), _ in pairs.values():
+            for _, close in SCENARIOS:
+                run_wrk(port, 1, args.concurrency, close=close, pids=[])  # warm up
         for index in range(rounds):
             progress(f"connection-ledger: round {index + 1}/{rounds}, {slice_seconds:g} s each")
-            for name, close in SCENARIOS:
-                for path in out.values():
-                    path.unlink(missing_ok=True)
-                for side in pids:
-                    os.kill(pids[side][0], signal.SIGUSR1)
-                cpu0 = {side: cpu_seconds(p) for side, p in pids.items()}
-                result = run_wrk(port, slice_seconds, args.concurrency, close=close, pids=[])
-                for side, p in pids.items():
-                    cpu[name][side] += cpu_seconds(p) - cpu0[side]
-                    os.kill(p[0], signal.SIGUSR2)
-                requests[name] += result.requests
-                for side, path in out.items():
-                    _wait_for(path)
-                    counts[name][side].update(_samples(path))
-    for name, _ in SCENARIOS:
-        n = max(1, requests[name])
-        row: Figures = {"requests": requests[name]}
-        for side, label in (("a", "outbound"), ("b", "inbound")):
-            per_request = cpu[name][side] / n * 1e6
-            total = max(1, sum(counts[name][side].values()))
-            row[f"{label}_cpu_us_per_request"] = round(per_request)
-            if side == "a":
-                row["outbound_steps_us"] = {
-                    step: round(counts[name][side][step] / total * per_request, 1)
-                    for step in [*(s for s, _ in STEPS), REST]
-                }
-        figures[name] = row
+            for target, ((port, a_pids, b_pids), directory) in pairs.items():
+                for name, close in SCENARIOS:
+                    tallies[target].run(
+                        name,
+                        port,
+                        {"a": a_pids, "b": b_pids},
+                        directory,
+                        close,
+                        slice_seconds,
+                        args.concurrency,
+                    )
+    for target, tally in tallies.items():
+        figures[target] = tally.figures()
     figures["load_average_after"] = os.getloadavg()[0]
     return figures
+
+
+class _Tally:
+    """One pair's samples, CPU and requests per scenario, added up over the rounds."""
+
+    def __init__(self) -> None:
+        self.counts = {name: {"a": Counter[str](), "b": Counter[str]()} for name, _ in SCENARIOS}
+        self.cpu = {name: {"a": 0.0, "b": 0.0} for name, _ in SCENARIOS}
+        self.requests = dict.fromkeys(self.cpu, 0)
+
+    def run(
+        self,
+        name: str,
+        port: int,
+        pids: dict[str, list[int]],
+        directory: Path,
+        close: bool,
+        seconds: float,
+        connections: int,
+    ) -> None:
+        out = {side: directory / f"{side}.samples.json" for side in pids}
+        for path in out.values():
+            path.unlink(missing_ok=True)
+        for side_pids in pids.values():
+            os.kill(side_pids[0], signal.SIGUSR1)
+        cpu0 = {side: cpu_seconds(p) for side, p in pids.items()}
+        result = run_wrk(port, seconds, connections, close=close, pids=[])
+        for side, p in pids.items():
+            self.cpu[name][side] += cpu_seconds(p) - cpu0[side]
+            os.kill(p[0], signal.SIGUSR2)
+        self.requests[name] += result.requests
+        for side, path in out.items():
+            _wait_for(path)
+            self.counts[name][side].update(_samples(path))
+
+    def figures(self) -> Figures:
+        figures: Figures = {}
+        for name, _ in SCENARIOS:
+            n = max(1, self.requests[name])
+            row: Figures = {"requests": self.requests[name]}
+            for side, label in (("a", "outbound"), ("b", "inbound")):
+                per_request = self.cpu[name][side] / n * 1e6
+                row[f"{label}_cpu_us_per_request"] = round(per_request)
+            counts = self.counts[name]["a"]
+            total = max(1, sum(counts.values()))
+            per_request = self.cpu[name]["a"] / n * 1e6
+            row["outbound_steps_us"] = {
+                step: round(counts[step] / total * per_request, 1)
+                for step in [*(s for s, _ in STEPS), REST]
+            }
+            figures[name] = row
+        return figures
 
 
 SECTIONS = {"connection-ledger": bench_connection_ledger}
