@@ -2,9 +2,10 @@
 
 Accepts from the listening socket directly rather than by `trio.SocketListener.accept`: on
 this 2-core machine a trio server that accepts that way, wraps each connection in a
-`trio.SocketStream` and closes it with `trio.aclose_forcefully` spends ~185 µs of CPU per
-connection, against 27-50 µs for the same accept, read, answer and close on plain
-sockets (docs/benchmarks.md, "A new client connection per request"). Per connection the
+`trio.SocketStream` and closes it with `trio.aclose_forcefully` spends ~195 µs of CPU per
+connection, against 27-56 µs for the same accept, read, answer and close on plain sockets
+and 34-36 µs with this loop (`bench.py accept-floor`; docs/benchmarks.md, "a new client
+connection per request"). Per connection the
 trio path pays a scheduler round trip after every accept, a trio socket object and a
 `SocketStream` (three socket options), and, in the http handlers, a detach into a
 `LeanSocketStream` and a `getpeername`.
