@@ -25,9 +25,13 @@ SSL_read that can only raise SSLWantReadError, and when the last receive emptied
 it waits for readability first instead of a `recv` that can only fail with EAGAIN (the peer
 is usually still writing its next message). Not once OpenSSL has read the peer's
 close_notify: a read ahead may have taken it with the last bytes, and SSL_read answers the
-end from its state while the peer may send nothing more. A receive returns every complete record
-already buffered (up to `max_bytes`), not one record per call, so a response sent as a
-head record and a body record is read in one call.
+end from its state while the peer may send nothing more.
+
+A receive returns every complete record already buffered (up to `max_bytes`), not one
+record per call, so a response sent as a head record and a body record is read in one call.
+
+Why one module: the stream's receive, send, flush and close share one OpenSSL object, its
+two BIOs and the send lock; the lean one-layer path and the general one are the same calls.
 """
 
 from __future__ import annotations
