@@ -134,12 +134,6 @@ class TlsStream(trio.abc.HalfCloseableStream):
         if self._broken:
             raise trio.BrokenResourceError("TLS stream is broken")
 
-    async def _checkpoint(self) -> None:
-        if self._lean:
-            await trio.lowlevel.checkpoint_if_cancelled()
-        else:
-            await trio.lowlevel.checkpoint()
-
     async def _flush(self) -> None:
         if not self._outgoing.pending:
             return  # never queue behind a blocked sender when there is nothing to send
@@ -267,8 +261,12 @@ class TlsStream(trio.abc.HalfCloseableStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         with self._sending:
-            await self._checkpoint()
-            self._check_open()
+            if self._lean:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            else:
+                await trio.lowlevel.checkpoint()
+            if self._closed or self._broken:
+                self._check_open()
             if self._eof_sent:
                 raise trio.ClosedResourceError("send_eof was called on this TLS stream")
             if not data:
@@ -278,7 +276,8 @@ class TlsStream(trio.abc.HalfCloseableStream):
             except ssl.SSLError as exc:
                 self._broken = True
                 raise trio.BrokenResourceError(f"TLS write failed: {exc}") from exc
-            await self._flush()
+            if self._outgoing.pending:
+                await self._flush()
             if self._sock is not None and self._sock.count_call():
                 await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -311,7 +310,10 @@ class TlsStream(trio.abc.HalfCloseableStream):
             if max_bytes < 1:
                 raise ValueError("max_bytes must be >= 1")
         with self._receiving:
-            await self._checkpoint()
+            if self._lean:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            else:
+                await trio.lowlevel.checkpoint()
             limit = max_bytes or _DEFAULT_RECEIVE
             if self._plain:
                 self._check_open()
@@ -320,7 +322,8 @@ class TlsStream(trio.abc.HalfCloseableStream):
                 return buffered
             sock = self._sock
             while True:
-                self._check_open()
+                if self._closed or self._broken:
+                    self._check_open()
                 if (
                     self._handshook
                     and not self._incoming.pending
@@ -333,7 +336,10 @@ class TlsStream(trio.abc.HalfCloseableStream):
                     # go to the transport first. Not once close_notify was read (by a read
                     # ahead too): SSL_read answers that from its state, with nothing new
                     # to read, and the peer may send nothing more (a half-close).
-                    await self._pull()
+                    if sock is not None:
+                        await self._fill(sock)
+                    else:
+                        await self._pull()
                 queued = self._outgoing.pending  # a sender's bytes: that sender flushes them
                 try:
                     if self._read_error is not None:
