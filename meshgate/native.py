@@ -49,6 +49,7 @@ COMPILED_DIR_NAME: Final = "_compiled"
 STAMP_NAME: Final = "BUILD.json"
 _MESHGATE: Final = Path(__file__).resolve().parent
 _HTTP: Final = _MESHGATE / "http"
+_BUILD_SCRIPT: Final = _MESHGATE.parent / "scripts" / "build_compiled.sh"
 # Not compiled: `meshgate/http/__init__.py` chooses the build, so it must stay Python.
 _NOT_COMPILED: Final = frozenset({"__init__.py"})
 # Pure modules whose classes and signatures the compiled code was built against.
@@ -81,18 +82,25 @@ def source_hashes(paths: Iterable[Path] | None = None) -> dict[str, str]:
     }
 
 
+def _how_to_build(script: Path = _BUILD_SCRIPT) -> str:
+    """What builds one here: the script in a source checkout; an installed wheel has none."""
+    if script.is_file():
+        return "run scripts/build_compiled.sh"
+    return "an installed package runs pure Python; a source checkout builds one"
+
+
 def stale_reason(directory: Path) -> str | None:
     """None when the build in `directory` matches the sources and this interpreter."""
     try:
         stamp = json.loads((directory / STAMP_NAME).read_text())
     except FileNotFoundError:
-        return "no compiled build (run scripts/build_compiled.sh)"
+        return f"no compiled build: {_how_to_build()}"
     except (OSError, ValueError) as exc:
         return f"unreadable {STAMP_NAME}: {exc}"
     if stamp.get("interpreter") != interpreter_tag():
         return f"built for {stamp.get('interpreter')}, this is {interpreter_tag()}"
     if stamp.get("sources") != source_hashes():
-        return "the sources changed since the build (run scripts/build_compiled.sh again)"
+        return f"the sources changed since the build: {_how_to_build()}"
     return None
 
 

@@ -28,8 +28,9 @@ from sidecar.authz.cedar import CedarAuthorizer
 from sidecar.config import Address, SidecarConfig
 from sidecar.connections import AdmissionLimits, ConnectionTracker
 from sidecar.identity.credentials import CredentialStore
+from sidecar.identity.run import run_identity
 from sidecar.identity.settings import IdentitySettings
-from sidecar.identity.static_files import ReloadSignal, run_static_identity
+from sidecar.identity.static_files import ReloadSignal
 from sidecar.identity.stats import IdentityStats
 from sidecar.inbound.http import HttpInbound
 from sidecar.inbound.tcp import Inbound
@@ -165,13 +166,9 @@ async def _start_identity(
     """
     stats = stats if stats is not None else IdentityStats()
     settings = IdentitySettings.from_config(config.identity)
-    if settings.static:  # what run_identity does, without importing the CA client
-        start = functools.partial(run_static_identity, settings, store, clock, stats=stats)
-    else:
-        from sidecar.identity.lifecycle import run_identity  # the CA client, only with a CA
-
-        start = functools.partial(run_identity, settings, store, clock, stats=stats)
-    await nursery.start(functools.partial(start, reload=reload))
+    await nursery.start(
+        functools.partial(run_identity, settings, store, clock, stats=stats, reload=reload)
+    )
     return stats
 
 

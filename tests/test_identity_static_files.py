@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from meshgate.clock import SystemClock
 from sidecar.app import _signals
 from sidecar.identity.credentials import CredentialError, CredentialStore
-from sidecar.identity.lifecycle import run_identity
+from sidecar.identity.run import run_identity
 from sidecar.identity.settings import IdentitySettings
 from sidecar.identity.static_files import (
     ReloadSignal,

@@ -46,7 +46,10 @@ def test_auto_takes_a_build_whose_stamp_matches(tmp_path: Path) -> None:
 def test_auto_falls_back_to_pure_without_a_build_or_with_a_stale_one(tmp_path: Path) -> None:
     assert native.decide("auto", tmp_path / "none") == (
         "pure",
-        "no compiled build (run scripts/build_compiled.sh)",
+        "no compiled build: run scripts/build_compiled.sh",
+    )
+    assert native._how_to_build(tmp_path / "absent.sh") == (
+        "an installed package runs pure Python; a source checkout builds one"
     )
     edited = native.source_hashes()
     edited["http/head.py"] = "0" * 64  # head.py changed after the build

@@ -30,7 +30,8 @@ from meshgate.keys import PrivateKey, generate_key
 from meshgate.transport.mtls import peer_svid
 from sidecar.identity.blocking import inline
 from sidecar.identity.credentials import Credentials, CredentialStore
-from sidecar.identity.lifecycle import CaClientLike, run_identity
+from sidecar.identity.lifecycle import CaClientLike
+from sidecar.identity.run import run_identity
 from sidecar.identity.settings import IdentitySettings
 from sidecar.identity.stats import IdentityStats
 from tests.pki import TestPki as Pki

@@ -125,7 +125,9 @@ check_wheel() {
         cd "$work"
         venv/bin/mesh-ca --help >/dev/null
         venv/bin/mesh-ca --version
-        venv/bin/mesh-sidecar --version
+        venv/bin/mesh-sidecar --version | tee version.txt
+        # The wheel holds no build script: --version must not point at one.
+        grep -q "an installed package runs pure Python" version.txt || exit 1
         venv/bin/mesh-sidecar policy init policies --service orders >/dev/null
         venv/bin/mesh-sidecar policy validate policies
         venv/bin/mesh-sidecar policy test policies >/dev/null

@@ -25,7 +25,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import trio
 from cryptography import x509
@@ -55,10 +55,9 @@ from sidecar.identity.state import (
     load_bundle_file,
     read_join_token,
 )
-from sidecar.identity.static_files import ReloadSignal, run_static_identity
 from sidecar.identity.stats import Blocked, IdentityStats
 
-__all__ = ["CaClientLike", "ClientFactory", "IssuedLike", "run_identity"]
+__all__ = ["CaClientLike", "ClientFactory", "IssuedLike", "run_ca_identity"]
 
 log = logging.getLogger("sidecar.identity")
 _SHA256 = hashes.SHA256()
@@ -120,42 +119,19 @@ def _default_factory(settings: IdentitySettings, clock: Clock) -> ClientFactory:
     return make
 
 
-async def run_identity(
-    config: IdentitySettings | Any,
+async def run_ca_identity(
+    settings: IdentitySettings,
     store: CredentialStore,
     clock: Clock,
     *,
+    stats: IdentityStats,
     client_factory: ClientFactory | None = None,
     rng: random.Random | None = None,
-    stats: IdentityStats | None = None,
-    reload: ReloadSignal | None = None,
     run_blocking: BlockingRunner = in_thread,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Obtain credentials, publish them, report started, then keep them fresh forever.
-
-    Raises at start-up only for local errors the operator must fix (unreadable bundle file,
-    unusable state directory, invalid static identity files); a CA that is down or refuses
-    is retried, never fatal. `config` is an `IdentitySettings`, or the sidecar config (its
-    ``identity`` table). `reload` (static files): re-read them at once when requested.
-    """
-    settings = (
-        config
-        if isinstance(config, IdentitySettings)
-        else IdentitySettings.from_config(getattr(config, "identity", config))
-    )
-    stats = stats if stats is not None else IdentityStats()
-    if settings.static:
-        await run_static_identity(
-            settings,
-            store,
-            clock,
-            stats=stats,
-            reload=reload,
-            run_blocking=run_blocking,
-            task_status=task_status,
-        )
-        return
+    """The CA branch of `sidecar.identity.run.run_identity`: bootstrap or reload, report
+    started, then rotate and poll forever."""
     factory = client_factory or _default_factory(settings, clock)
     lifecycle = _Lifecycle(
         settings,

@@ -17,7 +17,8 @@ from meshgate.identity import SpiffeId
 from meshgate.identity.bundle import pem_bundle
 from sidecar.identity.blocking import in_thread
 from sidecar.identity.credentials import CredentialStore
-from sidecar.identity.lifecycle import _default_factory, _Lifecycle, run_identity
+from sidecar.identity.lifecycle import _default_factory, _Lifecycle
+from sidecar.identity.run import run_identity
 from sidecar.identity.settings import IdentitySettings
 from sidecar.identity.state import StateDir
 from sidecar.identity.stats import IdentityStats
