@@ -17,6 +17,8 @@
     python scripts/bench.py ledger [--seconds 10]       (CPU µs per step of one request)
     python scripts/bench.py http-core [--rounds 3] [--instructions]   (pure vs mypyc build)
     python scripts/bench.py datapath [--seconds 3]
+    python scripts/bench.py accept-floor [--seconds 12] [--rounds 4]   (CPU per new connection)
+    python scripts/bench.py connection-ledger [--seconds 16] [--rounds 2]   (its steps)
     python scripts/bench.py memory
     python scripts/bench.py soak [--minutes 10] [--leaf-ttl 30s] [--rate 100] [--workdir DIR]
     python scripts/bench.py tracing [--seconds 3]       (CPU µs per span, needs [tracing] extra)
@@ -551,6 +553,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], Figures]] = {
 # Data-path sections (http, datapath, memory) live in scripts/benchlib/datapath.py, latency
 # in scripts/benchlib/latency.py.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from scripts.benchlib.accept_floor import SECTIONS as ACCEPT_FLOOR_SECTIONS  # noqa: E402
 from scripts.benchlib.ca_hsm import bench_ca_hsm  # noqa: E402
 from scripts.benchlib.ca_load import Target, run_load  # noqa: E402
 from scripts.benchlib.ca_requests import (  # noqa: E402
@@ -570,6 +573,7 @@ from scripts.benchlib.callgrind import (  # noqa: E402
     valgrind_prefix,
     zero,
 )
+from scripts.benchlib.connection_ledger import SECTIONS as CONNECTION_SECTIONS  # noqa: E402
 from scripts.benchlib.control_plane import bench_control_plane  # noqa: E402
 from scripts.benchlib.datapath import SECTIONS as DATA_PATH_SECTIONS  # noqa: E402
 from scripts.benchlib.datapath import baseline_tree  # noqa: E402
@@ -581,6 +585,8 @@ from scripts.benchlib.soak import SECTIONS as SOAK_SECTIONS  # noqa: E402
 
 SECTIONS.update(DATA_PATH_SECTIONS)
 SECTIONS.update(SOAK_SECTIONS)
+SECTIONS.update(ACCEPT_FLOOR_SECTIONS)
+SECTIONS.update(CONNECTION_SECTIONS)
 SECTIONS["latency"] = bench_latency
 SECTIONS["ledger"] = bench_ledger
 SECTIONS["http-core"] = bench_http_core

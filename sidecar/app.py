@@ -14,7 +14,7 @@ import functools
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import trio
 from meshgate import native
 from meshgate.clock import Clock, SystemClock
 from meshgate.exit_codes import ExitCode, StartupError
+from sidecar.acceptor import BATCH, Handler, accept_loop
 from sidecar.authz.allow_list import AllowList, Authorizer
 from sidecar.authz.cedar import CedarAuthorizer
 from sidecar.config import Address, SidecarConfig
@@ -49,40 +50,7 @@ from sidecar.runtime import Runtime
 __all__ = ["listen_on", "run"]
 
 log = logging.getLogger("sidecar.app")
-Handler = Callable[[trio.SocketStream], Awaitable[None]]
 _SPAN_FLUSH_SECONDS = 2.0  # after the drain, how long queued spans may take to leave
-
-
-async def _accept_loop(
-    listeners: list[trio.SocketListener], handler: Handler, handlers: trio.Nursery, name: str
-) -> None:
-    async def guarded(stream: trio.SocketStream) -> None:
-        try:
-            await handler(stream)
-        except Exception as exc:  # noqa: BLE001 - one connection's bug must not stop the sidecar
-            event(
-                log,
-                "connection handler crashed",
-                level=logging.ERROR,
-                listener=name,
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            await trio.aclose_forcefully(stream)
-
-    async def loop(listener: trio.SocketListener) -> None:
-        async with listener:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:  # EMFILE and friends: back off, keep listening
-                    event(log, "accept failed", level=logging.ERROR, listener=name, error=str(exc))
-                    await trio.sleep(0.1)
-                    continue
-                handlers.start_soon(guarded, stream)
-
-    async with trio.open_nursery() as nursery:
-        for listener in listeners:
-            nursery.start_soon(loop, listener)
 
 
 async def listen_on(
@@ -292,7 +260,8 @@ async def run(
             )
             await nursery.start(serve_admin, admin_listeners, state)
         async with trio.open_nursery() as handlers:
-            serving: list[tuple[str, list[trio.SocketListener], Handler]] = []
+            # (name, listeners, handler, lean: the http handlers take a LeanSocketStream)
+            serving: list[tuple[str, list[trio.SocketListener], Handler, bool]] = []
             http_inbound: HttpInbound | None = None
             if config.inbound is not None:
                 handler: Handler
@@ -308,7 +277,8 @@ async def run(
                         else AllowList(config.inbound.allowed_ids)
                     )
                     handler = Inbound(config.inbound, runtime, authorizer).handle
-                serving.append(("inbound", bound.pop(0)[1], handler))
+                http = config.inbound.protocol == "http"
+                serving.append(("inbound", bound.pop(0)[1], handler, http))
             for index, out in enumerate(config.outbound):
                 table = control.table(index) if control else None  # None: static endpoints
                 if out.protocol == "http":
@@ -318,12 +288,21 @@ async def run(
                     out_handler: Handler = HttpOutbound(out, runtime, pool).handle
                 else:
                     out_handler = Outbound(out, runtime, table).handle
-                serving.append((f"outbound[{index}]", bound.pop(0)[1], out_handler))
+                http = out.protocol == "http"
+                serving.append((f"outbound[{index}]", bound.pop(0)[1], out_handler, http))
             with trio.CancelScope() as accepting:
                 async with trio.open_nursery() as acceptors:
                     # Accept at once: before the first SVID every handshake fails closed.
-                    for name, listeners, handler in serving:
-                        acceptors.start_soon(_accept_loop, listeners, handler, handlers, name)
+                    for name, listeners, handler, http in serving:
+                        # the inbound one connection at a time (pending handshakes)
+                        batch = 1 if name == "inbound" else BATCH
+                        acceptors.start_soon(
+                            functools.partial(accept_loop, lean=http, batch=batch),
+                            listeners,
+                            handler,
+                            handlers,
+                            name,
+                        )
                     with trio.CancelScope() as starting:
                         nursery.start_soon(_cancel_when, drain, starting)
                         if policies is not None:  # an invalid set refuses to start at once
@@ -343,7 +322,7 @@ async def run(
                             start_reporter(*report, policies=view, samples=take)
                         listening: dict[str, Any] = {
                             name: [str(ls.socket.getsockname()[:2]) for ls in listeners]
-                            for name, listeners, _ in serving
+                            for name, listeners, _, _ in serving
                         }
                         event(
                             log,

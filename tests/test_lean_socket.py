@@ -9,7 +9,13 @@ import pytest
 import trio
 import trio.testing
 
-from meshgate.transport.socket_stream import DeadlineStream, LeanSocketStream, lean
+from meshgate.transport.socket_stream import (
+    DeadlineStream,
+    LeanSocketStream,
+    address_text,
+    lean,
+    peer_address,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -252,3 +258,52 @@ async def test_a_taken_tcp_socket_sends_small_writes_at_once() -> None:
             assert stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         finally:
             await stream.aclose()
+
+
+async def test_closing_without_a_checkpoint_wakes_a_waiting_receive_and_sends_a_fin(
+    pair: tuple[LeanSocketStream, trio.SocketStream],
+) -> None:
+    """`close()` (the outbound's end of a finished connection) wakes a call still waiting
+    on the socket, as `aclose` does, and the peer sees a clean end, not a reset."""
+    stream, peer = pair
+    async with trio.open_nursery() as nursery:
+
+        async def receive() -> None:
+            with pytest.raises(trio.ClosedResourceError):
+                await stream.receive_some(10)
+
+        nursery.start_soon(receive)
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream.waiting_to_receive
+        stream.close()
+    assert await peer.receive_some(10) == b""
+    stream.close()  # twice is fine
+    with pytest.raises(trio.ClosedResourceError):
+        await stream.send_all(b"x")
+
+
+async def test_closing_with_no_call_in_progress_closes_the_socket(
+    pair: tuple[LeanSocketStream, trio.SocketStream],
+) -> None:
+    stream, peer = pair
+    await stream.send_all(b"last")
+    stream.close()
+    assert stream.socket.fileno() == -1
+    assert await peer.receive_some(10) == b"last"
+    assert await peer.receive_some(10) == b""
+
+
+async def test_a_stream_told_its_peer_and_protocol_at_accept_uses_them() -> None:
+    """An accept loop passes ``tcp=`` and ``peer=`` (no enum conversions, no getpeername);
+    TCP_NODELAY is set all the same, and `peer_address` reports what it was told."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, address = server.accept()
+        stream = LeanSocketStream(accepted, tcp=True, peer=address_text(address))
+        try:
+            assert stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            assert peer_address(stream) == f"127.0.0.1:{client.getsockname()[1]}"
+            assert address_text(("::1", 8080, 0, 0)) == "[::1]:8080"
+        finally:
+            await stream.aclose()
+            client.close()

@@ -22,6 +22,11 @@ class OneAtATime:
         self._busy = False
         self._message = message
 
+    @property
+    def busy(self) -> bool:
+        """A task is inside (a call, or its wait for the socket)."""
+        return self._busy
+
     def check(self) -> None:
         """Raise `BusyResourceError` if a task is inside, without entering."""
         if self._busy:

@@ -51,14 +51,21 @@ import contextlib
 import math
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Final, TypeAlias, final
+from typing import Any, Final, TypeAlias, final
 
 import trio
 
 from meshgate.transport import deadlines
 from meshgate.transport.one_at_a_time import OneAtATime
 
-__all__ = ["DeadlineStream", "LeanSocketStream", "TimedStream", "lean", "peer_address"]
+__all__ = [
+    "DeadlineStream",
+    "LeanSocketStream",
+    "TimedStream",
+    "address_text",
+    "lean",
+    "peer_address",
+]
 
 _DEFAULT_RECEIVE: Final = 64 * 1024
 _FAIR_EVERY: Final = 16
@@ -109,20 +116,33 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
         "_tcp",
         "_waiting",
         "checkpoint_every",
+        "peer",
         "send_deadline",
         "socket",
     )
 
     def __init__(
-        self, sock: socket.socket, *, checkpoint_every: int = _FAIR_EVERY, quickack: bool = True
+        self,
+        sock: socket.socket,
+        *,
+        checkpoint_every: int = _FAIR_EVERY,
+        quickack: bool = True,
+        tcp: bool | None = None,
+        peer: str | None = None,
     ) -> None:
+        """`tcp` and `peer` (``host:port``) when the caller knows them already (an accept
+        loop): asking the socket costs two enum conversions and a `getpeername`."""
         sock.setblocking(False)  # noqa: FBT003 - the stdlib signature
         self.socket = sock
+        self.peer = peer  # for `peer_address`; None: ask the socket
         # A call the kernel completes at once yields to the scheduler every this many
         # calls in a row (1: every call, as trio's streams do).
         self.checkpoint_every = checkpoint_every
-        self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == (
-            socket.SOCK_STREAM
+        self._tcp = (
+            tcp
+            if tcp is not None
+            else sock.family in (socket.AF_INET, socket.AF_INET6)
+            and sock.type == socket.SOCK_STREAM
         )
         if self._tcp:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -350,6 +370,17 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
                 self.socket.close()
         await trio.lowlevel.checkpoint()
 
+    def close(self) -> None:
+        """`aclose` without its checkpoint: for a handler whose task ends right after (a
+        connection per request pays one trip through the scheduler less). Every wait on
+        the socket happens inside a call, so with none in progress nothing is woken."""
+        if not self._closed:
+            self._closed = True
+            if self.socket.fileno() != -1:
+                if self._sending.busy or self._receiving.busy:
+                    trio.lowlevel.notify_closing(self.socket)  # wakes it: Closed
+                self.socket.close()
+
 
 @final
 class DeadlineStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
@@ -407,10 +438,18 @@ def lean(stream: trio.abc.Stream) -> TimedStream:
 def peer_address(stream: trio.abc.Stream) -> str:
     """The remote end of a socket stream as ``host:port`` (``[host]:port`` for IPv6), for
     logs; ``in-memory`` for other streams, ``unknown`` once the socket is gone."""
+    if isinstance(stream, LeanSocketStream) and stream.peer is not None:
+        return stream.peer  # known since the accept
     if not isinstance(stream, trio.SocketStream | LeanSocketStream):
         return "in-memory"
     try:
-        host, port, *_ = stream.socket.getpeername()
+        address = stream.socket.getpeername()
     except OSError:
         return "unknown"
+    return address_text(address)
+
+
+def address_text(address: tuple[Any, ...]) -> str:
+    """An IPv4 or IPv6 socket address as ``host:port`` / ``[host]:port``."""
+    host, port, *_ = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -324,11 +324,11 @@ class Observer:
             self._child(self.metrics.handshake_failures, direction, *edge, reason).inc()
 
     def connection_opened(self, direction: Direction) -> None:
-        self.metrics.connections.labels(direction).inc()
-        self.metrics.connections_open.labels(direction).inc()
+        self._child(self.metrics.connections, direction).inc()
+        self._child(self.metrics.connections_open, direction).inc()
 
     def connection_closed(self, direction: Direction) -> None:
-        self.metrics.connections_open.labels(direction).dec()
+        self._child(self.metrics.connections_open, direction).dec()
 
     def connection_refused(self, direction: Direction, reason: str) -> None:
         """A connection closed before any handshake (e.g. ``max_connections``)."""

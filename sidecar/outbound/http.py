@@ -63,7 +63,7 @@ from meshgate.http import (
 from meshgate.http.body_pace import BodyPace
 from meshgate.http.forwarding import ForwardedRequest, new_uuid
 from meshgate.http.replies import reply
-from meshgate.transport.socket_stream import TimedStream, lean, peer_address
+from meshgate.transport.socket_stream import LeanSocketStream, TimedStream, lean, peer_address
 from sidecar.admission import admitted
 from sidecar.config import OutboundConfig
 from sidecar.observe.access import AccessRecord
@@ -193,8 +193,12 @@ class HttpOutbound:
             if slot is None:
                 return
             clean = await self._serve(timed, source)
+        clean = clean and not slot.scope.cancelled_caught
+        if clean and isinstance(timed, LeanSocketStream):
+            timed.close()  # the task ends here: no checkpoint, no scope (a FIN, as aclose)
+            return
         with trio.CancelScope(shield=True):
-            if clean and not slot.scope.cancelled_caught:
+            if clean:
                 await trio.aclose_forcefully(timed)
             else:
                 await abort(timed)

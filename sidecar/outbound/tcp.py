@@ -57,7 +57,7 @@ class Outbound:
         if self.table is None:
             self.table = static_table(self.config)
 
-    async def handle(self, local: trio.SocketStream) -> None:
+    async def handle(self, local: trio.abc.HalfCloseableStream) -> None:
         """Serve one local connection; never raises for a peer's fault.
 
         Reports one access record per connection, whatever the outcome.
@@ -101,7 +101,9 @@ class Outbound:
             )
         return None
 
-    async def _serve(self, local: trio.SocketStream, handle: int, report: ConnectionReport) -> None:
+    async def _serve(
+        self, local: trio.abc.HalfCloseableStream, handle: int, report: ConnectionReport
+    ) -> None:
         rt = self.runtime
         fields: dict[str, Any] = {"direction": "outbound", "service": self.config.service}
         connected = await self._connect()
