@@ -377,7 +377,9 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
         if not self._closed:
             self._closed = True
             if self.socket.fileno() != -1:
-                if self._sending.busy or self._receiving.busy:
+                # `_waiting`: a `TlsStream` owning this socket waits in `wait_readable`
+                # outside this stream's guards.
+                if self._sending.busy or self._receiving.busy or self._waiting:
                     trio.lowlevel.notify_closing(self.socket)  # wakes it: Closed
                 self.socket.close()
 
