@@ -2,6 +2,7 @@
 """meshgate benchmarks, one section per component; every figure is compared within one run.
 
     python scripts/bench.py ca [--seconds 3] [--concurrency 16] [--only-default] [--baseline REF]
+                               [--baseline2 REF]
                                [--client-processes N]
     python scripts/bench.py ca-instructions [--seconds 3] [--concurrency 16]   (needs valgrind)
     python scripts/bench.py ca-hsm [--seconds 6] [--rounds 3]   (CA keys in SoftHSM2 vs files)
@@ -306,6 +307,7 @@ def bench_ca(args: argparse.Namespace) -> Figures:
         "concurrency": concurrency,
         "server_log_level": args.log_level,
         "baseline": args.baseline,
+        "baseline2": args.baseline2,
         "client_processes": args.client_processes,
     }
     csrs = csr_pems()
@@ -317,6 +319,10 @@ def bench_ca(args: argparse.Namespace) -> Figures:
             # The default server of git REF next to this checkout's, in the same rounds.
             shells["baseline"] = own_flags
             roots["baseline"] = stack.enter_context(baseline_tree(args.baseline))
+        if args.baseline2:
+            # A second ref in the same rounds (e.g. a diagnostic branch between the two).
+            shells["baseline2"] = own_flags
+            roots["baseline2"] = stack.enter_context(baseline_tree(args.baseline2))
         servers = {
             name: stack.enter_context(
                 ca_server(Path(tmp) / name, args.log_level, flags, roots[name])
@@ -380,16 +386,18 @@ def bench_ca(args: argparse.Namespace) -> Figures:
         figures[name]["cost_us"] = cost_breakdown(
             raw, figures[name], merge_phases(parts[(name, "shell")])
         )
-    if args.baseline:
-        now_name = next(iter(shells))
-        figures["now_vs_baseline_per_server_cpu_second"] = {
+    now_name = next(iter(shells))
+    for base in ("baseline", "baseline2"):
+        if base not in shells:
+            continue
+        figures[f"now_vs_{base}_per_server_cpu_second"] = {
             kind: round(
                 figures[now_name][kind]["per_server_cpu_second"]
-                / figures["baseline"][kind]["per_server_cpu_second"],
+                / figures[base][kind]["per_server_cpu_second"],
                 2,
             )
             for kind in ("bootstrap", "renew")
-            if figures["baseline"][kind]["per_server_cpu_second"]
+            if figures[base][kind]["per_server_cpu_second"]
             and figures[now_name][kind]["per_server_cpu_second"]
         }
     figures["load_average"] = os.getloadavg()[0]
@@ -633,8 +641,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline2",
         metavar="REF",
-        help="http, latency: also measure the meshgate pair of a second git ref (e.g. the "
-        "start of a change next to an older baseline), in the same run",
+        help="ca: also serve the CA of a second git ref; http, latency: also measure the "
+        "meshgate pair of a second git ref (e.g. the start of a change next to an older "
+        "baseline), in the same run",
     )
     parser.add_argument(
         "--instructions",

@@ -16,6 +16,7 @@ was not refused with `BusyResourceError`.
 
 from __future__ import annotations
 
+import math
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -204,5 +205,106 @@ async def test_over_a_default_lean_socket_a_tls_receive_of_buffered_bytes_does_n
         await client.receive_some(1)
     assert scope.cancelled_caught
     assert await client.receive_some(1) == b"c"  # nothing was lost to the cancellation
+    await client.aclose()
+    await server.aclose()
+
+
+# Over a default lean socket the TLS stream reads and writes the socket itself (one layer):
+# the tests below run that path, which the conformance checks above (checkpoint_every=1,
+# every call through the lean stream's own methods) do not.
+
+
+async def test_over_a_default_lean_socket_a_close_notify_read_with_the_last_bytes_ends_the_stream(
+    contexts: _Contexts,
+) -> None:
+    # The peer half-closes (close_notify) right after its last bytes and keeps its socket
+    # open. OpenSSL reads the close_notify while returning those bytes; the next receive
+    # must report the end from that state, not wait on the socket for bytes that never
+    # come (a receive that went to the socket first whenever the BIO was empty hung here).
+    client, server = await _tls_pair(contexts, await _lean_pair(checkpoint_every=16))
+    await server.send_all(b"last")
+    await server.send_eof()
+    await trio.lowlevel.wait_readable(_raw(client.transport.socket))  # type: ignore[attr-defined]
+    with trio.fail_after(10):
+        assert await client.receive_some() == b"last"
+        assert await client.receive_some() == b""
+    await client.send_all(b"reply after the half-close")
+    assert await server.receive_some() == b"reply after the half-close"
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_over_a_default_lean_socket_large_transfers_both_ways_arrive_whole(
+    contexts: _Contexts,
+) -> None:
+    # Megabytes each way at once: sends the kernel takes in part, waits for writability
+    # under the send lock, receives that find a partial record.
+    client, server = await _tls_pair(contexts, await _lean_pair(checkpoint_every=16))
+    size = 4 * 1024 * 1024
+    payloads = {id(client): bytes(range(256)) * (size // 256), id(server): b"\x5a" * size}
+    received: dict[int, bytes] = {}
+
+    async def send(stream: TlsStream) -> None:
+        data = payloads[id(stream)]
+        for start in range(0, size, 300_000):
+            await stream.send_all(data[start : start + 300_000])
+
+    async def receive(stream: TlsStream, peer: TlsStream) -> None:
+        parts = bytearray()
+        while len(parts) < size:
+            parts += await stream.receive_some()
+        received[id(peer)] = bytes(parts)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send, client)
+            nursery.start_soon(send, server)
+            nursery.start_soon(receive, client, server)
+            nursery.start_soon(receive, server, client)
+    assert received == payloads
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_over_a_default_lean_socket_the_transports_receive_deadline_bounds_a_tls_receive(
+    contexts: _Contexts,
+) -> None:
+    client, server = await _tls_pair(contexts, await _lean_pair(checkpoint_every=16))
+    transport = client.transport
+    assert isinstance(transport, LeanSocketStream)
+    transport.receive_deadline = trio.current_time() + 0.05
+    with pytest.raises(trio.TooSlowError):
+        await client.receive_some()  # the wait is the lean stream's: its deadline applies
+    transport.receive_deadline = math.inf
+    await server.send_all(b"still usable")
+    assert await client.receive_some() == b"still usable"
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_over_a_default_lean_socket_tls_sends_that_never_wait_still_let_others_run(
+    contexts: _Contexts,
+) -> None:
+    client, server = await _tls_pair(contexts, await _lean_pair(checkpoint_every=16))
+    ran = 0
+
+    async def other() -> None:
+        nonlocal ran
+        while True:
+            ran += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        await trio.lowlevel.checkpoint()  # let it start
+        before = ran
+        for _ in range(64):  # the kernel takes each send at once: no wait at all
+            await client.send_all(b"x")
+        assert ran - before >= 3  # every 16th call in a row yielded
+        nursery.cancel_scope.cancel()
+    received = b""
+    while len(received) < 64:
+        received += await server.receive_some()
+    assert received == b"x" * 64
     await client.aclose()
     await server.aclose()

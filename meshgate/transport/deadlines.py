@@ -12,7 +12,7 @@ sweep sooner.
 
 `notify_closing` wakes every waiter of the socket, so a send waiting on the same socket
 (an upload beside its response) wakes too; it sees that its stream is not closed and waits
-again (`LeanSocketStream._wait_writable`).
+again (`LeanSocketStream.wait_writable`).
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ class OneAtATime:
             raise trio.BusyResourceError(self._message)
 
     def __enter__(self) -> None:
-        self.check()
+        if self._busy:  # `check`, inline: this runs on every call of the data path
+            raise trio.BusyResourceError(self._message)
         self._busy = True
 
     def __exit__(self, *exc: object) -> None:

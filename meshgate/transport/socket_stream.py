@@ -35,6 +35,14 @@ sends without `TCP_NODELAY` (Python's `http.server`, many apps) holds the body b
 that ACK arrives; on a kept-alive connection Linux delays it by ~40 ms (the inbound's pooled
 app connections made that a 44 ms stall per reused connection, where a connection per
 request had none).
+
+A `TlsStream` over a lean stream owns its socket and reads and writes it itself
+(`recv_now`, `send_now`, `count_call`; the waits `wait_readable`, `wait_writable` only when it
+must), so a TLS call pays one guard, one cancellation check and one fairness count, not two.
+
+Why one module: the two `TimedStream` kinds (the lean socket and `DeadlineStream` for any
+other stream) share the deadline attributes the handlers use, and the owner's calls above
+are the lean stream's own waits; split, each half would import the other's internals.
 """
 
 from __future__ import annotations
@@ -104,6 +112,7 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
         "_quickack",
         "_receiving",
         "_sending",
+        "_swept",
         "_tcp",
         "_waiting",
         "checkpoint_every",
@@ -149,6 +158,7 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
         self._receiving = OneAtATime("another task is receiving on this stream")
         self._receive_wait: trio.CancelScope | None = None  # unused: see `deadlines`
         self._waiting = False  # a receive waits for readability now
+        self._swept = False  # in the deadline sweep's table now
         self._overdue = False
 
     @classmethod
@@ -174,12 +184,14 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
     def extend_receive_deadline(self, deadline: float) -> None:
         """Move `receive_deadline`, also for a receive that is waiting now."""
         self.receive_deadline = deadline
-        if self._waiting:
+        if self._waiting and deadline != math.inf:
+            self._swept = True
             deadlines.watch(self)  # an earlier deadline wakes the sweep sooner
 
     def interrupt_receive(self) -> None:
         """A receive waiting now raises `TooSlowError` (drain: stop waiting for a request)."""
         if self._waiting:
+            self._swept = False
             deadlines.unwatch(self)
             self.overdue()
 
@@ -189,7 +201,10 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
         if not self._closed and self.socket.fileno() != -1:
             trio.lowlevel.notify_closing(self.socket)
 
-    async def _wait_readable(self) -> None:
+    async def wait_readable(self) -> None:
+        """Wait until the socket has bytes (or EOF) to read, under `receive_deadline`
+        (`TooSlowError` past it): the one receive wait, for `receive_some` and for the
+        owner that reads the socket itself (`TlsStream`). A checkpoint."""
         self._fast = 0
         if self._quickack and _QUICKACK is not None:
             # ACK now what was read: a peer's Nagle may hold its next bytes until then.
@@ -197,9 +212,13 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
             with contextlib.suppress(OSError):  # the receive after the wait reports it
                 self.socket.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         # No cancel scope per wait: the run's one deadline sweep ends it (see deadlines).
+        # A wait without a deadline (the CA's: its own scope bounds it) is not put in the
+        # sweep's table, nor taken out of it after.
         self._overdue = False
         self._waiting = True
-        deadlines.watch(self)
+        if self.receive_deadline != math.inf:
+            self._swept = True
+            deadlines.watch(self)
         try:
             await trio.lowlevel.wait_readable(self.socket)
         except trio.ClosedResourceError:
@@ -208,9 +227,12 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
             raise
         finally:
             self._waiting = False
-            deadlines.unwatch(self)
+            if self._swept:
+                self._swept = False
+                deadlines.unwatch(self)
 
-    async def _wait_writable(self) -> None:
+    async def wait_writable(self) -> None:
+        """Wait until the socket takes more bytes, under `send_deadline` (`TooSlowError`)."""
         self._fast = 0
         while True:
             try:
@@ -226,11 +248,45 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
                     raise
                 # Woken by the deadline sweep for a receive on this socket: wait again.
 
-    async def _after_fast_call(self) -> None:
+    def count_call(self) -> bool:
+        """One call done without a wait since the last count reset: True when it is the
+        `checkpoint_every`-th in a row, and the caller must yield
+        (`cancel_shielded_checkpoint`) so that a peer whose bytes are always ready cannot
+        starve the other connections. A wait resets the count."""
         self._fast += 1
         if self._fast >= self.checkpoint_every:
             self._fast = 0
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            return True
+        return False
+
+    # -- for the one owner that reads and writes the socket itself (`TlsStream`): no guard,
+    # no cancellation check, no fairness count here; the owner does each once per call.
+
+    def recv_now(self, size: int) -> bytes | None:
+        """One `recv` that does not wait: the bytes (b"" at EOF), or None if none are there."""
+        if self._closed:
+            raise trio.ClosedResourceError("the stream is closed")
+        try:
+            return self.socket.recv(size)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if self._closed:
+                raise trio.ClosedResourceError("the stream is closed") from exc
+            raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
+
+    def send_now(self, data: bytes | memoryview) -> int:
+        """One `send` that does not wait: how many bytes the kernel took (0: none, full)."""
+        if self._closed:
+            raise trio.ClosedResourceError("the stream is closed")
+        try:
+            return self.socket.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            if self._closed:
+                raise trio.ClosedResourceError("the stream is closed") from exc
+            raise trio.BrokenResourceError(f"send failed: {exc}") from exc
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         with self._sending:
@@ -250,12 +306,13 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
                     if sent < total:
                         view = memoryview(data)[sent:]
                 except BlockingIOError:
-                    await self._wait_writable()
+                    await self.wait_writable()
                 except OSError as exc:
                     if self._closed:
                         raise trio.ClosedResourceError("the stream is closed") from exc
                     raise trio.BrokenResourceError(f"send failed: {exc}") from exc
-            await self._after_fast_call()
+            if self.count_call():
+                await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is not None and max_bytes < 1:
@@ -278,9 +335,10 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
                         raise trio.ClosedResourceError("the stream is closed") from exc
                     raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
                 if data is None:
-                    await self._wait_readable()
+                    await self.wait_readable()
                     continue
-                await self._after_fast_call()
+                if self.count_call():
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return data
 
     async def send_eof(self) -> None:
@@ -319,7 +377,9 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
         if not self._closed:
             self._closed = True
             if self.socket.fileno() != -1:
-                if self._sending.busy or self._receiving.busy:
+                # `_waiting`: a `TlsStream` owning this socket waits in `wait_readable`
+                # outside this stream's guards.
+                if self._sending.busy or self._receiving.busy or self._waiting:
                     trio.lowlevel.notify_closing(self.socket)  # wakes it: Closed
                 self.socket.close()
 

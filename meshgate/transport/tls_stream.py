@@ -12,12 +12,26 @@ a KeyUpdate reply or an alert; every write to the outgoing BIO is flushed under 
 lock that also drains the BIO, so bytes reach the transport in the order OpenSSL made them.
 A transport EOF without close_notify is a truncation: `BrokenResourceError`, never b"".
 
-Over a `LeanSocketStream` (the HTTP data path) this stream is lean too: a call checks for
-cancellation but yields to the scheduler only when the transport waits, and takes the send
-lock without a trip through the scheduler when nobody holds it. Over any other transport
-every call is a checkpoint, as trio's streams are. A receive returns every complete record
-already buffered (up to `max_bytes`), not one record per call, so a response sent as a
-head record and a body record is read in one call.
+Over a `LeanSocketStream` (the HTTP data path) this stream is lean too, and one layer: it
+owns the socket and reads and writes it itself (`recv_now`, `send_now`), so a call pays one
+busy guard, one cancellation check and one fairness count, not one in each layer, and uses
+the lean stream's waits (its deadlines, quick ACKs) only when it has to wait. A call yields
+to the scheduler only then (or every `checkpoint_every`-th call); a flush the kernel takes
+whole needs no send lock (nothing yields in between), only one that waits takes it. Over
+any other transport every call is a checkpoint, as trio's streams are.
+
+A receive with nothing for OpenSSL to read goes to the transport first instead of an
+SSL_read that can only raise SSLWantReadError, and when the last receive emptied the socket
+it waits for readability first instead of a `recv` that can only fail with EAGAIN (the peer
+is usually still writing its next message). Not once OpenSSL has read the peer's
+close_notify: a read ahead may have taken it with the last bytes, and SSL_read answers the
+end from its state while the peer may send nothing more.
+
+A receive returns every complete record already buffered (up to `max_bytes`), not one
+record per call, so a response sent as a head record and a body record is read in one call.
+
+Why one module: the stream's receive, send, flush and close share one OpenSSL object, its
+two BIOs and the send lock; the lean one-layer path and the general one are the same calls.
 """
 
 from __future__ import annotations
@@ -75,13 +89,24 @@ class TlsStream(trio.abc.HalfCloseableStream):
         self._handshook = False
         self._eof_sent = False
         self._transport_eof = False
+        self._close_notify_read = False  # OpenSSL read the peer's close_notify
         self._plain = bytearray()  # decrypted, not yet returned by receive_some
         self._closed = False
         self._broken = False
         self._read_error: ssl.SSLError | None = None  # met while reading ahead: raised next
         # Lean when the transport is (a transport that yields on every call keeps this
-        # stream to trio's contract too: every call a checkpoint).
-        self._lean = isinstance(transport, LeanSocketStream) and transport.checkpoint_every > 1
+        # stream to trio's contract too: every call a checkpoint). Then this stream owns the
+        # socket and reads and writes it itself: one guard, one cancellation check and one
+        # fairness count per call, not one in each layer; the lean stream's waits (its
+        # deadlines, quick ACKs) are used only when a call has to wait.
+        self._sock: LeanSocketStream | None = None
+        if isinstance(transport, LeanSocketStream) and transport.checkpoint_every > 1:
+            self._sock = transport
+        self._lean = self._sock is not None
+        # The last receive from the socket emptied it: with nothing left for OpenSSL either,
+        # the next one waits for readability first instead of an SSLWantReadError and an
+        # EAGAIN (the peer is usually still writing its next message).
+        self._drained = True
 
     # -- what the handshake established ------------------------------------------------
 
@@ -109,42 +134,78 @@ class TlsStream(trio.abc.HalfCloseableStream):
         if self._broken:
             raise trio.BrokenResourceError("TLS stream is broken")
 
-    async def _checkpoint(self) -> None:
-        if self._lean:
-            await trio.lowlevel.checkpoint_if_cancelled()
-        else:
-            await trio.lowlevel.checkpoint()
-
     async def _flush(self) -> None:
         if not self._outgoing.pending:
             return  # never queue behind a blocked sender when there is nothing to send
+        lock = self._send_lock
+        sock = self._sock
+        if sock is not None and not lock.locked():
+            # Nobody is mid-send and nothing here yields until the kernel refuses bytes, so
+            # the BIO's bytes go out whole and in order without the lock; it is taken only
+            # to wait for the rest.
+            data = self._outgoing.read()
+            try:
+                sent = sock.send_now(data)
+            except BaseException:
+                self._broken = True
+                raise
+            if sent == len(data):
+                return
+            lock.acquire_nowait()
+            try:
+                await self._send_rest(sock, memoryview(data)[sent:])
+            finally:
+                lock.release()
+            return
         # Drain the BIO while holding the lock: whoever holds it sends everything made
         # so far, in order, and nothing is lost if a waiter is cancelled.
-        lock = self._send_lock
-        if self._lean and not lock.locked():
-            lock.acquire_nowait()
-        else:
-            await lock.acquire()
+        await lock.acquire()
         try:
             data = self._outgoing.read()
             if not data:
                 return
+            if sock is not None:
+                await self._send_rest(sock, memoryview(data))
+                return
             try:
                 await self.transport.send_all(data)
-            except trio.BrokenResourceError:
-                self._broken = True
-                raise
             except BaseException:
                 self._broken = True  # an unknown part was sent: the record stream is torn
                 raise
         finally:
             lock.release()
 
+    async def _send_rest(self, sock: LeanSocketStream, view: memoryview) -> None:
+        """Wait for the socket and send `view` (under the send lock)."""
+        try:
+            while view:
+                await sock.wait_writable()
+                view = view[sock.send_now(view) :]
+        except BaseException:
+            self._broken = True  # an unknown part was sent: the record stream is torn
+            raise
+
+    async def _fill(self, sock: LeanSocketStream) -> None:
+        """Records from the socket into the BIO (`_pull` for a socket this stream owns):
+        waits first when the last receive emptied the socket."""
+        if self._drained:
+            await sock.wait_readable()
+        while (data := sock.recv_now(_DEFAULT_RECEIVE)) is None:
+            await sock.wait_readable()
+        if data:
+            self._incoming.write(data)
+            self._drained = len(data) < _DEFAULT_RECEIVE
+        else:
+            self._transport_eof = True
+
     async def _pull(self) -> None:
         """More records from the transport. Its EOF reaches the BIO only once OpenSSL has
         consumed every byte before it (see `_send_close_notify`)."""
         if self._transport_eof:
             self._incoming.write_eof()  # the next SSL call fails with EOF: truncation
+            return
+        if self._sock is not None:
+            await self._fill(self._sock)
             return
         data = await self.transport.receive_some(_DEFAULT_RECEIVE)
         if data:
@@ -200,8 +261,12 @@ class TlsStream(trio.abc.HalfCloseableStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         with self._sending:
-            await self._checkpoint()
-            self._check_open()
+            if self._lean:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            else:
+                await trio.lowlevel.checkpoint()
+            if self._closed or self._broken:
+                self._check_open()
             if self._eof_sent:
                 raise trio.ClosedResourceError("send_eof was called on this TLS stream")
             if not data:
@@ -211,7 +276,10 @@ class TlsStream(trio.abc.HalfCloseableStream):
             except ssl.SSLError as exc:
                 self._broken = True
                 raise trio.BrokenResourceError(f"TLS write failed: {exc}") from exc
-            await self._flush()
+            if self._outgoing.pending:
+                await self._flush()
+            if self._sock is not None and self._sock.count_call():
+                await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def send_eof(self) -> None:
         """Send close_notify: the peer reads EOF; this side can still receive."""
@@ -242,15 +310,36 @@ class TlsStream(trio.abc.HalfCloseableStream):
             if max_bytes < 1:
                 raise ValueError("max_bytes must be >= 1")
         with self._receiving:
-            await self._checkpoint()
+            if self._lean:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            else:
+                await trio.lowlevel.checkpoint()
             limit = max_bytes or _DEFAULT_RECEIVE
             if self._plain:
                 self._check_open()
                 buffered = bytes(self._plain[:limit])
                 del self._plain[:limit]
                 return buffered
+            sock = self._sock
             while True:
-                self._check_open()
+                if self._closed or self._broken:
+                    self._check_open()
+                if (
+                    self._handshook
+                    and not self._incoming.pending
+                    and not self._transport_eof
+                    and not self._close_notify_read
+                    and self._read_error is None
+                    and not self._ssl.pending()
+                ):
+                    # Nothing for OpenSSL to read: SSL_read could only raise WantRead, so
+                    # go to the transport first. Not once close_notify was read (by a read
+                    # ahead too): SSL_read answers that from its state, with nothing new
+                    # to read, and the peer may send nothing more (a half-close).
+                    if sock is not None:
+                        await self._fill(sock)
+                    else:
+                        await self._pull()
                 queued = self._outgoing.pending  # a sender's bytes: that sender flushes them
                 try:
                     if self._read_error is not None:
@@ -264,7 +353,9 @@ class TlsStream(trio.abc.HalfCloseableStream):
                 except ssl.SSLError as exc:
                     self._broken = True  # includes a transport EOF without close_notify
                     raise trio.BrokenResourceError(f"TLS read failed: {exc}") from exc
-                if data and self._incoming.pending and len(data) < limit:
+                if data == b"":
+                    self._close_notify_read = True  # raised, or b"" (only the peer closed)
+                elif data and self._incoming.pending and len(data) < limit:
                     data = self._read_ahead(data, limit)
                 if self._outgoing.pending > queued:
                     # The read made a reply (KeyUpdate). Never flush otherwise: a receiver
@@ -274,6 +365,8 @@ class TlsStream(trio.abc.HalfCloseableStream):
                     if len(data) > limit:
                         self._plain += data[limit:]
                         data = data[:limit]
+                    if sock is not None and sock.count_call():
+                        await trio.lowlevel.cancel_shielded_checkpoint()
                     return data
                 await self._pull()
 
@@ -286,12 +379,16 @@ class TlsStream(trio.abc.HalfCloseableStream):
         while size < limit and self._incoming.pending:
             try:
                 more = self._ssl.read(_DEFAULT_RECEIVE)
-            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self._close_notify_read = True
                 break
             except ssl.SSLError as exc:
                 self._read_error = exc
                 break
-            if not more:
+            if not more:  # close_notify (Python returns b"" when only the peer closed)
+                self._close_notify_read = True
                 break
             parts.append(more)
             size += len(more)
