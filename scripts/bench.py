@@ -249,6 +249,15 @@ def server_flags(args: argparse.Namespace) -> list[str]:
     return flags + (["--profile", str(args.server_profile)] if args.server_profile else [])
 
 
+def _own_profile(flags: list[str], server: str) -> list[str]:
+    """`flags` with ``--profile FILE`` made ``FILE.SERVER`` for the baselines, so that each
+    server of one run writes its own cProfile (`--server-profile` with `--baseline`)."""
+    if "--profile" not in flags or server == "as_flagged":
+        return flags
+    at = flags.index("--profile") + 1
+    return [*flags[:at], f"{flags[at]}.{server}", *flags[at + 1 :]]
+
+
 # The CA server configurations `bench ca` compares in one run. The old h11 shell
 # ("before_h11_threads") was removed after its comparison (docs/benchmarks.md).
 CA_SHELLS: dict[str, list[str]] = {
@@ -325,7 +334,7 @@ def bench_ca(args: argparse.Namespace) -> Figures:
             roots["baseline2"] = stack.enter_context(baseline_tree(args.baseline2))
         servers = {
             name: stack.enter_context(
-                ca_server(Path(tmp) / name, args.log_level, flags, roots[name])
+                ca_server(Path(tmp) / name, args.log_level, _own_profile(flags, name), roots[name])
             )
             for name, flags in shells.items()
         }
