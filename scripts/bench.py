@@ -353,6 +353,11 @@ def bench_ca(args: argparse.Namespace) -> Figures:
         shell_bodies = itertools.repeat(b"{}")
         parts: dict[tuple[str, str], list[Figures]] = {}
         share = seconds / rounds
+        spans = {"bootstrap": share, "renew": share, "shell": share / 2}
+        if args.only_phase:  # the others only a token: a profile of (almost) one phase
+            spans = {
+                phase: span if phase == args.only_phase else 0.05 for phase, span in spans.items()
+            }
         load = {"client_processes": args.client_processes}
         raw_rounds: list[tuple[int, float]] = []
         for round_index in range(rounds):
@@ -365,15 +370,17 @@ def bench_ca(args: argparse.Namespace) -> Figures:
                 progress(f"round {round_index + 1}/{rounds} [{name}] bootstrap, renew")
                 anonymous = [client_context(BundleSet.of(server.ca.bundle))] * concurrency
                 parts.setdefault((name, "bootstrap"), []).append(
-                    api_phase(server, "/v1/bootstrap", anonymous, bodies[name], share, **load)
+                    api_phase(
+                        server, "/v1/bootstrap", anonymous, bodies[name], spans["bootstrap"], **load
+                    )
                 )
                 parts.setdefault((name, "renew"), []).append(
-                    api_phase(server, "/v1/renew", contexts[name], renewals, share, **load)
+                    api_phase(server, "/v1/renew", contexts[name], renewals, spans["renew"], **load)
                 )
                 # The shell alone: POST /healthz is answered 405 by the same TLS, HTTP,
                 # routing, metrics and access-log path, with no store, CSR or signing.
                 parts.setdefault((name, "shell"), []).append(
-                    api_phase(server, "/healthz", anonymous, shell_bodies, share / 2, **load)
+                    api_phase(server, "/healthz", anonymous, shell_bodies, spans["shell"], **load)
                 )
     raw = sum(count for count, _ in raw_rounds) / sum(cpu for _, cpu in raw_rounds)
     figures["raw_signing_per_cpu_second"] = round(raw, 1)
@@ -706,7 +713,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--server-profile",
         type=Path,
-        help="cProfile the CA server (inline handlers) into this file",
+        help="cProfile the CA server (inline handlers) into this file (FILE.baseline, "
+        "FILE.baseline2 for the baselines; compare them with scripts/compare_profiles.py)",
+    )
+    parser.add_argument(
+        "--only-phase",
+        choices=("bootstrap", "renew", "shell"),
+        help="ca: give the other phases a token 0.05 s a round, so that a --server-profile "
+        "holds (almost) only this phase's requests",
     )
     parser.add_argument("--minutes", type=float, default=10.0, help="soak: minutes of load")
     parser.add_argument(
