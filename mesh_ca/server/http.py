@@ -47,7 +47,13 @@ from mesh_ca.server.core import (
 from mesh_ca.server.group_commit import GroupCommit
 from mesh_ca.server.identity import ServerIdentity
 from mesh_ca.server.ratelimit import source_key
-from mesh_ca.server.wire import RequestHead, WireError, ca_head, ca_limits, render_response
+from mesh_ca.server.wire import (
+    CaHeads,
+    RequestHead,
+    WireError,
+    ca_limits,
+    render_response,
+)
 from meshgate.clock import Clock
 from meshgate.errors import TransportError
 from meshgate.http import CONNECTION_CLOSED, Data, EndOfMessage, HttpError, RequestReader
@@ -230,6 +236,7 @@ class CaHttpServer:
         reader = RequestReader(
             ca_limits(max_head_bytes=limits.max_header_bytes, max_headers=limits.max_headers)
         )
+        heads = CaHeads()
         timeout = limits.header_timeout_seconds
         while not self._closing:
             # Phase deadlines are kept to within a second: moving a cancel scope's deadline
@@ -242,7 +249,7 @@ class CaHttpServer:
             if idle:
                 self._idle.add(deadline)
             try:
-                head = await self._read_head(tls, reader)
+                head = await self._read_head(tls, reader, heads)
             except WireError as exc:
                 await self._refuse(tls, ApiError(exc.status, "bad_http", str(exc)), source)
             finally:
@@ -289,7 +296,9 @@ class CaHttpServer:
             if not head.keep_alive:
                 return
 
-    async def _read_head(self, tls: TlsStream, reader: RequestReader) -> RequestHead | None:
+    async def _read_head(
+        self, tls: TlsStream, reader: RequestReader, heads: CaHeads
+    ) -> RequestHead | None:
         """The next request head; None when the peer closed cleanly between requests."""
         while True:
             # An empty reader (between keep-alive requests, the usual case) can only say
@@ -300,7 +309,7 @@ class CaHttpServer:
                 except HttpError as exc:
                     raise WireError.of(exc) from None
                 if isinstance(event, HttpRequestHead):
-                    return ca_head(event)
+                    return heads.of(event)
                 if event is CONNECTION_CLOSED:
                     return None
             data = await tls.receive_some()
@@ -314,7 +323,11 @@ class CaHttpServer:
         self, tls: TlsStream, reader: RequestReader, deadline: trio.CancelScope
     ) -> bytes:
         """The body of the head just read (Content-Length framed, at most max_body_bytes).
-        Usually it came with the head: then no new deadline is set."""
+        Usually it came with the head: then it is taken in one call and no new deadline is
+        set."""
+        body = reader.take_buffered_body()
+        if body is not None:
+            return body
         parts: list[bytes] = []
         waited = False
         while True:

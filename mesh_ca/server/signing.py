@@ -3,6 +3,7 @@ ID the CA decided, with the ledger row describing it. Pure; `now` is a parameter
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from datetime import datetime
 from typing import TypeAlias, final
@@ -22,11 +23,13 @@ from mesh_ca.server.loaded_ca import CaAuthority
 from mesh_ca.server.messages import ApiError
 from mesh_ca.store import IssuedRecord
 from meshgate.identity import SpiffeId
-from meshgate.keys import public_key_der, public_key_sha256
+from meshgate.keys import public_key_der
 
 __all__ = ["Csr", "LeafSigning"]
 
-Csr: TypeAlias = tuple[x509.CertificateSigningRequest, ec.EllipticCurvePublicKey]
+# The CSR, its public key and that key's DER SubjectPublicKeyInfo (encoded once a request:
+# for the CA-key checks and the ledger's key hash).
+Csr: TypeAlias = tuple[x509.CertificateSigningRequest, ec.EllipticCurvePublicKey, bytes]
 
 
 @final
@@ -42,13 +45,14 @@ class LeafSigning:
     def csr(self, text: str) -> Csr:
         """The parsed CSR; refused (400) if bad or over one of the CA's own keys."""
         try:
-            csr = parse_csr_key(text)
-            check_not_ca_key(csr[1], self._ca_keys)
+            request, public = parse_csr_key(text)
+            der = public_key_der(public)
+            check_not_ca_key(public, self._ca_keys, der)
         except CaKeyReuse as exc:
             raise ApiError(400, "ca_key", str(exc)) from None
         except IssuanceError as exc:
             raise ApiError(400, "bad_csr", str(exc)) from None
-        return csr
+        return request, public, der
 
     def sign(
         self, csr: Csr, spiffe_id: SpiffeId, kind: str, now: datetime
@@ -69,6 +73,7 @@ class LeafSigning:
                 min_ttl=authority.min_leaf_ttl,
                 max_ttl=authority.max_leaf_ttl,
                 public_key=csr[1],
+                public_key_der=csr[2],
             )
         except IssuanceError as exc:
             raise ApiError(503, "signing_failed", f"the CA cannot sign: {exc}") from None
@@ -79,6 +84,6 @@ class LeafSigning:
             now,
             leaf.not_valid_after_utc,
             authority.replica,
-            public_key_sha256(csr[1]),
+            hashlib.sha256(csr[2]).digest(),  # `public_key_sha256`, from the DER at hand
         )
         return leaf, record

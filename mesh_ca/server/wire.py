@@ -32,6 +32,7 @@ from meshgate.http import (
 from meshgate.http import RequestHead as HttpRequestHead
 
 __all__ = [
+    "CaHeads",
     "RequestHead",
     "WireError",
     "ca_head",
@@ -47,6 +48,7 @@ _NO_LENGTH: Final = Framing(BodyKind.NONE)
 # Heads without their Content-Length line, by (status, content type, headers, close).
 _HEADS: dict[tuple[int, str, tuple[tuple[str, str], ...], bool], bytes] = {}
 _MAX_HEADS: Final = 256
+_MAX_CONNECTION_HEADS: Final = 4
 _REASONS: Final = {
     200: "OK",
     400: "Bad Request",
@@ -125,6 +127,29 @@ def ca_head(head: HttpRequestHead, size: int = 0) -> RequestHead:
         raise WireError(400, "more than one Content-Type")
     length = head.framing.length if head.framing.kind is BodyKind.LENGTH else 0
     return RequestHead(head.method, head.target, headers, length, head.keep_alive, size)
+
+
+@final
+class CaHeads:
+    """`ca_head` for one connection. A keep-alive client repeats a few heads, and the shared
+    reader then hands out the same `RequestHead` object again (it parses each distinct head
+    once); the CA's view of each is kept beside it, for at most `_MAX_CONNECTION_HEADS`."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        # id -> (the head, the CA's view): the head is held, so its id is not reused.
+        self._seen: dict[int, tuple[HttpRequestHead, RequestHead]] = {}
+
+    def of(self, head: HttpRequestHead) -> RequestHead:
+        seen = self._seen.get(id(head))
+        if seen is not None and seen[0] is head:
+            return seen[1]
+        ours = ca_head(head)
+        if len(self._seen) >= _MAX_CONNECTION_HEADS:
+            self._seen.clear()
+        self._seen[id(head)] = (head, ours)
+        return ours
 
 
 def parse_request_head(

@@ -30,12 +30,19 @@ from meshgate.http.events import (
     Framing,
     HttpLimits,
     InterimResponse,
+    RequestHead,
 )
 from meshgate.http.head import _HEADER_RE, parse_request_head, parse_response_head
 
 __all__ = ["RequestReader", "ResponseReader"]
 
 _BARE_LF_RE: Final = re.compile(rb"(?<!\r)\n")
+# Heads a connection repeats (keep-alive clients send the same few) are parsed once each:
+# parsing is a pure function of the bytes and the limits, so the same bytes get the same
+# verdict. Errors are never kept (they are sticky anyway). Small, so an idle connection
+# stays small; heads over `_MEMO_HEAD_BYTES` are parsed every time.
+_MEMO_ENTRIES: Final = 4
+_MEMO_HEAD_BYTES: Final = 1024
 _END: Final = EndOfMessage()  # immutable and field-less: one instance serves every message
 _TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _QUOTED: Final = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
@@ -180,6 +187,24 @@ class _Reader:
         else:
             self._state = _State.END
 
+    def take_buffered_body(self) -> bytes | None:
+        """The rest of the current message's body, and its end, in one call: when it is
+        framed by Content-Length (or there is none) and all of it is buffered. Otherwise
+        None, and nothing changed: read it as events. The same state change as the `Data`
+        and `EndOfMessage` events it stands for (a small request usually comes whole)."""
+        state = self._state
+        if state is _State.END:
+            body = b""
+        elif state is _State.LENGTH and len(self._buf) - self._pos >= self._remaining:
+            start = self._pos
+            self._pos = start + self._remaining
+            self._remaining = 0
+            body = bytes(self._buf[start : self._pos])
+        else:
+            return None
+        self._state = _State.HEAD if self._keep_alive else _State.CLOSED
+        return body
+
     def _take(self, n: int) -> Data:
         start = self._pos
         self._pos = start + n
@@ -286,17 +311,27 @@ class _Reader:
 class RequestReader(_Reader):
     """Reads requests from a client connection. Fails closed: see the module docstring."""
 
-    __slots__ = ()
+    __slots__ = ("_memo",)
     _status = 400
 
     def __init__(self, limits: HttpLimits | None = None) -> None:
         super().__init__(limits or HttpLimits())
+        self._memo: dict[bytes, RequestHead] | None = None  # see `_MEMO_ENTRIES`
 
     def _next(self) -> Event:
         head = self._head_or_event("connection closed inside a request head")
         if not isinstance(head, bytes):
             return head
-        request = parse_request_head(head, self._limits)
+        memo = self._memo
+        request = memo.get(head) if memo is not None else None
+        if request is None:
+            request = parse_request_head(head, self._limits)
+            if len(head) <= _MEMO_HEAD_BYTES:
+                if memo is None:
+                    memo = self._memo = {}
+                elif len(memo) >= _MEMO_ENTRIES:
+                    memo.clear()
+                memo[head] = request
         self._keep_alive = request.keep_alive
         self._start_body(request.framing)
         return request
