@@ -10,11 +10,14 @@ from mesh_ca.server.wire import CaHeads, ca_head, ca_limits
 from meshgate.http import (
     CONNECTION_CLOSED,
     NEED_DATA,
+    BodyKind,
     Data,
     EndOfMessage,
     HttpError,
     RequestHead,
     RequestReader,
+    ResponseHead,
+    ResponseReader,
 )
 
 GET = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -177,3 +180,57 @@ def test_the_ca_keeps_its_view_of_each_head_the_reader_repeats() -> None:
     assert fresh is not first
     assert heads.of(fresh) is not view
     assert heads.of(fresh) == view
+
+
+# -- responses -------------------------------------------------------------------------
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+
+
+def _response(reader: ResponseReader) -> ResponseHead:
+    event = reader.next_event()
+    assert isinstance(event, ResponseHead), event
+    return event
+
+
+def test_a_repeated_response_head_is_parsed_once() -> None:
+    reader = ResponseReader()
+    reader.expect("GET")
+    reader.expect("GET")
+    reader.feed(OK + OK)
+    first = _response(reader)
+    assert reader.next_event() == Data(b"hi")
+    assert reader.next_event() == EndOfMessage()
+    assert _response(reader) is first
+
+
+def test_a_response_to_head_is_never_taken_from_a_get() -> None:
+    # The same bytes answering HEAD carry no body: the verdict differs, so it is not kept.
+    reader = ResponseReader()
+    for method in ("GET", "HEAD", "GET"):
+        reader.expect(method)
+    reader.feed(OK)
+    get = _response(reader)
+    assert get.framing.length == 2
+    assert reader.next_event() == Data(b"hi")
+    assert reader.next_event() == EndOfMessage()
+    reader.feed(OK[: -len(b"hi")])
+    head = _response(reader)
+    assert head.framing.kind is BodyKind.NONE
+    assert head is not get
+    assert reader.next_event() == EndOfMessage()
+    reader.feed(OK)
+    assert _response(reader) is get
+
+
+def test_a_response_head_that_differs_by_one_byte_is_refused() -> None:
+    reader = ResponseReader()
+    reader.expect("GET")
+    reader.expect("GET")
+    reader.feed(OK)
+    _response(reader)
+    reader.next_event()
+    reader.next_event()
+    reader.feed(OK.replace(b"Content-Length:", b"Content-Length :"))
+    with pytest.raises(HttpError, match="whitespace before the colon"):
+        reader.next_event()

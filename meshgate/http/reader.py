@@ -31,16 +31,18 @@ from meshgate.http.events import (
     HttpLimits,
     InterimResponse,
     RequestHead,
+    ResponseHead,
 )
 from meshgate.http.head import _HEADER_RE, parse_request_head, parse_response_head
 
 __all__ = ["RequestReader", "ResponseReader"]
 
 _BARE_LF_RE: Final = re.compile(rb"(?<!\r)\n")
-# Heads a connection repeats (keep-alive clients send the same few) are parsed once each:
-# parsing is a pure function of the bytes and the limits, so the same bytes get the same
-# verdict. Errors are never kept (they are sticky anyway). Small, so an idle connection
-# stays small; heads over `_MEMO_HEAD_BYTES` are parsed every time.
+# Heads a connection repeats (a keep-alive client sends the same few requests, an app the
+# same few responses) are parsed once each: parsing is a pure function of the bytes and the
+# limits (and, for a response, of whether it answers HEAD: those are not kept), so the same
+# bytes get the same verdict. Errors are never kept (they are sticky anyway). Small, so an
+# idle connection stays small; heads over `_MEMO_HEAD_BYTES` are parsed every time.
 _MEMO_ENTRIES: Final = 4
 _MEMO_HEAD_BYTES: Final = 1024
 _END: Final = EndOfMessage()  # immutable and field-less: one instance serves every message
@@ -353,12 +355,14 @@ class ResponseReader(_Reader):
     method decides whether a body follows (HEAD). Fails closed with status hint 502.
     """
 
-    __slots__ = ("_pending",)
+    __slots__ = ("_memo", "_pending")
     _status = 502
 
     def __init__(self, limits: HttpLimits | None = None) -> None:
         super().__init__(limits or HttpLimits(max_body_bytes=None))
         self._pending: deque[str] = deque()
+        # Responses to requests other than HEAD (their framing depends on the head only).
+        self._memo: dict[bytes, ResponseHead | InterimResponse] | None = None
 
     def expect(self, method: str) -> None:
         self._pending.append(method)
@@ -369,7 +373,17 @@ class ResponseReader(_Reader):
             return head
         if not self._pending:
             raise HttpError(502, "upstream sent a response to no request")
-        response = parse_response_head(head, self._limits, self._pending[0])
+        method = self._pending[0]
+        memo = self._memo
+        response = memo.get(head) if memo is not None and method != "HEAD" else None
+        if response is None:
+            response = parse_response_head(head, self._limits, method)
+            if method != "HEAD" and len(head) <= _MEMO_HEAD_BYTES:
+                if memo is None:
+                    memo = self._memo = {}
+                elif len(memo) >= _MEMO_ENTRIES:
+                    memo.clear()
+                memo[head] = response
         if isinstance(response, InterimResponse):
             return response
         self._pending.popleft()
