@@ -69,3 +69,17 @@ async def test_a_refused_request_is_logged_with_its_source(server: CaServer) -> 
     assert (await exchange(server, head)).startswith(b"HTTP/1.1 413 ")
     [line] = await access_lines(server, "/v1/renew")
     assert (line["status"], line["source"]) == (413, "127.0.0.1")
+
+
+async def test_a_repeated_head_changed_by_one_byte_is_refused_on_the_same_connection(
+    server: CaServer,
+) -> None:
+    # The reader keeps the verdict of a head the connection repeats: the same bytes twice
+    # are answered twice, and the third, one space away from them, is read afresh and
+    # refused; pipelined, so all three arrive on one keep-alive connection.
+    good = b"GET /v1/bundle HTTP/1.1\r\nHost: ca\r\naccept: application/json\r\n\r\n"
+    bad = good.replace(b"accept:", b"accept :")
+    received = await exchange(server, good + good + bad)
+    responses = received.split(b"HTTP/1.1 ")[1:]
+    assert [r[:3] for r in responses] == [b"200", b"200", b"400"], received[-300:]
+    assert b"whitespace before the colon" in responses[2]
