@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import re
 from collections import deque
-from typing import Final, final
+from typing import Final, TypeVar, final
 
 from meshgate.http.errors import HttpError
 from meshgate.http.events import (
@@ -45,6 +45,7 @@ _BARE_LF_RE: Final = re.compile(rb"(?<!\r)\n")
 # idle connection stays small; heads over `_MEMO_HEAD_BYTES` are parsed every time.
 _MEMO_ENTRIES: Final = 4
 _MEMO_HEAD_BYTES: Final = 1024
+_Verdict = TypeVar("_Verdict")
 _END: Final = EndOfMessage()  # immutable and field-less: one instance serves every message
 _TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _QUOTED: Final = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
@@ -57,6 +58,20 @@ _CHUNK_LINE_RE: Final = re.compile(
     + _QUOTED
     + rb"))?)*)[ \t]*"
 )
+
+
+def _remember(
+    memo: dict[bytes, _Verdict] | None, head: bytes, verdict: _Verdict
+) -> dict[bytes, _Verdict] | None:
+    """`memo` (made on first use) with `verdict` kept for `head`; see `_MEMO_ENTRIES`."""
+    if len(head) > _MEMO_HEAD_BYTES:
+        return memo
+    if memo is None:
+        memo = {}
+    elif len(memo) >= _MEMO_ENTRIES:
+        memo.clear()
+    memo[head] = verdict
+    return memo
 
 
 class _State(enum.Enum):
@@ -328,12 +343,7 @@ class RequestReader(_Reader):
         request = memo.get(head) if memo is not None else None
         if request is None:
             request = parse_request_head(head, self._limits)
-            if len(head) <= _MEMO_HEAD_BYTES:
-                if memo is None:
-                    memo = self._memo = {}
-                elif len(memo) >= _MEMO_ENTRIES:
-                    memo.clear()
-                memo[head] = request
+            self._memo = _remember(memo, head, request)
         self._keep_alive = request.keep_alive
         self._start_body(request.framing)
         return request
@@ -378,12 +388,8 @@ class ResponseReader(_Reader):
         response = memo.get(head) if memo is not None and method != "HEAD" else None
         if response is None:
             response = parse_response_head(head, self._limits, method)
-            if method != "HEAD" and len(head) <= _MEMO_HEAD_BYTES:
-                if memo is None:
-                    memo = self._memo = {}
-                elif len(memo) >= _MEMO_ENTRIES:
-                    memo.clear()
-                memo[head] = response
+            if method != "HEAD":
+                self._memo = _remember(memo, head, response)
         if isinstance(response, InterimResponse):
             return response
         self._pending.popleft()

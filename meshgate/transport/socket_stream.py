@@ -269,13 +269,15 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
         try:
             return self.socket.recv(size)
         except BlockingIOError:
+            # None, and the caller waits outside this handler: an idle connection would
+            # keep the exception and its traceback alive (~0.5 KB each).
             return None
         except OSError as exc:
             if self._closed:
                 raise trio.ClosedResourceError("the stream is closed") from exc
             raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
 
-    def send_now(self, data: bytes | memoryview) -> int:
+    def send_now(self, data: bytes | bytearray | memoryview) -> int:
         """One `send` that does not wait: how many bytes the kernel took (0: none, full)."""
         if self._closed:
             raise trio.ClosedResourceError("the stream is closed")
@@ -296,21 +298,17 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
             if self._eof_sent:
                 # As trio's SocketStream: our own half-close, not a broken peer (EPIPE).
                 raise trio.ClosedResourceError("send_eof was called on this stream")
-            sock = self.socket
             total = len(data)
             sent = 0
             view = data  # a memoryview once a send was partial (no copies of the rest)
             while sent < total:
-                try:
-                    sent += sock.send(view)
-                    if sent < total:
-                        view = memoryview(data)[sent:]
-                except BlockingIOError:
+                taken = self.send_now(view)
+                if not taken:
                     await self.wait_writable()
-                except OSError as exc:
-                    if self._closed:
-                        raise trio.ClosedResourceError("the stream is closed") from exc
-                    raise trio.BrokenResourceError(f"send failed: {exc}") from exc
+                    continue
+                sent += taken
+                if sent < total:
+                    view = memoryview(data)[sent:]
             if self.count_call():
                 await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -321,19 +319,9 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint_if_cancelled()
             if self._closed:
                 raise trio.ClosedResourceError("the stream is closed")
-            sock = self.socket
             size = max_bytes or _DEFAULT_RECEIVE
             while True:
-                data: bytes | None
-                try:
-                    data = sock.recv(size)
-                except BlockingIOError:
-                    data = None  # wait outside the handler: an idle connection would keep
-                    # the exception and its traceback alive (~0.5 KB each)
-                except OSError as exc:
-                    if self._closed:
-                        raise trio.ClosedResourceError("the stream is closed") from exc
-                    raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
+                data = self.recv_now(size)
                 if data is None:
                     await self.wait_readable()
                     continue

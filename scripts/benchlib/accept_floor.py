@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from scripts.benchlib.datapath import progress, run_wrk  # noqa: E402
+from scripts.benchlib.datapath import progress, run_wrk, wrk_slices  # noqa: E402
 from tests.procs import free_port  # noqa: E402
 
 Figures = dict[str, Any]
@@ -117,8 +117,7 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
 
 
 def bench_accept_floor(args: argparse.Namespace) -> Figures:
-    rounds = max(1, args.rounds)
-    slice_seconds = float(max(1, round(args.seconds / rounds)))
+    rounds, slice_seconds = wrk_slices(args)
     figures: Figures = {
         "connections": args.concurrency,
         "seconds_per_server": slice_seconds * rounds,

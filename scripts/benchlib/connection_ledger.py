@@ -22,7 +22,6 @@ import json
 import os
 import signal
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -35,7 +34,9 @@ from scripts.benchlib.datapath import (
     meshgate_pair,
     progress,
     run_wrk,
+    wrk_slices,
 )
+from scripts.benchlib.ledger import wait_for_samples
 from scripts.benchlib.peers import nginx_app
 from tests.pki import TestPki
 from tests.procs import free_port
@@ -103,17 +104,8 @@ def _samples(path: Path) -> Counter[str]:
     return counts
 
 
-def _wait_for(path: Path, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no samples in {path}")
-        time.sleep(0.05)
-
-
 def bench_connection_ledger(args: argparse.Namespace) -> Figures:
-    rounds = max(1, args.rounds)
-    slice_seconds = float(max(1, round(args.seconds / rounds)))
+    rounds, slice_seconds = wrk_slices(args)
     figures: Figures = {
         "connections": args.concurrency,
         "seconds_per_scenario": slice_seconds * rounds,
@@ -200,7 +192,7 @@ class _Tally:
             os.kill(p[0], signal.SIGUSR2)
         self.requests[name] += result.requests
         for side, path in out.items():
-            _wait_for(path)
+            wait_for_samples(path)
             self.counts[name][side].update(_samples(path))
 
     def figures(self) -> Figures:

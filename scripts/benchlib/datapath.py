@@ -391,14 +391,19 @@ def _ratios(rows: dict[str, Figures], base: str) -> dict[str, Figures]:
     return out
 
 
+def wrk_slices(args: argparse.Namespace) -> tuple[int, float]:
+    """(rounds, seconds of each slice) for `--seconds` split into `--rounds`. wrk takes whole
+    seconds only (`-d2.67s` is refused): 8 s in 3 rounds run 3 s each."""
+    rounds = max(1, args.rounds)
+    return rounds, float(max(1, round(args.seconds / rounds)))
+
+
 def bench_http(args: argparse.Namespace) -> Figures:
     """Every target is started up front; then `--rounds` interleaved rounds, each running
     every target and scenario for `seconds / rounds`, so the shared machine's changing load
     falls on all targets alike. `--baseline REF` adds the meshgate pair of git REF."""
     connections = args.concurrency
-    rounds = max(1, args.rounds)
-    # wrk takes whole seconds only (`-d2.67s` is refused): 8 s in 3 rounds run 3 s each.
-    slice_seconds = float(max(1, round(args.seconds / rounds)))
+    rounds, slice_seconds = wrk_slices(args)
     figures: Figures = {
         "connections": connections,
         "seconds_per_target_and_scenario": slice_seconds * rounds,

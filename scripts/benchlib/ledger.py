@@ -41,7 +41,7 @@ from tests.integration.http_mesh import POLICIES
 from tests.pki import TestPki
 from tests.procs import free_port
 
-__all__ = ["STEPS", "bench_ledger", "step_of"]
+__all__ = ["STEPS", "bench_ledger", "step_of", "wait_for_samples"]
 
 # (step, path fragments of the files that belong to it), in the order a stack is matched.
 STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -142,11 +142,12 @@ def _samples(path: Path) -> tuple[Counter[str], Counter[str], dict[str, Counter[
     return steps, other, leaves
 
 
-def _wait_for(path: Path, seconds: float = 20.0) -> None:
+def wait_for_samples(path: Path, seconds: float = 20.0) -> None:
+    """Until a sampled sidecar has written its samples to `path` (it does on SIGTERM)."""
     deadline = time.monotonic() + seconds
     while not path.exists():
         if time.monotonic() > deadline:
-            raise RuntimeError(f"ledger: no samples written to {path}")
+            raise TimeoutError(f"no samples written to {path}")
         time.sleep(0.05)
 
 
@@ -208,7 +209,7 @@ def bench_ledger(args: argparse.Namespace) -> Figures:
         for side in pids:
             os.kill(pids[side][0], signal.SIGUSR2)
         for path in out.values():
-            _wait_for(path)
+            wait_for_samples(path)
         figures["requests"] = result.requests
         figures["rps"] = round(result.rps)
         figures["errors"] = result.errors
