@@ -351,26 +351,19 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
             await trio.lowlevel.wait_writable(self.socket)
 
     async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            if self.socket.fileno() != -1:
-                trio.lowlevel.notify_closing(self.socket)  # wakes a blocked call: Closed
-                self.socket.close()
+        self.close()
         await trio.lowlevel.checkpoint()
 
     def close(self) -> None:
         """`aclose` without its checkpoint: for a handler whose task ends right after (a
-        connection per request pays one trip through the scheduler less). Every wait on
-        the socket happens inside a call, so with none in progress nothing is woken."""
+        connection per request pays one trip through the scheduler less). A task blocked
+        on the socket (a call of this stream, or of the `TlsStream` that owns it) is woken
+        with `ClosedResourceError` before the descriptor goes."""
         if not self._closed:
             self._closed = True
             if self.socket.fileno() != -1:
-                # `_waiting`: a `TlsStream` owning this socket waits in `wait_readable`
-                # outside this stream's guards.
-                if self._sending.busy or self._receiving.busy or self._waiting:
-                    trio.lowlevel.notify_closing(self.socket)  # wakes it: Closed
+                trio.lowlevel.notify_closing(self.socket)
                 self.socket.close()
-
 
 @final
 class DeadlineStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
