@@ -365,6 +365,7 @@ class LeanSocketStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
                 trio.lowlevel.notify_closing(self.socket)
                 self.socket.close()
 
+
 @final
 class DeadlineStream(_ReceiveDeadline, trio.abc.HalfCloseableStream):
     """Any stream with `LeanSocketStream`'s deadline attributes: each call runs under a
